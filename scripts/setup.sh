@@ -35,7 +35,8 @@ install_debian_packages() {
 
 link_kernel_headers() {
     local mod="/lib/modules/$(uname -r)"
-    [ -e "$mod/build/include/linux/kconfig.h" ] && [ -e "$mod/source" ] && return
+    [ -e "$mod/build/include/generated/autoconf.h" ] \
+        && [ -e "$mod/source/include/linux/kconfig.h" ] && return
     local build common
     build="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)"
     common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)"

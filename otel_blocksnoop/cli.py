@@ -1,0 +1,296 @@
+"""Command line: ``otel-blocksnoop [OPTIONS] PID`` or ``otel-blocksnoop [OPTIONS] -- CMD ARGS...``.
+
+Only ``main`` prints errors; it maps each ``BlocksnoopError`` to its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn
+
+from otel_blocksnoop import __version__, preflight
+from otel_blocksnoop.austin import Austin, AustinError
+from otel_blocksnoop.detector import Detector, DetectorConfig, program_cflags, program_source
+from otel_blocksnoop.errors import BlocksnoopError, ExitCode
+from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.session import Session, SessionOptions
+from otel_blocksnoop.sinks import Sink
+from otel_blocksnoop.sinks.console import ConsoleSink
+from otel_blocksnoop.sinks.jsonlines import JsonLinesSink
+from otel_blocksnoop.target import ExitWatch, LaunchedCommand, inspect_target
+from otel_blocksnoop.threads import ThreadClassifier
+
+PROG = "otel-blocksnoop"
+DEFAULT_THRESHOLD_MS = 100.0
+
+log = logging.getLogger(PROG)
+
+EXAMPLES = """\
+examples:
+  otel-blocksnoop 1234                  # report loop blocks of PID 1234 over 100 ms
+  otel-blocksnoop -t 10 1234            # ... over 10 ms
+  otel-blocksnoop --json 1234           # one JSON object per block, per line
+  otel-blocksnoop --stats 1234          # live distribution of loop iterations
+  otel-blocksnoop --tid 1240 1234       # only the loop on thread 1240
+  otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
+  otel-blocksnoop doctor                # check BCC, headers, tracefs, Austin
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: error: {message} (see --help)\n")
+        raise SystemExit(ExitCode.USAGE)
+
+
+def threshold_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"not a number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not math.isfinite(value) or value <= 0:
+        msg = f"must be a positive number of milliseconds, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value <= 0:
+        msg = f"must be positive, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        usage=f"{PROG} [OPTIONS] PID | {PROG} [OPTIONS] -- CMD [ARGS...] | {PROG} doctor",
+        description="Report every time an asyncio event loop in a Python process is blocked.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("pid", nargs="?", type=positive_int, help="process to watch")
+    parser.add_argument(
+        "-t",
+        "--threshold",
+        type=threshold_ms,
+        default=DEFAULT_THRESHOLD_MS,
+        metavar="MS",
+        help=f"report loop iterations at least this long (default {DEFAULT_THRESHOLD_MS:g})",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="show the distribution of all loop iterations each second instead of blocks",
+    )
+    parser.add_argument("--tid", type=positive_int, help="watch only this thread of PID")
+    parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="report every thread that calls epoll, not only event-loop threads",
+    )
+    parser.add_argument("--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages on stderr")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+@dataclass(frozen=True, slots=True)
+class Arguments:
+    pid: int | None
+    command: list[str]
+    threshold_ns: int
+    json: bool
+    stats: bool
+    tid: int
+    all_threads: bool
+    austin: str | None
+    verbose: bool
+    quiet: bool
+    ebpf: bool
+
+
+def parse_arguments(argv: Sequence[str]) -> Arguments:
+    argv = list(argv)
+    command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not ns.ebpf:
+        if ns.pid is not None and command:
+            parser.error("give either a PID or a command after `--`, not both")
+        if ns.pid is None and not command:
+            parser.error("give a PID to watch, or a command after `--` to launch")
+    if ns.tid is not None and command:
+        parser.error("--tid needs a PID: thread ids of a launched command are not known yet")
+    return Arguments(
+        pid=ns.pid,
+        command=command,
+        threshold_ns=round(ns.threshold * NS_PER_MS),
+        json=ns.json,
+        stats=ns.stats,
+        tid=ns.tid or 0,
+        all_threads=ns.all_threads,
+        austin=ns.austin,
+        verbose=ns.verbose,
+        quiet=ns.quiet,
+        ebpf=ns.ebpf,
+    )
+
+
+def _configure_logging(args: Arguments) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _doctor(argv: Sequence[str]) -> int:
+    parser = _Parser(prog=f"{PROG} doctor", description="Check what the sidecar needs.")
+    parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
+    ns = parser.parse_args(list(argv))
+    checks = preflight.run_checks(ns.austin)
+    for check in checks:
+        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
+        print(f"[{mark:^7}] {check.name:<15} {check.detail}")
+        if not check.ok and check.error is not None and check.error.hint:
+            print(f"{'':10}{'':16}fix: {check.error.hint}")
+    failed = [c for c in checks if c.required and not c.ok and c.error is not None]
+    return int(failed[0].error.exit_code) if failed and failed[0].error else 0
+
+
+def _classifier(args: Arguments) -> ThreadClassifier | None:
+    if args.all_threads or args.tid:
+        return None
+    try:
+        austin = Austin.find(args.austin)
+        austin.version()
+    except AustinError as exc:
+        log.warning("%s; every thread that calls epoll will be reported", exc)
+        return None
+    return ThreadClassifier(austin)
+
+
+def _sinks(args: Arguments) -> list[Sink]:
+    return [JsonLinesSink() if args.json else ConsoleSink()]
+
+
+class _Signals:
+    """SIGINT/SIGTERM ask the session to drain and stop; in launch mode they reach the child."""
+
+    def __init__(self, session: Session, child: LaunchedCommand | None) -> None:
+        self._session = session
+        self._child = child
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._child is None:
+            self._session.request_stop()
+            return
+        # Launch mode: the session ends when the child does. A terminal's
+        # Ctrl-C already reached the child (same foreground group).
+        if signum == signal.SIGINT and _foreground_terminal():
+            return
+        self._child.process.send_signal(signum)
+
+
+def _short(command: Sequence[str], limit: int = 60) -> str:
+    text = " ".join(command).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _foreground_terminal() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def run(args: Arguments) -> int:
+    config = DetectorConfig(threshold_ns=args.threshold_ns, tid=args.tid, stats=args.stats)
+    if args.ebpf:
+        print(f"// cflags: {' '.join(program_cflags(config))}")
+        print(program_source())
+        return ExitCode.OK
+
+    target = inspect_target(args.pid) if args.pid is not None else None
+    preflight.require(preflight.run_checks(args.austin)[:4])
+
+    detector = Detector(config)
+    log.info("compiling and loading the BPF program...")
+    detector.load()
+    try:
+        log.info("attached to %s", ", ".join(f"{name}" for name in detector.attached))
+        session = Session(
+            detector,
+            _sinks(args),
+            _classifier(args),
+            SessionOptions(threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads),
+        )
+        what = "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
+        if target is not None:
+            detector.watch(target.pid)
+            watch = ExitWatch(target.pid)
+            _Signals(session, None)
+            log.info("watching PID %d (%s) for %s; Ctrl-C to stop", target.pid, target.cmdline, what)
+            try:
+                session.run(watch)
+            finally:
+                watch.close()
+            if not session.stopping:
+                log.info("process %d exited", target.pid)
+            return ExitCode.OK
+        child = LaunchedCommand(args.command)
+        detector.watch(child.pid)
+        _Signals(session, child)
+        child.release()
+        log.info("launched PID %d (%s), watching for %s", child.pid, _short(args.command), what)
+        session.run(child)
+        child.process.wait()
+        code = child.exit_code()
+        return code if code is not None else ExitCode.FAILURE
+    finally:
+        detector.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["doctor"]:
+        return _doctor(argv[1:])
+    args = parse_arguments(argv)
+    _configure_logging(args)
+    try:
+        return run(args)
+    except BlocksnoopError as exc:
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        sys.stderr.write(f"{PROG}: {exc}{hint}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return ExitCode.OK

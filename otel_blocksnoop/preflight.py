@@ -1,0 +1,166 @@
+"""What the sidecar needs from the host, checked before anything is loaded.
+
+``otel-blocksnoop doctor`` prints the whole list; a run stops at the first
+required item that is missing, with the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from otel_blocksnoop.austin import Austin, AustinError
+from otel_blocksnoop.errors import (
+    BccMissingError,
+    BlocksnoopError,
+    BpfLoadError,
+    HeadersMissingError,
+    NoPrivilegesError,
+    TracefsMissingError,
+)
+
+TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
+
+# Capability bits (linux/capability.h)
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the checklist."""
+
+    name: str
+    ok: bool
+    detail: str
+    error: BlocksnoopError | None = None
+    required: bool = True
+
+
+def effective_capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> Check:
+    caps = effective_capabilities()
+
+    def has(bit: int) -> bool:
+        return bool(caps >> bit & 1)
+
+    bpf_ok = has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+    if os.geteuid() == 0 and bpf_ok:
+        return Check("privileges", ok=True, detail="root, may load BPF")
+    if bpf_ok and has(CAP_SYS_PTRACE):
+        return Check("privileges", ok=True, detail="CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
+    missing = [
+        name
+        for name, bit in (("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))
+        if not has(bit) and not has(CAP_SYS_ADMIN)
+    ]
+    if not has(CAP_SYS_PTRACE):
+        missing.append("CAP_SYS_PTRACE")
+    detail = f"missing {', '.join(missing)}"
+    return Check(
+        "privileges",
+        ok=False,
+        detail=detail,
+        error=NoPrivilegesError(f"failed to load BPF: not root ({detail})"),
+    )
+
+
+def check_bcc() -> Check:
+    try:
+        spec = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        return Check(
+            "bcc",
+            ok=False,
+            detail="the bcc module is not importable",
+            error=BccMissingError("failed to import bcc: not installed in this Python"),
+        )
+    return Check("bcc", ok=True, detail=str(Path(spec.origin).parent))
+
+
+def tracefs_root() -> Path | None:
+    for root in TRACEFS_ROOTS:
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def check_tracefs() -> Check:
+    root = tracefs_root()
+    if root is None:
+        return Check(
+            "tracefs",
+            ok=False,
+            detail="not mounted",
+            error=TracefsMissingError("failed to find tracepoints: tracefs is not mounted"),
+        )
+    if not (root / "events" / "syscalls" / "sys_enter_epoll_wait").is_dir():
+        return Check(
+            "tracefs",
+            ok=False,
+            detail=f"{root} has no syscalls:sys_enter_epoll_wait",
+            error=BpfLoadError(
+                "failed to find syscalls:sys_enter_epoll_wait: "
+                "this kernel lacks syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
+                hint="a kernel with CONFIG_FTRACE_SYSCALLS=y is needed",
+            ),
+        )
+    return Check("tracefs", ok=True, detail=f"{root}, epoll tracepoints present")
+
+
+def check_headers() -> Check:
+    modules = Path("/lib/modules") / os.uname().release
+    build = modules / "build"
+    # Debian splits headers into the -amd64 tree (generated config) and the
+    # -common tree (the sources); BCC needs both.
+    generated = build / "include" / "generated" / "autoconf.h"
+    common = modules / "source" / "include" / "linux" / "kconfig.h"
+    if generated.is_file() and common.is_file():
+        return Check("kernel headers", ok=True, detail=f"{build} -> {build.resolve()}")
+    if KHEADERS.is_file():
+        return Check("kernel headers", ok=True, detail=str(KHEADERS))
+    return Check(
+        "kernel headers",
+        ok=False,
+        detail=f"{build} or {modules / 'source'} is missing",
+        error=HeadersMissingError(f"failed to find kernel headers under {modules}"),
+    )
+
+
+def check_austin(explicit: str | None = None) -> Check:
+    try:
+        austin = Austin.find(explicit)
+        version = austin.version()
+    except AustinError as exc:
+        return Check("austin", ok=False, detail=str(exc), required=False)
+    return Check("austin", ok=True, detail=f"{austin.path} ({version})", required=False)
+
+
+def run_checks(austin: str | None = None) -> list[Check]:
+    return [
+        check_privileges(),
+        check_bcc(),
+        check_tracefs(),
+        check_headers(),
+        check_austin(austin),
+    ]
+
+
+def require(checks: list[Check]) -> None:
+    """Raise the error of the first required check that failed."""
+    for check in checks:
+        if check.required and not check.ok and check.error is not None:
+            raise check.error

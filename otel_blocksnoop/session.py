@@ -1,0 +1,191 @@
+"""One watching session: poll the detector, classify, enrich, hand to the sinks, sum up.
+
+Nothing detected is lost on the way out: after a stop request or the
+target's exit the ring buffer is drained before the summary is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from otel_blocksnoop import histogram
+from otel_blocksnoop.clock import WallClock
+from otel_blocksnoop.detector import Counters, Detector
+from otel_blocksnoop.events import (
+    Block,
+    BlockEvent,
+    IterationStats,
+    SessionSummary,
+    ThreadKind,
+)
+from otel_blocksnoop.sinks import Sink
+from otel_blocksnoop.target import thread_name
+from otel_blocksnoop.threads import ThreadClassifier, reported
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+STATS_PERCENTILES = (0.5, 0.9, 0.99)
+DRAIN_POLLS = 3
+
+
+class Watched(Protocol):
+    """The watched process, as far as the session cares."""
+
+    def exited(self) -> bool:
+        """True once the process is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    threshold_ns: int
+    stats: bool = False
+    all_threads: bool = False
+    stats_interval_s: float = 1.0
+
+
+class _Totals:
+    """Running totals behind the summary."""
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.blocked_ns = 0
+        self.max_block_ns = 0
+        self.ignored_blocks = 0
+        self.ignored_threads: dict[int, tuple[str, ThreadKind]] = {}
+
+    def add(self, block: Block) -> None:
+        self.blocks += 1
+        self.blocked_ns += block.duration_ns
+        self.max_block_ns = max(self.max_block_ns, block.duration_ns)
+
+    def ignore(self, event: BlockEvent, kind: ThreadKind) -> None:
+        self.ignored_blocks += 1
+        self.ignored_threads[event.tid] = (event.comm, kind)
+
+
+class Session:
+    def __init__(
+        self,
+        detector: Detector,
+        sinks: Sequence[Sink],
+        classifier: ThreadClassifier | None,
+        options: SessionOptions,
+        clock: WallClock | None = None,
+    ) -> None:
+        self._detector = detector
+        self._sinks = sinks
+        self._classifier = classifier
+        self._options = options
+        self._clock = clock or WallClock()
+        self._totals = _Totals()
+        self._stop_requested = False
+        self._lost_reported = 0
+        self._previous_counts: tuple[int, ...] = (0,) * histogram.BUCKETS
+        self._previous_counters = Counters(0, 0, 0, 0)
+
+    def request_stop(self) -> None:
+        """Ask the loop to drain and return; safe from a signal handler."""
+        self._stop_requested = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested
+
+    def run(self, target: Watched) -> SessionSummary:
+        started = time.monotonic()
+        next_stats = started + self._options.stats_interval_s
+        last_stats = started
+        while not self._stop_requested and not target.exited():
+            if self._options.stats:
+                time.sleep(min(POLL_MS / 1000, max(0.0, next_stats - time.monotonic())))
+            else:
+                self._handle(self._detector.poll(POLL_MS))
+            now = time.monotonic()
+            if now >= next_stats:
+                if self._options.stats:
+                    self._emit_stats(now - last_stats)
+                    last_stats = now
+                self._warn_lost()
+                next_stats = now + self._options.stats_interval_s
+        if not self._options.stats:
+            for _ in range(DRAIN_POLLS):
+                self._handle(self._detector.poll(0))
+        summary = self._summary(time.monotonic() - started)
+        for sink in self._sinks:
+            sink.export_summary(summary)
+            sink.shutdown()
+        return summary
+
+    def _handle(self, events: list[BlockEvent]) -> None:
+        for event in events:
+            kind = self._kind(event)
+            if not reported(kind):
+                self._totals.ignore(event, kind)
+                continue
+            block = Block(
+                pid=event.pid,
+                tid=event.tid,
+                thread_name=thread_name(event.pid, event.tid) or event.comm,
+                start_ns=event.start_ns,
+                end_ns=event.end_ns,
+                start_unix_ns=self._clock.to_unix_ns(event.start_ns),
+                end_unix_ns=self._clock.to_unix_ns(event.end_ns),
+                threshold_ns=self._options.threshold_ns,
+                thread_kind=kind,
+            )
+            self._totals.add(block)
+            for sink in self._sinks:
+                sink.export(block)
+
+    def _kind(self, event: BlockEvent) -> ThreadKind:
+        if self._options.all_threads or self._classifier is None:
+            return ThreadKind.UNKNOWN
+        return self._classifier.kind(event.pid, event.tid)
+
+    def _emit_stats(self, interval_s: float) -> None:
+        snapshot = self._detector.histogram()
+        counters = self._detector.counters()
+        delta = [
+            now - before for now, before in zip(snapshot.counts, self._previous_counts, strict=True)
+        ]
+        count = counters.iterations - self._previous_counters.iterations
+        stats = IterationStats(
+            interval_s=interval_s,
+            count=count,
+            sum_ns=counters.busy_ns - self._previous_counters.busy_ns,
+            min_ns=snapshot.min_ns if count else 0,
+            max_ns=snapshot.max_ns if count else 0,
+            percentiles_ns={p: histogram.percentile(delta, p) for p in STATS_PERCENTILES},
+        )
+        self._previous_counts = snapshot.counts
+        self._previous_counters = counters
+        for sink in self._sinks:
+            sink.export_stats(stats)
+
+    def _warn_lost(self) -> None:
+        lost = self._detector.counters().lost_events
+        if lost > self._lost_reported:
+            log.warning(
+                "lost %d blocks: the ring buffer was full (the sidecar fell behind)",
+                lost - self._lost_reported,
+            )
+            self._lost_reported = lost
+
+    def _summary(self, duration_s: float) -> SessionSummary:
+        totals = self._totals
+        return SessionSummary(
+            blocks=totals.blocks,
+            blocked_ns=totals.blocked_ns,
+            max_block_ns=totals.max_block_ns,
+            lost_events=self._detector.counters().lost_events,
+            ignored_blocks=totals.ignored_blocks,
+            ignored_threads=tuple(
+                (tid, name, kind) for tid, (name, kind) in sorted(totals.ignored_threads.items())
+            ),
+            duration_s=duration_s,
+        )

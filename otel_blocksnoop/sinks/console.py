@@ -1,0 +1,89 @@
+"""Human-readable output: one aligned line per block, a summary at the end."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from otel_blocksnoop.events import Block, IterationStats, SessionSummary
+from otel_blocksnoop.sinks.formatting import human_duration, local_clock
+
+_HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}"
+_PERCENTILES = (0.5, 0.9, 0.99)
+
+
+class ConsoleSink:
+    """Writes to a terminal or a log; the stats line redraws in place on a terminal."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._header_done = False
+        self._tty = self._stream.isatty()
+        self._stats_line_open = False
+
+    def _write(self, line: str) -> None:
+        if self._stats_line_open:
+            self._stream.write("\n")
+            self._stats_line_open = False
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def export(self, block: Block) -> None:
+        if not self._header_done:
+            self._write(_HEADER)
+            self._header_done = True
+        self._write(
+            f"{local_clock(block.start_unix_ns):<12}  {block.pid:>7}  {block.tid:>7}  "
+            f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}"
+        )
+
+    def export_stats(self, stats: IterationStats) -> None:
+        parts = [
+            time.strftime("%H:%M:%S"),
+            f"{stats.rate_per_s:,.0f} iterations/s",
+            f"min {human_duration(stats.min_ns)}",
+            f"avg {human_duration(stats.avg_ns)}",
+            *(
+                f"p{fraction * 100:g} {human_duration(stats.percentiles_ns.get(fraction, 0))}"
+                for fraction in _PERCENTILES
+            ),
+            f"max {human_duration(stats.max_ns)}",
+        ]
+        line = "  ".join(parts)
+        if self._tty:
+            self._stream.write("\r\x1b[K" + line)
+            self._stream.flush()
+            self._stats_line_open = True
+        else:
+            self._write(line)
+
+    def export_summary(self, summary: SessionSummary) -> None:
+        text = (
+            f"{summary.blocks} block{'s' if summary.blocks != 1 else ''} in "
+            f"{summary.duration_s:.1f} s"
+        )
+        if summary.blocks:
+            text += (
+                f", {human_duration(summary.blocked_ns)} blocked in all, "
+                f"longest {human_duration(summary.max_block_ns)}"
+            )
+        text += f", {summary.lost_events} lost"
+        self._write(f"--- {text}")
+        if summary.ignored_threads:
+            threads = ", ".join(
+                f"{tid} ({name}, {kind})" for tid, name, kind in summary.ignored_threads
+            )
+            self._write(
+                f"    not event loops, not reported: {summary.ignored_blocks} blocks on "
+                f"{threads}"
+            )
+
+    def force_flush(self) -> None:
+        self._stream.flush()
+
+    def shutdown(self) -> None:
+        if self._stats_line_open:
+            self._stream.write("\n")
+            self._stats_line_open = False
+        self._stream.flush()

@@ -1,0 +1,36 @@
+"""Units and time formats shared by the human and JSON sinks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from otel_blocksnoop.events import NS_PER_MS, NS_PER_S
+
+
+def ms(ns: int) -> float:
+    """Nanoseconds as milliseconds, rounded to the microsecond."""
+    return round(ns / NS_PER_MS, 3)
+
+
+def human_duration(ns: int) -> str:
+    if ns >= 10 * NS_PER_S:
+        return f"{ns / NS_PER_S:.1f} s"
+    if ns >= NS_PER_S:
+        return f"{ns / NS_PER_S:.2f} s"
+    if ns >= 100 * NS_PER_MS:
+        return f"{ns / NS_PER_MS:.0f} ms"
+    if ns >= NS_PER_MS:
+        return f"{ns / NS_PER_MS:.1f} ms"
+    return f"{ns / NS_PER_MS:.3f} ms"
+
+
+def iso_utc(unix_ns: int) -> str:
+    """RFC 3339 UTC timestamp with microseconds."""
+    stamp = datetime.fromtimestamp(unix_ns / NS_PER_S, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def local_clock(unix_ns: int) -> str:
+    """Wall-clock time of day in the local zone, to the millisecond."""
+    stamp = datetime.fromtimestamp(unix_ns / NS_PER_S).astimezone()
+    return stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"

@@ -1,0 +1,76 @@
+"""Machine-readable output: one JSON object per line, each with a ``type``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from otel_blocksnoop.events import Block, IterationStats, SessionSummary
+from otel_blocksnoop.sinks.formatting import iso_utc, ms
+
+
+class JsonLinesSink:
+    """``{"type": "block" | "stats" | "summary", ...}`` records on a stream."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._stream.flush()
+
+    def export(self, block: Block) -> None:
+        self._emit(
+            {
+                "type": "block",
+                "time": iso_utc(block.start_unix_ns),
+                "pid": block.pid,
+                "tid": block.tid,
+                "thread_name": block.thread_name,
+                "thread_kind": str(block.thread_kind),
+                "duration_ms": ms(block.duration_ns),
+                "threshold_ms": ms(block.threshold_ns),
+                "start_unix_ns": block.start_unix_ns,
+                "end_unix_ns": block.end_unix_ns,
+                "start_monotonic_ns": block.start_ns,
+                "end_monotonic_ns": block.end_ns,
+            }
+        )
+
+    def export_stats(self, stats: IterationStats) -> None:
+        record: dict[str, Any] = {
+            "type": "stats",
+            "interval_s": round(stats.interval_s, 3),
+            "iterations": stats.count,
+            "rate_per_s": round(stats.rate_per_s, 1),
+            "min_ms": ms(stats.min_ns),
+            "avg_ms": ms(stats.avg_ns),
+        }
+        for fraction, value in sorted(stats.percentiles_ns.items()):
+            record[f"p{fraction * 100:g}_ms"] = ms(value)
+        record["max_ms"] = ms(stats.max_ns)
+        self._emit(record)
+
+    def export_summary(self, summary: SessionSummary) -> None:
+        self._emit(
+            {
+                "type": "summary",
+                "blocks": summary.blocks,
+                "blocked_ms": ms(summary.blocked_ns),
+                "max_block_ms": ms(summary.max_block_ns),
+                "lost_events": summary.lost_events,
+                "ignored_blocks": summary.ignored_blocks,
+                "ignored_threads": [
+                    {"tid": tid, "thread_name": name, "thread_kind": str(kind)}
+                    for tid, name, kind in summary.ignored_threads
+                ],
+                "duration_s": round(summary.duration_s, 3),
+            }
+        )
+
+    def force_flush(self) -> None:
+        self._stream.flush()
+
+    def shutdown(self) -> None:
+        self._stream.flush()

@@ -1,0 +1,159 @@
+"""The watched process: checking a PID, and launching a command held until probes attach."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from otel_blocksnoop.errors import LaunchError, NoPrivilegesError, NoSuchProcessError, NotPythonError
+
+_PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?[dmu]*$")
+_LIBPYTHON = re.compile(r"/libpython\d")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """What was learnt about a PID before watching it."""
+
+    pid: int
+    exe: str
+    cmdline: str
+
+
+def _proc(pid: int) -> Path:
+    return Path("/proc") / str(pid)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_python(pid: int, exe: str) -> bool:
+    """A Python interpreter binary, or a program embedding libpython (uWSGI and the like)."""
+    if _PYTHON_EXE.match(Path(exe).name):
+        return True
+    maps = (_proc(pid) / "maps").read_text(errors="replace")
+    return bool(_LIBPYTHON.search(maps))
+
+
+def inspect_target(pid: int) -> TargetInfo:
+    """Check that ``pid`` is a live Python process this user may watch."""
+    if pid <= 0 or not process_exists(pid):
+        msg = f"failed to find process {pid}: no such process"
+        raise NoSuchProcessError(msg)
+    try:
+        exe = os.readlink(_proc(pid) / "exe")
+        raw = (_proc(pid) / "cmdline").read_bytes()
+        python = is_python(pid, exe)
+    except PermissionError as exc:
+        msg = f"failed to inspect process {pid}: permission denied"
+        raise NoPrivilegesError(msg) from exc
+    except FileNotFoundError as exc:
+        msg = f"failed to find process {pid}: it exited"
+        raise NoSuchProcessError(msg) from exc
+    cmdline = shlex.join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    if not python:
+        msg = f"process {pid} ({Path(exe).name}) is not a Python interpreter"
+        raise NotPythonError(msg)
+    return TargetInfo(pid=pid, exe=exe, cmdline=cmdline)
+
+
+def thread_name(pid: int, tid: int) -> str | None:
+    try:
+        return (_proc(pid) / "task" / str(tid) / "comm").read_text().strip()
+    except OSError:
+        return None
+
+
+class ExitWatch:
+    """Tells, without blocking, whether a process we did not start has exited."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError as exc:
+            msg = f"failed to find process {pid}: it exited"
+            raise NoSuchProcessError(msg) from exc
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+
+    def exited(self) -> bool:
+        return bool(self._poller.poll(0))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# The holder waits until the sidecar writes to the pipe, closes it and execs
+# the command in the same process, so the PID put in the kernel's watch list
+# before the release is the command's own. It is the sidecar's interpreter in
+# isolated mode, so any fd number works (POSIX sh only takes one digit).
+_HOLD_SCRIPT = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "go = os.read(fd, 1)\n"
+    "os.close(fd)\n"
+    "if not go:\n"
+    "    sys.exit(125)\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as exc:\n"
+    "    sys.stderr.write(f'otel-blocksnoop: failed to launch {sys.argv[2]}: {exc.strerror}\\n')\n"
+    "    sys.exit(127)\n"
+)
+
+
+class LaunchedCommand:
+    """A command started paused; ``release()`` lets it run its first instruction."""
+
+    def __init__(self, argv: list[str]) -> None:
+        if not argv:
+            msg = "failed to launch command: nothing after `--`"
+            raise LaunchError(msg)
+        if shutil.which(argv[0]) is None:
+            msg = f"failed to launch {argv[0]}: command not found or not executable"
+            raise LaunchError(msg)
+        read_end, self._write_end = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _HOLD_SCRIPT, str(read_end), *argv],
+                pass_fds=(read_end,),
+            )
+        except OSError as exc:
+            os.close(self._write_end)
+            msg = f"failed to launch {argv[0]}: {exc.strerror}"
+            raise LaunchError(msg) from exc
+        finally:
+            os.close(read_end)
+        self.pid = self.process.pid
+
+    def release(self) -> None:
+        os.write(self._write_end, b"go\n")
+        os.close(self._write_end)
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def exit_code(self) -> int | None:
+        """The command's exit status, shell-style (128+N when killed by signal N)."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        return 128 - code if code < 0 else code

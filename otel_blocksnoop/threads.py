@@ -1,0 +1,82 @@
+"""Which epoll-calling threads are event loops.
+
+An asyncio-compatible loop always runs Python, so a thread with no Python
+thread state (absent from Austin's dump) is a native library's poller: gRPC
+core, libzmq's I/O threads, a C extension's worker. Such threads and Python
+threads parked in a known non-asyncio poller are not reported. Every other
+thread is: a Python thread inside asyncio or uvloop is a loop for certain,
+and one Austin cannot read (or any, if Austin is unavailable) is reported
+rather than risk missing a real block.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from otel_blocksnoop.austin import Austin, AustinError
+from otel_blocksnoop.events import Frame, ThreadKind
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 10.0
+"""A thread not seen as a loop is looked at again at most this often."""
+
+LOOP_PATH_PARTS = ("/asyncio/", "/uvloop/")
+"""Source paths of event-loop machinery: a frame from here means a loop thread."""
+
+KNOWN_POLLERS = (
+    ("/grpc/_server.py", "_serve"),
+    ("/grpc/_channel.py", "channel_spin"),
+    ("/grpc/_channel.py", "_run_channel_spin_thread"),
+)
+"""Python functions that drive a non-asyncio epoll loop: (path suffix, function)."""
+
+
+def classify(stack: Sequence[Frame] | None) -> ThreadKind:
+    """Kind of a thread from its Python stack (None: not a Python thread)."""
+    if stack is None:
+        return ThreadKind.NATIVE
+    if any(part in frame.file for frame in stack for part in LOOP_PATH_PARTS):
+        return ThreadKind.LOOP
+    for frame in stack:
+        for suffix, function in KNOWN_POLLERS:
+            if frame.file.endswith(suffix) and frame.function.endswith(function):
+                return ThreadKind.POLLER
+    return ThreadKind.UNKNOWN
+
+
+def reported(kind: ThreadKind) -> bool:
+    return kind in (ThreadKind.LOOP, ThreadKind.UNKNOWN)
+
+
+class ThreadClassifier:
+    """Caches each thread's kind; asks Austin for a fresh dump when one is needed."""
+
+    def __init__(self, austin: Austin | None) -> None:
+        self._austin = austin
+        self._kinds: dict[tuple[int, int], tuple[ThreadKind, float]] = {}
+        self._warned: set[int] = set()
+
+    def kind(self, pid: int, tid: int) -> ThreadKind:
+        cached = self._kinds.get((pid, tid))
+        now = time.monotonic()
+        if cached and (cached[0] == ThreadKind.LOOP or now - cached[1] < RECHECK_S):
+            return cached[0]
+        if self._austin is None:
+            return ThreadKind.UNKNOWN
+        try:
+            stacks = self._austin.where(pid)
+        except AustinError as exc:
+            if pid not in self._warned:
+                self._warned.add(pid)
+                log.warning("%s; reporting every thread of %d", exc, pid)
+            return ThreadKind.UNKNOWN
+        for seen_tid, stack in stacks.items():
+            self._kinds[(pid, seen_tid)] = (classify(stack), now)
+        if tid not in stacks:
+            alive = (Path("/proc") / str(pid) / "task" / str(tid)).exists()
+            self._kinds[(pid, tid)] = (ThreadKind.NATIVE if alive else ThreadKind.UNKNOWN, now)
+        return self._kinds[(pid, tid)][0]
