@@ -1,0 +1,37 @@
+# otel-blocksnoop: every target installs what it needs first (scripts/setup.sh
+# is idempotent), so each works on a fresh Debian 12 machine, as root.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: setup demo test lint unit integration bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+## demo: launch a sample asyncio app that blocks its loop, watched from its start
+demo: setup
+	$(VENV)/bin/otel-blocksnoop -t 20 -- $(PY) examples/demo_app.py
+
+## test: lint, type-check, then every test (integration tests need root)
+test: setup lint
+	$(PY) -m pytest
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+## bench: accuracy and overhead benchmarks; results go to bench/results/
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,62 @@
+"""A small asyncio service that blocks its own event loop in a few common ways.
+
+Run it under the sidecar with ``make demo``; each block below is reported.
+"""
+
+import asyncio
+import hashlib
+import threading
+import time
+
+
+def slow_hash() -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 200_000)
+
+
+def busy_loop(seconds: float) -> int:
+    deadline = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+    return n
+
+
+async def heartbeat() -> None:
+    while True:
+        await asyncio.sleep(0.01)
+
+
+async def handler(round_no: int) -> None:
+    print(f"demo app: round {round_no}: time.sleep(0.15) on the loop", flush=True)
+    time.sleep(0.15)
+    await asyncio.sleep(0.2)
+    print(f"demo app: round {round_no}: pbkdf2_hmac on the loop", flush=True)
+    slow_hash()
+    await asyncio.sleep(0.2)
+    print(f"demo app: round {round_no}: pure-Python busy loop for 60 ms", flush=True)
+    busy_loop(0.06)
+    await asyncio.sleep(0.2)
+
+
+def side_loop() -> None:
+    async def side() -> None:
+        await asyncio.sleep(0.1)
+        print("demo app: side thread's loop: time.sleep(0.08)", flush=True)
+        time.sleep(0.08)
+
+    asyncio.run(side())
+
+
+async def main() -> None:
+    beat = asyncio.create_task(heartbeat())
+    thread = threading.Thread(target=side_loop, name="side-loop")
+    thread.start()
+    for round_no in (1, 2):
+        await handler(round_no)
+    await asyncio.sleep(0.5)  # idle awaits are not blocks
+    thread.join()
+    beat.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

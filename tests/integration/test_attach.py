@@ -1,0 +1,206 @@
+"""Attach mode, signals and thread selection, against running processes."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from tests.conftest import BLOCKER, SIDECAR, TARGETS, matching_block, parse_json_lines, truth
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
+
+WAIT_S = 30.0
+
+
+def wait_for_line(stream: IO[str], needle: str, timeout: float = WAIT_S) -> str:
+    """Read ``stream`` until a line contains ``needle``; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    pytest.fail(f"no line with {needle!r} within {timeout} s; saw {seen}")
+
+
+class Target:
+    """A blocker app started with --ready/--go: running, waiting for the word."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        fifo = tmp_path / "ready.fifo"
+        os.mkfifo(fifo)
+        self.out = tmp_path / "truth.jsonl"
+        self.process = subprocess.Popen(
+            [sys.executable, str(BLOCKER), *args, "--ready", str(fifo), "--go", "--out", str(self.out)],
+            stdin=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        with fifo.open() as ready:
+            self.main_tid, *self.loop_tids = map(int, ready.readline().split()[1:])
+        self.pid = self.process.pid
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+class Sidecar:
+    """The sidecar attached to a PID, once it says it is watching."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*SIDECAR, "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stderr is not None
+        wait_for_line(self.process.stderr, "watching PID")
+
+    def finish(self, timeout: float = WAIT_S) -> tuple[int, list[dict[str, Any]]]:
+        stdout, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, parse_json_lines(stdout)
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for thing in started:
+        if isinstance(thing, Target):
+            thing.stop()
+        elif thing.process.poll() is None:
+            thing.process.kill()
+            thing.process.wait()
+
+
+def test_attach_reports_blocks_and_stops_when_the_target_exits(
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    # GIVEN a running asyncio app and the sidecar attached to its PID
+    target = Target(tmp_path, "all")
+    cleanup.append(target)
+    sidecar = Sidecar("-t", "50", str(target.pid))
+    cleanup.append(sidecar)
+    # WHEN the app blocks six ways and then exits
+    target.go()
+    target.process.wait(timeout=WAIT_S)
+    # THEN the sidecar stops by itself, having reported every block
+    code, records = sidecar.finish()
+    assert code == 0
+    blocks = [r for r in records if r["type"] == "block"]
+    expected = truth(target.out)
+    assert len(expected) == 6
+    for true_block in expected:
+        matching_block(blocks, true_block)
+    assert records[-1]["type"] == "summary"
+    assert records[-1]["blocks"] == 6
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_block_just_detected_survives_a_stop_signal(
+    tmp_path: Path, cleanup: list[Any], signum: int
+) -> None:
+    # GIVEN the sidecar attached to an app that blocks once, then idles
+    target = Target(tmp_path, "sleep", "--linger", "30")
+    cleanup.append(target)
+    sidecar = Sidecar("-t", "50", str(target.pid))
+    cleanup.append(sidecar)
+    target.go()
+    deadline = time.monotonic() + WAIT_S
+    while not truth(target.out) and time.monotonic() < deadline:
+        select.select([], [], [], 0.01)
+    # WHEN the sidecar is told to stop right after the block ended
+    sidecar.process.send_signal(signum)
+    code, records = sidecar.finish()
+    # THEN it exits cleanly and the block is in its output, then the summary
+    assert code == 0
+    (true_block,) = truth(target.out)
+    matching_block([r for r in records if r["type"] == "block"], true_block)
+    assert records[-1]["type"] == "summary"
+    assert target.process.poll() is None, "the watched app must keep running"
+
+
+def test_tid_narrows_to_one_thread(tmp_path: Path, cleanup: list[Any]) -> None:
+    # GIVEN an app with two loop threads, each about to block once
+    target = Target(tmp_path, "two-threads")
+    cleanup.append(target)
+    first, second = target.loop_tids
+    # WHEN the sidecar watches only the first
+    sidecar = Sidecar("-t", "50", "--tid", str(first), str(target.pid))
+    cleanup.append(sidecar)
+    target.go()
+    target.process.wait(timeout=WAIT_S)
+    _, records = sidecar.finish()
+    # THEN the first thread's block is reported and the second's is not
+    blocks = [r for r in records if r["type"] == "block"]
+    expected = {r["tid"]: r for r in truth(target.out)}
+    assert set(expected) == {first, second}
+    matching_block(blocks, expected[first])
+    assert {b["tid"] for b in blocks} == {first}
+
+
+@pytest.fixture(scope="module")
+def native_poller(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lib = tmp_path_factory.mktemp("native") / "libpoller.so"
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-pthread", "-o", str(lib), str(TARGETS / "native_poller.c")],
+        check=True,
+    )
+    return lib
+
+
+def test_native_epoll_threads_are_not_reported_as_loops(
+    tmp_path: Path, cleanup: list[Any], native_poller: Path
+) -> None:
+    # GIVEN an app with a native thread that polls epoll and works 150 ms
+    # between polls, and whose own loop blocks once
+    target = Target(tmp_path, "native", env={"NATIVE_POLLER": str(native_poller)})
+    cleanup.append(target)
+    sidecar = Sidecar("-t", "50", str(target.pid))
+    cleanup.append(sidecar)
+    target.go()
+    target.process.wait(timeout=WAIT_S)
+    _, records = sidecar.finish()
+    # THEN only the loop's block is reported; the native thread is named in the summary
+    blocks = [r for r in records if r["type"] == "block"]
+    (true_block,) = truth(target.out)
+    matching_block(blocks, true_block)
+    assert len(blocks) == 1
+    summary = records[-1]
+    assert summary["ignored_blocks"] >= 3
+    assert [t["thread_kind"] for t in summary["ignored_threads"]] == ["native"]
+
+
+def test_all_threads_reports_the_native_poller_too(
+    tmp_path: Path, cleanup: list[Any], native_poller: Path
+) -> None:
+    target = Target(tmp_path, "native", env={"NATIVE_POLLER": str(native_poller)})
+    cleanup.append(target)
+    sidecar = Sidecar("-t", "50", "--all-threads", str(target.pid))
+    cleanup.append(sidecar)
+    target.go()
+    target.process.wait(timeout=WAIT_S)
+    _, records = sidecar.finish()
+    blocks = [r for r in records if r["type"] == "block"]
+    assert len({b["tid"] for b in blocks}) == 2
+    assert len(blocks) >= 4

@@ -1,0 +1,87 @@
+"""Detection against real asyncio apps, with the real kernel probes and the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BLOCKER, matching_block, run_sidecar, truth
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
+
+TOLERANCE_NS = 20_000_000  # generous: precision is measured in bench/, not here
+PY = "python3"
+
+
+def launch(tmp_path: Path, *target_args: str, threshold_ms: int = 50) -> tuple[list, list]:
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "-t", str(threshold_ms), "--",
+        __import__("sys").executable, str(BLOCKER), *target_args, "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return run.blocks, truth(out)
+
+
+@pytest.mark.parametrize("scenario", ["sleep", "cpu", "hashlib", "read", "subprocess", "lock"])
+def test_each_kind_of_block_is_reported_on_the_loop_thread(tmp_path: Path, scenario: str) -> None:
+    # GIVEN an asyncio app that blocks its loop once for ~120 ms in a known way
+    # WHEN it runs under the sidecar with a 50 ms threshold
+    blocks, expected = launch(tmp_path, scenario)
+    # THEN exactly that block is reported, on that thread, with its duration
+    assert len(expected) == 1
+    assert len(blocks) == 1
+    block = matching_block(blocks, expected[0])
+    true_ns = expected[0]["end_ns"] - expected[0]["start_ns"]
+    reported_ns = block["end_monotonic_ns"] - block["start_monotonic_ns"]
+    assert true_ns <= reported_ns < true_ns + TOLERANCE_NS
+    assert block["thread_kind"] == "loop"
+
+
+def test_long_idle_awaits_are_not_blocks(tmp_path: Path) -> None:
+    # GIVEN an app whose loop only waits (three 300 ms asyncio.sleep calls)
+    blocks, _ = launch(tmp_path, "idle", threshold_ms=10)
+    # THEN nothing is reported
+    assert blocks == []
+
+
+def test_launch_mode_catches_a_block_in_the_first_50_ms(tmp_path: Path) -> None:
+    # GIVEN an app that blocks before its first await, right after start-up
+    blocks, expected = launch(tmp_path, "early", "--ms", "80")
+    # THEN the probes were attached before it ran: the block is there
+    assert len(expected) == 1
+    matching_block(blocks, expected[0])
+
+
+def test_a_loop_in_a_non_main_thread_is_reported_under_its_own_tid(tmp_path: Path) -> None:
+    blocks, expected = launch(tmp_path, "thread")
+    (true_block,) = expected
+    block = matching_block(blocks, true_block)
+    assert block["tid"] != block["pid"]
+    assert block["thread_kind"] == "loop"
+
+
+def test_two_loops_in_two_threads_are_told_apart(tmp_path: Path) -> None:
+    blocks, expected = launch(tmp_path, "two-threads")
+    assert len(expected) == 2
+    assert len({b["tid"] for b in expected}) == 2
+    for true_block in expected:
+        matching_block(blocks, true_block)
+    assert len(blocks) == 2
+
+
+def test_uvloop_blocks_are_reported(tmp_path: Path) -> None:
+    blocks, expected = launch(tmp_path, "all", "--uvloop")
+    assert len(expected) == 6
+    for true_block in expected:
+        matching_block(blocks, true_block)
+    assert len(blocks) == 6
+
+
+def test_uvloop_in_a_thread_is_reported(tmp_path: Path) -> None:
+    blocks, expected = launch(tmp_path, "thread", "--uvloop")
+    (true_block,) = expected
+    assert matching_block(blocks, true_block)["thread_kind"] == "loop"
+
+

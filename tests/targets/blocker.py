@@ -1,0 +1,214 @@
+"""Target app for integration tests: an asyncio loop that blocks in known ways.
+
+Usage: blocker.py SCENARIO [--ready FIFO] [--go] [--uvloop] [--ms N] [--out FILE]
+
+Each block is timed by the app itself and written as a JSON line (stdout, or --out)
+{"scenario", "tid", "start_ns", "end_ns"} (CLOCK_MONOTONIC), so the test can
+compare the sidecar's report with the truth. With --ready, "ready <tid>" is
+written to the FIFO once the loop runs; with --go, the blocks start only
+after a line arrives on stdin (read off the loop, so it keeps iterating).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+BLOCK_S = 0.12
+
+
+OUT = sys.stdout
+
+
+def record(scenario: str, start_ns: int) -> None:
+    end_ns = time.monotonic_ns()
+    line = {"scenario": scenario, "tid": threading.get_native_id(), "start_ns": start_ns, "end_ns": end_ns}
+    OUT.write(json.dumps(line) + "\n")
+    OUT.flush()
+
+
+def busy(seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+def pbkdf2(seconds: float) -> None:
+    rounds = 20_000
+    start = time.perf_counter()
+    hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", rounds)
+    per_round = (time.perf_counter() - start) / rounds
+    hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", max(1, int(seconds / per_round)))
+
+
+def read_pipe(seconds: float) -> None:
+    read_end, write_end = os.pipe()
+    timer = threading.Timer(seconds, os.write, (write_end, b"x"))
+    timer.start()
+    os.read(read_end, 1)
+    timer.join()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def wait_subprocess(seconds: float) -> None:
+    subprocess.run(["sleep", str(seconds)], check=True)
+
+
+def held_lock(seconds: float) -> None:
+    lock = threading.Lock()
+    taken = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            taken.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait()
+    with lock:
+        pass
+    thread.join()
+
+
+BLOCKERS: dict[str, Callable[[float], None]] = {
+    "sleep": time.sleep,
+    "cpu": busy,
+    "hashlib": pbkdf2,
+    "read": read_pipe,
+    "subprocess": wait_subprocess,
+    "lock": held_lock,
+}
+
+
+async def block_once(scenario: str, seconds: float) -> None:
+    await asyncio.sleep(0.05)
+    start = time.monotonic_ns()
+    BLOCKERS[scenario](seconds)
+    record(scenario, start)
+    await asyncio.sleep(0.05)
+
+
+async def idle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0.3)
+
+
+async def scenario_main(args: argparse.Namespace) -> None:
+    seconds = args.ms / 1000
+    if args.scenario == "early":
+        # Before any await: the block falls in the first milliseconds of the process.
+        start = time.monotonic_ns()
+        time.sleep(seconds)
+        record("early", start)
+        return
+    if args.scenario == "idle":
+        await idle()
+        return
+    if args.scenario == "native":
+        # A native thread (no Python thread state) that calls epoll and then
+        # works 150 ms between calls: a poller, not an event loop.
+        import ctypes  # noqa: PLC0415
+
+        poller = ctypes.CDLL(os.environ["NATIVE_POLLER"])
+        poller.start_poller(150, 4)
+        await block_once("sleep", seconds)
+        await asyncio.sleep(0.8)
+        return
+    if args.scenario == "all":
+        for name in BLOCKERS:
+            await block_once(name, seconds)
+    else:
+        await block_once(args.scenario, seconds)
+    await asyncio.sleep(args.linger)
+
+
+def run_loop(coro_factory: Callable[[], object], use_uvloop: bool) -> None:
+    if use_uvloop:
+        import uvloop  # noqa: PLC0415 - only some scenarios need it
+
+        uvloop.run(coro_factory())  # type: ignore[arg-type]
+    else:
+        asyncio.run(coro_factory())  # type: ignore[arg-type]
+
+
+async def gate(args: argparse.Namespace, loop_tids: list[int] | None = None) -> None:
+    """Say "ready <main tid> <loop thread tids...>" on the FIFO, then wait for "go"."""
+    if args.ready:
+        tids = [threading.get_native_id(), *(loop_tids or [])]
+        with open(args.ready, "w") as fifo:  # noqa: ASYNC230, PTH123 - a FIFO opens at once here
+            fifo.write(f"ready {' '.join(map(str, tids))}\n")
+    if args.go:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "scenario", choices=[*BLOCKERS, "all", "idle", "early", "thread", "two-threads", "native"]
+    )
+    parser.add_argument("--ready")
+    parser.add_argument("--go", action="store_true")
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--ms", type=float, default=BLOCK_S * 1000)
+    parser.add_argument("--linger", type=float, default=0.0, help="idle this long after")
+    parser.add_argument("--out", help="write the block records here instead of stdout")
+    args = parser.parse_args()
+    if args.out:
+        global OUT  # noqa: PLW0603 - set once, before any block
+        OUT = open(args.out, "a")  # noqa: SIM115 - lives as long as the process
+
+    if args.scenario in ("thread", "two-threads"):
+        count = 1 if args.scenario == "thread" else 2
+        started = threading.Barrier(count + 1)
+        go = threading.Event()
+        tids: list[int] = []
+
+        def loop_thread(index: int) -> None:
+            async def body() -> None:
+                tids.append(threading.get_native_id())
+                started.wait()
+                await asyncio.get_running_loop().run_in_executor(None, go.wait)
+                await asyncio.sleep(0.05 + 0.2 * index)
+                start = time.monotonic_ns()
+                time.sleep(args.ms / 1000)
+                record(f"thread-{index}", start)
+                await asyncio.sleep(0.05)
+
+            run_loop(body, args.uvloop)
+
+        async def main_loop() -> None:
+            threads = [
+                threading.Thread(target=loop_thread, args=(i,), name=f"loop-{i}")
+                for i in range(count)
+            ]
+            for thread in threads:
+                thread.start()
+            started.wait()
+            await gate(args, tids)
+            go.set()
+            while any(thread.is_alive() for thread in threads):
+                await asyncio.sleep(0.02)
+
+        run_loop(main_loop, use_uvloop=False)
+        return
+
+    async def body() -> None:
+        if args.scenario != "early":
+            await gate(args)
+        await scenario_main(args)
+
+    run_loop(body, args.uvloop)
+
+
+if __name__ == "__main__":
+    main()
