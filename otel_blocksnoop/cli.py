@@ -25,7 +25,7 @@ from otel_blocksnoop.session import Session, SessionOptions
 from otel_blocksnoop.sinks import Sink
 from otel_blocksnoop.sinks.console import ConsoleSink
 from otel_blocksnoop.sinks.jsonlines import JsonLinesSink
-from otel_blocksnoop.target import ExitWatch, LaunchedCommand, inspect_target
+from otel_blocksnoop.target import ExitWatch, LaunchedCommand, check_command, inspect_target
 from otel_blocksnoop.threads import ThreadClassifier
 
 PROG = "otel-blocksnoop"
@@ -106,10 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="report every thread that calls epoll, not only event-loop threads",
     )
-    parser.add_argument("--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)")
+    parser.add_argument(
+        "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages on stderr")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
+    )
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
@@ -239,6 +243,8 @@ def run(args: Arguments) -> int:
         return ExitCode.OK
 
     target = inspect_target(args.pid) if args.pid is not None else None
+    if target is None:
+        check_command(args.command)
     preflight.require(preflight.run_checks(args.austin)[:4])
 
     detector = Detector(config)
@@ -250,14 +256,20 @@ def run(args: Arguments) -> int:
             detector,
             _sinks(args),
             _classifier(args),
-            SessionOptions(threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads),
+            SessionOptions(
+                threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads
+            ),
         )
-        what = "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
+        what = (
+            "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
+        )
         if target is not None:
             detector.watch(target.pid)
             watch = ExitWatch(target.pid)
             _Signals(session, None)
-            log.info("watching PID %d (%s) for %s; Ctrl-C to stop", target.pid, target.cmdline, what)
+            log.info(
+                "watching PID %d (%s) for %s; Ctrl-C to stop", target.pid, target.cmdline, what
+            )
             try:
                 session.run(watch)
             finally:

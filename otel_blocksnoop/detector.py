@@ -179,7 +179,7 @@ class Detector:
         if not self.config.stats:
             self._bpf["events"].open_ring_buffer(self._on_event)
 
-    def _attach(self, bpf_class: Any) -> None:
+    def _attach(self, bpf_class: Any) -> None:  # noqa: ANN401 - bcc has no type hints
         attached = []
         for name in EPOLL_SYSCALLS:
             if not bpf_class.tracepoint_exists("syscalls", f"sys_enter_{name}"):
@@ -189,9 +189,7 @@ class Detector:
                 self._bpf.attach_tracepoint(
                     tp=f"syscalls:sys_enter_{name}", fn_name="on_epoll_enter"
                 )
-                self._bpf.attach_tracepoint(
-                    tp=f"syscalls:sys_exit_{name}", fn_name="on_epoll_exit"
-                )
+                self._bpf.attach_tracepoint(tp=f"syscalls:sys_exit_{name}", fn_name="on_epoll_exit")
             except Exception as exc:
                 msg = f"failed to attach syscalls:sys_enter_{name}: {exc}"
                 raise BpfLoadError(msg) from exc
@@ -205,7 +203,7 @@ class Detector:
     def watch(self, pid: int) -> None:
         self._bpf["watched"][ctypes.c_uint32(pid)] = ctypes.c_uint8(WATCH_ROOT)
 
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
+    def _on_event(self, _ctx: object, data: int, _size: int) -> int:
         raw = ctypes.cast(data, ctypes.POINTER(BlockEventC)).contents
         self._pending.append(
             BlockEvent(

@@ -42,6 +42,21 @@ class Check:
     required: bool = True
 
 
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that answers False, not EACCES, when we may not look."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def effective_capabilities() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
@@ -93,7 +108,7 @@ def check_bcc() -> Check:
 
 def tracefs_root() -> Path | None:
     for root in TRACEFS_ROOTS:
-        if (root / "events").is_dir():
+        if _is_dir(root / "events"):
             return root
     return None
 
@@ -107,7 +122,7 @@ def check_tracefs() -> Check:
             detail="not mounted",
             error=TracefsMissingError("failed to find tracepoints: tracefs is not mounted"),
         )
-    if not (root / "events" / "syscalls" / "sys_enter_epoll_wait").is_dir():
+    if not _is_dir(root / "events" / "syscalls" / "sys_enter_epoll_wait"):
         return Check(
             "tracefs",
             ok=False,
@@ -128,9 +143,9 @@ def check_headers() -> Check:
     # -common tree (the sources); BCC needs both.
     generated = build / "include" / "generated" / "autoconf.h"
     common = modules / "source" / "include" / "linux" / "kconfig.h"
-    if generated.is_file() and common.is_file():
+    if _is_file(generated) and _is_file(common):
         return Check("kernel headers", ok=True, detail=f"{build} -> {build.resolve()}")
-    if KHEADERS.is_file():
+    if _is_file(KHEADERS):
         return Check("kernel headers", ok=True, detail=str(KHEADERS))
     return Check(
         "kernel headers",

@@ -12,7 +12,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_blocksnoop.errors import LaunchError, NoPrivilegesError, NoSuchProcessError, NotPythonError
+from otel_blocksnoop.errors import (
+    LaunchError,
+    NoPrivilegesError,
+    NoSuchProcessError,
+    NotPythonError,
+)
 
 _PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?[dmu]*$")
 _LIBPYTHON = re.compile(r"/libpython\d")
@@ -55,7 +60,7 @@ def inspect_target(pid: int) -> TargetInfo:
         msg = f"failed to find process {pid}: no such process"
         raise NoSuchProcessError(msg)
     try:
-        exe = os.readlink(_proc(pid) / "exe")
+        exe = str((_proc(pid) / "exe").readlink())
         raw = (_proc(pid) / "cmdline").read_bytes()
         python = is_python(pid, exe)
     except PermissionError as exc:
@@ -120,16 +125,21 @@ _HOLD_SCRIPT = (
 )
 
 
+def check_command(argv: list[str]) -> None:
+    """Fail early, before BPF is compiled, when the command cannot be run."""
+    if not argv:
+        msg = "failed to launch command: nothing after `--`"
+        raise LaunchError(msg)
+    if shutil.which(argv[0]) is None:
+        msg = f"failed to launch {argv[0]}: command not found or not executable"
+        raise LaunchError(msg)
+
+
 class LaunchedCommand:
     """A command started paused; ``release()`` lets it run its first instruction."""
 
     def __init__(self, argv: list[str]) -> None:
-        if not argv:
-            msg = "failed to launch command: nothing after `--`"
-            raise LaunchError(msg)
-        if shutil.which(argv[0]) is None:
-            msg = f"failed to launch {argv[0]}: command not found or not executable"
-            raise LaunchError(msg)
+        check_command(argv)
         read_end, self._write_end = os.pipe()
         try:
             self.process = subprocess.Popen(

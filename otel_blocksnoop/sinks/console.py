@@ -75,8 +75,7 @@ class ConsoleSink:
                 f"{tid} ({name}, {kind})" for tid, name, kind in summary.ignored_threads
             )
             self._write(
-                f"    not event loops, not reported: {summary.ignored_blocks} blocks on "
-                f"{threads}"
+                f"    not event loops, not reported: {summary.ignored_blocks} blocks on {threads}"
             )
 
     def force_flush(self) -> None:

@@ -17,8 +17,6 @@ def human_duration(ns: int) -> str:
         return f"{ns / NS_PER_S:.1f} s"
     if ns >= NS_PER_S:
         return f"{ns / NS_PER_S:.2f} s"
-    if ns >= 100 * NS_PER_MS:
-        return f"{ns / NS_PER_MS:.0f} ms"
     if ns >= NS_PER_MS:
         return f"{ns / NS_PER_MS:.1f} ms"
     return f"{ns / NS_PER_MS:.3f} ms"

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.conftest import BLOCKER, SIDECAR, TARGETS, matching_block, parse_json_lines, truth
+from tests.helpers import BLOCKER, SIDECAR, TARGETS, matching_block, parse_json_lines, truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -46,7 +46,16 @@ class Target:
         os.mkfifo(fifo)
         self.out = tmp_path / "truth.jsonl"
         self.process = subprocess.Popen(
-            [sys.executable, str(BLOCKER), *args, "--ready", str(fifo), "--go", "--out", str(self.out)],
+            [
+                sys.executable,
+                str(BLOCKER),
+                *args,
+                "--ready",
+                str(fifo),
+                "--go",
+                "--out",
+                str(self.out),
+            ],
             stdin=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import BLOCKER, matching_block, run_sidecar, truth
+from tests.helpers import BLOCKER, matching_block, run_sidecar, truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
 TOLERANCE_NS = 20_000_000  # generous: precision is measured in bench/, not here
-PY = "python3"
 
 
-def launch(tmp_path: Path, *target_args: str, threshold_ms: int = 50) -> tuple[list, list]:
+Record = dict[str, Any]
+
+
+def launch(
+    tmp_path: Path, *target_args: str, threshold_ms: int = 50
+) -> tuple[list[Record], list[Record]]:
+    """Run the target under the sidecar; return (reported blocks, the target's own record)."""
     out = tmp_path / "truth.jsonl"
-    run = run_sidecar(
-        "--json", "-q", "-t", str(threshold_ms), "--",
-        __import__("sys").executable, str(BLOCKER), *target_args, "--out", str(out),
-    )  # fmt: skip
+    target = [sys.executable, str(BLOCKER), *target_args, "--out", str(out)]
+    run = run_sidecar("--json", "-q", "-t", str(threshold_ms), "--", *target)
     assert run.returncode == 0, run.stderr
     return run.blocks, truth(out)
 
@@ -83,5 +88,3 @@ def test_uvloop_in_a_thread_is_reported(tmp_path: Path) -> None:
     blocks, expected = launch(tmp_path, "thread", "--uvloop")
     (true_block,) = expected
     assert matching_block(blocks, true_block)["thread_kind"] == "loop"
-
-

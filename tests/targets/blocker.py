@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 BLOCK_S = 0.12
 
@@ -30,7 +31,12 @@ OUT = sys.stdout
 
 def record(scenario: str, start_ns: int) -> None:
     end_ns = time.monotonic_ns()
-    line = {"scenario": scenario, "tid": threading.get_native_id(), "start_ns": start_ns, "end_ns": end_ns}
+    line = {
+        "scenario": scenario,
+        "tid": threading.get_native_id(),
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+    }
     OUT.write(json.dumps(line) + "\n")
     OUT.flush()
 
@@ -165,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out:
         global OUT  # noqa: PLW0603 - set once, before any block
-        OUT = open(args.out, "a")  # noqa: SIM115 - lives as long as the process
+        OUT = Path(args.out).open("a")  # noqa: SIM115 - lives as long as the process
 
     if args.scenario in ("thread", "two-threads"):
         count = 1 if args.scenario == "thread" else 2

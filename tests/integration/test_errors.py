@@ -1,0 +1,133 @@
+"""Bad input and missing host parts: one line on stderr, a distinct exit code, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from otel_blocksnoop.errors import ExitCode
+from tests.helpers import ROOT, SIDECAR, run_sidecar
+
+pytestmark = pytest.mark.integration
+
+
+def assert_one_line_error(stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("otel-blocksnoop: ")
+    assert "Traceback" not in stderr
+
+
+@pytest.fixture
+def gone_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def non_python() -> Iterator[int]:
+    process = subprocess.Popen(["sleep", "60"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_no_such_pid(gone_pid: int) -> None:
+    run = run_sidecar(str(gone_pid))
+    assert run.returncode == ExitCode.NO_SUCH_PROCESS
+    assert_one_line_error(run.stderr)
+    assert "no such process" in run.stderr
+
+
+def test_pid_that_is_not_python(non_python: int) -> None:
+    run = run_sidecar(str(non_python))
+    assert run.returncode == ExitCode.NOT_PYTHON
+    assert_one_line_error(run.stderr)
+    assert "not a Python interpreter" in run.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan", "inf", ""])
+def test_threshold_must_be_a_positive_number(value: str) -> None:
+    run = run_sidecar("-t", value, "1")
+    assert run.returncode == ExitCode.USAGE
+    assert_one_line_error(run.stderr)
+    assert "--threshold" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["1", "--", "true"], "not both"),
+        ([], "give a PID"),
+        (["--tid", "5", "--", "true"], "--tid needs a PID"),
+        (["-v", "-q", "1"], "not allowed with"),
+        (["notapid"], "not a whole number"),
+    ],
+)
+def test_conflicting_or_missing_arguments(args: list[str], complaint: str) -> None:
+    run = run_sidecar(*args)
+    assert run.returncode == ExitCode.USAGE
+    assert_one_line_error(run.stderr)
+    assert complaint in run.stderr
+
+
+def test_launching_a_missing_command() -> None:
+    run = run_sidecar("--", "/nonexistent/app")
+    assert run.returncode == ExitCode.LAUNCH_FAILED
+    assert_one_line_error(run.stderr)
+    assert "command not found" in run.stderr
+
+
+def test_no_privileges() -> None:
+    # GIVEN the sidecar run as an unprivileged user with no capabilities
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+    result = subprocess.run(
+        [*drop, *SIDECAR, "--", "true"], capture_output=True, text=True, check=False, timeout=60
+    )
+    # THEN it says so in one line
+    assert result.returncode == ExitCode.NO_PRIVILEGES, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "not root" in result.stderr
+
+
+def test_bcc_missing() -> None:
+    # GIVEN a Python that cannot import bcc (no site-packages, so no .pth link)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "otel_blocksnoop", "--", "true"],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == ExitCode.BCC_MISSING, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "bcc" in result.stderr
+
+
+def in_private_mount_namespace(hide: str) -> subprocess.CompletedProcess[str]:
+    """Run the sidecar where ``hide`` is covered by an empty tmpfs (this test only)."""
+    script = f'mount -t tmpfs none {hide} && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         *SIDECAR, "--", "true"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.usefixtures("bpf_host")
+def test_kernel_headers_missing() -> None:
+    result = in_private_mount_namespace("/lib/modules")
+    assert result.returncode == ExitCode.HEADERS_MISSING, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "kernel headers" in result.stderr
+
+
+@pytest.mark.usefixtures("bpf_host")
+def test_tracefs_not_mounted() -> None:
+    result = in_private_mount_namespace("/sys/kernel/tracing")
+    assert result.returncode == ExitCode.TRACEFS_MISSING, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "tracefs" in result.stderr

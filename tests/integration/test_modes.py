@@ -1,0 +1,68 @@
+"""Stats mode, the doctor checklist, the hidden --ebpf flag and exit codes of launched commands."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.helpers import BLOCKER, run_raw, run_sidecar
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
+
+
+def test_stats_mode_shows_the_distribution_of_iterations() -> None:
+    # GIVEN an app whose loop iterates quickly, with six 120 ms blocks in between
+    run = run_sidecar(
+        "--stats", "--json", "-q", "--", sys.executable, str(BLOCKER), "all", "--out", "/dev/null"
+    )
+    # THEN at least one interval is reported, it counts iterations and saw the blocks
+    assert run.returncode == 0, run.stderr
+    stats = [r for r in run.records if r["type"] == "stats"]
+    assert stats
+    assert sum(s["iterations"] for s in stats) >= 6
+    assert max(s["max_ms"] for s in stats) >= 100
+    first = stats[0]
+    assert (
+        first["min_ms"] <= first["p50_ms"] <= first["p90_ms"] <= first["p99_ms"] <= first["max_ms"]
+    )
+    assert [r for r in run.records if r["type"] == "block"] == []
+
+
+def test_the_launched_commands_exit_code_is_the_sidecars() -> None:
+    run = run_sidecar("-q", "--", sys.executable, "-c", "raise SystemExit(7)")
+    assert run.returncode == 7
+
+
+def test_a_launched_command_killed_by_a_signal_exits_128_plus_n() -> None:
+    run = run_sidecar("-q", "--", sys.executable, "-c", "import os; os.kill(os.getpid(), 9)")
+    assert run.returncode == 128 + 9
+
+
+def test_doctor_lists_every_check_as_ok_on_a_ready_host() -> None:
+    result = run_raw("doctor")
+    assert result.returncode == 0
+    names = [line.split("]", 1)[1].split()[0] for line in result.stdout.splitlines()]
+    assert names == ["privileges", "bcc", "tracefs", "kernel", "austin"]
+    assert all(line.startswith("[  ok   ]") for line in result.stdout.splitlines())
+
+
+def test_ebpf_flag_prints_the_program_with_its_constants() -> None:
+    result = run_raw("--ebpf", "-t", "5")
+    assert result.returncode == 0
+    assert "-DTHRESHOLD_NS=5000000ULL" in result.stdout
+    assert "int on_epoll_enter(void *ctx)" in result.stdout
+    assert "struct block_event {" in result.stdout  # the header is inlined
+
+
+def test_console_output_is_one_aligned_line_per_block_and_a_summary() -> None:
+    result = run_raw("-t", "50", "--", sys.executable, str(BLOCKER), "all", "--out", "/dev/null")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED"]
+    rows = lines[1:-1]
+    assert len(rows) == 6
+    assert all(row.endswith(" ms") and len(row) == len(lines[0]) for row in rows)
+    assert lines[-1].startswith("--- 6 blocks in ")
+    assert "compiling and loading the BPF program" in result.stderr
+    assert "watching for blocks >= 50 ms" in result.stderr

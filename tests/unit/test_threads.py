@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from otel_blocksnoop.austin import parse_where
+from otel_blocksnoop.events import Frame, ThreadKind
+from otel_blocksnoop.threads import classify, reported
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+STDLIB = "/usr/lib/python3.11"
+
+
+def test_parse_where_reads_a_recorded_austin_dump_with_colours() -> None:
+    # GIVEN the raw output of `austin -w` for an app with two loop threads and a worker
+    stacks = parse_where((DATA / "austin_where_two_loops.txt").read_text())
+    # THEN every thread is there, keyed by native tid, frames outermost first
+    assert len(stacks) == 3
+    worker = stacks[3099]
+    assert worker[-1] == Frame("worker", "/tmp/app2.py", 9)  # noqa: S108 - recorded path
+    assert worker[0].function == "Thread._bootstrap"
+
+
+def test_parse_where_of_nothing_is_empty() -> None:
+    assert parse_where("") == {}
+
+
+def test_a_thread_absent_from_the_dump_is_native_and_not_reported() -> None:
+    assert classify(None) == ThreadKind.NATIVE
+    assert not reported(ThreadKind.NATIVE)
+
+
+def test_asyncio_and_uvloop_frames_mean_a_loop() -> None:
+    asyncio_stack = (
+        Frame("<module>", "/app/main.py", 3),
+        Frame("BaseEventLoop.run_forever", f"{STDLIB}/asyncio/base_events.py", 607),
+    )
+    uvloop_stack = (Frame("run", "/venv/lib/python3.11/site-packages/uvloop/__init__.py", 105),)
+    assert classify(asyncio_stack) == ThreadKind.LOOP
+    assert classify(uvloop_stack) == ThreadKind.LOOP
+
+
+def test_a_grpc_serving_thread_is_a_poller_and_not_reported() -> None:
+    stack = (
+        Frame("Thread.run", f"{STDLIB}/threading.py", 982),
+        Frame("_serve", "/venv/lib/python3.11/site-packages/grpc/_server.py", 1200),
+    )
+    assert classify(stack) == ThreadKind.POLLER
+    assert not reported(ThreadKind.POLLER)
+
+
+def test_other_python_threads_are_reported_rather_than_risk_a_miss() -> None:
+    stack = (Frame("run_app", "/venv/lib/python3.11/site-packages/aiohttp/web.py", 500),)
+    assert classify(stack) == ThreadKind.UNKNOWN
+    assert reported(ThreadKind.UNKNOWN)
