@@ -25,7 +25,13 @@ from otel_blocksnoop.session import Session, SessionOptions
 from otel_blocksnoop.sinks import Sink
 from otel_blocksnoop.sinks.console import ConsoleSink
 from otel_blocksnoop.sinks.jsonlines import JsonLinesSink
-from otel_blocksnoop.target import ExitWatch, LaunchedCommand, check_command, inspect_target
+from otel_blocksnoop.target import (
+    ExitWatch,
+    LaunchedCommand,
+    TargetInfo,
+    check_command,
+    inspect_target,
+)
 from otel_blocksnoop.threads import ThreadClassifier
 
 PROG = "otel-blocksnoop"
@@ -40,6 +46,7 @@ examples:
   otel-blocksnoop --json 1234           # one JSON object per block, per line
   otel-blocksnoop --stats 1234          # live distribution of loop iterations
   otel-blocksnoop --tid 1240 1234       # only the loop on thread 1240
+  otel-blocksnoop 1234 1240 1251        # several processes at once
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
   otel-blocksnoop doctor                # check BCC, headers, tracefs, Austin
 """
@@ -80,12 +87,14 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} [OPTIONS] PID | {PROG} [OPTIONS] -- CMD [ARGS...] | {PROG} doctor",
+        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] | {PROG} doctor",
         description="Report every time an asyncio event loop in a Python process is blocked.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pid", nargs="?", type=positive_int, help="process to watch")
+    parser.add_argument(
+        "pids", nargs="*", type=positive_int, metavar="PID", help="process(es) to watch"
+    )
     parser.add_argument(
         "-t",
         "--threshold",
@@ -121,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True, slots=True)
 class Arguments:
-    pid: int | None
+    pids: tuple[int, ...]
     command: list[str]
     threshold_ns: int
     json: bool
@@ -143,14 +152,14 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if not ns.ebpf:
-        if ns.pid is not None and command:
+        if ns.pids and command:
             parser.error("give either a PID or a command after `--`, not both")
-        if ns.pid is None and not command:
+        if not ns.pids and not command:
             parser.error("give a PID to watch, or a command after `--` to launch")
-    if ns.tid is not None and command:
-        parser.error("--tid needs a PID: thread ids of a launched command are not known yet")
+    if ns.tid is not None and len(ns.pids) != 1:
+        parser.error("--tid needs exactly one PID: the thread's process")
     return Arguments(
-        pid=ns.pid,
+        pids=tuple(dict.fromkeys(ns.pids)),
         command=command,
         threshold_ns=round(ns.threshold * NS_PER_MS),
         json=ns.json,
@@ -242,8 +251,8 @@ def run(args: Arguments) -> int:
         print(program_source())
         return ExitCode.OK
 
-    target = inspect_target(args.pid) if args.pid is not None else None
-    if target is None:
+    targets = [inspect_target(pid) for pid in args.pids]
+    if not targets:
         check_command(args.command)
     preflight.require(preflight.run_checks(args.austin)[:4])
 
@@ -251,7 +260,7 @@ def run(args: Arguments) -> int:
     log.info("compiling and loading the BPF program...")
     detector.load()
     try:
-        log.info("attached to %s", ", ".join(f"{name}" for name in detector.attached))
+        log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
             detector,
             _sinks(args),
@@ -263,31 +272,43 @@ def run(args: Arguments) -> int:
         what = (
             "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
         )
-        if target is not None:
-            detector.watch(target.pid)
-            watch = ExitWatch(target.pid)
-            _Signals(session, None)
-            log.info(
-                "watching PID %d (%s) for %s; Ctrl-C to stop", target.pid, target.cmdline, what
-            )
-            try:
-                session.run(watch)
-            finally:
-                watch.close()
-            if not session.stopping:
-                log.info("process %d exited", target.pid)
-            return ExitCode.OK
-        child = LaunchedCommand(args.command)
-        detector.watch(child.pid)
-        _Signals(session, child)
-        child.release()
-        log.info("launched PID %d (%s), watching for %s", child.pid, _short(args.command), what)
-        session.run(child)
-        child.process.wait()
-        code = child.exit_code()
-        return code if code is not None else ExitCode.FAILURE
+        if targets:
+            return _watch_running(detector, session, targets, what)
+        return _watch_launched(detector, session, args.command, what)
     finally:
         detector.close()
+
+
+def _watch_running(
+    detector: Detector, session: Session, targets: list[TargetInfo], what: str
+) -> int:
+    """Attach mode: until every target has exited, or a signal says stop."""
+    for target in targets:
+        detector.watch(target.pid)
+        log.info("watching PID %d (%s) for %s", target.pid, _short([target.cmdline]), what)
+    watch = ExitWatch([target.pid for target in targets])
+    _Signals(session, None)
+    log.info("Ctrl-C to stop")
+    try:
+        session.run(watch)
+    finally:
+        watch.close()
+    if not session.stopping:
+        log.info("watched process%s exited", "es" if len(targets) > 1 else "")
+    return ExitCode.OK
+
+
+def _watch_launched(detector: Detector, session: Session, command: list[str], what: str) -> int:
+    """Launch mode: the command runs once its PID is watched; its exit code is ours."""
+    child = LaunchedCommand(command)
+    detector.watch(child.pid)
+    _Signals(session, child)
+    child.release()
+    log.info("launched PID %d (%s), watching for %s", child.pid, _short(command), what)
+    session.run(child)
+    child.process.wait()
+    code = child.exit_code()
+    return code if code is not None else ExitCode.FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,26 +84,36 @@ def thread_name(pid: int, tid: int) -> str | None:
 
 
 class ExitWatch:
-    """Tells, without blocking, whether a process we did not start has exited."""
+    """Tells, without blocking, whether processes we did not start have all exited.
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._fd: int | None
+    A pidfd becomes readable when its process exits, so a reused PID can
+    never be mistaken for the watched process.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self._poller = select.poll()
+        self._live: dict[int, int] = {}
         try:
-            self._fd = os.pidfd_open(pid)
+            for pid in pids:
+                fd = os.pidfd_open(pid)
+                self._live[fd] = pid
+                self._poller.register(fd, select.POLLIN)
         except ProcessLookupError as exc:
+            self.close()
             msg = f"failed to find process {pid}: it exited"
             raise NoSuchProcessError(msg) from exc
-        self._poller = select.poll()
-        self._poller.register(self._fd, select.POLLIN)
 
     def exited(self) -> bool:
-        return bool(self._poller.poll(0))
+        for fd, _ in self._poller.poll(0):
+            self._poller.unregister(fd)
+            os.close(fd)
+            del self._live[fd]
+        return not self._live
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in self._live:
+            os.close(fd)
+        self._live.clear()
 
 
 # The holder waits until the sidecar writes to the pipe, closes it and execs

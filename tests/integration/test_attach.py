@@ -42,6 +42,7 @@ class Target:
     """A blocker app started with --ready/--go: running, waiting for the word."""
 
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        tmp_path.mkdir(exist_ok=True)
         fifo = tmp_path / "ready.fifo"
         os.mkfifo(fifo)
         self.out = tmp_path / "truth.jsonl"
@@ -213,3 +214,26 @@ def test_all_threads_reports_the_native_poller_too(
     blocks = [r for r in records if r["type"] == "block"]
     assert len({b["tid"] for b in blocks}) == 2
     assert len(blocks) >= 4
+
+
+def test_several_pids_are_watched_until_the_last_one_exits(
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    # GIVEN two running apps and one sidecar attached to both
+    first = Target(tmp_path / "a", "sleep")
+    second = Target(tmp_path / "b", "cpu", "--linger", "0.5")
+    cleanup.extend([first, second])
+    sidecar = Sidecar("-t", "50", str(first.pid), str(second.pid))
+    cleanup.append(sidecar)
+    # WHEN both block once and exit
+    first.go()
+    second.go()
+    first.process.wait(timeout=WAIT_S)
+    second.process.wait(timeout=WAIT_S)
+    code, records = sidecar.finish()
+    # THEN both blocks are reported under their own PID, and the sidecar stopped by itself
+    assert code == 0
+    blocks = [r for r in records if r["type"] == "block"]
+    for target in (first, second):
+        (true_block,) = truth(target.out)
+        assert matching_block(blocks, true_block)["pid"] == target.pid

@@ -88,3 +88,14 @@ def test_uvloop_in_a_thread_is_reported(tmp_path: Path) -> None:
     blocks, expected = launch(tmp_path, "thread", "--uvloop")
     (true_block,) = expected
     assert matching_block(blocks, true_block)["thread_kind"] == "loop"
+
+
+def test_a_python_app_started_by_a_launched_shell_is_watched(tmp_path: Path) -> None:
+    # GIVEN a shell script that forks the app (not exec): the app is a child of the watched PID
+    out = tmp_path / "truth.jsonl"
+    script = f"{sys.executable} {BLOCKER} sleep --out {out}; true"
+    run = run_sidecar("--json", "-q", "-t", "50", "--", "sh", "-c", script)
+    # THEN its block is reported, under its own PID
+    assert run.returncode == 0, run.stderr
+    (true_block,) = truth(out)
+    matching_block(run.blocks, true_block)

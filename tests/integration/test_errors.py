@@ -64,7 +64,7 @@ def test_threshold_must_be_a_positive_number(value: str) -> None:
     [
         (["1", "--", "true"], "not both"),
         ([], "give a PID"),
-        (["--tid", "5", "--", "true"], "--tid needs a PID"),
+        (["--tid", "5", "--", "true"], "--tid needs exactly one PID"),
         (["-v", "-q", "1"], "not allowed with"),
         (["notapid"], "not a whole number"),
     ],
