@@ -97,5 +97,6 @@ class SessionSummary:
     max_block_ns: int
     lost_events: int
     ignored_blocks: int
+    iterations: int = 0
     ignored_threads: tuple[tuple[int, str, ThreadKind], ...] = ()
     duration_s: float = 0.0

@@ -154,13 +154,17 @@ class Session:
             now - before for now, before in zip(snapshot.counts, self._previous_counts, strict=True)
         ]
         count = counters.iterations - self._previous_counters.iterations
+        low, high = (snapshot.min_ns, snapshot.max_ns) if count else (0, 0)
+        # Percentiles are bucket midpoints; the extremes are exact, so clamp to them.
         stats = IterationStats(
             interval_s=interval_s,
             count=count,
             sum_ns=counters.busy_ns - self._previous_counters.busy_ns,
-            min_ns=snapshot.min_ns if count else 0,
-            max_ns=snapshot.max_ns if count else 0,
-            percentiles_ns={p: histogram.percentile(delta, p) for p in STATS_PERCENTILES},
+            min_ns=low,
+            max_ns=high,
+            percentiles_ns={
+                p: min(max(histogram.percentile(delta, p), low), high) for p in STATS_PERCENTILES
+            },
         )
         self._previous_counts = snapshot.counts
         self._previous_counters = counters
@@ -178,11 +182,13 @@ class Session:
 
     def _summary(self, duration_s: float) -> SessionSummary:
         totals = self._totals
+        counters = self._detector.counters()
         return SessionSummary(
             blocks=totals.blocks,
             blocked_ns=totals.blocked_ns,
             max_block_ns=totals.max_block_ns,
-            lost_events=self._detector.counters().lost_events,
+            lost_events=counters.lost_events,
+            iterations=counters.iterations,
             ignored_blocks=totals.ignored_blocks,
             ignored_threads=tuple(
                 (tid, name, kind) for tid, (name, kind) in sorted(totals.ignored_threads.items())

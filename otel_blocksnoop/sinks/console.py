@@ -68,7 +68,7 @@ class ConsoleSink:
                 f", {human_duration(summary.blocked_ns)} blocked in all, "
                 f"longest {human_duration(summary.max_block_ns)}"
             )
-        text += f", {summary.lost_events} lost"
+        text += f", {summary.lost_events} lost, {summary.iterations:,} loop iterations"
         self._write(f"--- {text}")
         if summary.ignored_threads:
             threads = ", ".join(

@@ -60,6 +60,7 @@ class JsonLinesSink:
                 "blocked_ms": ms(summary.blocked_ns),
                 "max_block_ms": ms(summary.max_block_ns),
                 "lost_events": summary.lost_events,
+                "iterations": summary.iterations,
                 "ignored_blocks": summary.ignored_blocks,
                 "ignored_threads": [
                     {"tid": tid, "thread_name": name, "thread_kind": str(kind)}

@@ -24,6 +24,7 @@ SUMMARY = SessionSummary(
     max_block_ns=123_456_789,
     lost_events=0,
     ignored_blocks=4,
+    iterations=1234,
     ignored_threads=((12, "grpc_poll", ThreadKind.NATIVE),),
     duration_s=3.5,
 )
@@ -77,5 +78,8 @@ def test_console_prints_a_header_once_then_aligned_rows_and_a_summary() -> None:
     assert header.split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED"]
     assert row.split()[1:] == ["10", "11", "loop-1", "123.5", "ms"]
     assert len(row) == len(header)
-    assert summary == "--- 1 block in 3.5 s, 123.5 ms blocked in all, longest 123.5 ms, 0 lost"
+    assert summary == (
+        "--- 1 block in 3.5 s, 123.5 ms blocked in all, longest 123.5 ms, 0 lost, "
+        "1,234 loop iterations"
+    )
     assert "12 (grpc_poll, native)" in ignored
