@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 STATS_PERCENTILES = (0.5, 0.9, 0.99)
 DRAIN_POLLS = 3
+MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
 
 
 class Watched(Protocol):
@@ -65,7 +66,8 @@ class _Totals:
 
     def ignore(self, event: BlockEvent, kind: ThreadKind) -> None:
         self.ignored_blocks += 1
-        self.ignored_threads[event.tid] = (event.comm, kind)
+        if event.tid in self.ignored_threads or len(self.ignored_threads) < MAX_LISTED_THREADS:
+            self.ignored_threads[event.tid] = (event.comm, kind)
 
 
 class Session:

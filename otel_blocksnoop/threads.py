@@ -27,6 +27,9 @@ RECHECK_S = 10.0
 LOOP_PATH_PARTS = ("/asyncio/", "/uvloop/")
 """Source paths of event-loop machinery: a frame from here means a loop thread."""
 
+MAX_REMEMBERED = 4096
+"""Threads whose kind is cached; the oldest are forgotten (and asked again) past this."""
+
 KNOWN_POLLERS = (
     ("/grpc/_server.py", "_serve"),
     ("/grpc/_channel.py", "channel_spin"),
@@ -75,8 +78,15 @@ class ThreadClassifier:
                 log.warning("%s; reporting every thread of %d", exc, pid)
             return ThreadKind.UNKNOWN
         for seen_tid, stack in stacks.items():
-            self._kinds[(pid, seen_tid)] = (classify(stack), now)
-        if tid not in stacks:
-            alive = (Path("/proc") / str(pid) / "task" / str(tid)).exists()
-            self._kinds[(pid, tid)] = (ThreadKind.NATIVE if alive else ThreadKind.UNKNOWN, now)
-        return self._kinds[(pid, tid)][0]
+            self._remember(pid, seen_tid, classify(stack), now)
+        kind = classify(stacks[tid]) if tid in stacks else ThreadKind.NATIVE
+        if tid not in stacks and not (Path("/proc") / str(pid) / "task" / str(tid)).exists():
+            kind = ThreadKind.UNKNOWN  # gone before it could be looked at
+        self._remember(pid, tid, kind, now)
+        return kind
+
+    def _remember(self, pid: int, tid: int, kind: ThreadKind, now: float) -> None:
+        self._kinds.pop((pid, tid), None)
+        self._kinds[(pid, tid)] = (kind, now)
+        while len(self._kinds) > MAX_REMEMBERED:
+            del self._kinds[next(iter(self._kinds))]

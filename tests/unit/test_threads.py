@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from otel_blocksnoop import threads
 from otel_blocksnoop.austin import parse_where
 from otel_blocksnoop.events import Frame, ThreadKind
-from otel_blocksnoop.threads import classify, reported
+from otel_blocksnoop.threads import ThreadClassifier, classify, reported
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STDLIB = "/usr/lib/python3.11"
@@ -52,3 +55,40 @@ def test_other_python_threads_are_reported_rather_than_risk_a_miss() -> None:
     stack = (Frame("run_app", "/venv/lib/python3.11/site-packages/aiohttp/web.py", 500),)
     assert classify(stack) == ThreadKind.UNKNOWN
     assert reported(ThreadKind.UNKNOWN)
+
+
+class FakeAustin:
+    """Answers `where` with a fixed dump and counts the calls."""
+
+    def __init__(self, stacks: dict[int, tuple[Frame, ...]]) -> None:
+        self.stacks = stacks
+        self.calls = 0
+
+    def where(self, pid: int) -> dict[int, tuple[Frame, ...]]:
+        _ = pid
+        self.calls += 1
+        return self.stacks
+
+
+LOOP_STACK = (Frame("BaseEventLoop.run_forever", f"{STDLIB}/asyncio/base_events.py", 607),)
+
+
+def test_one_dump_classifies_every_thread_of_the_process() -> None:
+    austin = FakeAustin({1: LOOP_STACK, 2: LOOP_STACK})
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    assert classifier.kind(1, 1) == ThreadKind.LOOP
+    assert classifier.kind(1, 2) == ThreadKind.LOOP
+    assert austin.calls == 1
+
+
+def test_the_cache_stays_bounded_under_thread_churn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "MAX_REMEMBERED", 10)
+    austin = FakeAustin({})
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    for tid in range(100, 150):
+        classifier.kind(1, tid)  # threads that vanished: unknown, remembered briefly
+    assert len(classifier._kinds) == 10  # noqa: SLF001 - the bound is the point
+
+
+def test_a_missing_austin_means_every_thread_is_reported() -> None:
+    assert ThreadClassifier(None).kind(1, 1) == ThreadKind.UNKNOWN
