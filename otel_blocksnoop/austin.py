@@ -77,19 +77,22 @@ class Austin:
         msg = "failed to find Austin: not in $AUSTINPATH, the venv or $PATH"
         raise AustinError(msg)
 
-    def version(self) -> str:
-        """Run ``austin --version``; fail unless it runs and is Austin 4."""
+    def _run(self, *args: str, doing: str) -> subprocess.CompletedProcess[str]:
         try:
-            result = subprocess.run(
-                [str(self.path), "--version"],
+            return subprocess.run(
+                [str(self.path), *args],
                 capture_output=True,
                 text=True,
                 timeout=WHERE_TIMEOUT_S,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            msg = f"failed to run {self.path}: {exc}"
+            msg = f"failed to {doing}: {exc}"
             raise AustinError(msg) from exc
+
+    def version(self) -> str:
+        """Run ``austin --version``; fail unless it runs and is Austin 4."""
+        result = self._run("--version", doing=f"run {self.path}")
         match = _VERSION.search(result.stdout + result.stderr)
         if not match:
             detail = (result.stderr or result.stdout).strip().splitlines()
@@ -102,20 +105,11 @@ class Austin:
 
     def where(self, pid: int) -> dict[int, tuple[Frame, ...]]:
         """Stacks of every Python thread of ``pid`` right now (about 10 ms)."""
-        try:
-            result = subprocess.run(
-                [str(self.path), "-w", str(pid)],
-                capture_output=True,
-                text=True,
-                timeout=WHERE_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            msg = f"failed to dump the threads of {pid}: {exc}"
-            raise AustinError(msg) from exc
+        doing = f"dump the threads of {pid}"
+        result = self._run("-w", str(pid), doing=doing)
         if result.returncode != 0:
             lines = [line for line in _ANSI.sub("", result.stderr).splitlines() if line.strip()]
             reason = lines[-1].strip() if lines else f"exit status {result.returncode}"
-            msg = f"failed to dump the threads of {pid}: {reason}"
+            msg = f"failed to {doing}: {reason}"
             raise AustinError(msg)
         return parse_where(result.stdout)

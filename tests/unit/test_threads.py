@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from otel_blocksnoop import threads
-from otel_blocksnoop.austin import parse_where
+from otel_blocksnoop.austin import Austin, AustinError, parse_where
 from otel_blocksnoop.events import Frame, ThreadKind
 from otel_blocksnoop.threads import ThreadClassifier, classify, reported
 
@@ -92,3 +92,18 @@ def test_the_cache_stays_bounded_under_thread_churn(monkeypatch: pytest.MonkeyPa
 
 def test_a_missing_austin_means_every_thread_is_reported() -> None:
     assert ThreadClassifier(None).kind(1, 1) == ThreadKind.UNKNOWN
+
+
+def test_an_austin_that_is_not_austin_is_refused(tmp_path: Path) -> None:
+    # GIVEN a "binary" that runs but prints no Austin version
+    fake = tmp_path / "austin"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    # THEN finding works, but the version check fails with a clear reason
+    with pytest.raises(AustinError, match=r"failed to run .*: hello"):
+        Austin.find(str(fake)).version()
+
+
+def test_an_explicit_austin_path_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(AustinError, match="not an executable file"):
+        Austin.find(str(tmp_path / "nope"))
