@@ -21,21 +21,38 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 WAIT_S = 30.0
 
 
-def wait_for_line(stream: IO[str], needle: str, timeout: float = WAIT_S) -> str:
-    """Read ``stream`` until a line contains ``needle``; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], deadline - time.monotonic())
-        if not ready:
-            break
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    pytest.fail(f"no line with {needle!r} within {timeout} s; saw {seen}")
+class PipeLines:
+    """Lines of a child's pipe, read at the fd level so ``select`` never misses buffered data."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._fd = stream.fileno()
+        self._buffer = b""
+        self.seen: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float = WAIT_S) -> str:
+        """Return the first new line containing ``needle``; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                line = raw.decode()
+                self.seen.append(line)
+                if needle in line:
+                    return line
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self._fd], [], [], max(0.0, remaining))
+            chunk = os.read(self._fd, 65536) if ready else b""
+            if not chunk:
+                pytest.fail(f"no line with {needle!r} within {timeout} s; saw {self.seen}")
+            self._buffer += chunk
+
+    def rest(self) -> str:
+        """Everything not yet returned, up to end of file."""
+        chunks = [self._buffer]
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        self._buffer = b""
+        return b"".join(chunks).decode()
 
 
 class Target:
@@ -84,7 +101,7 @@ class Sidecar:
             [*SIDECAR, "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         assert self.process.stderr is not None
-        wait_for_line(self.process.stderr, "watching PID")
+        PipeLines(self.process.stderr).wait_for("Ctrl-C to stop")
 
     def finish(self, timeout: float = WAIT_S) -> tuple[int, list[dict[str, Any]]]:
         stdout, _ = self.process.communicate(timeout=timeout)
@@ -237,3 +254,32 @@ def test_several_pids_are_watched_until_the_last_one_exits(
     for target in (first, second):
         (true_block,) = truth(target.out)
         assert matching_block(blocks, true_block)["pid"] == target.pid
+
+
+def test_sigterm_in_launch_mode_reaches_the_command_and_keeps_its_blocks(
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    # GIVEN a launched app that blocks once, then idles for a long time
+    out = tmp_path / "truth.jsonl"
+    process = subprocess.Popen(
+        [*SIDECAR, "--json", "-t", "50", "--", sys.executable, str(BLOCKER), "sleep",
+         "--linger", "60", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    sidecar = Sidecar.__new__(Sidecar)
+    sidecar.process = process
+    cleanup.append(sidecar)
+    assert process.stdout is not None
+    stdout_lines = PipeLines(process.stdout)
+    first = stdout_lines.wait_for('"type":"block"')
+    # WHEN the sidecar gets SIGTERM
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=WAIT_S)
+    stdout = first + "\n" + stdout_lines.rest()
+    # THEN the app got it too, the sidecar exits with the app's status, and the block was reported
+    assert process.returncode == 128 + signal.SIGTERM
+    (true_block,) = truth(out)
+    records = parse_json_lines(stdout)
+    assert records[-1]["type"] == "summary"
+    assert records[-1]["blocks"] == 1
+    matching_block([r for r in records if r["type"] == "block"], true_block)
