@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright 2026 otel-blocksnoop developers
+"""Benchmarks of otel-blocksnoop: detection accuracy and overhead.
+
+accuracy  launch mode, one run per block length (1-500 ms), threshold 0.8 x
+          length, CPU and sleep blocks with idle awaits between; recall,
+          false positives and duration error against the app's own clock.
+overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
+          and iterations/s of a tight asyncio.sleep(0) loop, with and without
+          the sidecar in alternating rounds; the sidecar's own CPU and RSS
+          while the server idles and under load.
+
+Each section is printed as markdown and written to bench/results/ with the
+raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
+
+USAGE: run.py [--quick] [--only accuracy|overhead] [--rounds N] [--round-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+# The script's own directory is on sys.path, so the package beside it imports.
+from blocksnoop_bench.accuracy import run_accuracy
+from blocksnoop_bench.overhead import OverheadConfig, run_overhead
+from blocksnoop_bench.procs import REPO, BenchError, Child, Neighbours
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from blocksnoop_bench.report import Section
+
+RESULTS = REPO / "bench" / "results"
+BENCHMARKS = ("accuracy", "overhead")
+QUIET_PATIENCE_S = 180.0
+"""Total time the overhead run may wait for other people's work to end."""
+FOREIGN_CPU_LIMIT_PCT = 10.0
+"""Other processes' CPU (% of one core) above which a window counts as disturbed."""
+
+EXAMPLES = """\
+examples:
+  run.py                       # everything, as in BENCHMARKS.md (~6 minutes)
+  run.py --quick               # short smoke run of everything (~1 minute)
+  run.py --only accuracy       # detection accuracy only
+  run.py --only overhead --rounds 20  # more A/B rounds for a tighter median
+"""
+
+
+def positive_int(text: str) -> int:
+    """Reject zero and negatives at parse time, not halfway through a run."""
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value <= 0:
+        msg = f"must be positive, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Accuracy and overhead benchmarks of otel-blocksnoop.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="few blocks and short rounds")
+    parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
+    parser.add_argument("--rounds", type=positive_int, help="A/B rounds (default 10, quick 2)")
+    parser.add_argument(
+        "--round-seconds", type=positive_int, help="seconds per mode per round (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--idle-seconds", type=positive_int, help="idle sidecar measurement (default 30, quick 3)"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
+    return parser.parse_args(argv)
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "otel_blocksnoop", "bpf"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev}{' + uncommitted changes to otel_blocksnoop/ or bpf/' if dirty else ''}"
+
+
+def _machine() -> str:
+    from otel_blocksnoop import __version__  # noqa: PLC0415 - only for the header
+
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (
+        f"Machine: {os.cpu_count()} vCPUs, Linux {platform.release()}, "
+        f"Python {platform.python_version()} (sidecar and targets), "
+        f"otel-blocksnoop {__version__} at {_git_revision()}, {now}, "
+        f"load average at start {load}.\n"
+    )
+
+
+def _write(section: Section, header: str, results: Path) -> None:
+    text = f"{header}\n{section.markdown()}"
+    print(text, flush=True)
+    (results / f"{section.slug}.md").write_text(text)
+    (results / f"{section.slug}.json").write_text(json.dumps(section.data, indent=1) + "\n")
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops its children."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks; every child is stopped however this ends."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        sys.stderr.write("bench: failed to start: the sidecar needs root (run as root)\n")
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    raw = args.results / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    header = _machine() + ("Quick smoke run: too few samples to quote.\n" if args.quick else "")
+    selected = (args.only,) if args.only else BENCHMARKS
+    neighbours = Neighbours(
+        patience_s=10 if args.quick else QUIET_PATIENCE_S, cpu_limit_pct=FOREIGN_CPU_LIMIT_PCT
+    )
+    try:
+        if "accuracy" in selected:
+            _write(run_accuracy(args.quick, raw, neighbours), header, args.results)
+        if "overhead" in selected:
+            config = OverheadConfig(
+                rounds=args.rounds or (2 if args.quick else 10),
+                round_s=args.round_seconds or (1 if args.quick else 3),
+                warmup_s=1 if args.quick else 3,
+                idle_s=args.idle_seconds or (3 if args.quick else 30),
+                raw_dir=raw,
+                neighbours=neighbours,
+            )
+            _write(run_overhead(config), header, args.results)
+    except BenchError as exc:
+        sys.stderr.write(f"bench: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("bench: interrupted; stopping every process it started\n")
+        return 130
+    finally:
+        neighbours.close()
+        Child.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
