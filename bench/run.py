@@ -35,6 +35,8 @@ from blocksnoop_bench.accuracy import run_accuracy
 from blocksnoop_bench.overhead import OverheadConfig, run_overhead
 from blocksnoop_bench.procs import REPO, BenchError, Child, Neighbours
 
+from otel_blocksnoop.cli import positive_int
+
 if TYPE_CHECKING:
     from types import FrameType
 
@@ -54,19 +56,6 @@ examples:
   run.py --only accuracy       # detection accuracy only
   run.py --only overhead --rounds 20  # more A/B rounds for a tighter median
 """
-
-
-def positive_int(text: str) -> int:
-    """Reject zero and negatives at parse time, not halfway through a run."""
-    try:
-        value = int(text)
-    except ValueError:
-        msg = f"not a whole number: {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value <= 0:
-        msg = f"must be positive, not {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
