@@ -58,7 +58,7 @@ find_uv() {
     local py
     py="$(command -v python3)"
     say "installing uv from PyPI"
-    "$py" -m pip install -q --disable-pip-version-check uv >/dev/null
+    "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore uv >/dev/null
     command -v uv 2>/dev/null && return
     "$py" -c 'import sysconfig; print(sysconfig.get_path("scripts") + "/uv")'
 }
@@ -92,7 +92,7 @@ install_austin() {
     local tmp
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' RETURN
-    python3 -m pip download -q --disable-pip-version-check --no-deps \
+    python3 -m pip download -q --disable-pip-version-check --root-user-action=ignore --no-deps \
         --only-binary :all: --platform musllinux_1_1_x86_64 \
         -d "$tmp" "austin-dist==$AUSTIN_VERSION" >/dev/null
     unzip -q -o -j "$tmp"/austin_dist-*.whl "austin_dist-$AUSTIN_VERSION.data/scripts/austin" -d "$tmp"
