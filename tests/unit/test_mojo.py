@@ -1,0 +1,64 @@
+"""The MOJO decoder against austin-python's reader, on a recorded Austin 4 stream."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from austin.format.mojo import MojoStreamReader
+
+from otel_blocksnoop.events import Frame
+from otel_blocksnoop.mojo import MojoDecoder, MojoError, RawSample
+
+CAPTURE = Path(__file__).resolve().parent.parent / "data" / "austin_two_loops.mojo"
+
+
+def reference_samples() -> list[tuple[int, int, tuple[Frame, ...], int]]:
+    reader = MojoStreamReader(io.BytesIO(CAPTURE.read_bytes()))
+    for _ in reader:
+        pass
+    return [
+        (
+            s.pid,
+            int(s.thread, 16),
+            tuple(Frame(f.function, f.filename, f.line) for f in s.frames or ()),
+            s.metrics.time or 0,
+        )
+        for s in reader.samples
+    ]
+
+
+def as_tuples(samples: list[RawSample]) -> list[tuple[int, int, tuple[Frame, ...], int]]:
+    return [(s.pid, s.tid, s.frames, s.delta_us) for s in samples]
+
+
+def test_decodes_a_recorded_stream_exactly_as_austin_python_does() -> None:
+    decoded = list(MojoDecoder().decode_all(CAPTURE.read_bytes()))
+    expected = reference_samples()
+    assert len(expected) == 374
+    assert as_tuples(decoded) == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
+def test_chunk_boundaries_do_not_change_the_result(chunk: int) -> None:
+    data = CAPTURE.read_bytes()
+    decoder = MojoDecoder()
+    samples: list[RawSample] = []
+    for offset in range(0, len(data), chunk):
+        samples.extend(decoder.feed(data[offset : offset + chunk]))
+    samples.extend(decoder.flush())
+    assert as_tuples(samples) == reference_samples()
+    assert decoder.metadata["mode"] == "wall"
+
+
+def test_loop_threads_idle_in_select_are_sampled_too() -> None:
+    samples = list(MojoDecoder().decode_all(CAPTURE.read_bytes()))
+    innermost = {s.frames[-1].function for s in samples if s.frames}
+    assert "EpollSelector.select" in innermost
+    assert len({s.tid for s in samples}) == 2
+
+
+def test_not_a_mojo_stream_is_refused() -> None:
+    with pytest.raises(MojoError, match="bad magic"):
+        MojoDecoder().feed(b"hello world")
