@@ -21,6 +21,7 @@ from otel_blocksnoop.austin import Austin, AustinError
 from otel_blocksnoop.detector import Detector, DetectorConfig, program_cflags, program_source
 from otel_blocksnoop.errors import BlocksnoopError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.sampler import SamplerPool, interval_for
 from otel_blocksnoop.session import Session, SessionOptions
 from otel_blocksnoop.sinks import Sink
 from otel_blocksnoop.sinks.console import ConsoleSink
@@ -116,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="report every thread that calls epoll, not only event-loop threads",
     )
     parser.add_argument(
+        "--no-stacks",
+        action="store_true",
+        help="do not sample Python stacks (blocks are reported without code)",
+    )
+    parser.add_argument(
+        "--sample-interval",
+        type=threshold_ms,
+        metavar="MS",
+        help="Austin's sampling interval (default: threshold/5, between 1 and 5 ms)",
+    )
+    parser.add_argument(
         "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
     )
     verbosity = parser.add_mutually_exclusive_group()
@@ -138,6 +150,8 @@ class Arguments:
     tid: int
     all_threads: bool
     austin: str | None
+    stacks: bool
+    sample_interval_us: int | None
     verbose: bool
     quiet: bool
     ebpf: bool
@@ -167,6 +181,8 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
         tid=ns.tid or 0,
         all_threads=ns.all_threads,
         austin=ns.austin,
+        stacks=not ns.no_stacks,
+        sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
         verbose=ns.verbose,
         quiet=ns.quiet,
         ebpf=ns.ebpf,
@@ -196,16 +212,32 @@ def _doctor(argv: Sequence[str]) -> int:
     return int(failed[0].error.exit_code) if failed and failed[0].error else 0
 
 
-def _classifier(args: Arguments) -> ThreadClassifier | None:
-    if args.all_threads or args.tid:
+def _find_austin(args: Arguments) -> Austin | None:
+    if args.stats or (args.all_threads and not args.stacks):
         return None
     try:
         austin = Austin.find(args.austin)
         austin.version()
     except AustinError as exc:
-        log.warning("%s; every thread that calls epoll will be reported", exc)
+        log.warning(
+            "%s; blocks are reported without stacks, and every epoll thread is reported", exc
+        )
+        return None
+    return austin
+
+
+def _classifier(args: Arguments, austin: Austin | None) -> ThreadClassifier | None:
+    if args.all_threads or args.tid or austin is None:
         return None
     return ThreadClassifier(austin)
+
+
+def _stacks(args: Arguments, austin: Austin | None) -> SamplerPool | None:
+    if not args.stacks or austin is None:
+        return None
+    interval = args.sample_interval_us or interval_for(args.threshold_ns)
+    log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
+    return SamplerPool(austin, interval)
 
 
 def _sinks(args: Arguments) -> list[Sink]:
@@ -259,32 +291,43 @@ def run(args: Arguments) -> int:
     detector = Detector(config)
     log.info("compiling and loading the BPF program...")
     detector.load()
+    austin = _find_austin(args)
+    stacks = _stacks(args, austin)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
             detector,
             _sinks(args),
-            _classifier(args),
+            _classifier(args, austin),
             SessionOptions(
                 threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads
             ),
+            stacks=stacks,
         )
         what = (
             "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
         )
         if targets:
-            return _watch_running(detector, session, targets, what)
-        return _watch_launched(detector, session, args.command, what)
+            return _watch_running(detector, session, targets, what, stacks)
+        return _watch_launched(detector, session, args.command, what, stacks)
     finally:
+        if stacks is not None:
+            stacks.stop()
         detector.close()
 
 
 def _watch_running(
-    detector: Detector, session: Session, targets: list[TargetInfo], what: str
+    detector: Detector,
+    session: Session,
+    targets: list[TargetInfo],
+    what: str,
+    stacks: SamplerPool | None,
 ) -> int:
     """Attach mode: until every target has exited, or a signal says stop."""
     for target in targets:
         detector.watch(target.pid)
+        if stacks is not None:
+            stacks.ensure(target.pid)
         log.info("watching PID %d (%s) for %s", target.pid, _short([target.cmdline]), what)
     watch = ExitWatch([target.pid for target in targets])
     _Signals(session, None)
@@ -298,12 +341,20 @@ def _watch_running(
     return ExitCode.OK
 
 
-def _watch_launched(detector: Detector, session: Session, command: list[str], what: str) -> int:
+def _watch_launched(
+    detector: Detector,
+    session: Session,
+    command: list[str],
+    what: str,
+    stacks: SamplerPool | None,
+) -> int:
     """Launch mode: the command runs once its PID is watched; its exit code is ours."""
     child = LaunchedCommand(command)
     detector.watch(child.pid)
     _Signals(session, child)
     child.release()
+    if stacks is not None:
+        stacks.ensure(child.pid)
     log.info("launched PID %d (%s), watching for %s", child.pid, _short(command), what)
     session.run(child)
     child.process.wait()

@@ -79,12 +79,12 @@ def attribute(stacks: Sequence[tuple[Frame, ...]]) -> Attribution | None:
     )
 
 
-def format_traceback(stack: Sequence[Frame], lines: dict[Frame, str] | None = None) -> str:
-    """Python-style traceback text, most recent call last."""
+def format_traceback(stack: Sequence[Frame], source_lines: Sequence[str | None] = ()) -> str:
+    """Python-style traceback text, most recent call last; ``source_lines`` align with ``stack``."""
     out = ["Traceback (most recent call last):"]
-    for frame in stack:
+    for index, frame in enumerate(stack):
         out.append(f'  File "{frame.file}", line {frame.line}, in {frame.function}')
-        source = (lines or {}).get(frame)
+        source = source_lines[index] if index < len(source_lines) else None
         if source:
             out.append(f"    {source}")
     return "\n".join(out)

@@ -62,6 +62,11 @@ class Block:
     end_unix_ns: int
     threshold_ns: int
     thread_kind: ThreadKind = ThreadKind.UNKNOWN
+    stack: tuple[Frame, ...] = ()  # dominant stack during the block, outermost first
+    source_lines: tuple[str | None, ...] = ()  # one per frame of ``stack``
+    call_site: Frame | None = None  # innermost application frame of ``stack``
+    samples: int = 0  # samples with exactly ``stack``
+    samples_busy: int = 0  # samples in the block that were not the loop idling
 
     @property
     def duration_ns(self) -> int:

@@ -33,7 +33,13 @@ MAX_THREADS = 256
 ANCHOR_WINDOW = 256  # reads over which the anchor minimum is taken (~5 s)
 MIN_INTERVAL_US = 1000
 MAX_INTERVAL_US = 5000
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# Austin started at the instant a process execs can find no interpreter yet
+# (seen with CPython 3.9: "cannot determine the version"), so the first
+# retries are quick; a failure that persists backs off and is reported.
+RESTART_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+WARN_AFTER_FAILURES = 4
+STALL_S = 0.25  # wall mode samples idle threads too: silence this long means stuck
+STARTUP_WAIT_MS = 250  # Austin's own default (3 s) would hide a launched child's first second
 
 
 def interval_for(threshold_ns: int) -> int:
@@ -77,11 +83,26 @@ class Sampler:
         self._stopping = False
         self._failures = 0
         self._restart_at = 0.0
+        self._heard_at = 0.0  # last start, or last read that brought samples
         self.samples_seen = 0
 
     def start(self) -> None:
-        argv = [str(self.austin.path), "-P", "-i", f"{self.interval_us}us", "-p", str(self.pid)]
+        argv = [
+            str(self.austin.path),
+            "-P",
+            "-i",
+            f"{self.interval_us}us",
+            "-t",
+            str(STARTUP_WAIT_MS),  # milliseconds; Austin refuses units here
+            "-p",
+            str(self.pid),
+        ]
         log.debug("starting %s", " ".join(argv))
+        self._heard_at = time.monotonic()
+        # A new Austin counts time from its own start: old anchors would
+        # misplace its samples by the gap between the two processes.
+        with self._lock:
+            self._histories.clear()
         self._process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -115,6 +136,9 @@ class Sampler:
             time.sleep(READ_EVERY_S)
 
     def _add(self, samples: list[RawSample], arrival_ns: int) -> None:
+        if samples:
+            self._failures = 0
+            self._heard_at = time.monotonic()
         touched: set[int] = set()
         with self._lock:
             for sample in samples:
@@ -157,21 +181,32 @@ class Sampler:
         return self._process is not None and self._process.poll() is None
 
     def maintain(self, target_alive: bool) -> None:
-        """Restart Austin with back-off if it died while the target lives."""
-        if self._stopping or self._process is None or self.running or not target_alive:
+        """Restart Austin with back-off if it died, or went silent, while the target lives."""
+        if self._stopping or self._process is None or not target_alive:
             return
         now = time.monotonic()
+        if self.running:
+            if now - self._heard_at > STALL_S:
+                log.debug(
+                    "Austin produced no sample of %d for %.1f s; restarting it", self.pid, STALL_S
+                )
+                self._process.kill()
+                self._process.wait()
+            else:
+                return
         if self._restart_at == 0.0:
             reason = self._exit_reason()
             delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S) - 1)]
-            log.warning(
-                "Austin stopped sampling %d (%s); blocks are reported without stacks, "
-                "restarting it in %.0f s",
+            self._failures += 1
+            level = logging.WARNING if self._failures >= WARN_AFTER_FAILURES else logging.DEBUG
+            log.log(
+                level,
+                "Austin stopped sampling %d (%s); blocks are reported without stacks "
+                "until it runs again (retry in %.2g s)",
                 self.pid,
                 reason,
                 delay,
             )
-            self._failures += 1
             self._restart_at = now + delay
         elif now >= self._restart_at:
             self._restart_at = 0.0
@@ -207,3 +242,33 @@ class Sampler:
 def settle_ns(interval_us: int) -> int:
     """How long after a block ends its last samples can take to arrive."""
     return int((READ_EVERY_S * 2) * 1e9) + 2 * interval_us * 1000 + 10 * NS_PER_MS
+
+
+class SamplerPool:
+    """A sampler per watched process, started on first need, stopped together."""
+
+    def __init__(self, austin: Austin, interval_us: int) -> None:
+        self.austin = austin
+        self.interval_us = interval_us
+        self._samplers: dict[int, Sampler] = {}
+
+    def ensure(self, pid: int) -> Sampler:
+        sampler = self._samplers.get(pid)
+        if sampler is None:
+            sampler = self._samplers[pid] = Sampler(self.austin, pid, self.interval_us)
+            sampler.start()
+        return sampler
+
+    def window(self, pid: int, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
+        return self.ensure(pid).window(tid, start_ns, end_ns)
+
+    def covered_until(self, pid: int, tid: int) -> int:
+        return self.ensure(pid).covered_until(tid)
+
+    def maintain(self) -> None:
+        for pid, sampler in self._samplers.items():
+            sampler.maintain(target_alive=os.path.exists(f"/proc/{pid}"))  # noqa: PTH110
+
+    def stop(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.stop()

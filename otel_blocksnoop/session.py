@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from otel_blocksnoop import histogram
 from otel_blocksnoop.clock import WallClock
+from otel_blocksnoop.correlator import attribute
 from otel_blocksnoop.detector import Counters, Detector
 from otel_blocksnoop.events import (
     Block,
@@ -22,13 +24,16 @@ from otel_blocksnoop.events import (
     SessionSummary,
     ThreadKind,
 )
+from otel_blocksnoop.sampler import SamplerPool, settle_ns
 from otel_blocksnoop.sinks import Sink
+from otel_blocksnoop.source import source_line
 from otel_blocksnoop.target import thread_name
 from otel_blocksnoop.threads import ThreadClassifier, reported
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
+PENDING_POLL_MS = 10
 STATS_PERCENTILES = (0.5, 0.9, 0.99)
 DRAIN_POLLS = 3
 MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
@@ -77,13 +82,16 @@ class Session:
         sinks: Sequence[Sink],
         classifier: ThreadClassifier | None,
         options: SessionOptions,
-        clock: WallClock | None = None,
+        stacks: SamplerPool | None = None,
     ) -> None:
         self._detector = detector
+        self._stacks = stacks
+        self._pending: deque[tuple[BlockEvent, ThreadKind, int]] = deque()
+        self._settle_ns = settle_ns(stacks.interval_us) if stacks else 0
         self._sinks = sinks
         self._classifier = classifier
         self._options = options
-        self._clock = clock or WallClock()
+        self._clock = WallClock()
         self._totals = _Totals()
         self._stop_requested = False
         self._lost_reported = 0
@@ -106,7 +114,10 @@ class Session:
             if self._options.stats:
                 time.sleep(min(POLL_MS / 1000, max(0.0, next_stats - time.monotonic())))
             else:
-                self._handle(self._detector.poll(POLL_MS))
+                self._handle(self._detector.poll(PENDING_POLL_MS if self._pending else POLL_MS))
+                self._export_ready()
+                if self._stacks is not None:
+                    self._stacks.maintain()
             now = time.monotonic()
             if now >= next_stats:
                 if self._options.stats:
@@ -117,6 +128,7 @@ class Session:
         if not self._options.stats:
             for _ in range(DRAIN_POLLS):
                 self._handle(self._detector.poll(0))
+            self._export_ready(final=True)
         summary = self._summary(time.monotonic() - started)
         for sink in self._sinks:
             sink.export_summary(summary)
@@ -129,20 +141,53 @@ class Session:
             if not reported(kind):
                 self._totals.ignore(event, kind)
                 continue
-            block = Block(
-                pid=event.pid,
-                tid=event.tid,
-                thread_name=thread_name(event.pid, event.tid) or event.comm,
-                start_ns=event.start_ns,
-                end_ns=event.end_ns,
-                start_unix_ns=self._clock.to_unix_ns(event.start_ns),
-                end_unix_ns=self._clock.to_unix_ns(event.end_ns),
-                threshold_ns=self._options.threshold_ns,
-                thread_kind=kind,
+            # Samples taken during the block reach us a little after it ends.
+            self._pending.append((event, kind, event.end_ns + self._settle_ns))
+
+    def _export_ready(self, final: bool = False) -> None:
+        """Export pending blocks, in order, once their samples are in (or late)."""
+        if final and self._pending:
+            wait_ns = self._pending[-1][2] - time.monotonic_ns()
+            if wait_ns > 0:
+                time.sleep(wait_ns / 1e9)
+        now = time.monotonic_ns()
+        while self._pending:
+            event, kind, deadline = self._pending[0]
+            covered = (
+                self._stacks is None
+                or now >= deadline
+                or self._stacks.covered_until(event.pid, event.tid) >= event.end_ns
             )
+            if not covered:
+                break
+            self._pending.popleft()
+            block = self._enrich(event, kind)
             self._totals.add(block)
             for sink in self._sinks:
                 sink.export(block)
+
+    def _enrich(self, event: BlockEvent, kind: ThreadKind) -> Block:
+        attribution = None
+        if self._stacks is not None:
+            samples = self._stacks.window(event.pid, event.tid, event.start_ns, event.end_ns)
+            attribution = attribute([sample.frames for sample in samples])
+        stack = attribution.stack if attribution else ()
+        return Block(
+            pid=event.pid,
+            tid=event.tid,
+            thread_name=thread_name(event.pid, event.tid) or event.comm,
+            start_ns=event.start_ns,
+            end_ns=event.end_ns,
+            start_unix_ns=self._clock.to_unix_ns(event.start_ns),
+            end_unix_ns=self._clock.to_unix_ns(event.end_ns),
+            threshold_ns=self._options.threshold_ns,
+            thread_kind=kind,
+            stack=stack,
+            source_lines=tuple(source_line(event.pid, f.file, f.line) for f in stack),
+            call_site=attribution.call_site if attribution else None,
+            samples=attribution.supporting if attribution else 0,
+            samples_busy=attribution.busy_samples if attribution else 0,
+        )
 
     def _kind(self, event: BlockEvent) -> ThreadKind:
         if self._options.all_threads or self._classifier is None:

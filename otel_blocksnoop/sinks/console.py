@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TextIO
 
+from otel_blocksnoop.correlator import format_traceback
 from otel_blocksnoop.events import Block, IterationStats, SessionSummary
 from otel_blocksnoop.sinks.formatting import human_duration, local_clock
 
@@ -37,6 +38,13 @@ class ConsoleSink:
             f"{local_clock(block.start_unix_ns):<12}  {block.pid:>7}  {block.tid:>7}  "
             f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}"
         )
+        if block.stack:
+            for line in format_traceback(block.stack, block.source_lines).splitlines():
+                self._write(f"    {line}")
+            self._write(
+                f"    ({block.samples} of {block.samples_busy} busy samples in this block "
+                "had this stack)"
+            )
 
     def export_stats(self, stats: IterationStats) -> None:
         parts = [

@@ -6,8 +6,12 @@ import json
 import sys
 from typing import Any, TextIO
 
-from otel_blocksnoop.events import Block, IterationStats, SessionSummary
+from otel_blocksnoop.events import Block, Frame, IterationStats, SessionSummary
 from otel_blocksnoop.sinks.formatting import iso_utc, ms
+
+
+def _frame(frame: Frame) -> dict[str, Any]:
+    return {"function": frame.function, "file": frame.file, "line": frame.line}
 
 
 class JsonLinesSink:
@@ -35,6 +39,13 @@ class JsonLinesSink:
                 "end_unix_ns": block.end_unix_ns,
                 "start_monotonic_ns": block.start_ns,
                 "end_monotonic_ns": block.end_ns,
+                "call_site": _frame(block.call_site) if block.call_site else None,
+                "stack": [
+                    {**_frame(frame), "source": source}
+                    for frame, source in zip(block.stack, block.source_lines, strict=False)
+                ],
+                "samples": block.samples,
+                "samples_busy": block.samples_busy,
             }
         )
 

@@ -61,9 +61,14 @@ def test_console_output_is_one_aligned_line_per_block_and_a_summary() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED"]
-    rows = lines[1:-1]
+    rows = [line for line in lines[1:] if line[:1].isdigit()]
     assert len(rows) == 6
     assert all(row.endswith(" ms") and len(row) == len(lines[0]) for row in rows)
+    # each block is followed by its stack, most recent call last, with source lines
+    first, second = lines.index(rows[0]), lines.index(rows[1])
+    assert lines[first + 1] == "    Traceback (most recent call last):"
+    assert "in block_once" in "\n".join(lines[first:second])
+    assert "BLOCKERS[scenario](seconds)" in "\n".join(lines[first:second])
     assert lines[-1].startswith("--- 6 blocks in ")
     assert lines[-1].endswith(" loop iterations")
     assert "compiling and loading the BPF program" in result.stderr

@@ -81,8 +81,8 @@ def held_lock(seconds: float) -> None:
     thread = threading.Thread(target=holder)
     thread.start()
     taken.wait()
-    with lock:
-        pass
+    lock.acquire()
+    lock.release()
     thread.join()
 
 
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--ms", type=float, default=BLOCK_S * 1000)
     parser.add_argument("--linger", type=float, default=0.0, help="idle this long after")
+    parser.add_argument("--delay", type=float, default=0.0, help="idle this long before")
     parser.add_argument("--out", help="write the block records here instead of stdout")
     args = parser.parse_args()
     if args.out:
@@ -211,6 +212,7 @@ def main() -> None:
     async def body() -> None:
         if args.scenario != "early":
             await gate(args)
+        await asyncio.sleep(args.delay)
         await scenario_main(args)
 
     run_loop(body, args.uvloop)

@@ -64,7 +64,7 @@ def test_no_samples_no_attribution() -> None:
 
 
 def test_traceback_text_is_most_recent_call_last_with_source_lines() -> None:
-    text = format_traceback(HANDLER[-2:], {HANDLER[-1]: "time.sleep(0.2)"})
+    text = format_traceback(HANDLER[-2:], [None, "time.sleep(0.2)"])
     assert text.splitlines() == [
         "Traceback (most recent call last):",
         f'  File "{LIB}/asyncio/events.py", line 80, in Handle._run',

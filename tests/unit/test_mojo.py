@@ -62,3 +62,20 @@ def test_loop_threads_idle_in_select_are_sampled_too() -> None:
 def test_not_a_mojo_stream_is_refused() -> None:
     with pytest.raises(MojoError, match="bad magic"):
         MojoDecoder().feed(b"hello world")
+
+
+def test_a_restarted_sampler_places_new_samples_on_a_fresh_time_base() -> None:
+    # GIVEN a sampler that saw 100 ms of samples, then was restarted 5 s later
+    from otel_blocksnoop.austin import Austin  # noqa: PLC0415
+    from otel_blocksnoop.mojo import RawSample as Raw  # noqa: PLC0415
+    from otel_blocksnoop.sampler import Sampler  # noqa: PLC0415
+
+    sampler = Sampler(Austin(Path("/bin/true")), pid=1, interval_us=5000)
+    frames = (Frame("f", "/app.py", 1),)
+    sampler._add([Raw(1, 7, frames, 50_000, idle=False)] * 2, arrival_ns=10**9)  # noqa: SLF001
+    sampler.start()  # a new Austin process (here /bin/true, which just exits)
+    sampler.stop()
+    # WHEN the new process reports a sample 10 ms after its start, arriving at t=6.01 s
+    sampler._add([Raw(1, 7, frames, 10_000, idle=False)], arrival_ns=6_010_000_000)  # noqa: SLF001
+    # THEN it is placed at 6.01 s, not 5 s earlier on the old time base
+    assert [s.time_ns for s in sampler.window(7, 6 * 10**9, 7 * 10**9)] == [6_010_000_000]

@@ -1,0 +1,128 @@
+"""The blocking code: real Austin against real targets on every Python found here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import BLOCKER, matching_block, run_sidecar, truth
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
+
+# What the innermost application frame must be for each way of blocking,
+# and a piece of the source line Austin must point at.
+CALL_SITES = {
+    "sleep": ("block_once", "BLOCKERS[scenario](seconds)"),
+    "cpu": ("busy", "time.perf_counter() < deadline"),
+    "hashlib": ("pbkdf2", "max(1, int(seconds / per_round))"),
+    "read": ("read_pipe", "os.read(read_end, 1)"),
+    "subprocess": ("wait_subprocess", 'subprocess.run(["sleep"'),
+    "lock": ("held_lock", "lock.acquire()"),
+}
+
+
+def pyenv_pythons() -> list[str]:
+    """Every CPython 3.9-3.13 pyenv has here, plus the sidecar's own."""
+    try:
+        root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return [sys.executable]
+    found = [sys.executable]
+    for minor in (9, 10, 12, 13):
+        candidates = sorted(Path(root, "versions").glob(f"3.{minor}.*/bin/python3"))
+        found.extend(str(c) for c in candidates[-1:])
+    return found
+
+
+PYTHONS = pyenv_pythons()
+
+
+def version_of(python: str) -> str:
+    return subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def assert_call_site(block: dict[str, Any], scenario: str) -> None:
+    function, snippet = CALL_SITES[scenario]
+    site = block["call_site"]
+    assert site is not None, f"{scenario}: no stack"
+    assert site["function"].endswith(function), (scenario, site)
+    line = Path(site["file"]).read_text().splitlines()[site["line"] - 1]
+    assert snippet in line, (scenario, line)
+    assert block["samples"] >= 3, block
+    assert block["stack"][-1]["source"], "source lines come from the target's files"
+
+
+@pytest.mark.parametrize("python", PYTHONS, ids=[version_of(p) for p in PYTHONS])
+def test_each_kind_of_block_names_the_blocking_call(tmp_path: Path, python: str) -> None:
+    # GIVEN an app on this interpreter that blocks six known ways for ~120 ms each
+    # (after 1 s: Austin cannot attach to a 3.9/3.10 interpreter still starting)
+    out = tmp_path / "truth.jsonl"
+    target = [python, str(BLOCKER), "all", "--delay", "1", "--out", str(out)]
+    run = run_sidecar("--json", "-q", "-t", "50", "--", *target)
+    assert run.returncode == 0, run.stderr
+    # THEN each block carries the stack of the code that blocked, down to the line
+    expected = truth(out)
+    assert [r["scenario"] for r in expected] == list(CALL_SITES)
+    for true_block in expected:
+        assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
+
+
+def test_uvloop_blocks_name_the_blocking_call(tmp_path: Path) -> None:
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "-t", "50", "--", sys.executable, str(BLOCKER), "all", "--uvloop",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    for true_block in truth(out):
+        assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
+
+
+def test_a_loop_in_another_thread_gets_its_own_threads_stack(tmp_path: Path) -> None:
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "-t", "50", "--", sys.executable, str(BLOCKER), "two-threads",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    for true_block in truth(out):
+        block = matching_block(run.blocks, true_block)
+        assert block["call_site"]["function"].endswith("body"), block["call_site"]
+
+
+def test_no_stacks_flag_reports_blocks_without_code(tmp_path: Path) -> None:
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "--no-stacks", "-t", "50", "--", sys.executable, str(BLOCKER), "sleep",
+        "--out", str(out),
+    )  # fmt: skip
+    (true_block,) = truth(out)
+    block = matching_block(run.blocks, true_block)
+    assert block["stack"] == []
+    assert block["call_site"] is None
+
+
+def test_a_missing_austin_degrades_to_blocks_without_stacks(tmp_path: Path) -> None:
+    out = tmp_path / "truth.jsonl"
+    env = {**os.environ, "AUSTINPATH": str(tmp_path / "no-austin-here")}
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_blocksnoop", "--json", "-t", "50", "--austin",
+         str(tmp_path / "missing"), "--", sys.executable, str(BLOCKER), "sleep", "--out", str(out)],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "without stacks" in result.stderr
+    blocks = [r for r in map(json.loads, result.stdout.splitlines()) if r["type"] == "block"]
+    (true_block,) = truth(out)
+    assert matching_block(blocks, true_block)["stack"] == []
