@@ -492,8 +492,9 @@ def _render(http: dict[str, Any], spin: dict[str, Any], config: OverheadConfig) 
         + "\n"
         + _clean_note(rates, spin_modes, config.neighbours.cpu_limit_pct)
         + "\n### The sidecar's own cost\n\n"
-        "CPU as % of one core from /proc/PID/stat (utime+stime; children: reaped Austin "
-        "calls), RSS from VmRSS. BPF program time is charged to the traced processes, "
+        "CPU as % of one core from /proc/PID/stat (utime+stime; children: the Austin "
+        "processes it runs, running or reaped), RSS from VmRSS. "
+        "BPF program time is charged to the traced processes, "
         "so it shows in the throughput tables, not here. "
         f"Start to attached (BPF compile and load): median {num(median(attach), 2)} s, "
         f"range {spread(attach, 2)} s over {len(attach)} starts.\n\n"

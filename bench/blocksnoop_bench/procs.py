@@ -258,7 +258,7 @@ class CpuTimes:
     at_s: float
 
     def percent_since(self, before: CpuTimes) -> tuple[float, float]:
-        """Return (own, reaped children) as % of one core, the unit peers quote."""
+        """Return (own, children) as % of one core, the unit peers quote."""
         wall = self.at_s - before.at_s
         if wall <= 0:
             return 0.0, 0.0
@@ -268,15 +268,34 @@ class CpuTimes:
         )
 
 
-def cpu_times(pid: int) -> CpuTimes:
-    """Read utime+stime and cutime+cstime; the comm field may hold spaces, so split after it."""
+def _stat_fields(pid: int | str) -> list[str]:
+    """Fields after "(comm)" (which may hold spaces): state is index 0, ppid 1."""
     stat = (Path("/proc") / str(pid) / "stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # After "(comm)" the state is index 0, so utime, stime, cutime, cstime are 11-14.
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _live_children_s(pid: int) -> float:
+    """CPU seconds of the running children of ``pid`` (the sidecar's Austin samplers)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry.name)
+        except (OSError, ValueError):
+            continue
+        if fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def cpu_times(pid: int) -> CpuTimes:
+    """Own utime+stime; children = reaped (cutime+cstime) plus those still running."""
+    fields = _stat_fields(pid)
     utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
     return CpuTimes(
         own_s=(utime + stime) / CLK_TCK,
-        children_s=(cutime + cstime) / CLK_TCK,
+        children_s=(cutime + cstime) / CLK_TCK + _live_children_s(pid),
         at_s=time.monotonic(),
     )
 
