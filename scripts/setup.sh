@@ -92,7 +92,7 @@ install_austin() {
     local tmp
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' RETURN
-    python3 -m pip download -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+    python3 -m pip download -q --disable-pip-version-check --no-deps \
         --only-binary :all: --platform musllinux_1_1_x86_64 \
         -d "$tmp" "austin-dist==$AUSTIN_VERSION" >/dev/null
     unzip -q -o -j "$tmp"/austin_dist-*.whl "austin_dist-$AUSTIN_VERSION.data/scripts/austin" -d "$tmp"
