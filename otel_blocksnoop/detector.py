@@ -251,14 +251,6 @@ class Detector:
             max_ns=max(maxes) if maxes else 0,
         )
 
-    def in_epoll_since(self) -> dict[int, tuple[int, int]]:
-        """Threads now outside epoll: ``{tid: (pid, left_epoll_ns)}``."""
-        return {
-            key.value: (state.tgid, state.left_epoll_ns)
-            for key, state in self._bpf["threads"].items()
-            if state.left_epoll_ns
-        }
-
     def close(self) -> None:
         if self._bpf is not None:
             self._bpf.cleanup()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from otel_blocksnoop.austin import Austin
 from otel_blocksnoop.events import NS_PER_MS, Frame
 from otel_blocksnoop.mojo import MojoDecoder, MojoError, RawSample
+from otel_blocksnoop.target import process_exists
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,6 @@ class Sampler:
         self._failures = 0
         self._restart_at = 0.0
         self._heard_at = 0.0  # last start, or last read that brought samples
-        self.samples_seen = 0
 
     def start(self) -> None:
         argv = [
@@ -153,7 +153,6 @@ class Sampler:
             for tid in touched:
                 history = self._histories[tid]
                 history.anchors.append(arrival_ns - history.elapsed_us * 1000)
-            self.samples_seen += len(samples)
 
     def window(self, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
         """Samples of thread ``tid`` taken between ``start_ns`` and ``end_ns``."""
@@ -267,7 +266,7 @@ class SamplerPool:
 
     def maintain(self) -> None:
         for pid, sampler in self._samplers.items():
-            sampler.maintain(target_alive=os.path.exists(f"/proc/{pid}"))  # noqa: PTH110
+            sampler.maintain(target_alive=process_exists(pid))
 
     def stop(self) -> None:
         for sampler in self._samplers.values():
