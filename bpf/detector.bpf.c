@@ -8,21 +8,38 @@
  * through a ring buffer; in stats mode (STATS_MODE) every iteration is
  * counted in a histogram instead and nothing is sent.
  *
+ * With TRACK_ACTIVITY, sched:sched_switch also records what a watched
+ * thread does while out of epoll: time on CPU, time preempted, and time
+ * asleep per syscall (read from the task's saved registers as it goes off
+ * CPU), plus the CPU time of the other threads of its process, which is how
+ * user space tells a GIL wait from a plain futex sleep.
+ *
  * Attached to the syscalls:sys_{enter,exit}_epoll_* tracepoints (this
  * kernel has no kprobes) and to sched:sched_process_{fork,exit}.
  *
  * Compile-time constants (BCC -D cflags): THRESHOLD_NS, TARGET_TID (0 = all
- * threads), STATS_MODE, MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES.
+ * threads), STATS_MODE, TRACK_ACTIVITY, MAX_THREADS, MAX_WATCHED,
+ * RINGBUF_PAGES.
  */
+#include <asm/ptrace.h>
+#include <linux/sched.h>
+
 #include "detector.h"
+
+/* prev_state bits of a task that went to sleep (S, D, T, t, ...); a
+ * preempted task reports 0 or TASK_REPORT_MAX, outside this mask. */
+#define TASK_REPORT_SLEEP 0x7f
 
 #define WATCH_ROOT 1      /* a PID the user named or launched */
 #define WATCH_INHERITED 2 /* forked from a watched process */
 
-BPF_HASH(watched, u32, u8, MAX_WATCHED);
+BPF_HASH(watched, u32, struct watch_state, MAX_WATCHED);
 BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#if TRACK_ACTIVITY
+BPF_PERCPU_ARRAY(last_switch, u64, 1); /* when this CPU last switched task */
+#endif
 #if STATS_MODE
 BPF_ARRAY(iter_hist, u64, HIST_BUCKETS);
 BPF_PERCPU_ARRAY(iter_extremes, struct iter_extremes, 1);
@@ -78,23 +95,70 @@ static __always_inline void record_iteration(u64 delta)
 
 /* Returns the caller's tid when its process is watched (and the thread
  * passes the TARGET_TID filter), else 0. */
-static __always_inline u32 watched_tid(u32 *tgid_out)
+static __always_inline u32 watched_tid(u32 *tgid_out, struct watch_state **watch_out)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     u32 tid = (u32)id;
-    if (!watched.lookup(&tgid))
+    struct watch_state *watch = watched.lookup(&tgid);
+    if (!watch)
         return 0;
     if (TARGET_TID && tid != TARGET_TID)
         return 0;
     *tgid_out = tgid;
+    *watch_out = watch;
     return tid;
+}
+
+#if TRACK_ACTIVITY
+/* Adds one sleep to the slot of its syscall, or the first free one. */
+static __always_inline void add_sleep(struct activity *act, s32 nr, u64 ns)
+{
+    act->sleep_ns += ns;
+#pragma unroll
+    for (int i = 0; i < SLEEP_SLOTS; i++) {
+        struct sleep_slot *slot = &act->sleeps[i];
+        if (slot->count == 0 || slot->nr == nr) {
+            slot->nr = nr;
+            slot->ns += ns;
+            slot->count += 1;
+            return;
+        }
+    }
+    act->other_sleep_ns += ns;
+}
+
+/* The syscall the current task is in (-1 outside one), from the registers
+ * saved at kernel entry: valid whatever the kernel's struct layouts are. */
+static __always_inline s32 current_syscall(void)
+{
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    long nr = -1;
+    if (regs)
+        bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    return (s32)nr;
+}
+#endif
+
+/* The iteration of a thread ends: fill what it did so far into *out. */
+static __always_inline void finish_activity(struct thread_state *state,
+                                            struct watch_state *watch, u64 now,
+                                            struct activity *out)
+{
+    __builtin_memcpy(out, &state->activity, sizeof(*out));
+#if TRACK_ACTIVITY
+    if (state->off_nr == OFF_ON_CPU)
+        out->on_cpu_ns += now - state->switched_at;
+    u64 proc = watch->cpu_ns - state->proc_cpu_start;
+    out->sibling_cpu_ns = proc > state->own_cpu_ns ? proc - state->own_cpu_ns : 0;
+#endif
 }
 
 int on_epoll_enter(void *ctx)
 {
     u32 tgid;
-    u32 tid = watched_tid(&tgid);
+    struct watch_state *watch;
+    u32 tid = watched_tid(&tgid, &watch);
     if (!tid)
         return 0;
     struct thread_state *state = threads.lookup(&tid);
@@ -122,6 +186,9 @@ int on_epoll_enter(void *ctx)
     event->end_ns = now;
     event->tgid = tgid;
     event->tid = tid;
+    event->flags = 0;
+    event->pad = 0;
+    finish_activity(state, watch, now, &event->activity);
     bpf_get_current_comm(&event->comm, sizeof(event->comm));
     events.ringbuf_submit(event, 0);
 #endif
@@ -131,7 +198,8 @@ int on_epoll_enter(void *ctx)
 int on_epoll_exit(void *ctx)
 {
     u32 tgid;
-    u32 tid = watched_tid(&tgid);
+    struct watch_state *watch;
+    u32 tid = watched_tid(&tgid, &watch);
     if (!tid)
         return 0;
     struct thread_state fresh = {.tgid = tgid};
@@ -140,9 +208,61 @@ int on_epoll_exit(void *ctx)
         count(COUNTER_STATE_FULL, 1);
         return 0;
     }
-    state->left_epoll_ns = bpf_ktime_get_ns();
+    u64 now = bpf_ktime_get_ns();
+#if TRACK_ACTIVITY
+    __builtin_memset(&state->activity, 0, sizeof(state->activity));
+    state->switched_at = now;
+    state->off_nr = OFF_ON_CPU;
+    state->proc_cpu_start = watch->cpu_ns;
+    state->own_cpu_ns = 0;
+#endif
+    state->left_epoll_ns = now;
     return 0;
 }
+
+#if TRACK_ACTIVITY
+/* A task switch: charge the outgoing task's slice to its process, and keep
+ * the books of watched threads that are out of epoll. current is prev. */
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    u64 slice = 0;
+    u64 *last = last_switch.lookup(&zero);
+    if (last) {
+        if (*last)
+            slice = now - *last;
+        *last = now;
+    }
+
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct watch_state *watch = watched.lookup(&tgid);
+    if (watch) {
+        __sync_fetch_and_add(&watch->cpu_ns, slice);
+        u32 prev = args->prev_pid;
+        struct thread_state *out = threads.lookup(&prev);
+        if (out && out->left_epoll_ns && out->off_nr == OFF_ON_CPU) {
+            out->activity.on_cpu_ns += now - out->switched_at;
+            out->own_cpu_ns += slice;
+            out->switched_at = now;
+            out->off_nr = (args->prev_state & TASK_REPORT_SLEEP) ? current_syscall() : OFF_RUNQ;
+        }
+    }
+
+    u32 next = args->next_pid;
+    struct thread_state *in = threads.lookup(&next);
+    if (in && in->left_epoll_ns && in->off_nr != OFF_ON_CPU) {
+        u64 away = now - in->switched_at;
+        if (in->off_nr == OFF_RUNQ)
+            in->activity.runq_ns += away;
+        else
+            add_sleep(&in->activity, in->off_nr, away);
+        in->switched_at = now;
+        in->off_nr = OFF_ON_CPU;
+    }
+    return 0;
+}
+#endif
 
 /* Children of watched processes are watched too (launch mode through a
  * shell, pre-fork servers). The event also fires for new threads; their tid
@@ -154,17 +274,45 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     if (!watched.lookup(&parent_tgid))
         return 0;
     u32 child = args->child_pid;
-    u8 how = WATCH_INHERITED;
-    watched.update(&child, &how);
+    struct watch_state inherited = {.how = WATCH_INHERITED};
+    watched.update(&child, &inherited);
     return 0;
 }
 
+/* A thread that exits while out of epoll for longer than the threshold
+ * (killed during a hang, or a loop that ended by raising) is reported as a
+ * block ending now, so a hang is never lost with its thread. */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 tid = (u32)id;
+#if !STATS_MODE
+    struct thread_state *state = threads.lookup(&tid);
+    struct watch_state *watch = watched.lookup(&tgid);
+    if (state && state->left_epoll_ns && watch) {
+        u64 now = bpf_ktime_get_ns();
+        if (now - state->left_epoll_ns >= THRESHOLD_NS) {
+            struct block_event *event = events.ringbuf_reserve(sizeof(*event));
+            if (event) {
+                event->start_ns = state->left_epoll_ns;
+                event->end_ns = now;
+                event->tgid = tgid;
+                event->tid = tid;
+                event->flags = BLOCK_THREAD_EXITED;
+                event->pad = 0;
+                finish_activity(state, watch, now, &event->activity);
+                bpf_get_current_comm(&event->comm, sizeof(event->comm));
+                events.ringbuf_submit(event, 0);
+            } else {
+                count(COUNTER_LOST_EVENTS, 1);
+            }
+        }
+    }
+#endif
     threads.delete(&tid);
-    u8 *how = watched.lookup(&tid);
-    if (how && *how == WATCH_INHERITED)
+    struct watch_state *how = watched.lookup(&tid);
+    if (how && how->how == WATCH_INHERITED)
         watched.delete(&tid);
     return 0;
 }

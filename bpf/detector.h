@@ -25,6 +25,33 @@ enum counter {
     COUNTER_MAX = 4,
 };
 
+/* Flags of a block_event. */
+#define BLOCK_THREAD_EXITED 1 /* the thread exited while out of epoll */
+
+/* Off-CPU reasons kept in thread_state.off_nr besides syscall numbers. */
+#define OFF_ON_CPU (-2) /* running: not off CPU */
+#define OFF_RUNQ (-3)   /* preempted: runnable, waiting for a CPU */
+/* -1 (pt_regs orig_ax) means asleep outside a syscall, e.g. a page fault. */
+
+#define SLEEP_SLOTS 4
+
+/* Time asleep in one syscall during an iteration. */
+struct sleep_slot {
+    __u64 ns;
+    __s32 nr;    /* syscall number, -1 if not in a syscall */
+    __u32 count; /* separate sleeps; 0 = slot unused */
+};
+
+/* What a thread did during one loop iteration, from sched_switch. */
+struct activity {
+    __u64 on_cpu_ns;      /* running */
+    __u64 runq_ns;        /* runnable but preempted, waiting for a CPU */
+    __u64 sleep_ns;       /* asleep, all syscalls together */
+    __u64 other_sleep_ns; /* asleep in syscalls that found no free slot */
+    __u64 sibling_cpu_ns; /* other threads of the process on CPU meanwhile */
+    struct sleep_slot sleeps[SLEEP_SLOTS];
+};
+
 /* One loop iteration that crossed the threshold: the thread left epoll at
  * start_ns and came back at end_ns (CLOCK_MONOTONIC, bpf_ktime_get_ns). */
 struct block_event {
@@ -32,14 +59,31 @@ struct block_event {
     __u64 end_ns;
     __u32 tgid;
     __u32 tid;
+    __u32 flags;
+    __u32 pad;
+    struct activity activity;
     char comm[COMM_LEN];
 };
 
 /* Per-thread state, keyed by tid. left_epoll_ns is 0 while the thread is
- * inside an epoll call, so user space can see a block still in progress. */
+ * inside an epoll call, so user space can see a block still in progress,
+ * and what it has done so far (activity, plus the current stretch since
+ * switched_at in the state off_nr names). */
 struct thread_state {
     __u64 left_epoll_ns;
+    __u64 switched_at;    /* last switch on or off CPU, or the iteration's start */
+    __u64 proc_cpu_start; /* the process's CPU time when the iteration began */
+    __u64 own_cpu_ns;     /* this thread's share of that CPU time since then */
     __u32 tgid;
+    __s32 off_nr;         /* OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in */
+    struct activity activity;
+};
+
+/* Value of the watched map: how the PID came to be watched, and the CPU
+ * time of all its threads (charged at each switch off CPU). */
+struct watch_state {
+    __u64 cpu_ns;
+    __u32 how;
     __u32 pad;
 };
 

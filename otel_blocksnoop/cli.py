@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="report every thread that calls epoll, not only event-loop threads",
     )
     parser.add_argument(
+        "--no-cause",
+        action="store_true",
+        help="do not follow the loop thread on and off CPU (blocks are reported without a cause)",
+    )
+    parser.add_argument(
         "--no-stacks",
         action="store_true",
         help="do not sample Python stacks (blocks are reported without code)",
@@ -150,6 +155,7 @@ class Arguments:
     tid: int
     all_threads: bool
     austin: str | None
+    cause: bool
     stacks: bool
     sample_interval_us: int | None
     verbose: bool
@@ -181,6 +187,7 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
         tid=ns.tid or 0,
         all_threads=ns.all_threads,
         austin=ns.austin,
+        cause=not ns.no_cause,
         stacks=not ns.no_stacks,
         sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
         verbose=ns.verbose,
@@ -277,7 +284,9 @@ def _foreground_terminal() -> bool:
 
 
 def run(args: Arguments) -> int:
-    config = DetectorConfig(threshold_ns=args.threshold_ns, tid=args.tid, stats=args.stats)
+    config = DetectorConfig(
+        threshold_ns=args.threshold_ns, tid=args.tid, stats=args.stats, activity=args.cause
+    )
     if args.ebpf:
         print(f"// cflags: {' '.join(program_cflags(config))}")
         print(program_source())

@@ -14,20 +14,26 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from otel_blocksnoop import histogram
 from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
-from otel_blocksnoop.events import BlockEvent
+from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep
+from otel_blocksnoop.syscalls import syscall_name
 
 log = logging.getLogger(__name__)
 
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 COMM_LEN = 16
 WATCH_ROOT = 1
+SLEEP_SLOTS = 4
+BLOCK_THREAD_EXITED = 1
+OFF_ON_CPU = -2
+OFF_RUNQ = -3
 
 # enum counter in bpf/detector.h
 COUNTER_LOST_EVENTS = 0
@@ -46,6 +52,25 @@ def bpf_dir() -> Path:
     raise BpfLoadError(msg)
 
 
+class SleepSlotC(ctypes.Structure):
+    """Mirror of ``struct sleep_slot`` in bpf/detector.h."""
+
+    _fields_ = (("ns", ctypes.c_uint64), ("nr", ctypes.c_int32), ("count", ctypes.c_uint32))
+
+
+class ActivityC(ctypes.Structure):
+    """Mirror of ``struct activity`` in bpf/detector.h."""
+
+    _fields_ = (
+        ("on_cpu_ns", ctypes.c_uint64),
+        ("runq_ns", ctypes.c_uint64),
+        ("sleep_ns", ctypes.c_uint64),
+        ("other_sleep_ns", ctypes.c_uint64),
+        ("sibling_cpu_ns", ctypes.c_uint64),
+        ("sleeps", SleepSlotC * SLEEP_SLOTS),
+    )
+
+
 class BlockEventC(ctypes.Structure):
     """Mirror of ``struct block_event`` in bpf/detector.h."""
 
@@ -54,6 +79,9 @@ class BlockEventC(ctypes.Structure):
         ("end_ns", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("activity", ActivityC),
         ("comm", ctypes.c_char * COMM_LEN),
     )
 
@@ -63,9 +91,19 @@ class ThreadStateC(ctypes.Structure):
 
     _fields_ = (
         ("left_epoll_ns", ctypes.c_uint64),
+        ("switched_at", ctypes.c_uint64),
+        ("proc_cpu_start", ctypes.c_uint64),
+        ("own_cpu_ns", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("off_nr", ctypes.c_int32),
+        ("activity", ActivityC),
     )
+
+
+class WatchStateC(ctypes.Structure):
+    """Mirror of ``struct watch_state`` in bpf/detector.h."""
+
+    _fields_ = (("cpu_ns", ctypes.c_uint64), ("how", ctypes.c_uint32), ("pad", ctypes.c_uint32))
 
 
 class IterExtremesC(ctypes.Structure):
@@ -81,6 +119,7 @@ class DetectorConfig:
     threshold_ns: int
     tid: int = 0
     stats: bool = False
+    activity: bool = True  # book on/off-CPU time per block through sched_switch
     max_threads: int = 16384
     max_watched: int = 8192
     ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
@@ -118,6 +157,7 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DTHRESHOLD_NS={config.threshold_ns}ULL",
         f"-DTARGET_TID={config.tid}",
         f"-DSTATS_MODE={int(config.stats)}",
+        f"-DTRACK_ACTIVITY={int(config.activity and not config.stats)}",
         f"-DMAX_THREADS={config.max_threads}",
         f"-DMAX_WATCHED={config.max_watched}",
         f"-DRINGBUF_PAGES={config.ringbuf_pages}",
@@ -145,6 +185,69 @@ def _first_error(compiler_output: str) -> str:
     return lines[-1].strip() if lines else "unknown error"
 
 
+def activity_from_c(raw: ActivityC) -> Activity:
+    """The kernel's books of one iteration, with syscall numbers named."""
+    return Activity(
+        on_cpu_ns=raw.on_cpu_ns,
+        runq_ns=raw.runq_ns,
+        sleep_ns=raw.sleep_ns,
+        sleeps=tuple(
+            Sleep(syscall=syscall_name(slot.nr), ns=slot.ns, count=slot.count)
+            for slot in raw.sleeps
+            if slot.count
+        ),
+        other_sleep_ns=raw.other_sleep_ns,
+        sibling_cpu_ns=raw.sibling_cpu_ns,
+    )
+
+
+def activity_so_far(state: ThreadStateC, process_cpu_ns: int, now_ns: int) -> Activity:
+    """What a thread still out of epoll has done up to ``now_ns``.
+
+    The kernel books a stretch on or off CPU when it ends; the current one is
+    added here, as the epoll entry program does for a finished block.
+    """
+    current = max(0, now_ns - state.switched_at)
+    done = activity_from_c(state.activity)
+    on_cpu, runq, sleeps = done.on_cpu_ns, done.runq_ns, list(done.sleeps)
+    sleep_ns, other = done.sleep_ns, done.other_sleep_ns
+    if state.off_nr == OFF_ON_CPU:
+        on_cpu += current
+    elif state.off_nr == OFF_RUNQ:
+        runq += current
+    else:
+        sleep_ns += current
+        name = syscall_name(state.off_nr)
+        for index, sleep in enumerate(sleeps):
+            if sleep.syscall == name:
+                sleeps[index] = Sleep(name, sleep.ns + current, sleep.count + 1)
+                break
+        else:
+            if len(sleeps) < SLEEP_SLOTS:
+                sleeps.append(Sleep(name, current, 1))
+            else:
+                other += current
+    process = process_cpu_ns - state.proc_cpu_start
+    return Activity(
+        on_cpu_ns=on_cpu,
+        runq_ns=runq,
+        sleep_ns=sleep_ns,
+        sleeps=tuple(sleeps),
+        other_sleep_ns=other,
+        sibling_cpu_ns=max(0, process - state.own_cpu_ns),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """A thread of a watched process that is out of epoll right now."""
+
+    pid: int
+    tid: int
+    start_ns: int
+    activity: Activity | None
+
+
 class Detector:
     """Owns the BPF object: load, watch PIDs, poll blocks, read counters, close."""
 
@@ -161,23 +264,37 @@ class Detector:
             msg = f"failed to import bcc: {exc}"
             raise BccMissingError(msg) from exc
 
+        try:
+            self._bpf = self._compile(BPF)
+        except (BpfLoadError, NoPrivilegesError) as exc:
+            if not self.tracks_activity:
+                raise
+            # The cause needs bpf_task_pt_regs and BTF (Linux 5.15+) and kernel reads
+            # (denied by lockdown=confidentiality); detection needs neither.
+            log.warning("%s; blocks are reported without their cause", exc)
+            self.config = replace(self.config, activity=False)
+            self._bpf = self._compile(BPF)
+        self._attach(BPF)
+        if not self.config.stats:
+            self._bpf["events"].open_ring_buffer(self._on_event)
+
+    def _compile(self, bpf_class: Any) -> Any:  # noqa: ANN401 - bcc has no type hints
+        what = "BPF program" if not self.tracks_activity else "BPF program with cause tracking"
         with _captured_stderr() as output:
             try:
-                self._bpf = BPF(text=program_source(), cflags=program_cflags(self.config))
+                bpf = bpf_class(text=program_source(), cflags=program_cflags(self.config))
             except Exception as exc:
                 text = output.read_text(errors="replace")
                 log.debug("compiler output:\n%s", text)
                 if "Operation not permitted" in text or isinstance(exc, PermissionError):
-                    msg = "failed to load BPF program: operation not permitted"
+                    msg = f"failed to load {what}: operation not permitted"
                     raise NoPrivilegesError(msg) from exc
-                msg = f"failed to compile BPF program: {_first_error(text)}"
+                msg = f"failed to compile {what}: {_first_error(text)}"
                 raise BpfLoadError(msg) from exc
             text = output.read_text(errors="replace")
             if text.strip():
                 log.debug("compiler output:\n%s", text)
-        self._attach(BPF)
-        if not self.config.stats:
-            self._bpf["events"].open_ring_buffer(self._on_event)
+        return bpf
 
     def _attach(self, bpf_class: Any) -> None:  # noqa: ANN401 - bcc has no type hints
         attached = []
@@ -201,7 +318,11 @@ class Detector:
         log.debug("attached to %s", ", ".join(attached))
 
     def watch(self, pid: int) -> None:
-        self._bpf["watched"][ctypes.c_uint32(pid)] = ctypes.c_uint8(WATCH_ROOT)
+        self._bpf["watched"][ctypes.c_uint32(pid)] = WatchStateC(how=WATCH_ROOT)
+
+    @property
+    def tracks_activity(self) -> bool:
+        return self.config.activity and not self.config.stats
 
     def _on_event(self, _ctx: object, data: int, _size: int) -> int:
         raw = ctypes.cast(data, ctypes.POINTER(BlockEventC)).contents
@@ -212,9 +333,48 @@ class Detector:
                 comm=raw.comm.decode(errors="replace"),
                 start_ns=raw.start_ns,
                 end_ns=raw.end_ns,
+                activity=activity_from_c(raw.activity) if self.tracks_activity else None,
+                end_reason=(
+                    EndReason.THREAD_EXITED
+                    if raw.flags & BLOCK_THREAD_EXITED
+                    else EndReason.RETURNED
+                ),
             )
         )
         return 0
+
+    def in_progress(self, min_ns: int) -> list[InProgress]:
+        """Threads out of epoll for at least ``min_ns`` now: blocks still going on.
+
+        Reads the whole thread table (one batched syscall where the kernel
+        has it), which holds only epoll-calling threads of watched processes.
+        """
+        threads = self._bpf["threads"]
+        try:
+            entries = list(threads.items_lookup_batch())
+        except Exception:  # noqa: BLE001 - older kernels: no batch ops; read key by key
+            entries = list(threads.items())
+        now = time.monotonic_ns()
+        found = []
+        cpu_of: dict[int, int] = {}
+        for key, state in entries:
+            left = state.left_epoll_ns
+            if not left or now - left < min_ns:
+                continue
+            activity = None
+            if self.tracks_activity:
+                if state.tgid not in cpu_of:
+                    cpu_of[state.tgid] = self._process_cpu_ns(state.tgid)
+                activity = activity_so_far(state, cpu_of[state.tgid], now)
+            tid = key if isinstance(key, int) else key.value
+            found.append(InProgress(state.tgid, tid, left, activity))
+        return found
+
+    def _process_cpu_ns(self, tgid: int) -> int:
+        try:
+            return int(self._bpf["watched"][ctypes.c_uint32(tgid)].cpu_ns)
+        except KeyError:
+            return 0
 
     def poll(self, timeout_ms: int) -> list[BlockEvent]:
         """Wait up to ``timeout_ms`` for blocks; return those that arrived."""

@@ -10,10 +10,53 @@ NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
+class Sleep:
+    """Time a thread spent asleep in one syscall during a block."""
+
+    syscall: str | None  # None: asleep outside a syscall (e.g. a page fault)
+    ns: int
+    count: int  # separate sleeps
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What the loop thread did while out of epoll, from ``sched_switch``."""
+
+    on_cpu_ns: int
+    runq_ns: int  # runnable but preempted, waiting for a CPU
+    sleep_ns: int  # asleep, all syscalls together
+    sleeps: tuple[Sleep, ...]  # per syscall; the rest is in other_sleep_ns
+    other_sleep_ns: int
+    sibling_cpu_ns: int  # other threads of the process on CPU meanwhile
+
+    @property
+    def off_cpu_ns(self) -> int:
+        return self.runq_ns + self.sleep_ns
+
+
+class Cause(StrEnum):
+    """Why a loop was stuck (the ``blocksnoop.cause`` values of the contract)."""
+
+    CPU = "cpu"  # running (or waiting for a CPU) most of the time
+    SYSCALL = "syscall"  # asleep in a syscall most of the time
+    GIL = "gil"  # waiting for the GIL while other threads of the process ran
+    UNKNOWN = "unknown"
+
+
+class EndReason(StrEnum):
+    """How a block came to an end."""
+
+    RETURNED = "returned"  # the thread called epoll again
+    THREAD_EXITED = "thread_exited"  # the thread (or its process) ended during it
+    SIDECAR_STOPPED = "sidecar_stopped"  # still going when the sidecar stopped
+
+
+@dataclass(frozen=True, slots=True)
 class BlockEvent:
     """One loop iteration that crossed the threshold, as the kernel saw it.
 
-    Times are CLOCK_MONOTONIC nanoseconds (``bpf_ktime_get_ns``).
+    Times are CLOCK_MONOTONIC nanoseconds (``bpf_ktime_get_ns``). For a block
+    still in progress, ``end_ns`` is when it was last looked at.
     """
 
     pid: int
@@ -21,6 +64,8 @@ class BlockEvent:
     comm: str
     start_ns: int
     end_ns: int
+    activity: Activity | None = None
+    end_reason: EndReason = EndReason.RETURNED
 
     @property
     def duration_ns(self) -> int:
@@ -67,6 +112,11 @@ class Block:
     call_site: Frame | None = None  # innermost application frame of ``stack``
     samples: int = 0  # samples with exactly ``stack``
     samples_busy: int = 0  # samples in the block that were not the loop idling
+    cause: Cause = Cause.UNKNOWN
+    syscall: str | None = None  # what it slept in, when ``cause`` is SYSCALL
+    activity: Activity | None = None
+    end_reason: EndReason = EndReason.RETURNED
+    in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
 
     @property
     def duration_ns(self) -> int:

@@ -1,7 +1,13 @@
 """One watching session: poll the detector, classify, enrich, hand to the sinks, sum up.
 
 Nothing detected is lost on the way out: after a stop request or the
-target's exit the ring buffer is drained before the summary is written.
+target's exit the ring buffer is drained, and blocks still going on are
+reported as ended by the stop, before the summary is written.
+
+A thread that has left its event loop for good (``asyncio.run`` returned and
+the program goes on, or tears down) is out of epoll too; it is not a block.
+It is told apart by its stack: a thread once seen running a loop whose newest
+sample shows no loop machinery any more has left it.
 """
 
 from __future__ import annotations
@@ -13,22 +19,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from otel_blocksnoop import histogram
+from otel_blocksnoop import cause, hangs, histogram
 from otel_blocksnoop.clock import WallClock
 from otel_blocksnoop.correlator import attribute
-from otel_blocksnoop.detector import Counters, Detector
+from otel_blocksnoop.detector import Counters, Detector, InProgress
 from otel_blocksnoop.events import (
+    NS_PER_MS,
     Block,
     BlockEvent,
+    EndReason,
     IterationStats,
     SessionSummary,
     ThreadKind,
 )
-from otel_blocksnoop.sampler import SamplerPool, settle_ns
+from otel_blocksnoop.sampler import SamplerPool, StackSample, settle_ns
 from otel_blocksnoop.sinks import Sink
 from otel_blocksnoop.source import source_line
 from otel_blocksnoop.target import thread_name
-from otel_blocksnoop.threads import ThreadClassifier, reported
+from otel_blocksnoop.threads import ThreadClassifier, classify, reported
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,8 @@ class Session:
         self._detector = detector
         self._stacks = stacks
         self._pending: deque[tuple[BlockEvent, ThreadKind, int]] = deque()
+        self._hangs = hangs.HangSchedule(options.threshold_ns)
+        self._next_hang_check = 0
         self._settle_ns = settle_ns(stacks.interval_us) if stacks else 0
         self._sinks = sinks
         self._classifier = classifier
@@ -114,8 +124,9 @@ class Session:
             if self._options.stats:
                 time.sleep(min(POLL_MS / 1000, max(0.0, next_stats - time.monotonic())))
             else:
-                self._handle(self._detector.poll(PENDING_POLL_MS if self._pending else POLL_MS))
+                self._handle(self._detector.poll(self._poll_ms()))
                 self._export_ready()
+                self._report_hangs()
                 if self._stacks is not None:
                     self._stacks.maintain()
             now = time.monotonic()
@@ -129,11 +140,18 @@ class Session:
             for _ in range(DRAIN_POLLS):
                 self._handle(self._detector.poll(0))
             self._export_ready(final=True)
+            self._report_unfinished()
         summary = self._summary(time.monotonic() - started)
         for sink in self._sinks:
             sink.export_summary(summary)
             sink.shutdown()
         return summary
+
+    def _poll_ms(self) -> int:
+        """How long to wait for events: not past the next hang check; less with blocks pending."""
+        wait_ms = PENDING_POLL_MS if self._pending else POLL_MS
+        until_check_ms = (self._next_hang_check - time.monotonic_ns()) // NS_PER_MS
+        return int(max(0, min(wait_ms, until_check_ms)))
 
     def _handle(self, events: list[BlockEvent]) -> None:
         for event in events:
@@ -161,17 +179,97 @@ class Session:
             if not covered:
                 break
             self._pending.popleft()
-            block = self._enrich(event, kind)
+            samples = self._samples(event)
+            if event.end_reason == EndReason.THREAD_EXITED and not self._hang_at_exit(
+                event, samples
+            ):
+                continue
+            block = self._enrich(event, kind, samples)
             self._totals.add(block)
             for sink in self._sinks:
                 sink.export(block)
 
-    def _enrich(self, event: BlockEvent, kind: ThreadKind) -> Block:
-        attribution = None
-        if self._stacks is not None:
-            samples = self._stacks.window(event.pid, event.tid, event.start_ns, event.end_ns)
-            attribution = attribute([sample.frames for sample in samples])
+    def _samples(self, event: BlockEvent) -> list[StackSample]:
+        if self._stacks is None:
+            return []
+        return self._stacks.window(event.pid, event.tid, event.start_ns, event.end_ns)
+
+    def _left_loop(self, kind: ThreadKind, samples: list[StackSample]) -> bool:
+        """A loop thread whose newest stack shows no event loop: the loop has ended."""
+        return kind == ThreadKind.LOOP and bool(samples) and classify(samples[-1].frames) != kind
+
+    def _hang_at_exit(self, event: BlockEvent, samples: list[StackSample]) -> bool:
+        """Whether a thread that exited out of epoll was stuck in its loop.
+
+        Only when it was already reported hanging, or its newest stack still
+        shows the loop; otherwise it is most often the interpreter tearing
+        down after the loop ended, which is not a block.
+        """
+        if self._hangs.was_reported(hangs.Ongoing(event.pid, event.tid, event.start_ns)):
+            return True
+        if samples and classify(samples[-1].frames) == ThreadKind.LOOP:
+            return True
+        log.debug(
+            "thread %d exited %.0f ms after its last loop iteration; not a block",
+            event.tid,
+            event.duration_ns / 1e6,
+        )
+        return False
+
+    def _report_hangs(self) -> None:
+        """Report blocks still going on that are due (see ``hangs``)."""
+        now = time.monotonic_ns()
+        if now < self._next_hang_check:
+            return
+        self._next_hang_check = now + hangs.CHECK_EVERY_NS
+        ongoing = {
+            hangs.Ongoing(item.pid, item.tid, item.start_ns): item
+            for item in self._detector.in_progress(self._hangs.first_ns)
+        }
+        for key in self._hangs.due(ongoing, now):
+            block = self._ongoing_block(ongoing[key], now, EndReason.RETURNED)
+            if block is None:
+                continue
+            self._hangs.reported(key, now)
+            for sink in self._sinks:
+                sink.export_hang(block)
+
+    def _report_unfinished(self) -> None:
+        """On the way out: blocks still going on end here, so none is lost."""
+        now = time.monotonic_ns()
+        for item in self._detector.in_progress(self._options.threshold_ns):
+            block = self._ongoing_block(item, now, EndReason.SIDECAR_STOPPED)
+            if block is not None:
+                self._totals.add(block)
+                for sink in self._sinks:
+                    sink.export(block)
+
+    def _ongoing_block(self, item: InProgress, now: int, reason: EndReason) -> Block | None:
+        event = BlockEvent(
+            pid=item.pid,
+            tid=item.tid,
+            comm=thread_name(item.pid, item.tid) or "",
+            start_ns=item.start_ns,
+            end_ns=now,
+            activity=item.activity,
+            end_reason=reason,
+        )
+        kind = self._kind(event)
+        samples = self._samples(event)
+        if not reported(kind) or self._left_loop(kind, samples):
+            return None
+        return self._enrich(event, kind, samples, in_progress=reason == EndReason.RETURNED)
+
+    def _enrich(
+        self,
+        event: BlockEvent,
+        kind: ThreadKind,
+        samples: list[StackSample],
+        in_progress: bool = False,
+    ) -> Block:
+        attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
+        why, syscall = cause.classify(event.activity)
         return Block(
             pid=event.pid,
             tid=event.tid,
@@ -187,6 +285,11 @@ class Session:
             call_site=attribution.call_site if attribution else None,
             samples=attribution.supporting if attribution else 0,
             samples_busy=attribution.busy_samples if attribution else 0,
+            cause=why,
+            syscall=syscall,
+            activity=event.activity,
+            end_reason=event.end_reason,
+            in_progress=in_progress,
         )
 
     def _kind(self, event: BlockEvent) -> ThreadKind:

@@ -2,7 +2,8 @@
 # Installs everything otel-blocksnoop needs on a Debian 12 x86_64 host, as root.
 # Idempotent: each step checks first and does nothing when already done.
 #
-#   Debian packages   BCC (python3-bpfcc), kernel headers, musl (for Austin)
+#   Debian packages   BCC (python3-bpfcc), kernel headers, linux-libc-dev (syscall
+#                     names), musl (for Austin)
 #   header links      /lib/modules/$(uname -r)/{build,source} -> Debian's headers
 #   tracefs           mounted on /sys/kernel/tracing
 #   uv + venv         uv from PyPI, then `uv sync --locked` into .venv
@@ -13,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 AUSTIN_VERSION="4.0.0"
-DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 musl unzip)
+DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ROOT / "tests" / "targets"
@@ -16,6 +20,7 @@ BLOCKER = TARGETS / "blocker.py"
 SIDECAR = [sys.executable, "-m", "otel_blocksnoop"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 RUN_TIMEOUT_S = 60
+WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,90 @@ def matching_block(blocks: list[dict[str, Any]], true_block: dict[str, Any]) -> 
     ]
     assert len(found) == 1, f"expected one report for {true_block}, got {found}"
     return found[0]
+
+
+class PipeLines:
+    """Lines of a child's pipe, read at the fd level so ``select`` never misses buffered data."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._fd = stream.fileno()
+        self._buffer = b""
+        self.seen: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float = WAIT_S) -> str:
+        """Return the first new line containing ``needle``; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                line = raw.decode()
+                self.seen.append(line)
+                if needle in line:
+                    return line
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self._fd], [], [], max(0.0, remaining))
+            chunk = os.read(self._fd, 65536) if ready else b""
+            if not chunk:
+                pytest.fail(f"no line with {needle!r} within {timeout} s; saw {self.seen}")
+            self._buffer += chunk
+
+    def rest(self) -> str:
+        """Everything not yet returned, up to end of file."""
+        chunks = [self._buffer]
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        self._buffer = b""
+        return b"".join(chunks).decode()
+
+
+class Target:
+    """A blocker app started with --ready/--go: running, waiting for the word."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        tmp_path.mkdir(exist_ok=True)
+        fifo = tmp_path / "ready.fifo"
+        os.mkfifo(fifo)
+        self.out = tmp_path / "truth.jsonl"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(BLOCKER),
+                *args,
+                "--ready",
+                str(fifo),
+                "--go",
+                "--out",
+                str(self.out),
+            ],
+            stdin=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        with fifo.open() as ready:
+            self.main_tid, *self.loop_tids = map(int, ready.readline().split()[1:])
+        self.pid = self.process.pid
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+class Sidecar:
+    """The sidecar attached to a PID, once it says it is watching."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*SIDECAR, "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stderr is not None
+        PipeLines(self.process.stderr).wait_for("Ctrl-C to stop")
+
+    def finish(self, timeout: float = WAIT_S) -> tuple[int, list[dict[str, Any]]]:
+        stdout, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, parse_json_lines(stdout)

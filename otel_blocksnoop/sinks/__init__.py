@@ -13,6 +13,9 @@ class Sink(Protocol):
     def export(self, block: Block) -> None:
         """Hand over one block; must not block the pipeline for long."""
 
+    def export_hang(self, block: Block) -> None:
+        """Hand over a block still going on (``block.in_progress``): a hang, reported again."""
+
     def export_stats(self, stats: IterationStats) -> None:
         """Hand over one interval of loop-iteration statistics (stats mode)."""
 

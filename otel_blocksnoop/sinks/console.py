@@ -7,10 +7,10 @@ import time
 from typing import TextIO
 
 from otel_blocksnoop.correlator import format_traceback
-from otel_blocksnoop.events import Block, IterationStats, SessionSummary
-from otel_blocksnoop.sinks.formatting import human_duration, local_clock
+from otel_blocksnoop.events import Block, EndReason, IterationStats, SessionSummary
+from otel_blocksnoop.sinks.formatting import cause_text, human_duration, local_clock
 
-_HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}"
+_HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}  CAUSE"
 _PERCENTILES = (0.5, 0.9, 0.99)
 
 
@@ -31,20 +31,39 @@ class ConsoleSink:
         self._stream.flush()
 
     def export(self, block: Block) -> None:
+        self._block(block)
+
+    def export_hang(self, block: Block) -> None:
+        self._block(block)
+
+    def _block(self, block: Block) -> None:
         if not self._header_done:
             self._write(_HEADER)
             self._header_done = True
+        what = cause_text(block)
+        if block.in_progress:
+            what += "  STILL BLOCKED"
+        elif block.end_reason == EndReason.THREAD_EXITED:
+            what += "  (thread exited)"
+        elif block.end_reason == EndReason.SIDECAR_STOPPED:
+            what += "  (still blocked when stopped)"
         self._write(
             f"{local_clock(block.start_unix_ns):<12}  {block.pid:>7}  {block.tid:>7}  "
-            f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}"
+            f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}  {what}"
         )
         if block.stack:
             for line in format_traceback(block.stack, block.source_lines).splitlines():
                 self._write(f"    {line}")
-            self._write(
-                f"    ({block.samples} of {block.samples_busy} busy samples in this block "
-                "had this stack)"
+        notes = []
+        if block.stack:
+            notes.append(f"{block.samples} of {block.samples_busy} busy samples had this stack")
+        if block.activity is not None:
+            notes.append(
+                f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
+                f"off CPU {human_duration(block.activity.off_cpu_ns)}"
             )
+        if notes:
+            self._write(f"    ({'; '.join(notes)})")
 
     def export_stats(self, stats: IterationStats) -> None:
         parts = [

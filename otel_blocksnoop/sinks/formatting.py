@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from otel_blocksnoop.events import NS_PER_MS, NS_PER_S
+from otel_blocksnoop.events import NS_PER_MS, NS_PER_S, Block, Cause
 
 
 def ms(ns: int) -> float:
@@ -32,3 +32,10 @@ def local_clock(unix_ns: int) -> str:
     """Wall-clock time of day in the local zone, to the millisecond."""
     stamp = datetime.fromtimestamp(unix_ns / NS_PER_S).astimezone()
     return stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
+
+
+def cause_text(block: Block) -> str:
+    """``cpu``, ``gil``, ``unknown``, or the syscall it slept in, as ``wait4()``."""
+    if block.cause == Cause.SYSCALL and block.syscall:
+        return f"{block.syscall}()"
+    return str(block.cause)

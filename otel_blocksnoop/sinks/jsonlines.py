@@ -14,6 +14,57 @@ def _frame(frame: Frame) -> dict[str, Any]:
     return {"function": frame.function, "file": frame.file, "line": frame.line}
 
 
+def _activity(block: Block) -> dict[str, Any]:
+    activity = block.activity
+    if activity is None:
+        return {
+            "on_cpu_ms": None,
+            "off_cpu_ms": None,
+            "runq_ms": None,
+            "sibling_cpu_ms": None,
+            "sleeps": [],
+        }
+    return {
+        "on_cpu_ms": ms(activity.on_cpu_ns),
+        "off_cpu_ms": ms(activity.off_cpu_ns),
+        "runq_ms": ms(activity.runq_ns),
+        "sibling_cpu_ms": ms(activity.sibling_cpu_ns),
+        "sleeps": [
+            {"syscall": sleep.syscall, "ms": ms(sleep.ns), "count": sleep.count}
+            for sleep in sorted(activity.sleeps, key=lambda sleep: -sleep.ns)
+        ],
+    }
+
+
+def _block_record(kind: str, block: Block) -> dict[str, Any]:
+    """A block, or a block still going on (``hang``: its duration is the time so far)."""
+    return {
+        "type": kind,
+        "time": iso_utc(block.start_unix_ns),
+        "pid": block.pid,
+        "tid": block.tid,
+        "thread_name": block.thread_name,
+        "thread_kind": str(block.thread_kind),
+        "duration_ms": ms(block.duration_ns),
+        "threshold_ms": ms(block.threshold_ns),
+        "start_unix_ns": block.start_unix_ns,
+        "end_unix_ns": block.end_unix_ns,
+        "start_monotonic_ns": block.start_ns,
+        "end_monotonic_ns": block.end_ns,
+        "end_reason": None if block.in_progress else str(block.end_reason),
+        "cause": str(block.cause),
+        "syscall": block.syscall,
+        **_activity(block),
+        "call_site": _frame(block.call_site) if block.call_site else None,
+        "stack": [
+            {**_frame(frame), "source": source}
+            for frame, source in zip(block.stack, block.source_lines, strict=False)
+        ],
+        "samples": block.samples,
+        "samples_busy": block.samples_busy,
+    }
+
+
 class JsonLinesSink:
     """``{"type": "block" | "stats" | "summary", ...}`` records on a stream."""
 
@@ -25,29 +76,10 @@ class JsonLinesSink:
         self._stream.flush()
 
     def export(self, block: Block) -> None:
-        self._emit(
-            {
-                "type": "block",
-                "time": iso_utc(block.start_unix_ns),
-                "pid": block.pid,
-                "tid": block.tid,
-                "thread_name": block.thread_name,
-                "thread_kind": str(block.thread_kind),
-                "duration_ms": ms(block.duration_ns),
-                "threshold_ms": ms(block.threshold_ns),
-                "start_unix_ns": block.start_unix_ns,
-                "end_unix_ns": block.end_unix_ns,
-                "start_monotonic_ns": block.start_ns,
-                "end_monotonic_ns": block.end_ns,
-                "call_site": _frame(block.call_site) if block.call_site else None,
-                "stack": [
-                    {**_frame(frame), "source": source}
-                    for frame, source in zip(block.stack, block.source_lines, strict=False)
-                ],
-                "samples": block.samples,
-                "samples_busy": block.samples_busy,
-            }
-        )
+        self._emit(_block_record("block", block))
+
+    def export_hang(self, block: Block) -> None:
+        self._emit(_block_record("hang", block))
 
     def export_stats(self, stats: IterationStats) -> None:
         record: dict[str, Any] = {

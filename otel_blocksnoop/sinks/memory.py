@@ -10,12 +10,16 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.blocks: list[Block] = []
+        self.hangs: list[Block] = []
         self.stats: list[IterationStats] = []
         self.summaries: list[SessionSummary] = []
         self.shut_down = False
 
     def export(self, block: Block) -> None:
         self.blocks.append(block)
+
+    def export_hang(self, block: Block) -> None:
+        self.hangs.append(block)
 
     def export_stats(self, stats: IterationStats) -> None:
         self.stats.append(stats)

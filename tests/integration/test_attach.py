@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import subprocess
@@ -10,102 +9,24 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from tests.helpers import BLOCKER, SIDECAR, TARGETS, matching_block, parse_json_lines, truth
+from tests.helpers import (
+    BLOCKER,
+    SIDECAR,
+    TARGETS,
+    WAIT_S,
+    PipeLines,
+    Sidecar,
+    Target,
+    matching_block,
+    parse_json_lines,
+    truth,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
-
-WAIT_S = 30.0
-
-
-class PipeLines:
-    """Lines of a child's pipe, read at the fd level so ``select`` never misses buffered data."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._fd = stream.fileno()
-        self._buffer = b""
-        self.seen: list[str] = []
-
-    def wait_for(self, needle: str, timeout: float = WAIT_S) -> str:
-        """Return the first new line containing ``needle``; fail after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self._buffer:
-                raw, self._buffer = self._buffer.split(b"\n", 1)
-                line = raw.decode()
-                self.seen.append(line)
-                if needle in line:
-                    return line
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([self._fd], [], [], max(0.0, remaining))
-            chunk = os.read(self._fd, 65536) if ready else b""
-            if not chunk:
-                pytest.fail(f"no line with {needle!r} within {timeout} s; saw {self.seen}")
-            self._buffer += chunk
-
-    def rest(self) -> str:
-        """Everything not yet returned, up to end of file."""
-        chunks = [self._buffer]
-        while chunk := os.read(self._fd, 65536):
-            chunks.append(chunk)
-        self._buffer = b""
-        return b"".join(chunks).decode()
-
-
-class Target:
-    """A blocker app started with --ready/--go: running, waiting for the word."""
-
-    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        tmp_path.mkdir(exist_ok=True)
-        fifo = tmp_path / "ready.fifo"
-        os.mkfifo(fifo)
-        self.out = tmp_path / "truth.jsonl"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(BLOCKER),
-                *args,
-                "--ready",
-                str(fifo),
-                "--go",
-                "--out",
-                str(self.out),
-            ],
-            stdin=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        with fifo.open() as ready:
-            self.main_tid, *self.loop_tids = map(int, ready.readline().split()[1:])
-        self.pid = self.process.pid
-
-    def go(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write("go\n")
-        self.process.stdin.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-
-class Sidecar:
-    """The sidecar attached to a PID, once it says it is watching."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [*SIDECAR, "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert self.process.stderr is not None
-        PipeLines(self.process.stderr).wait_for("Ctrl-C to stop")
-
-    def finish(self, timeout: float = WAIT_S) -> tuple[int, list[dict[str, Any]]]:
-        stdout, _ = self.process.communicate(timeout=timeout)
-        return self.process.returncode, parse_json_lines(stdout)
 
 
 @pytest.fixture
@@ -128,7 +49,7 @@ def test_attach_reports_blocks_and_stops_when_the_target_exits(
     cleanup.append(target)
     sidecar = Sidecar("-t", "50", str(target.pid))
     cleanup.append(sidecar)
-    # WHEN the app blocks six ways and then exits
+    # WHEN the app blocks seven ways and then exits
     target.go()
     target.process.wait(timeout=WAIT_S)
     # THEN the sidecar stops by itself, having reported every block
@@ -136,11 +57,11 @@ def test_attach_reports_blocks_and_stops_when_the_target_exits(
     assert code == 0
     blocks = [r for r in records if r["type"] == "block"]
     expected = truth(target.out)
-    assert len(expected) == 6
+    assert len(expected) == 7
     for true_block in expected:
         matching_block(blocks, true_block)
     assert records[-1]["type"] == "summary"
-    assert records[-1]["blocks"] == 6
+    assert records[-1]["blocks"] == 7
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -78,10 +78,10 @@ def test_two_loops_in_two_threads_are_told_apart(tmp_path: Path) -> None:
 
 def test_uvloop_blocks_are_reported(tmp_path: Path) -> None:
     blocks, expected = launch(tmp_path, "all", "--uvloop")
-    assert len(expected) == 6
+    assert len(expected) == 7
     for true_block in expected:
         matching_block(blocks, true_block)
-    assert len(blocks) == 6
+    assert len(blocks) == 7
 
 
 def test_uvloop_in_a_thread_is_reported(tmp_path: Path) -> None:

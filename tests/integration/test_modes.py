@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
 
 def test_stats_mode_shows_the_distribution_of_iterations() -> None:
-    # GIVEN an app whose loop iterates quickly, with six 120 ms blocks in between
+    # GIVEN an app whose loop iterates quickly, with seven 120 ms blocks in between
     run = run_sidecar(
         "--stats", "--json", "-q", "--", sys.executable, str(BLOCKER), "all", "--out", "/dev/null"
     )
@@ -60,16 +60,19 @@ def test_console_output_is_one_aligned_line_per_block_and_a_summary() -> None:
     result = run_raw("-t", "50", "--", sys.executable, str(BLOCKER), "all", "--out", "/dev/null")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED"]
+    assert lines[0].split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED", "CAUSE"]
     rows = [line for line in lines[1:] if line[:1].isdigit()]
-    assert len(rows) == 6
-    assert all(row.endswith(" ms") and len(row) == len(lines[0]) for row in rows)
+    assert len(rows) == 7
+    cause_at = lines[0].index("CAUSE")
+    assert all(row[:cause_at].endswith(" ms  ") for row in rows)
+    causes = {row[cause_at:].split()[0] for row in rows}
+    assert causes == {"clock_nanosleep()", "cpu", "read()", "wait4()", "futex()", "gil"}
     # each block is followed by its stack, most recent call last, with source lines
     first, second = lines.index(rows[0]), lines.index(rows[1])
     assert lines[first + 1] == "    Traceback (most recent call last):"
     assert "in block_once" in "\n".join(lines[first:second])
     assert "BLOCKERS[scenario](seconds)" in "\n".join(lines[first:second])
-    assert lines[-1].startswith("--- 6 blocks in ")
+    assert lines[-1].startswith("--- 7 blocks in ")
     assert lines[-1].endswith(" loop iterations")
     assert "compiling and loading the BPF program" in result.stderr
     assert "watching for blocks >= 50 ms" in result.stderr

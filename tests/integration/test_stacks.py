@@ -24,6 +24,20 @@ CALL_SITES = {
     "read": ("read_pipe", "os.read(read_end, 1)"),
     "subprocess": ("wait_subprocess", 'subprocess.run(["sleep"'),
     "lock": ("held_lock", "lock.acquire()"),
+    "gil": ("gil_contention", 'os.stat("/")'),
+}
+
+# Why each way of blocking held the loop: (cause, syscalls accepted). Python
+# 3.9 and 3.10 sleep in select (pselect6 through glibc), later ones in
+# clock_nanosleep.
+CAUSES: dict[str, tuple[str, set[str | None]]] = {
+    "sleep": ("syscall", {"clock_nanosleep", "select", "pselect6"}),
+    "cpu": ("cpu", {None}),
+    "hashlib": ("cpu", {None}),
+    "read": ("syscall", {"read"}),
+    "subprocess": ("syscall", {"wait4"}),
+    "lock": ("syscall", {"futex"}),
+    "gil": ("gil", {None}),
 }
 
 
@@ -61,17 +75,25 @@ def assert_call_site(block: dict[str, Any], scenario: str) -> None:
     assert snippet in line, (scenario, line)
     assert block["samples"] >= 3, block
     assert block["stack"][-1]["source"], "source lines come from the target's files"
+    cause, syscalls = CAUSES[scenario]
+    assert (block["cause"], block["syscall"]) in {(cause, name) for name in syscalls}, (
+        scenario,
+        block["cause"],
+        block["syscall"],
+        block["sleeps"],
+    )
 
 
 @pytest.mark.parametrize("python", PYTHONS, ids=[version_of(p) for p in PYTHONS])
 def test_each_kind_of_block_names_the_blocking_call(tmp_path: Path, python: str) -> None:
-    # GIVEN an app on this interpreter that blocks six known ways for ~120 ms each
+    # GIVEN an app on this interpreter that blocks seven known ways for ~120 ms each
     # (after 1 s: Austin cannot attach to a 3.9/3.10 interpreter still starting)
     out = tmp_path / "truth.jsonl"
     target = [python, str(BLOCKER), "all", "--delay", "1", "--out", str(out)]
     run = run_sidecar("--json", "-q", "-t", "50", "--", *target)
     assert run.returncode == 0, run.stderr
-    # THEN each block carries the stack of the code that blocked, down to the line
+    # THEN each block carries the stack of the code that blocked, down to the line,
+    # and why it blocked
     expected = truth(out)
     assert [r["scenario"] for r in expected] == list(CALL_SITES)
     for true_block in expected:

@@ -86,6 +86,34 @@ def held_lock(seconds: float) -> None:
     thread.join()
 
 
+def gil_contention(seconds: float) -> None:
+    """Another thread runs pure Python while the loop makes calls that release the GIL."""
+    stop = threading.Event()
+    spinning = threading.Event()
+
+    def hog() -> None:
+        spinning.set()
+        while not stop.is_set():
+            for _ in range(1000):
+                pass
+
+    thread = threading.Thread(target=hog)
+    thread.start()
+    spinning.wait()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        os.stat("/")  # noqa: PTH116 - a plain syscall that releases the GIL
+    stop.set()
+    thread.join()
+
+
+def deadlock(seconds: float) -> None:
+    """Take a lock the loop already holds: stuck until the timeout (a hang, for tests)."""
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire(timeout=seconds)
+
+
 BLOCKERS: dict[str, Callable[[float], None]] = {
     "sleep": time.sleep,
     "cpu": busy,
@@ -93,6 +121,7 @@ BLOCKERS: dict[str, Callable[[float], None]] = {
     "read": read_pipe,
     "subprocess": wait_subprocess,
     "lock": held_lock,
+    "gil": gil_contention,
 }
 
 
@@ -119,6 +148,13 @@ async def scenario_main(args: argparse.Namespace) -> None:
         return
     if args.scenario == "idle":
         await idle()
+        return
+    if args.scenario == "deadlock":
+        await asyncio.sleep(0.05)
+        start = time.monotonic_ns()
+        deadlock(seconds)
+        record("deadlock", start)
+        await asyncio.sleep(args.linger)
         return
     if args.scenario == "native":
         # A native thread (no Python thread state) that calls epoll and then
@@ -157,10 +193,11 @@ async def gate(args: argparse.Namespace, loop_tids: list[int] | None = None) -> 
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "scenario", choices=[*BLOCKERS, "all", "idle", "early", "thread", "two-threads", "native"]
+        "scenario",
+        choices=[*BLOCKERS, "all", "idle", "early", "thread", "two-threads", "native", "deadlock"],
     )
     parser.add_argument("--ready")
     parser.add_argument("--go", action="store_true")
@@ -169,44 +206,55 @@ def main() -> None:
     parser.add_argument("--linger", type=float, default=0.0, help="idle this long after")
     parser.add_argument("--delay", type=float, default=0.0, help="idle this long before")
     parser.add_argument("--out", help="write the block records here instead of stdout")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--after", type=float, default=0.0, help="after the loop ends, work this long without one"
+    )
+    return parser.parse_args()
+
+
+def run_loop_threads(args: argparse.Namespace) -> None:
+    """Loops in threads of their own, blocking one after the other."""
+    count = 1 if args.scenario == "thread" else 2
+    started = threading.Barrier(count + 1)
+    go = threading.Event()
+    tids: list[int] = []
+
+    def loop_thread(index: int) -> None:
+        async def body() -> None:
+            tids.append(threading.get_native_id())
+            started.wait()
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+            await asyncio.sleep(0.05 + 0.2 * index)
+            start = time.monotonic_ns()
+            time.sleep(args.ms / 1000)
+            record(f"thread-{index}", start)
+            await asyncio.sleep(0.05)
+
+        run_loop(body, args.uvloop)
+
+    async def main_loop() -> None:
+        threads = [
+            threading.Thread(target=loop_thread, args=(i,), name=f"loop-{i}") for i in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        await gate(args, tids)
+        go.set()
+        while any(thread.is_alive() for thread in threads):
+            await asyncio.sleep(0.02)
+
+    run_loop(main_loop, use_uvloop=False)
+
+
+def main() -> None:
+    args = parse_args()
     if args.out:
         global OUT  # noqa: PLW0603 - set once, before any block
         OUT = Path(args.out).open("a")  # noqa: SIM115 - lives as long as the process
 
     if args.scenario in ("thread", "two-threads"):
-        count = 1 if args.scenario == "thread" else 2
-        started = threading.Barrier(count + 1)
-        go = threading.Event()
-        tids: list[int] = []
-
-        def loop_thread(index: int) -> None:
-            async def body() -> None:
-                tids.append(threading.get_native_id())
-                started.wait()
-                await asyncio.get_running_loop().run_in_executor(None, go.wait)
-                await asyncio.sleep(0.05 + 0.2 * index)
-                start = time.monotonic_ns()
-                time.sleep(args.ms / 1000)
-                record(f"thread-{index}", start)
-                await asyncio.sleep(0.05)
-
-            run_loop(body, args.uvloop)
-
-        async def main_loop() -> None:
-            threads = [
-                threading.Thread(target=loop_thread, args=(i,), name=f"loop-{i}")
-                for i in range(count)
-            ]
-            for thread in threads:
-                thread.start()
-            started.wait()
-            await gate(args, tids)
-            go.set()
-            while any(thread.is_alive() for thread in threads):
-                await asyncio.sleep(0.02)
-
-        run_loop(main_loop, use_uvloop=False)
+        run_loop_threads(args)
         return
 
     async def body() -> None:
@@ -216,6 +264,9 @@ def main() -> None:
         await scenario_main(args)
 
     run_loop(body, args.uvloop)
+    if args.after:
+        # The thread left its loop for good: out of epoll, but not a block.
+        time.sleep(args.after)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,23 @@ from pathlib import Path
 import pytest
 
 from otel_blocksnoop import histogram
-from otel_blocksnoop.detector import BlockEventC, IterExtremesC, ThreadStateC, bpf_dir
+from otel_blocksnoop.detector import (
+    ActivityC,
+    BlockEventC,
+    IterExtremesC,
+    SleepSlotC,
+    ThreadStateC,
+    WatchStateC,
+    bpf_dir,
+)
 
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "block_event": BlockEventC,
     "thread_state": ThreadStateC,
     "iter_extremes": IterExtremesC,
+    "activity": ActivityC,
+    "sleep_slot": SleepSlotC,
+    "watch_state": WatchStateC,
 }
 
 

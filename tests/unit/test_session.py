@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.detector import Counters
-from otel_blocksnoop.events import BlockEvent, ThreadKind
+import time
+from dataclasses import replace
+
+from otel_blocksnoop.detector import Counters, InProgress
+from otel_blocksnoop.events import Activity, BlockEvent, Cause, EndReason, Sleep, ThreadKind
 from otel_blocksnoop.session import Session, SessionOptions
 from otel_blocksnoop.sinks.memory import MemorySink
 
@@ -11,13 +14,25 @@ from otel_blocksnoop.sinks.memory import MemorySink
 class ScriptedDetector:
     """Hands out prepared batches of events, one per poll, then nothing."""
 
-    def __init__(self, batches: list[list[BlockEvent]], lost: int = 0) -> None:
+    def __init__(
+        self,
+        batches: list[list[BlockEvent]],
+        lost: int = 0,
+        ongoing: list[list[InProgress]] | None = None,
+    ) -> None:
         self._batches = batches
         self.lost = lost
+        self._ongoing = ongoing or []
 
     def poll(self, timeout_ms: int) -> list[BlockEvent]:
         _ = timeout_ms
         return self._batches.pop(0) if self._batches else []
+
+    def in_progress(self, min_ns: int) -> list[InProgress]:
+        """The next prepared list of threads out of epoll, those out for ``min_ns``."""
+        found = self._ongoing.pop(0) if self._ongoing else []
+        now = time.monotonic_ns()
+        return [item for item in found if now - item.start_ns >= min_ns]
 
     def counters(self) -> Counters:
         return Counters(lost_events=self.lost, iterations=0, busy_ns=0, untracked_threads=0)
@@ -99,3 +114,72 @@ def test_events_still_in_the_ring_buffer_after_a_stop_are_drained() -> None:
 def test_lost_events_are_in_the_summary() -> None:
     session, _ = make_session(ScriptedDetector([], lost=7), {})
     assert session.run(ExitsAfter(0)).lost_events == 7
+
+
+STUCK_IN_FUTEX = Activity(
+    on_cpu_ns=10**5,
+    runq_ns=0,
+    sleep_ns=5 * 10**8,
+    sleeps=(Sleep("futex", 5 * 10**8, 1),),
+    other_sleep_ns=0,
+    sibling_cpu_ns=0,
+)
+
+
+def stuck_since(ms: int) -> InProgress:
+    return InProgress(
+        pid=1, tid=1, start_ns=time.monotonic_ns() - ms * 10**6, activity=STUCK_IN_FUTEX
+    )
+
+
+def test_a_block_still_going_on_is_reported_as_a_hang_then_as_a_block_at_stop() -> None:
+    # GIVEN a loop thread out of epoll for half a second, and still out at the end
+    hang = stuck_since(500)
+    detector = ScriptedDetector([], ongoing=[[hang], [hang]])
+    session, sink = make_session(detector, {1: ThreadKind.LOOP})
+    summary = session.run(ExitsAfter(1))
+    # THEN it was reported in progress, with the cause so far
+    (reported,) = sink.hangs
+    assert reported.in_progress
+    assert (reported.cause, reported.syscall) == (Cause.SYSCALL, "futex")
+    assert reported.start_ns == hang.start_ns
+    assert reported.duration_ns >= 500 * 10**6
+    # AND, as the sidecar stopped with the loop still stuck, as a block ended by the stop
+    (block,) = sink.blocks
+    assert block.end_reason == EndReason.SIDECAR_STOPPED
+    assert not block.in_progress
+    assert summary.blocks == 1
+
+
+def test_a_thread_that_exits_out_of_epoll_after_its_loop_ended_is_not_a_block() -> None:
+    # GIVEN the kernel saw a thread exit 80 ms after its last loop iteration
+    # (the interpreter tearing down), never seen hanging
+    teardown = replace(event(1, 100, 80), end_reason=EndReason.THREAD_EXITED)
+    session, sink = make_session(ScriptedDetector([[teardown]]), {1: ThreadKind.LOOP})
+    summary = session.run(ExitsAfter(1))
+    # THEN nothing is reported
+    assert sink.blocks == []
+    assert summary.blocks == 0
+
+
+def test_a_hang_whose_thread_exits_is_reported_as_a_block() -> None:
+    # GIVEN a hang reported in progress, whose thread then exits (the app was killed)
+    hang = stuck_since(400)
+    end = time.monotonic_ns() + 10**8
+    exit_event = BlockEvent(
+        pid=1,
+        tid=1,
+        comm="python",
+        start_ns=hang.start_ns,
+        end_ns=end,
+        activity=STUCK_IN_FUTEX,
+        end_reason=EndReason.THREAD_EXITED,
+    )
+    detector = ScriptedDetector([[], [exit_event]], ongoing=[[hang]])
+    session, sink = make_session(detector, {1: ThreadKind.LOOP})
+    session.run(ExitsAfter(2))
+    # THEN the final block is reported, ended by the thread's exit
+    assert len(sink.hangs) == 1
+    (block,) = sink.blocks
+    assert block.end_reason == EndReason.THREAD_EXITED
+    assert block.cause == Cause.SYSCALL

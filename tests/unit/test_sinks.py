@@ -2,8 +2,19 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
-from otel_blocksnoop.events import Block, IterationStats, SessionSummary, ThreadKind
+from otel_blocksnoop.events import (
+    Activity,
+    Block,
+    Cause,
+    EndReason,
+    Frame,
+    IterationStats,
+    SessionSummary,
+    Sleep,
+    ThreadKind,
+)
 from otel_blocksnoop.sinks.console import ConsoleSink
 from otel_blocksnoop.sinks.jsonlines import JsonLinesSink
 
@@ -75,11 +86,79 @@ def test_console_prints_a_header_once_then_aligned_rows_and_a_summary() -> None:
     sink.export(BLOCK)
     sink.export_summary(SUMMARY)
     header, row, _, summary, ignored = stream.getvalue().splitlines()
-    assert header.split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED"]
-    assert row.split()[1:] == ["10", "11", "loop-1", "123.5", "ms"]
-    assert len(row) == len(header)
+    assert header.split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED", "CAUSE"]
+    assert row.split()[1:] == ["10", "11", "loop-1", "123.5", "ms", "unknown"]
+    assert row.index("unknown") == header.index("CAUSE")
     assert summary == (
         "--- 1 block in 3.5 s, 123.5 ms blocked in all, longest 123.5 ms, 0 lost, "
         "1,234 loop iterations"
     )
     assert "12 (grpc_poll, native)" in ignored
+
+
+WAITED = replace(
+    BLOCK,
+    stack=(Frame("main", "/srv/app.py", 3), Frame("handler", "/srv/app.py", 12)),
+    source_lines=("main()", "subprocess.run(cmd)"),
+    call_site=Frame("handler", "/srv/app.py", 12),
+    samples=20,
+    samples_busy=24,
+    cause=Cause.SYSCALL,
+    syscall="wait4",
+    activity=Activity(
+        on_cpu_ns=1_200_000,
+        runq_ns=300_000,
+        sleep_ns=121_000_000,
+        sleeps=(Sleep("read", 1_000_000, 1), Sleep("wait4", 120_000_000, 1)),
+        other_sleep_ns=0,
+        sibling_cpu_ns=50_000,
+    ),
+)
+
+
+def test_json_block_carries_the_cause_and_the_time_on_and_off_cpu() -> None:
+    stream = io.StringIO()
+    JsonLinesSink(stream).export(WAITED)
+    record = json.loads(stream.getvalue())
+    assert (record["cause"], record["syscall"]) == ("syscall", "wait4")
+    assert (record["on_cpu_ms"], record["off_cpu_ms"], record["runq_ms"]) == (1.2, 121.3, 0.3)
+    assert record["sleeps"][0] == {"syscall": "wait4", "ms": 120.0, "count": 1}
+    assert record["end_reason"] == "returned"
+    assert record["call_site"] == {"function": "handler", "file": "/srv/app.py", "line": 12}
+    assert record["stack"][-1]["source"] == "subprocess.run(cmd)"
+
+
+def test_json_hang_is_its_own_record_type_with_no_end_reason_yet() -> None:
+    stream = io.StringIO()
+    JsonLinesSink(stream).export_hang(replace(WAITED, in_progress=True))
+    record = json.loads(stream.getvalue())
+    assert record["type"] == "hang"
+    assert record["end_reason"] is None
+    assert record["duration_ms"] == 123.457
+
+
+def test_json_block_without_kernel_books_has_null_times_not_missing_keys() -> None:
+    stream = io.StringIO()
+    JsonLinesSink(stream).export(BLOCK)
+    record = json.loads(stream.getvalue())
+    assert record["cause"] == "unknown"
+    assert record["on_cpu_ms"] is None
+    assert record["sleeps"] == []
+
+
+def test_console_shows_cause_stack_and_how_a_block_ended() -> None:
+    stream = io.StringIO()
+    sink = ConsoleSink(stream)
+    sink.export_hang(replace(WAITED, in_progress=True))
+    sink.export(replace(WAITED, end_reason=EndReason.SIDECAR_STOPPED))
+    lines = stream.getvalue().splitlines()
+    assert lines[1].endswith("123.5 ms  wait4()  STILL BLOCKED")
+    assert lines[2:7] == [
+        "    Traceback (most recent call last):",
+        '      File "/srv/app.py", line 3, in main',
+        "        main()",
+        '      File "/srv/app.py", line 12, in handler',
+        "        subprocess.run(cmd)",
+    ]
+    assert lines[7] == "    (20 of 24 busy samples had this stack; on CPU 1.2 ms, off CPU 121.3 ms)"
+    assert lines[8].endswith("wait4()  (still blocked when stopped)")

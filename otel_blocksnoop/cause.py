@@ -1,0 +1,58 @@
+"""Why a loop was stuck: running, asleep in a syscall, or waiting for the GIL.
+
+The kernel books what the loop thread did while out of epoll (``Activity``);
+this turns it into one cause. Running (on a CPU, or runnable and waiting for
+one) against sleeping decides between ``cpu`` and a sleep; a sleep is named
+by the syscall with the most sleeping time.
+
+A futex sleep is the GIL when it came as several short waits while other
+threads of the process ran: CPython's ``take_gil`` waits on a condition
+variable in steps of the switch interval (5 ms by default) for a thread that
+is running Python. A lock held by a sleeping thread, or a wait for a worker
+thread's result, is one long futex wait instead: a plain ``syscall`` (futex).
+"""
+
+from __future__ import annotations
+
+from otel_blocksnoop.events import NS_PER_MS, Activity, Cause, Sleep
+
+FUTEX = "futex"
+GIL_MIN_WAITS = 2
+"""Futex sleeps needed before a wait is taken for the GIL: one long wait is a lock."""
+GIL_MAX_MEAN_WAIT_NS = 10 * NS_PER_MS
+"""Longest mean futex sleep of a GIL wait: twice CPython's default switch interval."""
+GIL_MIN_SIBLING_SHARE = 0.5
+"""Share of the futex time during which other threads must have been on a CPU."""
+
+
+def dominant_sleep(activity: Activity) -> Sleep | None:
+    """The syscall the thread slept in longest, if any sleep was booked per syscall."""
+    if not activity.sleeps:
+        return None
+    return max(activity.sleeps, key=lambda sleep: sleep.ns)
+
+
+def looks_like_gil(activity: Activity, sleep: Sleep) -> bool:
+    return (
+        sleep.syscall == FUTEX
+        and sleep.count >= GIL_MIN_WAITS
+        and sleep.ns <= GIL_MAX_MEAN_WAIT_NS * sleep.count
+        and activity.sibling_cpu_ns >= GIL_MIN_SIBLING_SHARE * sleep.ns
+    )
+
+
+def classify(activity: Activity | None) -> tuple[Cause, str | None]:
+    """The cause of a block and, for ``syscall``, the syscall's name."""
+    if activity is None:
+        return Cause.UNKNOWN, None
+    running = activity.on_cpu_ns + activity.runq_ns
+    if running == 0 and activity.sleep_ns == 0:
+        return Cause.UNKNOWN, None
+    if running >= activity.sleep_ns:
+        return Cause.CPU, None
+    sleep = dominant_sleep(activity)
+    if sleep is None or sleep.syscall is None or sleep.ns < activity.other_sleep_ns:
+        return Cause.UNKNOWN, None
+    if looks_like_gil(activity, sleep):
+        return Cause.GIL, None
+    return Cause.SYSCALL, sleep.syscall

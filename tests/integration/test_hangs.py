@@ -1,0 +1,139 @@
+"""Hangs: a loop that does not come back is reported while it is stuck, and never lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import (
+    BLOCKER,
+    SIDECAR,
+    WAIT_S,
+    PipeLines,
+    Sidecar,
+    Target,
+    matching_block,
+    parse_json_lines,
+    run_sidecar,
+    truth,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
+
+HANG = '"type":"hang"'
+
+
+def records_of(lines: PipeLines, rest: str) -> list[dict[str, Any]]:
+    return parse_json_lines("\n".join([*lines.seen, rest]))
+
+
+def assert_stuck_in_deadlock(record: dict[str, Any]) -> None:
+    assert record["call_site"]["function"] == "deadlock", record["call_site"]
+    assert "lock.acquire(timeout=seconds)" in record["stack"][-1]["source"]
+    assert (record["cause"], record["syscall"]) == ("syscall", "futex")
+
+
+@pytest.fixture
+def launched() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_deadlocked_loop_is_reported_while_stuck_and_again_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    # GIVEN an app whose loop takes a lock it already holds, for 1.5 s
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "-t", "100", "--", sys.executable, str(BLOCKER), "deadlock",
+        "--ms", "1500", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (stuck,) = truth(out)
+    block = matching_block(run.blocks, stuck)
+    hangs = [r for r in run.records if r["type"] == "hang"]
+    # THEN it was reported while stuck: first soon after the threshold, then
+    # again after a second, each time with the stack and the cause so far
+    assert [round(h["start_monotonic_ns"] - stuck["start_ns"], -7) for h in hangs] == [0, 0]
+    assert hangs[0]["duration_ms"] < hangs[1]["duration_ms"] < block["duration_ms"]
+    assert hangs[1]["duration_ms"] >= 1000
+    for record in [*hangs, block]:
+        assert_stuck_in_deadlock(record)
+    assert all(h["end_reason"] is None for h in hangs)
+    # AND the final block is the whole of it, ended by the loop coming back
+    assert block["end_reason"] == "returned"
+    assert abs(block["duration_ms"] * 1e6 - (stuck["end_ns"] - stuck["start_ns"])) < 5e6
+    assert run.summary["blocks"] == 1
+
+
+def test_a_hung_app_that_is_killed_still_gets_its_block(
+    tmp_path: Path, launched: list[subprocess.Popen[str]]
+) -> None:
+    # GIVEN a launched app stuck in a deadlock that would last a minute
+    sidecar = subprocess.Popen(
+        [*SIDECAR, "--json", "-t", "100", "--", sys.executable, str(BLOCKER), "deadlock",
+         "--ms", "60000", "--out", str(tmp_path / "truth.jsonl")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    launched.append(sidecar)
+    assert sidecar.stdout is not None
+    lines = PipeLines(sidecar.stdout)
+    hang = json.loads(lines.wait_for(HANG))
+    # WHEN it is killed during the hang
+    subprocess.run(["kill", "-KILL", str(hang["pid"])], check=True)
+    # THEN the sidecar reports the block as ended by the thread's exit, and
+    # exits as the app did
+    assert sidecar.wait(timeout=WAIT_S) == 128 + signal.SIGKILL
+    records = records_of(lines, lines.rest())
+    (block,) = [r for r in records if r["type"] == "block"]
+    assert block["end_reason"] == "thread_exited"
+    assert block["duration_ms"] > hang["duration_ms"]
+    assert_stuck_in_deadlock(block)
+
+
+def test_stopping_the_sidecar_during_a_hang_reports_the_block_so_far(tmp_path: Path) -> None:
+    # GIVEN a sidecar attached to an app that then hangs for a minute
+    target = Target(tmp_path, "deadlock", "--ms", "60000")
+    try:
+        sidecar = Sidecar("-t", "100", str(target.pid))
+        assert sidecar.process.stdout is not None
+        lines = PipeLines(sidecar.process.stdout)
+        target.go()
+        hang = json.loads(lines.wait_for(HANG))
+        # WHEN the sidecar is told to stop while the loop is still stuck
+        sidecar.process.send_signal(signal.SIGTERM)
+        assert sidecar.process.wait(timeout=WAIT_S) == 0
+        # THEN the block is reported, ended by the stop, and counted
+        records = records_of(lines, lines.rest())
+        (block,) = [r for r in records if r["type"] == "block"]
+        assert block["end_reason"] == "sidecar_stopped"
+        assert block["duration_ms"] > hang["duration_ms"]
+        assert_stuck_in_deadlock(block)
+        assert records[-1]["type"] == "summary"
+        assert records[-1]["blocks"] == 1
+    finally:
+        target.stop()
+
+
+def test_a_thread_that_left_its_loop_for_good_is_not_a_hang(tmp_path: Path) -> None:
+    # GIVEN an app that blocks once, ends its loop, then works 1.5 s without one
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "-t", "100", "--", sys.executable, str(BLOCKER), "sleep",
+        "--after", "1.5", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    # THEN only the real block is reported: no hang, and no block at exit
+    assert [r["type"] for r in run.records] == ["block", "summary"]
+    matching_block(run.blocks, truth(out)[0])

@@ -1,0 +1,77 @@
+"""Cause of a block from the kernel's books; the activities are ones measured here."""
+
+from __future__ import annotations
+
+from otel_blocksnoop.cause import classify
+from otel_blocksnoop.events import NS_PER_MS, Activity, Cause, Sleep
+
+
+def activity(
+    on_cpu_ms: float = 0.0,
+    runq_ms: float = 0.0,
+    sleeps: tuple[tuple[str | None, float, int], ...] = (),
+    sibling_ms: float = 0.0,
+    other_ms: float = 0.0,
+) -> Activity:
+    booked = tuple(Sleep(name, int(ms * NS_PER_MS), count) for name, ms, count in sleeps)
+    return Activity(
+        on_cpu_ns=int(on_cpu_ms * NS_PER_MS),
+        runq_ns=int(runq_ms * NS_PER_MS),
+        sleep_ns=sum(sleep.ns for sleep in booked) + int(other_ms * NS_PER_MS),
+        sleeps=booked,
+        other_sleep_ns=int(other_ms * NS_PER_MS),
+        sibling_cpu_ns=int(sibling_ms * NS_PER_MS),
+    )
+
+
+def test_a_loop_that_ran_python_or_c_code_is_cpu() -> None:
+    assert classify(activity(on_cpu_ms=200.3)) == (Cause.CPU, None)
+
+
+def test_waiting_for_a_cpu_counts_as_running() -> None:
+    # GIVEN a busy loop preempted by other processes half of the time
+    busy = activity(on_cpu_ms=60.0, runq_ms=50.0, sleeps=(("futex", 80.0, 1),))
+    # THEN it wanted the CPU, it did not sleep
+    assert classify(busy) == (Cause.CPU, None)
+
+
+def test_a_sleep_is_named_by_the_syscall_with_most_sleeping_time() -> None:
+    # GIVEN a pipe read that first waited briefly for a timer thread's futex
+    read = activity(on_cpu_ms=0.7, sleeps=(("futex", 0.2, 2), ("read", 200.3, 1)), sibling_ms=0.4)
+    assert classify(read) == (Cause.SYSCALL, "read")
+    wait = activity(on_cpu_ms=0.8, sleeps=(("vfork", 0.1, 1), ("wait4", 201.2, 1)))
+    assert classify(wait) == (Cause.SYSCALL, "wait4")
+
+
+def test_a_lock_held_by_a_sleeping_thread_is_a_futex_syscall_not_the_gil() -> None:
+    lock = activity(on_cpu_ms=0.6, sleeps=(("futex", 200.3, 6),), sibling_ms=0.2)
+    assert classify(lock) == (Cause.SYSCALL, "futex")
+
+
+def test_many_short_futex_waits_while_a_sibling_runs_are_the_gil() -> None:
+    # GIVEN what Python 3.9 showed: 56 waits of ~3.4 ms while another thread ran 199 ms
+    gil = activity(on_cpu_ms=11.5, runq_ms=8.0, sleeps=(("futex", 189.5, 56),), sibling_ms=199.0)
+    assert classify(gil) == (Cause.GIL, None)
+
+
+def test_one_long_futex_wait_for_a_busy_worker_is_not_the_gil() -> None:
+    # GIVEN the loop waited 190 ms for a thread pool's result, then 3 ms for the GIL
+    worker = activity(on_cpu_ms=1.0, sleeps=(("futex", 193.0, 2),), sibling_ms=195.0)
+    # THEN the mean wait is far longer than a GIL switch interval
+    assert classify(worker) == (Cause.SYSCALL, "futex")
+
+
+def test_short_futex_waits_with_nobody_else_running_are_not_the_gil() -> None:
+    polling = activity(on_cpu_ms=2.0, sleeps=(("futex", 150.0, 50),), sibling_ms=1.0)
+    assert classify(polling) == (Cause.SYSCALL, "futex")
+
+
+def test_without_the_kernel_books_or_with_nothing_booked_the_cause_is_unknown() -> None:
+    assert classify(None) == (Cause.UNKNOWN, None)
+    assert classify(activity()) == (Cause.UNKNOWN, None)
+
+
+def test_a_sleep_outside_any_syscall_is_unknown() -> None:
+    # GIVEN a thread asleep in a page fault (no syscall number)
+    fault = activity(on_cpu_ms=1.0, sleeps=((None, 120.0, 3),))
+    assert classify(fault) == (Cause.UNKNOWN, None)

@@ -1,0 +1,33 @@
+"""Syscall numbers to names."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from otel_blocksnoop.syscalls import parse_unistd, syscall_name
+
+
+def test_unistd_defines_are_parsed_and_other_lines_ignored() -> None:
+    text = (
+        "#ifndef _ASM_UNISTD_64_H\n"
+        "#define __NR_read 0\n"
+        "#define __NR_epoll_pwait2 441\n"
+        "#define __NR_syscalls (__NR_futex_waitv + 1)\n"
+    )
+    assert parse_unistd(text) == {0: "read", 441: "epoll_pwait2"}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 numbers")
+def test_names_cover_old_and_recent_x86_64_syscalls() -> None:
+    assert syscall_name(0) == "read"
+    assert syscall_name(202) == "futex"
+    assert syscall_name(230) == "clock_nanosleep"
+    assert syscall_name(61) == "wait4"
+    assert syscall_name(441) == "epoll_pwait2"
+
+
+def test_not_in_a_syscall_has_no_name_and_unknown_numbers_say_their_number() -> None:
+    assert syscall_name(-1) is None
+    assert syscall_name(99_999) == "syscall_99999"
