@@ -5,6 +5,7 @@ Run it under the sidecar with ``make demo``; each block below is reported.
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 
@@ -19,6 +20,24 @@ def busy_loop(seconds: float) -> int:
     while time.perf_counter() < deadline:
         n += 1
     return n
+
+
+def gil_hog(stop: threading.Event) -> None:
+    """A worker thread that keeps the GIL busy with pure Python."""
+    while not stop.is_set():
+        sum(range(1000))
+
+
+def stat_many(seconds: float) -> None:
+    """Small syscalls on the loop; each gives the GIL away and must win it back."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        os.stat("/")  # noqa: PTH116 - the syscall is the point
+
+
+def fetch_config(lock: threading.Lock) -> None:
+    with lock:  # held by a thread that is itself waiting
+        pass
 
 
 async def heartbeat() -> None:
@@ -38,6 +57,23 @@ async def handler(round_no: int) -> None:
     await asyncio.sleep(0.2)
 
 
+async def contention() -> None:
+    print("demo app: a worker thread hogs the GIL while the loop makes syscalls", flush=True)
+    stop = threading.Event()
+    worker = threading.Thread(target=gil_hog, args=(stop,), name="gil-hog")
+    worker.start()
+    stat_many(0.1)
+    stop.set()
+    worker.join()
+    await asyncio.sleep(0.2)
+    print("demo app: the loop waits 1.3 s for a lock another thread holds", flush=True)
+    lock = threading.Lock()
+    lock.acquire()
+    threading.Timer(1.3, lock.release).start()
+    fetch_config(lock)
+    await asyncio.sleep(0.2)
+
+
 def side_loop() -> None:
     async def side() -> None:
         await asyncio.sleep(0.1)
@@ -53,6 +89,7 @@ async def main() -> None:
     thread.start()
     for round_no in (1, 2):
         await handler(round_no)
+    await contention()
     await asyncio.sleep(0.5)  # idle awaits are not blocks
     thread.join()
     beat.cancel()

@@ -7,11 +7,24 @@ import time
 from typing import TextIO
 
 from otel_blocksnoop.correlator import format_traceback
-from otel_blocksnoop.events import Block, EndReason, IterationStats, SessionSummary
+from otel_blocksnoop.events import Block, EndReason, Frame, IterationStats, SessionSummary
 from otel_blocksnoop.sinks.formatting import cause_text, human_duration, local_clock
 
 _HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}  CAUSE"
 _PERCENTILES = (0.5, 0.9, 0.99)
+MAX_HANGS_REMEMBERED = 1024
+
+
+def _status(block: Block, stack_shown: bool) -> str:
+    """The cause, and how the block ended if not by the loop coming back."""
+    text = cause_text(block)
+    if block.in_progress:
+        return text + "  STILL BLOCKED" + ("" if stack_shown else ", same stack")
+    if block.end_reason == EndReason.THREAD_EXITED:
+        return text + "  (thread exited)"
+    if block.end_reason == EndReason.SIDECAR_STOPPED:
+        return text + "  (still blocked when stopped)"
+    return text
 
 
 class ConsoleSink:
@@ -22,6 +35,9 @@ class ConsoleSink:
         self._header_done = False
         self._tty = self._stream.isatty()
         self._stats_line_open = False
+        # Stack last printed for each block in progress: a repeat with the same
+        # stack is one line. Bounded: entries go when their block is exported.
+        self._hang_stacks: dict[tuple[int, int, int], tuple[Frame, ...]] = {}
 
     def _write(self, line: str) -> None:
         if self._stats_line_open:
@@ -31,26 +47,27 @@ class ConsoleSink:
         self._stream.flush()
 
     def export(self, block: Block) -> None:
+        self._hang_stacks.pop((block.pid, block.tid, block.start_ns), None)
         self._block(block)
 
     def export_hang(self, block: Block) -> None:
-        self._block(block)
+        key = (block.pid, block.tid, block.start_ns)
+        repeat = self._hang_stacks.get(key) == block.stack
+        if key in self._hang_stacks or len(self._hang_stacks) < MAX_HANGS_REMEMBERED:
+            self._hang_stacks[key] = block.stack
+        self._block(block, show_stack=not repeat)
 
-    def _block(self, block: Block) -> None:
+    def _block(self, block: Block, show_stack: bool = True) -> None:
         if not self._header_done:
             self._write(_HEADER)
             self._header_done = True
-        what = cause_text(block)
-        if block.in_progress:
-            what += "  STILL BLOCKED"
-        elif block.end_reason == EndReason.THREAD_EXITED:
-            what += "  (thread exited)"
-        elif block.end_reason == EndReason.SIDECAR_STOPPED:
-            what += "  (still blocked when stopped)"
         self._write(
             f"{local_clock(block.start_unix_ns):<12}  {block.pid:>7}  {block.tid:>7}  "
-            f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}  {what}"
+            f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}  "
+            f"{_status(block, show_stack)}"
         )
+        if not show_stack:
+            return
         if block.stack:
             for line in format_traceback(block.stack, block.source_lines).splitlines():
                 self._write(f"    {line}")

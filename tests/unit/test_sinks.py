@@ -162,3 +162,19 @@ def test_console_shows_cause_stack_and_how_a_block_ended() -> None:
     ]
     assert lines[7] == "    (20 of 24 busy samples had this stack; on CPU 1.2 ms, off CPU 121.3 ms)"
     assert lines[8].endswith("wait4()  (still blocked when stopped)")
+
+
+def test_console_repeats_a_hang_on_one_line_while_its_stack_is_the_same() -> None:
+    # GIVEN a hang reported at 0.2 s, again at 1.2 s with the same stack, then its end
+    stream = io.StringIO()
+    sink = ConsoleSink(stream)
+    first = replace(WAITED, in_progress=True)
+    sink.export_hang(first)
+    sink.export_hang(replace(first, end_ns=first.start_ns + 1_200_000_000))
+    sink.export(replace(WAITED, end_ns=first.start_ns + 1_500_000_000))
+    lines = stream.getvalue().splitlines()
+    # THEN the repeat is a single line, and the final block shows the stack again
+    repeat = lines[8]
+    assert repeat.endswith("1.20 s  wait4()  STILL BLOCKED, same stack")
+    assert lines[9].endswith("1.50 s  wait4()")
+    assert lines[10] == "    Traceback (most recent call last):"
