@@ -235,8 +235,9 @@ TRACEPOINT_PROBE(sched, sched_switch)
         *last = now;
     }
 
+    /* Half of all switches are to or from the idle task (pid 0): no lookups. */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct watch_state *watch = watched.lookup(&tgid);
+    struct watch_state *watch = tgid ? watched.lookup(&tgid) : NULL;
     if (watch) {
         __sync_fetch_and_add(&watch->cpu_ns, slice);
         u32 prev = args->prev_pid;
@@ -250,7 +251,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
     }
 
     u32 next = args->next_pid;
-    struct thread_state *in = threads.lookup(&next);
+    struct thread_state *in = next ? threads.lookup(&next) : NULL;
     if (in && in->left_epoll_ns && in->off_nr != OFF_ON_CPU) {
         u64 away = now - in->switched_at;
         if (in->off_nr == OFF_RUNQ)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright 2026 otel-blocksnoop developers
+"""What the kernel side costs: run count and run time of each BPF program.
+
+Loads the detector in this process (with and without the sched_switch
+program that books each block's cause), watches apps/http_app.py while wrk
+loads it, and reads each program's ``run_cnt`` and ``run_time_ns`` from
+``/proc/self/fdinfo`` (the kernel's own accounting, switched on for the run
+with ``kernel.bpf_stats_enabled``). Unlike throughput, these counts do not
+depend on what else the machine is doing. Modes alternate over the rounds.
+
+USAGE: bpf_cost.py [--rounds N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from blocksnoop_bench.overhead import PythonLoad, Wrk, find_wrk
+from blocksnoop_bench.procs import start_app
+
+from otel_blocksnoop.cli import positive_int
+from otel_blocksnoop.detector import Detector, DetectorConfig
+
+STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+MODES = {"detection": False, "detection + cause": True}
+THRESHOLD_NS = 100_000_000
+
+
+def prog_stats(fd: int) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) of the BPF program behind ``fd``."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+    )
+    return int(fields.get("run_cnt", "0")), int(fields.get("run_time_ns", "0"))
+
+
+def _short(name: bytes) -> str:
+    """``b'tracepoint__sched__sched_switch'`` -> ``sched_switch``."""
+    return name.decode().rsplit("__", 1)[-1]
+
+
+def context_switches() -> int:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("ctxt "):
+            return int(line.split()[1])
+    return 0
+
+
+def measure(cause: bool, pid: int, load: Wrk | PythonLoad, seconds: int) -> dict[str, float]:
+    """Per-program calls/s and ns/call, the total % of a core, and req/s, for one round."""
+    detector = Detector(DetectorConfig(threshold_ns=THRESHOLD_NS, activity=cause))
+    detector.load()
+    try:
+        detector.watch(pid)
+        funcs = detector._bpf.funcs  # noqa: SLF001 - the bench reads the loaded programs
+        before = {_short(name): prog_stats(func.fd) for name, func in funcs.items()}
+        switches = context_switches()
+        started = time.monotonic()
+        result = load.run(seconds)
+        elapsed = time.monotonic() - started
+        after = {_short(name): prog_stats(func.fd) for name, func in funcs.items()}
+        switches = context_switches() - switches
+    finally:
+        detector.close()
+    row: dict[str, float] = {"req/s": result.rps, "switches/s": switches / elapsed}
+    total_ns = 0
+    for name, (count, run_ns) in after.items():
+        calls, ns = count - before[name][0], run_ns - before[name][1]
+        total_ns += ns
+        row[f"{name} calls/s"] = calls / elapsed
+        row[f"{name} ns/call"] = ns / calls if calls else 0.0
+    row["core %"] = 100 * total_ns / 1e9 / elapsed
+    return row
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/bpf_cost.py", description=__doc__)
+    parser.add_argument("--rounds", type=positive_int, default=4)
+    parser.add_argument("--seconds", type=positive_int, default=5)
+    args = parser.parse_args(argv)
+
+    previous = STATS_SYSCTL.read_text().strip()
+    STATS_SYSCTL.write_text("1")
+    server, lines = start_app("http_app.py")
+    try:
+        port = int(lines.wait_for(lambda t: t.startswith("ready "), 30, "server").split()[1])
+        wrk = find_wrk()
+        load = Wrk(wrk, port) if wrk else PythonLoad(port)
+        rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for round_no in range(args.rounds):
+            order = list(MODES.items())
+            for mode, cause in order if round_no % 2 == 0 else reversed(order):
+                rows[mode].append(measure(cause, server.pid, load, args.seconds))
+    finally:
+        server.stop()
+        STATS_SYSCTL.write_text(previous)
+
+    print(f"load: {load.name}, {args.rounds} rounds of {args.seconds} s per mode; medians\n")
+    keys = sorted({key for mode_rows in rows.values() for row in mode_rows for key in row})
+    print("| figure | " + " | ".join(MODES) + " |")
+    print("| --- |" + " --- |" * len(MODES))
+    for key in keys:
+        cells = []
+        for mode in MODES:
+            values = [row[key] for row in rows[mode] if key in row]
+            cells.append(f"{statistics.median(values):,.1f}" if values else "-")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
