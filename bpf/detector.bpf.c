@@ -169,6 +169,9 @@ int on_epoll_enter(void *ctx)
     u64 start = state->left_epoll_ns;
     u64 delta = now - start;
     state->left_epoll_ns = 0;
+    state->entered_epoll_ns = now;
+    state->iterations += 1;
+    state->busy_ns += delta;
     count(COUNTER_ITERATIONS, 1);
     count(COUNTER_BUSY_NS, delta);
 
@@ -209,6 +212,8 @@ int on_epoll_exit(void *ctx)
         return 0;
     }
     u64 now = bpf_ktime_get_ns();
+    if (state->entered_epoll_ns)
+        state->idle_ns += now - state->entered_epoll_ns;
 #if TRACK_ACTIVITY
     __builtin_memset(&state->activity, 0, sizeof(state->activity));
     state->switched_at = now;

@@ -74,6 +74,10 @@ struct thread_state {
     __u64 switched_at;    /* last switch on or off CPU, or the iteration's start */
     __u64 proc_cpu_start; /* the process's CPU time when the iteration began */
     __u64 own_cpu_ns;     /* this thread's share of that CPU time since then */
+    __u64 entered_epoll_ns; /* last entry into epoll (0 before the first) */
+    __u64 iterations;     /* cumulative, for utilization: loop iterations, */
+    __u64 busy_ns;        /* time out of epoll, */
+    __u64 idle_ns;        /* and time inside it */
     __u32 tgid;
     __s32 off_nr;         /* OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in */
     struct activity activity;

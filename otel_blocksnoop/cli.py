@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
-from otel_blocksnoop import __version__, preflight
+from otel_blocksnoop import __version__, otlp, preflight
 from otel_blocksnoop.austin import Austin, AustinError
 from otel_blocksnoop.detector import Detector, DetectorConfig, program_cflags, program_source
 from otel_blocksnoop.errors import BlocksnoopError, ExitCode
@@ -49,6 +49,8 @@ examples:
   otel-blocksnoop --tid 1240 1234       # only the loop on thread 1240
   otel-blocksnoop 1234 1240 1251        # several processes at once
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 otel-blocksnoop 1234
+                                        # ... and send spans and metrics to a collector
   otel-blocksnoop doctor                # check BCC, headers, tracefs, Austin
 """
 
@@ -135,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
     )
+    otlp_group = parser.add_argument_group(
+        "OpenTelemetry export",
+        "Configured by the standard OTEL_* environment variables; these flags override them. "
+        "Export is on when an endpoint is set.",
+    )
+    otlp_group.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="collector endpoint (default: $OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://localhost:4318",
+    )
+    otlp_group.add_argument(
+        "--otlp-protocol",
+        choices=otlp.PROTOCOLS,
+        help=f"OTLP transport (default: $OTEL_EXPORTER_OTLP_PROTOCOL or {otlp.DEFAULT_PROTOCOL})",
+    )
+    otlp_group.add_argument(
+        "--service",
+        metavar="NAME",
+        help="service.name for apps that do not set their own OTEL_SERVICE_NAME "
+        "(default: $OTEL_SERVICE_NAME, else unknown_service:python)",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages on stderr")
     verbosity.add_argument(
@@ -155,6 +178,9 @@ class Arguments:
     tid: int
     all_threads: bool
     austin: str | None
+    otlp_endpoint: str | None
+    otlp_protocol: str | None
+    service: str | None
     cause: bool
     stacks: bool
     sample_interval_us: int | None
@@ -187,6 +213,9 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
         tid=ns.tid or 0,
         all_threads=ns.all_threads,
         austin=ns.austin,
+        otlp_endpoint=ns.otlp_endpoint,
+        otlp_protocol=ns.otlp_protocol,
+        service=ns.service,
         cause=not ns.no_cause,
         stacks=not ns.no_stacks,
         sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
@@ -247,8 +276,24 @@ def _stacks(args: Arguments, austin: Austin | None) -> SamplerPool | None:
     return SamplerPool(austin, interval)
 
 
-def _sinks(args: Arguments) -> list[Sink]:
-    return [JsonLinesSink() if args.json else ConsoleSink()]
+def _sinks(args: Arguments, settings: otlp.OtlpSettings) -> list[Sink]:
+    sinks: list[Sink] = [JsonLinesSink() if args.json else ConsoleSink()]
+    if args.stats:
+        return sinks
+    if not settings.enabled:
+        log.info("OTLP export is off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
+        return sinks
+    from otel_blocksnoop.sinks.otel import OtelSink  # noqa: PLC0415 - the SDK loads only if used
+
+    log.info("exporting %s", otlp.describe(settings))
+    if (problem := otlp.reachable(settings)) is not None:
+        log.warning(
+            "collector not reachable yet (%s); blocks are kept (up to %d) and sent when it is",
+            problem,
+            settings.max_queue,
+        )
+    sinks.append(OtelSink(otlp.build_exporters(settings), settings))
+    return sinks
 
 
 class _Signals:
@@ -295,6 +340,7 @@ def run(args: Arguments) -> int:
     targets = [inspect_target(pid) for pid in args.pids]
     if not targets:
         check_command(args.command)
+    settings = otlp.settings_from(os.environ, args.otlp_endpoint, args.otlp_protocol, args.service)
     preflight.require(preflight.run_checks(args.austin)[:4])
 
     detector = Detector(config)
@@ -306,7 +352,7 @@ def run(args: Arguments) -> int:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
             detector,
-            _sinks(args),
+            _sinks(args, settings),
             _classifier(args, austin),
             SessionOptions(
                 threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads

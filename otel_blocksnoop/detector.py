@@ -22,7 +22,7 @@ from typing import Any
 
 from otel_blocksnoop import histogram
 from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
-from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep
+from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep, ThreadTimes
 from otel_blocksnoop.syscalls import syscall_name
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,10 @@ class ThreadStateC(ctypes.Structure):
         ("switched_at", ctypes.c_uint64),
         ("proc_cpu_start", ctypes.c_uint64),
         ("own_cpu_ns", ctypes.c_uint64),
+        ("entered_epoll_ns", ctypes.c_uint64),
+        ("iterations", ctypes.c_uint64),
+        ("busy_ns", ctypes.c_uint64),
+        ("idle_ns", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
         ("off_nr", ctypes.c_int32),
         ("activity", ActivityC),
@@ -248,6 +252,14 @@ class InProgress:
     activity: Activity | None
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadSnapshot:
+    """One read of the thread table."""
+
+    ongoing: tuple[InProgress, ...]
+    times: tuple[ThreadTimes, ...]
+
+
 class Detector:
     """Owns the BPF object: load, watch PIDs, poll blocks, read counters, close."""
 
@@ -343,8 +355,8 @@ class Detector:
         )
         return 0
 
-    def in_progress(self, min_ns: int) -> list[InProgress]:
-        """Threads out of epoll for at least ``min_ns`` now: blocks still going on.
+    def snapshot(self, min_ns: int) -> ThreadSnapshot:
+        """Every tracked thread's loop time, and those out of epoll for ``min_ns`` now.
 
         Reads the whole thread table (one batched syscall where the kernel
         has it), which holds only epoll-calling threads of watched processes.
@@ -355,10 +367,17 @@ class Detector:
         except Exception:  # noqa: BLE001 - older kernels: no batch ops; read key by key
             entries = list(threads.items())
         now = time.monotonic_ns()
-        found = []
+        ongoing = []
+        times = []
         cpu_of: dict[int, int] = {}
         for key, state in entries:
+            tid = key if isinstance(key, int) else key.value
             left = state.left_epoll_ns
+            # The stretch in progress counts too, so a hang shows as busy while it lasts.
+            busy = state.busy_ns + (now - left if left else 0)
+            entered = state.entered_epoll_ns
+            idle = state.idle_ns + (now - entered if not left and entered else 0)
+            times.append(ThreadTimes(state.tgid, tid, state.iterations, busy, idle))
             if not left or now - left < min_ns:
                 continue
             activity = None
@@ -366,9 +385,12 @@ class Detector:
                 if state.tgid not in cpu_of:
                     cpu_of[state.tgid] = self._process_cpu_ns(state.tgid)
                 activity = activity_so_far(state, cpu_of[state.tgid], now)
-            tid = key if isinstance(key, int) else key.value
-            found.append(InProgress(state.tgid, tid, left, activity))
-        return found
+            ongoing.append(InProgress(state.tgid, tid, left, activity))
+        return ThreadSnapshot(ongoing=tuple(ongoing), times=tuple(times))
+
+    def in_progress(self, min_ns: int) -> list[InProgress]:
+        """Threads out of epoll for at least ``min_ns`` now: blocks still going on."""
+        return list(self.snapshot(min_ns).ongoing)
 
     def _process_cpu_ns(self, tgid: int) -> int:
         try:

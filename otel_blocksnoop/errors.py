@@ -91,3 +91,10 @@ class LaunchError(BlocksnoopError):
 
     exit_code = ExitCode.LAUNCH_FAILED
     hint = "check the command after `--` runs on its own"
+
+
+class ConfigError(BlocksnoopError):
+    """An environment variable (``OTEL_*``) has a value the sidecar cannot use."""
+
+    exit_code = ExitCode.USAGE
+    hint = "see README, 'OpenTelemetry export', for the variables and their values"

@@ -91,6 +91,22 @@ class ThreadKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """Who a watched process is, for the resource of its telemetry.
+
+    Read once per process from /proc: its own OpenTelemetry settings (the
+    environment it was started with), its executable and Python version.
+    """
+
+    pid: int
+    service_name: str | None  # the target's OTEL_SERVICE_NAME (or service.name attribute)
+    resource_attributes: tuple[tuple[str, str], ...]  # the target's OTEL_RESOURCE_ATTRIBUTES
+    executable_path: str | None
+    runtime_version: str | None  # major.minor, e.g. "3.11"
+    instance_id: str  # stable for this process: host, PID and start time
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """A block ready for the sinks: kernel facts plus what the correlator added.
 
@@ -117,10 +133,31 @@ class Block:
     activity: Activity | None = None
     end_reason: EndReason = EndReason.RETURNED
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
+    process: ProcessIdentity | None = None
 
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadTimes:
+    """Cumulative loop time of one watched thread, as the kernel counts it."""
+
+    pid: int
+    tid: int
+    iterations: int
+    busy_ns: int  # out of epoll: running callbacks (or blocked)
+    idle_ns: int  # inside epoll: waiting for events
+
+
+@dataclass(frozen=True, slots=True)
+class LoopTimes:
+    """Periodic snapshot of every watched loop thread, for utilization metrics."""
+
+    threads: tuple[ThreadTimes, ...]
+    lost_events: int  # blocks the kernel could not send so far (ring buffer full)
+    identities: tuple[ProcessIdentity, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,7 @@ def check_privileges() -> Check:
 
 
 def check_bcc() -> Check:
+    """Import it: a found but broken bcc (libbcc missing) must fail here, not mid-start."""
     try:
         spec = importlib.util.find_spec("bcc")
     except (ImportError, ValueError):
@@ -102,6 +103,15 @@ def check_bcc() -> Check:
             ok=False,
             detail="the bcc module is not importable",
             error=BccMissingError("failed to import bcc: not installed in this Python"),
+        )
+    try:
+        importlib.import_module("bcc")
+    except Exception as exc:  # noqa: BLE001 - any failure of a system package's import
+        return Check(
+            "bcc",
+            ok=False,
+            detail=f"bcc does not import: {exc}",
+            error=BccMissingError(f"failed to import bcc: {exc}"),
         )
     return Check("bcc", ok=True, detail=str(Path(spec.origin).parent))
 

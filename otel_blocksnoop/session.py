@@ -22,16 +22,20 @@ from typing import Protocol
 from otel_blocksnoop import cause, hangs, histogram
 from otel_blocksnoop.clock import WallClock
 from otel_blocksnoop.correlator import attribute
-from otel_blocksnoop.detector import Counters, Detector, InProgress
+from otel_blocksnoop.detector import Counters, Detector, InProgress, ThreadSnapshot
 from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
     BlockEvent,
     EndReason,
     IterationStats,
+    LoopTimes,
+    ProcessIdentity,
     SessionSummary,
     ThreadKind,
+    ThreadTimes,
 )
+from otel_blocksnoop.identity import read_identity
 from otel_blocksnoop.sampler import SamplerPool, StackSample, settle_ns
 from otel_blocksnoop.sinks import Sink
 from otel_blocksnoop.source import source_line
@@ -45,6 +49,7 @@ PENDING_POLL_MS = 10
 STATS_PERCENTILES = (0.5, 0.9, 0.99)
 DRAIN_POLLS = 3
 MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
+MAX_IDENTITIES = 256  # watched processes whose identity is kept
 
 
 class Watched(Protocol):
@@ -97,6 +102,8 @@ class Session:
         self._pending: deque[tuple[BlockEvent, ThreadKind, int]] = deque()
         self._hangs = hangs.HangSchedule(options.threshold_ns)
         self._next_hang_check = 0
+        self._identities: dict[int, ProcessIdentity] = {}
+        self._thread_times: tuple[ThreadTimes, ...] = ()
         self._settle_ns = settle_ns(stacks.interval_us) if stacks else 0
         self._sinks = sinks
         self._classifier = classifier
@@ -134,6 +141,8 @@ class Session:
                 if self._options.stats:
                     self._emit_stats(now - last_stats)
                     last_stats = now
+                else:
+                    self._emit_loop_times()
                 self._warn_lost()
                 next_stats = now + self._options.stats_interval_s
         if not self._options.stats:
@@ -222,9 +231,10 @@ class Session:
         if now < self._next_hang_check:
             return
         self._next_hang_check = now + hangs.CHECK_EVERY_NS
+        snapshot: ThreadSnapshot = self._detector.snapshot(self._hangs.first_ns)
+        self._thread_times = snapshot.times
         ongoing = {
-            hangs.Ongoing(item.pid, item.tid, item.start_ns): item
-            for item in self._detector.in_progress(self._hangs.first_ns)
+            hangs.Ongoing(item.pid, item.tid, item.start_ns): item for item in snapshot.ongoing
         }
         for key in self._hangs.due(ongoing, now):
             block = self._ongoing_block(ongoing[key], now, EndReason.RETURNED)
@@ -233,6 +243,28 @@ class Session:
             self._hangs.reported(key, now)
             for sink in self._sinks:
                 sink.export_hang(block)
+
+    def _emit_loop_times(self) -> None:
+        """Cumulative busy/idle time of the loop threads (not of native pollers)."""
+        threads = tuple(
+            times for times in self._thread_times if reported(self._kind_of(times.pid, times.tid))
+        )
+        identities = tuple(self._identity(pid) for pid in sorted({t.pid for t in threads}))
+        loop_times = LoopTimes(
+            threads=threads,
+            lost_events=self._detector.counters().lost_events,
+            identities=identities,
+        )
+        for sink in self._sinks:
+            sink.export_loop_times(loop_times)
+
+    def _identity(self, pid: int) -> ProcessIdentity:
+        identity = self._identities.get(pid)
+        if identity is None:
+            while len(self._identities) >= MAX_IDENTITIES:
+                del self._identities[next(iter(self._identities))]
+            identity = self._identities[pid] = read_identity(pid)
+        return identity
 
     def _report_unfinished(self) -> None:
         """On the way out: blocks still going on end here, so none is lost."""
@@ -290,12 +322,16 @@ class Session:
             activity=event.activity,
             end_reason=event.end_reason,
             in_progress=in_progress,
+            process=self._identity(event.pid),
         )
 
     def _kind(self, event: BlockEvent) -> ThreadKind:
+        return self._kind_of(event.pid, event.tid)
+
+    def _kind_of(self, pid: int, tid: int) -> ThreadKind:
         if self._options.all_threads or self._classifier is None:
             return ThreadKind.UNKNOWN
-        return self._classifier.kind(event.pid, event.tid)
+        return self._classifier.kind(pid, tid)
 
     def _emit_stats(self, interval_s: float) -> None:
         snapshot = self._detector.histogram()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from otel_blocksnoop.events import Block, IterationStats, SessionSummary
+from otel_blocksnoop.events import Block, IterationStats, LoopTimes, SessionSummary
 
 
 class Sink(Protocol):
@@ -18,6 +18,9 @@ class Sink(Protocol):
 
     def export_stats(self, stats: IterationStats) -> None:
         """Hand over one interval of loop-iteration statistics (stats mode)."""
+
+    def export_loop_times(self, times: LoopTimes) -> None:
+        """Hand over the loop threads' cumulative busy/idle time (about once a second)."""
 
     def export_summary(self, summary: SessionSummary) -> None:
         """Hand over the session totals, once, before shutdown."""

@@ -7,7 +7,14 @@ import time
 from typing import TextIO
 
 from otel_blocksnoop.correlator import format_traceback
-from otel_blocksnoop.events import Block, EndReason, Frame, IterationStats, SessionSummary
+from otel_blocksnoop.events import (
+    Block,
+    EndReason,
+    Frame,
+    IterationStats,
+    LoopTimes,
+    SessionSummary,
+)
 from otel_blocksnoop.sinks.formatting import cause_text, human_duration, local_clock
 
 _HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}  CAUSE"
@@ -101,6 +108,9 @@ class ConsoleSink:
             self._stats_line_open = True
         else:
             self._write(line)
+
+    def export_loop_times(self, times: LoopTimes) -> None:
+        """Utilization is for metrics; the console shows blocks."""
 
     def export_summary(self, summary: SessionSummary) -> None:
         text = (

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from otel_blocksnoop.events import Block, Frame, IterationStats, SessionSummary
+from otel_blocksnoop.events import Block, Frame, IterationStats, LoopTimes, SessionSummary
 from otel_blocksnoop.sinks.formatting import iso_utc, ms
 
 
@@ -94,6 +94,9 @@ class JsonLinesSink:
             record[f"p{fraction * 100:g}_ms"] = ms(value)
         record["max_ms"] = ms(stats.max_ns)
         self._emit(record)
+
+    def export_loop_times(self, times: LoopTimes) -> None:
+        """Utilization is for metrics; JSON lines carry blocks."""
 
     def export_summary(self, summary: SessionSummary) -> None:
         self._emit(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.events import Block, IterationStats, SessionSummary
+from otel_blocksnoop.events import Block, IterationStats, LoopTimes, SessionSummary
 
 
 class MemorySink:
@@ -11,6 +11,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.blocks: list[Block] = []
         self.hangs: list[Block] = []
+        self.loop_times: list[LoopTimes] = []
         self.stats: list[IterationStats] = []
         self.summaries: list[SessionSummary] = []
         self.shut_down = False
@@ -23,6 +24,9 @@ class MemorySink:
 
     def export_stats(self, stats: IterationStats) -> None:
         self.stats.append(stats)
+
+    def export_loop_times(self, times: LoopTimes) -> None:
+        self.loop_times.append(times)
 
     def export_summary(self, summary: SessionSummary) -> None:
         self.summaries.append(summary)

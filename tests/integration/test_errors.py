@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,11 +96,15 @@ def test_no_privileges() -> None:
     assert "not root" in result.stderr
 
 
-def test_bcc_missing() -> None:
-    # GIVEN a Python that cannot import bcc (no site-packages, so no .pth link)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_bcc_missing(tmp_path: Path) -> None:
+    # GIVEN a Python where importing bcc fails (a package of that name shadows
+    # the real one and raises, as a missing or broken install does)
+    fake = tmp_path / "bcc"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("No module named bcc")\n')
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
     result = subprocess.run(
-        [sys.executable, "-S", "-m", "otel_blocksnoop", "--", "true"],
+        [sys.executable, "-m", "otel_blocksnoop", "--", "true"],
         capture_output=True, text=True, env=env, check=False, timeout=60,
     )  # fmt: skip
     assert result.returncode == ExitCode.BCC_MISSING, result.stderr

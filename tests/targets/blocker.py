@@ -1,9 +1,10 @@
 """Target app for integration tests: an asyncio loop that blocks in known ways.
 
-Usage: blocker.py SCENARIO [--ready FIFO] [--go] [--uvloop] [--ms N] [--out FILE]
+Usage: blocker.py SCENARIO [--ready FIFO] [--go] [--uvloop] [--ms N] [--out FILE] [--after S]
 
 Each block is timed by the app itself and written as a JSON line (stdout, or --out)
-{"scenario", "tid", "start_ns", "end_ns"} (CLOCK_MONOTONIC), so the test can
+{"scenario", "tid", "start_ns", "end_ns"} (CLOCK_MONOTONIC), plus the same two
+times on the app's wall clock ("start_unix_ns", "end_unix_ns"), so the test can
 compare the sidecar's report with the truth. With --ready, "ready <tid>" is
 written to the FIFO once the loop runs; with --go, the blocks start only
 after a line arrives on stdin (read off the loop, so it keeps iterating).
@@ -31,11 +32,15 @@ OUT = sys.stdout
 
 def record(scenario: str, start_ns: int) -> None:
     end_ns = time.monotonic_ns()
+    # The app's own wall clock, read back to back with its monotonic one.
+    wall_offset_ns = time.time_ns() - time.monotonic_ns()
     line = {
         "scenario": scenario,
         "tid": threading.get_native_id(),
         "start_ns": start_ns,
         "end_ns": end_ns,
+        "start_unix_ns": start_ns + wall_offset_ns,
+        "end_unix_ns": end_ns + wall_offset_ns,
     }
     OUT.write(json.dumps(line) + "\n")
     OUT.flush()

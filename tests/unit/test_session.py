@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from otel_blocksnoop.detector import Counters, InProgress
+from otel_blocksnoop.detector import Counters, InProgress, ThreadSnapshot
 from otel_blocksnoop.events import Activity, BlockEvent, Cause, EndReason, Sleep, ThreadKind
 from otel_blocksnoop.session import Session, SessionOptions
 from otel_blocksnoop.sinks.memory import MemorySink
@@ -28,11 +28,15 @@ class ScriptedDetector:
         _ = timeout_ms
         return self._batches.pop(0) if self._batches else []
 
-    def in_progress(self, min_ns: int) -> list[InProgress]:
+    def snapshot(self, min_ns: int) -> ThreadSnapshot:
         """The next prepared list of threads out of epoll, those out for ``min_ns``."""
         found = self._ongoing.pop(0) if self._ongoing else []
         now = time.monotonic_ns()
-        return [item for item in found if now - item.start_ns >= min_ns]
+        ongoing = tuple(item for item in found if now - item.start_ns >= min_ns)
+        return ThreadSnapshot(ongoing=ongoing, times=())
+
+    def in_progress(self, min_ns: int) -> list[InProgress]:
+        return list(self.snapshot(min_ns).ongoing)
 
     def counters(self) -> Counters:
         return Counters(lost_events=self.lost, iterations=0, busy_ns=0, untracked_threads=0)

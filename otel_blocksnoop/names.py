@@ -1,0 +1,83 @@
+"""Every OpenTelemetry name the sidecar emits, in one place.
+
+Standard attributes come from the semantic conventions; ``blocksnoop.*``
+names are ours. Span and metric names are a contract that outside tests
+rely on (DESIGN.md): change them only with that contract.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from opentelemetry.semconv._incubating.attributes.host_attributes import HOST_NAME
+from opentelemetry.semconv._incubating.attributes.process_attributes import (
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_EXECUTABLE_PATH,
+    PROCESS_PID,
+    PROCESS_RUNTIME_DESCRIPTION,
+    PROCESS_RUNTIME_NAME,
+    PROCESS_RUNTIME_VERSION,
+)
+from opentelemetry.semconv._incubating.attributes.service_attributes import SERVICE_INSTANCE_ID
+from opentelemetry.semconv._incubating.attributes.thread_attributes import THREAD_ID, THREAD_NAME
+from opentelemetry.semconv.attributes.code_attributes import (
+    CODE_FILE_PATH,
+    CODE_FUNCTION_NAME,
+    CODE_LINE_NUMBER,
+    CODE_STACKTRACE,
+)
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
+__all__ = [
+    "CODE_FILE_PATH",
+    "CODE_FUNCTION_NAME",
+    "CODE_LINE_NUMBER",
+    "CODE_STACKTRACE",
+    "HOST_NAME",
+    "PROCESS_EXECUTABLE_NAME",
+    "PROCESS_EXECUTABLE_PATH",
+    "PROCESS_PID",
+    "PROCESS_RUNTIME_DESCRIPTION",
+    "PROCESS_RUNTIME_NAME",
+    "PROCESS_RUNTIME_VERSION",
+    "SERVICE_INSTANCE_ID",
+    "SERVICE_NAME",
+    "THREAD_ID",
+    "THREAD_NAME",
+]
+
+SCOPE_NAME: Final = "otel-blocksnoop"
+"""Instrumentation scope of everything the sidecar emits."""
+UNKNOWN_SERVICE: Final = "unknown_service:python"
+
+# Spans and log records
+BLOCK_SPAN: Final = "eventloop.block"
+HANG_EVENT: Final = "eventloop.block.in_progress"
+"""Event name of the log record sent while a block is still going on."""
+
+# Attributes of ours
+CAUSE: Final = "blocksnoop.cause"
+SYSCALL: Final = "blocksnoop.syscall"
+END_REASON: Final = "blocksnoop.end_reason"
+THREAD_KIND: Final = "blocksnoop.thread.kind"
+THRESHOLD: Final = "blocksnoop.threshold"  # seconds
+ON_CPU: Final = "blocksnoop.cpu.on_time"  # seconds
+OFF_CPU: Final = "blocksnoop.cpu.off_time"  # seconds
+RUNQ: Final = "blocksnoop.cpu.runq_time"  # seconds
+SIBLING_CPU: Final = "blocksnoop.cpu.sibling_time"  # seconds
+SAMPLES: Final = "blocksnoop.stack.samples"
+SAMPLES_BUSY: Final = "blocksnoop.stack.samples_busy"
+DURATION: Final = "blocksnoop.duration"  # seconds, on hang records: the time so far
+LOOP_STATE: Final = "blocksnoop.eventloop.state"  # busy | idle
+
+# Metrics
+BLOCK_DURATION: Final = "blocksnoop.eventloop.block.duration"
+BLOCKS: Final = "blocksnoop.eventloop.blocks"
+LOOP_TIME: Final = "blocksnoop.eventloop.time"
+LOOP_ITERATIONS: Final = "blocksnoop.eventloop.iterations"
+LOST_EVENTS: Final = "blocksnoop.events.lost"
+DROPPED: Final = "blocksnoop.export.dropped"
+DURATION_BUCKETS_S: Final = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
+"""Histogram boundaries: blocks run from a millisecond to hangs of a minute."""

@@ -1,0 +1,241 @@
+"""OTLP export settings: the standard ``OTEL_*`` environment variables, flags on top.
+
+OTLP is on when an endpoint is given (``--otlp-endpoint`` or any
+``OTEL_EXPORTER_OTLP_*ENDPOINT``) and the SDK is not disabled. Everything
+the SDK's exporters read themselves (headers such as a Honeycomb key,
+certificates, compression, timeouts, per-signal endpoints) is left to them;
+this module decides only what they cannot: whether to export at all, which
+protocol, and the batching of the sidecar's own queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from opentelemetry.environment_variables import (
+    OTEL_LOGS_EXPORTER,
+    OTEL_METRICS_EXPORTER,
+    OTEL_TRACES_EXPORTER,
+)
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_EXPORT_TIMEOUT,
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_LOGS_ENDPOINT,
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_METRIC_EXPORT_INTERVAL,
+    OTEL_SDK_DISABLED,
+    OTEL_SERVICE_NAME,
+)
+
+from otel_blocksnoop.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+log = logging.getLogger(__name__)
+
+GRPC = "grpc"
+HTTP = "http/protobuf"
+PROTOCOLS = (GRPC, HTTP)
+DEFAULT_PROTOCOL = HTTP
+"""The OpenTelemetry specification's default transport."""
+DEFAULT_SCHEDULE_DELAY_MS = 200
+"""Delay between exports of queued spans (the SDK's 5 s would miss the 1 s delivery goal)."""
+DEFAULT_MAX_QUEUE = 4096
+"""Spans (and, separately, hang records) kept while the collector is slow or away."""
+DEFAULT_BATCH = 512
+DEFAULT_SHUTDOWN_S = 5.0
+"""How long a stopping sidecar keeps trying to deliver what is queued."""
+DEFAULT_METRIC_INTERVAL_MS = 10_000
+"""Metric export interval unless OTEL_METRIC_EXPORT_INTERVAL says otherwise (SDK: 60 s)."""
+GRPC_PORT = 4317
+CONNECT_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSettings:
+    """What the sidecar exports, where to and how; None endpoint means "from the env"."""
+
+    protocol: str
+    endpoint: str | None  # from --otlp-endpoint; the exporters read the env otherwise
+    traces: bool
+    metrics: bool
+    logs: bool
+    schedule_delay_s: float
+    max_queue: int
+    batch_size: int
+    shutdown_timeout_s: float
+    metric_interval_ms: int
+    fallback_service: str | None  # --service, else the sidecar's own OTEL_SERVICE_NAME
+
+    @property
+    def enabled(self) -> bool:
+        return self.traces or self.metrics or self.logs
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        msg = f"{name} must be a positive number, not {text!r}"
+        raise ConfigError(msg)
+    return value
+
+
+def _signal_on(env: Mapping[str, str], selector: str) -> bool:
+    """OTEL_{TRACES,METRICS,LOGS}_EXPORTER: ``none`` turns that signal off."""
+    return env.get(selector, "otlp").strip().lower() != "none"
+
+
+def settings_from(
+    env: Mapping[str, str],
+    endpoint: str | None = None,
+    protocol: str | None = None,
+    service: str | None = None,
+) -> OtlpSettings:
+    """Settings from the environment with the flags' values on top (flag > env > default)."""
+    chosen = (protocol or env.get(OTEL_EXPORTER_OTLP_PROTOCOL, "") or DEFAULT_PROTOCOL).strip()
+    if chosen not in PROTOCOLS:
+        source = "--otlp-protocol" if protocol else OTEL_EXPORTER_OTLP_PROTOCOL
+        msg = f"{source} must be {GRPC} or {HTTP}, not {chosen!r}"
+        raise ConfigError(msg)
+    endpoints = (
+        OTEL_EXPORTER_OTLP_ENDPOINT,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+        OTEL_EXPORTER_OTLP_LOGS_ENDPOINT,
+    )
+    wanted = bool(endpoint) or any(env.get(name, "").strip() for name in endpoints)
+    if env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
+        wanted = False
+    return OtlpSettings(
+        protocol=chosen,
+        endpoint=endpoint or None,
+        traces=wanted and _signal_on(env, OTEL_TRACES_EXPORTER),
+        metrics=wanted and _signal_on(env, OTEL_METRICS_EXPORTER),
+        logs=wanted and _signal_on(env, OTEL_LOGS_EXPORTER),
+        schedule_delay_s=_positive(env, OTEL_BSP_SCHEDULE_DELAY, DEFAULT_SCHEDULE_DELAY_MS) / 1000,
+        max_queue=int(_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE)),
+        batch_size=int(_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH)),
+        shutdown_timeout_s=_positive(env, OTEL_BSP_EXPORT_TIMEOUT, DEFAULT_SHUTDOWN_S * 1000)
+        / 1000,
+        metric_interval_ms=int(
+            _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS)
+        ),
+        fallback_service=service or env.get(OTEL_SERVICE_NAME, "").strip() or None,
+    )
+
+
+def _signal_url(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+@dataclass(frozen=True, slots=True)
+class Exporters:
+    """The SDK exporters for each signal that is on (metrics: one per meter provider)."""
+
+    spans: SpanExporter | None
+    logs: LogRecordExporter | None
+    metrics: Callable[[], MetricExporter] | None
+
+
+def build_exporters(settings: OtlpSettings) -> Exporters:
+    """The OTLP exporters the settings ask for; the SDK reads the rest of OTEL_* itself."""
+    base = settings.endpoint
+    if settings.protocol == GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # noqa: PLC0415
+            OTLPLogExporter as GrpcLogs,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter as GrpcMetrics,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter as GrpcSpans,
+        )
+
+        return Exporters(
+            spans=GrpcSpans(endpoint=base) if settings.traces else None,
+            logs=GrpcLogs(endpoint=base) if settings.logs else None,
+            metrics=(lambda: GrpcMetrics(endpoint=base)) if settings.metrics else None,
+        )
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
+        OTLPLogExporter as HttpLogs,
+    )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+        OTLPMetricExporter as HttpMetrics,
+    )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as HttpSpans,
+    )
+
+    traces = _signal_url(base, "/v1/traces") if base else None
+    metrics = _signal_url(base, "/v1/metrics") if base else None
+    logs = _signal_url(base, "/v1/logs") if base else None
+    return Exporters(
+        spans=HttpSpans(endpoint=traces) if settings.traces else None,
+        logs=HttpLogs(endpoint=logs) if settings.logs else None,
+        metrics=(lambda: HttpMetrics(endpoint=metrics)) if settings.metrics else None,
+    )
+
+
+def describe(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> str:
+    """Where OTLP goes, for the start-up line."""
+    env = os.environ if env is None else env
+    where = settings.endpoint or env.get(OTEL_EXPORTER_OTLP_ENDPOINT) or "per-signal endpoints"
+    signals = [
+        name
+        for name, on in (
+            ("spans", settings.traces),
+            ("metrics", settings.metrics),
+            ("logs", settings.logs),
+        )
+        if on
+    ]
+    return f"{', '.join(signals)} over OTLP ({settings.protocol}) to {where}"
+
+
+def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """None if the collector accepts a TCP connection, else why not (a warning, not an error).
+
+    A collector that is down at start may come up later; blocks are queued
+    meanwhile, so this only tells the user early.
+    """
+    env = os.environ if env is None else env
+    endpoint = (
+        settings.endpoint
+        or env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+        or env.get(OTEL_EXPORTER_OTLP_ENDPOINT)
+    )
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port or (
+            443 if parts.scheme == "https" else GRPC_PORT if settings.protocol == GRPC else 4318
+        )
+    except ValueError:
+        return f"bad endpoint {endpoint!r}"
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"

@@ -1,0 +1,271 @@
+"""The OpenTelemetry sink with the SDK's in-memory exporters and a scripted collector."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_blocksnoop.events import (
+    Activity,
+    Block,
+    Cause,
+    EndReason,
+    Frame,
+    LoopTimes,
+    ProcessIdentity,
+    Sleep,
+    ThreadKind,
+    ThreadTimes,
+)
+from otel_blocksnoop.otlp import Exporters, settings_from
+from otel_blocksnoop.sinks.otel import DeliveryQueue, OtelSink
+
+APP = ProcessIdentity(
+    pid=42,
+    service_name="checkout",
+    resource_attributes=(("deployment.environment", "prod"), ("service.name", "ignored")),
+    executable_path="/usr/bin/python3.11",
+    runtime_version="3.11",
+    instance_id="0c7d1f4e-0000-5000-8000-000000000001",
+)
+BLOCK = Block(
+    pid=42,
+    tid=43,
+    thread_name="loop",
+    start_ns=5_000_000_000,
+    end_ns=5_250_000_000,
+    start_unix_ns=1_700_000_000_000_000_000,
+    end_unix_ns=1_700_000_000_250_000_000,
+    threshold_ns=100_000_000,
+    thread_kind=ThreadKind.LOOP,
+    stack=(Frame("main", "/srv/app.py", 3), Frame("handler", "/srv/app.py", 12)),
+    source_lines=("main()", "subprocess.run(cmd)"),
+    call_site=Frame("handler", "/srv/app.py", 12),
+    samples=40,
+    samples_busy=48,
+    cause=Cause.SYSCALL,
+    syscall="wait4",
+    activity=Activity(
+        on_cpu_ns=2_000_000,
+        runq_ns=0,
+        sleep_ns=248_000_000,
+        sleeps=(Sleep("wait4", 248_000_000, 1),),
+        other_sleep_ns=0,
+        sibling_cpu_ns=0,
+    ),
+    process=APP,
+)
+SETTINGS = settings_from(
+    {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_BSP_SCHEDULE_DELAY": "10",
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+        "OTEL_BSP_EXPORT_TIMEOUT": "2000",
+    }
+)
+
+
+class CollectingMetrics(MetricExporter):
+    """Keeps every MetricsData it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(preferred_temporality={})
+        self.batches: list[MetricsData] = []
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        _ = timeout_millis, kwargs
+        self.batches.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        _ = timeout_millis
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        _ = timeout_millis, kwargs
+
+    def points(self, service: str) -> dict[str, list[Any]]:
+        """Data points per metric name, for the resource of ``service``."""
+        found: dict[str, list[Any]] = {}
+        for batch in self.batches:
+            for resource_metrics in batch.resource_metrics:
+                if resource_metrics.resource.attributes.get("service.name") != service:
+                    continue
+                for scope in resource_metrics.scope_metrics:
+                    for metric in scope.metrics:
+                        found.setdefault(metric.name, []).extend(metric.data.data_points)
+        return found
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]  # SDK
+        self.metrics: list[CollectingMetrics] = []
+        self.sink = OtelSink(Exporters(self.spans, self.logs, self._metrics), SETTINGS)
+
+    def _metrics(self) -> MetricExporter:
+        exporter = CollectingMetrics()
+        self.metrics.append(exporter)
+        return exporter
+
+    def points(self, service: str) -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {}
+        for exporter in self.metrics:
+            for name, points in exporter.points(service).items():
+                found.setdefault(name, []).extend(points)
+        return found
+
+
+def test_a_block_is_one_internal_span_with_the_contract_names_times_and_resource() -> None:
+    harness = Harness()
+    harness.sink.export(BLOCK)
+    harness.sink.shutdown()
+    (span,) = harness.spans.get_finished_spans()
+    assert span.name == "eventloop.block"
+    assert span.kind.name == "INTERNAL"
+    assert (span.start_time, span.end_time) == (BLOCK.start_unix_ns, BLOCK.end_unix_ns)
+    assert span.parent is None
+    attributes = dict(span.attributes or {})
+    assert attributes["process.pid"] == 42
+    assert attributes["thread.id"] == 43
+    assert attributes["thread.name"] == "loop"
+    assert attributes["code.function.name"] == "handler"
+    assert attributes["code.file.path"] == "/srv/app.py"
+    assert attributes["code.line.number"] == 12
+    assert str(attributes["code.stacktrace"]).endswith(
+        "line 12, in handler\n    subprocess.run(cmd)"
+    )
+    assert (attributes["blocksnoop.cause"], attributes["blocksnoop.syscall"]) == (
+        "syscall",
+        "wait4",
+    )
+    assert attributes["blocksnoop.end_reason"] == "returned"
+    resource = dict(span.resource.attributes)
+    # the app's own service name wins over the service.name in its resource attributes
+    assert resource["service.name"] == "checkout"
+    assert resource["deployment.environment"] == "prod"
+    assert resource["process.pid"] == 42
+    assert resource["process.runtime.version"] == "3.11"
+    assert resource["service.instance.id"] == APP.instance_id
+    assert "host.name" in resource
+
+
+def test_an_app_with_no_name_gets_the_fallback_then_the_unknown_service() -> None:
+    harness = Harness()
+    nameless = replace(BLOCK, process=replace(APP, service_name=None, resource_attributes=()))
+    harness.sink.export(replace(nameless, pid=7))
+    harness.sink.shutdown()
+    (span,) = harness.spans.get_finished_spans()
+    assert span.resource.attributes["service.name"] == "unknown_service:python"
+
+
+def test_a_cpu_block_has_no_syscall_and_a_block_without_stack_no_code_attributes() -> None:
+    harness = Harness()
+    harness.sink.export(replace(BLOCK, cause=Cause.CPU, syscall=None, stack=(), call_site=None))
+    harness.sink.shutdown()
+    attributes = dict(harness.spans.get_finished_spans()[0].attributes or {})
+    assert "blocksnoop.syscall" not in attributes
+    assert not {"code.stacktrace", "code.function.name"} & attributes.keys()
+
+
+def test_hang_reports_are_log_records_that_share_the_final_spans_trace_and_span_id() -> None:
+    # GIVEN a hang reported twice while it lasted, then its final block
+    harness = Harness()
+    so_far = replace(BLOCK, in_progress=True, end_unix_ns=BLOCK.start_unix_ns + 150_000_000)
+    harness.sink.export_hang(so_far)
+    harness.sink.export_hang(replace(so_far, end_unix_ns=BLOCK.start_unix_ns + 1_200_000_000))
+    harness.sink.export(replace(BLOCK, end_reason=EndReason.THREAD_EXITED))
+    harness.sink.shutdown()
+    # THEN both records point at the span the block got
+    (span,) = harness.spans.get_finished_spans()
+    records = [readable.log_record for readable in harness.logs.get_finished_logs()]
+    assert len(records) == 2
+    assert {(r.trace_id, r.span_id) for r in records} == {
+        (span.context.trace_id, span.context.span_id)
+    }
+    assert all(r.event_name == "eventloop.block.in_progress" for r in records)
+    assert "blocksnoop.end_reason" not in (records[0].attributes or {})
+    assert (span.attributes or {})["blocksnoop.end_reason"] == "thread_exited"
+
+
+def test_durations_go_to_a_histogram_in_seconds_and_loop_time_to_counters() -> None:
+    harness = Harness()
+    harness.sink.export(BLOCK)
+    times = ThreadTimes(pid=42, tid=43, iterations=1000, busy_ns=3 * 10**9, idle_ns=7 * 10**9)
+    harness.sink.export_loop_times(LoopTimes(threads=(times,), lost_events=0, identities=(APP,)))
+    harness.sink.shutdown()
+    points = harness.points("checkout")
+    (histogram,) = points["blocksnoop.eventloop.block.duration"]
+    assert histogram.count == 1
+    assert histogram.sum == 0.25
+    assert histogram.attributes == {"thread.id": 43, "blocksnoop.cause": "syscall"}
+    loop_time = {
+        p.attributes["blocksnoop.eventloop.state"]: p.value
+        for p in points["blocksnoop.eventloop.time"]
+    }
+    assert loop_time == {"busy": 3.0, "idle": 7.0}
+    assert points["blocksnoop.eventloop.iterations"][0].value == 1000
+
+
+class Outage(SpanExporter):
+    """A collector that refuses everything until ``up`` is set."""
+
+    def __init__(self) -> None:
+        self.up = threading.Event()
+        self.received: list[ReadableSpan] = []
+        self.refused = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not self.up.is_set():
+            self.refused += 1
+            return SpanExportResult.FAILURE
+        self.received.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def test_records_wait_in_the_queue_while_the_collector_is_away_then_all_arrive() -> None:
+    # GIVEN a collector that is down
+    collector = Outage()
+    queue: DeliveryQueue[ReadableSpan] = DeliveryQueue(
+        "spans", lambda batch: collector.export(batch) == SpanExportResult.SUCCESS, 10, 4
+    )
+    spans = [ReadableSpan(name=f"s{i}") for i in range(6)]
+    for span in spans:
+        queue.put(span)
+    # WHEN delivery fails, then the collector comes back
+    assert not queue.deliver(now=0.0)
+    assert not queue.deliver(now=0.1)  # still backing off: not even tried
+    assert collector.refused == 1
+    collector.up.set()
+    assert queue.deliver(now=10.0)
+    # THEN every span arrives, in order, and nothing was dropped
+    assert [s.name for s in collector.received] == [s.name for s in spans]
+    assert (queue.dropped, len(queue)) == (0, 0)
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_them() -> None:
+    collector = Outage()
+    queue: DeliveryQueue[ReadableSpan] = DeliveryQueue(
+        "spans", lambda batch: collector.export(batch) == SpanExportResult.SUCCESS, 3, 2
+    )
+    for index in range(5):
+        queue.put(ReadableSpan(name=f"s{index}"))
+    collector.up.set()
+    queue.deliver(now=0.0)
+    assert queue.dropped == 2
+    assert [s.name for s in collector.received] == ["s2", "s3", "s4"]
