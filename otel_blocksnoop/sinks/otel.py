@@ -91,6 +91,7 @@ class DeliveryQueue(Generic[T]):
         self._lock = threading.Lock()
         self.dropped = 0
         self.delivered = 0
+        self.in_flight = 0  # records handed to the exporter, not yet known delivered
         self._failures = 0
         self._retry_at = 0.0
         self._warned_full = False
@@ -124,11 +125,13 @@ class DeliveryQueue(Generic[T]):
                 batch = [self._items.popleft() for _ in range(min(self._batch, len(self._items)))]
             if not batch:
                 return True
+            self.in_flight = len(batch)
             try:
                 ok = self._export(batch)
             except Exception:
                 log.exception("failed to export %s", self.what)
                 ok = False
+            self.in_flight = 0
             if not ok:
                 self._requeue(batch, now)
                 return False
@@ -399,7 +402,7 @@ class OtelSink:
         for provider in providers:
             provider.shutdown(timeout_millis=self._timeout_ms())
         for queue in self._queues():
-            lost = queue.dropped + len(queue)
+            lost = queue.dropped + len(queue) + queue.in_flight
             if lost:
                 log.warning(
                     "failed to deliver %d %s over OTLP (%d delivered): the collector "
