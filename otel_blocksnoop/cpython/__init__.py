@@ -1,0 +1,99 @@
+"""CPython struct layouts per minor version, for reading another process's memory.
+
+The per-version modules (``v3_9`` ... ``v3_13``) are written by
+scripts/gen_cpython_offsets.py from each interpreter's own headers; this module
+holds the record they fill and the one place that picks a layout by version.
+Offsets are in bytes from the start of the struct; ``None`` marks a field the
+version does not have.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = ((3, 9), (3, 10), (3, 11), (3, 12), (3, 13))
+"""The CPython versions with a generated layout: listed here only."""
+
+
+@dataclass(frozen=True)
+class CPythonLayout:
+    """What the context reader needs to know about one CPython minor version."""
+
+    version: tuple[int, int]
+    # _PyRuntime -> interpreters -> thread states
+    runtime_interpreters_head: int
+    interp_next: int
+    interp_threads_head: int
+    tstate_next: int
+    tstate_interp: int
+    tstate_thread_id: int
+    tstate_native_thread_id: int | None
+    tstate_context: int
+    # objects and types
+    object_type: int
+    var_size: int
+    type_name: int
+    type_flags: int
+    type_base: int
+    type_basicsize: int
+    type_dictoffset: int
+    heaptype_cached_keys: int
+    # instance dicts: managed (3.11+), tagged values pointer (3.12), inline values (3.13)
+    tpflags_managed_dict: int
+    managed_dict_offset: int | None
+    managed_values_offset: int | None
+    managed_values_tagged: int
+    tpflags_inline_values: int
+    values_valid: int | None
+    values_items: int
+    # str (compact ASCII only)
+    unicode_length: int
+    unicode_state: int
+    unicode_ascii_data: int
+    unicode_ascii_mask: int
+    unicode_compact_mask: int
+    # tuple
+    tuple_items: int
+    # int
+    long_size: int
+    long_digits: int
+    long_lv_tag: int
+    long_non_size_bits: int
+    long_digit_bits: int
+    long_digit_size: int
+    # dict
+    dict_used: int
+    dict_keys: int
+    dict_values: int
+    keys_size: int | None
+    keys_log2_size: int | None
+    keys_log2_index_bytes: int | None
+    keys_kind: int | None
+    keys_kind_general: int | None
+    unicode_entry_size: int | None
+    unicode_entry_key: int | None
+    unicode_entry_value: int | None
+    keys_nentries: int
+    keys_indices: int
+    entry_size: int
+    entry_key: int
+    entry_value: int
+    # contextvars and their HAMT
+    context_vars: int
+    contextvar_name: int
+    hamt_root: int
+    bitmap_bitmap: int
+    bitmap_array: int
+    array_array: int
+    array_count: int
+    collision_array: int
+
+
+def layout_for(major: int, minor: int) -> CPythonLayout | None:
+    """The generated layout of CPython major.minor, or None when it has none."""
+    if (major, minor) not in SUPPORTED_VERSIONS:
+        return None
+    module = importlib.import_module(f"otel_blocksnoop.cpython.v{major}_{minor}")
+    layout: CPythonLayout = module.LAYOUT
+    return layout

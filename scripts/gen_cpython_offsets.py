@@ -1,0 +1,310 @@
+# ruff: noqa: INP001  (a script, not a package)
+"""Generate otel_blocksnoop/cpython/v3_X.py: the CPython layouts the context reader needs.
+
+For each supported minor version, compile a small C program against that
+interpreter's own headers (pyenv's ``versions/3.X.*/include/python3.X``, with
+``Py_BUILD_CORE`` for the internal ones), run it, and write what ``offsetof()``
+and ``sizeof()`` printed as one frozen ``CPythonLayout``. Nothing here is typed
+by hand except two structs that CPython does not install, mirrored below from
+its sources: the 3.9/3.10 dict keys (Objects/dict-common.h) and the HAMT nodes
+(Python/hamt.c, unchanged from 3.9 to 3.13 in release builds; 3.13's header
+has the bitmap node, and the program checks the mirror against it).
+
+USAGE: python scripts/gen_cpython_offsets.py [--pyenv-root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from otel_blocksnoop.cpython import SUPPORTED_VERSIONS, CPythonLayout  # noqa: E402
+
+OUT_DIR = ROOT / "otel_blocksnoop" / "cpython"
+
+# Objects/dict-common.h of CPython 3.9 and 3.10 (identical in both): not installed.
+DICT_COMMON_39 = """
+typedef struct {
+    Py_hash_t me_hash;
+    PyObject *me_key;
+    PyObject *me_value;
+} PyDictKeyEntry;
+typedef Py_ssize_t (*dict_lookup_func)(PyDictObject *, PyObject *, Py_hash_t, PyObject **);
+struct _dictkeysobject {
+    Py_ssize_t dk_refcnt;
+    Py_ssize_t dk_size;
+    dict_lookup_func dk_lookup;
+    Py_ssize_t dk_usable;
+    Py_ssize_t dk_nentries;
+    char dk_indices[];
+};
+"""
+
+# Python/hamt.c of CPython 3.9-3.13, release builds: not installed.
+HAMT_NODES = """
+typedef struct {
+    PyObject_HEAD
+    PyObject *a_array[32];
+    Py_ssize_t a_count;
+} MirrorHamtArray;
+typedef struct {
+    PyObject_VAR_HEAD
+    uint32_t b_bitmap;
+    PyObject *b_array[1];
+} MirrorHamtBitmap;
+typedef struct {
+    PyObject_VAR_HEAD
+    int32_t c_hash;
+    PyObject *c_array[1];
+} MirrorHamtCollision;
+"""
+
+C_PROGRAM = r"""
+#define Py_BUILD_CORE 1
+#include <Python.h>
+#include <stdio.h>
+#include <string.h>
+#include <stddef.h>
+#include "internal/pycore_runtime.h"
+#include "internal/pycore_interp.h"
+#include "internal/pycore_hamt.h"
+#include "internal/pycore_context.h"
+#if PY_MINOR_VERSION >= 11
+#include "internal/pycore_dict.h"
+#include "internal/pycore_object.h"
+#else
+DICT_COMMON
+#endif
+#if PY_MINOR_VERSION >= 12
+#include "internal/pycore_long.h"
+#endif
+HAMT_NODES
+#if PY_MINOR_VERSION >= 13
+_Static_assert(offsetof(PyHamtNode_Bitmap, b_array) == offsetof(MirrorHamtBitmap, b_array),
+               "hamt.c mirror");
+#endif
+
+#define P(name, value) printf("%s=%lld\n", name, (long long)(value))
+#define NONE(name) printf("%s=None\n", name)
+
+static long long state_mask(void (*set)(PyASCIIObject *)) {
+    PyASCIIObject o;
+    unsigned int word;
+    memset(&o, 0, sizeof o);
+    set(&o);
+    memcpy(&word, (char *)&o + offsetof(PyASCIIObject, state), sizeof word);
+    return word;
+}
+static void set_ascii(PyASCIIObject *o) { o->state.ascii = 1; }
+static void set_compact(PyASCIIObject *o) { o->state.compact = 1; }
+
+int main(void) {
+    PyObject fake;
+    P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
+    P("interp_next", offsetof(PyInterpreterState, next));
+#if PY_MINOR_VERSION >= 11
+    P("interp_threads_head", offsetof(PyInterpreterState, threads.head));
+#else
+    P("interp_threads_head", offsetof(PyInterpreterState, tstate_head));
+#endif
+    P("tstate_next", offsetof(PyThreadState, next));
+    P("tstate_interp", offsetof(PyThreadState, interp));
+    P("tstate_thread_id", offsetof(PyThreadState, thread_id));
+#if PY_MINOR_VERSION >= 11
+    P("tstate_native_thread_id", offsetof(PyThreadState, native_thread_id));
+#else
+    NONE("tstate_native_thread_id");
+#endif
+    P("tstate_context", offsetof(PyThreadState, context));
+
+    P("object_type", offsetof(PyObject, ob_type));
+    P("var_size", offsetof(PyVarObject, ob_size));
+    P("type_name", offsetof(PyTypeObject, tp_name));
+    P("type_flags", offsetof(PyTypeObject, tp_flags));
+    P("type_base", offsetof(PyTypeObject, tp_base));
+    P("type_basicsize", offsetof(PyTypeObject, tp_basicsize));
+    P("type_dictoffset", offsetof(PyTypeObject, tp_dictoffset));
+    P("heaptype_cached_keys", offsetof(PyHeapTypeObject, ht_cached_keys));
+
+#if PY_MINOR_VERSION == 12
+    P("tpflags_managed_dict", Py_TPFLAGS_MANAGED_DICT);
+    P("managed_dict_offset", (char *)_PyObject_DictOrValuesPointer(&fake) - (char *)&fake);
+#elif PY_MINOR_VERSION >= 11
+    P("tpflags_managed_dict", Py_TPFLAGS_MANAGED_DICT);
+    P("managed_dict_offset", (char *)_PyObject_ManagedDictPointer(&fake) - (char *)&fake);
+#else
+    P("tpflags_managed_dict", 0);
+    NONE("managed_dict_offset");
+#endif
+#if PY_MINOR_VERSION == 11
+    P("managed_values_offset", (char *)_PyObject_ValuesPointer(&fake) - (char *)&fake);
+#else
+    NONE("managed_values_offset");
+#endif
+#if PY_MINOR_VERSION == 12
+    P("managed_values_tagged", 1);
+#else
+    P("managed_values_tagged", 0);
+#endif
+#if PY_MINOR_VERSION >= 13
+    P("tpflags_inline_values", Py_TPFLAGS_INLINE_VALUES);
+    P("values_valid", offsetof(PyDictValues, valid));
+#else
+    P("tpflags_inline_values", 0);
+    NONE("values_valid");
+#endif
+#if PY_MINOR_VERSION >= 11
+    P("values_items", offsetof(PyDictValues, values));
+#else
+    P("values_items", 0);
+#endif
+
+    P("unicode_length", offsetof(PyASCIIObject, length));
+    P("unicode_state", offsetof(PyASCIIObject, state));
+    P("unicode_ascii_data", sizeof(PyASCIIObject));
+    P("unicode_ascii_mask", state_mask(set_ascii));
+    P("unicode_compact_mask", state_mask(set_compact));
+
+    P("tuple_items", offsetof(PyTupleObject, ob_item));
+
+#if PY_MINOR_VERSION >= 12
+    P("long_size", offsetof(PyLongObject, long_value.lv_tag));
+    P("long_digits", offsetof(PyLongObject, long_value.ob_digit));
+    P("long_lv_tag", 1);
+    P("long_non_size_bits", _PyLong_NON_SIZE_BITS);
+#else
+    P("long_size", offsetof(PyVarObject, ob_size));
+    P("long_digits", offsetof(PyLongObject, ob_digit));
+    P("long_lv_tag", 0);
+    P("long_non_size_bits", 0);
+#endif
+    P("long_digit_bits", PyLong_SHIFT);
+    P("long_digit_size", sizeof(digit));
+
+    P("dict_used", offsetof(PyDictObject, ma_used));
+    P("dict_keys", offsetof(PyDictObject, ma_keys));
+    P("dict_values", offsetof(PyDictObject, ma_values));
+#if PY_MINOR_VERSION >= 11
+    NONE("keys_size");
+    P("keys_log2_size", offsetof(PyDictKeysObject, dk_log2_size));
+    P("keys_log2_index_bytes", offsetof(PyDictKeysObject, dk_log2_index_bytes));
+    P("keys_kind", offsetof(PyDictKeysObject, dk_kind));
+    P("keys_kind_general", DICT_KEYS_GENERAL);
+    P("unicode_entry_size", sizeof(PyDictUnicodeEntry));
+    P("unicode_entry_key", offsetof(PyDictUnicodeEntry, me_key));
+    P("unicode_entry_value", offsetof(PyDictUnicodeEntry, me_value));
+#else
+    P("keys_size", offsetof(PyDictKeysObject, dk_size));
+    NONE("keys_log2_size");
+    NONE("keys_log2_index_bytes");
+    NONE("keys_kind");
+    NONE("keys_kind_general");
+    NONE("unicode_entry_size");
+    NONE("unicode_entry_key");
+    NONE("unicode_entry_value");
+#endif
+    P("keys_nentries", offsetof(PyDictKeysObject, dk_nentries));
+    P("keys_indices", offsetof(PyDictKeysObject, dk_indices));
+    P("entry_size", sizeof(PyDictKeyEntry));
+    P("entry_key", offsetof(PyDictKeyEntry, me_key));
+    P("entry_value", offsetof(PyDictKeyEntry, me_value));
+
+    P("context_vars", offsetof(PyContext, ctx_vars));
+    P("contextvar_name", offsetof(PyContextVar, var_name));
+    P("hamt_root", offsetof(PyHamtObject, h_root));
+    P("bitmap_bitmap", offsetof(MirrorHamtBitmap, b_bitmap));
+    P("bitmap_array", offsetof(MirrorHamtBitmap, b_array));
+    P("array_array", offsetof(MirrorHamtArray, a_array));
+    P("array_count", offsetof(MirrorHamtArray, a_count));
+    P("collision_array", offsetof(MirrorHamtCollision, c_array));
+    return 0;
+}
+"""
+
+
+def include_dir(pyenv_root: Path, minor: int) -> Path:
+    """The newest pyenv 3.<minor>.* headers."""
+    found = sorted(pyenv_root.glob(f"versions/3.{minor}.*/include/python3.{minor}"))
+    if not found:
+        raise SystemExit(f"failed to find headers for 3.{minor} under {pyenv_root}/versions")
+    return found[-1]
+
+
+def measure(headers: Path, work: Path) -> dict[str, int | None]:
+    """Compile and run the offsetof() program against one version's headers."""
+    source = work / "layout.c"
+    source.write_text(
+        C_PROGRAM.replace("DICT_COMMON", DICT_COMMON_39).replace("HAMT_NODES", HAMT_NODES)
+    )
+    binary = work / "layout"
+    subprocess.run(
+        [
+            "cc",
+            "-DNDEBUG",
+            "-Werror",
+            "-I",
+            str(headers),
+            "-I",
+            str(headers / "internal"),
+            "-o",
+            str(binary),
+            str(source),
+        ],
+        check=True,
+    )
+    out = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+    values: dict[str, int | None] = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        values[name] = None if value == "None" else int(value)
+    return values
+
+
+def render(minor: int, headers: Path, values: dict[str, int | None]) -> str:
+    fields = {f.name for f in dataclasses.fields(CPythonLayout)} - {"version"}
+    if set(values) != fields:
+        raise SystemExit(f"3.{minor}: fields differ: {sorted(set(values) ^ fields)}")
+    lines = [
+        f'"""CPython 3.{minor} layouts (from {headers.parent.parent.name} headers).',
+        "",
+        "Generated by scripts/gen_cpython_offsets.py, do not edit.",
+        '"""',
+        "",
+        "from otel_blocksnoop.cpython import CPythonLayout",
+        "",
+        "LAYOUT = CPythonLayout(",
+        f"    version=(3, {minor}),",
+    ]
+    lines.extend(
+        f"    {field.name}={values[field.name]},"
+        for field in dataclasses.fields(CPythonLayout)
+        if field.name != "version"
+    )
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_root = subprocess.run(
+        ["pyenv", "root"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    parser.add_argument("--pyenv-root", type=Path, default=Path(default_root))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, minor in SUPPORTED_VERSIONS:
+            headers = include_dir(args.pyenv_root, minor)
+            values = measure(headers, Path(tmp))
+            (OUT_DIR / f"v3_{minor}.py").write_text(render(minor, headers, values))
+            print(f"wrote v3_{minor}.py from {headers}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
