@@ -23,15 +23,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Literal, Self
+from typing import IO, ClassVar, Literal, Self
 
 import pytest
 
-from tests.otlp import HOST, OtlpReceiver, free_port
+from tests.otlp import HOST, WAIT_S, OtlpReceiver, free_port
 
 START_S = 15.0
 """Bound on rotel starting to listen."""
@@ -82,7 +83,9 @@ class Rotel:
         self.args = tuple(args)
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="rotel-")
-        self.log_path = Path(self._workdir.name) / "rotel.log"
+        self._lines: list[str] = []
+        self._lines_changed = threading.Condition()
+        self._reader: threading.Thread | None = None
 
     @property
     def grpc_endpoint(self) -> str:
@@ -112,13 +115,34 @@ class Rotel:
             "--pid-file",
             str(workdir / "rotel.pid"),
             "--log-file",
-            str(workdir / "rotel-daemon.log"),
+            str(workdir / "rotel.log"),
             *self.args,
         ]
 
     def log(self) -> str:
-        """What rotel wrote so far (stdout and stderr)."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What rotel wrote so far (stdout and stderr), across restarts."""
+        with self._lines_changed:
+            return "".join(self._lines)
+
+    def wait_for_log(self, needle: str, timeout: float = WAIT_S) -> str:
+        """The first line of rotel's output containing ``needle``; fail after ``timeout``."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [line for line in self._lines if needle in line]
+            return bool(found)
+
+        with self._lines_changed:
+            if self._lines_changed.wait_for(seen, timeout):
+                return found[0]
+        pytest.fail(f"rotel said nothing with {needle!r} within {timeout} s:\n{self.log()}")
+
+    def _read_output(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            with self._lines_changed:
+                self._lines.append(raw.decode(errors="replace"))
+                self._lines_changed.notify_all()
+        stream.close()
 
     def start(self) -> Self:
         """Start rotel; return once both of its ports accept connections."""
@@ -127,10 +151,14 @@ class Rotel:
         # ROTEL_* variables of the caller would silently change the flags' meaning.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")}
         env["NO_COLOR"] = "1"
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read_output, args=(self.process.stdout,), name="rotel-output", daemon=True
+        )
+        self._reader.start()
         try:
             deadline = time.monotonic() + START_S
             self._wait_for_port(self.grpc_port, deadline)
@@ -166,6 +194,9 @@ class Rotel:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_S)
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_S)
+            self._reader = None
         return process.returncode
 
     def __enter__(self) -> Self:
