@@ -244,3 +244,24 @@ def test_receiver_that_comes_up_late_gets_what_rotel_held() -> None:
             (got,) = receiver.wait_for_spans(1)
             assert got.span.name == "early"
         spans.shutdown()
+
+
+def test_rotel_restarts_on_the_same_ports(receiver: OtlpReceiver) -> None:
+    # GIVEN rotel, and an exporter that reached the receiver through it once
+    with Rotel(receiver, args=("--disable-batching",)) as collector:
+        spans = exporters(
+            "grpc", collector.grpc_endpoint, collector.http_endpoint, timeout=ACROSS_RESTART_S
+        ).spans
+        assert spans.export(some_spans("before")) == SpanExportResult.SUCCESS
+        receiver.wait_for_spans(1)
+        # WHEN rotel goes away
+        assert collector.stop() == 0
+        # THEN the exporter fails
+        assert spans.export(some_spans("while down")) == SpanExportResult.FAILURE
+        # WHEN rotel starts again
+        collector.start()
+        # THEN the same exporter reaches the receiver through it
+        assert spans.export(some_spans("after")) == SpanExportResult.SUCCESS
+        got = receiver.wait_for_spans(2)
+        assert [s.span.name for s in got] == ["before", "after"]
+        spans.shutdown()
