@@ -10,9 +10,10 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 setup:
 	@bash scripts/setup.sh
 
-## demo: launch a sample asyncio app that blocks its loop, watched from its start
+## demo: a sample asyncio app that blocks its loop, watched from its start, exporting
+## to a real OpenTelemetry collector (rotel) on 127.0.0.1; shows what the collector got
 demo: setup
-	$(VENV)/bin/otel-blocksnoop -t 20 -- $(PY) examples/demo_app.py
+	$(PY) examples/demo.py
 
 ## test: lint, type-check, then every test (integration tests need root)
 test: setup lint
