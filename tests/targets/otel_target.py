@@ -1,0 +1,134 @@
+"""Target app for the context reader: threads blocked inside known OpenTelemetry spans.
+
+Usage: otel_target.py --ready FIFO [--no-otel]
+
+Runs an asyncio loop on the main thread whose task blocks the loop (in
+``threading.Event.wait``) inside a span "request", with 40 other context
+variables set so the context's HAMT has several levels. Alongside, blocked
+threads: "worker" inside another span, "unsampled" inside a span its
+ALWAYS_OFF provider did not sample, "ended" after its span ended, "plain"
+that never touched OpenTelemetry. When all are blocked, one JSON line goes to
+the FIFO: {"pid", "python", "threads": {name: {"tid", "trace_id", "span_id",
+"trace_flags"}}} (ids only for threads inside a span). A line on stdin ends
+everything. With --no-otel, opentelemetry is never imported (only "loop" and
+"plain" run, without spans).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import json
+import sys
+import threading
+from typing import Any
+
+STOP = threading.Event()
+LOCK = threading.Lock()
+THREADS: dict[str, dict[str, Any]] = {}
+EXTRA_VARS: list[contextvars.ContextVar[int]] = [
+    contextvars.ContextVar(f"extra_{i}") for i in range(40)
+]
+
+
+def note(name: str, span: Any = None) -> None:
+    entry: dict[str, Any] = {"tid": threading.get_native_id()}
+    if span is not None:
+        context = span.get_span_context()
+        entry.update(
+            trace_id=context.trace_id, span_id=context.span_id, trace_flags=context.trace_flags
+        )
+    with LOCK:
+        THREADS[name] = entry
+
+
+def tracer(*, sampled: bool) -> Any:
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON  # noqa: PLC0415
+
+    return TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF).get_tracer("otel_target")
+
+
+def in_span(name: str, sampled: bool, started: threading.Event) -> None:
+    with tracer(sampled=sampled).start_as_current_span(name) as span:
+        note(name, span)
+        started.set()
+        STOP.wait()
+
+
+def after_span(started: threading.Event) -> None:
+    with tracer(sampled=True).start_as_current_span("finished"):
+        pass
+    note("ended")
+    started.set()
+    STOP.wait()
+
+
+def plain(started: threading.Event) -> None:
+    note("plain")
+    started.set()
+    STOP.wait()
+
+
+async def handler(use_otel: bool, others_started: list[threading.Event], fifo: str) -> None:
+    for i, var in enumerate(EXTRA_VARS):
+        var.set(i)
+
+    def block() -> None:
+        for event in others_started:
+            event.wait()
+        with LOCK:
+            ready = {"pid": _pid(), "python": sys.version.split()[0], "threads": THREADS}
+        with open(fifo, "w") as out:  # noqa: PTH123
+            out.write(json.dumps(ready) + "\n")
+        STOP.wait()  # the loop is blocked here, inside the span
+
+    if use_otel:
+        with tracer(sampled=True).start_as_current_span("request") as span:
+            note("loop", span)
+            block()
+    else:
+        note("loop")
+        block()
+
+
+def _pid() -> int:
+    import os  # noqa: PLC0415
+
+    return os.getpid()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ready", required=True)
+    parser.add_argument("--no-otel", action="store_true")
+    args = parser.parse_args()
+    use_otel = not args.no_otel
+    targets: list[tuple[Any, tuple[Any, ...]]] = [(plain, ())]
+    if use_otel:
+        targets += [
+            (in_span, ("worker", True)),
+            (in_span, ("unsampled", False)),
+            (after_span, ()),
+        ]
+    started = []
+    for function, function_args in targets:
+        event = threading.Event()
+        started.append(event)
+        threading.Thread(target=function, args=(*function_args, event), daemon=True).start()
+
+    def stop_on_stdin() -> None:
+        sys.stdin.readline()
+        STOP.set()
+
+    threading.Thread(target=stop_on_stdin, daemon=True).start()
+
+    async def run() -> None:
+        await asyncio.get_running_loop().create_task(handler(use_otel, started, args.ready))
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
