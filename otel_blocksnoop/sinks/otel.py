@@ -321,7 +321,11 @@ class OtelSink:
         meters = self._process_meters(block.pid, resource)
         if meters is not None:
             labels: Attributes = {names.THREAD_ID: block.tid, names.CAUSE: str(block.cause)}
-            meters.duration.record(seconds(block.duration_ns), labels)
+            # In the span's context, so the point carries an exemplar pointing at it.
+            in_span = trace.set_span_in_context(
+                trace.NonRecordingSpan(_span_context(trace_id, span_id))
+            )
+            meters.duration.record(seconds(block.duration_ns), labels, context=in_span)
             meters.blocks.add(1, labels)
 
     def export_hang(self, block: Block) -> None:

@@ -214,6 +214,10 @@ def test_durations_go_to_a_histogram_in_seconds_and_loop_time_to_counters() -> N
     assert histogram.count == 1
     assert histogram.sum == 0.25
     assert histogram.attributes == {"thread.id": 43, "blocksnoop.cause": "syscall"}
+    # the point's exemplar leads to the block's span
+    (span,) = harness.spans.get_finished_spans()
+    (exemplar,) = histogram.exemplars
+    assert (exemplar.trace_id, exemplar.span_id) == (span.context.trace_id, span.context.span_id)
     loop_time = {
         p.attributes["blocksnoop.eventloop.state"]: p.value
         for p in points["blocksnoop.eventloop.time"]
