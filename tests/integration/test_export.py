@@ -300,3 +300,35 @@ def test_a_collector_that_never_comes_back_costs_a_warning_not_a_hang(tmp_path: 
     undelivered = [line for line in result.stderr.splitlines() if "failed to deliver" in line]
     assert len(undelivered) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_two_watched_apps_are_two_resources_each_named_by_itself(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    # GIVEN two apps, each with its own OTEL_SERVICE_NAME, watched by one sidecar
+    first = Target(tmp_path / "a", "sleep", env={"OTEL_SERVICE_NAME": "orders"})
+    second = Target(tmp_path / "b", "cpu", env={"OTEL_SERVICE_NAME": "payments"})
+    try:
+        with OtlpReceiver() as receiver:
+            env = otlp_env(receiver.http_endpoint, "http/protobuf")
+            run = Running(["-t", "50", str(first.pid), str(second.pid)], env)
+            running.append(run)
+            run.wait_attached()
+            # WHEN each blocks once and exits
+            first.go()
+            second.go()
+            code, _, stderr = run.finish()
+            assert code == 0, stderr
+            spans = receiver.wait_for_spans(2)
+    finally:
+        first.stop()
+        second.stop()
+    # THEN each span sits under its own app's resource
+    by_pid = {s.resource["process.pid"]: s for s in spans}
+    assert by_pid[first.pid].resource["service.name"] == "orders"
+    assert by_pid[second.pid].resource["service.name"] == "payments"
+    assert attributes(by_pid[second.pid].span.attributes)["blocksnoop.cause"] == "cpu"
+    assert (
+        by_pid[first.pid].resource["service.instance.id"]
+        != by_pid[second.pid].resource["service.instance.id"]
+    )
