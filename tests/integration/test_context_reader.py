@@ -1,0 +1,217 @@
+"""The context reader against real processes, on every CPython 3.9-3.13 found here.
+
+Each target (tests/targets/otel_target.py) blocks several threads, some inside
+OpenTelemetry spans, and says which ids it expects; the reader, from this
+process, must find exactly those ids, or None where no span is active.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_blocksnoop.context_reader import ContextReader, SpanRef
+from tests.helpers import IN_CI, TARGETS
+
+pytestmark = pytest.mark.integration
+
+OTEL_TARGET = TARGETS / "otel_target.py"
+MINORS = (9, 10, 11, 12, 13)
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
+
+
+def pyenv_python(minor: int) -> Path | None:
+    """The newest pyenv CPython 3.<minor>, if pyenv has one."""
+    try:
+        root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = sorted(Path(root, "versions").glob(f"3.{minor}.*/bin/python3"))
+    return found[-1] if found else None
+
+
+def otel_venv(minor: int) -> Path:
+    """A venv of pyenv's 3.<minor> with opentelemetry-sdk, made once and kept in the cache."""
+    base = pyenv_python(minor)
+    if base is None:
+        pytest.skip(f"no CPython 3.{minor} under pyenv")
+    venv = CACHE / "targets" / f"py3.{minor}"
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import opentelemetry.sdk.trace"]
+    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+        return python
+    try:
+        subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "opentelemetry-sdk"], check=True
+        )
+    except subprocess.CalledProcessError as error:
+        if IN_CI:
+            pytest.fail(f"failed to install opentelemetry-sdk for 3.{minor}: {error}")
+        pytest.skip(f"cannot install opentelemetry-sdk for 3.{minor}: {error}")
+    return python
+
+
+@pytest.fixture(scope="session", params=MINORS, ids=[f"py3.{m}" for m in MINORS])
+def otel_python(request: pytest.FixtureRequest) -> Path:
+    minor: int = request.param
+    return otel_venv(minor)
+
+
+@contextmanager
+def running_target(tmp_path: Path, python: Path | str, *args: str) -> Iterator[dict[str, Any]]:
+    """The target, with all its threads blocked, and what it says each one has."""
+    fifo = tmp_path / "ready.fifo"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(
+        [str(python), str(OTEL_TARGET), "--ready", str(fifo), *args],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with fifo.open() as ready:
+            info: dict[str, Any] = json.loads(ready.readline())
+        assert info["pid"] == process.pid
+        yield info
+    finally:
+        assert process.stdin is not None
+        process.stdin.write("stop\n")
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def expected(thread: dict[str, Any]) -> SpanRef:
+    return SpanRef(
+        trace_id=thread["trace_id"], span_id=thread["span_id"], trace_flags=thread["trace_flags"]
+    )
+
+
+def test_reads_the_span_each_thread_is_blocked_in(otel_python: Path, tmp_path: Path) -> None:
+    # GIVEN a target whose loop thread (inside an asyncio task, with 40 other
+    # context variables) and a worker thread are blocked in two different spans
+    with running_target(tmp_path, otel_python) as target:
+        threads = target["threads"]
+        reader = ContextReader(target["pid"])
+        assert reader.unsupported is None
+
+        # WHEN the reader looks at each thread from outside
+        loop = reader.active_span(threads["loop"]["tid"])
+        worker = reader.active_span(threads["worker"]["tid"])
+
+        # THEN each thread gets its own span, ids exact
+        assert loop == expected(threads["loop"])
+        assert worker == expected(threads["worker"])
+        assert loop != worker
+        assert loop.sampled
+
+
+def test_an_unsampled_span_keeps_its_flags(otel_python: Path, tmp_path: Path) -> None:
+    # GIVEN a thread blocked in a span its ALWAYS_OFF sampler did not sample
+    with running_target(tmp_path, otel_python) as target:
+        thread = target["threads"]["unsampled"]
+
+        # WHEN the reader reads it
+        span = ContextReader(target["pid"]).active_span(thread["tid"])
+
+        # THEN the ids are there, and the sampled flag is not
+        assert span == expected(thread)
+        assert not span.sampled
+
+
+def test_no_span_where_none_is_active(otel_python: Path, tmp_path: Path) -> None:
+    # GIVEN a thread whose span has ended and a thread that never used OpenTelemetry
+    with running_target(tmp_path, otel_python) as target:
+        reader = ContextReader(target["pid"])
+
+        # WHEN the reader reads them, and a TID that is not in the process
+        ended = reader.active_span(target["threads"]["ended"]["tid"])
+        plain = reader.active_span(target["threads"]["plain"]["tid"])
+        stranger = reader.active_span(os.getpid())
+
+        # THEN there is no span, and no error
+        assert (ended, plain, stranger) == (None, None, None)
+
+
+@pytest.mark.parametrize("minor", MINORS, ids=[f"py3.{m}" for m in MINORS])
+def test_a_process_without_opentelemetry(minor: int, tmp_path: Path) -> None:
+    # GIVEN a plain interpreter (no opentelemetry importable) blocking its loop
+    python = pyenv_python(minor)
+    if python is None:
+        pytest.skip(f"no CPython 3.{minor} under pyenv")
+    with running_target(tmp_path, python, "--no-otel") as target:
+        reader = ContextReader(target["pid"])
+
+        # WHEN the reader reads its threads
+        spans = [reader.active_span(thread["tid"]) for thread in target["threads"].values()]
+
+        # THEN it is supported, and finds nothing
+        assert reader.unsupported is None
+        assert spans == [None] * len(spans)
+
+
+def test_debian_python_without_pie(tmp_path: Path) -> None:
+    # GIVEN Debian's non-PIE /usr/bin/python3 (symbols in the executable itself)
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("no /usr/bin/python3")
+    with running_target(tmp_path, python, "--no-otel") as target:
+        # WHEN the reader attaches
+        reader = ContextReader(target["pid"])
+
+        # THEN it finds the interpreter and reads no span, without error
+        assert reader.unsupported is None
+        assert reader.active_span(target["threads"]["loop"]["tid"]) is None
+        assert reader.reads > 0
+
+
+def test_not_python_is_unsupported_once(caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a process that is not Python
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        # WHEN a reader is made for it
+        reader = ContextReader(process.pid)
+
+        # THEN it says why, warns once, and reads nothing
+        assert reader.unsupported is not None
+        assert "not a CPython interpreter" in reader.unsupported
+        assert reader.active_span(process.pid) is None
+        assert len([r for r in caplog.records if "trace links disabled" in r.message]) == 1
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_target_that_exits_gives_none(otel_python: Path, tmp_path: Path) -> None:
+    # GIVEN a reader made while the target ran
+    with running_target(tmp_path, otel_python) as target:
+        reader = ContextReader(target["pid"])
+        tid = target["threads"]["loop"]["tid"]
+        assert reader.active_span(tid) is not None
+
+    # WHEN the target has exited
+    span = reader.active_span(tid)
+
+    # THEN the read gives None, and raises nothing
+    assert span is None
+
+
+def test_the_sidecar_interpreter_itself(tmp_path: Path) -> None:
+    # GIVEN the sidecar's own interpreter (it has opentelemetry-sdk) as a target
+    with running_target(tmp_path, sys.executable) as target:
+        threads = target["threads"]
+
+        # WHEN the reader reads the loop thread
+        span = ContextReader(target["pid"]).active_span(threads["loop"]["tid"])
+
+        # THEN the ids are exact
+        assert span == expected(threads["loop"])
