@@ -215,3 +215,16 @@ def test_the_sidecar_interpreter_itself(tmp_path: Path) -> None:
 
         # THEN the ids are exact
         assert span == expected(threads["loop"])
+
+
+def test_a_uvloop_loop(tmp_path: Path) -> None:
+    # GIVEN the sidecar's interpreter (it has uvloop) running the target on uvloop
+    pytest.importorskip("uvloop")
+    with running_target(tmp_path, sys.executable, "--uvloop") as target:
+        threads = target["threads"]
+
+        # WHEN the reader reads the loop thread, blocked in a task's span
+        span = ContextReader(target["pid"]).active_span(threads["loop"]["tid"])
+
+        # THEN the ids are exact: uvloop runs callbacks in their context like asyncio
+        assert span == expected(threads["loop"])

@@ -1,6 +1,6 @@
 """Target app for the context reader: threads blocked inside known OpenTelemetry spans.
 
-Usage: otel_target.py --ready FIFO [--no-otel]
+Usage: otel_target.py --ready FIFO [--no-otel] [--uvloop]
 
 Runs an asyncio loop on the main thread whose task blocks the loop (in
 ``threading.Event.wait``) inside a span "request", with 40 other context
@@ -11,7 +11,7 @@ that never touched OpenTelemetry. When all are blocked, one JSON line goes to
 the FIFO: {"pid", "python", "threads": {name: {"tid", "trace_id", "span_id",
 "trace_flags"}}} (ids only for threads inside a span). A line on stdin ends
 everything. With --no-otel, opentelemetry is never imported (only "loop" and
-"plain" run, without spans).
+"plain" run, without spans). With --uvloop, the loop is uvloop's.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ready", required=True)
     parser.add_argument("--no-otel", action="store_true")
+    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
     use_otel = not args.no_otel
     targets: list[tuple[Any, tuple[Any, ...]]] = [(plain, ())]
@@ -127,7 +128,12 @@ def main() -> None:
     async def run() -> None:
         await asyncio.get_running_loop().create_task(handler(use_otel, started, args.ready))
 
-    asyncio.run(run())
+    if args.uvloop:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 if __name__ == "__main__":
