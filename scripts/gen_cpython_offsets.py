@@ -10,7 +10,10 @@ its sources: the 3.9/3.10 dict keys (Objects/dict-common.h) and the HAMT nodes
 (Python/hamt.c, unchanged from 3.9 to 3.13 in release builds; 3.13's header
 has the bitmap node, and the program checks the mirror against it).
 
-USAGE: python scripts/gen_cpython_offsets.py [--pyenv-root DIR]
+USAGE: python scripts/gen_cpython_offsets.py [--pyenv-root DIR] [--check]
+
+With --check, nothing is written: the exit status is 1 when a committed module
+differs from what the headers give now.
 """
 
 from __future__ import annotations
@@ -297,13 +300,26 @@ def main() -> None:
         ["pyenv", "root"], capture_output=True, text=True, check=True
     ).stdout.strip()
     parser.add_argument("--pyenv-root", type=Path, default=Path(default_root))
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed modules, write nothing"
+    )
     args = parser.parse_args()
+    stale = []
     with tempfile.TemporaryDirectory() as tmp:
         for _, minor in SUPPORTED_VERSIONS:
             headers = include_dir(args.pyenv_root, minor)
             values = measure(headers, Path(tmp))
-            (OUT_DIR / f"v3_{minor}.py").write_text(render(minor, headers, values))
-            print(f"wrote v3_{minor}.py from {headers}")  # noqa: T201
+            module = OUT_DIR / f"v3_{minor}.py"
+            text = render(minor, headers, values)
+            if args.check:
+                if not module.exists() or module.read_text() != text:
+                    stale.append(module.name)
+                continue
+            module.write_text(text)
+            print(f"wrote {module.name} from {headers}")  # noqa: T201
+    if stale:
+        print(f"out of date: {', '.join(stale)}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,7 +29,8 @@ from otel_blocksnoop.remote_memory import (
     pthread_tid_offset,
 )
 
-CPYTHON_DIR = Path(__file__).resolve().parents[2] / "otel_blocksnoop" / "cpython"
+ROOT = Path(__file__).resolve().parents[2]
+CPYTHON_DIR = ROOT / "otel_blocksnoop" / "cpython"
 
 # Seen on this machine by another means (ENVIRONMENT.md): the generator must agree.
 CROSS_CHECK = {
@@ -237,3 +240,20 @@ def test_layout_fields_are_all_ints_or_none() -> None:
         for field in dataclasses.fields(layout):
             value = getattr(layout, field.name)
             assert value is None or isinstance(value, (int, tuple)), field.name
+
+
+def test_the_generated_modules_are_up_to_date() -> None:
+    # GIVEN pyenv's headers and a C compiler
+    if shutil.which("pyenv") is None or shutil.which("cc") is None:
+        pytest.skip("needs pyenv's CPython headers and a C compiler")
+
+    # WHEN the generator compares its output with the committed modules
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_cpython_offsets.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    # THEN nothing differs
+    assert result.returncode == 0, result.stderr
