@@ -130,6 +130,8 @@ class ContextReader:
             self._locate()
         except OSError as error:
             self.unsupported = f"cannot inspect process {pid}: {error}"
+        except Exception as error:  # a corrupt or odd file must not take the caller down  # noqa: BLE001
+            self.unsupported = f"cannot read the interpreter of process {pid}: {error!r}"
         if self.unsupported is not None:
             log.warning("trace links disabled for process %d: %s", pid, self.unsupported)
 
@@ -163,10 +165,37 @@ class ContextReader:
             return
         self._runtime = base + runtime
         self._image = [(m.start, m.end) for m in mappings if m.path == image]
+        self.unsupported = self._version_mismatch(elf, base, (major, minor))
+        if self.unsupported is not None:
+            return
         if self.layout.tstate_native_thread_id is None:
             self._tid_offset = pthread_tid_offset()
             if self._tid_offset is None:
                 self.unsupported = "cannot find the TID in glibc's struct pthread"
+            elif not self._thread_ids_match(self.layout):
+                self.unsupported = "no thread state maps to a TID (another glibc?)"
+
+    def _version_mismatch(self, elf: ElfSymbols, base: int, version: tuple[int, int]) -> str | None:
+        """3.11+ has Py_Version (PY_VERSION_HEX): it must agree with the file name."""
+        symbol = elf.symbol("Py_Version")
+        hex_version = self._memory.u32(base + symbol) if symbol is not None else None
+        if hex_version is None:
+            return None
+        found = (hex_version >> 24, hex_version >> 16 & 0xFF)
+        return None if found == version else f"Py_Version says {found[0]}.{found[1]}"
+
+    def _thread_ids_match(self, layout: CPythonLayout) -> bool:
+        """3.9/3.10: some thread state's pthread holds a TID of the process, as it must."""
+        tids = {int(t.name) for t in Path(f"/proc/{self.pid}/task").iterdir()}
+        interp = self._memory.pointer(self._runtime + layout.runtime_interpreters_head)
+        tstate = self._memory.pointer(interp + layout.interp_threads_head) if interp else None
+        for _ in range(MAX_THREADS):
+            if not tstate or not plausible_pointer(tstate):
+                return False
+            if self._native_id(layout, tstate) in tids:
+                return True
+            tstate = self._memory.pointer(tstate + layout.tstate_next)
+        return False
 
     @property
     def reads(self) -> int:
