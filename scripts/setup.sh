@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 AUSTIN_VERSION="4.0.0"
-DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip)
+DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip docker-compose)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
