@@ -228,3 +228,20 @@ def test_a_uvloop_loop(tmp_path: Path) -> None:
 
         # THEN the ids are exact: uvloop runs callbacks in their context like asyncio
         assert span == expected(threads["loop"])
+
+
+def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
+    otel_python: Path, tmp_path: Path
+) -> None:
+    # GIVEN a thread entering and leaving 8 known spans as fast as it can
+    known = {SpanRef(0x1000 + i, 0x2000 + i, 1) for i in range(8)}
+    with running_target(tmp_path, otel_python, "--churn") as target:
+        reader = ContextReader(target["pid"])
+        tid = target["threads"]["churn"]["tid"]
+
+        # WHEN its span is read many times while it changes
+        spans = [reader.active_span(tid) for _ in range(500)]
+
+        # THEN every answer is one of its spans, or None; never anything else
+        assert set(spans) - {None} <= known
+        assert set(spans) - {None}, "some reads must succeed"

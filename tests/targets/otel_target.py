@@ -1,6 +1,6 @@
 """Target app for the context reader: threads blocked inside known OpenTelemetry spans.
 
-Usage: otel_target.py --ready FIFO [--no-otel] [--uvloop]
+Usage: otel_target.py --ready FIFO [--no-otel] [--uvloop] [--churn]
 
 Runs an asyncio loop on the main thread whose task blocks the loop (in
 ``threading.Event.wait``) inside a span "request", with 40 other context
@@ -11,7 +11,9 @@ that never touched OpenTelemetry. When all are blocked, one JSON line goes to
 the FIFO: {"pid", "python", "threads": {name: {"tid", "trace_id", "span_id",
 "trace_flags"}}} (ids only for threads inside a span). A line on stdin ends
 everything. With --no-otel, opentelemetry is never imported (only "loop" and
-"plain" run, without spans). With --uvloop, the loop is uvloop's.
+"plain" run, without spans). With --uvloop, the loop is uvloop's. With --churn, one more thread,
+"churn", enters and leaves 8 known spans (trace id 0x1000+i, span id 0x2000+i)
+as fast as it can, so that its context changes under the reader all the time.
 """
 
 from __future__ import annotations
@@ -65,6 +67,28 @@ def after_span(started: threading.Event) -> None:
     STOP.wait()
 
 
+CHURN_SPANS = 8
+
+
+def churn(started: threading.Event) -> None:
+    from opentelemetry import trace  # noqa: PLC0415
+
+    spans = [
+        trace.NonRecordingSpan(
+            trace.SpanContext(
+                0x1000 + i, 0x2000 + i, is_remote=False, trace_flags=trace.TraceFlags(1)
+            )
+        )
+        for i in range(CHURN_SPANS)
+    ]
+    note("churn")
+    started.set()
+    while not STOP.is_set():
+        for span in spans:
+            with trace.use_span(span):
+                pass
+
+
 def plain(started: threading.Event) -> None:
     note("plain")
     started.set()
@@ -104,6 +128,7 @@ def main() -> None:
     parser.add_argument("--ready", required=True)
     parser.add_argument("--no-otel", action="store_true")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--churn", action="store_true")
     args = parser.parse_args()
     use_otel = not args.no_otel
     targets: list[tuple[Any, tuple[Any, ...]]] = [(plain, ())]
@@ -113,6 +138,8 @@ def main() -> None:
             (in_span, ("unsampled", False)),
             (after_span, ()),
         ]
+    if use_otel and args.churn:
+        targets.append((churn, ()))
     started = []
     for function, function_args in targets:
         event = threading.Event()
