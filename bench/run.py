@@ -10,11 +10,15 @@ overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
           and iterations/s of a tight asyncio.sleep(0) loop, with and without
           the sidecar in alternating rounds; the sidecar's own CPU and RSS
           while the server idles and under load.
+export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
+          direct and through rotel), and a storm of 100 blocks/s for 5
+          minutes: sidecar CPU, RSS, spans dropped.
 
 Each section is printed as markdown and written to bench/results/ with the
 raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
 
-USAGE: run.py [--quick] [--only accuracy|overhead] [--rounds N] [--round-seconds S]
+USAGE: run.py [--quick] [--only accuracy|overhead|export] [--rounds N] [--round-seconds S]
+              [--export-storm-seconds S]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING
 
 # The script's own directory is on sys.path, so the package beside it imports.
 from blocksnoop_bench.accuracy import run_accuracy
+from blocksnoop_bench.export import ExportConfig, run_export
 from blocksnoop_bench.overhead import OverheadConfig, run_overhead
 from blocksnoop_bench.procs import REPO, BenchError, Child, Neighbours
 
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
     from blocksnoop_bench.report import Section
 
 RESULTS = REPO / "bench" / "results"
-BENCHMARKS = ("accuracy", "overhead")
+BENCHMARKS = ("accuracy", "overhead", "export")
 QUIET_PATIENCE_S = 180.0
 """Total time the overhead run may wait for other people's work to end."""
 FOREIGN_CPU_LIMIT_PCT = 10.0
@@ -55,6 +60,7 @@ examples:
   run.py --quick               # short smoke run of everything (~1 minute)
   run.py --only accuracy       # detection accuracy only
   run.py --only overhead --rounds 20  # more A/B rounds for a tighter median
+  run.py --only export         # OTLP export latency and a 5-minute storm (~8 minutes)
 """
 
 
@@ -73,6 +79,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--idle-seconds", type=positive_int, help="idle sidecar measurement (default 30, quick 3)"
+    )
+    parser.add_argument(
+        "--export-storm-seconds",
+        type=positive_int,
+        help="export storm length (default 300, quick 30)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     return parser.parse_args(argv)
@@ -150,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                 neighbours=neighbours,
             )
             _write(run_overhead(config), header, args.results)
+        if "export" in selected:
+            export = ExportConfig(
+                latency_blocks=30 if args.quick else 200,
+                storm_s=args.export_storm_seconds or (30 if args.quick else 300),
+                raw_dir=raw,
+                neighbours=neighbours,
+            )
+            _write(run_export(export), header, args.results)
     except BenchError as exc:
         sys.stderr.write(f"bench: {exc}\n")
         return 1
