@@ -75,4 +75,5 @@ def test_console_output_is_one_aligned_line_per_block_and_a_summary() -> None:
     assert lines[-1].startswith("--- 7 blocks in ")
     assert lines[-1].endswith(" loop iterations")
     assert "compiling and loading the BPF program" in result.stderr
+    assert "OTLP export is off (set OTEL_EXPORTER_OTLP_ENDPOINT" in result.stderr
     assert "watching for blocks >= 50 ms" in result.stderr
