@@ -10,6 +10,12 @@ overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
           and iterations/s of a tight asyncio.sleep(0) loop, with and without
           the sidecar in alternating rounds; the sidecar's own CPU and RSS
           while the server idles and under load.
+attribution
+          launch mode, one run per block length (2-100 ms), threshold D/2,
+          seven kinds of block (sleep, cpu, hashlib, read, subprocess, lock,
+          gil); the reported call site and cause against the app's own truth.
+storm     launch mode at -t 10, 50 blocks/s for 10 minutes (quick: 1): the
+          sidecar's RSS (and its Austin processes') over time, CPU, lost events.
 export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
           direct and through rotel), and a storm of 100 blocks/s for 5
           minutes: sidecar CPU, RSS, spans dropped.
@@ -17,7 +23,8 @@ export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
 Each section is printed as markdown and written to bench/results/ with the
 raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
 
-USAGE: run.py [--quick] [--only accuracy|overhead|export] [--rounds N] [--round-seconds S]
+USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export] [--rounds N]
+              [--round-seconds S] [--python PATH ...]
               [--export-storm-seconds S]
 """
 
@@ -36,9 +43,11 @@ from typing import TYPE_CHECKING
 
 # The script's own directory is on sys.path, so the package beside it imports.
 from blocksnoop_bench.accuracy import run_accuracy
+from blocksnoop_bench.attribution import run_attribution
 from blocksnoop_bench.export import ExportConfig, run_export
 from blocksnoop_bench.overhead import OverheadConfig, run_overhead
-from blocksnoop_bench.procs import REPO, BenchError, Child, Neighbours
+from blocksnoop_bench.procs import PYTHON, REPO, BenchError, Child, Neighbours
+from blocksnoop_bench.storm import run_storm
 
 from otel_blocksnoop.cli import positive_int
 
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
     from blocksnoop_bench.report import Section
 
 RESULTS = REPO / "bench" / "results"
-BENCHMARKS = ("accuracy", "overhead", "export")
+BENCHMARKS = ("accuracy", "overhead", "attribution", "storm", "export")
 QUIET_PATIENCE_S = 180.0
 """Total time the overhead run may wait for other people's work to end."""
 FOREIGN_CPU_LIMIT_PCT = 10.0
@@ -60,6 +69,9 @@ examples:
   run.py --quick               # short smoke run of everything (~1 minute)
   run.py --only accuracy       # detection accuracy only
   run.py --only overhead --rounds 20  # more A/B rounds for a tighter median
+  run.py --only attribution --python $(pyenv root)/versions/3.9.18/bin/python3
+                               # call sites and causes in a Python 3.9 target
+  run.py --only storm          # memory under 50 blocks/s for 10 minutes
   run.py --only export         # OTLP export latency and a 5-minute storm (~8 minutes)
 """
 
@@ -84,6 +96,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         "--export-storm-seconds",
         type=positive_int,
         help="export storm length (default 300, quick 30)",
+    )
+    parser.add_argument(
+        "--python",
+        nargs="+",
+        default=[PYTHON],
+        help="interpreter(s) for the attribution and storm targets (default: this one)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     return parser.parse_args(argv)
@@ -161,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                 neighbours=neighbours,
             )
             _write(run_overhead(config), header, args.results)
+        if "attribution" in selected:
+            for python in args.python:
+                _write(run_attribution(args.quick, raw, neighbours, python), header, args.results)
+        if "storm" in selected:
+            _write(run_storm(args.quick, raw, args.python[0]), header, args.results)
         if "export" in selected:
             export = ExportConfig(
                 latency_blocks=30 if args.quick else 200,
