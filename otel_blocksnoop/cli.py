@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample-interval",
         type=threshold_ms,
         metavar="MS",
-        help="Austin's sampling interval (default: threshold/5, between 1 and 5 ms)",
+        help="Austin's sampling interval (default: threshold/10, between 1 and 10 ms)",
     )
     parser.add_argument(
         "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
