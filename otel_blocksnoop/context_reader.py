@@ -16,16 +16,18 @@ it moved (the thread switched task or set a context variable meanwhile), the
 walk is redone once, and then given up. ``None`` is the answer whenever
 anything is not as expected: a missing link is better than a wrong one.
 
-Cost of one ``active_span`` call, measured on this machine (2 vCPUs, 2,000
-calls per row) against tests/targets/otel_target.py, the target thread
-blocked inside a span, with 6 threads; about 8-9 us per ``process_vm_readv``:
+Cost of one ``active_span`` call, measured on this machine (2 vCPUs shared,
+2,000 calls per row) against tests/targets/otel_target.py, the target thread
+blocked inside a span, 6 threads; about 9 us per ``process_vm_readv``:
 
-    context holding                3.9        3.11       3.12       3.13
-    1 variable (median / p99)     0.60/0.66  0.56/0.94  0.57/0.62  0.59/0.65 ms
-    41 variables (median / p99)   1.44/2.30  1.16/1.49  1.31/2.69  1.33/1.74 ms
+    context holding          3.9         3.11        3.12        3.13
+    1 variable, median       0.52 ms     0.53 ms     0.57 ms     0.54 ms
+    41 variables, median     1.25 ms     1.29 ms     1.35 ms     1.22 ms
 
-(60-65 reads with one variable, 130-160 with 41: the HAMT is walked whole.)
-The target is never stopped.
+(55-57 reads with one variable, 123-130 with 41: the HAMT is walked whole.)
+p99: 0.6-0.9 ms (1 variable) and 1.3-2.7 ms (41) on an idle machine; 4.7-12 ms
+with a load average of 4 on the 2 vCPUs, where the reader waits for a CPU.
+The target is never stopped: it does not notice a read.
 
 Unsupported, with the reason in ``unsupported``: CPython outside 3.9-3.13,
 free-threaded (``3.13t``) builds, other interpreters, and interpreters without
@@ -126,6 +128,8 @@ class ContextReader:
         self._static_type_names: dict[int, str | None] = {}
         self._image: list[tuple[int, int]] = []
         self._var: int | None = None
+        # Thread state and interpreter of each TID seen, checked again before each use.
+        self._tstates: dict[int, tuple[int, int]] = {}
         try:
             self._locate()
         except OSError as error:
@@ -239,6 +243,25 @@ class ContextReader:
         return span
 
     def _thread_state(self, layout: CPythonLayout, tid: int) -> int | None:
+        """The thread state of ``tid``: the one found last time if it still is, else a walk."""
+        cached = self._tstates.get(tid)
+        if cached is not None:
+            tstate, interp = cached
+            if (
+                self._native_id(layout, tstate) == tid
+                and self._memory.pointer(tstate + layout.tstate_interp) == interp
+            ):
+                return tstate
+            del self._tstates[tid]
+        found = self._walk_thread_states(layout, tid)
+        if found is not None:
+            if len(self._tstates) >= MAX_THREADS:
+                self._tstates.clear()
+            self._tstates[tid] = found
+            return found[0]
+        return None
+
+    def _walk_thread_states(self, layout: CPythonLayout, tid: int) -> tuple[int, int] | None:
         memory = self._memory
         interp = memory.pointer(self._runtime + layout.runtime_interpreters_head)
         for _ in range(MAX_INTERPRETERS):
@@ -249,7 +272,7 @@ class ContextReader:
                 if not tstate or not plausible_pointer(tstate):
                     break
                 if self._native_id(layout, tstate) == tid:
-                    return tstate
+                    return tstate, interp
                 tstate = memory.pointer(tstate + layout.tstate_next)
             interp = memory.pointer(interp + layout.interp_next)
         return None

@@ -239,8 +239,13 @@ def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
         reader = ContextReader(target["pid"])
         tid = target["threads"]["churn"]["tid"]
 
-        # WHEN its span is read many times while it changes
-        spans = [reader.active_span(tid) for _ in range(500)]
+        # WHEN its span is read many times while it changes (most reads see it
+        # move and give None: read until a few did not, or a bound)
+        spans = []
+        for _ in range(20_000):
+            spans.append(reader.active_span(tid))
+            if len(set(spans) - {None}) >= 2:
+                break
 
         # THEN every answer is one of its spans, or None; never anything else
         assert set(spans) - {None} <= known
