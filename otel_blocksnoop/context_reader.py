@@ -27,7 +27,8 @@ blocked inside a span, 6 threads; about 9 us per ``process_vm_readv``:
 (55-57 reads with one variable, 123-130 with 41: the HAMT is walked whole.)
 p99: 0.6-0.9 ms (1 variable) and 1.3-2.7 ms (41) on an idle machine; 4.7-12 ms
 with a load average of 4 on the 2 vCPUs, where the reader waits for a CPU.
-The target is never stopped: it does not notice a read.
+The target is never stopped (no ptrace, no signal); what the reads cost it
+(page-table lock contention at most) is not measured yet.
 
 Unsupported, with the reason in ``unsupported``: CPython outside 3.9-3.13,
 free-threaded (``3.13t``) builds, other interpreters, and interpreters without
@@ -112,7 +113,9 @@ class ContextReader:
 
     Construction looks the interpreter up once (version, ``_PyRuntime``); when
     the target cannot be read, ``unsupported`` says why, one warning is logged,
-    and ``active_span`` returns None. ``active_span`` never raises.
+    and ``active_span`` returns None. Neither raises. Make it once the target's
+    interpreter runs (libpython mapped, main thread state made), e.g. at its
+    first block when the sidecar launched it, not at its first instruction.
     """
 
     def __init__(self, pid: int) -> None:
