@@ -32,10 +32,12 @@ import asyncio
 import hashlib
 import inspect
 import json
+import math
 import os
 import platform
 import random
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -80,11 +82,75 @@ class Hog:
         self.thread.join(timeout=5)
 
 
+class Helper:
+    """A thread told through a pipe to wait so long, then act; the request never blocks.
+
+    Created once, so no thread start or join falls inside a block. A NaN
+    request ends it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._control_r, self._control_w = os.pipe()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def request(self, seconds: float) -> None:
+        os.write(self._control_w, struct.pack("d", seconds))
+
+    def _serve(self) -> None:
+        self.setup()
+        while True:
+            raw = os.read(self._control_r, 8)
+            if len(raw) < 8 or math.isnan(seconds := struct.unpack("d", raw)[0]):
+                return
+            time.sleep(seconds)
+            self.act()
+
+    def setup(self) -> None:
+        """Run once on the helper's thread before the first request."""
+
+    def act(self) -> None:
+        """Run on the helper's thread once the requested time has passed."""
+
+    def close(self) -> None:
+        self.request(math.nan)
+        self.thread.join(timeout=5)
+
+
+class Writer(Helper):
+    """Writes a byte to ``data`` after the requested time: the loop's read returns then."""
+
+    def __init__(self) -> None:
+        self.data, self._data_w = os.pipe()
+        super().__init__("pipe-writer")
+
+    def act(self) -> None:
+        os.write(self._data_w, b"x")
+
+
+class Holder(Helper):
+    """Holds ``lock`` except for a moment after each request's time has passed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        super().__init__("lock-holder")
+
+    def setup(self) -> None:
+        self.lock.acquire()
+
+    def act(self) -> None:
+        self.lock.release()
+        time.sleep(0.001)  # the loop thread takes the lock, and gives it back
+        self.lock.acquire()
+
+
 class Blocker:
     """One method per kind; each blocks the calling thread for about ``seconds``."""
 
     def __init__(self) -> None:
         self.hog = Hog()
+        self.writer = Writer()
+        self.holder = Holder()
         self.hash_rounds_per_s = self._calibrate_hash()
 
     @staticmethod
@@ -110,32 +176,18 @@ class Blocker:
         hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", rounds)  # BLOCK: hashlib
 
     def block_read(self, seconds: float) -> None:
-        read_end, write_end = os.pipe()
-        timer = threading.Timer(seconds, os.write, (write_end, b"x"))
-        timer.start()
-        os.read(read_end, 1)  # BLOCK: read
-        timer.join()
-        os.close(read_end)
-        os.close(write_end)
+        self.writer.request(seconds)
+        os.read(self.writer.data, 1)  # BLOCK: read
 
     def block_subprocess(self, seconds: float) -> None:
         subprocess.run(["sleep", f"{seconds:.6f}"], check=True)  # BLOCK: subprocess
 
     def block_lock(self, seconds: float) -> None:
-        lock = threading.Lock()
-        taken = threading.Event()
-
-        def holder() -> None:
-            with lock:
-                taken.set()
-                time.sleep(seconds)
-
-        thread = threading.Thread(target=holder, name="lock-holder")
-        thread.start()
-        taken.wait()
-        lock.acquire()  # BLOCK: lock
-        lock.release()
-        thread.join()
+        while not self.holder.lock.locked():  # only right after the previous block
+            time.sleep(0.0005)
+        self.holder.request(seconds)
+        self.holder.lock.acquire()  # BLOCK: lock
+        self.holder.lock.release()
 
     def block_gil(self, seconds: float) -> None:
         self.hog.go.set()
@@ -143,6 +195,11 @@ class Blocker:
         while time.monotonic() < deadline:
             time.sleep(0)  # BLOCK: gil
         self.hog.go.clear()
+
+    def close(self) -> None:
+        self.hog.close()
+        self.writer.close()
+        self.holder.close()
 
     def method(self, kind: str) -> Callable[[float], None]:
         return getattr(self, f"block_{kind}")  # type: ignore[no-any-return]
@@ -258,7 +315,7 @@ def main() -> None:
                 _storm(blocker, list(args.kinds), duration_s, args.rate, args.seconds)
             )
     finally:
-        blocker.hog.close()
+        blocker.close()
     record = {
         "pid": os.getpid(),
         "python": platform.python_version(),

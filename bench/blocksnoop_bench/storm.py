@@ -6,7 +6,7 @@ A launch-mode sidecar (``-t 10``, stack sampling and cause on, as by default)
 watches apps/kinds_app.py blocking its loop 50 times a second with 12 ms
 blocks of every kind in turn, for 10 minutes (1 in quick mode). Every 10 s
 the runner reads the sidecar's RSS and that of its Austin children (the
-launched app is a child too, and is left out), and the sidecar's own CPU.
+launched app is a child too, and is left out), and the CPU of both.
 It reports RSS at start, after one minute and at the end, the least-squares
 slope over the last five minutes (or the last half of a shorter run), the
 CPU used, blocks reported against blocks injected, and the lost events of
@@ -30,7 +30,6 @@ from blocksnoop_bench.procs import (
     PYTHON,
     BenchError,
     Sidecar,
-    cpu_times,
     rss_mib,
 )
 from blocksnoop_bench.report import Section, num, pct, table
@@ -46,8 +45,8 @@ GOAL_SLOPE_MIB_PER_MIN = 0.1
 """Bounded memory: under 0.1 MiB/min over the last window (6 MiB an hour)."""
 
 
-def austin_children(pid: int) -> list[int]:
-    """PIDs of the running Austin processes the sidecar started (not the launched app)."""
+def _children(pid: int) -> list[tuple[int, str, list[str]]]:
+    """(pid, comm, stat fields after comm) of every running child of ``pid``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -56,40 +55,48 @@ def austin_children(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[1] == str(pid) and comm.startswith("austin"):
-            found.append(int(entry.name))
+        if fields[1] == str(pid):
+            found.append((int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields))
     return found
 
 
-def _austin_usage(pid: int) -> tuple[float, float]:
-    """Return (RSS MiB, CPU s) summed over the sidecar's live Austin children."""
-    rss = cpu = 0.0
-    for child in austin_children(pid):
-        try:
-            rss += rss_mib(child)
-            stat = (Path("/proc") / str(child) / "stat").read_text()
-        except (OSError, BenchError):
-            continue  # it ended between the listing and the read
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return rss, cpu
-
-
 def _sample(sidecar: Sidecar, started: float) -> dict[str, Any] | None:
+    """RSS and CPU of the sidecar and of its Austin children, which come and go.
+
+    Austin CPU = the sidecar's reaped children (cutime+cstime) plus the live
+    Austin processes; only valid while the launched app (the other child,
+    reaped last) is still running, which ``app_alive`` says.
+    """
     try:
-        own = cpu_times(sidecar.pid).own_s
+        stat = (Path("/proc") / str(sidecar.pid) / "stat").read_text()
         rss = rss_mib(sidecar.pid)
     except (OSError, BenchError):
         return None  # the sidecar has exited
-    austin_rss, austin_cpu = _austin_usage(sidecar.pid)
+    fields = stat[stat.rindex(")") + 2 :].split()
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK
+    austin_rss = austin_cpu = 0.0
+    austin_pids = []
+    app_alive = False
+    for child, comm, child_fields in _children(sidecar.pid):
+        if not comm.startswith("austin"):
+            app_alive = True
+            continue
+        try:
+            austin_rss += rss_mib(child)
+        except (OSError, BenchError):
+            continue  # it ended between the listing and the read
+        austin_pids.append(child)
+        austin_cpu += (int(child_fields[11]) + int(child_fields[12])) / CLK_TCK
     return {
         "t_s": time.monotonic() - started,
         "rss_mib": rss,
         "austin_rss_mib": austin_rss,
+        "austin_pids": austin_pids,
         "cpu_s": own,
-        "austin_cpu_s": austin_cpu,
+        "austin_cpu_s": reaped + austin_cpu,
+        "app_alive": app_alive,
     }
 
 
@@ -199,7 +206,8 @@ def _analyse(
     window = min(SLOPE_WINDOW_S, samples[-1]["t_s"] / 2)
     tail_from = samples[-1]["t_s"] - window
     after_minute = next((s for s in samples if s["t_s"] >= 60 - 1), samples[-1])
-    wall = samples[-1]["t_s"] - samples[0]["t_s"]
+    live = [s for s in samples if s["app_alive"]] or samples
+    wall = live[-1]["t_s"] - live[0]["t_s"]
     return {
         "python": injected["python"],
         "seconds": seconds,
@@ -227,12 +235,11 @@ def _analyse(
             [(s["t_s"], s["rss_mib"]) for s in samples if s["t_s"] >= tail_from]
         ),
         "slope_total_mib_per_min": slope_per_min([p for p in total if p[0] >= tail_from]),
-        "cpu_own_pct": 100 * (samples[-1]["cpu_s"] - samples[0]["cpu_s"]) / wall if wall else None,
+        "cpu_own_pct": 100 * (live[-1]["cpu_s"] - live[0]["cpu_s"]) / wall if wall else None,
         "cpu_austin_pct": (
-            100 * (samples[-1]["austin_cpu_s"] - samples[0]["austin_cpu_s"]) / wall
-            if wall
-            else None
+            100 * (live[-1]["austin_cpu_s"] - live[0]["austin_cpu_s"]) / wall if wall else None
         ),
+        "austin_processes_seen": len({p for s in samples for p in s["austin_pids"]}),
     }
 
 
@@ -292,6 +299,7 @@ def _render(r: dict[str, Any]) -> str:
             [
                 ["sidecar CPU, own (% of one core)", num(r["cpu_own_pct"], 1)],
                 ["its Austin processes' CPU (% of one core)", num(r["cpu_austin_pct"], 1)],
+                ["Austin processes seen (distinct PIDs)", str(r["austin_processes_seen"])],
                 ["blocks injected", f"{injected:,}"],
                 [
                     "of which shorter than the threshold (app's clock)",
