@@ -40,12 +40,11 @@ def pyenv_python(minor: int) -> Path | None:
     return found[-1] if found else None
 
 
-def otel_venv(minor: int) -> Path:
-    """A venv of pyenv's 3.<minor> with opentelemetry-sdk, made once and kept in the cache."""
-    base = pyenv_python(minor)
-    if base is None:
-        pytest.skip(f"no CPython 3.{minor} under pyenv")
-    venv = CACHE / "targets" / f"py3.{minor}"
+def otel_venv(name: str, base: Path | None) -> Path:
+    """A venv of ``base`` with opentelemetry-sdk, made once and kept in the cache."""
+    if base is None or not base.exists():
+        pytest.skip(f"no {name} interpreter here")
+    venv = CACHE / "targets" / name
     python = venv / "bin" / "python"
     probe = [str(python), "-c", "import opentelemetry.sdk.trace"]
     if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
@@ -57,15 +56,21 @@ def otel_venv(minor: int) -> Path:
         )
     except subprocess.CalledProcessError as error:
         if IN_CI:
-            pytest.fail(f"failed to install opentelemetry-sdk for 3.{minor}: {error}")
-        pytest.skip(f"cannot install opentelemetry-sdk for 3.{minor}: {error}")
+            pytest.fail(f"failed to install opentelemetry-sdk for {name}: {error}")
+        pytest.skip(f"cannot install opentelemetry-sdk for {name}: {error}")
     return python
 
 
-@pytest.fixture(scope="session", params=MINORS, ids=[f"py3.{m}" for m in MINORS])
+# Every pyenv CPython 3.9-3.13, and Debian's own 3.11 (non-PIE, symbols in the executable).
+INTERPRETERS = [f"py3.{m}" for m in MINORS] + ["debian"]
+
+
+@pytest.fixture(scope="session", params=INTERPRETERS)
 def otel_python(request: pytest.FixtureRequest) -> Path:
-    minor: int = request.param
-    return otel_venv(minor)
+    name: str = request.param
+    if name == "debian":
+        return otel_venv(name, Path("/usr/bin/python3"))
+    return otel_venv(name, pyenv_python(int(name.removeprefix("py3."))))
 
 
 @contextmanager

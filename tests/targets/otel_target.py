@@ -6,14 +6,18 @@ Runs an asyncio loop on the main thread whose task blocks the loop (in
 ``threading.Event.wait``) inside a span "request", with 40 other context
 variables set so the context's HAMT has several levels. Alongside, blocked
 threads: "worker" inside another span, "unsampled" inside a span its
-ALWAYS_OFF provider did not sample, "ended" after its span ended, "plain"
-that never touched OpenTelemetry. When all are blocked, one JSON line goes to
-the FIFO: {"pid", "python", "threads": {name: {"tid", "trace_id", "span_id",
-"trace_flags"}}} (ids only for threads inside a span). A line on stdin ends
-everything. With --no-otel, opentelemetry is never imported (only "loop" and
-"plain" run, without spans). With --uvloop, the loop is uvloop's. With --churn, one more thread,
-"churn", enters and leaves 8 known spans (trace id 0x1000+i, span id 0x2000+i)
-as fast as it can, so that its context changes under the reader all the time.
+ALWAYS_OFF provider did not sample (both with their __dict__ materialized),
+"ended" after its span ended, "plain" that never touched OpenTelemetry.
+
+When all are blocked, one JSON line goes to the FIFO: {"pid", "python",
+"threads": {name: {"tid", "trace_id", "span_id", "trace_flags"}}} (ids only
+for threads inside a span). A line on stdin ends everything.
+
+With --no-otel, opentelemetry is never imported (only "loop" and "plain" run,
+without spans). With --uvloop, the loop is uvloop's. With --churn, one more
+thread, "churn", enters and leaves 8 known spans (trace id 0x1000+i, span id
+0x2000+i) as fast as it can, so that its context changes under the reader
+all the time.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def tracer(*, sampled: bool) -> Any:
 
 def in_span(name: str, sampled: bool, started: threading.Event) -> None:
     with tracer(sampled=sampled).start_as_current_span(name) as span:
+        # Its __dict__ made real (3.11+ keep attributes outside any dict until then),
+        # while the loop's span keeps them inline: both ways are read.
+        assert "_context" in vars(span)
         note(name, span)
         started.set()
         STOP.wait()
