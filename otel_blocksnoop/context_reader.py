@@ -118,21 +118,13 @@ class ContextReader:
     first block when the sidecar launched it, not at its first instruction.
     """
 
+    pid: int
+    unsupported: str | None
+    """Why this target cannot be read, or None."""
+    layout: CPythonLayout | None
+
     def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.unsupported: str | None = None
-        self.layout: CPythonLayout | None = None
-        self._runtime = 0
-        self._tid_offset: int | None = None
-        self._memory = RemoteMemory(pid)
-        # Type names seen during one walk (types outlive the objects read in it),
-        # and for good those of the static types inside the interpreter's image.
-        self._type_names: dict[int, str | None] = {}
-        self._static_type_names: dict[int, str | None] = {}
-        self._image: list[tuple[int, int]] = []
-        self._var: int | None = None
-        # Thread state and interpreter of each TID seen, checked again before each use.
-        self._tstates: dict[int, tuple[int, int]] = {}
+        self._start(RemoteMemory(pid))
         try:
             self._locate()
         except OSError as error:
@@ -141,6 +133,45 @@ class ContextReader:
             self.unsupported = f"cannot read the interpreter of process {pid}: {error!r}"
         if self.unsupported is not None:
             log.warning("trace links disabled for process %d: %s", pid, self.unsupported)
+
+    @classmethod
+    def from_parts(
+        cls,
+        memory: RemoteMemory,
+        layout: CPythonLayout,
+        runtime: int,
+        tid_offset: int | None = None,
+    ) -> ContextReader:
+        """A reader whose interpreter is already known: ``_PyRuntime`` at ``runtime``.
+
+        For callers that found the interpreter another way, and for tests that
+        give a memory of their own making. ``tid_offset`` is glibc's TID offset
+        in ``struct pthread``, needed on 3.9 and 3.10.
+        """
+        reader = cls.__new__(cls)
+        reader._start(memory)  # noqa: SLF001 (its own class)
+        reader.layout = layout
+        reader._runtime = runtime  # noqa: SLF001
+        reader._tid_offset = tid_offset  # noqa: SLF001
+        if layout.tstate_native_thread_id is None and tid_offset is None:
+            reader.unsupported = "3.9 and 3.10 need glibc's TID offset"
+        return reader
+
+    def _start(self, memory: RemoteMemory) -> None:
+        self.pid = memory.pid
+        self.unsupported = None
+        self.layout = None
+        self._runtime = 0
+        self._tid_offset: int | None = None
+        self._memory = memory
+        # Type names seen during one walk (types outlive the objects read in it),
+        # and for good those of the static types inside the interpreter's image.
+        self._type_names: dict[int, str | None] = {}
+        self._static_type_names: dict[int, str | None] = {}
+        self._image: list[tuple[int, int]] = []
+        self._var: int | None = None
+        # Thread state and interpreter of each TID seen, checked again before each use.
+        self._tstates: dict[int, tuple[int, int]] = {}
 
     def _locate(self) -> None:
         mappings = file_mappings(self.pid)
