@@ -61,7 +61,9 @@ def test_console_output_is_one_aligned_line_per_block_and_a_summary() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED", "CAUSE"]
-    rows = [line for line in lines[1:] if line[:1].isdigit()]
+    # (a block stretched past threshold + 100 ms by a busy machine is also shown
+    # while it lasts: those rows say so)
+    rows = [line for line in lines[1:] if line[:1].isdigit() and "STILL BLOCKED" not in line]
     assert len(rows) == 7
     cause_at = lines[0].index("CAUSE")
     assert all(row[:cause_at].endswith(" ms  ") for row in rows)
