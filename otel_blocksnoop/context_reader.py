@@ -51,6 +51,7 @@ from otel_blocksnoop.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_fo
 from otel_blocksnoop.remote_memory import (
     ElfError,
     ElfSymbols,
+    Mapping,
     RemoteMemory,
     file_mappings,
     load_base,
@@ -196,6 +197,12 @@ class ContextReader:
         except (ElfError, ValueError) as error:
             self.unsupported = str(error)
             return
+        with elf:
+            self._find_runtime(elf, mappings, image, (major, minor))
+
+    def _find_runtime(
+        self, elf: ElfSymbols, mappings: list[Mapping], image: str, version: tuple[int, int]
+    ) -> None:
         runtime = elf.symbol("_PyRuntime")
         base = load_base(mappings, image, elf)
         if runtime is None or base is None:
@@ -203,10 +210,10 @@ class ContextReader:
             return
         self._runtime = base + runtime
         self._image = [(m.start, m.end) for m in mappings if m.path == image]
-        self.unsupported = self._version_mismatch(elf, base, (major, minor))
+        self.unsupported = self._version_mismatch(elf, base, version)
         if self.unsupported is not None:
             return
-        if self.layout.tstate_native_thread_id is None:
+        if self.layout is not None and self.layout.tstate_native_thread_id is None:
             self._tid_offset = pthread_tid_offset()
             if self._tid_offset is None:
                 self.unsupported = "cannot find the TID in glibc's struct pthread"

@@ -15,6 +15,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 MAX_READ = 4096
 """The largest single read: anything bigger is refused as corrupt."""
@@ -154,14 +155,16 @@ class ElfSymbols:
     """The symbol tables (.symtab, then .dynsym) of one ELF file, and its first load address."""
 
     def __init__(self, path: str | Path) -> None:
-        with Path(path).open("rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as m:
-            data = bytes(m)
-        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        # Mapped, not copied: libpython is 15-30 MB with its symbol tables.
+        with Path(path).open("rb") as file:
+            data = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        self._data = data
+        if len(data) < _ELF_HEADER.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            self.close()
             raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
         header = _ELF_HEADER.unpack_from(data)
         phoff, shoff = header[5], header[6]
         phentsize, phnum, shentsize, shnum = header[9], header[10], header[11], header[12]
-        self._data = data
         self._sections = [_SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
         loads = [
             _PROGRAM.unpack_from(data, phoff + i * phentsize)
@@ -173,6 +176,15 @@ class ElfSymbols:
         # p_vaddr of the segment that maps file offset 0, page-aligned.
         self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
 
+    def close(self) -> None:
+        self._data.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def symbol(self, name: str) -> int | None:
         """The link-time address (st_value) of a defined symbol, or None."""
         needle = b"\0" + name.encode() + b"\0"
@@ -181,11 +193,10 @@ class ElfSymbols:
                 if section[1] != kind or section[6] >= len(self._sections):
                     continue
                 strtab = self._sections[section[6]]
-                strings = self._data[strtab[4] : strtab[4] + strtab[5]]
-                at = strings.find(needle)
+                at = self._data.find(needle, strtab[4], strtab[4] + strtab[5])
                 if at < 0:
                     continue
-                name_index = at + 1
+                name_index = at + 1 - strtab[4]
                 offset, size, entsize = section[4], section[5], section[9] or _SYMBOL.size
                 for i in range(size // entsize):
                     st_name, _, _, shndx, value, _ = _SYMBOL.unpack_from(
