@@ -46,8 +46,11 @@ SAMPLES_PER_THRESHOLD = 10
 # retries are quick; a failure that persists backs off and is reported.
 RESTART_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 WARN_AFTER_FAILURES = 4
-STALL_S = 0.25  # wall mode samples idle threads too: silence this long means stuck
 STARTUP_WAIT_MS = 250  # Austin's own default (3 s) would hide a launched child's first second
+# Wall mode samples idle threads too: silence this long means stuck. It must
+# cover Austin's startup wait plus two read periods, or a slow attach is
+# killed and retried before its first sample can be read.
+STALL_S = STARTUP_WAIT_MS / 1000 + 2 * READ_EVERY_S + 0.05
 
 
 def interval_for(threshold_ns: int) -> int:
