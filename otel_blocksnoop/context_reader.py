@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 CONTEXT_VAR_NAME = "current_context"
 """The name OpenTelemetry gives its ContextVar (opentelemetry.context.contextvars_context)."""
 
+DEBUG_COOKIE = b"xdebugpy"
+"""_Py_Debug_Cookie (Include/internal/pycore_runtime.h, 3.13+)."""
+
 SPAN_KEY_PREFIX = "current-span-"
 """The start of the Context key the current span is stored under."""
 
@@ -210,7 +213,9 @@ class ContextReader:
             return
         self._runtime = base + runtime
         self._image = [(m.start, m.end) for m in mappings if m.path == image]
-        self.unsupported = self._version_mismatch(elf, base, version)
+        self.unsupported = self._version_mismatch(elf, base, version) or self._debug_mismatch(
+            version
+        )
         if self.unsupported is not None:
             return
         if self.layout is not None and self.layout.tstate_native_thread_id is None:
@@ -228,6 +233,23 @@ class ContextReader:
             return None
         found = (hex_version >> 24, hex_version >> 16 & 0xFF)
         return None if found == version else f"Py_Version says {found[0]}.{found[1]}"
+
+    def _debug_mismatch(self, version: tuple[int, int]) -> str | None:
+        """3.13+: _PyRuntime starts with _Py_DebugOffsets, whose cookie and version must agree."""
+        layout = self.layout
+        if layout is None or layout.runtime_debug_offsets is None:
+            return None
+        start = self._runtime + layout.runtime_debug_offsets
+        cookie = self._memory.read(start, len(DEBUG_COOKIE))
+        hex_version = self._memory.pointer(start + (layout.debug_offsets_version or 0))
+        free_threaded = self._memory.pointer(start + (layout.debug_offsets_free_threaded or 0))
+        if cookie != DEBUG_COOKIE or hex_version is None:
+            return "_PyRuntime does not start with the _Py_DebugOffsets cookie"
+        if (hex_version >> 24, hex_version >> 16 & 0xFF) != version:
+            return f"_Py_DebugOffsets says {hex_version >> 24}.{hex_version >> 16 & 0xFF}"
+        if free_threaded:
+            return "a free-threaded build"
+        return None
 
     def _thread_ids_match(self, layout: CPythonLayout) -> bool:
         """3.9/3.10: some thread state's pthread holds a TID of the process, as it must."""

@@ -111,6 +111,15 @@ static void set_compact(PyASCIIObject *o) { o->state.compact = 1; }
 int main(void) {
     PyObject fake;
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
+#if PY_MINOR_VERSION >= 13
+    P("runtime_debug_offsets", offsetof(_PyRuntimeState, debug_offsets));
+    P("debug_offsets_version", offsetof(_Py_DebugOffsets, version));
+    P("debug_offsets_free_threaded", offsetof(_Py_DebugOffsets, free_threaded));
+#else
+    NONE("runtime_debug_offsets");
+    NONE("debug_offsets_version");
+    NONE("debug_offsets_free_threaded");
+#endif
     P("interp_next", offsetof(PyInterpreterState, next));
 #if PY_MINOR_VERSION >= 11
     P("interp_threads_head", offsetof(PyInterpreterState, threads.head));

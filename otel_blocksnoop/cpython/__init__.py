@@ -23,6 +23,10 @@ class CPythonLayout:
     version: tuple[int, int]
     # _PyRuntime -> interpreters -> thread states
     runtime_interpreters_head: int
+    # 3.13+: _PyRuntime starts with _Py_DebugOffsets ("xdebugpy", PY_VERSION_HEX, ...)
+    runtime_debug_offsets: int | None
+    debug_offsets_version: int | None
+    debug_offsets_free_threaded: int | None
     interp_next: int
     interp_threads_head: int
     tstate_next: int

@@ -8,6 +8,9 @@ from otel_blocksnoop.cpython import CPythonLayout
 LAYOUT = CPythonLayout(
     version=(3, 11),
     runtime_interpreters_head=40,
+    runtime_debug_offsets=None,
+    debug_offsets_version=None,
+    debug_offsets_free_threaded=None,
     interp_next=0,
     interp_threads_head=16,
     tstate_next=8,

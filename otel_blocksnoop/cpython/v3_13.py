@@ -8,6 +8,9 @@ from otel_blocksnoop.cpython import CPythonLayout
 LAYOUT = CPythonLayout(
     version=(3, 13),
     runtime_interpreters_head=632,
+    runtime_debug_offsets=0,
+    debug_offsets_version=8,
+    debug_offsets_free_threaded=16,
     interp_next=7264,
     interp_threads_head=7344,
     tstate_next=8,
