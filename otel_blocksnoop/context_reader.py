@@ -168,6 +168,10 @@ class ContextReader:
         self._runtime = 0
         self._tid_offset: int | None = None
         self._memory = memory
+        self.moved = 0
+        """Reads given up because the context moved under every attempt."""
+        self.errors = 0
+        """Reads given up on an unexpected error (a bug, or memory beyond belief)."""
         # Type names seen during one walk (types outlive the objects read in it),
         # and for good those of the static types inside the interpreter's image.
         self._type_names: dict[int, str | None] = {}
@@ -279,7 +283,9 @@ class ContextReader:
                     return self._read(self.layout, tid)
                 except _Stale:
                     continue
+            self.moved += 1
         except Exception:  # the target's memory is untrusted: never fail the caller
+            self.errors += 1
             log.debug("active span of %d/%d unreadable", self.pid, tid, exc_info=True)
         return None
 

@@ -267,6 +267,37 @@ def test_a_context_that_moves_once_is_read_again(layout: CPythonLayout) -> None:
     assert forged.memory.reads > 20
 
 
+def test_a_context_that_keeps_moving_is_given_up_and_counted(layout: CPythonLayout) -> None:
+    # GIVEN a thread whose context pointer alternates between two valid contexts at every look
+    forged = forge(layout)
+    memory = forged.memory
+    twin = memory.alloc(64)
+    memory.put(twin + layout.object_type, forged.types["_contextvars.Context"])
+    variables = memory.pointer(forged.context + layout.context_vars)
+    assert variables is not None
+    memory.put(twin + layout.context_vars, variables)
+    tstate_context = forged.tstate + layout.tstate_context
+    read = memory.read
+
+    def moving_read(address: int, size: int) -> bytes | None:
+        data = read(address, size)
+        if address == tstate_context and data is not None:
+            now = int.from_bytes(data[:8], "little")
+            memory.put(address, twin if now == forged.context else forged.context)
+        return data
+
+    memory.read = moving_read  # type: ignore[method-assign]
+    reader = reader_of(forged, layout)
+
+    # WHEN its span is read
+    span = reader.active_span(TID)
+
+    # THEN the reader gives up after its attempts, with None, and counts it
+    assert span is None
+    assert reader.moved == 1
+    assert reader.errors == 0
+
+
 def test_a_huge_or_negative_size_gives_none(layout: CPythonLayout) -> None:
     # GIVEN a SpanContext claiming 2**40 items, then a negative trace id
     forged = forge(layout)
