@@ -133,6 +133,7 @@ class Holder(Helper):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self._done_r, self._done_w = os.pipe()
         super().__init__("lock-holder")
 
     def setup(self) -> None:
@@ -140,8 +141,12 @@ class Holder(Helper):
 
     def act(self) -> None:
         self.lock.release()
-        time.sleep(0.001)  # the loop thread takes the lock, and gives it back
+        os.read(self._done_r, 1)  # the loop thread has taken the lock and given it back
         self.lock.acquire()
+
+    def done(self) -> None:
+        """Say the lock is free again, so the holder takes it for the next block."""
+        os.write(self._done_w, b"x")
 
 
 class Blocker:
@@ -183,11 +188,12 @@ class Blocker:
         subprocess.run(["sleep", f"{seconds:.6f}"], check=True)  # BLOCK: subprocess
 
     def block_lock(self, seconds: float) -> None:
-        while not self.holder.lock.locked():  # only right after the previous block
+        while not self.holder.lock.locked():  # the holder may not have taken it back yet
             time.sleep(0.0005)
         self.holder.request(seconds)
         self.holder.lock.acquire()  # BLOCK: lock
         self.holder.lock.release()
+        self.holder.done()
 
     def block_gil(self, seconds: float) -> None:
         self.hog.go.set()
