@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import re
 import signal
 import statistics
@@ -128,8 +129,8 @@ class StampedReceiver(OtlpReceiver):
 
 def pair_latencies(
     blocks: list[dict[str, Any]], spans: list[dict[str, Any]]
-) -> tuple[list[float], dict[str, int]]:
-    """Latency (s) of every span that overlaps exactly one block; and the pairing counts.
+) -> tuple[list[tuple[int, float]], dict[str, int]]:
+    """(block end ns, latency s) of every span that overlaps exactly one block; the counts.
 
     The app's blocks run on one thread and never overlap, so a bisect on their
     starts finds every candidate.
@@ -155,7 +156,8 @@ def pair_latencies(
             duplicates += 1
         hit.add(found[0])
         block = ordered[found[0]]
-        latencies.append((span["arrived_unix_ns"] - block["end_unix_ns"]) / NS_PER_S)
+        latency = (span["arrived_unix_ns"] - block["end_unix_ns"]) / NS_PER_S
+        latencies.append((block["end_unix_ns"], latency))
     counts = {
         "blocks": len(blocks),
         "spans": len(spans),
@@ -252,7 +254,8 @@ def _latency_run(protocol: str, via_rotel: bool, config: ExportConfig) -> dict[s
         spans = receiver.arrivals()
     (config.raw_dir / f"{name}-blocks.json").write_text(timings)
     blocks = _json(timings)["blocks"]
-    latencies, counts = pair_latencies(blocks, spans)
+    paired, counts = pair_latencies(blocks, spans)
+    latencies = [latency for _, latency in paired]
     return {
         "protocol": protocol,
         "via_rotel": via_rotel,
@@ -269,8 +272,6 @@ def _latency_run(protocol: str, via_rotel: bool, config: ExportConfig) -> dict[s
 
 
 def _json(text: str) -> dict[str, Any]:
-    import json  # noqa: PLC0415 - one use
-
     value = json.loads(text)
     if not isinstance(value, dict):
         msg = "failed to read the app's timings: not a JSON object"
@@ -305,7 +306,7 @@ def _slope_mib_per_min(samples: list[Sample], since_s: float) -> float | None:
     return 60 * slope
 
 
-def _storm_run(config: ExportConfig) -> dict[str, Any]:
+def _storm_run(config: ExportConfig) -> dict[str, Any]:  # noqa: PLR0915 - one timeline, read top down
     storm_started = threading.Event()
     storm_ended = threading.Event()
 
@@ -348,12 +349,14 @@ def _storm_run(config: ExportConfig) -> dict[str, Any]:
                 sidecar.wait_attached()
                 time.sleep(SETTLE_S)
                 samples: list[Sample] = []
+                disturbed: list[bool] = []
                 with config.neighbours.window() as window:
                     app.process.send_signal(signal.SIGUSR1)
                     if not storm_started.wait(10):
                         msg = "failed to start the storm: the app did not answer SIGUSR1"
                         raise BenchError(msg)
                     origin = time.monotonic()
+                    origin_unix_ns = time.time_ns()
                     deadline = origin + config.storm_s + 60
                     while True:
                         samples.append(
@@ -363,7 +366,9 @@ def _storm_run(config: ExportConfig) -> dict[str, Any]:
                         )
                         if storm_ended.is_set() or time.monotonic() > deadline:
                             break
-                        storm_ended.wait(STORM_SAMPLE_S)
+                        with config.neighbours.window() as interval:
+                            storm_ended.wait(STORM_SAMPLE_S)
+                        disturbed.append(interval[0].disturbed(config.neighbours.cpu_limit_pct))
                 code = app.wait(timeout=60)
                 sidecar_code = sidecar.child.wait(timeout=60)
             finally:
@@ -377,7 +382,13 @@ def _storm_run(config: ExportConfig) -> dict[str, Any]:
     (config.raw_dir / "export-storm-blocks.json").write_text(timings)
     (config.raw_dir / "export-storm-sidecar.log").write_text(stderr)
     blocks = _json(timings)["blocks"]
-    latencies, counts = pair_latencies(blocks, spans)
+    paired, counts = pair_latencies(blocks, spans)
+    latencies = [latency for _, latency in paired]
+    (config.raw_dir / "export-storm-latencies.json").write_text(
+        json.dumps([[(end - origin_unix_ns) / NS_PER_S, latency] for end, latency in paired])
+    )
+    intervals = _intervals(samples, disturbed, origin, origin_unix_ns, paired)
+    clean = [i for i in intervals if not i["disturbed"]]
     first, last = samples[0], samples[-1]
     own, children = last.cpu.percent_since(first.cpu)
     window_s = last.cpu.at_s - first.cpu.at_s
@@ -408,9 +419,43 @@ def _storm_run(config: ExportConfig) -> dict[str, Any]:
         "latency_s": distribution(latencies),
         "over_goal": sum(1 for latency in latencies if latency > GOAL_LATENCY_S),
         "samples": [s.as_json(origin) for s in samples],
+        "intervals": intervals,
+        "clean_intervals": len(clean),
+        "latency_clean_s": distribution([v for i in clean for v in i["latencies_s"]]),
+        "latency_disturbed_s": distribution(
+            [v for i in intervals if i["disturbed"] for v in i["latencies_s"]]
+        ),
         "foreign_cpu_pct": window[0].foreign_cpu_pct,
         "foreign_sidecar": window[0].foreign_sidecar,
     }
+
+
+def _intervals(
+    samples: list[Sample],
+    disturbed: list[bool],
+    origin: float,
+    origin_unix_ns: int,
+    paired: list[tuple[int, float]],
+) -> list[dict[str, Any]]:
+    """Latencies of the blocks that ended in each sampling interval.
+
+    Also whether others used the machine meanwhile (another sidecar, or CPU over the limit).
+    """
+    intervals = []
+    for before, after, busy in zip(samples, samples[1:], disturbed, strict=False):
+        low = origin_unix_ns + round((before.cpu.at_s - origin) * NS_PER_S)
+        high = origin_unix_ns + round((after.cpu.at_s - origin) * NS_PER_S)
+        values = [latency for end, latency in paired if low <= end < high]
+        intervals.append(
+            {
+                "from_s": before.cpu.at_s - origin,
+                "to_s": after.cpu.at_s - origin,
+                "disturbed": busy,
+                "latencies_s": values,
+                "max_s": max(values, default=None),
+            }
+        )
+    return intervals
 
 
 def _ms(seconds: float | None) -> str:
@@ -477,6 +522,8 @@ def _render_storm(storm: dict[str, Any]) -> str:
     summary = storm["summary"] or {}
     dropped = storm["drops"]["failed_to_deliver"]
     dist = storm["latency_s"]
+    clean = storm["latency_clean_s"]
+    late = sum(1 for i in storm["intervals"] if (i["max_s"] or 0.0) > GOAL_LATENCY_S)
     minute = (
         f"{num(storm['rss_1min_mib'])} (at {num(storm['rss_1min_at_s'], 0)} s)"
         if storm["storm_s"] >= 60
@@ -508,7 +555,19 @@ def _render_storm(storm: dict[str, Any]) -> str:
             "latency median / p99 / max (ms)",
             f"{_ms(dist['median'])} / {_ms(dist['p99'])} / {_ms(dist['max'])}",
         ],
+        [
+            f"latency median / p99 / max, undisturbed {STORM_SAMPLE_S:g} s intervals (ms)",
+            (
+                f"{_ms(clean['median'])} / {_ms(clean['p99'])} / {_ms(clean['max'])} "
+                f"({storm['clean_intervals']} of {len(storm['intervals'])} intervals)"
+            ),
+        ],
+        [
+            f"{STORM_SAMPLE_S:g} s intervals with a span later than {GOAL_LATENCY_S:g} s",
+            f"{late} of {len(storm['intervals'])}",
+        ],
         ["others' CPU during the storm (%)", num(storm["foreign_cpu_pct"], 0)],
+        ["another otel-blocksnoop ran meanwhile", "yes" if storm["foreign_sidecar"] else "no"],
     ]
     return (
         f"Attach mode, `-t {storm['threshold_ms']:g}`, OTLP/gRPC to the receiver in the "
