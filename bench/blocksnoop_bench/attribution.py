@@ -224,9 +224,13 @@ def _analyse(run: dict[str, Any]) -> dict[str, Any]:
         )
         causes = Counter(f"{v.get('cause')}/{v.get('syscall')}" for v in mine_v if v["detected"])
         has_cause = any("cause_ok" in v for v in mine_v)
+        lengths = [
+            (b["end_ns"] - b["start_ns"]) / NS_PER_MS for b in app["blocks"] if b["kind"] == kind
+        ]
         cells.append(
             {
                 "kind": kind,
+                "short": sum(1 for ms in lengths if ms < run["threshold_ms"]),
                 "duration_ms": run["duration_ms"],
                 "injected": len(mine_v),
                 "detected": sum(v["detected"] for v in mine_v),
@@ -308,6 +312,7 @@ def _render(results: list[dict[str, Any]], elapsed_s: float) -> str:
                 num(result["threshold_ms"], 1),
                 str(n),
                 str(sum(c["detected"] for c in cells)),
+                str(sum(c["short"] for c in cells)),
                 _mark(site, site_goal),
                 f">= {site_goal:g}%" if site_goal is not None else "-",
                 _mark(cause, cause_goal),
@@ -328,13 +333,15 @@ def _render(results: list[dict[str, Any]], elapsed_s: float) -> str:
         "(and `syscall`: clock_nanosleep for sleep "
         "on 3.11+, select/pselect6 before; read; wait4; futex for lock) is right. Both are "
         "shares of all injected blocks (a missed block counts as wrong). "
-        "No stack = a block reported without any Python stack.\n\n"
+        "No stack = a block reported without any Python stack. Shorter than threshold = "
+        "blocks the app itself timed below the threshold (not the sidecar's doing).\n\n"
         + table(
             [
                 "D (ms)",
                 "threshold (ms)",
                 "injected",
                 "detected",
+                "shorter than threshold",
                 "attribution",
                 "goal",
                 "cause",
@@ -343,7 +350,7 @@ def _render(results: list[dict[str, Any]], elapsed_s: float) -> str:
                 "lost",
             ],
             per_length,
-            [True, True, True, True, True, False, True, False, True, True],
+            [True, True, True, True, True, True, False, True, False, True, True],
         )
         + "\nPer kind. Function = the right function and file, whatever the line. "
         "Wrong call sites and causes seen are `function:line x count` and "
