@@ -138,6 +138,21 @@ class MojoDecoder:
                 done.append(finished)
         return done
 
+    def pending(self) -> tuple[int, int] | None:
+        """``(tid, delta_us)`` of the sample still being built, once its time is known.
+
+        A sample only completes when the next one starts, so the newest bytes
+        read belong to this one: timing reads by it, not by the newest
+        completed sample, avoids placing every sample one interval late.
+        """
+        sample = self._current
+        if sample is None or sample.delta_us == 0:
+            return None
+        try:
+            return int(sample.thread, 16), sample.delta_us
+        except ValueError:
+            return None
+
     def flush(self) -> list[RawSample]:
         """End of stream: hand out the sample still being built."""
         return [sample] if (sample := self._finish()) is not None else []

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import subprocess
 import threading
 import time
@@ -37,7 +38,8 @@ READ_EVERY_S = 0.1
 PIPE_BYTES = 1 << 20  # 64 KiB (the default) is ~0.1 s of a busy many-thread process at 1 ms
 HISTORY = 4096  # samples per thread: ~40 s at 10 ms
 MAX_THREADS = 256
-ANCHOR_WINDOW = 256  # reads over which the anchor minimum is taken (~5 s)
+ANCHOR_WINDOW = 256  # reads over which the anchor is taken (~25 s)
+ANCHOR_QUANTILE = 5  # the anchor is the 1/5 quantile: robust to a fifth of outliers
 MIN_INTERVAL_US = 1000
 MAX_INTERVAL_US = 10000
 SAMPLES_PER_THRESHOLD = 10
@@ -80,7 +82,17 @@ class _ThreadHistory:
         self.anchors: deque[int] = deque(maxlen=ANCHOR_WINDOW)
 
     def anchor_ns(self) -> int:
-        return min(self.anchors) if self.anchors else 0
+        """A low quantile of the per-read anchors, not their minimum.
+
+        Now and then a read gives an anchor milliseconds too early (Austin's
+        deltas ran ahead of the clock; seen -1 to -3 ms a few times in 10 s
+        under load). The minimum kept such an outlier for the whole window and
+        misplaced every later sample: 5 ms blocks were then attributed right
+        0/50 in one run and 48/50 in another.
+        """
+        if not self.anchors:
+            return 0
+        return sorted(self.anchors)[len(self.anchors) // ANCHOR_QUANTILE]
 
 
 class Sampler:
@@ -133,25 +145,34 @@ class Sampler:
             # Austin blocks once the pipe is full: room for a whole read period.
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         decoder = MojoDecoder()
+        # Bytes found in the pipe were written up to READ_EVERY_S ago, so their
+        # arrival says little about when the newest sample was taken. Waiting
+        # for Austin's next write times that one to within a wake-up: with an
+        # anchor from draining alone, 5 ms blocks sampled every 1 ms were placed
+        # 4-7 ms late (see the commit).
+        next_write_s = 2 * self.interval_us / 1e6 + 0.002
         while not self._stopping:
-            chunks = []
-            try:
-                while chunk := os.read(fd, 1 << 16):
-                    chunks.append(chunk)
-                if not chunks and process.poll() is not None:
-                    break
-            except BlockingIOError:
-                pass
+            chunks = _drain(fd)
+            if not chunks and process.poll() is not None:
+                break
             if chunks:
+                ready, _, _ = select.select([fd], [], [], next_write_s)
+                arrival_ns = time.monotonic_ns()
+                if ready:
+                    chunks += _drain(fd)
                 try:
-                    self._add(decoder.feed(b"".join(chunks)), time.monotonic_ns())
+                    samples = decoder.feed(b"".join(chunks))
+                    self._add(samples, arrival_ns, decoder.pending())
                 except MojoError as exc:
                     log.warning("failed to read Austin's output for %d: %s", self.pid, exc)
                     process.kill()
                     break
             time.sleep(READ_EVERY_S)
 
-    def _add(self, samples: list[RawSample], arrival_ns: int) -> None:
+    def _add(
+        self, samples: list[RawSample], arrival_ns: int, pending: tuple[int, int] | None = None
+    ) -> None:
+        """Keep ``samples``; ``pending`` is the (tid, delta) of the one Austin is still writing."""
         if samples:
             self._failures = 0
             self._heard_at = time.monotonic()
@@ -168,7 +189,10 @@ class Sampler:
                 touched.add(sample.tid)
             for tid in touched:
                 history = self._histories[tid]
-                history.anchors.append(arrival_ns - history.elapsed_us * 1000)
+                newest_us = history.elapsed_us
+                if pending is not None and pending[0] == tid:
+                    newest_us += pending[1]
+                history.anchors.append(arrival_ns - newest_us * 1000)
 
     def window(self, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
         """Samples of thread ``tid`` taken between ``start_ns`` and ``end_ns``."""
@@ -252,6 +276,17 @@ class Sampler:
                 self._process.wait()
         if self._reader is not None:
             self._reader.join(timeout=1)
+
+
+def _drain(fd: int) -> list[bytes]:
+    """Whatever the non-blocking pipe holds now."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return chunks
 
 
 def settle_ns(interval_us: int) -> int:
