@@ -202,6 +202,19 @@ class TestComposeFile:
         assert set(mounts) == {"/sys/kernel/tracing", "/lib/modules", "/usr/src"}
         assert all(v.endswith(":ro") for v in mounts.values())
 
+    def test_app_and_sidecar_share_the_host_pid_namespace(self, compose: dict[str, Any]) -> None:
+        # The kernel's thread ids (host namespace) must be the ones the app's
+        # interpreter records, or the loop thread is taken for a native one.
+        assert compose["services"]["app"]["pid"] == "host"
+        assert compose["services"]["sidecar"]["pid"] == "host"
+
+    def test_the_app_exports_without_epoll_in_its_own_threads(
+        self, compose: dict[str, Any]
+    ) -> None:
+        env = compose["services"]["app"]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+
     def test_the_sidecar_is_configured_by_otel_variables_to_the_collector(
         self, compose: dict[str, Any]
     ) -> None:
