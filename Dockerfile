@@ -2,12 +2,14 @@
 # the app's interpreter and libraries sit at the same paths as in the sidecar).
 #
 #   docker build -t otel-blocksnoop .
-#   docker run --rm --pid=host \
-#     --cap-add SYS_ADMIN --cap-add BPF --cap-add PERFMON --cap-add SYS_PTRACE \
+#   docker run --rm --pid=host --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
 #     -v /sys/kernel/tracing:/sys/kernel/tracing \
 #     -v /lib/modules:/lib/modules:ro -v /usr/src:/usr/src:ro \
 #     -e OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 -e OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
 #     otel-blocksnoop otel-blocksnoop -t 50 PID
+#
+# PID is the app's PID on the host, and the app must run in the host's PID
+# namespace too (see docker-compose.yml for why).
 #
 # The same steps as scripts/setup.sh, minus the two that belong to the host and
 # cannot happen in an image build: the kernel headers (BCC compiles against the
