@@ -3,7 +3,7 @@
 #
 #   docker build -t otel-blocksnoop .
 #   docker run --rm --pid=host --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
-#     -v /sys/kernel/tracing:/sys/kernel/tracing \
+#     -v /sys/kernel/tracing:/sys/kernel/tracing:ro \
 #     -v /lib/modules:/lib/modules:ro -v /usr/src:/usr/src:ro \
 #     -e OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 -e OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
 #     otel-blocksnoop otel-blocksnoop -t 50 PID
