@@ -34,6 +34,7 @@ from otel_blocksnoop.target import (
     inspect_target,
 )
 from otel_blocksnoop.threads import ThreadClassifier
+from otel_blocksnoop.trace_link import TraceLinker
 
 PROG = "otel-blocksnoop"
 DEFAULT_THRESHOLD_MS = 100.0
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not follow the loop thread on and off CPU (blocks are reported without a cause)",
     )
     parser.add_argument(
+        "--no-trace-link",
+        action="store_true",
+        help="do not read the app's active OpenTelemetry span (blocks start their own traces)",
+    )
+    parser.add_argument(
         "--no-stacks",
         action="store_true",
         help="do not sample Python stacks (blocks are reported without code)",
@@ -151,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--otlp-protocol",
         choices=otlp.PROTOCOLS,
         help=f"OTLP transport (default: $OTEL_EXPORTER_OTLP_PROTOCOL or {otlp.DEFAULT_PROTOCOL})",
+    )
+    otlp_group.add_argument(
+        "--export-unsampled",
+        action="store_true",
+        help="export the spans of blocks inside requests the app did not sample",
     )
     otlp_group.add_argument(
         "--service",
@@ -182,6 +193,8 @@ class Arguments:
     otlp_protocol: str | None
     service: str | None
     cause: bool
+    trace_link: bool
+    export_unsampled: bool
     stacks: bool
     sample_interval_us: int | None
     verbose: bool
@@ -217,6 +230,8 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
         otlp_protocol=ns.otlp_protocol,
         service=ns.service,
         cause=not ns.no_cause,
+        trace_link=not ns.no_trace_link,
+        export_unsampled=ns.export_unsampled,
         stacks=not ns.no_stacks,
         sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
         verbose=ns.verbose,
@@ -274,6 +289,14 @@ def _stacks(args: Arguments, austin: Austin | None) -> SamplerPool | None:
     interval = args.sample_interval_us or interval_for(args.threshold_ns)
     log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
     return SamplerPool(austin, interval)
+
+
+def _linker(args: Arguments, detector: Detector) -> TraceLinker | None:
+    if args.stats or not args.trace_link:
+        return None
+    linker = TraceLinker(detector, args.threshold_ns)
+    linker.start()
+    return linker
 
 
 def _sinks(args: Arguments, settings: otlp.OtlpSettings) -> list[Sink]:
@@ -340,7 +363,13 @@ def run(args: Arguments) -> int:
     targets = [inspect_target(pid) for pid in args.pids]
     if not targets:
         check_command(args.command)
-    settings = otlp.settings_from(os.environ, args.otlp_endpoint, args.otlp_protocol, args.service)
+    settings = otlp.settings_from(
+        os.environ,
+        args.otlp_endpoint,
+        args.otlp_protocol,
+        args.service,
+        follow_app_sampling=not args.export_unsampled,
+    )
     preflight.require(preflight.run_checks(args.austin)[:4])
 
     detector = Detector(config)
@@ -348,6 +377,7 @@ def run(args: Arguments) -> int:
     detector.load()
     austin = _find_austin(args)
     stacks = _stacks(args, austin)
+    linker = _linker(args, detector)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
@@ -358,6 +388,7 @@ def run(args: Arguments) -> int:
                 threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads
             ),
             stacks=stacks,
+            linker=linker,
         )
         what = (
             "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
@@ -366,6 +397,8 @@ def run(args: Arguments) -> int:
             return _watch_running(detector, session, targets, what, stacks)
         return _watch_launched(detector, session, args.command, what, stacks)
     finally:
+        if linker is not None:
+            linker.stop()
         if stacks is not None:
             stacks.stop()
         detector.close()

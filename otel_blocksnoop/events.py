@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from otel_blocksnoop.context_reader import SpanRef
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -134,6 +138,7 @@ class Block:
     end_reason: EndReason = EndReason.RETURNED
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
     process: ProcessIdentity | None = None
+    parent: SpanRef | None = None  # the app's span active during the block, if read
 
     @property
     def duration_ns(self) -> int:

@@ -80,6 +80,7 @@ class OtlpSettings:
     shutdown_timeout_s: float
     metric_interval_ms: int
     fallback_service: str | None  # --service, else the sidecar's own OTEL_SERVICE_NAME
+    follow_app_sampling: bool = True  # a block in an unsampled request is not exported
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +111,7 @@ def settings_from(
     endpoint: str | None = None,
     protocol: str | None = None,
     service: str | None = None,
+    follow_app_sampling: bool = True,
 ) -> OtlpSettings:
     """Settings from the environment with the flags' values on top (flag > env > default)."""
     chosen = (protocol or env.get(OTEL_EXPORTER_OTLP_PROTOCOL, "") or DEFAULT_PROTOCOL).strip()
@@ -141,6 +143,7 @@ def settings_from(
             _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS)
         ),
         fallback_service=service or env.get(OTEL_SERVICE_NAME, "").strip() or None,
+        follow_app_sampling=follow_app_sampling,
     )
 
 

@@ -41,6 +41,7 @@ from otel_blocksnoop.sinks import Sink
 from otel_blocksnoop.source import source_line
 from otel_blocksnoop.target import thread_name
 from otel_blocksnoop.threads import ThreadClassifier, classify, reported
+from otel_blocksnoop.trace_link import TraceLinker
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +90,18 @@ class _Totals:
 
 
 class Session:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - every stage is passed in, none is built here
         self,
         detector: Detector,
         sinks: Sequence[Sink],
         classifier: ThreadClassifier | None,
         options: SessionOptions,
+        *,
         stacks: SamplerPool | None = None,
+        linker: TraceLinker | None = None,
     ) -> None:
         self._detector = detector
+        self._linker = linker
         self._stacks = stacks
         self._pending: deque[tuple[BlockEvent, ThreadKind, int]] = deque()
         self._hangs = hangs.HangSchedule(options.threshold_ns)
@@ -323,6 +327,11 @@ class Session:
             end_reason=event.end_reason,
             in_progress=in_progress,
             process=self._identity(event.pid),
+            parent=(
+                self._linker.parent(event.pid, event.tid, event.start_ns, final=not in_progress)
+                if self._linker is not None
+                else None
+            ),
         )
 
     def _kind(self, event: BlockEvent) -> ThreadKind:

@@ -86,6 +86,8 @@ class ConsoleSink:
                 f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
                 f"off CPU {human_duration(block.activity.off_cpu_ns)}"
             )
+        if block.parent is not None:
+            notes.append(f"in trace {block.parent.trace_id:032x}")
         if notes:
             self._write(f"    ({'; '.join(notes)})")
 

@@ -62,6 +62,8 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
         ],
         "samples": block.samples,
         "samples_busy": block.samples_busy,
+        "trace_id": f"{block.parent.trace_id:032x}" if block.parent else None,
+        "parent_span_id": f"{block.parent.span_id:016x}" if block.parent else None,
     }
 
 

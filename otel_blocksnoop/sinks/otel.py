@@ -65,12 +65,11 @@ MAX_RESOURCES = 64
 """Watched processes whose resource and meters are kept; the oldest go past this."""
 SCOPE = InstrumentationScope(names.SCOPE_NAME, __version__)
 BlockKey = tuple[int, int, int]
+SpanIds = tuple[int, int, int]  # trace id, span id, trace flags
 
 
-def _span_context(trace_id: int, span_id: int) -> SpanContext:
-    return SpanContext(
-        trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
-    )
+def _span_context(trace_id: int, span_id: int, flags: int = TraceFlags.SAMPLED) -> SpanContext:
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags))
 
 
 def seconds(ns: int) -> float:
@@ -266,7 +265,7 @@ class OtelSink:
     def __init__(self, exporters: Exporters, settings: OtlpSettings) -> None:
         self._settings = settings
         self._ids = RandomIdGenerator()
-        self._span_ids: dict[BlockKey, tuple[int, int]] = {}
+        self._span_ids: dict[BlockKey, SpanIds] = {}
         self._resources: dict[int, Resource] = {}
         self._meters: dict[int, _ProcessMeters] = {}
         self._metric_exporter = exporters.metrics
@@ -301,14 +300,15 @@ class OtelSink:
 
     def export(self, block: Block) -> None:
         key = (block.pid, block.tid, block.start_ns)
-        ids = self._span_ids.pop(key, None)
-        trace_id, span_id = ids if ids is not None else self._new_ids()
+        ids = self._span_ids.pop(key, None) or self._ids_for(block)
+        trace_id, span_id, flags = ids
         resource = self._resource(block)
-        if self._spans is not None:
+        sampled = bool(flags & TraceFlags.SAMPLED) or not self._settings.follow_app_sampling
+        if self._spans is not None and sampled:
             span = ReadableSpan(
                 name=names.BLOCK_SPAN,
-                context=_span_context(trace_id, span_id),
-                parent=None,
+                context=_span_context(trace_id, span_id, flags),
+                parent=self._parent_context(block, trace_id),
                 resource=resource,
                 attributes=block_attributes(block),
                 kind=SpanKind.INTERNAL,
@@ -321,12 +321,33 @@ class OtelSink:
         meters = self._process_meters(block.pid, resource)
         if meters is not None:
             labels: Attributes = {names.THREAD_ID: block.tid, names.CAUSE: str(block.cause)}
-            # In the span's context, so the point carries an exemplar pointing at it.
+            # In the span's context, so the point carries an exemplar pointing at it
+            # (only when the span is exported: the SDK keeps exemplars of sampled spans).
             in_span = trace.set_span_in_context(
-                trace.NonRecordingSpan(_span_context(trace_id, span_id))
+                trace.NonRecordingSpan(_span_context(trace_id, span_id, flags if sampled else 0))
             )
             meters.duration.record(seconds(block.duration_ns), labels, context=in_span)
             meters.blocks.add(1, labels)
+
+    def _ids_for(self, block: Block) -> SpanIds:
+        """A new span in the app's trace (with its sampling decision), or in a trace of its own."""
+        _, span_id = self._new_ids()
+        if block.parent is not None:
+            return block.parent.trace_id, span_id, block.parent.trace_flags
+        trace_id, span_id = self._new_ids()
+        return trace_id, span_id, TraceFlags.SAMPLED
+
+    @staticmethod
+    def _parent_context(block: Block, trace_id: int) -> SpanContext | None:
+        parent = block.parent
+        if parent is None or parent.trace_id != trace_id:
+            return None
+        return SpanContext(
+            parent.trace_id,
+            parent.span_id,
+            is_remote=True,
+            trace_flags=TraceFlags(parent.trace_flags),
+        )
 
     def export_hang(self, block: Block) -> None:
         """A log record now, tied to the span the block will get when it ends."""
@@ -336,10 +357,10 @@ class OtelSink:
         if key not in self._span_ids:
             while len(self._span_ids) >= MAX_RESOURCES * 16:
                 del self._span_ids[next(iter(self._span_ids))]
-            self._span_ids[key] = self._new_ids()
-        trace_id, span_id = self._span_ids[key]
+            self._span_ids[key] = self._ids_for(block)
+        trace_id, span_id, flags = self._span_ids[key]
         context = trace.set_span_in_context(
-            trace.NonRecordingSpan(_span_context(trace_id, span_id))
+            trace.NonRecordingSpan(_span_context(trace_id, span_id, flags))
         )
         attributes = {**block_attributes(block), names.DURATION: seconds(block.duration_ns)}
         where = f" in {block.call_site.function}" if block.call_site else ""
@@ -438,6 +459,7 @@ class OtelSink:
                     break
 
     def _new_ids(self) -> tuple[int, int]:
+        """A new trace id and span id."""
         return self._ids.generate_trace_id(), self._ids.generate_span_id()
 
     def _resource(self, block: Block) -> Resource:

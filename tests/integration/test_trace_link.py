@@ -1,0 +1,91 @@
+"""Block spans inside the app's own traces: the active span read from outside, during the block."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import SIDECAR, TARGETS, WAIT_S, parse_json_lines, truth
+from tests.integration.test_export import otlp_env, span_for
+from tests.otlp import OtlpReceiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
+
+TRACED_APP = TARGETS / "traced_app.py"
+
+
+def hex_ids(true_block: dict[str, Any]) -> tuple[str | None, str | None]:
+    if true_block["trace_id"] is None:
+        return None, None
+    return f"{true_block['trace_id']:032x}", f"{true_block['span_id']:016x}"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_each_block_span_is_a_child_of_the_request_span_active_during_it(
+    tmp_path: Path, loop: str
+) -> None:
+    # GIVEN an app whose two concurrent requests block the loop in turn, in their
+    # own spans, then one block outside any span and one in an unsampled request
+    out = tmp_path / "truth.jsonl"
+    extra = ["--uvloop"] if loop == "uvloop" else []
+    with OtlpReceiver() as receiver:
+        env = otlp_env(receiver.http_endpoint, "http/protobuf")
+        result = subprocess.run(
+            [*SIDECAR, "--json", "-q", "-t", "50", "--", sys.executable, str(TRACED_APP),
+             "--out", str(out), *extra],
+            capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        expected = truth(out)
+        sampled = [b for b in expected if b["sampled"] is not False]
+        spans = receiver.wait_for_spans(len(sampled))
+    assert [b["scenario"] for b in expected] == [
+        "request-a", "request-b", "request-a", "request-b", "no-span", "unsampled",
+    ]  # fmt: skip
+    records = [r for r in parse_json_lines(result.stdout) if r["type"] == "block"]
+    for true_block in expected:
+        trace_id, span_id = hex_ids(true_block)
+        # THEN the sidecar names the right request for each block
+        (record,) = [
+            r
+            for r in records
+            if r["start_monotonic_ns"] < true_block["end_ns"]
+            and r["end_monotonic_ns"] > true_block["start_ns"]
+        ]
+        assert (record["trace_id"], record["parent_span_id"]) == (trace_id, span_id), true_block
+        if true_block["sampled"] is False:
+            continue
+        # AND its span sits in that request's trace, as a child of the request's span
+        span = span_for(spans, true_block).span
+        if trace_id is None:
+            assert not span.parent_span_id
+        else:
+            assert (span.trace_id.hex(), span.parent_span_id.hex()) == (trace_id, span_id)
+    # AND the block in the unsampled request follows the app's decision: no span
+    assert len(spans) == len(sampled) == len(expected) - 1
+
+
+def test_export_unsampled_overrides_the_apps_sampling_decision(tmp_path: Path) -> None:
+    out = tmp_path / "truth.jsonl"
+    with OtlpReceiver() as receiver:
+        env = otlp_env(receiver.http_endpoint, "http/protobuf")
+        result = subprocess.run(
+            [*SIDECAR, "-q", "-t", "50", "--export-unsampled", "--", sys.executable,
+             str(TRACED_APP), "--out", str(out)],
+            capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        (unsampled,) = [b for b in truth(out) if b["scenario"] == "unsampled"]
+        spans = receiver.wait_for_spans(
+            lambda got: any(
+                s.span.start_time_unix_nano < unsampled["end_unix_ns"]
+                and s.span.end_time_unix_nano > unsampled["start_unix_ns"]
+                for s in got
+            )
+        )
+    span = span_for(spans, unsampled).span
+    assert span.trace_id.hex() == f"{unsampled['trace_id']:032x}"

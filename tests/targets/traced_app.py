@@ -1,0 +1,102 @@
+"""Target app for trace links: requests in OpenTelemetry spans block the loop, in turn.
+
+Usage: traced_app.py [--ms N] [--out FILE] [--uvloop]
+
+Two requests run at once, each in its own span, and block the loop
+alternately (A, B, A, B), so the sidecar must tell which request each block
+belongs to. Then one block outside any span, and one inside a request the
+app did not sample (its parent came in unsampled). Each block is written as
+a JSON line {"scenario", "tid", "start_ns", "end_ns", "start_unix_ns",
+"end_unix_ns", "trace_id", "span_id", "sampled"} (ids as ints, null outside
+a span).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+OUT: TextIO = sys.stdout
+
+
+def block(scenario: str, seconds: float) -> None:
+    """Block the loop, and say when, on which thread, and inside which span."""
+    span = trace.get_current_span().get_span_context()
+    start_ns = time.monotonic_ns()
+    time.sleep(seconds)
+    end_ns = time.monotonic_ns()
+    wall_offset_ns = time.time_ns() - time.monotonic_ns()
+    record: dict[str, Any] = {
+        "scenario": scenario,
+        "tid": threading.get_native_id(),
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "start_unix_ns": start_ns + wall_offset_ns,
+        "end_unix_ns": end_ns + wall_offset_ns,
+        "trace_id": span.trace_id if span.is_valid else None,
+        "span_id": span.span_id if span.is_valid else None,
+        "sampled": span.trace_flags.sampled if span.is_valid else None,
+    }
+    OUT.write(json.dumps(record) + "\n")
+    OUT.flush()
+
+
+async def request(name: str, seconds: float, turns: list[asyncio.Event], mine: int) -> None:
+    """Block twice inside the request's span, taking turns with the other request."""
+    tracer = trace.get_tracer("traced_app")
+    with tracer.start_as_current_span(f"request {name}"):
+        for turn in range(mine, len(turns), 2):
+            await turns[turn].wait()
+            block(f"request-{name}", seconds)
+            await asyncio.sleep(0.05)
+            if turn + 1 < len(turns):
+                turns[turn + 1].set()
+
+
+async def main(seconds: float) -> None:
+    trace.set_tracer_provider(TracerProvider())
+    await asyncio.sleep(0.3)
+    turns = [asyncio.Event() for _ in range(4)]
+    both = asyncio.gather(request("a", seconds, turns, 0), request("b", seconds, turns, 1))
+    turns[0].set()
+    await both
+    await asyncio.sleep(0.05)
+    block("no-span", seconds)
+    await asyncio.sleep(0.05)
+    remote = SpanContext(
+        trace_id=0x5EED << 64 | 1, span_id=0xC0FFEE, is_remote=True, trace_flags=TraceFlags(0)
+    )
+    unsampled = trace.set_span_in_context(NonRecordingSpan(remote))
+    tracer = trace.get_tracer("traced_app")
+    with tracer.start_as_current_span("unsampled request", context=unsampled):
+        block("unsampled", seconds)
+    await asyncio.sleep(0.05)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ms", type=float, default=120.0)
+    parser.add_argument("--out", help="write the block records here instead of stdout")
+    parser.add_argument("--uvloop", action="store_true")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.out:
+        OUT = open(args.out, "a")  # noqa: PTH123, SIM115 - lives as long as the process
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(main(args.ms / 1000))
+    else:
+        asyncio.run(main(args.ms / 1000))

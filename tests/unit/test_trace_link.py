@@ -1,0 +1,87 @@
+"""Choosing a block's parent span from the reads taken during it."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from otel_blocksnoop.context_reader import SpanRef
+from otel_blocksnoop.detector import InProgress, ThreadSnapshot
+from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.trace_link import TraceLinker, elect, interval_for
+
+A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
+B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)
+
+
+def test_the_span_active_in_most_reads_is_the_parent() -> None:
+    assert elect(Counter({A: 3, B: 1})) == A
+    assert elect(Counter({A: 2, None: 1})) == A
+
+
+def test_a_tie_or_a_minority_gives_no_parent_rather_than_a_wrong_one() -> None:
+    assert elect(Counter({A: 2, B: 2})) is None
+    assert elect(Counter({A: 1, None: 3})) is None
+    assert elect(Counter({None: 4})) is None
+    assert elect(Counter()) is None
+
+
+def test_reads_are_a_quarter_of_the_threshold_apart_within_bounds() -> None:
+    assert interval_for(100 * NS_PER_MS) == 25 * NS_PER_MS
+    assert interval_for(1 * NS_PER_MS) == 2 * NS_PER_MS
+    assert interval_for(10_000 * NS_PER_MS) == 25 * NS_PER_MS
+
+
+class Table:
+    """Threads out of epoll, as scripted."""
+
+    def __init__(self, ongoing: list[InProgress]) -> None:
+        self.ongoing = ongoing
+        self.asked: list[int] = []
+
+    def snapshot(self, min_ns: int) -> ThreadSnapshot:
+        self.asked.append(min_ns)
+        return ThreadSnapshot(ongoing=tuple(self.ongoing), times=())
+
+
+class Reader:
+    """A target whose threads are in the given spans, read after read."""
+
+    def __init__(self, spans: list[SpanRef | None], unsupported: str | None = None) -> None:
+        self._spans = spans
+        self.unsupported = unsupported
+
+    def active_span(self, tid: int) -> SpanRef | None:
+        _ = tid
+        return self._spans.pop(0) if self._spans else None
+
+
+def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> None:
+    # GIVEN a loop thread out of epoll, read three times while it was
+    start = time.monotonic_ns()
+    table = Table([InProgress(pid=10, tid=11, start_ns=start, activity=None)])
+    reader = Reader([A, A, B])
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader)
+    for _ in range(3):
+        linker.poll()
+    # THEN only threads out for half the threshold were asked for
+    assert table.asked == [50 * NS_PER_MS] * 3
+    # AND a hang report sees the vote so far, the final event takes it
+    assert linker.parent(10, 11, start, final=False) == A
+    assert linker.parent(10, 11, start) == A
+    assert linker.parent(10, 11, start) is None
+
+
+def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
+    table = Table([InProgress(pid=10, tid=11, start_ns=1, activity=None)])
+    made: list[int] = []
+
+    def factory(pid: int) -> Reader:
+        made.append(pid)
+        return Reader([A], unsupported="stripped interpreter")
+
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+    linker.poll()
+    linker.poll()
+    assert made == [10]
+    assert linker.parent(10, 11, 1) is None
