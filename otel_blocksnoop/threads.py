@@ -34,6 +34,12 @@ KNOWN_POLLERS = (
     ("/grpc/_server.py", "_serve"),
     ("/grpc/_channel.py", "channel_spin"),
     ("/grpc/_channel.py", "_run_channel_spin_thread"),
+    # The OpenTelemetry SDK's export threads: with a gRPC exporter, gRPC polls
+    # (epoll) in the calling thread, between waits of seconds.
+    ("/opentelemetry/sdk/_shared_internal/__init__.py", "worker"),
+    ("/opentelemetry/sdk/trace/export/__init__.py", "worker"),
+    ("/opentelemetry/sdk/_logs/_internal/export/__init__.py", "worker"),
+    ("/opentelemetry/sdk/metrics/_internal/export/__init__.py", "_ticker"),
 )
 """Python functions that drive a non-asyncio epoll loop: (path suffix, function)."""
 

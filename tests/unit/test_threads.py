@@ -107,3 +107,22 @@ def test_an_austin_that_is_not_austin_is_refused(tmp_path: Path) -> None:
 def test_an_explicit_austin_path_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(AustinError, match="not an executable file"):
         Austin.find(str(tmp_path / "nope"))
+
+
+def test_the_opentelemetry_sdks_export_thread_is_a_poller_and_not_reported() -> None:
+    # GIVEN the SDK's batch worker, which polls epoll through gRPC while exporting
+    sdk = "/srv/.venv/lib/python3.11/site-packages/opentelemetry/sdk"
+    worker = (
+        Frame("Thread._bootstrap", "/usr/lib/python3.11/threading.py", 995),
+        Frame("BatchProcessor.worker", f"{sdk}/_shared_internal/__init__.py", 176),
+    )
+    ticker = (
+        Frame("Thread.run", "/usr/lib/python3.11/threading.py", 975),
+        Frame(
+            "PeriodicExportingMetricReader._ticker",
+            f"{sdk}/metrics/_internal/export/__init__.py",
+            520,
+        ),
+    )
+    assert classify(worker) == ThreadKind.POLLER
+    assert classify(ticker) == ThreadKind.POLLER
