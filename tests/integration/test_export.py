@@ -103,7 +103,8 @@ def span_for(spans: list[ReceivedSpan], true_block: dict[str, Any]) -> ReceivedS
     found = [
         s
         for s in spans
-        if attributes(s.span.attributes)["thread.id"] == true_block["tid"]
+        if s.span.name == "eventloop.block"
+        and attributes(s.span.attributes)["thread.id"] == true_block["tid"]
         and s.span.start_time_unix_nano < true_block["end_unix_ns"]
         and s.span.end_time_unix_nano > true_block["start_unix_ns"]
     ]

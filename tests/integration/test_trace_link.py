@@ -11,11 +11,19 @@ import pytest
 
 from tests.helpers import SIDECAR, TARGETS, WAIT_S, parse_json_lines, truth
 from tests.integration.test_export import otlp_env, span_for
-from tests.otlp import OtlpReceiver
+from tests.otlp import OtlpReceiver, ReceivedSpan
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
 TRACED_APP = TARGETS / "traced_app.py"
+
+
+def blocks_in(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return [s for s in spans if s.span.name == "eventloop.block"]
+
+
+def requests_in(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return [s for s in spans if s.span.name.startswith("request ")]
 
 
 def hex_ids(true_block: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -42,7 +50,10 @@ def test_each_block_span_is_a_child_of_the_request_span_active_during_it(
         assert result.returncode == 0, result.stderr
         expected = truth(out)
         sampled = [b for b in expected if b["sampled"] is not False]
-        spans = receiver.wait_for_spans(len(sampled))
+        # the app exports its own request spans to the same receiver
+        spans = receiver.wait_for_spans(
+            lambda got: len(blocks_in(got)) >= len(sampled) and len(requests_in(got)) >= 2
+        )
     assert [b["scenario"] for b in expected] == [
         "request-a", "request-b", "request-a", "request-b", "no-span", "unsampled",
     ]  # fmt: skip
@@ -65,8 +76,16 @@ def test_each_block_span_is_a_child_of_the_request_span_active_during_it(
             assert not span.parent_span_id
         else:
             assert (span.trace_id.hex(), span.parent_span_id.hex()) == (trace_id, span_id)
+            # the parent is the app's own request span, as the app exported it
+            assert span_id in {r.span.span_id.hex() for r in requests_in(spans)}
     # AND the block in the unsampled request follows the app's decision: no span
-    assert len(spans) == len(sampled) == len(expected) - 1
+    (unsampled,) = [b for b in expected if b["sampled"] is False]
+    assert not [
+        s
+        for s in blocks_in(spans)
+        if s.span.start_time_unix_nano < unsampled["end_unix_ns"]
+        and s.span.end_time_unix_nano > unsampled["start_unix_ns"]
+    ]
 
 
 def test_export_unsampled_overrides_the_apps_sampling_decision(tmp_path: Path) -> None:

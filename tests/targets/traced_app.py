@@ -8,7 +8,8 @@ belongs to. Then one block outside any span, and one inside a request the
 app did not sample (its parent came in unsampled). Each block is written as
 a JSON line {"scenario", "tid", "start_ns", "end_ns", "start_unix_ns",
 "end_unix_ns", "trace_id", "span_id", "sampled"} (ids as ints, null outside
-a span).
+a span). With OTEL_EXPORTER_OTLP_ENDPOINT set, the app exports its own spans
+over OTLP/HTTP, as an instrumented service would.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -62,8 +64,22 @@ async def request(name: str, seconds: float, turns: list[asyncio.Event], mine: i
                 turns[turn + 1].set()
 
 
+def tracer_provider() -> TracerProvider:
+    """The app's own tracing; its spans go to OTLP too when an endpoint is set."""
+    provider = TracerProvider()
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,  # only when exporting: the import takes half a second
+        )
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
 async def main(seconds: float) -> None:
-    trace.set_tracer_provider(TracerProvider())
+    provider = tracer_provider()
+    trace.set_tracer_provider(provider)
     await asyncio.sleep(0.3)
     turns = [asyncio.Event() for _ in range(4)]
     both = asyncio.gather(request("a", seconds, turns, 0), request("b", seconds, turns, 1))
@@ -80,6 +96,7 @@ async def main(seconds: float) -> None:
     with tracer.start_as_current_span("unsampled request", context=unsampled):
         block("unsampled", seconds)
     await asyncio.sleep(0.05)
+    provider.shutdown()
 
 
 def parse_args() -> argparse.Namespace:
