@@ -108,3 +108,26 @@ def test_export_unsampled_overrides_the_apps_sampling_decision(tmp_path: Path) -
         )
     span = span_for(spans, unsampled).span
     assert span.trace_id.hex() == f"{unsampled['trace_id']:032x}"
+
+
+def test_blocks_name_their_request_on_every_python(otel_python: Path, tmp_path: Path) -> None:
+    # GIVEN the same app on this interpreter (3.9-3.13, and Debian's own 3.11)
+    out = tmp_path / "truth.jsonl"
+    result = subprocess.run(
+        [*SIDECAR, "--json", "-q", "-t", "50", "--", "env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT",
+         str(otel_python), str(TRACED_APP), "--out", str(out)],
+        capture_output=True, text=True, check=False, timeout=WAIT_S,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [r for r in parse_json_lines(result.stdout) if r["type"] == "block"]
+    expected = truth(out)
+    assert len(expected) == 6
+    # THEN every block names the request it happened in, or none
+    for true_block in expected:
+        (record,) = [
+            r
+            for r in records
+            if r["start_monotonic_ns"] < true_block["end_ns"]
+            and r["end_monotonic_ns"] > true_block["start_ns"]
+        ]
+        assert (record["trace_id"], record["parent_span_id"]) == hex_ids(true_block), true_block
