@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 CALL_SITES = {
     "sleep": ("block_once", "BLOCKERS[scenario](seconds)"),
     "cpu": ("busy", "time.perf_counter() < deadline"),
-    "hashlib": ("pbkdf2", "max(1, int(seconds / per_round))"),
+    "hashlib": ("pbkdf2", "max(1, int(seconds / PER_ROUND))"),
     "read": ("read_pipe", "os.read(read_end, 1)"),
     "subprocess": ("wait_subprocess", 'subprocess.run(["sleep"'),
     "lock": ("held_lock", "lock.acquire()"),
