@@ -3,9 +3,11 @@
 The kernel reports a block when it ends, and by then the loop has moved on
 to other tasks and other contexts, so the active span must be read while the
 block is going on. A poller thread looks at the kernel's table of threads out
-of epoll every ``interval`` (a quarter of the threshold, 2 to 25 ms); for
-each one out for at least half the threshold it reads the thread's active
-span from the app's memory (``ContextReader``). One block may hold several
+of epoll every ``interval`` (half the threshold, 2 to 50 ms); for each one
+out for at least half the threshold it reads the thread's active span from
+the app's memory (``ContextReader``). Any block of at least the threshold is
+thus read at least once: it is out of epoll past half the threshold for at
+least one interval. One block may hold several
 callbacks, so the reads vote: the span that was active in at least half of
 them, and more often than any other, is the block's parent. A tie or a
 scatter gives no parent: a block with no link is better than one in the
@@ -31,7 +33,7 @@ from otel_blocksnoop.events import NS_PER_MS
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_NS = 2 * NS_PER_MS
-MAX_INTERVAL_NS = 25 * NS_PER_MS
+MAX_INTERVAL_NS = 50 * NS_PER_MS
 MAX_BLOCKS = 4096
 """Blocks whose votes are kept until their event arrives; the oldest go first."""
 MAX_READERS = 256
@@ -54,7 +56,7 @@ class SpanReader(Protocol):
 
 
 def interval_for(threshold_ns: int) -> int:
-    return max(MIN_INTERVAL_NS, min(MAX_INTERVAL_NS, threshold_ns // 4))
+    return max(MIN_INTERVAL_NS, min(MAX_INTERVAL_NS, threshold_ns // 2))
 
 
 def elect(votes: Counter[SpanRef | None]) -> SpanRef | None:

@@ -26,10 +26,10 @@ def test_a_tie_or_a_minority_gives_no_parent_rather_than_a_wrong_one() -> None:
     assert elect(Counter()) is None
 
 
-def test_reads_are_a_quarter_of_the_threshold_apart_within_bounds() -> None:
-    assert interval_for(100 * NS_PER_MS) == 25 * NS_PER_MS
+def test_reads_are_half_the_threshold_apart_within_bounds() -> None:
+    assert interval_for(100 * NS_PER_MS) == 50 * NS_PER_MS
     assert interval_for(1 * NS_PER_MS) == 2 * NS_PER_MS
-    assert interval_for(10_000 * NS_PER_MS) == 25 * NS_PER_MS
+    assert interval_for(10_000 * NS_PER_MS) == 50 * NS_PER_MS
 
 
 class Table:
