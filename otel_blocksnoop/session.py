@@ -174,6 +174,7 @@ class Session:
             if not reported(kind):
                 self._totals.ignore(event, kind)
                 continue
+            self._identity(event.pid)
             # Samples taken during the block reach us a little after it ends.
             self._pending.append((event, kind, event.end_ns + self._settle_ns))
 
@@ -239,6 +240,10 @@ class Session:
         self._next_hang_check = now + hangs.CHECK_EVERY_NS
         snapshot: ThreadSnapshot = self._detector.snapshot(self._hangs.first_ns)
         self._thread_times = snapshot.times
+        # Who a process is, read as soon as its loop runs: a short-lived app may be
+        # gone (its /proc/PID/environ empty) by the time its first block is exported.
+        for times in snapshot.times:
+            self._identity(times.pid)
         ongoing = {
             hangs.Ongoing(item.pid, item.tid, item.start_ns): item for item in snapshot.ongoing
         }

