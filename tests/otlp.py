@@ -178,13 +178,14 @@ class OtlpReceiver:
             futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-grpc"),
             options=[("grpc.so_reuseport", 0)],
         )
-        services: list[tuple[Callable[[Any, Any], None], Any]] = [
-            (trace_service_pb2_grpc.add_TraceServiceServicer_to_server, _TraceService(self)),
-            (metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server, _MetricsService(self)),
-            (logs_service_pb2_grpc.add_LogsServiceServicer_to_server, _LogsService(self)),
+        service = _ExportService(self)
+        adders: list[Callable[[Any, Any], None]] = [
+            trace_service_pb2_grpc.add_TraceServiceServicer_to_server,
+            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server,
+            logs_service_pb2_grpc.add_LogsServiceServicer_to_server,
         ]
-        for add_to_server, servicer in services:  # the generated functions are untyped
-            add_to_server(servicer, server)
+        for add_to_server in adders:  # the generated functions are untyped
+            add_to_server(service, server)
         try:
             port = server.add_insecure_port(f"{HOST}:{self.grpc_port}")
         except RuntimeError as error:  # grpcio >= 1.60 raises, older ones return 0
@@ -315,55 +316,34 @@ class OtlpReceiver:
         return self._wait("log records", self._logs, until, timeout)
 
 
-# gRPC services. The generated servicer bases are untyped.
-
-
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
-
-    def Export(  # noqa: N802  # the name is fixed by the generated servicer
-        self,
-        request: ExportTraceServiceRequest,
-        context: Any,  # noqa: ARG002
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self._receiver.store(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
-
-    def Export(  # noqa: N802  # the name is fixed by the generated servicer
-        self,
-        request: ExportMetricsServiceRequest,
-        context: Any,  # noqa: ARG002
-    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
-        self._receiver.store(request)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
-class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
-
-    def Export(  # noqa: N802  # the name is fixed by the generated servicer
-        self,
-        request: ExportLogsServiceRequest,
-        context: Any,  # noqa: ARG002
-    ) -> logs_service_pb2.ExportLogsServiceResponse:
-        self._receiver.store(request)
-        return logs_service_pb2.ExportLogsServiceResponse()
-
-
-# HTTP/protobuf.
-
+# What each request is answered with, over HTTP (by path) and gRPC (by type).
 _HTTP_ROUTES: dict[str, tuple[type[Request], type[Any]]] = {
     "/v1/traces": (ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse),
     "/v1/metrics": (ExportMetricsServiceRequest, metrics_service_pb2.ExportMetricsServiceResponse),
     "/v1/logs": (ExportLogsServiceRequest, logs_service_pb2.ExportLogsServiceResponse),
 }
+_RESPONSES: dict[type[Request], type[Any]] = dict(_HTTP_ROUTES.values())
+
+
+# gRPC services. The generated servicer bases are untyped; each service's
+# Export differs only in the response type, so one servicer serves all three.
+
+
+class _ExportService(
+    trace_service_pb2_grpc.TraceServiceServicer,
+    metrics_service_pb2_grpc.MetricsServiceServicer,
+    logs_service_pb2_grpc.LogsServiceServicer,
+):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(  # noqa: N802  # the name is fixed by the generated servicers
+        self,
+        request: Request,
+        context: Any,  # noqa: ARG002
+    ) -> Any:  # one of the three Export*ServiceResponse types
+        self._receiver.store(request)
+        return _RESPONSES[type(request)]()
 
 
 class _HttpServer(ThreadingHTTPServer):
