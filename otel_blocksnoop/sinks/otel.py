@@ -53,6 +53,7 @@ from otel_blocksnoop.events import (
 )
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.util.types import Attributes
 
     from otel_blocksnoop.otlp import Exporters, OtlpSettings
@@ -63,6 +64,8 @@ T = TypeVar("T")
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 MAX_RESOURCES = 64
 """Watched processes whose resource and meters are kept; the oldest go past this."""
+MAX_ONGOING = 1024
+"""Blocks still going on whose span ids are kept for their final span; the oldest go."""
 SCOPE = InstrumentationScope(names.SCOPE_NAME, __version__)
 BlockKey = tuple[int, int, int]
 SpanIds = tuple[int, int, int]  # trace id, span id, trace flags
@@ -70,6 +73,13 @@ SpanIds = tuple[int, int, int]  # trace id, span id, trace flags
 
 def _span_context(trace_id: int, span_id: int, flags: int = TraceFlags.SAMPLED) -> SpanContext:
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags))
+
+
+def _in_span(trace_id: int, span_id: int, flags: int) -> Context:
+    """A context whose current span is this one: for log records and exemplars."""
+    return trace.set_span_in_context(
+        trace.NonRecordingSpan(_span_context(trace_id, span_id, flags))
+    )
 
 
 def seconds(ns: int) -> float:
@@ -160,10 +170,12 @@ class DeliveryQueue(Generic[T]):
 class _ProcessMeters:
     """The meters of one watched process, under its resource."""
 
-    def __init__(self, provider: MeterProvider, pid: int) -> None:
+    def __init__(
+        self, provider: MeterProvider, pid: int, times: Callable[[], LoopTimes | None]
+    ) -> None:
         self.provider = provider
         self.pid = pid
-        self.times: LoopTimes | None = None
+        self._times = times
         meter = provider.get_meter(names.SCOPE_NAME, __version__)
         self.duration = meter.create_histogram(
             names.BLOCK_DURATION,
@@ -188,7 +200,7 @@ class _ProcessMeters:
         )
 
     def _threads(self) -> list[tuple[int, int, int, int]]:
-        times = self.times
+        times = self._times()
         if times is None:
             return []
         return [
@@ -272,6 +284,8 @@ class OtelSink:
         self._times: LoopTimes | None = None
         self._spans: DeliveryQueue[ReadableSpan] | None = None
         self._logs: DeliveryQueue[ReadableLogRecord] | None = None
+        self._span_exporter = exporters.spans
+        self._log_exporter = exporters.logs
         if exporters.spans is not None:
             spans = exporters.spans
             self._spans = DeliveryQueue(
@@ -280,7 +294,6 @@ class OtelSink:
                 settings.max_queue,
                 settings.batch_size,
             )
-            self._span_exporter = spans
         if exporters.logs is not None:
             logs = exporters.logs
             self._logs = DeliveryQueue(
@@ -289,7 +302,6 @@ class OtelSink:
                 settings.max_queue,
                 settings.batch_size,
             )
-            self._log_exporter = logs
         self._self_meters = self._sidecar_meters()
         self._wake = threading.Event()
         self._stopping = False
@@ -323,18 +335,15 @@ class OtelSink:
             labels: Attributes = {names.THREAD_ID: block.tid, names.CAUSE: str(block.cause)}
             # In the span's context, so the point carries an exemplar pointing at it
             # (only when the span is exported: the SDK keeps exemplars of sampled spans).
-            in_span = trace.set_span_in_context(
-                trace.NonRecordingSpan(_span_context(trace_id, span_id, flags if sampled else 0))
-            )
+            in_span = _in_span(trace_id, span_id, flags if sampled else 0)
             meters.duration.record(seconds(block.duration_ns), labels, context=in_span)
             meters.blocks.add(1, labels)
 
     def _ids_for(self, block: Block) -> SpanIds:
         """A new span in the app's trace (with its sampling decision), or in a trace of its own."""
-        _, span_id = self._new_ids()
+        trace_id, span_id = self._new_ids()
         if block.parent is not None:
             return block.parent.trace_id, span_id, block.parent.trace_flags
-        trace_id, span_id = self._new_ids()
         return trace_id, span_id, TraceFlags.SAMPLED
 
     @staticmethod
@@ -355,13 +364,10 @@ class OtelSink:
             return
         key = (block.pid, block.tid, block.start_ns)
         if key not in self._span_ids:
-            while len(self._span_ids) >= MAX_RESOURCES * 16:
+            while len(self._span_ids) >= MAX_ONGOING:
                 del self._span_ids[next(iter(self._span_ids))]
             self._span_ids[key] = self._ids_for(block)
-        trace_id, span_id, flags = self._span_ids[key]
-        context = trace.set_span_in_context(
-            trace.NonRecordingSpan(_span_context(trace_id, span_id, flags))
-        )
+        context = _in_span(*self._span_ids[key])
         attributes = {**block_attributes(block), names.DURATION: seconds(block.duration_ns)}
         where = f" in {block.call_site.function}" if block.call_site else ""
         record = LogRecord(
@@ -390,8 +396,6 @@ class OtelSink:
         self._times = times
         for identity in times.identities:
             self._process_meters(identity.pid, self._resource_of(identity.pid, identity))
-        for meters in self._meters.values():
-            meters.times = times
 
     def export_summary(self, summary: SessionSummary) -> None:
         """Totals are not exported: the counters already carry them."""
@@ -415,10 +419,7 @@ class OtelSink:
         self._stopping = True
         self._wake.set()
         self._worker.join(self._settings.shutdown_timeout_s)
-        for exporter in (
-            getattr(self, "_span_exporter", None),
-            getattr(self, "_log_exporter", None),
-        ):
+        for exporter in (self._span_exporter, self._log_exporter):
             if exporter is not None:
                 exporter.shutdown()
         providers = [meters.provider for meters in self._meters.values()]
@@ -482,8 +483,7 @@ class OtelSink:
             while len(self._meters) >= MAX_RESOURCES:
                 oldest = self._meters.pop(next(iter(self._meters)))
                 oldest.provider.shutdown(timeout_millis=self._timeout_ms())
-            meters = _ProcessMeters(self._meter_provider(resource), pid)
-            meters.times = self._times
+            meters = _ProcessMeters(self._meter_provider(resource), pid, lambda: self._times)
             self._meters[pid] = meters
         return meters
 
