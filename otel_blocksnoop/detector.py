@@ -357,8 +357,11 @@ class Detector:
         )
         return 0
 
-    def snapshot(self, min_ns: int) -> ThreadSnapshot:
+    def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """Every tracked thread's loop time, and those out of epoll for ``min_ns`` now.
+
+        ``activity``: also what each of those did so far (the cause of a hang);
+        the trace linker needs only who is out of epoll.
 
         Reads the whole thread table, which holds only epoll-calling threads of
         watched processes: key by key while it is small (41 us for one thread,
@@ -389,12 +392,12 @@ class Detector:
             times.append(ThreadTimes(state.tgid, tid, state.iterations, busy, idle))
             if not left or now - left < min_ns:
                 continue
-            activity = None
-            if self.tracks_activity:
+            so_far = None
+            if activity and self.tracks_activity:
                 if state.tgid not in cpu_of:
                     cpu_of[state.tgid] = self._process_cpu_ns(state.tgid)
-                activity = activity_so_far(state, cpu_of[state.tgid], now)
-            ongoing.append(InProgress(state.tgid, tid, left, activity))
+                so_far = activity_so_far(state, cpu_of[state.tgid], now)
+            ongoing.append(InProgress(state.tgid, tid, left, so_far))
         return ThreadSnapshot(ongoing=tuple(ongoing), times=tuple(times))
 
     def in_progress(self, min_ns: int) -> list[InProgress]:

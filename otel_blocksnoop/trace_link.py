@@ -44,8 +44,8 @@ BlockKey = tuple[int, int, int]  # pid, tid, start_ns
 class ThreadTable(Protocol):
     """The detector, as far as the poller needs it."""
 
-    def snapshot(self, min_ns: int) -> ThreadSnapshot:
-        """Threads out of epoll for at least ``min_ns``."""
+    def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
+        """Threads out of epoll for at least ``min_ns`` (``activity``: with their books)."""
 
 
 class SpanReader(Protocol):
@@ -114,7 +114,7 @@ class TraceLinker:
 
     def poll(self) -> None:
         """One look at the threads out of epoll, reading the span of each long enough out."""
-        snapshot = self._table.snapshot(self._min_ns)
+        snapshot = self._table.snapshot(self._min_ns, activity=False)
         # A process's reader is built (~0.2 s: it maps the interpreter's ELF file) as soon
         # as one of its threads has called epoll, so it is ready before the first block.
         for pid in {times.pid for times in snapshot.times} - self._readers.keys():
