@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocksnoop_bench.procs import APPS, PYTHON, BenchError, Neighbours, Sidecar
+from blocksnoop_bench.procs import Neighbours, TimedApp, run_timed_app
 from blocksnoop_bench.report import Section, num, pct, table
 
 DURATIONS_MS = (1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0)
@@ -112,37 +111,25 @@ def pair(injected: list[Injected], reports: list[Span]) -> Pairing:
 
 def _run_one(duration_ms: float, count: int, raw_dir: Path, seed: int) -> dict[str, Any]:
     threshold_ms = duration_ms * THRESHOLD_FRACTION
-    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
-        app_out = Path(tmp) / "injected.json"
-        app = [
-            PYTHON,
-            str(APPS / "blocks_app.py"),
+    app = TimedApp(
+        "blocks_app.py",
+        [
             f"--duration-ms={duration_ms:g}",
             f"--count={count}",
-            f"--out={app_out}",
             "--idle-ms",
             f"{IDLE_MS[0]:g}",
             f"{IDLE_MS[1]:g}",
             f"--seed={seed}",
-        ]
-        sidecar = Sidecar(
-            ["-t", f"{threshold_ms:g}", "--", *app], raw_dir / f"accuracy-{duration_ms:g}ms.jsonl"
-        )
-        expected_s = 2 * count * (duration_ms + sum(IDLE_MS) / 2) / 1000
-        try:
-            code = sidecar.child.wait(timeout=60 + 3 * expected_s)
-        finally:
-            sidecar.child.stop()
-        if code != 0 or not app_out.exists():
-            msg = f"failed to run the {duration_ms:g} ms accuracy target (exit {code}): "
-            raise BenchError(msg + sidecar.stderr.text()[-800:])
-        timings = app_out.read_text()
-    (raw_dir / f"accuracy-{duration_ms:g}ms-injected.json").write_text(timings)
+        ],
+        expected_s=2 * count * (duration_ms + sum(IDLE_MS) / 2) / 1000,
+        what=f"{duration_ms:g} ms accuracy target",
+    )
+    timings, records = run_timed_app(app, threshold_ms, raw_dir / f"accuracy-{duration_ms:g}ms")
     return {
         "duration_ms": duration_ms,
         "threshold_ms": threshold_ms,
         "injected": json.loads(timings),
-        "records": sidecar.records(),
+        "records": records,
     }
 
 

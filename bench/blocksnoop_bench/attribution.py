@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from blocksnoop_bench.accuracy import Injected, Span, pair
-from blocksnoop_bench.procs import APPS, PYTHON, BenchError, Neighbours, Sidecar
+from blocksnoop_bench.procs import PYTHON, Neighbours, TimedApp, run_timed_app
 from blocksnoop_bench.report import Section, num, pct, table
 
 DURATIONS_MS = (2.0, 5.0, 10.0, 50.0, 100.0)
@@ -103,35 +102,26 @@ def _run_one(
 ) -> dict[str, Any]:
     threshold_ms = threshold_for(duration_ms)
     tag = f"attribution-{Path(python).parent.parent.name or 'py'}-{duration_ms:g}ms"
-    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
-        app_out = Path(tmp) / "injected.json"
-        app = [
-            python,
-            str(APPS / "kinds_app.py"),
+    app = TimedApp(
+        "kinds_app.py",
+        [
             f"--duration-ms={duration_ms:g}",
             f"--count={count}",
-            f"--out={app_out}",
             "--idle-ms",
             f"{IDLE_MS[0]:g}",
             f"{IDLE_MS[1]:g}",
             f"--seed={seed}",
-        ]
-        sidecar = Sidecar(["-t", f"{threshold_ms:g}", "--", *app], raw_dir / f"{tag}.jsonl")
-        expected_s = len(KINDS) * count * (2 * duration_ms + sum(IDLE_MS) / 2 + 10) / 1000
-        try:
-            code = sidecar.child.wait(timeout=60 + 3 * expected_s)
-        finally:
-            sidecar.child.stop()
-        if code != 0 or not app_out.exists():
-            msg = f"failed to run the {duration_ms:g} ms attribution target (exit {code}): "
-            raise BenchError(msg + sidecar.stderr.text()[-800:])
-        timings = app_out.read_text()
-    (raw_dir / f"{tag}-injected.json").write_text(timings)
+        ],
+        expected_s=len(KINDS) * count * (2 * duration_ms + sum(IDLE_MS) / 2 + 10) / 1000,
+        what=f"{duration_ms:g} ms attribution target",
+        python=python,
+    )
+    timings, records = run_timed_app(app, threshold_ms, raw_dir / tag)
     return {
         "duration_ms": duration_ms,
         "threshold_ms": threshold_ms,
         "injected": json.loads(timings),
-        "records": sidecar.records(),
+        "records": records,
     }
 
 

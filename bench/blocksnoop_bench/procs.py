@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -420,3 +421,40 @@ class Neighbours:
     def close(self) -> None:
         """Stop scanning; the thread ends within one interval."""
         self._stop.set()
+
+
+@dataclass(frozen=True, slots=True)
+class TimedApp:
+    """A bench app that times the blocks it injects and writes them to ``--out``."""
+
+    script: str  # under bench/apps/
+    args: list[str]
+    expected_s: float  # how long it should run; it is given three times that, plus 60 s
+    what: str  # for the error message
+    python: str = PYTHON
+
+
+def run_timed_app(
+    app: TimedApp, threshold_ms: float, raw: Path
+) -> tuple[str, list[dict[str, Any]]]:
+    """Launch ``app`` under the sidecar until it exits.
+
+    The app's own timings and the sidecar's records are returned, and kept as
+    ``RAW.jsonl`` (the sidecar's) and ``RAW-injected.json`` (the app's).
+    """
+    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
+        app_out = Path(tmp) / "injected.json"
+        argv = [app.python, str(APPS / app.script), f"--out={app_out}", *app.args]
+        sidecar = Sidecar(
+            ["-t", f"{threshold_ms:g}", "--", *argv], raw.parent / f"{raw.name}.jsonl"
+        )
+        try:
+            code = sidecar.child.wait(timeout=60 + 3 * app.expected_s)
+        finally:
+            sidecar.child.stop()
+        if code != 0 or not app_out.exists():
+            msg = f"failed to run the {app.what} (exit {code}): "
+            raise BenchError(msg + sidecar.stderr.text()[-800:])
+        timings = app_out.read_text()
+    (raw.parent / f"{raw.name}-injected.json").write_text(timings)
+    return timings, sidecar.records()
