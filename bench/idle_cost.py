@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright 2026 otel-blocksnoop developers
+"""What the sidecar costs while the watched app idles, mode by mode.
+
+Starts an asyncio app that only awaits ``asyncio.sleep(0.5)``, attaches the
+sidecar with the given flags (default threshold), lets it settle, then reads
+the CPU time of the sidecar and of its Austin children over a window
+(``procs.cpu_times``: /proc/PID/stat, live and reaped children). One line per mode, % of one core.
+
+USAGE: idle_cost.py [--seconds S] [--settle S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from blocksnoop_bench.procs import REPO, cpu_times
+
+from otel_blocksnoop.cli import positive_int
+
+MODES = (
+    ("default (stacks, cause, trace links)", ()),
+    ("--no-trace-link", ("--no-trace-link",)),
+    ("--no-stacks --no-cause --no-trace-link", ("--no-stacks", "--no-cause", "--no-trace-link")),
+)
+IDLE_APP = (
+    "import asyncio\nasync def m():\n    while True: await asyncio.sleep(0.5)\nasyncio.run(m())"
+)
+
+
+def measure(flags: tuple[str, ...], seconds: int, settle: int) -> tuple[float, float]:
+    """(sidecar, its children) CPU in % of one core while the app idles."""
+    app = subprocess.Popen([sys.executable, "-c", IDLE_APP])
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "otel_blocksnoop", "-q", *flags, str(app.pid)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(settle)
+        before = cpu_times(sidecar.pid)
+        time.sleep(seconds)
+        return cpu_times(sidecar.pid).percent_since(before)
+    finally:
+        sidecar.terminate()
+        sidecar.wait()
+        app.kill()
+        app.wait()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/idle_cost.py", description=__doc__)
+    parser.add_argument("--seconds", type=positive_int, default=30)
+    parser.add_argument("--settle", type=positive_int, default=6)
+    args = parser.parse_args(argv)
+    print("| mode | sidecar (% of a core) | Austin (%) | total (%) |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, flags in MODES:
+        own, austin = measure(flags, args.seconds, args.settle)
+        print(f"| {name} | {own:.2f} | {austin:.2f} | {own + austin:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
