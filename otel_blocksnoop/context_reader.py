@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,11 @@ MAX_HAMT_NODE_SLOTS = 64
 MAX_DICT_ENTRIES = 64
 MAX_NAME_LENGTH = 256
 MAX_STATIC_TYPES = 64
+MAX_MODULES = 16384
+"""Entries of sys.modules looked through for asyncio's, once per process."""
+MAX_MODULE_NAMES = 4096
+TASKS_RETRY_S = 5.0
+"""How long to wait before looking for asyncio's current tasks again, when not found."""
 ATTEMPTS = 2
 """Walks per call: one, and one more if the thread's context moved during the first."""
 
@@ -92,6 +99,10 @@ _BITMAP_NODE = "hamt_bitmap_node"
 _ARRAY_NODE = "hamt_array_node"
 _COLLISION_NODE = "hamt_collision_node"
 _SHORT_STRING = 64
+_ASYNCIO_TASKS = "asyncio.tasks"
+_CURRENT_TASKS = "_current_tasks"
+"""The dict of loop -> running task that asyncio's C module keeps (3.9-3.13)."""
+_TASK_TYPE = "_asyncio.Task"
 _VERSION_IN_NAME = re.compile(r"(?:libpython|python)(\d+)\.(\d+)(t?)")
 
 
@@ -106,6 +117,25 @@ class SpanRef:
     @property
     def sampled(self) -> bool:
         return bool(self.trace_flags & 0x01)
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """The asyncio task a thread was running: its name and its coroutine's qualified name."""
+
+    name: str
+    coroutine: str | None
+
+
+@dataclass(frozen=True)
+class ThreadContext:
+    """What one read of a thread found: the active span and the running task, each if any."""
+
+    span: SpanRef | None
+    task: TaskRef | None
+
+
+NOTHING = ThreadContext(span=None, task=None)
 
 
 class _Stale(Exception):  # noqa: N818 (internal control flow, not an error)
@@ -180,6 +210,9 @@ class ContextReader:
         self._var: int | None = None
         # Thread state and interpreter of each TID seen, checked again before each use.
         self._tstates: dict[int, tuple[int, int]] = {}
+        # asyncio's running-tasks dict of each interpreter, once found.
+        self._tasks_dicts: dict[int, int] = {}
+        self._tasks_retry_at = 0.0
 
     def _locate(self) -> None:
         mappings = file_mappings(self.pid)
@@ -275,8 +308,15 @@ class ContextReader:
 
     def active_span(self, tid: int) -> SpanRef | None:
         """The span active on native thread ``tid`` now, or None (none, or not readable)."""
+        return self.thread_context(tid).span
+
+    def thread_context(self, tid: int) -> ThreadContext:
+        """The span active on native thread ``tid`` now and the asyncio task it runs.
+
+        Either is None when there is none or it cannot be read.
+        """
         if self.layout is None or self.unsupported is not None:
-            return None
+            return NOTHING
         try:
             for _ in range(ATTEMPTS):
                 try:
@@ -286,33 +326,33 @@ class ContextReader:
             self.moved += 1
         except Exception:  # the target's memory is untrusted: never fail the caller
             self.errors += 1
-            log.debug("active span of %d/%d unreadable", self.pid, tid, exc_info=True)
-        return None
+            log.debug("context of %d/%d unreadable", self.pid, tid, exc_info=True)
+        return NOTHING
 
     # The walk. Each helper returns None when the memory is not as expected.
 
-    def _read(self, layout: CPythonLayout, tid: int) -> SpanRef | None:
+    def _read(self, layout: CPythonLayout, tid: int) -> ThreadContext:
         self._type_names.clear()
-        tstate = self._thread_state(layout, tid)
-        if tstate is None:
-            return None
+        found = self._thread_state(layout, tid)
+        if found is None:
+            return NOTHING
+        tstate, interp = found
         context = self._memory.pointer(tstate + layout.tstate_context)
         if not context or self._type_name(layout, context) not in _CONTEXT_TYPES:
-            return None
+            return NOTHING
         variables = self._memory.pointer(context + layout.context_vars)
-        if not variables:
-            return None
-        span = self._span_in(layout, variables)
+        span = self._span_in(layout, variables) if variables else None
+        task = self._running_task(layout, interp, context)
         # Same context, same variables after the walk: nothing it read was replaced.
         if (
             self._memory.pointer(tstate + layout.tstate_context) != context
             or self._memory.pointer(context + layout.context_vars) != variables
         ):
             raise _Stale
-        return span
+        return ThreadContext(span=span, task=task)
 
-    def _thread_state(self, layout: CPythonLayout, tid: int) -> int | None:
-        """The thread state of ``tid``: the one found last time if it still is, else a walk."""
+    def _thread_state(self, layout: CPythonLayout, tid: int) -> tuple[int, int] | None:
+        """The thread state of ``tid`` and its interpreter: last time's if still so, else a walk."""
         cached = self._tstates.get(tid)
         if cached is not None:
             tstate, interp = cached
@@ -320,15 +360,14 @@ class ContextReader:
                 self._native_id(layout, tstate) == tid
                 and self._memory.pointer(tstate + layout.tstate_interp) == interp
             ):
-                return tstate
+                return cached
             del self._tstates[tid]
         found = self._walk_thread_states(layout, tid)
         if found is not None:
             if len(self._tstates) >= MAX_THREADS:
                 self._tstates.clear()
             self._tstates[tid] = found
-            return found[0]
-        return None
+        return found
 
     def _walk_thread_states(self, layout: CPythonLayout, tid: int) -> tuple[int, int] | None:
         memory = self._memory
@@ -353,6 +392,78 @@ class ContextReader:
         if not pthread or self._tid_offset is None:
             return None
         return self._memory.u32(pthread + self._tid_offset)
+
+    # The running asyncio task. A task runs in its own context (the C Task enters
+    # it for each step), and a context is entered in one thread at most, so of the
+    # tasks asyncio says are running, one per loop, the thread's is the one whose
+    # context the thread is in. Between tasks (a plain callback) there is none.
+
+    def _running_task(self, layout: CPythonLayout, interp: int, context: int) -> TaskRef | None:
+        tasks = self._current_tasks(layout, interp)
+        if tasks is None:
+            return None
+        for _, task in self._dict_items(layout, tasks) or []:
+            if self._memory.pointer(task + layout.task_context) == context:
+                return self._task_ref(layout, task) if self._is_c_task(layout, task) else None
+        return None
+
+    def _current_tasks(self, layout: CPythonLayout, interp: int) -> int | None:
+        """The dict of running tasks asyncio keeps: looked up in sys.modules once, then kept."""
+        known = self._tasks_dicts.get(interp)
+        if known is not None and self._type_name(layout, known) == "dict":
+            return known
+        now = time.monotonic()
+        if now < self._tasks_retry_at:
+            return None
+        self._tasks_retry_at = now + TASKS_RETRY_S
+        modules = self._memory.pointer(interp + layout.interp_modules)
+        module = self._entry(layout, modules, _ASYNCIO_TASKS, MAX_MODULES) if modules else None
+        if module is None or self._type_name(layout, module) != "module":
+            return None
+        names = self._memory.pointer(module + layout.module_dict)
+        tasks = self._entry(layout, names, _CURRENT_TASKS, MAX_MODULE_NAMES) if names else None
+        if tasks is None or self._type_name(layout, tasks) != "dict":
+            return None
+        self._tasks_dicts[interp] = tasks
+        return tasks
+
+    def _entry(self, layout: CPythonLayout, obj: int, name: str, limit: int) -> int | None:
+        """The value under the str key ``name`` of the dict at ``obj``, looked at key by key."""
+        if self._type_name(layout, obj) != "dict":
+            return None
+        for key, value in self._dict_items(layout, obj, limit) or []:
+            if self._ascii(layout, key) == name:
+                return value
+        return None
+
+    def _is_c_task(self, layout: CPythonLayout, task: int) -> bool:
+        """An ``_asyncio.Task`` (or subclass) of the layout this version was measured with."""
+        cls = self._memory.pointer(task + layout.object_type)
+        for _ in range(8):
+            if not cls or not plausible_pointer(cls):
+                return False
+            if self._name_of_type(layout, cls) == _TASK_TYPE:
+                return self._memory.ssize(cls + layout.type_basicsize) == layout.task_basicsize
+            cls = self._memory.pointer(cls + layout.type_base)
+        return False
+
+    def _task_ref(self, layout: CPythonLayout, task: int) -> TaskRef | None:
+        name_obj = self._memory.pointer(task + layout.task_name)
+        if not name_obj:
+            return None
+        name = self._ascii(layout, name_obj)
+        if name is None:
+            # 3.13 names tasks lazily: an int N stands for "Task-N".
+            number = self._int(layout, name_obj)
+            name = f"Task-{number}" if number is not None else None
+        if name is None:
+            return None
+        coro = self._memory.pointer(task + layout.task_coro)
+        qualname = None
+        if coro and self._type_name(layout, coro) == "coroutine":
+            qualname_obj = self._memory.pointer(coro + layout.coro_qualname)
+            qualname = self._ascii(layout, qualname_obj) if qualname_obj else None
+        return TaskRef(name=name, coroutine=qualname)
 
     def _span_in(self, layout: CPythonLayout, hamt: int) -> SpanRef | None:
         if self._type_name(layout, hamt) not in _HAMT_TYPES:
@@ -499,20 +610,22 @@ class ContextReader:
         values = obj + basicsize
         return values if self._memory.u8(values + layout.values_valid) else None
 
-    def _dict_items(self, layout: CPythonLayout, obj: int) -> list[tuple[int, int]] | None:
+    def _dict_items(
+        self, layout: CPythonLayout, obj: int, limit: int = MAX_DICT_ENTRIES
+    ) -> list[tuple[int, int]] | None:
         keys = self._memory.pointer(obj + layout.dict_keys)
         values = self._memory.pointer(obj + layout.dict_values)
         if not keys or values is None:
             return None
-        return self._keys_items(layout, keys, values)
+        return self._keys_items(layout, keys, values, limit)
 
     def _keys_items(  # noqa: C901, PLR0912 (one early exit per check of untrusted memory)
-        self, layout: CPythonLayout, keys: int, values: int
+        self, layout: CPythonLayout, keys: int, values: int, limit: int = MAX_DICT_ENTRIES
     ) -> list[tuple[int, int]] | None:
         """(key, value) of each entry of a dict keys object; split values come from ``values``."""
         memory = self._memory
         count = memory.ssize(keys + layout.keys_nentries)
-        if count is None or not 0 <= count <= MAX_DICT_ENTRIES:
+        if count is None or not 0 <= count <= limit:
             return None
         if layout.keys_size is not None:
             size = memory.ssize(keys + layout.keys_size)
@@ -538,10 +651,11 @@ class ContextReader:
         start = keys + layout.keys_indices + index_bytes
         if count == 0:
             return []
-        raw = memory.read(start, count * entry_size)
-        split = memory.pointers(values + layout.values_items, count) if values else None
-        if raw is None or (values and split is None):
+        raw = memory.read_table(start, count * entry_size)
+        table = memory.read_table(values + layout.values_items, 8 * count) if values else b""
+        if raw is None or table is None:
             return None
+        split = struct.unpack(f"<{count}Q", table) if values else None
         items = []
         for i in range(count):
             key = int.from_bytes(
@@ -650,4 +764,12 @@ class ContextReader:
         return False
 
 
-__all__ = ["CONTEXT_VAR_NAME", "SPAN_KEY_PREFIX", "ContextReader", "SpanRef"]
+__all__ = [
+    "CONTEXT_VAR_NAME",
+    "NOTHING",
+    "SPAN_KEY_PREFIX",
+    "ContextReader",
+    "SpanRef",
+    "TaskRef",
+    "ThreadContext",
+]

@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from otel_blocksnoop.context_reader import SpanRef
+    from otel_blocksnoop.context_reader import SpanRef, TaskRef
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -139,6 +139,7 @@ class Block:
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
     process: ProcessIdentity | None = None
     parent: SpanRef | None = None  # the app's span active during the block, if read
+    task: TaskRef | None = None  # the asyncio task running during the block, if read
 
     @property
     def duration_ns(self) -> int:

@@ -69,6 +69,8 @@ SAMPLES: Final = "blocksnoop.stack.samples"
 SAMPLES_BUSY: Final = "blocksnoop.stack.samples_busy"
 DURATION: Final = "blocksnoop.duration"  # seconds, on hang records: the time so far
 LOOP_STATE: Final = "blocksnoop.eventloop.state"  # busy | idle
+TASK_NAME: Final = "blocksnoop.task.name"  # asyncio.current_task().get_name()
+TASK_COROUTINE: Final = "blocksnoop.task.coroutine"  # its coroutine's __qualname__
 
 # Metrics
 BLOCK_DURATION: Final = "blocksnoop.eventloop.block.duration"

@@ -19,6 +19,8 @@ from typing import Self
 
 MAX_READ = 4096
 """The largest single read: anything bigger is refused as corrupt."""
+MAX_TABLE = 1 << 20
+"""The largest table (``read_table``), e.g. the entries of a big dict like sys.modules."""
 
 _USER_SPACE_END = 1 << 47
 """x86-64 user addresses are below 2**47."""
@@ -80,6 +82,18 @@ class RemoteMemory:
         if done != size:
             return None
         return self._buffer.raw[:size]
+
+    def read_table(self, address: int, size: int) -> bytes | None:
+        """``size`` bytes (at most MAX_TABLE) at ``address``, read MAX_READ at a time."""
+        if not 0 < size <= MAX_TABLE:
+            return None
+        chunks = []
+        for start in range(address, address + size, MAX_READ):
+            chunk = self.read(start, min(MAX_READ, address + size - start))
+            if chunk is None:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def pointer(self, address: int) -> int | None:
         """The pointer stored at ``address`` (may be 0), or None."""
@@ -255,6 +269,7 @@ def process_root(pid: int) -> str:
 
 __all__ = [
     "MAX_READ",
+    "MAX_TABLE",
     "ElfError",
     "ElfSymbols",
     "Mapping",

@@ -313,6 +313,11 @@ class Session:
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
         why, syscall = cause.classify(event.activity)
+        found = (
+            self._linker.context(event.pid, event.tid, event.start_ns, final=not in_progress)
+            if self._linker is not None
+            else None
+        )
         return Block(
             pid=event.pid,
             tid=event.tid,
@@ -334,11 +339,8 @@ class Session:
             end_reason=event.end_reason,
             in_progress=in_progress,
             process=self._identity(event.pid),
-            parent=(
-                self._linker.parent(event.pid, event.tid, event.start_ns, final=not in_progress)
-                if self._linker is not None
-                else None
-            ),
+            parent=found.span if found else None,
+            task=found.task if found else None,
         )
 
     def _kind(self, event: BlockEvent) -> ThreadKind:

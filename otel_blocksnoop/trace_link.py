@@ -4,14 +4,14 @@ The kernel reports a block when it ends, and by then the loop has moved on
 to other tasks and other contexts, so the active span must be read while the
 block is going on. A poller thread looks at the kernel's table of threads out
 of epoll every ``interval`` (half the threshold, 2 to 50 ms); for each one
-out for at least half the threshold it reads the thread's active span from
-the app's memory (``ContextReader``). Any block of at least the threshold is
-thus read at least once: it is out of epoll past half the threshold for at
-least one interval. One block may hold several
+out for at least half the threshold it reads the thread's active span, and
+the asyncio task it runs, from the app's memory (``ContextReader``). Any block
+of at least the threshold is thus read at least once: it is out of epoll past
+half the threshold for at least one interval. One block may hold several
 callbacks, so the reads vote: the span that was active in at least half of
 them, and more often than any other, is the block's parent. A tie or a
 scatter gives no parent: a block with no link is better than one in the
-wrong trace.
+wrong trace. The running task is elected the same way, on its own.
 
 Reads cost about 0.5-1.3 ms of the sidecar's CPU each (ContextReader's
 docstring) and happen only while a thread is out of epoll that long.
@@ -23,10 +23,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Hashable
+from typing import Protocol, TypeVar
 
-from otel_blocksnoop.context_reader import ContextReader, SpanRef
+from otel_blocksnoop.context_reader import ContextReader, SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.detector import ThreadSnapshot
 from otel_blocksnoop.events import NS_PER_MS
 
@@ -39,6 +39,7 @@ MAX_BLOCKS = 4096
 MAX_READERS = 256
 
 BlockKey = tuple[int, int, int]  # pid, tid, start_ns
+T = TypeVar("T", bound=Hashable)
 
 
 class ThreadTable(Protocol):
@@ -51,16 +52,29 @@ class ThreadTable(Protocol):
 class SpanReader(Protocol):
     unsupported: str | None
 
-    def active_span(self, tid: int) -> SpanRef | None:
-        """The span active on ``tid`` now, or None."""
+    def thread_context(self, tid: int) -> ThreadContext:
+        """The span active on ``tid`` now and the task it runs, each or None."""
+
+
+class _Votes:
+    """What the reads during one block found."""
+
+    __slots__ = ("spans", "tasks")
+
+    def __init__(self) -> None:
+        self.spans: Counter[SpanRef | None] = Counter()
+        self.tasks: Counter[TaskRef | None] = Counter()
+
+    def result(self) -> ThreadContext:
+        return ThreadContext(span=elect(self.spans), task=elect(self.tasks))
 
 
 def interval_for(threshold_ns: int) -> int:
     return max(MIN_INTERVAL_NS, min(MAX_INTERVAL_NS, threshold_ns // 2))
 
 
-def elect(votes: Counter[SpanRef | None]) -> SpanRef | None:
-    """The span active in at least half of the reads and more often than any other."""
+def elect(votes: Counter[T | None]) -> T | None:
+    """The one found in at least half of the reads and more often than any other."""
     total = sum(votes.values())
     spans = [(count, span) for span, count in votes.items() if span is not None]
     if not spans:
@@ -86,7 +100,7 @@ class TraceLinker:
         self._min_ns = threshold_ns // 2
         self._reader_factory = reader_factory
         self._readers: dict[int, SpanReader] = {}
-        self._votes: dict[BlockKey, Counter[SpanRef | None]] = {}
+        self._votes: dict[BlockKey, _Votes] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trace-link", daemon=True)
@@ -98,12 +112,12 @@ class TraceLinker:
         self._stop.set()
         self._thread.join(timeout=1.0)
 
-    def parent(self, pid: int, tid: int, start_ns: int, final: bool = True) -> SpanRef | None:
-        """The block's parent span by the reads so far; ``final`` forgets the block."""
+    def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
+        """The block's parent span and task by the reads so far; ``final`` forgets the block."""
         key = (pid, tid, start_ns)
         with self._lock:
             votes = self._votes.pop(key, None) if final else self._votes.get(key)
-            return elect(votes) if votes else None
+            return votes.result() if votes else ThreadContext(span=None, task=None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_ns / 1e9):
@@ -123,15 +137,16 @@ class TraceLinker:
             reader = self._reader(item.pid)
             if reader is None:
                 continue
-            span = reader.active_span(item.tid)
+            found = reader.thread_context(item.tid)
             key = (item.pid, item.tid, item.start_ns)
             with self._lock:
                 votes = self._votes.get(key)
                 if votes is None:
                     while len(self._votes) >= MAX_BLOCKS:
                         del self._votes[next(iter(self._votes))]
-                    votes = self._votes[key] = Counter()
-                votes[span] += 1
+                    votes = self._votes[key] = _Votes()
+                votes.spans[found.span] += 1
+                votes.tasks[found.task] += 1
 
     def _reader(self, pid: int) -> SpanReader | None:
         reader = self._readers.get(pid)

@@ -5,10 +5,12 @@ For each supported minor version, compile a small C program against that
 interpreter's own headers (pyenv's ``versions/3.X.*/include/python3.X``, with
 ``Py_BUILD_CORE`` for the internal ones), run it, and write what ``offsetof()``
 and ``sizeof()`` printed as one frozen ``CPythonLayout``. Nothing here is typed
-by hand except two structs that CPython does not install, mirrored below from
-its sources: the 3.9/3.10 dict keys (Objects/dict-common.h) and the HAMT nodes
-(Python/hamt.c, unchanged from 3.9 to 3.13 in release builds; 3.13's header
-has the bitmap node, and the program checks the mirror against it).
+by hand except three structs that CPython does not install, mirrored below from
+its sources: the 3.9/3.10 dict keys (Objects/dict-common.h), the 3.9 module
+object, and the HAMT nodes (Python/hamt.c, unchanged from 3.9 to 3.13 in
+release builds; 3.13's header has the bitmap node, and the program checks the
+mirror against it). asyncio's C Task is in no header at all: each interpreter
+is run once to say where its own tasks keep their coroutine, name and context.
 
 USAGE: python scripts/gen_cpython_offsets.py [--pyenv-root DIR] [--check]
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,44 @@ struct _dictkeysobject {
     Py_ssize_t dk_nentries;
     char dk_indices[];
 };
+"""
+
+# Objects/moduleobject.c of CPython 3.9 (3.10+ install it as pycore_moduleobject.h).
+MODULE_39 = """
+typedef struct {
+    PyObject_HEAD
+    PyObject *md_dict;
+} PyModuleObject;
+"""
+
+# asyncio's C Task (Modules/_asynciomodule.c) is not in any header, and it changes
+# between versions: the interpreter itself says where a running task keeps its
+# coroutine, name and context, by the addresses of those objects inside it.
+TASK_PROBE = r"""
+import asyncio, contextvars, ctypes, gc, json, sys
+import _asyncio
+
+marker = contextvars.ContextVar("marker")
+
+async def layout_probe():
+    marker.set(1)  # in the context the task runs in, not in its callbacks' ones
+    task = asyncio.current_task()
+    assert type(task) is _asyncio.Task, type(task)
+    size = _asyncio.Task.__basicsize__
+    raw = ctypes.string_at(id(task), size)
+    words = [int.from_bytes(raw[i : i + 8], sys.byteorder) for i in range(0, size, 8)]
+    context = [o for o in gc.get_referents(task) if type(o) is contextvars.Context and marker in o]
+    assert len(context) == 1, context
+    found = {"task_basicsize": size}
+    for field, obj in (("task_coro", task.get_coro()), ("task_name", task.get_name()),
+                       ("task_context", context[0])):
+        at = [i * 8 for i, word in enumerate(words) if word == id(obj)]
+        assert len(at) == 1, (field, at)
+        found[field] = at[0]
+    print(json.dumps(found))
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(loop.create_task(layout_probe(), name="layout-probe-name"))
 """
 
 # Python/hamt.c of CPython 3.9-3.13, release builds: not installed.
@@ -87,6 +128,11 @@ DICT_COMMON
 #endif
 #if PY_MINOR_VERSION >= 12
 #include "internal/pycore_long.h"
+#endif
+#if PY_MINOR_VERSION >= 10
+#include "internal/pycore_moduleobject.h"
+#else
+MODULE_39
 #endif
 HAMT_NODES
 #if PY_MINOR_VERSION >= 13
@@ -135,6 +181,13 @@ int main(void) {
     NONE("tstate_native_thread_id");
 #endif
     P("tstate_context", offsetof(PyThreadState, context));
+#if PY_MINOR_VERSION >= 12
+    P("interp_modules", offsetof(PyInterpreterState, imports.modules));
+#else
+    P("interp_modules", offsetof(PyInterpreterState, modules));
+#endif
+    P("module_dict", offsetof(PyModuleObject, md_dict));
+    P("coro_qualname", offsetof(PyCoroObject, cr_qualname));
 
     P("object_type", offsetof(PyObject, ob_type));
     P("var_size", offsetof(PyVarObject, ob_size));
@@ -253,7 +306,9 @@ def measure(headers: Path, work: Path) -> dict[str, int | None]:
     """Compile and run the offsetof() program against one version's headers."""
     source = work / "layout.c"
     source.write_text(
-        C_PROGRAM.replace("DICT_COMMON", DICT_COMMON_39).replace("HAMT_NODES", HAMT_NODES)
+        C_PROGRAM.replace("DICT_COMMON", DICT_COMMON_39)
+        .replace("HAMT_NODES", HAMT_NODES)
+        .replace("MODULE_39", MODULE_39)
     )
     binary = work / "layout"
     subprocess.run(
@@ -277,6 +332,15 @@ def measure(headers: Path, work: Path) -> dict[str, int | None]:
         name, _, value = line.partition("=")
         values[name] = None if value == "None" else int(value)
     return values
+
+
+def probe_task(python: Path) -> dict[str, int]:
+    """Where this interpreter's C Task keeps its coroutine, name and context."""
+    out = subprocess.run(
+        [str(python), "-I", "-c", TASK_PROBE], check=True, capture_output=True, text=True
+    ).stdout
+    found: dict[str, int] = json.loads(out)
+    return found
 
 
 def render(minor: int, headers: Path, values: dict[str, int | None]) -> str:
@@ -318,6 +382,7 @@ def main() -> None:
         for _, minor in SUPPORTED_VERSIONS:
             headers = include_dir(args.pyenv_root, minor)
             values = measure(headers, Path(tmp))
+            values.update(probe_task(headers.parent.parent / "bin" / f"python3.{minor}"))
             module = OUT_DIR / f"v3_{minor}.py"
             text = render(minor, headers, values)
             if args.check:

@@ -34,6 +34,14 @@ class CPythonLayout:
     tstate_thread_id: int
     tstate_native_thread_id: int | None
     tstate_context: int
+    # sys.modules, module dicts, coroutines and asyncio's C Task (for the running task)
+    interp_modules: int
+    module_dict: int
+    coro_qualname: int
+    task_basicsize: int
+    task_coro: int
+    task_name: int
+    task_context: int
     # objects and types
     object_type: int
     var_size: int

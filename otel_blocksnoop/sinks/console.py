@@ -86,6 +86,9 @@ class ConsoleSink:
                 f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
                 f"off CPU {human_duration(block.activity.off_cpu_ns)}"
             )
+        if block.task is not None:
+            coroutine = f" ({block.task.coroutine})" if block.task.coroutine else ""
+            notes.append(f"task {block.task.name}{coroutine}")
         if block.parent is not None:
             notes.append(f"in trace {block.parent.trace_id:032x}")
         if notes:

@@ -64,6 +64,8 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
         "samples_busy": block.samples_busy,
         "trace_id": f"{block.parent.trace_id:032x}" if block.parent else None,
         "parent_span_id": f"{block.parent.span_id:016x}" if block.parent else None,
+        "task": block.task.name if block.task else None,
+        "coroutine": block.task.coroutine if block.task else None,
     }
 
 

@@ -263,6 +263,10 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         attributes[names.CODE_FUNCTION_NAME] = block.call_site.function
         attributes[names.CODE_FILE_PATH] = block.call_site.file
         attributes[names.CODE_LINE_NUMBER] = block.call_site.line
+    if block.task is not None:
+        attributes[names.TASK_NAME] = block.task.name
+        if block.task.coroutine:
+            attributes[names.TASK_COROUTINE] = block.task.coroutine
     if block.activity is not None:
         attributes[names.ON_CPU] = seconds(block.activity.on_cpu_ns)
         attributes[names.OFF_CPU] = seconds(block.activity.off_cpu_ns)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from otel_blocksnoop.context_reader import ContextReader, SpanRef
+from otel_blocksnoop.context_reader import ContextReader, SpanRef, TaskRef
 from tests.helpers import TARGETS
 from tests.integration.conftest import MINORS, pyenv_python
 
@@ -49,6 +49,10 @@ def running_target(tmp_path: Path, python: Path | str, *args: str) -> Iterator[d
         process.wait(timeout=30)
 
 
+def expected_task(thread: dict[str, Any]) -> TaskRef:
+    return TaskRef(name=thread["task"], coroutine=thread["coroutine"])
+
+
 def expected(thread: dict[str, Any]) -> SpanRef:
     return SpanRef(
         trace_id=thread["trace_id"], span_id=thread["span_id"], trace_flags=thread["trace_flags"]
@@ -72,6 +76,9 @@ def test_reads_the_span_each_thread_is_blocked_in(otel_python: Path, tmp_path: P
         assert worker == expected(threads["worker"])
         assert loop != worker
         assert loop.sampled
+        # AND the loop thread's running task is named, a plain thread has none
+        assert reader.thread_context(threads["loop"]["tid"]).task == expected_task(threads["loop"])
+        assert reader.thread_context(threads["worker"]["tid"]).task is None
 
 
 def test_an_unsampled_span_keeps_its_flags(otel_python: Path, tmp_path: Path) -> None:
@@ -112,10 +119,12 @@ def test_a_process_without_opentelemetry(minor: int, tmp_path: Path) -> None:
 
         # WHEN the reader reads its threads
         spans = [reader.active_span(thread["tid"]) for thread in target["threads"].values()]
+        loop = target["threads"]["loop"]
 
-        # THEN it is supported, and finds nothing
+        # THEN it is supported, finds no span, and still names the running task
         assert reader.unsupported is None
         assert spans == [None] * len(spans)
+        assert reader.thread_context(loop["tid"]).task == expected_task(loop)
 
 
 def test_debian_python_without_pie(tmp_path: Path) -> None:
@@ -183,10 +192,12 @@ def test_a_uvloop_loop(tmp_path: Path) -> None:
         threads = target["threads"]
 
         # WHEN the reader reads the loop thread, blocked in a task's span
-        span = ContextReader(target["pid"]).active_span(threads["loop"]["tid"])
+        found = ContextReader(target["pid"]).thread_context(threads["loop"]["tid"])
 
         # THEN the ids are exact: uvloop runs callbacks in their context like asyncio
-        assert span == expected(threads["loop"])
+        assert found.span == expected(threads["loop"])
+        # AND its tasks are asyncio's, named as asyncio names them
+        assert found.task == expected_task(threads["loop"])
 
 
 def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import SIDECAR, TARGETS, WAIT_S, parse_json_lines, truth
 from tests.integration.test_export import otlp_env, span_for
-from tests.otlp import OtlpReceiver, ReceivedSpan
+from tests.otlp import OtlpReceiver, ReceivedSpan, attributes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -24,6 +24,10 @@ def blocks_in(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
 
 def requests_in(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
     return [s for s in spans if s.span.name.startswith("request ")]
+
+
+def task_of(block: dict[str, Any]) -> tuple[str | None, str | None]:
+    return block["task"], block["coroutine"]
 
 
 def hex_ids(true_block: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -68,10 +72,14 @@ def test_each_block_span_is_a_child_of_the_request_span_active_during_it(
             and r["end_monotonic_ns"] > true_block["start_ns"]
         ]
         assert (record["trace_id"], record["parent_span_id"]) == (trace_id, span_id), true_block
+        # AND the asyncio task that was running
+        assert task_of(record) == task_of(true_block)
         if true_block["sampled"] is False:
             continue
         # AND its span sits in that request's trace, as a child of the request's span
         span = span_for(spans, true_block).span
+        assert attributes(span.attributes)["blocksnoop.task.name"] == true_block["task"]
+        assert attributes(span.attributes)["blocksnoop.task.coroutine"] == true_block["coroutine"]
         if trace_id is None:
             assert not span.parent_span_id
         else:
@@ -131,3 +139,4 @@ def test_blocks_name_their_request_on_every_python(otel_python: Path, tmp_path: 
             and r["end_monotonic_ns"] > true_block["start_ns"]
         ]
         assert (record["trace_id"], record["parent_span_id"]) == hex_ids(true_block), true_block
+        assert task_of(record) == task_of(true_block)

@@ -8,10 +8,11 @@ variables set so the context's HAMT has several levels. Alongside, blocked
 threads: "worker" inside another span, "unsampled" inside a span its
 ALWAYS_OFF provider did not sample (both with their __dict__ materialized),
 "ended" after its span ended, "plain" that never touched OpenTelemetry.
+The loop's task is left unnamed (3.13 then holds its number, not a str).
 
 When all are blocked, one JSON line goes to the FIFO: {"pid", "python",
 "threads": {name: {"tid", "trace_id", "span_id", "trace_flags"}}} (ids only
-for threads inside a span). A line on stdin ends everything.
+for threads inside a span; "loop" also has "task" and "coroutine"). A line on stdin ends everything.
 
 With --no-otel, opentelemetry is never imported (only "loop" and "plain" run,
 without spans). With --uvloop, the loop is uvloop's. With --churn, one more
@@ -38,8 +39,14 @@ EXTRA_VARS: list[contextvars.ContextVar[int]] = [
 ]
 
 
+TASK_NAME: list[str] = []
+"""The name the loop's task will be given, known without asking it (which names it)."""
+
+
 def note(name: str, span: Any = None) -> None:
     entry: dict[str, Any] = {"tid": threading.get_native_id()}
+    if name == "loop":
+        entry.update(task=TASK_NAME[0], coroutine="handler")
     if span is not None:
         context = span.get_span_context()
         entry.update(
@@ -160,7 +167,12 @@ def main() -> None:
     threading.Thread(target=stop_on_stdin, daemon=True).start()
 
     async def run() -> None:
-        await asyncio.get_running_loop().create_task(handler(use_otel, started, args.ready))
+        loop = asyncio.get_running_loop()
+        # Unnamed tasks are numbered in turn: the one made next is this one's number plus one.
+        probe = loop.create_task(asyncio.sleep(0))
+        TASK_NAME.append(f"Task-{int(probe.get_name().removeprefix('Task-')) + 1}")
+        await loop.create_task(handler(use_otel, started, args.ready))
+        await probe
 
     if args.uvloop:
         import uvloop  # noqa: PLC0415

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from otel_blocksnoop.context_reader import SpanRef
+from otel_blocksnoop.context_reader import SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.detector import InProgress, ThreadSnapshot
 from otel_blocksnoop.events import NS_PER_MS
 from otel_blocksnoop.trace_link import TraceLinker, elect, interval_for
 
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
 B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)
+CHECKOUT = TaskRef(name="Task-7", coroutine="checkout")
 
 
 def test_the_span_active_in_most_reads_is_the_parent() -> None:
@@ -48,29 +49,37 @@ class Table:
 class Reader:
     """A target whose threads are in the given spans, read after read."""
 
-    def __init__(self, spans: list[SpanRef | None], unsupported: str | None = None) -> None:
+    def __init__(
+        self,
+        spans: list[SpanRef | None],
+        unsupported: str | None = None,
+        tasks: list[TaskRef | None] | None = None,
+    ) -> None:
         self._spans = spans
+        self._tasks = tasks or []
         self.unsupported = unsupported
 
-    def active_span(self, tid: int) -> SpanRef | None:
+    def thread_context(self, tid: int) -> ThreadContext:
         _ = tid
-        return self._spans.pop(0) if self._spans else None
+        span = self._spans.pop(0) if self._spans else None
+        task = self._tasks.pop(0) if self._tasks else None
+        return ThreadContext(span=span, task=task)
 
 
 def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> None:
     # GIVEN a loop thread out of epoll, read three times while it was
     start = time.monotonic_ns()
     table = Table([InProgress(pid=10, tid=11, start_ns=start, activity=None)])
-    reader = Reader([A, A, B])
+    reader = Reader([A, A, B], tasks=[CHECKOUT, None, CHECKOUT])
     linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader)
     for _ in range(3):
         linker.poll()
     # THEN only threads out for half the threshold were asked for
     assert table.asked == [50 * NS_PER_MS] * 3
     # AND a hang report sees the vote so far, the final event takes it
-    assert linker.parent(10, 11, start, final=False) == A
-    assert linker.parent(10, 11, start) == A
-    assert linker.parent(10, 11, start) is None
+    assert linker.context(10, 11, start, final=False) == ThreadContext(span=A, task=CHECKOUT)
+    assert linker.context(10, 11, start) == ThreadContext(span=A, task=CHECKOUT)
+    assert linker.context(10, 11, start) == ThreadContext(span=None, task=None)
 
 
 def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
@@ -85,4 +94,4 @@ def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
     linker.poll()
     linker.poll()
     assert made == [10]
-    assert linker.parent(10, 11, 1) is None
+    assert linker.context(10, 11, 1).span is None
