@@ -26,24 +26,46 @@ def pyenv_python(minor: int) -> Path | None:
     return found[-1] if found else None
 
 
-def otel_venv(name: str, base: Path | None) -> Path:
-    """A venv of ``base`` with opentelemetry-sdk, made once and kept in the cache."""
+# What tests/targets/web_app.py needs. pip picks the newest release that supports
+# each interpreter: on 3.9 that is OpenTelemetry 1.41 (instrumentation 0.62b1)
+# and aiohttp 3.13, their last releases for 3.9.
+WEB_APP_PACKAGES = (
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-instrumentation-aiohttp-server",
+    "aiohttp",
+    "uvloop",
+)
+WEB_APP_MODULES = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.instrumentation.aiohttp_server",
+    "aiohttp",
+    "uvloop",
+)
+
+
+def otel_venv(
+    name: str,
+    base: Path | None,
+    packages: tuple[str, ...] = ("opentelemetry-sdk",),
+    modules: tuple[str, ...] = ("opentelemetry.sdk.trace",),
+) -> Path:
+    """A venv of ``base`` with ``packages`` (``modules`` checks them), made once and cached."""
     if base is None or not base.exists():
         pytest.skip(f"no {name} interpreter here")
     venv = CACHE / "targets" / name
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import opentelemetry.sdk.trace"]
+    probe = [str(python), "-c", f"import {', '.join(modules)}"]
     if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return python
     try:
         subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "opentelemetry-sdk"], check=True
-        )
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
     except subprocess.CalledProcessError as error:
         if IN_CI:
-            pytest.fail(f"failed to install opentelemetry-sdk for {name}: {error}")
-        pytest.skip(f"cannot install opentelemetry-sdk for {name}: {error}")
+            pytest.fail(f"failed to install {' '.join(packages)} for {name}: {error}")
+        pytest.skip(f"cannot install {' '.join(packages)} for {name}: {error}")
     return python
 
 
@@ -51,9 +73,21 @@ def otel_venv(name: str, base: Path | None) -> Path:
 INTERPRETERS = [f"py3.{m}" for m in MINORS] + ["debian"]
 
 
+def interpreter(name: str) -> Path | None:
+    """The base interpreter an ``INTERPRETERS`` name stands for."""
+    if name == "debian":
+        return Path("/usr/bin/python3")
+    return pyenv_python(int(name.removeprefix("py3.")))
+
+
 @pytest.fixture(scope="session", params=INTERPRETERS)
 def otel_python(request: pytest.FixtureRequest) -> Path:
     name: str = request.param
-    if name == "debian":
-        return otel_venv(name, Path("/usr/bin/python3"))
-    return otel_venv(name, pyenv_python(int(name.removeprefix("py3."))))
+    return otel_venv(name, interpreter(name))
+
+
+@pytest.fixture(scope="session", params=INTERPRETERS)
+def web_python(request: pytest.FixtureRequest) -> Path:
+    """Each interpreter with the OTel SDK, OTLP/HTTP, aiohttp + its OTel instrumentation, uvloop."""
+    name: str = request.param
+    return otel_venv(f"web-{name}", interpreter(name), WEB_APP_PACKAGES, WEB_APP_MODULES)
