@@ -19,11 +19,15 @@ storm     launch mode at -t 10, 50 blocks/s for 10 minutes (quick: 1): the
 export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
           direct and through rotel), and a storm of 100 blocks/s for 5
           minutes: sidecar CPU, RSS, spans dropped.
+linking   trace links: the parent of each exported block span against the
+          span the app had active (every pyenv CPython 3.9-3.13, and uvloop),
+          the cost of one context read, and req/s of a traced HTTP server
+          with links on vs --no-trace-link.
 
 Each section is printed as markdown and written to bench/results/ with the
 raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
 
-USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export] [--rounds N]
+USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export|linking] [--rounds N]
               [--round-seconds S] [--python PATH ...]
               [--export-storm-seconds S]
 """
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING
 from blocksnoop_bench.accuracy import run_accuracy
 from blocksnoop_bench.attribution import run_attribution
 from blocksnoop_bench.export import ExportConfig, run_export
+from blocksnoop_bench.linking import run_linking
 from blocksnoop_bench.overhead import OverheadConfig, run_overhead
 from blocksnoop_bench.procs import PYTHON, REPO, BenchError, Child, Neighbours
 from blocksnoop_bench.storm import run_storm
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
     from blocksnoop_bench.report import Section
 
 RESULTS = REPO / "bench" / "results"
-BENCHMARKS = ("accuracy", "overhead", "attribution", "storm", "export")
+BENCHMARKS = ("accuracy", "overhead", "attribution", "storm", "export", "linking")
 QUIET_PATIENCE_S = 180.0
 """Total time the overhead run may wait for other people's work to end."""
 FOREIGN_CPU_LIMIT_PCT = 10.0
@@ -73,6 +78,7 @@ examples:
                                # call sites and causes in a Python 3.9 target
   run.py --only storm          # memory under 50 blocks/s for 10 minutes
   run.py --only export         # OTLP export latency and a 5-minute storm (~8 minutes)
+  run.py --only linking        # trace links on every pyenv CPython 3.9-3.13 (~8 minutes)
 """
 
 
@@ -100,8 +106,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--python",
         nargs="+",
-        default=[PYTHON],
-        help="interpreter(s) for the attribution and storm targets (default: this one)",
+        help="interpreter(s) for the attribution, storm and linking targets (default: this"
+        " one; for linking, every pyenv CPython 3.9-3.13 with opentelemetry-sdk)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     return parser.parse_args(argv)
@@ -151,6 +157,49 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _run_selected(
+    args: argparse.Namespace, selected: tuple[str, ...], header: str, neighbours: Neighbours
+) -> None:
+    """Run each selected benchmark in turn, writing its section as soon as it ends."""
+    raw = args.results / "raw"
+    if "accuracy" in selected:
+        _write(run_accuracy(args.quick, raw, neighbours), header, args.results)
+    if "overhead" in selected:
+        config = OverheadConfig(
+            rounds=args.rounds or (2 if args.quick else 10),
+            round_s=args.round_seconds or (1 if args.quick else 3),
+            warmup_s=1 if args.quick else 3,
+            idle_s=args.idle_seconds or (3 if args.quick else 30),
+            raw_dir=raw,
+            neighbours=neighbours,
+        )
+        _write(run_overhead(config), header, args.results)
+    pythons = args.python or [PYTHON]
+    if "attribution" in selected:
+        for python in pythons:
+            _write(run_attribution(args.quick, raw, neighbours, python), header, args.results)
+    if "storm" in selected:
+        _write(run_storm(args.quick, raw, pythons[0]), header, args.results)
+    if "export" in selected:
+        export = ExportConfig(
+            latency_blocks=30 if args.quick else 200,
+            storm_s=args.export_storm_seconds or (30 if args.quick else 300),
+            raw_dir=raw,
+            neighbours=neighbours,
+        )
+        _write(run_export(export), header, args.results)
+    if "linking" in selected:
+        config = OverheadConfig(
+            rounds=args.rounds or (2 if args.quick else 10),
+            round_s=args.round_seconds or (1 if args.quick else 3),
+            warmup_s=1 if args.quick else 3,
+            idle_s=0,
+            raw_dir=raw,
+            neighbours=neighbours,
+        )
+        _write(run_linking(config, args.quick, args.python), header, args.results)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks; every child is stopped however this ends."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
@@ -167,31 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         patience_s=10 if args.quick else QUIET_PATIENCE_S, cpu_limit_pct=FOREIGN_CPU_LIMIT_PCT
     )
     try:
-        if "accuracy" in selected:
-            _write(run_accuracy(args.quick, raw, neighbours), header, args.results)
-        if "overhead" in selected:
-            config = OverheadConfig(
-                rounds=args.rounds or (2 if args.quick else 10),
-                round_s=args.round_seconds or (1 if args.quick else 3),
-                warmup_s=1 if args.quick else 3,
-                idle_s=args.idle_seconds or (3 if args.quick else 30),
-                raw_dir=raw,
-                neighbours=neighbours,
-            )
-            _write(run_overhead(config), header, args.results)
-        if "attribution" in selected:
-            for python in args.python:
-                _write(run_attribution(args.quick, raw, neighbours, python), header, args.results)
-        if "storm" in selected:
-            _write(run_storm(args.quick, raw, args.python[0]), header, args.results)
-        if "export" in selected:
-            export = ExportConfig(
-                latency_blocks=30 if args.quick else 200,
-                storm_s=args.export_storm_seconds or (30 if args.quick else 300),
-                raw_dir=raw,
-                neighbours=neighbours,
-            )
-            _write(run_export(export), header, args.results)
+        _run_selected(args, selected, header, neighbours)
     except BenchError as exc:
         sys.stderr.write(f"bench: {exc}\n")
         return 1

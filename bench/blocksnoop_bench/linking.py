@@ -1,0 +1,745 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright 2026 otel-blocksnoop developers
+"""Trace links: is each block's span the child of the right request span, and at what cost.
+
+Three measurements:
+
+accuracy  one launch-mode sidecar (``-t 5``, OTLP gRPC export to an
+          in-process receiver, tests/otlp.py) per target interpreter,
+          against apps/linked_app.py: concurrent requests, each in its own
+          span (half of the blocks in a child span "query"), block the loop
+          one at a time for 10, 20 and 50 ms; some blocks happen outside any
+          span. The app records the span active during each block. Exported
+          ``eventloop.block`` spans are paired with blocks by wall-clock
+          overlap on the same thread; each block is then right (parent = the
+          app's span), wrong (another parent), unlinked, or missed. The same
+          is done with the sidecar's JSON lines (CLOCK_MONOTONIC), which must
+          agree.
+read cost ``ContextReader(pid)`` in a process of the sidecar's interpreter
+          (apps/read_cost.py) times N calls of its per-thread read against
+          tests/targets/otel_target.py, per target interpreter: the loop
+          thread (its context holds 41 variables) and the "worker" thread
+          (1 variable), both blocked inside a span.
+throughput
+          req/s of apps/traced_http_app.py (a span per request; every 250 ms
+          one request blocks 15 ms inside its span) under wrk, without a
+          sidecar, with ``-t 10 --no-trace-link``, and with ``-t 10`` (links
+          read), in rotating rounds, a fresh sidecar per round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blocksnoop_bench.overhead import (
+    Load,
+    OverheadConfig,
+    PythonLoad,
+    Rounds,
+    Wrk,
+    _alternate,
+    _clean_note,
+    _loss,
+    _paired_losses,
+    _wait_ready,
+    find_wrk,
+)
+from blocksnoop_bench.procs import (
+    APPS,
+    PYTHON,
+    REPO,
+    BenchError,
+    Sidecar,
+    cpu_times,
+    start_app,
+)
+from blocksnoop_bench.report import Section, median, num, pct, spread, table
+from tests.otlp import OtlpReceiver, attributes
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SPAN_NAME = "eventloop.block"
+LINK_THRESHOLD_MS = 5.0
+DURATIONS_MS = (10.0, 20.0, 50.0)
+GOAL_RIGHT_PCT = 99.0
+GOAL_MIN_MS = 10.0
+"""The link goal holds for blocks this long or longer."""
+MINORS = (9, 10, 11, 12, 13)
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
+"""Target venvs with opentelemetry-sdk, shared with tests/integration/conftest.py."""
+OTEL_TARGET = REPO / "tests" / "targets" / "otel_target.py"
+READ_CALLS = 2000
+READY_TIMEOUT_S = 30.0
+DELIVERY_WAIT_S = 10.0
+"""After the sidecar exits, how long its last spans may take to reach the receiver."""
+THROUGHPUT_THRESHOLD_MS = 10.0
+THROUGHPUT_BLOCK_MS = 15.0
+THROUGHPUT_BLOCK_EVERY_MS = 250.0
+SETTLE_S = 0.5
+GOAL_LOSS_PCT = 1.0
+QUIET_WAIT_S = 15.0
+"""Longest wait before a run for other people's work on the machine to end."""
+NS_PER_MS = 1_000_000
+VERDICTS = ("right", "wrong", "wrong, same trace", "unlinked", "missed")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One interpreter the app runs on, and on which loop."""
+
+    label: str
+    python: str
+    uvloop: bool = False
+
+
+def _pyenv_python(minor: int) -> Path | None:
+    try:
+        root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = sorted(Path(root, "versions").glob(f"3.{minor}.*/bin/python3"))
+    return found[-1] if found else None
+
+
+def _has(python: Path | str, module: str) -> bool:
+    probe = [str(python), "-c", f"import {module}"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def _otel_venv(minor: int) -> Path | None:
+    """The tests' venv of pyenv's CPython 3.<minor> with opentelemetry-sdk (made if missing)."""
+    venv = CACHE / "targets" / f"py3.{minor}"
+    python = venv / "bin" / "python"
+    if python.exists() and _has(python, "opentelemetry.sdk.trace"):
+        return python
+    base = _pyenv_python(minor)
+    if base is None:
+        return None
+    sys.stderr.write(f"bench: making {venv} with opentelemetry-sdk...\n")
+    try:
+        subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "opentelemetry-sdk"], check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as error:
+        sys.stderr.write(f"bench: failed to make {venv}: {error}\n")
+        return None
+    return python
+
+
+def find_targets(pythons: list[str] | None) -> tuple[list[Target], list[str]]:
+    """Every pyenv CPython 3.9-3.13 (or the given ones), then uvloop on the sidecar's own.
+
+    Returns the targets and a note per interpreter that could not be had.
+    """
+    targets: list[Target] = []
+    missing: list[str] = []
+    if pythons:
+        targets = [Target(Path(p).parent.parent.name or p, p) for p in pythons]
+    else:
+        for minor in MINORS:
+            python = _otel_venv(minor)
+            if python is None:
+                missing.append(f"3.{minor}: no pyenv interpreter or no opentelemetry-sdk")
+            else:
+                targets.append(Target(f"3.{minor}", str(python)))
+    if _has(PYTHON, "uvloop") and _has(PYTHON, "opentelemetry.sdk.trace"):
+        version = ".".join(str(part) for part in sys.version_info[:2])
+        targets.append(Target(f"{version} uvloop", PYTHON, uvloop=True))
+    else:
+        missing.append("uvloop: not installed in the sidecar's interpreter")
+    return targets, missing
+
+
+# Accuracy.
+
+
+def _hex_id(raw: bytes) -> int | None:
+    return int.from_bytes(raw, "big") if raw else None
+
+
+def _received(receiver: OtlpReceiver) -> list[dict[str, Any]]:
+    """Every block span received: thread, wall-clock interval, trace id and parent id."""
+    spans = []
+    for got in receiver.spans():
+        if got.span.name != SPAN_NAME:
+            continue
+        attrs = attributes(got.span.attributes)
+        spans.append(
+            {
+                "tid": attrs.get("thread.id"),
+                "start": got.span.start_time_unix_nano,
+                "end": got.span.end_time_unix_nano,
+                "trace_id": _hex_id(got.span.trace_id),
+                "parent": _hex_id(got.span.parent_span_id),
+            }
+        )
+    return spans
+
+
+def _from_json(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sidecar's JSON block records in the same shape, on CLOCK_MONOTONIC."""
+    return [
+        {
+            "tid": r.get("tid"),
+            "start": r["start_monotonic_ns"],
+            "end": r["end_monotonic_ns"],
+            "trace_id": int(r["trace_id"], 16) if r.get("trace_id") else None,
+            "parent": int(r["parent_span_id"], 16) if r.get("parent_span_id") else None,
+        }
+        for r in records
+        if r.get("type") == "block"
+    ]
+
+
+def _verdict(block: dict[str, Any], spans: list[dict[str, Any]], start: str, end: str) -> str:
+    """Judge one block against the reported span sharing the most time with it."""
+    best, shared = None, 0
+    for span in spans:
+        if span["tid"] != block["tid"]:
+            continue
+        overlap = min(block[end], span["end"]) - max(block[start], span["start"])
+        if overlap > shared:
+            best, shared = span, overlap
+    if best is None:
+        return "missed"
+    if best["parent"] is None:
+        return "unlinked"
+    if block["span_id"] is not None and (best["trace_id"], best["parent"]) == (
+        block["trace_id"],
+        block["span_id"],
+    ):
+        return "right"
+    return "wrong, same trace" if best["trace_id"] == block["trace_id"] else "wrong"
+
+
+def _accuracy_run(target: Target, quick: bool, raw_dir: Path, seed: int) -> dict[str, Any]:
+    count, outside = (8, 3) if quick else (120, 25)
+    tag = f"linking-{target.label.replace(' ', '-')}"
+    with (
+        tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp,
+        OtlpReceiver() as receiver,
+    ):
+        app_out = Path(tmp) / "blocks.json"
+        app = [
+            target.python,
+            str(APPS / "linked_app.py"),
+            f"--out={app_out}",
+            f"--count={count}",
+            f"--outside={outside}",
+            f"--seed={seed}",
+            "--durations-ms",
+            *(f"{ms:g}" for ms in DURATIONS_MS),
+            *(["--uvloop"] if target.uvloop else []),
+        ]
+        sidecar = Sidecar(
+            [
+                "-t",
+                f"{LINK_THRESHOLD_MS:g}",
+                "--otlp-endpoint",
+                f"http://{receiver.grpc_endpoint}",
+                "--otlp-protocol",
+                "grpc",
+                "--",
+                *app,
+            ],
+            raw_dir / f"{tag}.jsonl",
+        )
+        blocks_n = len(DURATIONS_MS) * (count + outside)
+        expected_s = blocks_n * (sum(DURATIONS_MS) / len(DURATIONS_MS) + 30) / 1000
+        try:
+            code = sidecar.child.wait(timeout=60 + 3 * expected_s)
+        finally:
+            sidecar.child.stop()
+        if code != 0 or not app_out.exists():
+            msg = f"failed to run the trace-link target on {target.label} (exit {code}): "
+            raise BenchError(msg + sidecar.stderr.text()[-800:])
+        records = sidecar.records()
+        reported = sum(1 for r in records if r.get("type") == "block")
+        deadline = time.monotonic() + DELIVERY_WAIT_S
+        while len(_received(receiver)) < reported and time.monotonic() < deadline:
+            time.sleep(0.05)
+        spans = _received(receiver)
+        truth = json.loads(app_out.read_text())
+    (raw_dir / f"{tag}-injected.json").write_text(json.dumps(truth))
+    (raw_dir / f"{tag}-spans.json").write_text(json.dumps(spans))
+    from_json = _from_json(records)
+    verdicts = []
+    for block in truth["blocks"]:
+        otlp = _verdict(block, spans, "start_unix_ns", "end_unix_ns")
+        local = _verdict(block, from_json, "start_ns", "end_ns")
+        verdicts.append(
+            {
+                "where": block["where"],
+                "duration_ms": block["duration_ms"],
+                "kind": block["kind"],
+                "measured_ms": (block["end_ns"] - block["start_ns"]) / NS_PER_MS,
+                "otlp": otlp,
+                "json": local,
+            }
+        )
+    summary: dict[str, Any] = next((r for r in records if r.get("type") == "summary"), {})
+    stderr = sidecar.stderr.text()
+    return {
+        "label": target.label,
+        "python": truth["python"],
+        "loop": truth["loop"],
+        "reported": reported,
+        "received": len(spans),
+        "verdicts": verdicts,
+        "lost_events": summary.get("lost_events"),
+        "warnings": [line for line in stderr.splitlines() if "warn" in line.lower()][:10],
+    }
+
+
+def _counts(verdicts: list[dict[str, Any]], source: str) -> Counter[str]:
+    return Counter(v[source] for v in verdicts)
+
+
+def _accuracy_rows(run: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
+    rows, failed = [], []
+    verdicts = run["verdicts"]
+    for duration in DURATIONS_MS:
+        inside = [v for v in verdicts if v["duration_ms"] == duration and v["where"] != "outside"]
+        outside = [v for v in verdicts if v["duration_ms"] == duration and v["where"] == "outside"]
+        got = _counts(inside, "otlp")
+        right = 100 * got["right"] / len(inside) if inside else None
+        wrong = got["wrong"] + got["wrong, same trace"]
+        if duration >= GOAL_MIN_MS and (right is None or right < GOAL_RIGHT_PCT or wrong):
+            failed.append(f"{run['label']} {duration:g} ms")
+        out = _counts(outside, "otlp")
+        rows.append(
+            [
+                f"{run['python']} {run['loop']}",
+                num(duration, 0),
+                str(len(inside)),
+                pct(right),
+                str(got["right"]),
+                f"{got['wrong']} + {got['wrong, same trace']}",
+                str(got["unlinked"]),
+                str(got["missed"]),
+                str(len(outside)),
+                str(out["wrong"] + out["wrong, same trace"] + out["right"]),
+                str(out["missed"]),
+            ]
+        )
+    return rows, failed
+
+
+def _render_accuracy(runs: list[dict[str, Any]], missing: list[str], elapsed_s: float) -> str:
+    rows, failed = [], []
+    for run in runs:
+        run_rows, run_failed = _accuracy_rows(run)
+        rows += run_rows
+        failed += run_failed
+    disagree = sum(1 for run in runs for v in run["verdicts"] if v["otlp"] != v["json"])
+    total = sum(len(run["verdicts"]) for run in runs)
+    per_run = [
+        [
+            f"{run['python']} {run['loop']}",
+            str(len(run["verdicts"])),
+            str(run["reported"]),
+            str(run["received"]),
+            str(run["lost_events"]),
+            str(sum(1 for v in run["verdicts"] if v["otlp"] != v["json"])),
+            num(run["others_cpu_pct"], 0) + ("+sidecar" if run["other_sidecar"] else ""),
+        ]
+        for run in runs
+    ]
+    verdict = "met on every target" if not failed else "not met: " + ", ".join(failed)
+    skipped = f" Not run: {'; '.join(missing)}." if missing else ""
+    return (
+        f"Launch mode, `-t {LINK_THRESHOLD_MS:g}`, OTLP/gRPC to the receiver. Goal: the right "
+        f"parent for >= {GOAL_RIGHT_PCT:g}% of blocks >= {GOAL_MIN_MS:g} ms inside a span, "
+        f"never a wrong one, and no parent for blocks outside spans: {verdict} "
+        f"(accuracy runs took {elapsed_s:.0f} s).{skipped}\n\n"
+        "Right = the exported span's trace id and parent span id are those of the span the "
+        "app had active during the block (the request's, or its child `query` span's); wrong "
+        "= another parent (other trace + same trace, e.g. the enclosing request instead of "
+        "its `query`); unlinked = no parent; missed = no span overlaps the block. Outside "
+        "spans: blocks made where no span was active; linked = exported with any parent.\n\n"
+        + table(
+            [
+                "target",
+                "D (ms)",
+                "in a span",
+                "right",
+                "right (n)",
+                "wrong (other + same trace)",
+                "unlinked",
+                "missed",
+                "outside spans",
+                "linked",
+                "missed",
+            ],
+            rows,
+            [False, *[True] * 10],
+        )
+        + f"\nThe sidecar's JSON lines (paired on CLOCK_MONOTONIC) give a different verdict "
+        f"than the exported spans for {disagree} of {total} blocks.\n\n"
+        + table(
+            [
+                "target",
+                "blocks",
+                "reported (JSON)",
+                "spans received",
+                "lost events",
+                "JSON != OTLP",
+                "others' CPU (%)",
+            ],
+            per_run,
+            [False, *[True] * 6],
+        )
+    )
+
+
+# Read cost.
+
+
+@contextlib.contextmanager
+def _otel_target(python: str) -> Iterator[dict[str, Any]]:
+    """Run tests/targets/otel_target.py until its threads are blocked; yield its ready line."""
+    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
+        fifo = Path(tmp) / "ready"
+        os.mkfifo(fifo)
+        process = subprocess.Popen(
+            [python, str(OTEL_TARGET), "--ready", str(fifo)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        lines: list[str] = []
+
+        def read_ready() -> None:
+            with fifo.open() as ready:
+                lines.append(ready.readline())
+
+        reader = threading.Thread(target=read_ready, daemon=True)
+        reader.start()
+        try:
+            reader.join(READY_TIMEOUT_S)
+            if not lines:
+                with contextlib.suppress(OSError):  # unblock the reader thread
+                    fifo.open("w").close()
+                msg = f"failed to see otel_target.py ready on {python}"
+                raise BenchError(msg)
+            yield json.loads(lines[0])
+        finally:
+            if process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    process.stdin.write("\n")
+                    process.stdin.close()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+def _percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def _read_cost(target: Target, calls: int) -> dict[str, Any]:
+    with _otel_target(target.python) as ready:
+        threads = ready["threads"]
+        tids = {"41 variables": threads["loop"], "1 variable": threads["worker"]}
+        argv = [
+            PYTHON,
+            str(APPS / "read_cost.py"),
+            str(ready["pid"]),
+            *(str(t["tid"]) for t in tids.values()),
+            f"--calls={calls}",
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+        if done.returncode != 0:
+            msg = f"failed to time reads on {target.label}: {done.stderr.strip()[-500:]}"
+            raise BenchError(msg)
+        timed = json.loads(done.stdout)
+    result: dict[str, Any] = {
+        "label": target.label,
+        "python": ready["python"],
+        "method": timed["method"],
+        "unsupported": timed["unsupported"],
+        "cells": {},
+    }
+    for what, thread in tids.items():
+        got = timed["threads"][str(thread["tid"])]
+        ns = got["ns"]
+        result["cells"][what] = {
+            "median_ms": statistics.median(ns) / NS_PER_MS,
+            "p99_ms": _percentile(ns, 0.99) / NS_PER_MS,
+            "max_ms": max(ns) / NS_PER_MS,
+            "reads_per_call": got["reads_per_call"],
+            "right": got["span"] == [thread["trace_id"], thread["span_id"]],
+            "ns": ns,
+        }
+    return result
+
+
+def _render_read_cost(results: list[dict[str, Any]], calls: int) -> str:
+    rows = []
+    for result in results:
+        for what in ("1 variable", "41 variables"):
+            cell = result["cells"][what]
+            per_read = 1000 * cell["median_ms"] / cell["reads_per_call"]
+            rows.append(
+                [
+                    result["python"],
+                    what,
+                    num(cell["median_ms"], 3),
+                    num(cell["p99_ms"], 3),
+                    num(cell["max_ms"], 2),
+                    num(cell["reads_per_call"], 0),
+                    num(per_read, 1),
+                    "yes" if cell["right"] else "NO",
+                ]
+            )
+    methods = sorted({f"`{r['method']}(tid)`" for r in results})
+    return (
+        f"{' and '.join(methods)} of one `ContextReader(pid)`, {calls:,} calls per row (the "
+        "two threads in turn, after 50 warm-up calls each), in a process of the sidecar's "
+        "interpreter (apps/read_cost.py) against tests/targets/otel_target.py, whose loop "
+        'thread (40 extra context variables + OpenTelemetry\'s) and "worker" thread (only '
+        "OpenTelemetry's) are blocked inside spans. Reads = `process_vm_readv` calls per "
+        "call; right = the span read is the one the target says is active.\n\n"
+        + table(
+            [
+                "target",
+                "context holds",
+                "median (ms)",
+                "p99 (ms)",
+                "max (ms)",
+                "reads",
+                "us per read",
+                "right",
+            ],
+            rows,
+            [False, False, True, True, True, True, True, False],
+        )
+    )
+
+
+# Throughput.
+
+
+@contextlib.contextmanager
+def _watching(pid: int, args: list[str], out: Path) -> Iterator[Sidecar]:
+    sidecar = Sidecar(["-t", f"{THROUGHPUT_THRESHOLD_MS:g}", *args, str(pid)], out)
+    try:
+        sidecar.wait_attached()
+        time.sleep(SETTLE_S)
+        yield sidecar
+    finally:
+        code = sidecar.stop()
+        if code != 0:
+            sys.stderr.write(f"bench: sidecar exited {code}: {sidecar.stderr.text()[-500:]}\n")
+
+
+MODES = ("without", "no-link", "link")
+MODE_ARGS = {"no-link": ["--no-trace-link"], "link": []}
+MODE_LABELS = {
+    "without": "without sidecar",
+    "no-link": "sidecar `--no-trace-link`",
+    "link": "sidecar, links on (default)",
+}
+
+
+def _injected_verdicts(injected: list[list[str]], records: list[dict[str, Any]]) -> dict[str, int]:
+    """Judge the app's blocks that one sidecar round reported: linked to their span or not."""
+    got: Counter[str] = Counter()
+    for _, start, end, trace_id, span_id in injected:
+        overlapping = [
+            r
+            for r in records
+            if r["start_monotonic_ns"] < int(end) and int(start) < r["end_monotonic_ns"]
+        ]
+        if not overlapping:
+            continue
+        record = overlapping[0]
+        if not record.get("parent_span_id"):
+            got["unlinked"] += 1
+        elif (record.get("trace_id"), record["parent_span_id"]) == (trace_id, span_id):
+            got["right"] += 1
+        else:
+            got["wrong"] += 1
+    return dict(got)
+
+
+def _throughput(config: OverheadConfig) -> dict[str, Any]:
+    injected: list[list[str]] = []
+
+    def note(line: str) -> None:
+        if line.startswith("block "):
+            injected.append(line.split())
+
+    server, server_out = start_app(
+        "traced_http_app.py",
+        f"--block-ms={THROUGHPUT_BLOCK_MS:g}",
+        f"--block-every-ms={THROUGHPUT_BLOCK_EVERY_MS:g}",
+        on_line=note,
+    )
+    rounds: dict[str, list[list[dict[str, Any]]]] = {"no-link": [], "link": []}
+    cpu: dict[str, list[float]] = {"no-link": [], "link": []}
+    with server:
+        port = _wait_ready(server_out, "the traced HTTP server's ready line")
+        wrk = find_wrk()
+        load: Load = Wrk(wrk, port) if wrk else PythonLoad(port)
+        sys.stderr.write(f"bench: traced HTTP load with {load.name}, warm-up...\n")
+        load.run(config.warmup_s)
+
+        def measure(mode: str, round_no: int) -> float:
+            if mode == "without":
+                return load.run(config.round_s).rps
+            out = config.raw_dir / f"linking-http-{mode}-round{round_no}.jsonl"
+            with _watching(server.pid, MODE_ARGS[mode], out) as sidecar:
+                before = cpu_times(sidecar.pid)
+                rps = load.run(config.round_s).rps
+                own, children = cpu_times(sidecar.pid).percent_since(before)
+            rounds[mode].append([r for r in sidecar.records() if r.get("type") == "block"])
+            cpu[mode].append(own + children)
+            return rps
+
+        rps = _alternate(config, MODES, measure)
+    (config.raw_dir / "linking-http-injected.json").write_text(json.dumps(injected))
+    return {
+        "load": load.name,
+        "rps": rps.as_json(),
+        "blocks": {mode: [len(r) for r in rs] for mode, rs in rounds.items()},
+        "linked": {
+            mode: [sum(1 for b in r if b.get("parent_span_id")) for r in rs]
+            for mode, rs in rounds.items()
+        },
+        "injected": {
+            mode: [_injected_verdicts(injected, r) for r in rs] for mode, rs in rounds.items()
+        },
+        "sidecar_cpu_pct": cpu,
+    }
+
+
+def _injected_cell(verdicts: list[dict[str, int]]) -> str:
+    total: Counter[str] = Counter()
+    for one in verdicts:
+        total.update(one)
+    return f"{total['right']} / {total['unlinked']} / {total['wrong']}"
+
+
+def _render_throughput(http: dict[str, Any], config: OverheadConfig) -> str:
+    rps = Rounds(**http["rps"])
+    values = rps.values
+    rows = []
+    for mode in MODES:
+        blocks = http["blocks"].get(mode)
+        rows.append(
+            [
+                MODE_LABELS[mode],
+                num(median(values[mode]), 0),
+                spread(values[mode]),
+                "-"
+                if mode == "without"
+                else pct(_loss(values["without"], values[mode]), sign=True),
+                "-" if not blocks else f"{sum(http['linked'][mode])}/{sum(blocks)}",
+                "-" if mode == "without" else _injected_cell(http["injected"][mode]),
+                "-"
+                if mode == "without"
+                else num(statistics.fmean(http["sidecar_cpu_pct"][mode]), 1),
+            ]
+        )
+    paired = _paired_losses(values["no-link"], values["link"])
+    loss = _loss(values["no-link"], values["link"])
+    met = loss is not None and loss <= GOAL_LOSS_PCT
+    return (
+        f"{config.rounds} rounds of {config.round_s} s per mode after {config.warmup_s} s "
+        f"warm-up, the order rotating each round; a fresh sidecar (`-t "
+        f"{THROUGHPUT_THRESHOLD_MS:g}`, attach mode, stacks and cause on) per round. "
+        f"apps/traced_http_app.py answers each request inside a span; every "
+        f"{THROUGHPUT_BLOCK_EVERY_MS:g} ms one request blocks {THROUGHPUT_BLOCK_MS:g} ms in "
+        f"its span. Load: {http['load']}, 16 connections.\n\n"
+        + table(
+            [
+                "mode",
+                "median req/s",
+                "range req/s",
+                "loss vs without (medians)",
+                "blocks linked",
+                "app's blocks: right / unlinked / wrong",
+                "sidecar CPU (% of a core)",
+            ],
+            rows,
+            [False, True, True, True, True, True, True],
+        )
+        + f"\nCost of the links (links on vs `--no-trace-link`, medians): "
+        f"**{pct(loss, sign=True)}**; per-round paired median {pct(median(paired), sign=True)}, "
+        f"range {spread(paired, 1)} %. Goal <= {GOAL_LOSS_PCT:g}%: "
+        f"{'met' if met else 'NOT met'}. "
+        + _clean_note(rps, MODES, config.neighbours.cpu_limit_pct)
+    )
+
+
+def run_linking(config: OverheadConfig, quick: bool, pythons: list[str] | None) -> Section:
+    """Accuracy per target, then the read cost per target, then the throughput A/B/C."""
+    started = time.monotonic()
+    targets, missing = find_targets(pythons)
+    runs = []
+    for seed, target in enumerate(targets):
+        sys.stderr.write(f"bench: trace links on {target.label}...\n")
+        config.neighbours.wait_quiet(QUIET_WAIT_S)
+        with config.neighbours.window() as window:
+            run = _accuracy_run(target, quick, config.raw_dir, seed)
+        run["others_cpu_pct"] = window[0].foreign_cpu_pct
+        run["other_sidecar"] = window[0].foreign_sidecar
+        runs.append(run)
+    accuracy_s = time.monotonic() - started
+    calls = 200 if quick else READ_CALLS
+    costs = []
+    for target in targets:
+        if target.uvloop:
+            continue  # the reader does not look at the loop; one run per interpreter
+        sys.stderr.write(f"bench: read cost on {target.label}...\n")
+        config.neighbours.wait_quiet(QUIET_WAIT_S)
+        costs.append(_read_cost(target, calls))
+    sys.stderr.write("bench: throughput with and without links...\n")
+    http = _throughput(config)
+    elapsed = time.monotonic() - started
+    body = (
+        "### Link accuracy\n\n"
+        + _render_accuracy(runs, missing, accuracy_s)
+        + "\n### Cost of one read\n\n"
+        + _render_read_cost(costs, calls)
+        + "\n### Throughput with links on\n\n"
+        + _render_throughput(http, config)
+        + f"\n(Trace-link run took {elapsed:.0f} s.)\n"
+    )
+    return Section(
+        slug="linking",
+        title="Trace links",
+        body=body,
+        data={
+            "quick": quick,
+            "elapsed_s": elapsed,
+            "accuracy": runs,
+            "read_cost": costs,
+            "throughput": http,
+            "missing": missing,
+        },
+    )
