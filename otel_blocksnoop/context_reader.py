@@ -16,19 +16,13 @@ it moved (the thread switched task or set a context variable meanwhile), the
 walk is redone once, and then given up. ``None`` is the answer whenever
 anything is not as expected: a missing link is better than a wrong one.
 
-Cost of one ``active_span`` call, measured on this machine (2 vCPUs shared,
-2,000 calls per row) against tests/targets/otel_target.py, the target thread
-blocked inside a span, 6 threads; about 9 us per ``process_vm_readv``:
-
-    context holding          3.9         3.11        3.12        3.13
-    1 variable, median       0.52 ms     0.53 ms     0.57 ms     0.54 ms
-    41 variables, median     1.25 ms     1.29 ms     1.35 ms     1.22 ms
-
-(55-57 reads with one variable, 123-130 with 41: the HAMT is walked whole.)
-p99: 0.6-0.9 ms (1 variable) and 1.3-2.7 ms (41) on an idle machine; 4.7-12 ms
-with a load average of 4 on the 2 vCPUs, where the reader waits for a CPU.
-The target is never stopped (no ptrace, no signal); what the reads cost it
-(page-table lock contention at most) is not measured yet.
+The cost of one call (median and p99 per CPython version, against
+tests/targets/otel_target.py with one context variable and with 41) is
+measured by ``bench/run.py --only linking`` and given in BENCHMARKS.md,
+"Trace links"; rerun it after changing the walk. The target is never stopped
+(no ptrace, no signal); what the reads cost it (page-table lock contention at
+most) is in the same section, as the throughput of a traced HTTP server with
+links on and off.
 
 Unsupported, with the reason in ``unsupported``: CPython outside 3.9-3.13,
 free-threaded (``3.13t``) builds, other interpreters, and interpreters without
@@ -468,13 +462,14 @@ class ContextReader:
     def _span_in(self, layout: CPythonLayout, hamt: int) -> SpanRef | None:
         if self._type_name(layout, hamt) not in _HAMT_TYPES:
             return None
-        items = self._hamt_items(layout, hamt)
         # OpenTelemetry's ContextVar is a module global: once found, it is looked
-        # up by address (still checked by type and name) instead of name by name.
+        # up by its hash (and still checked by type and name), as CPython does,
+        # instead of reading every variable of the context.
         if self._var is not None and self._is_otel_var(layout, self._var):
-            known = [value for key, value in items if key == self._var]
-            if known:
-                return self._span_of_otel_context(layout, known[0])
+            known = self._hamt_find(layout, hamt, self._var)
+            if known is not None:
+                return self._span_of_otel_context(layout, known)
+        items = self._hamt_items(layout, hamt)
         variables = [(key, value) for key, value in items if self._is_otel_var(layout, key)]
         if len(variables) == 1:
             self._var = variables[0][0]
@@ -488,6 +483,51 @@ class ContextReader:
             return False
         name = self._memory.pointer(key + layout.contextvar_name)
         return bool(name) and self._ascii(layout, name or 0) == CONTEXT_VAR_NAME
+
+    def _hamt_find(  # noqa: C901, PLR0911 (one early exit per check of untrusted memory)
+        self, layout: CPythonLayout, hamt: int, key: int
+    ) -> int | None:
+        """The value of ``key`` (a ContextVar) in a HAMT, following its hash (Python/hamt.c)."""
+        memory = self._memory
+        hash64 = memory.ssize(key + layout.contextvar_hash)
+        if hash64 is None:
+            return None
+        # hamt_hash(): the 64-bit hash folded to 32 bits, -1 being kept for errors.
+        folded = (hash64 ^ hash64 >> 32) & 0xFFFFFFFF
+        folded = 0xFFFFFFFE if folded == 0xFFFFFFFF else folded
+        node = memory.pointer(hamt + layout.hamt_root)
+        for depth in range(MAX_HAMT_DEPTH + 1):
+            if not node or not plausible_pointer(node):
+                return None
+            kind = self._type_name(layout, node)
+            index = folded >> 5 * depth & 0x1F
+            if kind == _ARRAY_NODE:
+                node = memory.pointer(node + layout.array_array + 8 * index)
+                continue
+            if kind == _COLLISION_NODE:
+                slots = memory.ssize(node + layout.var_size)
+                if slots is None or not 0 <= slots <= MAX_HAMT_NODE_SLOTS or slots % 2:
+                    return None
+                array = memory.pointers(node + layout.collision_array, slots) or ()
+                pairs = zip(array[0::2], array[1::2], strict=True)
+                return next((value for found, value in pairs if found == key), None)
+            if kind != _BITMAP_NODE:
+                return None
+            bitmap = memory.u32(node + layout.bitmap_bitmap)
+            slots = memory.ssize(node + layout.var_size)
+            if bitmap is None or slots is None or not bitmap >> index & 1:
+                return None
+            position = (bitmap & (1 << index) - 1).bit_count()
+            if not 0 <= 2 * position + 1 < min(slots, MAX_HAMT_NODE_SLOTS):
+                return None
+            pair = memory.pointers(node + layout.bitmap_array + 16 * position, 2)
+            if pair is None:
+                return None
+            found, value = pair
+            if found:
+                return value if found == key else None
+            node = value  # no key: the value is the node one level down
+        return None
 
     def _hamt_items(  # noqa: C901 (one early exit per check of untrusted memory)
         self, layout: CPythonLayout, hamt: int

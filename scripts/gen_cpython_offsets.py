@@ -283,6 +283,7 @@ int main(void) {
 
     P("context_vars", offsetof(PyContext, ctx_vars));
     P("contextvar_name", offsetof(PyContextVar, var_name));
+    P("contextvar_hash", offsetof(PyContextVar, var_hash));
     P("hamt_root", offsetof(PyHamtObject, h_root));
     P("bitmap_bitmap", offsetof(MirrorHamtBitmap, b_bitmap));
     P("bitmap_array", offsetof(MirrorHamtBitmap, b_array));

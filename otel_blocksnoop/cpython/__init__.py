@@ -94,6 +94,7 @@ class CPythonLayout:
     # contextvars and their HAMT
     context_vars: int
     contextvar_name: int
+    contextvar_hash: int
     hamt_root: int
     bitmap_bitmap: int
     bitmap_array: int

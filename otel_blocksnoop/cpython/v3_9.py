@@ -70,6 +70,7 @@ LAYOUT = CPythonLayout(
     entry_value=16,
     context_vars=24,
     contextvar_name=16,
+    contextvar_hash=56,
     hamt_root=16,
     bitmap_bitmap=24,
     bitmap_array=32,

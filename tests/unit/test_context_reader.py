@@ -206,6 +206,35 @@ def test_the_walk_finds_a_span_in_this_process(blocked_thread_in_span: tuple[int
     assert reader.active_span(threading.get_native_id()) is None
 
 
+def test_a_variable_is_found_by_its_hash_as_cpython_finds_it() -> None:
+    # GIVEN a context of this process holding 200 variables (array, bitmap and deep nodes)
+    import contextvars  # noqa: PLC0415
+
+    reader = ContextReader(os.getpid())
+    layout = reader.layout
+    assert layout is not None
+    variables: list[contextvars.ContextVar[object]] = [
+        contextvars.ContextVar(f"hash_{i}") for i in range(200)
+    ]
+    values = [object() for _ in variables]
+    context = contextvars.Context()
+    for variable, value in zip(variables, values, strict=True):
+        context.run(variable.set, value)
+    unset: contextvars.ContextVar[object] = contextvars.ContextVar("unset")
+    hamt = reader._memory.pointer(id(context) + layout.context_vars)  # noqa: SLF001
+    assert hamt
+
+    # WHEN each is looked up by hash, and one that is not in it
+    found = [reader._hamt_find(layout, hamt, id(v)) for v in variables]  # noqa: SLF001
+    missing = reader._hamt_find(layout, hamt, id(unset))  # noqa: SLF001
+
+    # THEN each lookup gives that variable's value, as the whole walk does
+    assert found == [id(value) for value in values]
+    assert missing is None
+    walked = dict(reader._hamt_items(layout, hamt))  # noqa: SLF001
+    assert [walked[id(v)] for v in variables] == found
+
+
 def test_a_hamt_that_loops_on_itself_is_abandoned() -> None:
     # GIVEN forged memory: a "hamt" whose bitmap node lists itself as its own child
     reader = ContextReader(os.getpid())
