@@ -84,6 +84,8 @@ MAX_MODULE_NAMES = 4096
 TASKS_RETRY_S = 5.0
 """How long to wait before looking for asyncio's current tasks again, when not found."""
 ATTEMPTS = 2
+UNKNOWN_SPANS_WARNING = 3
+"""Spans of a shape not understood before the user is told (one could be a race)."""
 """Walks per call: one, and one more if the thread's context moved during the first."""
 
 _CONTEXT_TYPES = frozenset({"Context", "_contextvars.Context"})
@@ -196,6 +198,8 @@ class ContextReader:
         """Reads given up because the context moved under every attempt."""
         self.errors = 0
         """Reads given up on an unexpected error (a bug, or memory beyond belief)."""
+        self.unknown_spans = 0
+        """Current spans found whose SpanContext could not be (an unknown OpenTelemetry)."""
         # Type names seen during one walk (types outlive the objects read in it),
         # and for good those of the static types inside the interpreter's image.
         self._type_names: dict[int, str | None] = {}
@@ -581,6 +585,7 @@ class ContextReader:
         if span_context is None or not self._is_subclass(
             layout, span_context, "SpanContext", "tuple"
         ):
+            self._unknown_span()
             return None
         size = self._memory.ssize(span_context + layout.var_size)
         if size is None or not 4 <= size <= 16:
@@ -599,6 +604,21 @@ class ContextReader:
         ):
             return None
         return SpanRef(trace_id=trace_id, span_id=span_id, trace_flags=flags)
+
+    def _unknown_span(self) -> None:
+        """A current span without a SpanContext where OpenTelemetry keeps it: say so, once.
+
+        Once in a while this is an object changing under the reader; every time, an
+        OpenTelemetry API whose spans are laid out otherwise than 1.x's.
+        """
+        self.unknown_spans += 1
+        if self.unknown_spans == UNKNOWN_SPANS_WARNING:
+            log.warning(
+                "trace links for process %d: its OpenTelemetry spans do not keep a SpanContext "
+                "in %r; blocks in them get no parent",
+                self.pid,
+                SPAN_CONTEXT_ATTRIBUTE,
+            )
 
     def _attribute(  # noqa: C901, PLR0912 (one branch per CPython instance-dict scheme)
         self, layout: CPythonLayout, obj: int, name: str

@@ -8,6 +8,7 @@ process, must find exactly those ids, or None where no span is active.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -125,6 +126,26 @@ def test_a_process_without_opentelemetry(minor: int, tmp_path: Path) -> None:
         assert reader.unsupported is None
         assert spans == [None] * len(spans)
         assert reader.thread_context(loop["tid"]).task == expected_task(loop)
+
+
+def test_spans_of_an_unknown_layout_are_reported_once_and_not_linked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a loop blocked in a span whose class keeps its SpanContext elsewhere
+    with running_target(tmp_path, sys.executable, "--odd-span") as target:
+        loop = target["threads"]["loop"]
+        reader = ContextReader(target["pid"])
+
+        # WHEN the reader reads it again and again
+        with caplog.at_level(logging.WARNING, logger="otel_blocksnoop.context_reader"):
+            found = [reader.thread_context(loop["tid"]) for _ in range(10)]
+
+    # THEN there is no span, one warning says why, and the task is still named
+    assert {f.span for f in found} == {None}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "do not keep a SpanContext" in warnings[0]
+    assert {f.task for f in found} == {expected_task(loop)}
 
 
 def test_debian_python_without_pie(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Target app for the context reader: threads blocked inside known OpenTelemetry spans.
 
-Usage: otel_target.py --ready FIFO [--no-otel] [--uvloop] [--churn]
+Usage: otel_target.py --ready FIFO [--no-otel] [--uvloop] [--churn] [--odd-span]
 
 Runs an asyncio loop on the main thread whose task blocks the loop (in
 ``threading.Event.wait``) inside a span "request", with 40 other context
@@ -18,7 +18,8 @@ With --no-otel, opentelemetry is never imported (only "loop" and "plain" run,
 without spans). With --uvloop, the loop is uvloop's. With --churn, one more
 thread, "churn", enters and leaves 8 known spans (trace id 0x1000+i, span id
 0x2000+i) as fast as it can, so that its context changes under the reader
-all the time.
+all the time. With --odd-span, the loop's span is one of a class of its own
+that keeps its SpanContext under another name than the SDK's ``_context``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,24 @@ def plain(started: threading.Event) -> None:
     STOP.wait()
 
 
-async def handler(use_otel: bool, others_started: list[threading.Event], fifo: str) -> None:
+def odd_span(sampled: bool) -> Any:
+    """A span that is not laid out as OpenTelemetry's: no ``_context`` attribute."""
+    from opentelemetry.trace import NonRecordingSpan  # noqa: PLC0415
+
+    class OddSpan(NonRecordingSpan):
+        def __init__(self, context: Any) -> None:
+            self.odd_context = context  # deliberately not NonRecordingSpan's _context
+
+        def get_span_context(self) -> Any:
+            return self.odd_context
+
+    real = tracer(sampled=sampled).start_span("real")
+    return OddSpan(real.get_span_context())
+
+
+async def handler(
+    use_otel: bool, others_started: list[threading.Event], fifo: str, odd: bool = False
+) -> None:
     for i, var in enumerate(EXTRA_VARS):
         var.set(i)
 
@@ -122,7 +140,14 @@ async def handler(use_otel: bool, others_started: list[threading.Event], fifo: s
             out.write(json.dumps(ready) + "\n")
         STOP.wait()  # the loop is blocked here, inside the span
 
-    if use_otel:
+    if use_otel and odd:
+        from opentelemetry import trace  # noqa: PLC0415
+
+        span = odd_span(sampled=True)
+        with trace.use_span(span):
+            note("loop", span)
+            block()
+    elif use_otel:
         with tracer(sampled=True).start_as_current_span("request") as span:
             note("loop", span)
             block()
@@ -143,6 +168,7 @@ def main() -> None:
     parser.add_argument("--no-otel", action="store_true")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--churn", action="store_true")
+    parser.add_argument("--odd-span", action="store_true")
     args = parser.parse_args()
     use_otel = not args.no_otel
     targets: list[tuple[Any, tuple[Any, ...]]] = [(plain, ())]
@@ -171,7 +197,7 @@ def main() -> None:
         # Unnamed tasks are numbered in turn: the one made next is this one's number plus one.
         probe = loop.create_task(asyncio.sleep(0))
         TASK_NAME.append(f"Task-{int(probe.get_name().removeprefix('Task-')) + 1}")
-        await loop.create_task(handler(use_otel, started, args.ready))
+        await loop.create_task(handler(use_otel, started, args.ready, args.odd_span))
         await probe
 
     if args.uvloop:
