@@ -102,6 +102,11 @@ _TASK_TYPE = "_asyncio.Task"
 _VERSION_IN_NAME = re.compile(r"(?:libpython|python)(\d+)\.(\d+)(t?)")
 
 
+def _word(data: bytes, at: int, signed: bool = False) -> int:
+    """The 8-byte word at ``at`` of bytes read from the app."""
+    return int.from_bytes(data[at : at + 8], "little", signed=signed)
+
+
 @dataclass(frozen=True)
 class SpanRef:
     """The identity of a span, as W3C trace context carries it."""
@@ -673,30 +678,36 @@ class ContextReader:
     def _dict_items(
         self, layout: CPythonLayout, obj: int, limit: int = MAX_DICT_ENTRIES
     ) -> list[tuple[int, int]] | None:
-        keys = self._memory.pointer(obj + layout.dict_keys)
-        values = self._memory.pointer(obj + layout.dict_values)
-        if not keys or values is None:
+        # ma_keys and ma_values side by side (3.9-3.13), in one read
+        pair = self._memory.pointers(obj + layout.dict_keys, 2)
+        if pair is None or layout.dict_values != layout.dict_keys + 8:
+            return None
+        keys, values = pair
+        if not keys:
             return None
         return self._keys_items(layout, keys, values, limit)
 
-    def _keys_items(  # noqa: C901, PLR0912 (one early exit per check of untrusted memory)
+    def _keys_items(  # noqa: C901, PLR0911, PLR0912 (one early exit per check of untrusted memory)
         self, layout: CPythonLayout, keys: int, values: int, limit: int = MAX_DICT_ENTRIES
     ) -> list[tuple[int, int]] | None:
         """(key, value) of each entry of a dict keys object; split values come from ``values``."""
         memory = self._memory
-        count = memory.ssize(keys + layout.keys_nentries)
-        if count is None or not 0 <= count <= limit:
+        header = memory.read(keys, layout.keys_indices)  # the keys object up to its indices
+        if header is None:
+            return None
+        count = _word(header, layout.keys_nentries, signed=True)
+        if not 0 <= count <= limit:
             return None
         if layout.keys_size is not None:
-            size = memory.ssize(keys + layout.keys_size)
-            if size is None or not 0 < size <= 1 << 16 or size & (size - 1):
+            size = _word(header, layout.keys_size, signed=True)
+            if not 0 < size <= 1 << 16 or size & (size - 1):
                 return None
             index_bytes = size * (1 if size <= 0xFF else 2 if size <= 0xFFFF else 4)
             entry = (layout.entry_size, layout.entry_key, layout.entry_value)
         else:
-            log2_index_bytes = memory.u8(keys + (layout.keys_log2_index_bytes or 0))
-            kind = memory.u8(keys + (layout.keys_kind or 0))
-            if log2_index_bytes is None or kind is None or log2_index_bytes > 20:
+            log2_index_bytes = header[layout.keys_log2_index_bytes or 0]
+            kind = header[layout.keys_kind or 0]
+            if log2_index_bytes > 20:
                 return None
             index_bytes = 1 << log2_index_bytes
             if kind == layout.keys_kind_general:
@@ -730,33 +741,32 @@ class ContextReader:
                 items.append((key, value))
         return items
 
-    def _int(  # noqa: PLR0911 (one early exit per check of untrusted memory)
-        self, layout: CPythonLayout, obj: int
-    ) -> int | None:
+    def _int(self, layout: CPythonLayout, obj: int) -> int | None:
         """A non-negative int (or int subclass) of at most 5 digits."""
-        if not self._is_subclass(layout, obj, "int", "int"):
+        # The header and up to 5 digits in one read, header then digits near a mapping's end.
+        most = layout.long_digits + 5 * layout.long_digit_size
+        raw = self._memory.read(obj, most) or self._memory.read(obj, layout.long_digits)
+        if raw is None or not self._type_is_subclass(
+            layout, _word(raw, layout.object_type), "int", "int"
+        ):
             return None
-        memory = self._memory
         if layout.long_lv_tag:
-            tag = memory.pointer(obj + layout.long_size)
-            if tag is None or tag & 3 == 2:  # negative
+            tag = _word(raw, layout.long_size)
+            if tag & 3 == 2:  # negative
                 return None
             digits = tag >> layout.long_non_size_bits
         else:
-            size = memory.ssize(obj + layout.long_size)
-            if size is None or size < 0:
-                return None
-            digits = size
+            digits = _word(raw, layout.long_size, signed=True)
         if not 0 <= digits <= 5:
             return None
-        if digits == 0:
-            return 0
-        raw = memory.read(obj + layout.long_digits, digits * layout.long_digit_size)
-        if raw is None:
-            return None
+        size = digits * layout.long_digit_size
+        if len(raw) < layout.long_digits + size:
+            raw = self._memory.read(obj, layout.long_digits + size) if digits else raw
+            if raw is None:
+                return None
         value = 0
         for i in range(digits):
-            at = i * layout.long_digit_size
+            at = layout.long_digits + i * layout.long_digit_size
             digit = int.from_bytes(raw[at : at + layout.long_digit_size], "little")
             value |= digit << (layout.long_digit_bits * i)
         return value
@@ -812,6 +822,11 @@ class ContextReader:
         if not plausible_pointer(obj):
             return False
         cls = self._memory.pointer(obj + layout.object_type)
+        return self._type_is_subclass(layout, cls, name, base)
+
+    def _type_is_subclass(
+        self, layout: CPythonLayout, cls: int | None, name: str, base: str
+    ) -> bool:
         for _ in range(8):
             if not cls:
                 return False
