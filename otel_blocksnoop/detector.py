@@ -400,6 +400,13 @@ class Detector:
             ongoing.append(InProgress(state.tgid, tid, left, so_far))
         return ThreadSnapshot(ongoing=tuple(ongoing), times=tuple(times))
 
+    def out_since(self, tid: int) -> int:
+        """When ``tid`` last left epoll; 0 while it is inside, or untracked. One map lookup."""
+        try:
+            return int(self._bpf["threads"][ctypes.c_uint32(tid)].left_epoll_ns)
+        except KeyError:
+            return 0
+
     def in_progress(self, min_ns: int) -> list[InProgress]:
         """Threads out of epoll for at least ``min_ns`` now: blocks still going on."""
         return list(self.snapshot(min_ns).ongoing)

@@ -48,6 +48,9 @@ class ThreadTable(Protocol):
     def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """Threads out of epoll for at least ``min_ns`` (``activity``: with their books)."""
 
+    def out_since(self, tid: int) -> int:
+        """When ``tid`` last left epoll; 0 while it is inside."""
+
 
 class SpanReader(Protocol):
     unsupported: str | None
@@ -101,6 +104,8 @@ class TraceLinker:
         self._reader_factory = reader_factory
         self._readers: dict[int, SpanReader] = {}
         self._votes: dict[BlockKey, _Votes] = {}
+        self.late_reads = 0
+        """Reads dropped because the block had ended by the time they were done."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trace-link", daemon=True)
@@ -138,6 +143,12 @@ class TraceLinker:
             if reader is None:
                 continue
             found = reader.thread_context(item.tid)
+            # Out of epoll since the same instant before and after the read: the read
+            # was inside this block. Otherwise the loop may have gone on to other
+            # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
+            if self._table.out_since(item.tid) != item.start_ns:
+                self.late_reads += 1
+                continue
             key = (item.pid, item.tid, item.start_ns)
             with self._lock:
                 votes = self._votes.get(key)

@@ -45,6 +45,9 @@ class Table:
         self.asked.append(min_ns)
         return ThreadSnapshot(ongoing=tuple(self.ongoing), times=())
 
+    def out_since(self, tid: int) -> int:
+        return next((item.start_ns for item in self.ongoing if item.tid == tid), 0)
+
 
 class Reader:
     """A target whose threads are in the given spans, read after read."""
@@ -95,3 +98,25 @@ def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
     linker.poll()
     assert made == [10]
     assert linker.context(10, 11, 1).span is None
+
+
+def test_a_read_done_after_the_block_ended_is_not_counted() -> None:
+    # GIVEN a block that ends while its thread is being read: by then the loop
+    # has gone back to epoll and on to a task of another request (span B)
+    table = Table([InProgress(pid=10, tid=11, start_ns=1, activity=None)])
+
+    class EndsDuringTheRead(Reader):
+        def thread_context(self, tid: int) -> ThreadContext:
+            table.ongoing = []
+            return super().thread_context(tid)
+
+    linker = TraceLinker(
+        table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: EndsDuringTheRead([B])
+    )
+
+    # WHEN the linker reads it
+    linker.poll()
+
+    # THEN that read does not vote: the block gets no parent rather than B
+    assert linker.context(10, 11, 1).span is None
+    assert linker.late_reads == 1
