@@ -18,8 +18,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.helpers import SIDECAR, TARGETS, WAIT_S, matching_block, parse_json_lines, truth
 from tests.integration.test_export import otlp_env, span_for
-from tests.integration.test_trace_link import blocks_in, hex_ids
-from tests.otlp import OtlpReceiver, ReceivedSpan
+from tests.integration.test_trace_link import blocks_in, hex_ids, task_of
+from tests.otlp import OtlpReceiver, ReceivedSpan, attributes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -124,6 +124,20 @@ def test_two_concurrent_requests_blocking_in_turn_each_get_their_own_blocks(
     assert [(s.trace_id.hex(), s.parent_span_id.hex()) for s in exported] == [
         hex_ids(b) for b in turns
     ]
+
+
+def test_each_block_names_the_asyncio_task_it_ran_in(web_run: WebRun) -> None:
+    for true_block in web_run.truth:
+        # THEN the sidecar names the task asyncio.current_task() gave in the handler
+        # (aiohttp's Task-N running RequestHandler._handle_request), outside it too
+        assert task_of(matching_block(web_run.records, true_block)) == task_of(true_block)
+        if true_block["sampled"] is False:
+            continue
+        # AND so does the exported span
+        found = attributes(span_for(web_run.spans, true_block).span.attributes)
+        assert (found["blocksnoop.task.name"], found["blocksnoop.task.coroutine"]) == task_of(
+            true_block
+        )
 
 
 def test_a_block_outside_any_request_starts_its_own_trace(web_run: WebRun) -> None:

@@ -18,7 +18,7 @@ port, and the handlers block the loop with time.sleep:
 
 Each block is written as a JSON line {"scenario", "tid", "start_ns",
 "end_ns", "start_unix_ns", "end_unix_ns", "trace_id", "span_id", "sampled",
-"task_name", "coro"}: the span as the handler saw it (ids as ints, null
+"task", "coroutine"}: the span as the handler saw it (ids as ints, null
 outside a span) and the asyncio task it ran in (its name, and its
 coroutine's qualified name). The app flushes its exporter, then exits.
 """
@@ -68,8 +68,8 @@ def block(scenario: str, seconds: float) -> None:
         "trace_id": span.trace_id if span.is_valid else None,
         "span_id": span.span_id if span.is_valid else None,
         "sampled": span.trace_flags.sampled if span.is_valid else None,
-        "task_name": task.get_name() if task else None,
-        "coro": getattr(task.get_coro(), "__qualname__", None) if task else None,
+        "task": task.get_name() if task else None,
+        "coroutine": getattr(task.get_coro(), "__qualname__", None) if task else None,
     }
     OUT.write(json.dumps(record) + "\n")
     OUT.flush()
