@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-trace-link",
         action="store_true",
-        help="do not read the app's active OpenTelemetry span (blocks start their own traces)",
+        help="do not read the app's active OpenTelemetry span and asyncio task "
+        "(blocks start their own traces and name no task)",
     )
     parser.add_argument(
         "--no-stacks",
