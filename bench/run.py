@@ -91,7 +91,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="few blocks and short rounds")
     parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
-    parser.add_argument("--rounds", type=positive_int, help="A/B rounds (default 10, quick 2)")
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        help="A/B rounds (default 10; linking 20; quick 2)",
+    )
     parser.add_argument(
         "--round-seconds", type=positive_int, help="seconds per mode per round (default 3, quick 1)"
     )
@@ -190,7 +194,7 @@ def _run_selected(
         _write(run_export(export), header, args.results)
     if "linking" in selected:
         config = OverheadConfig(
-            rounds=args.rounds or (2 if args.quick else 10),
+            rounds=args.rounds or (2 if args.quick else 20),
             round_s=args.round_seconds or (1 if args.quick else 3),
             warmup_s=1 if args.quick else 3,
             idle_s=0,
