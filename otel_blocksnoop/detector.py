@@ -253,6 +253,48 @@ class InProgress:
     activity: Activity | None
 
 
+class ThreadMap:
+    """The kernel's thread table, read key by key with the GIL held.
+
+    BCC calls libbcc through ``ctypes.CDLL``, which gives the GIL away around
+    every bpf() call; winning it back from a busy thread of the sidecar (the
+    stack decoder) may take the 5 ms switch interval each time, several times
+    per look, which made the trace linker late for short blocks. A bpf() map
+    call takes about a microsecond: holding the GIL through it costs nothing.
+    """
+
+    def __init__(self, map_fd: int, library: str, limit: int) -> None:
+        lib = ctypes.PyDLL(library, use_errno=True)
+        self._fd = map_fd
+        self._limit = limit
+        self._lookup = lib.bpf_lookup_elem
+        self._next_key = lib.bpf_get_next_key
+        for function in (self._lookup, self._next_key):
+            function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+            function.restype = ctypes.c_int
+
+    def get(self, tid: int) -> ThreadStateC | None:
+        key, state = ctypes.c_uint32(tid), ThreadStateC()
+        found = self._lookup(self._fd, ctypes.byref(key), ctypes.byref(state)) == 0
+        return state if found else None
+
+    def items(self) -> list[tuple[int, ThreadStateC]]:
+        """Every entry; one deleted meanwhile restarts the kernel's walk, hence the dict."""
+        found: dict[int, ThreadStateC] = {}
+        key, following = ctypes.c_uint32(), ctypes.c_uint32()
+        # With no key, the kernel gives the first one.
+        more = self._next_key(self._fd, None, ctypes.byref(key)) == 0
+        for _ in range(2 * self._limit):
+            if not more:
+                break
+            state = self.get(key.value)
+            if state is not None:
+                found[key.value] = state
+            more = self._next_key(self._fd, ctypes.byref(key), ctypes.byref(following)) == 0
+            key.value = following.value
+        return list(found.items())
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadSnapshot:
     """One read of the thread table."""
@@ -269,6 +311,7 @@ class Detector:
         self._bpf: Any = None
         self._pending: list[BlockEvent] = []
         self._table_size = 0
+        self._threads: ThreadMap | None = None
         self.attached: tuple[str, ...] = ()
 
     def load(self) -> None:
@@ -289,6 +332,13 @@ class Detector:
             self.config = replace(self.config, activity=False)
             self._bpf = self._compile(BPF)
         self._attach(BPF)
+        from bcc import libbcc  # noqa: PLC0415 - with BPF above
+
+        self._threads = ThreadMap(
+            self._bpf["threads"].map_fd,
+            libbcc.lib._name,
+            self.config.max_threads,  # noqa: SLF001
+        )
         if not self.config.stats:
             self._bpf["events"].open_ring_buffer(self._on_event)
 
@@ -376,7 +426,7 @@ class Detector:
             except Exception:  # noqa: BLE001 - older kernels: no batch ops; read key by key
                 entries = None
         if entries is None:
-            entries = list(threads.items())
+            entries = self._threads.items() if self._threads else list(threads.items())
         self._table_size = len(entries)
         now = time.monotonic_ns()
         ongoing = []
@@ -402,10 +452,8 @@ class Detector:
 
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside, or untracked. One map lookup."""
-        try:
-            return int(self._bpf["threads"][ctypes.c_uint32(tid)].left_epoll_ns)
-        except KeyError:
-            return 0
+        state = self._threads.get(tid) if self._threads else None
+        return int(state.left_epoll_ns) if state is not None else 0
 
     def in_progress(self, min_ns: int) -> list[InProgress]:
         """Threads out of epoll for at least ``min_ns`` now: blocks still going on."""

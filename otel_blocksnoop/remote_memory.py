@@ -35,8 +35,14 @@ class _IoVec(ctypes.Structure):
 
 
 def _process_vm_readv() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """The C library's process_vm_readv, called with the GIL held.
+
+    A read takes a few microseconds; giving the GIL away for it, as CDLL does,
+    means winning it back from any busy thread of the sidecar (the stack
+    decoder) up to 5 ms later, at each of the ~60 reads of one context read.
+    """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.PyDLL(None, use_errno=True)
         function = libc.process_vm_readv
     except (OSError, AttributeError):
         return None
