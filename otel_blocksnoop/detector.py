@@ -334,11 +334,8 @@ class Detector:
         self._attach(BPF)
         from bcc import libbcc  # noqa: PLC0415 - with BPF above
 
-        self._threads = ThreadMap(
-            self._bpf["threads"].map_fd,
-            libbcc.lib._name,
-            self.config.max_threads,  # noqa: SLF001
-        )
+        library = libbcc.lib._name  # noqa: SLF001 (the file BCC loaded: "libbcc.so.0")
+        self._threads = ThreadMap(self._bpf["threads"].map_fd, library, self.config.max_threads)
         if not self.config.stats:
             self._bpf["events"].open_ring_buffer(self._on_event)
 

@@ -20,6 +20,7 @@ docstring) and happen only while a thread is out of epoll that long.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ MAX_INTERVAL_NS = 50 * NS_PER_MS
 MAX_BLOCKS = 4096
 """Blocks whose votes are kept until their event arrives; the oldest go first."""
 MAX_READERS = 256
+SWITCH_INTERVAL_S = 0.001
+"""The sidecar's GIL switch interval while linking: how late a wake-up may get the GIL."""
 
 BlockKey = tuple[int, int, int]  # pid, tid, start_ns
 T = TypeVar("T", bound=Hashable)
@@ -111,6 +114,9 @@ class TraceLinker:
         self._thread = threading.Thread(target=self._run, name="trace-link", daemon=True)
 
     def start(self) -> None:
+        # A read must land inside the block: waiting 5 ms (the default switch
+        # interval) for the GIL after each wake-up is half a 10 ms block.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread.start()
 
     def stop(self) -> None:
