@@ -23,8 +23,12 @@ read cost ``ContextReader(pid)`` in a process of the sidecar's interpreter
 throughput
           req/s of apps/traced_http_app.py (a span per request; every 250 ms
           one request blocks 15 ms inside its span) under wrk, without a
-          sidecar, with ``-t 10 --no-trace-link``, and with ``-t 10`` (links
-          read), in rotating rounds, a fresh sidecar per round.
+          sidecar, with ``-t 10 --no-stacks --no-trace-link``, and with ``-t 10
+          --no-stacks`` (links read), in rotating rounds, a fresh sidecar per
+          round. Stacks are off on both sides: at ``-t 10`` Austin samples
+          every millisecond, and in some rounds that alone slows this server
+          by a third or more (BENCHMARKS.md, "Trace links"), far more noise
+          than the 1% being looked for.
 """
 
 from __future__ import annotations
@@ -558,11 +562,16 @@ def _watching(pid: int, args: list[str], out: Path) -> Iterator[Sidecar]:
 
 
 MODES = ("without", "no-link", "link")
-MODE_ARGS = {"no-link": ["--no-trace-link"], "link": []}
+THROUGHPUT_SIDECAR_ARGS = ["--no-stacks"]
+"""On both sides: stack sampling's own cost and noise are the overhead benchmark's business."""
+MODE_ARGS = {
+    "no-link": [*THROUGHPUT_SIDECAR_ARGS, "--no-trace-link"],
+    "link": THROUGHPUT_SIDECAR_ARGS,
+}
 MODE_LABELS = {
     "without": "without sidecar",
-    "no-link": "sidecar `--no-trace-link`",
-    "link": "sidecar, links on (default)",
+    "no-link": "sidecar `--no-stacks --no-trace-link`",
+    "link": "sidecar `--no-stacks`, links on",
 }
 
 
@@ -690,7 +699,8 @@ def _render_throughput(http: dict[str, Any], config: OverheadConfig) -> str:
     return (
         f"{config.rounds} rounds of {config.round_s} s per mode after {config.warmup_s} s "
         f"warm-up, the order rotating each round; a fresh sidecar (`-t "
-        f"{THROUGHPUT_THRESHOLD_MS:g}`, attach mode, stacks and cause on) per round. "
+        f"{THROUGHPUT_THRESHOLD_MS:g} {' '.join(THROUGHPUT_SIDECAR_ARGS)}`, attach mode, "
+        "cause on) per round. "
         f"apps/traced_http_app.py answers each request inside a span; every "
         f"{THROUGHPUT_BLOCK_EVERY_MS:g} ms one request blocks {THROUGHPUT_BLOCK_MS:g} ms in "
         f"its span. Load: {http['load']}, 16 connections.\n\n"
