@@ -395,6 +395,9 @@ def run(args: Arguments) -> int:
             "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
         )
         if targets:
+            for target in targets:
+                if linker is not None:
+                    linker.prepare(target.pid)
             return _watch_running(detector, session, targets, what, stacks)
         return _watch_launched(detector, session, args.command, what, stacks)
     finally:

@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
@@ -107,6 +107,7 @@ class TraceLinker:
         self._reader_factory = reader_factory
         self._readers: dict[int, SpanReader] = {}
         self._votes: dict[BlockKey, _Votes] = {}
+        self._to_prepare: deque[int] = deque()
         self.late_reads = 0
         """Reads dropped because the block had ended by the time they were done."""
         self._lock = threading.Lock()
@@ -122,6 +123,15 @@ class TraceLinker:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=1.0)
+
+    def prepare(self, pid: int) -> None:
+        """Have the reader of a running process built now, not when its loop first blocks.
+
+        An attached app idling in epoll is first seen in the kernel's table when
+        it leaves epoll, at the start of its first block; building the reader
+        then (~20 ms) would leave that block unread.
+        """
+        self._to_prepare.append(pid)
 
     def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
         """The block's parent span and task by the reads so far; ``final`` forgets the block."""
@@ -139,6 +149,8 @@ class TraceLinker:
 
     def poll(self) -> None:
         """One look at the threads out of epoll, reading the span of each long enough out."""
+        while self._to_prepare:
+            self._reader(self._to_prepare.popleft())
         snapshot = self._table.snapshot(self._min_ns, activity=False)
         # A process's reader is built (~0.2 s: it maps the interpreter's ELF file) as soon
         # as one of its threads has called epoll, so it is ready before the first block.

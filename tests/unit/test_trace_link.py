@@ -120,3 +120,22 @@ def test_a_read_done_after_the_block_ended_is_not_counted() -> None:
     # THEN that read does not vote: the block gets no parent rather than B
     assert linker.context(10, 11, 1).span is None
     assert linker.late_reads == 1
+
+
+def test_an_attached_process_has_its_reader_before_its_first_block() -> None:
+    # GIVEN an attached app idling in epoll: not yet in the kernel's table
+    made: list[int] = []
+
+    def factory(pid: int) -> Reader:
+        made.append(pid)
+        return Reader([])
+
+    linker = TraceLinker(Table([]), threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+
+    # WHEN it is prepared, and the poller looks once
+    linker.prepare(10)
+    linker.poll()
+
+    # THEN its reader is built already, once
+    linker.poll()
+    assert made == [10]
