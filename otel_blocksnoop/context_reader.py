@@ -26,8 +26,8 @@ links on and off.
 
 Unsupported, with the reason in ``unsupported``: CPython outside 3.9-3.13,
 free-threaded (``3.13t``) builds, other interpreters, and interpreters without
-a ``_PyRuntime`` symbol (stripped or static). Untested yet: uvloop (the context
-is still the thread state's, so nothing should change). On 3.9 and 3.10,
+a ``_PyRuntime`` symbol (stripped or static). uvloop needs nothing of its own:
+it runs tasks in their contexts as asyncio does. On 3.9 and 3.10,
 thread states hold ``pthread_self()`` only; the TID is taken from glibc's
 ``struct pthread`` at an offset found in the sidecar's own process, so the
 target must use the same glibc (a container with another one may not match:

@@ -13,8 +13,8 @@ them, and more often than any other, is the block's parent. A tie or a
 scatter gives no parent: a block with no link is better than one in the
 wrong trace. The running task is elected the same way, on its own.
 
-Reads cost about 0.5-1.3 ms of the sidecar's CPU each (ContextReader's
-docstring) and happen only while a thread is out of epoll that long.
+Reads cost about 0.2-0.3 ms of the sidecar's CPU each (BENCHMARKS.md,
+"Trace links") and happen only while a thread is out of epoll that long.
 """
 
 from __future__ import annotations
