@@ -31,9 +31,9 @@ def describe(received: ReceivedSpan) -> str:
     cause = found.get("blocksnoop.cause", "?")
     if "blocksnoop.syscall" in found:
         cause += f" ({found['blocksnoop.syscall']})"
-    where = ""
+    where = f"  task={found['blocksnoop.task.name']}" if "blocksnoop.task.name" in found else ""
     if "code.function.name" in found:
-        where = f"  {found['code.function.name']} line {found['code.line.number']}"
+        where += f"  {found['code.function.name']} line {found['code.line.number']}"
     return (
         f"  {span.name}  {duration_ms:7.1f} ms  service.name={received.resource['service.name']}"
         f"  thread.id={found['thread.id']}  cause={cause}{where}  trace_id={span.trace_id.hex()}"
