@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import CACHE  # noqa: E402
+from tests.interpreters import CACHE  # noqa: E402
 from tests.otlp import OtlpReceiver, ReceivedSpan, attributes  # noqa: E402
 
 SIDECAR = Path(sys.executable).with_name("otel-blocksnoop")

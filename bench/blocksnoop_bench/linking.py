@@ -71,6 +71,7 @@ from blocksnoop_bench.procs import (
     start_app,
 )
 from blocksnoop_bench.report import Section, median, num, pct, spread, table
+from tests.interpreters import MINORS, cached_venv, imports, pyenv_python
 from tests.otlp import OtlpReceiver, attributes
 
 if TYPE_CHECKING:
@@ -82,8 +83,7 @@ DURATIONS_MS = (10.0, 20.0, 50.0)
 GOAL_RIGHT_PCT = 99.0
 GOAL_MIN_MS = 10.0
 """The link goal holds for blocks this long or longer."""
-MINORS = (9, 10, 11, 12, 13)
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
+OTEL_SDK = "opentelemetry.sdk.trace"
 """Target venvs with opentelemetry-sdk, shared with tests/integration/conftest.py."""
 OTEL_TARGET = REPO / "tests" / "targets" / "otel_target.py"
 READ_CALLS = 2000
@@ -110,41 +110,16 @@ class Target:
     uvloop: bool = False
 
 
-def _pyenv_python(minor: int) -> Path | None:
-    try:
-        root = subprocess.run(
-            ["pyenv", "root"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    found = sorted(Path(root, "versions").glob(f"3.{minor}.*/bin/python3"))
-    return found[-1] if found else None
-
-
-def _has(python: Path | str, module: str) -> bool:
-    probe = [str(python), "-c", f"import {module}"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
-
-
 def _otel_venv(minor: int) -> Path | None:
     """The tests' venv of pyenv's CPython 3.<minor> with opentelemetry-sdk (made if missing)."""
-    venv = CACHE / "targets" / f"py3.{minor}"
-    python = venv / "bin" / "python"
-    if python.exists() and _has(python, "opentelemetry.sdk.trace"):
-        return python
-    base = _pyenv_python(minor)
+    base = pyenv_python(minor)
     if base is None:
         return None
-    sys.stderr.write(f"bench: making {venv} with opentelemetry-sdk...\n")
     try:
-        subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "opentelemetry-sdk"], check=True
-        )
+        return cached_venv(f"py3.{minor}", base, ("opentelemetry-sdk",), (OTEL_SDK,))
     except (OSError, subprocess.CalledProcessError) as error:
-        sys.stderr.write(f"bench: failed to make {venv}: {error}\n")
+        sys.stderr.write(f"bench: failed to make the 3.{minor} venv: {error}\n")
         return None
-    return python
 
 
 def find_targets(pythons: list[str] | None) -> tuple[list[Target], list[str]]:
@@ -163,7 +138,7 @@ def find_targets(pythons: list[str] | None) -> tuple[list[Target], list[str]]:
                 missing.append(f"3.{minor}: no pyenv interpreter or no opentelemetry-sdk")
             else:
                 targets.append(Target(f"3.{minor}", str(python)))
-    if _has(PYTHON, "uvloop") and _has(PYTHON, "opentelemetry.sdk.trace"):
+    if imports(PYTHON, ("uvloop", OTEL_SDK)):
         version = ".".join(str(part) for part in sys.version_info[:2])
         targets.append(Target(f"{version} uvloop", PYTHON, uvloop=True))
     else:

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import IN_CI
-
-MINORS = (9, 10, 11, 12, 13)
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
-
-
-def pyenv_python(minor: int) -> Path | None:
-    """The newest pyenv CPython 3.<minor>, if pyenv has one."""
-    try:
-        root = subprocess.run(
-            ["pyenv", "root"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    found = sorted(Path(root, "versions").glob(f"3.{minor}.*/bin/python3"))
-    return found[-1] if found else None
-
+from tests.interpreters import MINORS, cached_venv, pyenv_python
 
 # What tests/targets/web_app.py needs. pip picks the newest release that supports
 # each interpreter: on 3.9 that is OpenTelemetry 1.41 (instrumentation 0.62b1)
@@ -54,19 +38,12 @@ def otel_venv(
     """A venv of ``base`` with ``packages`` (``modules`` checks them), made once and cached."""
     if base is None or not base.exists():
         pytest.skip(f"no {name} interpreter here")
-    venv = CACHE / "targets" / name
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", f"import {', '.join(modules)}"]
-    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
-        return python
     try:
-        subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
+        return cached_venv(name, base, packages, modules)
     except subprocess.CalledProcessError as error:
         if IN_CI:
             pytest.fail(f"failed to install {' '.join(packages)} for {name}: {error}")
         pytest.skip(f"cannot install {' '.join(packages)} for {name}: {error}")
-    return python
 
 
 # Every pyenv CPython 3.9-3.13, and Debian's own 3.11 (non-PIE, symbols in the executable).

@@ -21,7 +21,7 @@ import pytest
 
 from otel_blocksnoop.context_reader import ContextReader, SpanRef, TaskRef
 from tests.helpers import TARGETS
-from tests.integration.conftest import MINORS, pyenv_python
+from tests.interpreters import MINORS, pyenv_python
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,48 @@
+"""Target interpreters: pyenv's CPython 3.9-3.13 and cached venvs of them with packages.
+
+Shared by the integration tests (tests/integration/conftest.py) and the
+benchmarks (bench/blocksnoop_bench/linking.py); no pytest here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MINORS = (9, 10, 11, 12, 13)
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
+
+
+def pyenv_python(minor: int) -> Path | None:
+    """The newest pyenv CPython 3.<minor>, if pyenv has one."""
+    try:
+        root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = sorted(Path(root, "versions").glob(f"3.{minor}.*/bin/python3"))
+    return found[-1] if found else None
+
+
+def imports(python: Path | str, modules: tuple[str, ...]) -> bool:
+    probe = [str(python), "-c", f"import {', '.join(modules)}"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def cached_venv(name: str, base: Path, packages: tuple[str, ...], modules: tuple[str, ...]) -> Path:
+    """The python of a venv of ``base`` with ``packages``, made once and kept in the cache.
+
+    ``modules`` tell whether a cached venv has them. Raises CalledProcessError
+    (or OSError) when the venv cannot be made.
+    """
+    venv = CACHE / "targets" / name
+    python = venv / "bin" / "python"
+    if python.exists() and imports(python, modules):
+        return python
+    sys.stderr.write(f"making {venv} with {', '.join(packages)}...\n")
+    subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
+    return python
