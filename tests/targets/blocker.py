@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from truth import emit, timed
+
 BLOCK_S = 0.12
 
 
@@ -31,19 +32,7 @@ OUT = sys.stdout
 
 
 def record(scenario: str, start_ns: int) -> None:
-    end_ns = time.monotonic_ns()
-    # The app's own wall clock, read back to back with its monotonic one.
-    wall_offset_ns = time.time_ns() - time.monotonic_ns()
-    line = {
-        "scenario": scenario,
-        "tid": threading.get_native_id(),
-        "start_ns": start_ns,
-        "end_ns": end_ns,
-        "start_unix_ns": start_ns + wall_offset_ns,
-        "end_unix_ns": end_ns + wall_offset_ns,
-    }
-    OUT.write(json.dumps(line) + "\n")
-    OUT.flush()
+    emit(OUT, timed(scenario, start_ns, time.monotonic_ns()))
 
 
 def busy(seconds: float) -> None:

@@ -16,43 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import threading
-import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from truth import sleep_in_context
 
 OUT: TextIO = sys.stdout
 
 
 def block(scenario: str, seconds: float) -> None:
-    """Block the loop, and say when, on which thread, and inside which span."""
-    span = trace.get_current_span().get_span_context()
-    start_ns = time.monotonic_ns()
-    time.sleep(seconds)
-    end_ns = time.monotonic_ns()
-    task = asyncio.current_task()  # named after the block: 3.13 names a task when asked
-    wall_offset_ns = time.time_ns() - time.monotonic_ns()
-    record: dict[str, Any] = {
-        "scenario": scenario,
-        "tid": threading.get_native_id(),
-        "start_ns": start_ns,
-        "end_ns": end_ns,
-        "start_unix_ns": start_ns + wall_offset_ns,
-        "end_unix_ns": end_ns + wall_offset_ns,
-        "trace_id": span.trace_id if span.is_valid else None,
-        "span_id": span.span_id if span.is_valid else None,
-        "sampled": span.trace_flags.sampled if span.is_valid else None,
-        "task": task.get_name() if task else None,
-        "coroutine": getattr(task.get_coro(), "__qualname__", None) if task else None,
-    }
-    OUT.write(json.dumps(record) + "\n")
-    OUT.flush()
+    sleep_in_context(OUT, scenario, seconds)
 
 
 async def request(name: str, seconds: float, turns: list[asyncio.Event], mine: int) -> None:

@@ -27,21 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import threading
-import time
 from typing import Any, TextIO
 
 from aiohttp import ClientSession, web  # type: ignore[import-not-found, unused-ignore]
-from opentelemetry import trace
 from opentelemetry.instrumentation.aiohttp_server import (  # type: ignore[import-not-found, unused-ignore]
     AioHttpServerInstrumentor,
 )
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from truth import sleep_in_context
 
 OUT: TextIO = sys.stdout
 PAUSE_S = 0.05
@@ -51,28 +48,7 @@ UNSAMPLED_PARENT = "00-0000000000000000000000000005eed1-0000000000c0ffee-00"
 
 
 def block(scenario: str, seconds: float) -> None:
-    """Block the loop, and say when, on which thread, in which span and task."""
-    span = trace.get_current_span().get_span_context()
-    task = asyncio.current_task()
-    start_ns = time.monotonic_ns()
-    time.sleep(seconds)
-    end_ns = time.monotonic_ns()
-    wall_offset_ns = time.time_ns() - time.monotonic_ns()
-    record: dict[str, Any] = {
-        "scenario": scenario,
-        "tid": threading.get_native_id(),
-        "start_ns": start_ns,
-        "end_ns": end_ns,
-        "start_unix_ns": start_ns + wall_offset_ns,
-        "end_unix_ns": end_ns + wall_offset_ns,
-        "trace_id": span.trace_id if span.is_valid else None,
-        "span_id": span.span_id if span.is_valid else None,
-        "sampled": span.trace_flags.sampled if span.is_valid else None,
-        "task": task.get_name() if task else None,
-        "coroutine": getattr(task.get_coro(), "__qualname__", None) if task else None,
-    }
-    OUT.write(json.dumps(record) + "\n")
-    OUT.flush()
+    sleep_in_context(OUT, scenario, seconds)
 
 
 def make_app(seconds: float) -> Any:  # a web.Application, the instrumented subclass
