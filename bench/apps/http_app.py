@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 HEADER_END = b"\r\n\r\n"
 MAX_HEAD = 64 * 1024
@@ -67,13 +68,14 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-async def _serve(port: int) -> None:
+async def serve(port: int, protocol: Callable[[list[int]], asyncio.Protocol]) -> None:
+    """Serve on 127.0.0.1 with ``protocol(counter)`` per connection until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     counter = [0]
-    server = await loop.create_server(lambda: HttpProtocol(counter), "127.0.0.1", port)
+    server = await loop.create_server(lambda: protocol(counter), "127.0.0.1", port)
     bound = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"ready {bound}\n")
     sys.stdout.flush()
@@ -85,7 +87,7 @@ def main() -> None:
     """Port 0 by default, so parallel runs never collide; the ready line says which."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    asyncio.run(_serve(parser.parse_args().port))
+    asyncio.run(serve(parser.parse_args().port, HttpProtocol))
 
 
 if __name__ == "__main__":

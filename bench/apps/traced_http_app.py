@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import sys
 import time
 
+from http_app import HttpProtocol, serve
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-
-HEADER_END = b"\r\n\r\n"
-MAX_HEAD = 64 * 1024
 
 
 class Pacer:
@@ -55,67 +51,18 @@ class Pacer:
         self._next = time.monotonic() + self.every_s
 
 
-class TracedHttpProtocol(asyncio.Protocol):
-    """Enough HTTP/1.1 for GET with keep-alive; each answer is made inside its own span."""
+class TracedHttpProtocol(HttpProtocol):
+    """http_app's server, each answer made inside its own span (where it may block)."""
 
     def __init__(self, counter: list[int], pacer: Pacer) -> None:
-        self._counter = counter
+        super().__init__(counter)
         self._pacer = pacer
         self._tracer = trace.get_tracer("traced_http_app")
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport typed as a stream one, which create_server always gives."""
-        if isinstance(transport, asyncio.Transport):
-            self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        """Answer every complete request head; a request may arrive in pieces."""
-        self._buffer += data
-        while (end := self._buffer.find(HEADER_END)) >= 0:
-            head, self._buffer = self._buffer[:end], self._buffer[end + len(HEADER_END) :]
-            with self._tracer.start_as_current_span("GET /"):
-                self._respond(head)
-        if len(self._buffer) > MAX_HEAD and self._transport is not None:
-            self._transport.close()
 
     def _respond(self, head: bytes) -> None:
-        if self._transport is None:
-            return
-        request_line, _, headers = head.partition(b"\r\n")
-        parts = request_line.split(b" ")
-        self._counter[0] += 1
-        self._pacer.maybe_block()
-        body = json.dumps(
-            {
-                "path": parts[1].decode(errors="replace") if len(parts) > 1 else "/",
-                "request": self._counter[0],
-                "time": time.time(),
-            }
-        ).encode()
-        close = b"connection: close" in headers.lower()
-        self._transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: %s\r\n\r\n%s"
-            % (len(body), b"close" if close else b"keep-alive", body)
-        )
-        if close:
-            self._transport.close()
-
-
-async def _serve(port: int, pacer: Pacer) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    counter = [0]
-    server = await loop.create_server(lambda: TracedHttpProtocol(counter, pacer), "127.0.0.1", port)
-    bound = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"ready {bound}\n")
-    sys.stdout.flush()
-    async with server:
-        await stop.wait()
+        with self._tracer.start_as_current_span("GET /"):
+            self._pacer.maybe_block()
+            super()._respond(head)
 
 
 def main() -> None:
@@ -127,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     trace.set_tracer_provider(TracerProvider())
     pacer = Pacer(args.block_ms / 1000, args.block_every_ms / 1000)
-    asyncio.run(_serve(args.port, pacer))
+    asyncio.run(serve(args.port, lambda counter: TracedHttpProtocol(counter, pacer)))
     sys.stdout.write(f"blocks {pacer.blocks}\n")
     sys.stdout.flush()
 

@@ -67,6 +67,7 @@ from blocksnoop_bench.procs import (
     REPO,
     BenchError,
     Sidecar,
+    attached,
     cpu_times,
     start_app,
 )
@@ -523,19 +524,6 @@ def _render_read_cost(results: list[dict[str, Any]], calls: int) -> str:
 # Throughput.
 
 
-@contextlib.contextmanager
-def _watching(pid: int, args: list[str], out: Path) -> Iterator[Sidecar]:
-    sidecar = Sidecar(["-t", f"{THROUGHPUT_THRESHOLD_MS:g}", *args, str(pid)], out)
-    try:
-        sidecar.wait_attached()
-        time.sleep(SETTLE_S)
-        yield sidecar
-    finally:
-        code = sidecar.stop()
-        if code != 0:
-            sys.stderr.write(f"bench: sidecar exited {code}: {sidecar.stderr.text()[-500:]}\n")
-
-
 MODES = ("without", "no-link", "link")
 THROUGHPUT_SIDECAR_ARGS = ["--no-stacks"]
 """On both sides: stack sampling's own cost and noise are the overhead benchmark's business."""
@@ -597,7 +585,9 @@ def _throughput(config: OverheadConfig) -> dict[str, Any]:
             if mode == "without":
                 return load.run(config.round_s).rps
             out = config.raw_dir / f"linking-http-{mode}-round{round_no}.jsonl"
-            with _watching(server.pid, MODE_ARGS[mode], out) as sidecar:
+            with attached(
+                server.pid, THROUGHPUT_THRESHOLD_MS, out, SETTLE_S, MODE_ARGS[mode]
+            ) as sidecar:
                 before = cpu_times(sidecar.pid)
                 rps = load.run(config.round_s).rps
                 own, children = cpu_times(sidecar.pid).percent_since(before)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -234,12 +234,14 @@ class Sidecar:
 
 
 @contextlib.contextmanager
-def attached(pid: int, threshold_ms: float, out: Path, settle_s: float) -> Iterator[Sidecar]:
-    """Yield a sidecar watching ``pid`` once attached and settled; stop it on the way out.
+def attached(
+    pid: int, threshold_ms: float, out: Path, settle_s: float, args: Sequence[str] = ()
+) -> Iterator[Sidecar]:
+    """Yield a sidecar (with ``args``) watching ``pid`` once attached and settled; stop it after.
 
     Settling keeps the BPF compile's CPU burst out of whatever is measured next.
     """
-    sidecar = Sidecar(["-t", f"{threshold_ms:g}", str(pid)], out)
+    sidecar = Sidecar(["-t", f"{threshold_ms:g}", *args, str(pid)], out)
     try:
         sidecar.wait_attached()
         time.sleep(settle_s)
