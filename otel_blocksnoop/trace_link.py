@@ -152,8 +152,9 @@ class TraceLinker:
         while self._to_prepare:
             self._reader(self._to_prepare.popleft())
         snapshot = self._table.snapshot(self._min_ns, activity=False)
-        # A process's reader is built (~0.2 s: it maps the interpreter's ELF file) as soon
-        # as one of its threads has called epoll, so it is ready before the first block.
+        # A process's reader is built (~20 ms: it maps the interpreter's ELF file) as soon
+        # as one of its threads has called epoll (a launched app, whose interpreter is up
+        # by then), or when it is prepared (an attached one), so before its first block.
         for pid in {times.pid for times in snapshot.times} - self._readers.keys():
             self._reader(pid)
         for item in snapshot.ongoing:
