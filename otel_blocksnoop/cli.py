@@ -16,25 +16,26 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
-from otel_blocksnoop import __version__, otlp, preflight
-from otel_blocksnoop.austin import Austin, AustinError
-from otel_blocksnoop.detector import Detector, DetectorConfig, program_cflags, program_source
+from otel_blocksnoop import __version__, preflight
+from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.errors import BlocksnoopError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS
-from otel_blocksnoop.sampler import SamplerPool, interval_for
-from otel_blocksnoop.session import Session, SessionOptions
-from otel_blocksnoop.sinks import Sink
-from otel_blocksnoop.sinks.console import ConsoleSink
-from otel_blocksnoop.sinks.jsonlines import JsonLinesSink
-from otel_blocksnoop.target import (
+from otel_blocksnoop.export import otlp
+from otel_blocksnoop.export.console import ConsoleSink
+from otel_blocksnoop.export.jsonlines import JsonLinesSink
+from otel_blocksnoop.export.sink import Sink
+from otel_blocksnoop.kernel.detector import Detector, DetectorConfig, program_cflags, program_source
+from otel_blocksnoop.process.target import (
     ExitWatch,
     LaunchedCommand,
     TargetInfo,
     check_command,
     inspect_target,
 )
-from otel_blocksnoop.threads import ThreadClassifier
-from otel_blocksnoop.trace_link import TraceLinker
+from otel_blocksnoop.session import Session, SessionOptions
+from otel_blocksnoop.stacks.austin import Austin, AustinError
+from otel_blocksnoop.stacks.sampler import SamplerPool, interval_for
+from otel_blocksnoop.stacks.threads import ThreadClassifier
 
 PROG = "otel-blocksnoop"
 DEFAULT_THRESHOLD_MS = 100.0
@@ -307,7 +308,7 @@ def _sinks(args: Arguments, settings: otlp.OtlpSettings) -> list[Sink]:
     if not settings.enabled:
         log.info("OTLP export is off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
         return sinks
-    from otel_blocksnoop.sinks.otel import OtelSink  # noqa: PLC0415 - the SDK loads only if used
+    from otel_blocksnoop.export.otel import OtelSink  # noqa: PLC0415 - the SDK loads only if used
 
     log.info("exporting %s", otlp.describe(settings))
     if (problem := otlp.reachable(settings)) is not None:

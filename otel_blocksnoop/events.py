@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from otel_blocksnoop.context_reader import SpanRef, TaskRef
+    from otel_blocksnoop.process.context.reader import SpanRef, TaskRef
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000

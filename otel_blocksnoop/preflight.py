@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_blocksnoop.austin import Austin, AustinError
 from otel_blocksnoop.errors import (
     BccMissingError,
     BlocksnoopError,
@@ -20,6 +19,7 @@ from otel_blocksnoop.errors import (
     NoPrivilegesError,
     TracefsMissingError,
 )
+from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")

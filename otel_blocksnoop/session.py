@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from otel_blocksnoop import cause, hangs, histogram
-from otel_blocksnoop.clock import WallClock
-from otel_blocksnoop.correlator import attribute
-from otel_blocksnoop.detector import Counters, Detector, InProgress, ThreadSnapshot
+from otel_blocksnoop.analysis import cause, hangs
+from otel_blocksnoop.analysis.attribution import attribute
+from otel_blocksnoop.analysis.clock import WallClock
+from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
@@ -35,13 +35,14 @@ from otel_blocksnoop.events import (
     ThreadKind,
     ThreadTimes,
 )
-from otel_blocksnoop.identity import read_identity
-from otel_blocksnoop.sampler import SamplerPool, StackSample, settle_ns
-from otel_blocksnoop.sinks import Sink
-from otel_blocksnoop.source import source_line
-from otel_blocksnoop.target import thread_name
-from otel_blocksnoop.threads import ThreadClassifier, classify, reported
-from otel_blocksnoop.trace_link import TraceLinker
+from otel_blocksnoop.export.sink import Sink
+from otel_blocksnoop.kernel import histogram
+from otel_blocksnoop.kernel.detector import Counters, Detector, InProgress, ThreadSnapshot
+from otel_blocksnoop.process.identity import read_identity
+from otel_blocksnoop.process.source import source_line
+from otel_blocksnoop.process.target import thread_name
+from otel_blocksnoop.stacks.sampler import SamplerPool, StackSample, settle_ns
+from otel_blocksnoop.stacks.threads import ThreadClassifier, classify, reported
 
 log = logging.getLogger(__name__)
 

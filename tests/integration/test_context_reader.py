@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from otel_blocksnoop.context_reader import ContextReader, SpanRef, TaskRef
+from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef
 from tests.helpers import TARGETS
 from tests.interpreters import MINORS, pyenv_python
 
@@ -137,7 +137,7 @@ def test_spans_of_an_unknown_layout_are_reported_once_and_not_linked(
         reader = ContextReader(target["pid"])
 
         # WHEN the reader reads it again and again
-        with caplog.at_level(logging.WARNING, logger="otel_blocksnoop.context_reader"):
+        with caplog.at_level(logging.WARNING, logger="otel_blocksnoop.process.context.reader"):
             found = [reader.thread_context(loop["tid"]) for _ in range(10)]
 
     # THEN there is no span, one warning says why, and the task is still named

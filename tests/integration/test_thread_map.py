@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from otel_blocksnoop.detector import Detector, DetectorConfig
 from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.kernel.detector import Detector, DetectorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.detector import (
+from otel_blocksnoop.events import NS_PER_MS, Sleep
+from otel_blocksnoop.kernel.detector import (
     OFF_ON_CPU,
     OFF_RUNQ,
     SLEEP_SLOTS,
@@ -10,7 +11,6 @@ from otel_blocksnoop.detector import (
     activity_from_c,
     activity_so_far,
 )
-from otel_blocksnoop.events import NS_PER_MS, Sleep
 
 FUTEX, READ = 202, 0
 START = 1_000 * NS_PER_MS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.cause import classify
+from otel_blocksnoop.analysis.cause import classify
 from otel_blocksnoop.events import NS_PER_MS, Activity, Cause, Sleep
 
 

@@ -17,9 +17,9 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from otel_blocksnoop.context_reader import ContextReader, SpanRef
-from otel_blocksnoop.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
-from otel_blocksnoop.remote_memory import (
+from otel_blocksnoop.process.context.reader import ContextReader, SpanRef
+from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
+from otel_blocksnoop.process.remote_memory import (
     MAX_READ,
     ElfError,
     ElfSymbols,
@@ -30,7 +30,7 @@ from otel_blocksnoop.remote_memory import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-CPYTHON_DIR = ROOT / "otel_blocksnoop" / "cpython"
+CPYTHON_DIR = ROOT / "otel_blocksnoop" / "process" / "cpython"
 
 # Seen on this machine by another means (ENVIRONMENT.md): the generator must agree.
 CROSS_CHECK = {

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from otel_blocksnoop.context_reader import ContextReader, SpanRef
-from otel_blocksnoop.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
-from otel_blocksnoop.remote_memory import MAX_READ, RemoteMemory, plausible_pointer
+from otel_blocksnoop.process.context.reader import ContextReader, SpanRef
+from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
+from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory, plausible_pointer
 
 BASE = 0x10000
 TID = 4242

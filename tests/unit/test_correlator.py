@@ -1,6 +1,12 @@
 from __future__ import annotations
 
-from otel_blocksnoop.correlator import attribute, call_site, format_traceback, is_idle, is_library
+from otel_blocksnoop.analysis.attribution import (
+    attribute,
+    call_site,
+    format_traceback,
+    is_idle,
+    is_library,
+)
 from otel_blocksnoop.events import Frame
 
 LIB = "/root/.pyenv/versions/3.11.7/lib/python3.11"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_blocksnoop import histogram
-from otel_blocksnoop.detector import (
+from otel_blocksnoop.kernel import histogram
+from otel_blocksnoop.kernel.detector import (
     ActivityC,
     BlockEventC,
     IterExtremesC,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from otel_blocksnoop.analysis.hangs import GRACE_NS, MAX_REPEAT_NS, HangSchedule, Ongoing
 from otel_blocksnoop.events import NS_PER_MS, NS_PER_S
-from otel_blocksnoop.hangs import GRACE_NS, MAX_REPEAT_NS, HangSchedule, Ongoing
 
 THRESHOLD = 100 * NS_PER_MS
 STUCK = Ongoing(pid=10, tid=11, start_ns=1_000 * NS_PER_S)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_blocksnoop import histogram
+from otel_blocksnoop.kernel import histogram
 
 
 @pytest.mark.parametrize("value", [0, 1, 31, 32, 33, 63, 64, 1000, 999_999, 10**9, 2**42 - 1])

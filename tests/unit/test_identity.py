@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from otel_blocksnoop.identity import parse_environ, parse_resource_attributes, read_identity
+from otel_blocksnoop.process.identity import parse_environ, parse_resource_attributes, read_identity
 
 
 def test_resource_attributes_follow_the_spec_format_with_percent_decoding() -> None:

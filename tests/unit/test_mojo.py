@@ -9,7 +9,7 @@ import pytest
 from austin.format.mojo import MojoStreamReader
 
 from otel_blocksnoop.events import Frame
-from otel_blocksnoop.mojo import MojoDecoder, MojoError, RawSample
+from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError, RawSample
 
 CAPTURE = Path(__file__).resolve().parent.parent / "data" / "austin_two_loops.mojo"
 
@@ -66,9 +66,9 @@ def test_not_a_mojo_stream_is_refused() -> None:
 
 def test_a_restarted_sampler_places_new_samples_on_a_fresh_time_base() -> None:
     # GIVEN a sampler that saw 100 ms of samples, then was restarted 5 s later
-    from otel_blocksnoop.austin import Austin  # noqa: PLC0415
-    from otel_blocksnoop.mojo import RawSample as Raw  # noqa: PLC0415
-    from otel_blocksnoop.sampler import Sampler  # noqa: PLC0415
+    from otel_blocksnoop.stacks.austin import Austin  # noqa: PLC0415
+    from otel_blocksnoop.stacks.mojo import RawSample as Raw  # noqa: PLC0415
+    from otel_blocksnoop.stacks.sampler import Sampler  # noqa: PLC0415
 
     sampler = Sampler(Austin(Path("/bin/true")), pid=1, interval_us=5000)
     frames = (Frame("f", "/app.py", 1),)

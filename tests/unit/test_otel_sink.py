@@ -29,8 +29,8 @@ from otel_blocksnoop.events import (
     ThreadKind,
     ThreadTimes,
 )
-from otel_blocksnoop.otlp import Exporters, settings_from
-from otel_blocksnoop.sinks.otel import DeliveryQueue, OtelSink
+from otel_blocksnoop.export.otel import DeliveryQueue, OtelSink
+from otel_blocksnoop.export.otlp import Exporters, settings_from
 
 APP = ProcessIdentity(
     pid=42,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from otel_blocksnoop.errors import ConfigError
-from otel_blocksnoop.otlp import DEFAULT_SCHEDULE_DELAY_MS, GRPC, HTTP, settings_from
+from otel_blocksnoop.export.otlp import DEFAULT_SCHEDULE_DELAY_MS, GRPC, HTTP, settings_from
 
 
 def test_without_an_endpoint_otlp_is_off() -> None:

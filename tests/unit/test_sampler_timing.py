@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from otel_blocksnoop.austin import Austin
 from otel_blocksnoop.events import Frame
-from otel_blocksnoop.mojo import MojoDecoder, RawSample
-from otel_blocksnoop.sampler import Sampler
+from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.mojo import MojoDecoder, RawSample
+from otel_blocksnoop.stacks.sampler import Sampler
 
 CAPTURE = Path(__file__).resolve().parent.parent / "data" / "austin_two_loops.mojo"
 FRAMES = (Frame("f", "/app.py", 1),)

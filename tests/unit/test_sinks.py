@@ -15,8 +15,8 @@ from otel_blocksnoop.events import (
     Sleep,
     ThreadKind,
 )
-from otel_blocksnoop.sinks.console import ConsoleSink
-from otel_blocksnoop.sinks.jsonlines import JsonLinesSink
+from otel_blocksnoop.export.console import ConsoleSink
+from otel_blocksnoop.export.jsonlines import JsonLinesSink
 
 BLOCK = Block(
     pid=10,

@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from otel_blocksnoop.syscalls import parse_unistd, syscall_name
+from otel_blocksnoop.kernel.syscalls import parse_unistd, syscall_name
 
 
 def test_unistd_defines_are_parsed_and_other_lines_ignored() -> None:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from otel_blocksnoop import threads
-from otel_blocksnoop.austin import Austin, AustinError, parse_where
 from otel_blocksnoop.events import Frame, ThreadKind
-from otel_blocksnoop.threads import ThreadClassifier, classify, reported
+from otel_blocksnoop.stacks import threads
+from otel_blocksnoop.stacks.austin import Austin, AustinError, parse_where
+from otel_blocksnoop.stacks.threads import ThreadClassifier, classify, reported
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STDLIB = "/usr/lib/python3.11"

@@ -107,6 +107,6 @@ def layout_for(major: int, minor: int) -> CPythonLayout | None:
     """The generated layout of CPython major.minor, or None when it has none."""
     if (major, minor) not in SUPPORTED_VERSIONS:
         return None
-    module = importlib.import_module(f"otel_blocksnoop.cpython.v{major}_{minor}")
+    module = importlib.import_module(f"otel_blocksnoop.process.cpython.v{major}_{minor}")
     layout: CPythonLayout = module.LAYOUT
     return layout

@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from otel_blocksnoop.events import Block, Frame, IterationStats, LoopTimes, SessionSummary
-from otel_blocksnoop.sinks.formatting import iso_utc, ms
+from otel_blocksnoop.export.formatting import iso_utc, ms
 
 
 def _frame(frame: Frame) -> dict[str, Any]:

@@ -40,8 +40,8 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from otel_blocksnoop import __version__, names
-from otel_blocksnoop.correlator import format_traceback
+from otel_blocksnoop import __version__
+from otel_blocksnoop.analysis.attribution import format_traceback
 from otel_blocksnoop.events import (
     NS_PER_S,
     Block,
@@ -51,12 +51,13 @@ from otel_blocksnoop.events import (
     ProcessIdentity,
     SessionSummary,
 )
+from otel_blocksnoop.export import names
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.util.types import Attributes
 
-    from otel_blocksnoop.otlp import Exporters, OtlpSettings
+    from otel_blocksnoop.export.otlp import Exporters, OtlpSettings
 
 log = logging.getLogger(__name__)
 

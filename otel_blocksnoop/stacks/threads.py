@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from otel_blocksnoop.austin import Austin, AustinError
 from otel_blocksnoop.events import Frame, ThreadKind
+from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from otel_blocksnoop.austin import Austin
 from otel_blocksnoop.events import NS_PER_MS, Frame
-from otel_blocksnoop.mojo import MojoDecoder, MojoError, RawSample
-from otel_blocksnoop.target import process_exists
+from otel_blocksnoop.process.target import process_exists
+from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError, RawSample
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from otel_blocksnoop import histogram
 from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
 from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep, ThreadTimes
-from otel_blocksnoop.syscalls import syscall_name
+from otel_blocksnoop.kernel import histogram
+from otel_blocksnoop.kernel.syscalls import syscall_name
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,11 @@ COUNTER_STATE_FULL = 3
 
 def bpf_dir() -> Path:
     """Directory holding the C sources: inside the wheel, else the source tree."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "bpf", here.parent / "bpf"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "bpf", package.parent / "bpf"):
         if (candidate / "detector.bpf.c").is_file():
             return candidate
-    msg = f"BPF sources not found next to {here}"
+    msg = f"BPF sources not found next to {package}"
     raise BpfLoadError(msg)
 
 

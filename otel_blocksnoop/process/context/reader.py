@@ -9,7 +9,7 @@ key ``current-span-<uuid>``. ``ContextReader`` follows, in the target's memory:
     -> its "current-span-*" value -> span.__dict__["_context"] (a SpanContext
     tuple) -> trace_id, span_id, trace_flags (ints)
 
-with the layouts generated per CPython version (``otel_blocksnoop.cpython``).
+with the layouts generated per CPython version (``otel_blocksnoop.process.cpython``).
 Every object is checked by type name before it is trusted, every loop is
 bounded, and the thread's context pointer is read again after the walk: when
 it moved (the thread switched task or set a context variable meanwhile), the
@@ -43,8 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_blocksnoop.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
-from otel_blocksnoop.remote_memory import (
+from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
+from otel_blocksnoop.process.remote_memory import (
     ElfError,
     ElfSymbols,
     Mapping,

@@ -1,0 +1,1 @@
+"""Where blocks go: console, JSON lines, OpenTelemetry (spans, metrics, logs over OTLP)."""

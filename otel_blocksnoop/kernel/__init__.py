@@ -1,0 +1,1 @@
+"""The kernel side: the BPF programs, their loading, and reading their maps."""

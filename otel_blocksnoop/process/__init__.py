@@ -1,0 +1,1 @@
+"""The watched process from outside: its identity, /proc, its memory, CPython layouts."""

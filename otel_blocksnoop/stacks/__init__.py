@@ -1,0 +1,1 @@
+"""Python stacks from Austin: the sampler process, its MOJO stream, loop-thread discovery."""
