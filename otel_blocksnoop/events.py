@@ -55,6 +55,21 @@ class EndReason(StrEnum):
     SIDECAR_STOPPED = "sidecar_stopped"  # still going when the sidecar stopped
 
 
+class Loss(StrEnum):
+    """What was dropped or lost, and where: the ``blocksnoop.lost.what`` values."""
+
+    KERNEL_EVENTS = "kernel.events"  # the ring buffer was full: a block never left the kernel
+    KERNEL_THREADS = "kernel.threads"  # the thread table was full: a thread went untracked
+    STACK_SAMPLES = "stacks.samples"  # a thread's sample history overflowed
+    STACK_RESTARTS = "stacks.restarts"  # the sampler died and was restarted (its history lost)
+    STACK_UNKNOWN = "stacks.unknown"  # a block reported without a stack: no sample inside it
+    CONTEXT_LATE = "context.late"  # a span/task read finished after its block ended
+    CONTEXT_ERRORS = "context.errors"  # a span/task read failed (memory changed under it)
+    LINK_UNDECIDED = "link.undecided"  # reads disagreed: the block gets no parent
+    EXPORT_QUEUE = "export.queue"  # a span, record or log dropped: the export queue was full
+    EXPORT_UNDELIVERED = "export.undelivered"  # still queued when the sidecar stopped
+
+
 @dataclass(frozen=True, slots=True)
 class BlockEvent:
     """One loop iteration that crossed the threshold, as the kernel saw it.
@@ -164,6 +179,7 @@ class LoopTimes:
     threads: tuple[ThreadTimes, ...]
     lost_events: int  # blocks the kernel could not send so far (ring buffer full)
     identities: tuple[ProcessIdentity, ...] = ()
+    losses: tuple[tuple[Loss, int], ...] = ()  # every kind of loss so far (``losses.Losses``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +214,9 @@ class SessionSummary:
     iterations: int = 0
     ignored_threads: tuple[tuple[int, str, ThreadKind], ...] = ()
     duration_s: float = 0.0
+    losses: tuple[tuple[Loss, int], ...] = ()  # every kind of loss, totals at the end
+
+
+# What a sink is handed: a block (``in_progress``: a hang, reported while it lasts),
+# stats-mode intervals, periodic loop times, and the summary, once, at the end.
+Record = Block | IterationStats | LoopTimes | SessionSummary
