@@ -9,33 +9,16 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from types import FrameType
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from otel_blocksnoop import __version__, preflight
-from otel_blocksnoop.analysis.trace_link import TraceLinker
+from otel_blocksnoop import __version__, preflight, session
+from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import BlocksnoopError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS
 from otel_blocksnoop.export import otlp
-from otel_blocksnoop.export.console import ConsoleSink
-from otel_blocksnoop.export.jsonlines import JsonLinesSink
-from otel_blocksnoop.export.sink import Sink
-from otel_blocksnoop.kernel.detector import Detector, DetectorConfig, program_cflags, program_source
-from otel_blocksnoop.process.target import (
-    ExitWatch,
-    LaunchedCommand,
-    TargetInfo,
-    check_command,
-    inspect_target,
-)
-from otel_blocksnoop.session import Session, SessionOptions
-from otel_blocksnoop.stacks.austin import Austin, AustinError
-from otel_blocksnoop.stacks.sampler import SamplerPool, interval_for
-from otel_blocksnoop.stacks.threads import ThreadClassifier
+from otel_blocksnoop.kernel.detector import program_cflags, program_source
 
 PROG = "otel-blocksnoop"
 DEFAULT_THRESHOLD_MS = 100.0
@@ -181,30 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass(frozen=True, slots=True)
-class Arguments:
-    pids: tuple[int, ...]
-    command: list[str]
-    threshold_ns: int
-    json: bool
-    stats: bool
-    tid: int
-    all_threads: bool
-    austin: str | None
-    otlp_endpoint: str | None
-    otlp_protocol: str | None
-    service: str | None
-    cause: bool
-    trace_link: bool
-    export_unsampled: bool
-    stacks: bool
-    sample_interval_us: int | None
-    verbose: bool
-    quiet: bool
-    ebpf: bool
-
-
-def parse_arguments(argv: Sequence[str]) -> Arguments:
+def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """The run's configuration: the command line, over the ``OTEL_*`` environment."""
     argv = list(argv)
     command: list[str] = []
     if "--" in argv:
@@ -219,7 +180,7 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
             parser.error("give a PID to watch, or a command after `--` to launch")
     if ns.tid is not None and len(ns.pids) != 1:
         parser.error("--tid needs exactly one PID: the thread's process")
-    return Arguments(
+    return Config(
         pids=tuple(dict.fromkeys(ns.pids)),
         command=command,
         threshold_ns=round(ns.threshold * NS_PER_MS),
@@ -228,12 +189,15 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
         tid=ns.tid or 0,
         all_threads=ns.all_threads,
         austin=ns.austin,
-        otlp_endpoint=ns.otlp_endpoint,
-        otlp_protocol=ns.otlp_protocol,
-        service=ns.service,
+        otlp=otlp.settings_from(
+            os.environ if environ is None else environ,
+            ns.otlp_endpoint,
+            ns.otlp_protocol,
+            ns.service,
+            follow_app_sampling=not ns.export_unsampled,
+        ),
         cause=not ns.no_cause,
         trace_link=not ns.no_trace_link,
-        export_unsampled=ns.export_unsampled,
         stacks=not ns.no_stacks,
         sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
         verbose=ns.verbose,
@@ -242,7 +206,7 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
     )
 
 
-def _configure_logging(args: Arguments) -> None:
+def _configure_logging(args: Config) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
@@ -265,204 +229,23 @@ def _doctor(argv: Sequence[str]) -> int:
     return int(failed[0].error.exit_code) if failed and failed[0].error else 0
 
 
-def _find_austin(args: Arguments) -> Austin | None:
-    if args.stats or (args.all_threads and not args.stacks):
-        return None
-    try:
-        austin = Austin.find(args.austin)
-        austin.version()
-    except AustinError as exc:
-        log.warning(
-            "%s; blocks are reported without stacks, and every epoll thread is reported", exc
-        )
-        return None
-    return austin
-
-
-def _classifier(args: Arguments, austin: Austin | None) -> ThreadClassifier | None:
-    if args.all_threads or args.tid or austin is None:
-        return None
-    return ThreadClassifier(austin)
-
-
-def _stacks(args: Arguments, austin: Austin | None) -> SamplerPool | None:
-    if not args.stacks or austin is None:
-        return None
-    interval = args.sample_interval_us or interval_for(args.threshold_ns)
-    log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
-    return SamplerPool(austin, interval)
-
-
-def _linker(args: Arguments, detector: Detector) -> TraceLinker | None:
-    if args.stats or not args.trace_link:
-        return None
-    linker = TraceLinker(detector, args.threshold_ns)
-    linker.start()
-    return linker
-
-
-def _sinks(args: Arguments, settings: otlp.OtlpSettings) -> list[Sink]:
-    sinks: list[Sink] = [JsonLinesSink() if args.json else ConsoleSink()]
-    if args.stats:
-        return sinks
-    if not settings.enabled:
-        log.info("OTLP export is off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
-        return sinks
-    from otel_blocksnoop.export.otel import OtelSink  # noqa: PLC0415 - the SDK loads only if used
-
-    log.info("exporting %s", otlp.describe(settings))
-    if (problem := otlp.reachable(settings)) is not None:
-        log.warning(
-            "collector not reachable yet (%s); blocks are kept (up to %d) and sent when it is",
-            problem,
-            settings.max_queue,
-        )
-    sinks.append(OtelSink(otlp.build_exporters(settings), settings))
-    return sinks
-
-
-class _Signals:
-    """SIGINT/SIGTERM ask the session to drain and stop; in launch mode they reach the child."""
-
-    def __init__(self, session: Session, child: LaunchedCommand | None) -> None:
-        self._session = session
-        self._child = child
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self._child is None:
-            self._session.request_stop()
-            return
-        # Launch mode: the session ends when the child does. A terminal's
-        # Ctrl-C already reached the child (same foreground group).
-        if signum == signal.SIGINT and _foreground_terminal():
-            return
-        self._child.process.send_signal(signum)
-
-
-def _short(command: Sequence[str], limit: int = 60) -> str:
-    text = " ".join(command).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _foreground_terminal() -> bool:
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except OSError:
-        return False
-
-
-def run(args: Arguments) -> int:
-    config = DetectorConfig(
-        threshold_ns=args.threshold_ns, tid=args.tid, stats=args.stats, activity=args.cause
-    )
-    if args.ebpf:
-        print(f"// cflags: {' '.join(program_cflags(config))}")
+def run(config: Config) -> int:
+    """``--ebpf`` prints the kernel side; otherwise a session runs to its end."""
+    if config.ebpf:
+        print(f"// cflags: {' '.join(program_cflags(config.detector))}")
         print(program_source())
         return ExitCode.OK
-
-    targets = [inspect_target(pid) for pid in args.pids]
-    if not targets:
-        check_command(args.command)
-    settings = otlp.settings_from(
-        os.environ,
-        args.otlp_endpoint,
-        args.otlp_protocol,
-        args.service,
-        follow_app_sampling=not args.export_unsampled,
-    )
-    preflight.require(preflight.run_checks(args.austin)[:4])
-
-    detector = Detector(config)
-    log.info("compiling and loading the BPF program...")
-    detector.load()
-    austin = _find_austin(args)
-    stacks = _stacks(args, austin)
-    linker = _linker(args, detector)
-    try:
-        log.info("attached to %s", ", ".join(detector.attached))
-        session = Session(
-            detector,
-            _sinks(args, settings),
-            _classifier(args, austin),
-            SessionOptions(
-                threshold_ns=args.threshold_ns, stats=args.stats, all_threads=args.all_threads
-            ),
-            stacks=stacks,
-            linker=linker,
-        )
-        what = (
-            "loop iterations" if args.stats else f"blocks >= {args.threshold_ns / NS_PER_MS:g} ms"
-        )
-        if targets:
-            for target in targets:
-                if linker is not None:
-                    linker.prepare(target.pid)
-            return _watch_running(detector, session, targets, what, stacks)
-        return _watch_launched(detector, session, args.command, what, stacks)
-    finally:
-        if linker is not None:
-            linker.stop()
-        if stacks is not None:
-            stacks.stop()
-        detector.close()
-
-
-def _watch_running(
-    detector: Detector,
-    session: Session,
-    targets: list[TargetInfo],
-    what: str,
-    stacks: SamplerPool | None,
-) -> int:
-    """Attach mode: until every target has exited, or a signal says stop."""
-    for target in targets:
-        detector.watch(target.pid)
-        if stacks is not None:
-            stacks.ensure(target.pid)
-        log.info("watching PID %d (%s) for %s", target.pid, _short([target.cmdline]), what)
-    watch = ExitWatch([target.pid for target in targets])
-    _Signals(session, None)
-    log.info("Ctrl-C to stop")
-    try:
-        session.run(watch)
-    finally:
-        watch.close()
-    if not session.stopping:
-        log.info("watched process%s exited", "es" if len(targets) > 1 else "")
-    return ExitCode.OK
-
-
-def _watch_launched(
-    detector: Detector,
-    session: Session,
-    command: list[str],
-    what: str,
-    stacks: SamplerPool | None,
-) -> int:
-    """Launch mode: the command runs once its PID is watched; its exit code is ours."""
-    child = LaunchedCommand(command)
-    detector.watch(child.pid)
-    _Signals(session, child)
-    child.release()
-    if stacks is not None:
-        stacks.ensure(child.pid)
-    log.info("launched PID %d (%s), watching for %s", child.pid, _short(command), what)
-    session.run(child)
-    child.process.wait()
-    code = child.exit_code()
-    return code if code is not None else ExitCode.FAILURE
+    return session.run(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["doctor"]:
         return _doctor(argv[1:])
-    args = parse_arguments(argv)
-    _configure_logging(args)
+    config = parse_arguments(argv)
+    _configure_logging(config)
     try:
-        return run(args)
+        return run(config)
     except BlocksnoopError as exc:
         hint = f" (hint: {exc.hint})" if exc.hint else ""
         sys.stderr.write(f"{PROG}: {exc}{hint}\n")

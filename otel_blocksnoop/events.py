@@ -100,6 +100,14 @@ class Frame:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class StackSample:
+    """One Python stack of one thread, placed on CLOCK_MONOTONIC."""
+
+    time_ns: int  # estimated from the sampler's deltas (``stacks.sampler``)
+    frames: tuple[Frame, ...]
+
+
 class ThreadKind(StrEnum):
     """What a thread that calls epoll turned out to be."""
 

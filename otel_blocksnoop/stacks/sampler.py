@@ -23,9 +23,8 @@ import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
-from otel_blocksnoop.events import NS_PER_MS, Frame
+from otel_blocksnoop.events import NS_PER_MS, Frame, StackSample
 from otel_blocksnoop.process.target import process_exists
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError, RawSample
@@ -65,12 +64,6 @@ def interval_for(threshold_ns: int) -> int:
     """
     per_threshold = threshold_ns // SAMPLES_PER_THRESHOLD // 1000
     return max(MIN_INTERVAL_US, min(MAX_INTERVAL_US, per_threshold))
-
-
-@dataclass(frozen=True, slots=True)
-class StackSample:
-    time_ns: int  # CLOCK_MONOTONIC, estimated
-    frames: tuple[Frame, ...]
 
 
 class _ThreadHistory:

@@ -1,0 +1,93 @@
+"""From what the kernel saw to a block a reader understands.
+
+A ``BlockEvent`` says when a loop thread was out of epoll and what it did
+meanwhile; the evidence gathered during the block (stack samples, the reads
+of the active span and task) says which code and which request. ``Enricher``
+joins them into the ``Block`` every sink receives, with wall-clock times.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from otel_blocksnoop.analysis import cause
+from otel_blocksnoop.analysis.attribution import attribute
+from otel_blocksnoop.analysis.clock import WallClock
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import (
+    Block,
+    BlockEvent,
+    ProcessIdentity,
+    StackSample,
+    ThreadKind,
+)
+from otel_blocksnoop.process.context.reader import ThreadContext
+from otel_blocksnoop.process.identity import read_identity
+from otel_blocksnoop.process.source import source_line
+from otel_blocksnoop.process.target import thread_name
+
+MAX_IDENTITIES = 256  # watched processes whose identity is kept
+
+
+class Linker(Protocol):
+    """The trace linker, as far as enrichment needs it."""
+
+    def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
+        """The block's parent span and task by the reads so far."""
+
+
+class Enricher:
+    """Joins a kernel event with its evidence; remembers who each watched process is."""
+
+    def __init__(self, threshold_ns: int, linker: Linker | None) -> None:
+        self._threshold_ns = threshold_ns
+        self._linker = linker
+        self._clock = WallClock()
+        self._identities: BoundedDict[int, ProcessIdentity] = BoundedDict(MAX_IDENTITIES)
+
+    def identity(self, pid: int) -> ProcessIdentity:
+        """Who ``pid`` is, read once: early, as a short-lived app may be gone at export."""
+        identity = self._identities.get(pid)
+        if identity is None:
+            identity = self._identities[pid] = read_identity(pid)
+        return identity
+
+    def block(
+        self,
+        event: BlockEvent,
+        kind: ThreadKind,
+        samples: list[StackSample],
+        in_progress: bool = False,
+    ) -> Block:
+        attribution = attribute([sample.frames for sample in samples]) if samples else None
+        stack = attribution.stack if attribution else ()
+        why, syscall = cause.classify(event.activity)
+        found = (
+            self._linker.context(event.pid, event.tid, event.start_ns, final=not in_progress)
+            if self._linker is not None
+            else None
+        )
+        return Block(
+            pid=event.pid,
+            tid=event.tid,
+            thread_name=thread_name(event.pid, event.tid) or event.comm,
+            start_ns=event.start_ns,
+            end_ns=event.end_ns,
+            start_unix_ns=self._clock.to_unix_ns(event.start_ns),
+            end_unix_ns=self._clock.to_unix_ns(event.end_ns),
+            threshold_ns=self._threshold_ns,
+            thread_kind=kind,
+            stack=stack,
+            source_lines=tuple(source_line(event.pid, f.file, f.line) for f in stack),
+            call_site=attribution.call_site if attribution else None,
+            samples=attribution.supporting if attribution else 0,
+            samples_busy=attribution.busy_samples if attribution else 0,
+            cause=why,
+            syscall=syscall,
+            activity=event.activity,
+            end_reason=event.end_reason,
+            in_progress=in_progress,
+            process=self.identity(event.pid),
+            parent=found.span if found else None,
+            task=found.task if found else None,
+        )
