@@ -1,7 +1,7 @@
 """The one bounded mapping: every table the sidecar keeps has a size limit.
 
-A table that outgrows its limit forgets its oldest entry (insertion order,
-as ``cachetools.FIFOCache``). Tables whose entries are data, not a cache,
+A table that outgrows its limit forgets its oldest entry: the one least
+recently inserted or updated (``cachetools.FIFOCache``). Tables whose entries are data, not a cache,
 pass ``on_drop`` so that what they forget is counted (see ``losses``).
 """
 

@@ -172,8 +172,8 @@ def run(config: Config) -> int:
     log.info("compiling and loading the BPF program...")
     detector.load()
     austin = _find_austin(config)
-    stacks = _stacks(config, austin)
-    linker = _linker(config, detector)
+    stacks = _stacks(config, austin, losses)
+    linker = _linker(config, detector, losses)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
@@ -228,18 +228,18 @@ def _classifier(config: Config, austin: Austin | None) -> ThreadClassifier | Non
     return ThreadClassifier(austin)
 
 
-def _stacks(config: Config, austin: Austin | None) -> SamplerPool | None:
+def _stacks(config: Config, austin: Austin | None, losses: Losses) -> SamplerPool | None:
     if not config.stacks or austin is None:
         return None
     interval = config.sample_interval_us or interval_for(config.threshold_ns)
     log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
-    return SamplerPool(austin, interval)
+    return SamplerPool(austin, interval, losses)
 
 
-def _linker(config: Config, detector: Detector) -> TraceLinker | None:
+def _linker(config: Config, detector: Detector, losses: Losses) -> TraceLinker | None:
     if config.stats or not config.trace_link:
         return None
-    linker = TraceLinker(detector, config.threshold_ns)
+    linker = TraceLinker(detector, config.threshold_ns, losses=losses)
     linker.start()
     return linker
 

@@ -27,8 +27,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
-from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import NS_PER_MS, Loss
 from otel_blocksnoop.kernel.detector import ThreadSnapshot
+from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef, ThreadContext
 
 log = logging.getLogger(__name__)
@@ -100,16 +102,16 @@ class TraceLinker:
         table: ThreadTable,
         threshold_ns: int,
         reader_factory: Callable[[int], SpanReader] = ContextReader,
+        losses: Losses | None = None,
     ) -> None:
         self._table = table
         self.interval_ns = interval_for(threshold_ns)
         self._min_ns = threshold_ns // 2
         self._reader_factory = reader_factory
-        self._readers: dict[int, SpanReader] = {}
-        self._votes: dict[BlockKey, _Votes] = {}
+        self._losses = losses if losses is not None else Losses()
+        self._readers: BoundedDict[int, SpanReader] = BoundedDict(MAX_READERS)
+        self._votes: BoundedDict[BlockKey, _Votes] = BoundedDict(MAX_BLOCKS)
         self._to_prepare: deque[int] = deque()
-        self.late_reads = 0
-        """Reads dropped because the block had ended by the time they were done."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trace-link", daemon=True)
@@ -133,18 +135,29 @@ class TraceLinker:
         """
         self._to_prepare.append(pid)
 
+    @property
+    def late_reads(self) -> int:
+        """Reads dropped because the block had ended by the time they were done."""
+        return self._losses.total(Loss.CONTEXT_LATE)
+
     def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
         """The block's parent span and task by the reads so far; ``final`` forgets the block."""
         key = (pid, tid, start_ns)
         with self._lock:
             votes = self._votes.pop(key, None) if final else self._votes.get(key)
-            return votes.result() if votes else ThreadContext(span=None, task=None)
+        if votes is None:
+            return ThreadContext(span=None, task=None)
+        found = votes.result()
+        if final and found.span is None and any(span is not None for span in votes.spans):
+            self._losses.add(Loss.LINK_UNDECIDED)
+        return found
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_ns / 1e9):
             try:
                 self.poll()
             except Exception:
+                self._losses.add(Loss.CONTEXT_ERRORS)
                 log.exception("failed to read the app's active spans")
 
     def poll(self) -> None:
@@ -166,14 +179,12 @@ class TraceLinker:
             # was inside this block. Otherwise the loop may have gone on to other
             # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
             if self._table.out_since(item.tid) != item.start_ns:
-                self.late_reads += 1
+                self._losses.add(Loss.CONTEXT_LATE)
                 continue
             key = (item.pid, item.tid, item.start_ns)
             with self._lock:
                 votes = self._votes.get(key)
                 if votes is None:
-                    while len(self._votes) >= MAX_BLOCKS:
-                        del self._votes[next(iter(self._votes))]
                     votes = self._votes[key] = _Votes()
                 votes.spans[found.span] += 1
                 votes.tasks[found.task] += 1
@@ -181,8 +192,6 @@ class TraceLinker:
     def _reader(self, pid: int) -> SpanReader | None:
         reader = self._readers.get(pid)
         if reader is None:
-            while len(self._readers) >= MAX_READERS:
-                del self._readers[next(iter(self._readers))]
             started = time.monotonic()
             reader = self._readers[pid] = self._reader_factory(pid)
             log.debug(

@@ -9,7 +9,8 @@ READ_EVERY_S): each wake-up of the reader costs far more than decoding the
 few samples it brings, so fewer, larger reads are what keeps it cheap.
 
 Memory is bounded: each thread keeps its last HISTORY samples, and at most
-MAX_THREADS threads are kept.
+MAX_THREADS threads are kept (the samples of a thread dropped to make room,
+and each restart of Austin, are counted in ``losses``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import threading
 import time
 from collections import deque
 
-from otel_blocksnoop.events import NS_PER_MS, Frame, StackSample
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import NS_PER_MS, Frame, Loss, StackSample
+from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.target import process_exists
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError, RawSample
@@ -91,11 +94,17 @@ class _ThreadHistory:
 class Sampler:
     """One Austin process for one watched PID, and what it has seen lately."""
 
-    def __init__(self, austin: Austin, pid: int, interval_us: int) -> None:
+    def __init__(
+        self, austin: Austin, pid: int, interval_us: int, losses: Losses | None = None
+    ) -> None:
         self.austin = austin
         self.pid = pid
         self.interval_us = interval_us
-        self._histories: dict[int, _ThreadHistory] = {}
+        self._losses = losses if losses is not None else Losses()
+        self._histories: BoundedDict[int, _ThreadHistory] = BoundedDict(
+            MAX_THREADS, on_drop=self._dropped
+        )
+        self._started = False
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -116,6 +125,9 @@ class Sampler:
             str(self.pid),
         ]
         log.debug("starting %s", " ".join(argv))
+        if self._started:
+            self._losses.add(Loss.STACK_RESTARTS)
+        self._started = True
         self._heard_at = time.monotonic()
         # A new Austin counts time from its own start: old anchors would
         # misplace its samples by the gap between the two processes.
@@ -174,8 +186,6 @@ class Sampler:
             for sample in samples:
                 history = self._histories.get(sample.tid)
                 if history is None:
-                    if len(self._histories) >= MAX_THREADS:
-                        del self._histories[next(iter(self._histories))]
                     history = self._histories[sample.tid] = _ThreadHistory()
                 history.elapsed_us += sample.delta_us
                 history.samples.append((history.elapsed_us, sample.frames))
@@ -186,6 +196,10 @@ class Sampler:
                 if pending is not None and pending[0] == tid:
                     newest_us += pending[1]
                 history.anchors.append(arrival_ns - newest_us * 1000)
+
+    def _dropped(self, _tid: int, history: _ThreadHistory) -> None:
+        """A thread's history was dropped to make room for a newer thread's."""
+        self._losses.add(Loss.STACK_SAMPLES, len(history.samples))
 
     def window(self, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
         """Samples of thread ``tid`` taken between ``start_ns`` and ``end_ns``."""
@@ -290,15 +304,18 @@ def settle_ns(interval_us: int) -> int:
 class SamplerPool:
     """A sampler per watched process, started on first need, stopped together."""
 
-    def __init__(self, austin: Austin, interval_us: int) -> None:
+    def __init__(self, austin: Austin, interval_us: int, losses: Losses | None = None) -> None:
         self.austin = austin
         self.interval_us = interval_us
+        self._losses = losses if losses is not None else Losses()
         self._samplers: dict[int, Sampler] = {}
 
     def ensure(self, pid: int) -> Sampler:
         sampler = self._samplers.get(pid)
         if sampler is None:
-            sampler = self._samplers[pid] = Sampler(self.austin, pid, self.interval_us)
+            sampler = self._samplers[pid] = Sampler(
+                self.austin, pid, self.interval_us, self._losses
+            )
             sampler.start()
         return sampler
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import Frame, ThreadKind
 from otel_blocksnoop.stacks.austin import Austin, AustinError
 
@@ -66,7 +67,9 @@ class ThreadClassifier:
 
     def __init__(self, austin: Austin | None) -> None:
         self._austin = austin
-        self._kinds: dict[tuple[int, int], tuple[ThreadKind, float]] = {}
+        self._kinds: BoundedDict[tuple[int, int], tuple[ThreadKind, float]] = BoundedDict(
+            MAX_REMEMBERED
+        )
         self._warned: set[int] = set()
 
     def kind(self, pid: int, tid: int) -> ThreadKind:
@@ -92,7 +95,4 @@ class ThreadClassifier:
         return kind
 
     def _remember(self, pid: int, tid: int, kind: ThreadKind, now: float) -> None:
-        self._kinds.pop((pid, tid), None)
-        self._kinds[(pid, tid)] = (kind, now)
-        while len(self._kinds) > MAX_REMEMBERED:
-            del self._kinds[next(iter(self._kinds))]
+        self._kinds[(pid, tid)] = (kind, now)  # an update is the newest: dropped last

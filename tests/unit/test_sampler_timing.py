@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_blocksnoop.events import Frame
+from otel_blocksnoop.events import Frame, Loss
+from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, RawSample
 from otel_blocksnoop.stacks.sampler import Sampler
@@ -62,3 +63,22 @@ def test_one_early_anchor_does_not_move_every_sample() -> None:
     times = [x.time_ns for x in s.window(7, 0, 10 * 10**9)]
     # THEN they stay where the consistent reads put them
     assert times[:3] == [100 * MS, 200 * MS, 300 * MS]
+
+
+def test_a_thread_dropped_to_make_room_counts_its_samples_as_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a sampler that keeps two threads, with two samples of thread 1
+    monkeypatch.setattr("otel_blocksnoop.stacks.sampler.MAX_THREADS", 2)
+    losses = Losses()
+    one = Sampler(Austin(Path("/bin/true")), pid=1, interval_us=1000, losses=losses)
+    two = [RawSample(1, 1, FRAMES, 1000, idle=False)] * 2
+    one._add(two, arrival_ns=10 * MS)  # noqa: SLF001
+    one._add([RawSample(1, 2, FRAMES, 1000, idle=False)], arrival_ns=11 * MS)  # noqa: SLF001
+
+    # WHEN a third thread shows up
+    one._add([RawSample(1, 3, FRAMES, 1000, idle=False)], arrival_ns=12 * MS)  # noqa: SLF001
+
+    # THEN thread 1's two samples are counted as lost, and its history is gone
+    assert losses.total(Loss.STACK_SAMPLES) == 2
+    assert one.window(1, 0, 100 * MS) == []

@@ -6,8 +6,9 @@ import time
 from collections import Counter
 
 from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, interval_for
-from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.events import NS_PER_MS, Loss
 from otel_blocksnoop.kernel.detector import InProgress, ThreadSnapshot
+from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.context.reader import SpanRef, TaskRef, ThreadContext
 
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
@@ -139,3 +140,23 @@ def test_an_attached_process_has_its_reader_before_its_first_block() -> None:
     # THEN its reader is built already, once
     linker.poll()
     assert made == [10]
+
+
+def test_reads_that_disagree_leave_the_block_without_parent_and_are_counted() -> None:
+    # GIVEN a block read twice, once in span A and once in span B
+    losses = Losses()
+    table = Table([InProgress(pid=10, tid=11, start_ns=1, activity=None)])
+    reader = Reader([A, B])
+    linker = TraceLinker(
+        table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader, losses=losses
+    )
+    linker.poll()
+    linker.poll()
+
+    # WHEN its event takes the vote
+    found = linker.context(10, 11, 1)
+
+    # THEN there is no parent, and the undecided link is counted once
+    assert found.span is None
+    assert losses.total(Loss.LINK_UNDECIDED) == 1
+    assert losses.total(Loss.CONTEXT_LATE) == 0
