@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from otel_blocksnoop.process.context.reader import SpanRef, TaskRef
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -131,6 +127,35 @@ class ProcessIdentity:
     executable_path: str | None
     runtime_version: str | None  # major.minor, e.g. "3.11"
     instance_id: str  # stable for this process: host, PID and start time
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRef:
+    """The identity of a span, as W3C trace context carries it."""
+
+    trace_id: int
+    span_id: int
+    trace_flags: int
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.trace_flags & 0x01)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """The asyncio task a thread was running: its name and its coroutine's qualified name."""
+
+    name: str
+    coroutine: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadContext:
+    """What one read of a thread found: the active span and the running task, each if any."""
+
+    span: SpanRef | None
+    task: TaskRef | None
 
 
 @dataclass(frozen=True, slots=True)

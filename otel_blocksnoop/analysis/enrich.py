@@ -19,9 +19,9 @@ from otel_blocksnoop.events import (
     BlockEvent,
     ProcessIdentity,
     StackSample,
+    ThreadContext,
     ThreadKind,
 )
-from otel_blocksnoop.process.context.reader import ThreadContext
 from otel_blocksnoop.process.identity import read_identity
 from otel_blocksnoop.process.source import source_line
 from otel_blocksnoop.process.target import thread_name

@@ -28,10 +28,10 @@ from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
 from otel_blocksnoop.bounded import BoundedDict
-from otel_blocksnoop.events import NS_PER_MS, Loss
+from otel_blocksnoop.events import NS_PER_MS, Loss, SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.kernel.detector import ThreadSnapshot
 from otel_blocksnoop.losses import Losses
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef, ThreadContext
+from otel_blocksnoop.process.context.reader import ContextReader
 
 log = logging.getLogger(__name__)
 
