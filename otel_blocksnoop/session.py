@@ -27,17 +27,20 @@ from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
     BlockEvent,
+    Counters,
     EndReason,
+    InProgress,
     IterationStats,
     LoopTimes,
     ProcessIdentity,
     SessionSummary,
     ThreadKind,
+    ThreadSnapshot,
     ThreadTimes,
 )
 from otel_blocksnoop.export.sink import Sink
 from otel_blocksnoop.kernel import histogram
-from otel_blocksnoop.kernel.detector import Counters, Detector, InProgress, ThreadSnapshot
+from otel_blocksnoop.kernel.detector import Detector
 from otel_blocksnoop.process.identity import read_identity
 from otel_blocksnoop.process.source import source_line
 from otel_blocksnoop.process.target import thread_name

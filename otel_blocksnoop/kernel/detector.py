@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
-from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep, ThreadTimes
+from otel_blocksnoop.events import (
+    Activity,
+    BlockEvent,
+    Counters,
+    EndReason,
+    HistogramSnapshot,
+    InProgress,
+    Sleep,
+    ThreadSnapshot,
+    ThreadTimes,
+)
 from otel_blocksnoop.kernel import histogram
 from otel_blocksnoop.kernel.syscalls import syscall_name
 
@@ -130,25 +140,6 @@ class DetectorConfig:
     ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
-    """Kernel counters, summed over CPUs."""
-
-    lost_events: int
-    iterations: int
-    busy_ns: int
-    untracked_threads: int
-
-
-@dataclass(frozen=True, slots=True)
-class HistogramSnapshot:
-    """Cumulative iteration histogram plus the extremes since the last read."""
-
-    counts: tuple[int, ...]
-    min_ns: int
-    max_ns: int
-
-
 def program_source() -> str:
     """The C text BCC compiles, with the shared header inlined."""
     directory = bpf_dir()
@@ -243,16 +234,6 @@ def activity_so_far(state: ThreadStateC, process_cpu_ns: int, now_ns: int) -> Ac
     )
 
 
-@dataclass(frozen=True, slots=True)
-class InProgress:
-    """A thread of a watched process that is out of epoll right now."""
-
-    pid: int
-    tid: int
-    start_ns: int
-    activity: Activity | None
-
-
 class ThreadMap:
     """The kernel's thread table, read key by key with the GIL held.
 
@@ -293,14 +274,6 @@ class ThreadMap:
             more = self._next_key(self._fd, ctypes.byref(key), ctypes.byref(following)) == 0
             key.value = following.value
         return list(found.items())
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadSnapshot:
-    """One read of the thread table."""
-
-    ongoing: tuple[InProgress, ...]
-    times: tuple[ThreadTimes, ...]
 
 
 class Detector:
