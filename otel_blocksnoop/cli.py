@@ -24,7 +24,8 @@ from otel_blocksnoop.export import otlp
 from otel_blocksnoop.export.console import ConsoleSink
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 from otel_blocksnoop.export.sink import Sink
-from otel_blocksnoop.kernel.detector import Detector, DetectorConfig, program_cflags, program_source
+from otel_blocksnoop.kernel.detector import Detector
+from otel_blocksnoop.kernel.program import DetectorConfig, program_cflags, program_source
 from otel_blocksnoop.process.target import (
     ExitWatch,
     LaunchedCommand,

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from otel_blocksnoop.kernel import histogram
-from otel_blocksnoop.kernel.detector import (
+from otel_blocksnoop.kernel.layout import (
     ActivityC,
     BlockEventC,
     IterExtremesC,
     SleepSlotC,
     ThreadStateC,
     WatchStateC,
-    bpf_dir,
 )
+from otel_blocksnoop.kernel.program import bpf_dir
 
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "block_event": BlockEventC,
