@@ -1,7 +1,8 @@
 """The BPF program: where its C sources are, the cflags it is built with, compiling it.
 
 Threshold, thread filter and mode are compile-time constants (``-D`` cflags),
-so the kernel drops short iterations itself.
+so the kernel drops short iterations itself; so are the constants the C shares
+with Python (``constants``), which have their one source there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_blocksnoop.errors import BpfLoadError, NoPrivilegesError
+from otel_blocksnoop.kernel.constants import constant_cflags
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def program_source() -> str:
 
 
 def program_cflags(config: DetectorConfig) -> list[str]:
+    """What the C is compiled with: ``config``, then the constants shared with Python."""
     return [
         f"-DTHRESHOLD_NS={config.threshold_ns}ULL",
         f"-DTARGET_TID={config.tid}",
@@ -66,6 +69,7 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DMAX_THREADS={config.max_threads}",
         f"-DMAX_WATCHED={config.max_watched}",
         f"-DRINGBUF_PAGES={config.ringbuf_pages}",
+        *constant_cflags(),
     ]
 
 
