@@ -20,6 +20,7 @@ from otel_blocksnoop.events import (
     Counters,
     HistogramSnapshot,
     InProgress,
+    Loss,
     ThreadSnapshot,
 )
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
@@ -28,6 +29,7 @@ from otel_blocksnoop.kernel.decode import block_event_from_c
 from otel_blocksnoop.kernel.layout import BlockEventC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig, compile_program
 from otel_blocksnoop.kernel.thread_table import ThreadTable
+from otel_blocksnoop.losses import Losses
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,15 @@ EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 
 
 class Detector:
-    """Owns the BPF object: load, watch PIDs, poll blocks, read counters, close."""
+    """Owns the BPF object: load, watch PIDs, poll blocks, read counters, close.
 
-    def __init__(self, config: DetectorConfig) -> None:
+    ``losses`` (a fresh one when None) gets the kernel's totals of what it
+    dropped each time the counters are read.
+    """
+
+    def __init__(self, config: DetectorConfig, losses: Losses | None = None) -> None:
         self.config = config
+        self.losses = losses if losses is not None else Losses()
         self._bpf: Any = None
         self._pending: list[BlockEvent] = []
         self._threads: ThreadTable | None = None
@@ -135,7 +142,10 @@ class Detector:
         return events
 
     def counters(self) -> Counters:
-        return read_counters(self._bpf["counters"])
+        counters = read_counters(self._bpf["counters"])
+        self.losses.observe(Loss.KERNEL_EVENTS, counters.lost_events)
+        self.losses.observe(Loss.KERNEL_THREADS, counters.untracked_threads)
+        return counters
 
     def histogram(self) -> HistogramSnapshot:
         """Read the stats-mode histogram and reset the extremes."""
