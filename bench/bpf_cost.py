@@ -26,7 +26,8 @@ from blocksnoop_bench.overhead import PythonLoad, Wrk, find_wrk
 from blocksnoop_bench.procs import start_app
 
 from otel_blocksnoop.cli import positive_int
-from otel_blocksnoop.kernel.detector import Detector, DetectorConfig
+from otel_blocksnoop.kernel.detector import Detector
+from otel_blocksnoop.kernel.program import DetectorConfig
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 MODES = {"detection": False, "detection + cause": True}

@@ -17,21 +17,41 @@
  * Attached to the syscalls:sys_{enter,exit}_epoll_* tracepoints (this
  * kernel has no kprobes) and to sched:sched_process_{fork,exit}.
  *
- * Compile-time constants (BCC -D cflags): THRESHOLD_NS, TARGET_TID (0 = all
+ * Compile-time constants (BCC -D cflags, from program_cflags() in
+ * otel_blocksnoop/kernel/program.py): THRESHOLD_NS, TARGET_TID (0 = all
  * threads), STATS_MODE, TRACK_ACTIVITY, MAX_THREADS, MAX_WATCHED,
- * RINGBUF_PAGES.
+ * RINGBUF_PAGES, and the constants shared with Python (see detector.h).
  */
 #include <asm/ptrace.h>
 #include <linux/sched.h>
 
 #include "detector.h"
 
+#ifndef THRESHOLD_NS
+#error "THRESHOLD_NS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef TARGET_TID
+#error "TARGET_TID: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef STATS_MODE
+#error "STATS_MODE: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef TRACK_ACTIVITY
+#error "TRACK_ACTIVITY: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef MAX_THREADS
+#error "MAX_THREADS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef MAX_WATCHED
+#error "MAX_WATCHED: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef RINGBUF_PAGES
+#error "RINGBUF_PAGES: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+
 /* prev_state bits of a task that went to sleep (S, D, T, t, ...); a
  * preempted task reports 0 or TASK_REPORT_MAX, outside this mask. */
 #define TASK_REPORT_SLEEP 0x7f
-
-#define WATCH_ROOT 1      /* a PID the user named or launched */
-#define WATCH_INHERITED 2 /* forked from a watched process */
 
 BPF_HASH(watched, u32, struct watch_state, MAX_WATCHED);
 BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);

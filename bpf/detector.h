@@ -1,39 +1,79 @@
 /* SPDX-License-Identifier: GPL-3.0-or-later */
 /*
- * Shared between bpf/detector.bpf.c and otel_blocksnoop/detector.py (which
+ * Shared between bpf/detector.bpf.c and otel_blocksnoop/kernel/ (layout.py
  * mirrors these structs with ctypes; a test checks that they agree).
+ *
+ * The constants both sides use have their one source in
+ * otel_blocksnoop/kernel/constants.py and come in as -D cflags: none is
+ * defined here, and the C does not compile without them. Only the array
+ * sizes of the mirrored structs are defined here; a test checks them
+ * against constants.py.
  */
 #ifndef OTEL_BLOCKSNOOP_DETECTOR_H
 #define OTEL_BLOCKSNOOP_DETECTOR_H
 
 #define COMM_LEN 16
+#define SLEEP_SLOTS 4
 
 /* Log-linear histogram of loop-iteration durations (stats mode):
  * values below 2^HIST_SUB_BITS ns are exact; above, each power of two is
- * split into 2^HIST_SUB_BITS buckets (about 3% wide). */
-#define HIST_SUB_BITS 5
+ * split into 2^HIST_SUB_BITS buckets (about 3% wide), up to 2^HIST_MAX_LOG2
+ * ns (about 73 minutes; longer iterations clamp). */
+#ifndef HIST_SUB_BITS
+#error "HIST_SUB_BITS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef HIST_MAX_LOG2
+#error "HIST_MAX_LOG2: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 #define HIST_SUB_COUNT (1 << HIST_SUB_BITS)
-#define HIST_MAX_LOG2 42 /* about 73 minutes; longer iterations clamp */
 #define HIST_BUCKETS ((HIST_MAX_LOG2 - HIST_SUB_BITS + 2) * HIST_SUB_COUNT)
 
-/* Indexes of the per-CPU counters array. */
-enum counter {
-    COUNTER_LOST_EVENTS = 0,  /* ring buffer full: a block was dropped */
-    COUNTER_ITERATIONS = 1,   /* loop iterations seen (all, not only blocks) */
-    COUNTER_BUSY_NS = 2,      /* time spent outside epoll, summed */
-    COUNTER_STATE_FULL = 3,   /* thread table full: a thread is not tracked */
-    COUNTER_MAX = 4,
-};
+/* Indexes of the per-CPU counters array, and its size (COUNTER_MAX):
+ * COUNTER_LOST_EVENTS  ring buffer full: a block was dropped
+ * COUNTER_ITERATIONS   loop iterations seen (all, not only blocks)
+ * COUNTER_BUSY_NS      time spent outside epoll, summed
+ * COUNTER_STATE_FULL   thread table full: a thread is not tracked */
+#ifndef COUNTER_LOST_EVENTS
+#error "COUNTER_LOST_EVENTS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef COUNTER_ITERATIONS
+#error "COUNTER_ITERATIONS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef COUNTER_BUSY_NS
+#error "COUNTER_BUSY_NS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef COUNTER_STATE_FULL
+#error "COUNTER_STATE_FULL: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef COUNTER_MAX
+#error "COUNTER_MAX: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 
-/* Flags of a block_event. */
-#define BLOCK_THREAD_EXITED 1 /* the thread exited while out of epoll */
+/* Flags of a block_event: BLOCK_THREAD_EXITED, the thread exited while out
+ * of epoll. */
+#ifndef BLOCK_THREAD_EXITED
+#error "BLOCK_THREAD_EXITED: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 
-/* Off-CPU reasons kept in thread_state.off_nr besides syscall numbers. */
-#define OFF_ON_CPU (-2) /* running: not off CPU */
-#define OFF_RUNQ (-3)   /* preempted: runnable, waiting for a CPU */
-/* -1 (pt_regs orig_ax) means asleep outside a syscall, e.g. a page fault. */
+/* Off-CPU reasons kept in thread_state.off_nr besides syscall numbers:
+ * OFF_ON_CPU (running: not off CPU) and OFF_RUNQ (preempted: runnable,
+ * waiting for a CPU). -1 (pt_regs orig_ax) means asleep outside a syscall,
+ * e.g. a page fault. */
+#ifndef OFF_ON_CPU
+#error "OFF_ON_CPU: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef OFF_RUNQ
+#error "OFF_RUNQ: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 
-#define SLEEP_SLOTS 4
+/* watch_state.how: WATCH_ROOT, a PID the user named or launched;
+ * WATCH_INHERITED, forked from a watched process. */
+#ifndef WATCH_ROOT
+#error "WATCH_ROOT: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef WATCH_INHERITED
+#error "WATCH_INHERITED: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 
 /* Time asleep in one syscall during an iteration. */
 struct sleep_slot {

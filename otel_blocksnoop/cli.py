@@ -18,7 +18,7 @@ from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import BlocksnoopError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS
 from otel_blocksnoop.export import otlp
-from otel_blocksnoop.kernel.detector import program_cflags, program_source
+from otel_blocksnoop.kernel.program import program_cflags, program_source
 
 PROG = "otel-blocksnoop"
 DEFAULT_THRESHOLD_MS = 100.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from otel_blocksnoop.export.otlp import OtlpSettings
-from otel_blocksnoop.kernel.detector import DetectorConfig
+from otel_blocksnoop.kernel.program import DetectorConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,6 +206,43 @@ class ThreadTimes:
 
 
 @dataclass(frozen=True, slots=True)
+class InProgress:
+    """A thread of a watched process that is out of epoll right now."""
+
+    pid: int
+    tid: int
+    start_ns: int
+    activity: Activity | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSnapshot:
+    """One read of the kernel's thread table."""
+
+    ongoing: tuple[InProgress, ...]
+    times: tuple[ThreadTimes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Kernel counters, summed over CPUs; totals since the program was loaded."""
+
+    lost_events: int
+    iterations: int
+    busy_ns: int
+    untracked_threads: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Cumulative iteration histogram plus the extremes since the last read (stats mode)."""
+
+    counts: tuple[int, ...]
+    min_ns: int
+    max_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class LoopTimes:
     """Periodic snapshot of every watched loop thread, for utilization metrics."""
 

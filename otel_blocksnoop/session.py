@@ -168,7 +168,7 @@ def run(config: Config) -> int:
     preflight.require(preflight.run_checks(config.austin)[:4])
 
     losses = Losses()
-    detector = Detector(config.detector)
+    detector = Detector(config.detector, losses)
     log.info("compiling and loading the BPF program...")
     detector.load()
     austin = _find_austin(config)

@@ -27,16 +27,18 @@ from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
     BlockEvent,
+    Counters,
     EndReason,
+    InProgress,
     LoopTimes,
     Loss,
     Record,
     SessionSummary,
     StackSample,
     ThreadKind,
+    ThreadSnapshot,
     ThreadTimes,
 )
-from otel_blocksnoop.kernel.detector import Counters, InProgress, ThreadSnapshot
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.target import thread_name
 from otel_blocksnoop.stacks.sampler import settle_ns

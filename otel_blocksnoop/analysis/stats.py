@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from otel_blocksnoop.events import IterationStats
+from otel_blocksnoop.events import Counters, HistogramSnapshot, IterationStats
 from otel_blocksnoop.kernel import histogram
-from otel_blocksnoop.kernel.detector import Counters, HistogramSnapshot
 
 STATS_PERCENTILES = (0.5, 0.9, 0.99)
 

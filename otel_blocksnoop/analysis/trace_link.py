@@ -28,8 +28,7 @@ from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
 from otel_blocksnoop.bounded import BoundedDict
-from otel_blocksnoop.events import NS_PER_MS, Loss, SpanRef, TaskRef, ThreadContext
-from otel_blocksnoop.kernel.detector import ThreadSnapshot
+from otel_blocksnoop.events import NS_PER_MS, Loss, SpanRef, TaskRef, ThreadContext, ThreadSnapshot
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.context.reader import ContextReader
 

@@ -1,4 +1,4 @@
-"""Bucket maths of the kernel's log-linear histogram (bpf/detector.h).
+"""Bucket maths of the kernel's log-linear histogram (``iter_hist`` in bpf/detector.bpf.c).
 
 Values below ``2**SUB_BITS`` ns have a bucket each; above, every power of two
 is split into ``2**SUB_BITS`` equal buckets, so a bucket is at most ~3% wide.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-SUB_BITS = 5
+from otel_blocksnoop.kernel.constants import HIST_MAX_LOG2, HIST_SUB_BITS
+
+SUB_BITS = HIST_SUB_BITS
 SUB_COUNT = 1 << SUB_BITS
-MAX_LOG2 = 42
+MAX_LOG2 = HIST_MAX_LOG2
 BUCKETS = (MAX_LOG2 - SUB_BITS + 2) * SUB_COUNT
 
 

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from otel_blocksnoop.events import NS_PER_MS
-from otel_blocksnoop.kernel.detector import Detector, DetectorConfig
+from otel_blocksnoop.kernel.detector import Detector
+from otel_blocksnoop.kernel.program import DetectorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from otel_blocksnoop.events import NS_PER_MS, Sleep
-from otel_blocksnoop.kernel.detector import (
-    OFF_ON_CPU,
-    OFF_RUNQ,
-    SLEEP_SLOTS,
-    ThreadStateC,
-    activity_from_c,
-    activity_so_far,
-)
+from otel_blocksnoop.kernel.constants import OFF_ON_CPU, OFF_RUNQ, SLEEP_SLOTS
+from otel_blocksnoop.kernel.decode import activity_from_c, activity_so_far
+from otel_blocksnoop.kernel.layout import ThreadStateC
 
 FUTEX, READ = 202, 0
 START = 1_000 * NS_PER_MS

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from otel_blocksnoop.kernel import histogram
-from otel_blocksnoop.kernel.detector import (
+from otel_blocksnoop.kernel.constants import constant_cflags
+from otel_blocksnoop.kernel.layout import (
     ActivityC,
     BlockEventC,
     IterExtremesC,
     SleepSlotC,
     ThreadStateC,
     WatchStateC,
-    bpf_dir,
 )
+from otel_blocksnoop.kernel.program import bpf_dir
 
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "block_event": BlockEventC,
@@ -47,7 +48,8 @@ def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     source = work / "layout.c"
     source.write_text("\n".join(lines))
     binary = work / "layout"
-    subprocess.run(["gcc", f"-I{bpf_dir()}", "-o", str(binary), str(source)], check=True)
+    flags = [f"-I{bpf_dir()}", *constant_cflags()]  # what BCC gets too
+    subprocess.run(["gcc", *flags, "-o", str(binary), str(source)], check=True)
     output = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     return {key: int(value) for key, value in (line.split() for line in output.splitlines())}
 

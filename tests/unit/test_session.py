@@ -5,9 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from otel_blocksnoop.events import Activity, BlockEvent, Cause, EndReason, Sleep, ThreadKind
+from otel_blocksnoop.events import (
+    Activity,
+    BlockEvent,
+    Cause,
+    Counters,
+    EndReason,
+    InProgress,
+    Sleep,
+    ThreadKind,
+    ThreadSnapshot,
+)
 from otel_blocksnoop.export.memory import MemorySink
-from otel_blocksnoop.kernel.detector import Counters, InProgress, ThreadSnapshot
 from otel_blocksnoop.session import Session, SessionOptions
 
 

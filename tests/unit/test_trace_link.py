@@ -6,8 +6,7 @@ import time
 from collections import Counter
 
 from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, interval_for
-from otel_blocksnoop.events import NS_PER_MS, Loss
-from otel_blocksnoop.kernel.detector import InProgress, ThreadSnapshot
+from otel_blocksnoop.events import NS_PER_MS, InProgress, Loss, ThreadSnapshot
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.context.reader import SpanRef, TaskRef, ThreadContext
 

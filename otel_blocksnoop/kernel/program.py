@@ -1,0 +1,118 @@
+"""The BPF program: where its C sources are, the cflags it is built with, compiling it.
+
+Threshold, thread filter and mode are compile-time constants (``-D`` cflags),
+so the kernel drops short iterations itself; so are the constants the C shares
+with Python (``constants``), which have their one source there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otel_blocksnoop.errors import BpfLoadError, NoPrivilegesError
+from otel_blocksnoop.kernel.constants import constant_cflags
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """What the kernel side is compiled for."""
+
+    threshold_ns: int
+    tid: int = 0
+    stats: bool = False
+    activity: bool = True  # book on/off-CPU time per block through sched_switch
+    max_threads: int = 16384
+    max_watched: int = 8192
+    ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
+
+    @property
+    def tracks_activity(self) -> bool:
+        """Whether the program books what a thread does (stats mode never does)."""
+        return self.activity and not self.stats
+
+
+def bpf_dir() -> Path:
+    """Directory holding the C sources: inside the wheel, else the source tree."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "bpf", package.parent / "bpf"):
+        if (candidate / "detector.bpf.c").is_file():
+            return candidate
+    msg = f"BPF sources not found next to {package}"
+    raise BpfLoadError(msg)
+
+
+def program_source() -> str:
+    """The C text BCC compiles, with the shared header inlined."""
+    directory = bpf_dir()
+    header = (directory / "detector.h").read_text()
+    source = (directory / "detector.bpf.c").read_text()
+    return source.replace('#include "detector.h"', header, 1)
+
+
+def program_cflags(config: DetectorConfig) -> list[str]:
+    """What the C is compiled with: ``config``, then the constants shared with Python."""
+    return [
+        f"-DTHRESHOLD_NS={config.threshold_ns}ULL",
+        f"-DTARGET_TID={config.tid}",
+        f"-DSTATS_MODE={int(config.stats)}",
+        f"-DTRACK_ACTIVITY={int(config.tracks_activity)}",
+        f"-DMAX_THREADS={config.max_threads}",
+        f"-DMAX_WATCHED={config.max_watched}",
+        f"-DRINGBUF_PAGES={config.ringbuf_pages}",
+        *constant_cflags(),
+    ]
+
+
+def compile_program(bpf_class: Any, config: DetectorConfig) -> Any:  # noqa: ANN401 - bcc has no type hints
+    """Compile and load the program for ``config`` with BCC's ``BPF`` class.
+
+    Raises ``NoPrivilegesError`` when the kernel refuses it, ``BpfLoadError``
+    (with the compiler's first error) when it does not build.
+    """
+    what = "BPF program with cause tracking" if config.tracks_activity else "BPF program"
+    with _captured_stderr() as output:
+        try:
+            bpf = bpf_class(text=program_source(), cflags=program_cflags(config))
+        except Exception as exc:
+            text = output.read_text(errors="replace")
+            log.debug("compiler output:\n%s", text)
+            if "Operation not permitted" in text or isinstance(exc, PermissionError):
+                msg = f"failed to load {what}: operation not permitted"
+                raise NoPrivilegesError(msg) from exc
+            msg = f"failed to compile {what}: {_first_error(text)}"
+            raise BpfLoadError(msg) from exc
+        text = output.read_text(errors="replace")
+        if text.strip():
+            log.debug("compiler output:\n%s", text)
+    return bpf
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Path]:
+    """Collect what libbcc's compiler writes to fd 2 (it bypasses sys.stderr)."""
+    with tempfile.NamedTemporaryFile(prefix="blocksnoop-cc-", suffix=".log") as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield Path(sink.name)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _first_error(compiler_output: str) -> str:
+    for line in compiler_output.splitlines():
+        if "error:" in line:
+            return re.sub(r"^.*?error:\s*", "", line).strip()
+    lines = [line for line in compiler_output.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "unknown error"

@@ -1,0 +1,91 @@
+"""The detector hands the kernel's totals of what it dropped to the family of losses."""
+
+from __future__ import annotations
+
+import ctypes
+
+from otel_blocksnoop.events import Loss
+from otel_blocksnoop.kernel.constants import (
+    COUNTER_BUSY_NS,
+    COUNTER_ITERATIONS,
+    COUNTER_LOST_EVENTS,
+    COUNTER_MAX,
+    COUNTER_STATE_FULL,
+)
+from otel_blocksnoop.kernel.detector import Detector
+from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.losses import Losses
+
+
+class PerCpuCounters:
+    """BCC's per-CPU array as ``read_counters`` uses it: ``sum(index).value``."""
+
+    def __init__(self, totals: dict[int, int]) -> None:
+        self.totals = totals
+
+    def sum(self, index: ctypes.c_int) -> ctypes.c_uint64:
+        return ctypes.c_uint64(self.totals.get(index.value, 0))
+
+
+class LoadedProgram:
+    """The loaded BPF object, reduced to its maps."""
+
+    def __init__(self, counters: PerCpuCounters) -> None:
+        self.maps = {"counters": counters}
+
+    def __getitem__(self, name: str) -> PerCpuCounters:
+        return self.maps[name]
+
+
+def loaded(detector: Detector, totals: dict[int, int]) -> PerCpuCounters:
+    table = PerCpuCounters(totals)
+    detector._bpf = LoadedProgram(table)  # noqa: SLF001 (stands in for load(), which needs root)
+    return table
+
+
+def test_a_detector_without_losses_makes_its_own() -> None:
+    detector = Detector(DetectorConfig(threshold_ns=1))
+    assert isinstance(detector.losses, Losses)
+    assert all(total == 0 for _, total in detector.losses.snapshot())
+
+
+def test_reading_the_counters_feeds_the_kernels_totals_to_the_losses() -> None:
+    # GIVEN a detector sharing the sidecar's losses, whose kernel dropped events and threads
+    losses = Losses()
+    losses.add(Loss.EXPORT_QUEUE, 2)
+    detector = Detector(DetectorConfig(threshold_ns=1), losses=losses)
+    loaded(
+        detector,
+        {
+            COUNTER_LOST_EVENTS: 5,
+            COUNTER_ITERATIONS: 100,
+            COUNTER_BUSY_NS: 7,
+            COUNTER_STATE_FULL: 3,
+        },
+    )
+    # WHEN the counters are read
+    counters = detector.counters()
+    # THEN they are returned as before, and the losses hold the kernel's totals
+    assert (counters.lost_events, counters.iterations, counters.busy_ns) == (5, 100, 7)
+    assert counters.untracked_threads == 3
+    assert detector.losses is losses
+    assert losses.total(Loss.KERNEL_EVENTS) == 5
+    assert losses.total(Loss.KERNEL_THREADS) == 3
+    assert losses.total(Loss.EXPORT_QUEUE) == 2
+
+
+def test_totals_are_observed_not_added_on_each_read() -> None:
+    detector = Detector(DetectorConfig(threshold_ns=1))
+    table = loaded(detector, {COUNTER_LOST_EVENTS: 4, COUNTER_STATE_FULL: 1})
+    detector.counters()
+    detector.counters()
+    assert detector.losses.total(Loss.KERNEL_EVENTS) == 4
+    table.totals[COUNTER_LOST_EVENTS] = 6
+    detector.counters()
+    assert detector.losses.total(Loss.KERNEL_EVENTS) == 6
+    assert detector.losses.total(Loss.KERNEL_THREADS) == 1
+
+
+def test_every_counter_index_is_inside_the_array() -> None:
+    indexes = (COUNTER_LOST_EVENTS, COUNTER_ITERATIONS, COUNTER_BUSY_NS, COUNTER_STATE_FULL)
+    assert sorted(indexes) == list(range(COUNTER_MAX))
