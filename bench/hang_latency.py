@@ -3,7 +3,7 @@
 # Copyright 2026 otel-blocksnoop developers
 """How soon a deadlocked loop is reported while it is stuck.
 
-Launches tests/targets/blocker.py's ``deadlock`` scenario (the loop takes a
+Launches harness/targets/blocker.py's ``deadlock`` scenario (the loop takes a
 lock it already holds, for --ms) under ``otel-blocksnoop --json -t T`` and
 reads the first ``hang`` record's ``duration_ms``: how long the loop had
 been stuck when it was first reported. Goal (issue 3): within T + 200 ms.
@@ -21,6 +21,7 @@ import sys
 
 from blocksnoop_bench.procs import REPO
 
+from harness import TARGETS
 from otel_blocksnoop.cli import positive_int
 
 STUCK_MS = 600
@@ -29,7 +30,7 @@ STUCK_MS = 600
 def first_report_ms(threshold_ms: int) -> float | None:
     result = subprocess.run(
         [sys.executable, "-m", "otel_blocksnoop", "--json", "-q", "-t", str(threshold_ms), "--",
-         sys.executable, str(REPO / "tests/targets/blocker.py"), "deadlock",
+         sys.executable, str(TARGETS / "blocker.py"), "deadlock",
          "--ms", str(STUCK_MS), "--out", "/dev/null"],
         capture_output=True, text=True, check=False, timeout=120, cwd=REPO,
     )  # fmt: skip

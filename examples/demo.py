@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.otlp import OtlpReceiver, ReceivedSpan, attributes  # noqa: E402
-from tests.rotel import Rotel  # noqa: E402
+from harness.otlp import OtlpReceiver, ReceivedSpan, attributes  # noqa: E402
+from harness.rotel import Rotel  # noqa: E402
 
 SIDECAR = Path(sys.executable).with_name("otel-blocksnoop")
 SETTLE_S = 2.0

@@ -2,7 +2,7 @@
 
 USAGE: python examples/request_trace.py [--python PYTHON] [--uvloop]
 
-The app is tests/targets/web_app.py: an aiohttp server traced by
+The app is harness/targets/web_app.py: an aiohttp server traced by
 opentelemetry-instrumentation-aiohttp-server, whose handlers block the loop,
 two requests in turn, then one block outside any request. It exports its own
 SERVER spans and the sidecar its block spans to the same OTLP receiver; the
@@ -26,11 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.interpreters import CACHE  # noqa: E402
-from tests.otlp import OtlpReceiver, ReceivedSpan, attributes  # noqa: E402
+from harness import TARGETS  # noqa: E402
+from harness.interpreters import CACHE  # noqa: E402
+from harness.otlp import OtlpReceiver, ReceivedSpan, attributes  # noqa: E402
 
 SIDECAR = Path(sys.executable).with_name("otel-blocksnoop")
-WEB_APP = ROOT / "tests" / "targets" / "web_app.py"
+WEB_APP = TARGETS / "web_app.py"
 DEFAULT_PYTHON = CACHE / "targets" / "web-py3.11" / "bin" / "python"
 SETTLE_S = 5.0
 

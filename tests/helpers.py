@@ -14,8 +14,9 @@ from typing import IO, Any
 
 import pytest
 
+from harness import TARGETS
+
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ROOT / "tests" / "targets"
 BLOCKER = TARGETS / "blocker.py"
 SIDECAR = [sys.executable, "-m", "otel_blocksnoop"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -4,7 +4,7 @@
 
 Every block is pure-Python CPU work timed by the app on CLOCK_MONOTONIC, with
 its start and end also on the wall clock (an offset read back to back right
-after the block, as tests/targets/blocker.py does), so the runner can tell
+after the block, as harness/targets/blocker.py does), so the runner can tell
 how long after a block's real end its span reached the collector.
 
 Two schedules:

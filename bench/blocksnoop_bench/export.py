@@ -6,7 +6,7 @@ Latency: a launch-mode sidecar (``-t 10``, default export settings) watches
 apps/export_app.py, which blocks its loop with idle awaits between blocks and
 records each block's end on CLOCK_MONOTONIC and on the wall clock. The spans
 go over OTLP (gRPC, then HTTP/protobuf) to an in-process OTLP receiver
-(tests/otlp.py), directly or through rotel (tests/rotel.py, ``--batch-timeout
+(harness/otlp.py), directly or through rotel (harness/rotel.py, ``--batch-timeout
 10ms``). The receiver stamps each export request with the wall clock when it
 arrives; a span's latency is that stamp minus its block's real end.
 
@@ -45,8 +45,8 @@ from blocksnoop_bench.procs import (
     start_app,
 )
 from blocksnoop_bench.report import Section, num, table
-from tests.otlp import OtlpReceiver, Request, attributes
-from tests.rotel import Rotel
+from harness.otlp import OtlpReceiver, Request, attributes
+from harness.rotel import Rotel
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

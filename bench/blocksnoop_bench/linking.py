@@ -5,7 +5,7 @@
 Three measurements:
 
 accuracy  one launch-mode sidecar (``-t 5``, OTLP gRPC export to an
-          in-process receiver, tests/otlp.py) per target interpreter,
+          in-process receiver, harness/otlp.py) per target interpreter,
           against apps/linked_app.py: concurrent requests, each in its own
           span (half of the blocks in a child span "query"), block the loop
           one at a time for 10, 20 and 50 ms; some blocks happen outside any
@@ -17,7 +17,7 @@ accuracy  one launch-mode sidecar (``-t 5``, OTLP gRPC export to an
           agree.
 read cost ``ContextReader(pid)`` in a process of the sidecar's interpreter
           (apps/read_cost.py) times N calls of its per-thread read against
-          tests/targets/otel_target.py, per target interpreter: the loop
+          harness/targets/otel_target.py, per target interpreter: the loop
           thread (its context holds 41 variables) and the "worker" thread
           (1 variable), both blocked inside a span.
 throughput
@@ -64,7 +64,6 @@ from blocksnoop_bench.overhead import (
 from blocksnoop_bench.procs import (
     APPS,
     PYTHON,
-    REPO,
     BenchError,
     Sidecar,
     attached,
@@ -72,8 +71,9 @@ from blocksnoop_bench.procs import (
     start_app,
 )
 from blocksnoop_bench.report import Section, median, num, pct, spread, table
-from tests.interpreters import MINORS, cached_venv, imports, pyenv_python
-from tests.otlp import OtlpReceiver, attributes
+from harness import TARGETS
+from harness.interpreters import MINORS, cached_venv, imports, pyenv_python
+from harness.otlp import OtlpReceiver, attributes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -86,7 +86,7 @@ GOAL_MIN_MS = 10.0
 """The link goal holds for blocks this long or longer."""
 OTEL_SDK = "opentelemetry.sdk.trace"
 """Target venvs with opentelemetry-sdk, shared with tests/integration/conftest.py."""
-OTEL_TARGET = REPO / "tests" / "targets" / "otel_target.py"
+OTEL_TARGET = TARGETS / "otel_target.py"
 READ_CALLS = 2000
 READY_TIMEOUT_S = 30.0
 DELIVERY_WAIT_S = 10.0
@@ -394,7 +394,7 @@ def _render_accuracy(runs: list[dict[str, Any]], missing: list[str], elapsed_s: 
 
 @contextlib.contextmanager
 def _otel_target(python: str) -> Iterator[dict[str, Any]]:
-    """Run tests/targets/otel_target.py until its threads are blocked; yield its ready line."""
+    """Run harness/targets/otel_target.py until its threads are blocked; yield its ready line."""
     with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
         fifo = Path(tmp) / "ready"
         os.mkfifo(fifo)
@@ -500,7 +500,7 @@ def _render_read_cost(results: list[dict[str, Any]], calls: int) -> str:
     return (
         f"{' and '.join(methods)} of one `ContextReader(pid)`, {calls:,} calls per row (the "
         "two threads in turn, after 50 warm-up calls each), in a process of the sidecar's "
-        "interpreter (apps/read_cost.py) against tests/targets/otel_target.py, whose loop "
+        "interpreter (apps/read_cost.py) against harness/targets/otel_target.py, whose loop "
         'thread (40 extra context variables + OpenTelemetry\'s) and "worker" thread (only '
         "OpenTelemetry's) are blocked inside spans. Reads = `process_vm_readv` calls per "
         "call; right = the span read is the one the target says is active.\n\n"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.interpreters import MINORS, cached_venv, pyenv_python
 from tests.helpers import IN_CI
-from tests.interpreters import MINORS, cached_venv, pyenv_python
 
-# What tests/targets/web_app.py needs. pip picks the newest release that supports
+# What harness/targets/web_app.py needs. pip picks the newest release that supports
 # each interpreter: on 3.9 that is OpenTelemetry 1.41 (instrumentation 0.62b1)
 # and aiohttp 3.13, their last releases for 3.9.
 WEB_APP_PACKAGES = (

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from harness import TARGETS
 from tests.helpers import (
     BLOCKER,
     SIDECAR,
-    TARGETS,
     WAIT_S,
     PipeLines,
     Sidecar,

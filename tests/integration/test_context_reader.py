@@ -1,6 +1,6 @@
 """The context reader against real processes, on every CPython 3.9-3.13 found here.
 
-Each target (tests/targets/otel_target.py) blocks several threads, some inside
+Each target (harness/targets/otel_target.py) blocks several threads, some inside
 OpenTelemetry spans, and says which ids it expects; the reader, from this
 process, must find exactly those ids, or None where no span is active.
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from harness import TARGETS
+from harness.interpreters import MINORS, pyenv_python
 from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef
-from tests.helpers import TARGETS
-from tests.interpreters import MINORS, pyenv_python
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from harness.otlp import OtlpReceiver, ReceivedSpan, attributes, free_port
+from harness.rotel import Rotel
 from tests.helpers import (
     BLOCKER,
     SIDECAR,
@@ -23,8 +25,6 @@ from tests.helpers import (
     truth,
 )
 from tests.integration.test_stacks import CALL_SITES
-from tests.otlp import OtlpReceiver, ReceivedSpan, attributes, free_port
-from tests.rotel import Rotel
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 

@@ -47,8 +47,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util.types import AttributeValue
 
-from tests.otlp import OtlpReceiver, attributes, free_port
-from tests.rotel import Protocol, Rotel
+from harness.otlp import OtlpReceiver, attributes, free_port
+from harness.rotel import Protocol, Rotel
 
 pytestmark = pytest.mark.integration
 

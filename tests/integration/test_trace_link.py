@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SIDECAR, TARGETS, WAIT_S, parse_json_lines, truth
+from harness import TARGETS
+from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
+from tests.helpers import SIDECAR, WAIT_S, parse_json_lines, truth
 from tests.integration.test_export import otlp_env, span_for
-from tests.otlp import OtlpReceiver, ReceivedSpan, attributes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 

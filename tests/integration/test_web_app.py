@@ -1,6 +1,6 @@
 """Block spans inside the traces of a real instrumented web app: aiohttp + its OpenTelemetry.
 
-The app (tests/targets/web_app.py) runs on each interpreter 3.9-3.13 (and
+The app (harness/targets/web_app.py) runs on each interpreter 3.9-3.13 (and
 Debian's), on asyncio and on uvloop, and exports its own SERVER spans to the
 same receiver as the sidecar, so each block span is checked against the span
 the instrumentation really opened, as the backend would show it.
@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.helpers import SIDECAR, TARGETS, WAIT_S, matching_block, parse_json_lines, truth
+from harness import TARGETS
+from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
+from tests.helpers import SIDECAR, WAIT_S, matching_block, parse_json_lines, truth
 from tests.integration.test_export import otlp_env, span_for
 from tests.integration.test_trace_link import blocks_in, hex_ids, task_of
-from tests.otlp import OtlpReceiver, ReceivedSpan, attributes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 

@@ -1,4 +1,4 @@
-"""A real OTLP receiver for tests: gRPC and HTTP/protobuf on 127.0.0.1, no mocks.
+"""A real OTLP receiver for tests and benchmarks: gRPC and HTTP/protobuf on 127.0.0.1, no mocks.
 
 It stores every export request it is sent and lets a test wait, on a condition
 variable, until what it expects has arrived::
@@ -28,7 +28,6 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
-import pytest
 from google.protobuf.message import (  # type: ignore[import-untyped]  # no stubs installed
     DecodeError,
 )
@@ -39,6 +38,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from harness import HarnessError
 
 HOST = "127.0.0.1"
 WAIT_S = 30.0
@@ -290,7 +291,7 @@ class OtlpReceiver:
                 return items()
             seen = items()
         shown = repr(seen)[:4000]
-        pytest.fail(
+        raise HarnessError(
             f"the {what} awaited did not arrive within {timeout} s; got {len(seen)}: {shown}"
         )
 
@@ -299,7 +300,7 @@ class OtlpReceiver:
     ) -> list[ReceivedSpan]:
         """All spans, once there are ``until`` of them or ``until(spans)`` holds.
 
-        Fails the test after ``timeout`` seconds.
+        Raises ``HarnessError`` after ``timeout`` seconds.
         """
         return self._wait("spans", self._spans, until, timeout)
 

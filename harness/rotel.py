@@ -30,9 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Literal, Self
 
-import pytest
-
-from tests.otlp import HOST, WAIT_S, OtlpReceiver, free_port
+from harness import HarnessError
+from harness.otlp import HOST, WAIT_S, OtlpReceiver, free_port
 
 START_S = 15.0
 """Bound on rotel starting to listen."""
@@ -135,7 +134,7 @@ class Rotel:
         with self._lines_changed:
             if self._lines_changed.wait_for(seen, timeout):
                 return found[0]
-        pytest.fail(f"rotel said nothing with {needle!r} within {timeout} s:\n{self.log()}")
+        raise HarnessError(f"rotel said nothing with {needle!r} within {timeout} s:\n{self.log()}")
 
     def _read_output(self, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -176,11 +175,12 @@ class Rotel:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                pytest.fail(f"rotel did not listen on {port} within {START_S} s:\n{self.log()}")
+                msg = f"rotel did not listen on {port} within {START_S} s:\n{self.log()}"
+                raise HarnessError(msg)
             # Waiting on the process, not sleeping: a rotel that dies ends the wait at once.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self.process.wait(timeout=min(CONNECT_RETRY_S, remaining))
-                pytest.fail(f"rotel exited with {code} before listening:\n{self.log()}")
+                raise HarnessError(f"rotel exited with {code} before listening:\n{self.log()}")
 
     def stop(self) -> int | None:
         """SIGTERM (rotel flushes what it holds), then SIGKILL after ``STOP_S``; the exit code."""

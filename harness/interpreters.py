@@ -1,7 +1,7 @@
 """Target interpreters: pyenv's CPython 3.9-3.13 and cached venvs of them with packages.
 
-Shared by the integration tests (tests/integration/conftest.py) and the
-benchmarks (bench/blocksnoop_bench/linking.py); no pytest here.
+Shared by the integration tests (tests/integration/conftest.py), the
+benchmarks (bench/blocksnoop_bench/linking.py) and examples/request_trace.py.
 """
 
 from __future__ import annotations
