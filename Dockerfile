@@ -39,8 +39,8 @@ WORKDIR /opt/otel-blocksnoop
 COPY pyproject.toml uv.lock README.md LICENSE ./
 COPY otel_blocksnoop ./otel_blocksnoop
 COPY bpf ./bpf
-# The locked dependencies (uv.lock carries the protobuf override austin-python needs)
-# and the project itself, on Debian's Python 3.11.
+# The locked runtime dependencies (not the dev group, where austin-python checks our
+# MOJO decoder) and the project itself, on Debian's Python 3.11.
 RUN UV_PYTHON=/usr/bin/python3 UV_PYTHON_DOWNLOADS=never \
         /opt/tools/bin/uv sync --locked --no-dev --no-editable --no-cache
 
