@@ -1,13 +1,12 @@
-"""Records passed between pipeline stages: small, typed and frozen."""
+"""Records passed between pipeline stages: small, typed and frozen.
+
+It imports nothing of the package, so that every stage may import it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from otel_blocksnoop.process.context.reader import SpanRef, TaskRef
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -123,6 +122,35 @@ class ProcessIdentity:
     executable_path: str | None
     runtime_version: str | None  # major.minor, e.g. "3.11"
     instance_id: str  # stable for this process: host, PID and start time
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRef:
+    """The identity of a span, as W3C trace context carries it."""
+
+    trace_id: int
+    span_id: int
+    trace_flags: int
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.trace_flags & 0x01)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """The asyncio task a thread was running: its name and its coroutine's qualified name."""
+
+    name: str
+    coroutine: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadContext:
+    """What one read of a thread found: the active span and the running task, each if any."""
+
+    span: SpanRef | None
+    task: TaskRef | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
-from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.kernel.detector import ThreadSnapshot
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef, ThreadContext
+from otel_blocksnoop.process.context.reader import ContextReader
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef
+from otel_blocksnoop.events import SpanRef, TaskRef
+from otel_blocksnoop.process.context.reader import ContextReader
 from tests.helpers import TARGETS
 from tests.interpreters import MINORS, pyenv_python
 

@@ -17,7 +17,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef
+from otel_blocksnoop.events import SpanRef
+from otel_blocksnoop.process.context.reader import ContextReader
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
 from otel_blocksnoop.process.remote_memory import (
     MAX_READ,

@@ -6,9 +6,8 @@ import time
 from collections import Counter
 
 from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, interval_for
-from otel_blocksnoop.events import NS_PER_MS
+from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.kernel.detector import InProgress, ThreadSnapshot
-from otel_blocksnoop.process.context.reader import SpanRef, TaskRef, ThreadContext
 
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
 B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)

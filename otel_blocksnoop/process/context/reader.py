@@ -40,9 +40,9 @@ import logging
 import re
 import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from otel_blocksnoop.events import SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
 from otel_blocksnoop.process.remote_memory import (
     ElfError,
@@ -105,35 +105,6 @@ _VERSION_IN_NAME = re.compile(r"(?:libpython|python)(\d+)\.(\d+)(t?)")
 def _word(data: bytes, at: int, signed: bool = False) -> int:
     """The 8-byte word at ``at`` of bytes read from the app."""
     return int.from_bytes(data[at : at + 8], "little", signed=signed)
-
-
-@dataclass(frozen=True)
-class SpanRef:
-    """The identity of a span, as W3C trace context carries it."""
-
-    trace_id: int
-    span_id: int
-    trace_flags: int
-
-    @property
-    def sampled(self) -> bool:
-        return bool(self.trace_flags & 0x01)
-
-
-@dataclass(frozen=True)
-class TaskRef:
-    """The asyncio task a thread was running: its name and its coroutine's qualified name."""
-
-    name: str
-    coroutine: str | None
-
-
-@dataclass(frozen=True)
-class ThreadContext:
-    """What one read of a thread found: the active span and the running task, each if any."""
-
-    span: SpanRef | None
-    task: TaskRef | None
 
 
 NOTHING = ThreadContext(span=None, task=None)
@@ -844,7 +815,4 @@ __all__ = [
     "NOTHING",
     "SPAN_KEY_PREFIX",
     "ContextReader",
-    "SpanRef",
-    "TaskRef",
-    "ThreadContext",
 ]
