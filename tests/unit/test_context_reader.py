@@ -20,15 +20,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from otel_blocksnoop.events import SpanRef
 from otel_blocksnoop.process.context.reader import ContextReader
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
-from otel_blocksnoop.process.remote_memory import (
-    MAX_READ,
-    ElfError,
-    ElfSymbols,
-    RemoteMemory,
-    file_mappings,
-    load_base,
-    pthread_tid_offset,
-)
+from otel_blocksnoop.process.elf import ElfError, ElfSymbols, file_mappings, load_base
+from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory, pthread_tid_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 CPYTHON_DIR = ROOT / "otel_blocksnoop" / "process" / "cpython"

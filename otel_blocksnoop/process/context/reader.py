@@ -44,15 +44,17 @@ from pathlib import Path
 
 from otel_blocksnoop.events import SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
-from otel_blocksnoop.process.remote_memory import (
+from otel_blocksnoop.process.elf import (
     ElfError,
     ElfSymbols,
     Mapping,
-    RemoteMemory,
     file_mappings,
     load_base,
-    plausible_pointer,
     process_root,
+)
+from otel_blocksnoop.process.remote_memory import (
+    RemoteMemory,
+    plausible_pointer,
     pthread_tid_offset,
 )
 
