@@ -37,7 +37,6 @@ no thread is then found, and the answer is None).
 from __future__ import annotations
 
 import logging
-import re
 import struct
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ from otel_blocksnoop.process.elf import (
     load_base,
     process_root,
 )
+from otel_blocksnoop.process.pythons import python_name
 from otel_blocksnoop.process.remote_memory import (
     RemoteMemory,
     plausible_pointer,
@@ -101,7 +101,6 @@ _ASYNCIO_TASKS = "asyncio.tasks"
 _CURRENT_TASKS = "_current_tasks"
 """The dict of loop -> running task that asyncio's C module keeps (3.9-3.13)."""
 _TASK_TYPE = "_asyncio.Task"
-_VERSION_IN_NAME = re.compile(r"(?:libpython|python)(\d+)\.(\d+)(t?)")
 
 
 def _word(data: bytes, at: int, signed: bool = False) -> int:
@@ -195,12 +194,12 @@ class ContextReader:
         exe = str(Path(f"/proc/{self.pid}/exe").readlink())
         libpython = next((m.path for m in mappings if "libpython" in Path(m.path).name), None)
         image = libpython or exe
-        match = _VERSION_IN_NAME.search(Path(image).name)
-        if match is None:
+        name = python_name(image)
+        if name is None or name.version is None:
             self.unsupported = f"{image} is not a CPython interpreter this reader knows"
             return
-        major, minor = int(match[1]), int(match[2])
-        if match[3]:
+        major, minor = name.version
+        if name.free_threaded:
             self.unsupported = f"{image} is a free-threaded build"
             return
         self.layout = layout_for(major, minor)
