@@ -70,6 +70,7 @@ class ElfSymbols:
             if _PROGRAM.unpack_from(data, phoff + i * phentsize)[0] == _PT_LOAD
         ]
         if not loads:
+            self.close()
             raise ElfError(f"{path}: no loadable segment")
         # p_vaddr of the segment that maps file offset 0, page-aligned.
         self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
