@@ -29,7 +29,7 @@ from typing import Protocol, TypeVar
 
 from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, ThreadContext
 from otel_blocksnoop.kernel.detector import ThreadSnapshot
-from otel_blocksnoop.process.context.reader import ContextReader
+from otel_blocksnoop.process.context import ContextReader
 
 log = logging.getLogger(__name__)
 

@@ -133,43 +133,9 @@ class RemoteMemory:
         return raw.decode("ascii") if raw.isascii() else None
 
 
-def pthread_tid_offset() -> int | None:
-    """Where glibc keeps the kernel TID in its ``struct pthread``, found in this process.
-
-    CPython 3.9 and 3.10 record only ``pthread_self()`` in a thread state. The
-    TID offset is glibc's, the same in every process using this machine's glibc:
-    it is found here by looking for a thread's own TID in its own ``struct
-    pthread``, on two threads that must agree.
-    """
-    import threading  # noqa: PLC0415 (only needed for this one-off probe)
-
-    try:
-        libc = ctypes.CDLL(None)
-        libc.pthread_self.restype = ctypes.c_void_p
-    except (OSError, AttributeError):
-        return None
-    found: list[int | None] = []
-
-    def probe() -> None:
-        me = libc.pthread_self()
-        tid = struct.pack("<i", threading.get_native_id())
-        raw = ctypes.string_at(me, 2048)
-        hits = [i for i in range(0, len(raw) - 3, 4) if raw[i : i + 4] == tid]
-        found.append(int(hits[0]) if hits else None)
-
-    for _ in range(2):
-        thread = threading.Thread(target=probe)
-        thread.start()
-        thread.join()
-    if len(found) == 2 and found[0] is not None and found[0] == found[1]:
-        return found[0]
-    return None
-
-
 __all__ = [
     "MAX_READ",
     "MAX_TABLE",
     "RemoteMemory",
     "plausible_pointer",
-    "pthread_tid_offset",
 ]
