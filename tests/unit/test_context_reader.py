@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from otel_blocksnoop.events import SpanRef
 from otel_blocksnoop.process.context import ContextReader
 from otel_blocksnoop.process.context.hamt import HamtReader
+from otel_blocksnoop.process.context.interpreter import find_interpreter
 from otel_blocksnoop.process.context.objects import ObjectReader
 from otel_blocksnoop.process.context.threads import pthread_tid_offset
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
@@ -188,6 +189,52 @@ def blocked_thread_in_span() -> Iterator[tuple[int, SpanRef]]:
     yield found[0]
     stop.set()
     thread.join()
+
+
+def test_the_interpreter_of_this_process_is_found_where_the_linker_put_it() -> None:
+    # GIVEN this process, read as a target
+    memory = RemoteMemory(os.getpid())
+
+    # WHEN its interpreter is looked up
+    found = find_interpreter(memory)
+
+    # THEN it has this version's layout and the real _PyRuntime
+    assert found.layout == layout_for(*sys.version_info[:2])
+    expected = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
+    assert found.runtime == expected
+    assert found.image
+
+
+class _Point:
+    def __init__(self) -> None:
+        self.label = "here"
+        self.count = 31337
+
+
+def test_objects_of_this_process_decode_as_python_sees_them() -> None:
+    # GIVEN objects of this process whose values are known
+    layout = layout_for(*sys.version_info[:2])
+    assert layout is not None
+    objects = ObjectReader(RemoteMemory(os.getpid()), layout)
+    value = object()
+    mapping = {"a": 1, "key": value}
+    point = _Point()
+
+    # WHEN they are decoded from memory
+    # THEN each reads as it is, and what is not of the type asked gives None
+    assert objects.ascii(id("current_context")) == "current_context"
+    assert objects.ascii(id(12345)) is None
+    assert objects.small_int(id(2**40 + 7)) == 2**40 + 7
+    assert objects.small_int(id(-3)) is None
+    assert objects.small_int(id("3")) is None
+    assert objects.type_name(id(mapping)) == "dict"
+    assert objects.dict_value(id(mapping), "key") == id(value)
+    assert objects.dict_value(id(mapping), "missing") is None
+    assert objects.dict_value(id(point), "label") is None
+    assert objects.attribute(id(point), "label") == id(point.label)
+    assert objects.attribute(id(point), "count") == id(point.count)
+    assert objects.is_subclass(id(bool(1)), "bool", "int")
+    assert not objects.is_subclass(id(mapping), "bool", "int")
 
 
 def test_the_walk_finds_a_span_in_this_process(blocked_thread_in_span: tuple[int, SpanRef]) -> None:
