@@ -1,4 +1,7 @@
-"""Records passed between pipeline stages: small, typed and frozen."""
+"""Records passed between pipeline stages: small, typed and frozen.
+
+It imports nothing of the package, so that every stage may import it.
+"""
 
 from __future__ import annotations
 

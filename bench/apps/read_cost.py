@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_blocksnoop.process.context.reader import ContextReader
+from otel_blocksnoop.process.context import ContextReader
 
 METHODS = ("thread_context", "read")
 """Newer names of the per-thread read, preferred when the reader has them."""

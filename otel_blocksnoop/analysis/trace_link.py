@@ -30,7 +30,7 @@ from typing import Protocol, TypeVar
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import NS_PER_MS, Loss, SpanRef, TaskRef, ThreadContext, ThreadSnapshot
 from otel_blocksnoop.losses import Losses
-from otel_blocksnoop.process.context.reader import ContextReader
+from otel_blocksnoop.process.context import ContextReader
 
 log = logging.getLogger(__name__)
 

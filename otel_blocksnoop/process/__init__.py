@@ -1,1 +1,1 @@
-"""The watched process from outside: its identity, /proc, its memory, CPython layouts."""
+"""The watched process from outside: target, identity, memory, ELF files, layouts, context."""

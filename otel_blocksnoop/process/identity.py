@@ -9,19 +9,18 @@ stable for the life of the process.
 
 from __future__ import annotations
 
-import re
 import socket
 import uuid
 from pathlib import Path
 from urllib.parse import unquote
 
 from otel_blocksnoop.events import ProcessIdentity
+from otel_blocksnoop.process.pythons import mapped_libpythons, python_name
 
 ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
 ENV_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
 MAX_ENVIRON_BYTES = 1 << 20
 """Larger environments are read only this far: a bound on what a target can make us read."""
-_VERSION = re.compile(r"python(\d+\.\d+)")
 _INSTANCE_NAMESPACE = uuid.UUID("8f0a4c7e-2f7b-4c55-9a39-6f1f8c2b7d41")
 
 
@@ -52,16 +51,17 @@ def _read_head(path: Path, limit: int) -> bytes:
 
 def runtime_version(pid: int, executable: str | None) -> str | None:
     """major.minor of the target's Python, from its executable or its libpython."""
-    if executable and (match := _VERSION.search(Path(executable).name)):
-        return match.group(1)
-    try:
-        maps = _read_head(Path("/proc") / str(pid) / "maps", MAX_ENVIRON_BYTES).decode(
-            errors="replace"
-        )
-    except OSError:
-        return None
-    match = re.search(r"libpython(\d+\.\d+)", maps)
-    return match.group(1) if match else None
+    name = python_name(executable) if executable else None
+    version = name.version if name is not None else None
+    if version is None:
+        try:
+            maps = _read_head(Path("/proc") / str(pid) / "maps", MAX_ENVIRON_BYTES).decode(
+                errors="replace"
+            )
+        except OSError:
+            return None
+        version = next((lib.version for lib in mapped_libpythons(maps) if lib.version), None)
+    return f"{version[0]}.{version[1]}" if version is not None else None
 
 
 def _start_ticks(pid: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import select
 import shlex
 import shutil
@@ -18,9 +17,7 @@ from otel_blocksnoop.errors import (
     NoSuchProcessError,
     NotPythonError,
 )
-
-_PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?[dmu]*$")
-_LIBPYTHON = re.compile(r"/libpython\d")
+from otel_blocksnoop.process.pythons import is_interpreter_name, mapped_libpythons
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +45,10 @@ def process_exists(pid: int) -> bool:
 
 def is_python(pid: int, exe: str) -> bool:
     """A Python interpreter binary, or a program embedding libpython (uWSGI and the like)."""
-    if _PYTHON_EXE.match(Path(exe).name):
+    if is_interpreter_name(exe):
         return True
     maps = (_proc(pid) / "maps").read_text(errors="replace")
-    return bool(_LIBPYTHON.search(maps))
+    return next(mapped_libpythons(maps), None) is not None
 
 
 def inspect_target(pid: int) -> TargetInfo:

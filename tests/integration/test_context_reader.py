@@ -21,7 +21,8 @@ import pytest
 
 from harness import TARGETS
 from harness.interpreters import MINORS, pyenv_python
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef, TaskRef
+from otel_blocksnoop.events import SpanRef, TaskRef
+from otel_blocksnoop.process.context import ContextReader
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +138,7 @@ def test_spans_of_an_unknown_layout_are_reported_once_and_not_linked(
         reader = ContextReader(target["pid"])
 
         # WHEN the reader reads it again and again
-        with caplog.at_level(logging.WARNING, logger="otel_blocksnoop.process.context.reader"):
+        with caplog.at_level(logging.WARNING, logger="otel_blocksnoop.process.context.otel"):
             found = [reader.thread_context(loop["tid"]) for _ in range(10)]
 
     # THEN there is no span, one warning says why, and the task is still named

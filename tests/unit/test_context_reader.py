@@ -17,17 +17,15 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef
+from otel_blocksnoop.events import SpanRef
+from otel_blocksnoop.process.context import ContextReader
+from otel_blocksnoop.process.context.hamt import HamtReader
+from otel_blocksnoop.process.context.interpreter import find_interpreter
+from otel_blocksnoop.process.context.objects import ObjectReader
+from otel_blocksnoop.process.context.threads import pthread_tid_offset
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
-from otel_blocksnoop.process.remote_memory import (
-    MAX_READ,
-    ElfError,
-    ElfSymbols,
-    RemoteMemory,
-    file_mappings,
-    load_base,
-    pthread_tid_offset,
-)
+from otel_blocksnoop.process.elf import ElfError, ElfSymbols, file_mappings, load_base
+from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory
 
 ROOT = Path(__file__).resolve().parents[2]
 CPYTHON_DIR = ROOT / "otel_blocksnoop" / "process" / "cpython"
@@ -193,6 +191,52 @@ def blocked_thread_in_span() -> Iterator[tuple[int, SpanRef]]:
     thread.join()
 
 
+def test_the_interpreter_of_this_process_is_found_where_the_linker_put_it() -> None:
+    # GIVEN this process, read as a target
+    memory = RemoteMemory(os.getpid())
+
+    # WHEN its interpreter is looked up
+    found = find_interpreter(memory)
+
+    # THEN it has this version's layout and the real _PyRuntime
+    assert found.layout == layout_for(*sys.version_info[:2])
+    expected = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
+    assert found.runtime == expected
+    assert found.image
+
+
+class _Point:
+    def __init__(self) -> None:
+        self.label = "here"
+        self.count = 31337
+
+
+def test_objects_of_this_process_decode_as_python_sees_them() -> None:
+    # GIVEN objects of this process whose values are known
+    layout = layout_for(*sys.version_info[:2])
+    assert layout is not None
+    objects = ObjectReader(RemoteMemory(os.getpid()), layout)
+    value = object()
+    mapping = {"a": 1, "key": value}
+    point = _Point()
+
+    # WHEN they are decoded from memory
+    # THEN each reads as it is, and what is not of the type asked gives None
+    assert objects.ascii(id("current_context")) == "current_context"
+    assert objects.ascii(id(12345)) is None
+    assert objects.small_int(id(2**40 + 7)) == 2**40 + 7
+    assert objects.small_int(id(-3)) is None
+    assert objects.small_int(id("3")) is None
+    assert objects.type_name(id(mapping)) == "dict"
+    assert objects.dict_value(id(mapping), "key") == id(value)
+    assert objects.dict_value(id(mapping), "missing") is None
+    assert objects.dict_value(id(point), "label") is None
+    assert objects.attribute(id(point), "label") == id(point.label)
+    assert objects.attribute(id(point), "count") == id(point.count)
+    assert objects.is_subclass(id(bool(1)), "bool", "int")
+    assert not objects.is_subclass(id(mapping), "bool", "int")
+
+
 def test_the_walk_finds_a_span_in_this_process(blocked_thread_in_span: tuple[int, SpanRef]) -> None:
     # GIVEN a thread of this process blocked in a span (a deep HAMT: an array node)
     tid, truth = blocked_thread_in_span
@@ -206,13 +250,17 @@ def test_the_walk_finds_a_span_in_this_process(blocked_thread_in_span: tuple[int
     assert reader.active_span(threading.get_native_id()) is None
 
 
+def hamt_reader_of_this_process() -> tuple[HamtReader, CPythonLayout]:
+    layout = layout_for(*sys.version_info[:2])
+    assert layout is not None
+    return HamtReader(ObjectReader(RemoteMemory(os.getpid()), layout)), layout
+
+
 def test_a_variable_is_found_by_its_hash_as_cpython_finds_it() -> None:
     # GIVEN a context of this process holding 200 variables (array, bitmap and deep nodes)
     import contextvars  # noqa: PLC0415
 
-    reader = ContextReader(os.getpid())
-    layout = reader.layout
-    assert layout is not None
+    hamts, layout = hamt_reader_of_this_process()
     variables: list[contextvars.ContextVar[object]] = [
         contextvars.ContextVar(f"hash_{i}") for i in range(200)
     ]
@@ -221,25 +269,23 @@ def test_a_variable_is_found_by_its_hash_as_cpython_finds_it() -> None:
     for variable, value in zip(variables, values, strict=True):
         context.run(variable.set, value)
     unset: contextvars.ContextVar[object] = contextvars.ContextVar("unset")
-    hamt = reader._memory.pointer(id(context) + layout.context_vars)  # noqa: SLF001
+    hamt = RemoteMemory(os.getpid()).pointer(id(context) + layout.context_vars)
     assert hamt
 
     # WHEN each is looked up by hash, and one that is not in it
-    found = [reader._hamt_find(layout, hamt, id(v)) for v in variables]  # noqa: SLF001
-    missing = reader._hamt_find(layout, hamt, id(unset))  # noqa: SLF001
+    found = [hamts.find(hamt, id(v)) for v in variables]
+    missing = hamts.find(hamt, id(unset))
 
     # THEN each lookup gives that variable's value, as the whole walk does
     assert found == [id(value) for value in values]
     assert missing is None
-    walked = dict(reader._hamt_items(layout, hamt))  # noqa: SLF001
+    walked = dict(hamts.items(hamt))
     assert [walked[id(v)] for v in variables] == found
 
 
 def test_a_hamt_that_loops_on_itself_is_abandoned() -> None:
     # GIVEN forged memory: a "hamt" whose bitmap node lists itself as its own child
-    reader = ContextReader(os.getpid())
-    layout = reader.layout
-    assert layout is not None
+    hamts, layout = hamt_reader_of_this_process()
     name = ctypes.create_string_buffer(b"hamt_bitmap_node\0")
     fake_type = ctypes.create_string_buffer(512)
     node = ctypes.create_string_buffer(256)
@@ -256,7 +302,7 @@ def test_a_hamt_that_loops_on_itself_is_abandoned() -> None:
     put(hamt, layout.hamt_root, ctypes.addressof(node))
 
     # WHEN its items are walked
-    items = reader._hamt_items(layout, ctypes.addressof(hamt))  # noqa: SLF001
+    items = hamts.items(ctypes.addressof(hamt))
 
     # THEN the walk stops at its bounds and yields nothing
     assert items == []

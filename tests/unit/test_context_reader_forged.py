@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from otel_blocksnoop.process.context.reader import ContextReader, SpanRef
+from otel_blocksnoop.events import SpanRef
+from otel_blocksnoop.process.context import ContextReader
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
 from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory, plausible_pointer
 

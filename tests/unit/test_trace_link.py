@@ -6,9 +6,16 @@ import time
 from collections import Counter
 
 from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, interval_for
-from otel_blocksnoop.events import NS_PER_MS, InProgress, Loss, ThreadSnapshot
+from otel_blocksnoop.events import (
+    NS_PER_MS,
+    InProgress,
+    Loss,
+    SpanRef,
+    TaskRef,
+    ThreadContext,
+    ThreadSnapshot,
+)
 from otel_blocksnoop.losses import Losses
-from otel_blocksnoop.process.context.reader import SpanRef, TaskRef, ThreadContext
 
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
 B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)

@@ -1,0 +1,131 @@
+"""Finding the target's interpreter: its image, CPython version, layout and ``_PyRuntime``.
+
+Done once per process. The version comes from the image's name (libpython
+if mapped, else the executable), ``_PyRuntime`` from its ELF symbols, and
+both are checked against what the interpreter itself says where it can
+(``Py_Version`` on 3.11+, ``_Py_DebugOffsets`` on 3.13+). Anything this
+reader does not know raises ``UnsupportedInterpreterError``, saying why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from otel_blocksnoop.process.context.threads import ThreadStates, pthread_tid_offset
+from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
+from otel_blocksnoop.process.elf import (
+    ElfError,
+    ElfSymbols,
+    Mapping,
+    file_mappings,
+    load_base,
+    process_root,
+)
+from otel_blocksnoop.process.pythons import python_name
+from otel_blocksnoop.process.remote_memory import RemoteMemory
+
+DEBUG_COOKIE = b"xdebugpy"
+"""_Py_Debug_Cookie (Include/internal/pycore_runtime.h, 3.13+)."""
+
+
+class UnsupportedInterpreterError(Exception):
+    """The target's interpreter cannot be read by this reader; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interpreter:
+    """Where a target's interpreter is, and how to read it."""
+
+    layout: CPythonLayout
+    runtime: int  # the address of _PyRuntime
+    image: tuple[tuple[int, int], ...] = ()  # where its file is mapped (its static types)
+    tid_offset: int | None = None  # 3.9/3.10: glibc's TID offset in struct pthread
+
+
+def find_interpreter(memory: RemoteMemory) -> Interpreter:
+    """The interpreter of ``memory``'s process (OSError: the process cannot be inspected)."""
+    pid = memory.pid
+    mappings = file_mappings(pid)
+    exe = str(Path(f"/proc/{pid}/exe").readlink())
+    libpython = next((m.path for m in mappings if "libpython" in Path(m.path).name), None)
+    image = libpython or exe
+    name = python_name(image)
+    if name is None or name.version is None:
+        raise UnsupportedInterpreterError(f"{image} is not a CPython interpreter this reader knows")
+    if name.free_threaded:
+        raise UnsupportedInterpreterError(f"{image} is a free-threaded build")
+    layout = layout_for(*name.version)
+    if layout is None:
+        supported = ", ".join(f"{a}.{b}" for a, b in SUPPORTED_VERSIONS)
+        major, minor = name.version
+        raise UnsupportedInterpreterError(f"CPython {major}.{minor} (supported: {supported})")
+    try:
+        elf = ElfSymbols(process_root(pid) + image)
+    except (ElfError, ValueError) as error:
+        raise UnsupportedInterpreterError(str(error)) from error
+    with elf:
+        return _at_runtime(memory, layout, elf, mappings, image)
+
+
+def _at_runtime(
+    memory: RemoteMemory,
+    layout: CPythonLayout,
+    elf: ElfSymbols,
+    mappings: list[Mapping],
+    image: str,
+) -> Interpreter:
+    runtime = elf.symbol("_PyRuntime")
+    base = load_base(mappings, image, elf)
+    if runtime is None or base is None:
+        raise UnsupportedInterpreterError(f"{image} has no _PyRuntime symbol (stripped or static)")
+    found = Interpreter(
+        layout=layout,
+        runtime=base + runtime,
+        image=tuple((m.start, m.end) for m in mappings if m.path == image),
+    )
+    mismatch = _version_mismatch(memory, layout, elf, base) or _debug_mismatch(memory, found)
+    if mismatch is not None:
+        raise UnsupportedInterpreterError(mismatch)
+    if layout.tstate_native_thread_id is not None:
+        return found
+    tid_offset = pthread_tid_offset()
+    if tid_offset is None:
+        raise UnsupportedInterpreterError("cannot find the TID in glibc's struct pthread")
+    tids = {int(t.name) for t in Path(f"/proc/{memory.pid}/task").iterdir()}
+    if not ThreadStates(memory, layout, found.runtime, tid_offset).any_of(tids):
+        raise UnsupportedInterpreterError("no thread state maps to a TID (another glibc?)")
+    return replace(found, tid_offset=tid_offset)
+
+
+def _version_mismatch(
+    memory: RemoteMemory, layout: CPythonLayout, elf: ElfSymbols, base: int
+) -> str | None:
+    """3.11+ has Py_Version (PY_VERSION_HEX): it must agree with the file name."""
+    symbol = elf.symbol("Py_Version")
+    hex_version = memory.u32(base + symbol) if symbol is not None else None
+    if hex_version is None:
+        return None
+    found = (hex_version >> 24, hex_version >> 16 & 0xFF)
+    return None if found == layout.version else f"Py_Version says {found[0]}.{found[1]}"
+
+
+def _debug_mismatch(memory: RemoteMemory, interpreter: Interpreter) -> str | None:
+    """3.13+: _PyRuntime starts with _Py_DebugOffsets, whose cookie and version must agree."""
+    layout = interpreter.layout
+    if layout.runtime_debug_offsets is None:
+        return None
+    start = interpreter.runtime + layout.runtime_debug_offsets
+    cookie = memory.read(start, len(DEBUG_COOKIE))
+    hex_version = memory.pointer(start + (layout.debug_offsets_version or 0))
+    free_threaded = memory.pointer(start + (layout.debug_offsets_free_threaded or 0))
+    if cookie != DEBUG_COOKIE or hex_version is None:
+        return "_PyRuntime does not start with the _Py_DebugOffsets cookie"
+    if (hex_version >> 24, hex_version >> 16 & 0xFF) != layout.version:
+        return f"_Py_DebugOffsets says {hex_version >> 24}.{hex_version >> 16 & 0xFF}"
+    if free_threaded:
+        return "a free-threaded build"
+    return None
+
+
+__all__ = ["Interpreter", "UnsupportedInterpreterError", "find_interpreter"]

@@ -1,0 +1,129 @@
+"""The files a process mapped: where (/proc/PID/maps), and the symbols their ELF tables hold.
+
+Enough to find where a symbol of the target's interpreter (``_PyRuntime``)
+sits in its memory: the file's symbol value plus the bias it was loaded at.
+64-bit little-endian ELF only; the file is mapped, not read, and opened
+through /proc/PID/root so that a containerised target's own file is read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps that maps a file."""
+
+    start: int
+    end: int
+    offset: int
+    path: str
+
+
+def file_mappings(pid: int) -> list[Mapping]:
+    """The file-backed mappings of a process (raises OSError when it is gone)."""
+    found = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            found.append(Mapping(start, end, int(fields[2], 16), fields[5]))
+    return found
+
+
+class ElfError(Exception):
+    """Not an ELF file this reader understands (64-bit little-endian only)."""
+
+
+_SHT_SYMTAB = 2
+_SHT_DYNSYM = 11
+_PT_LOAD = 1
+_ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+_SECTION = struct.Struct("<IIQQQQIIQQ")
+_PROGRAM = struct.Struct("<IIQQQQQQ")
+_SYMBOL = struct.Struct("<IBBHQQ")
+
+
+class ElfSymbols:
+    """The symbol tables (.symtab, then .dynsym) of one ELF file, and its first load address."""
+
+    def __init__(self, path: str | Path) -> None:
+        # Mapped, not copied: libpython is 15-30 MB with its symbol tables.
+        with Path(path).open("rb") as file:
+            data = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        self._data = data
+        if len(data) < _ELF_HEADER.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            self.close()
+            raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
+        header = _ELF_HEADER.unpack_from(data)
+        phoff, shoff = header[5], header[6]
+        phentsize, phnum, shentsize, shnum = header[9], header[10], header[11], header[12]
+        self._sections = [_SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+        loads = [
+            _PROGRAM.unpack_from(data, phoff + i * phentsize)
+            for i in range(phnum)
+            if _PROGRAM.unpack_from(data, phoff + i * phentsize)[0] == _PT_LOAD
+        ]
+        if not loads:
+            self.close()
+            raise ElfError(f"{path}: no loadable segment")
+        # p_vaddr of the segment that maps file offset 0, page-aligned.
+        self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
+
+    def close(self) -> None:
+        self._data.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def symbol(self, name: str) -> int | None:
+        """The link-time address (st_value) of a defined symbol, or None."""
+        needle = b"\0" + name.encode() + b"\0"
+        for kind in (_SHT_SYMTAB, _SHT_DYNSYM):
+            for section in self._sections:
+                if section[1] != kind or section[6] >= len(self._sections):
+                    continue
+                strtab = self._sections[section[6]]
+                at = self._data.find(needle, strtab[4], strtab[4] + strtab[5])
+                if at < 0:
+                    continue
+                name_index = at + 1 - strtab[4]
+                offset, size, entsize = section[4], section[5], section[9] or _SYMBOL.size
+                for i in range(size // entsize):
+                    st_name, _, _, shndx, value, _ = _SYMBOL.unpack_from(
+                        self._data, offset + i * entsize
+                    )
+                    if st_name == name_index and shndx != 0 and value:
+                        return int(value)
+        return None
+
+
+def load_base(mappings: list[Mapping], path: str, elf: ElfSymbols) -> int | None:
+    """Where ``path`` was loaded in the process: the bias to add to its symbol values."""
+    starts = [m.start for m in mappings if m.path == path and m.offset == 0]
+    if not starts:
+        return None
+    return min(starts) - elf.first_load_vaddr
+
+
+def process_root(pid: int) -> str:
+    """The target's root directory, so that its files are opened as it sees them."""
+    return f"/proc/{pid}/root"
+
+
+__all__ = [
+    "ElfError",
+    "ElfSymbols",
+    "Mapping",
+    "file_mappings",
+    "load_base",
+    "process_root",
+]
