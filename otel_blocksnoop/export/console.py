@@ -6,7 +6,6 @@ import sys
 import time
 from typing import TextIO
 
-from otel_blocksnoop.analysis.attribution import format_traceback
 from otel_blocksnoop.events import (
     Block,
     EndReason,
@@ -15,7 +14,12 @@ from otel_blocksnoop.events import (
     LoopTimes,
     SessionSummary,
 )
-from otel_blocksnoop.export.formatting import cause_text, human_duration, local_clock
+from otel_blocksnoop.export.formatting import (
+    cause_text,
+    format_traceback,
+    human_duration,
+    local_clock,
+)
 
 _HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}  CAUSE"
 _PERCENTILES = (0.5, 0.9, 0.99)

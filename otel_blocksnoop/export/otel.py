@@ -41,7 +41,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from otel_blocksnoop import __version__
-from otel_blocksnoop.analysis.attribution import format_traceback
 from otel_blocksnoop.events import (
     NS_PER_S,
     Block,
@@ -52,6 +51,7 @@ from otel_blocksnoop.events import (
     SessionSummary,
 )
 from otel_blocksnoop.export import names
+from otel_blocksnoop.export.formatting import format_traceback
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context

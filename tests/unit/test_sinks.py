@@ -16,6 +16,7 @@ from otel_blocksnoop.events import (
     ThreadKind,
 )
 from otel_blocksnoop.export.console import ConsoleSink
+from otel_blocksnoop.export.formatting import format_traceback
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 
 BLOCK = Block(
@@ -178,3 +179,20 @@ def test_console_repeats_a_hang_on_one_line_while_its_stack_is_the_same() -> Non
     assert repeat.endswith("1.20 s  wait4()  STILL BLOCKED, same stack")
     assert lines[9].endswith("1.50 s  wait4()")
     assert lines[10] == "    Traceback (most recent call last):"
+
+
+LIB = "/root/.pyenv/versions/3.11.7/lib/python3.11"
+HANDLER = (
+    Frame("Handle._run", f"{LIB}/asyncio/events.py", 80),
+    Frame("handler", "/srv/app.py", 12),
+)
+
+
+def test_traceback_text_is_most_recent_call_last_with_source_lines() -> None:
+    text = format_traceback(HANDLER[-2:], [None, "time.sleep(0.2)"])
+    assert text.splitlines() == [
+        "Traceback (most recent call last):",
+        f'  File "{LIB}/asyncio/events.py", line 80, in Handle._run',
+        '  File "/srv/app.py", line 12, in handler',
+        "    time.sleep(0.2)",
+    ]
