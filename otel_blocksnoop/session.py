@@ -157,7 +157,7 @@ class Session:
             self._report_unfinished()
         summary = self._summary(time.monotonic() - started)
         for sink in self._sinks:
-            sink.export_summary(summary)
+            sink.export(summary)
             sink.shutdown()
         return summary
 
@@ -254,7 +254,7 @@ class Session:
                 continue
             self._hangs.reported(key, now)
             for sink in self._sinks:
-                sink.export_hang(block)
+                sink.export(block)
 
     def _emit_loop_times(self) -> None:
         """Cumulative busy/idle time of the loop threads (not of native pollers)."""
@@ -268,7 +268,7 @@ class Session:
             identities=identities,
         )
         for sink in self._sinks:
-            sink.export_loop_times(loop_times)
+            sink.export(loop_times)
 
     def _identity(self, pid: int) -> ProcessIdentity:
         identity = self._identities.get(pid)
@@ -374,7 +374,7 @@ class Session:
         self._previous_counts = snapshot.counts
         self._previous_counters = counters
         for sink in self._sinks:
-            sink.export_stats(stats)
+            sink.export(stats)
 
     def _warn_lost(self) -> None:
         lost = self._detector.counters().lost_events

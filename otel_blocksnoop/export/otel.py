@@ -45,10 +45,9 @@ from otel_blocksnoop.events import (
     NS_PER_S,
     Block,
     Cause,
-    IterationStats,
     LoopTimes,
     ProcessIdentity,
-    SessionSummary,
+    Record,
 )
 from otel_blocksnoop.export import names
 from otel_blocksnoop.export.formatting import format_traceback
@@ -313,9 +312,51 @@ class OtelSink:
         self._worker = threading.Thread(target=self._work, name="otlp-export", daemon=True)
         self._worker.start()
 
-    # -- the Sink interface -------------------------------------------------
+    def export(self, record: Record) -> None:
+        match record:
+            case Block(in_progress=True):
+                self._hang(record)
+            case Block():
+                self._block(record)
+            case LoopTimes():
+                self._loop_times(record)
+            case _:
+                pass  # stats mode has no OTLP form yet; the counters carry the totals
 
-    def export(self, block: Block) -> None:
+    def shutdown(self) -> None:
+        """Deliver what is queued within the deadline, then say what could not be."""
+        pending = sum(len(queue) for queue in self._queues())
+        if pending:
+            log.info(
+                "delivering %d queued records over OTLP (up to %g s)...",
+                pending,
+                self._settings.shutdown_timeout_s,
+            )
+        self._stopping = True
+        self._wake.set()
+        self._worker.join(self._settings.shutdown_timeout_s)
+        for exporter in (self._span_exporter, self._log_exporter):
+            if exporter is not None:
+                exporter.shutdown()
+        providers = [meters.provider for meters in self._meters.values()]
+        if self._self_meters is not None:
+            providers.append(self._self_meters.provider)
+        for provider in providers:
+            provider.shutdown(timeout_millis=self._timeout_ms())
+        for queue in self._queues():
+            lost = queue.dropped + len(queue) + queue.in_flight
+            if lost:
+                log.warning(
+                    "failed to deliver %d %s over OTLP (%d delivered): the collector "
+                    "was away or too slow",
+                    lost,
+                    queue.what,
+                    queue.delivered,
+                )
+
+    # -- internals ------------------------------------------------------------
+
+    def _block(self, block: Block) -> None:
         key = (block.pid, block.tid, block.start_ns)
         ids = self._span_ids.pop(key, None) or self._ids_for(block)
         trace_id, span_id, flags = ids
@@ -363,7 +404,7 @@ class OtelSink:
             trace_flags=TraceFlags(parent.trace_flags),
         )
 
-    def export_hang(self, block: Block) -> None:
+    def _hang(self, block: Block) -> None:
         """A log record now, tied to the span the block will get when it ends."""
         if self._logs is None:
             return
@@ -394,56 +435,10 @@ class OtelSink:
         self._logs.put(readable)
         self._wake.set()  # a hang is news: do not wait for a batch
 
-    def export_stats(self, stats: IterationStats) -> None:
-        """Stats mode has no OTLP form yet."""
-
-    def export_loop_times(self, times: LoopTimes) -> None:
+    def _loop_times(self, times: LoopTimes) -> None:
         self._times = times
         for identity in times.identities:
             self._process_meters(identity.pid, self._resource_of(identity.pid, identity))
-
-    def export_summary(self, summary: SessionSummary) -> None:
-        """Totals are not exported: the counters already carry them."""
-
-    def force_flush(self) -> None:
-        now = time.monotonic()
-        for queue in self._queues():
-            queue.deliver(now, final=True)
-        for meters in [*self._meters.values()]:
-            meters.provider.force_flush(timeout_millis=self._timeout_ms())
-
-    def shutdown(self) -> None:
-        """Deliver what is queued within the deadline, then say what could not be."""
-        pending = sum(len(queue) for queue in self._queues())
-        if pending:
-            log.info(
-                "delivering %d queued records over OTLP (up to %g s)...",
-                pending,
-                self._settings.shutdown_timeout_s,
-            )
-        self._stopping = True
-        self._wake.set()
-        self._worker.join(self._settings.shutdown_timeout_s)
-        for exporter in (self._span_exporter, self._log_exporter):
-            if exporter is not None:
-                exporter.shutdown()
-        providers = [meters.provider for meters in self._meters.values()]
-        if self._self_meters is not None:
-            providers.append(self._self_meters.provider)
-        for provider in providers:
-            provider.shutdown(timeout_millis=self._timeout_ms())
-        for queue in self._queues():
-            lost = queue.dropped + len(queue) + queue.in_flight
-            if lost:
-                log.warning(
-                    "failed to deliver %d %s over OTLP (%d delivered): the collector "
-                    "was away or too slow",
-                    lost,
-                    queue.what,
-                    queue.delivered,
-                )
-
-    # -- internals ------------------------------------------------------------
 
     def _queues(self) -> list[DeliveryQueue[ReadableSpan] | DeliveryQueue[ReadableLogRecord]]:
         return [queue for queue in (self._spans, self._logs) if queue is not None]

@@ -187,8 +187,8 @@ def test_hang_reports_are_log_records_that_share_the_final_spans_trace_and_span_
     # GIVEN a hang reported twice while it lasted, then its final block
     harness = Harness()
     so_far = replace(BLOCK, in_progress=True, end_unix_ns=BLOCK.start_unix_ns + 150_000_000)
-    harness.sink.export_hang(so_far)
-    harness.sink.export_hang(replace(so_far, end_unix_ns=BLOCK.start_unix_ns + 1_200_000_000))
+    harness.sink.export(so_far)
+    harness.sink.export(replace(so_far, end_unix_ns=BLOCK.start_unix_ns + 1_200_000_000))
     harness.sink.export(replace(BLOCK, end_reason=EndReason.THREAD_EXITED))
     harness.sink.shutdown()
     # THEN both records point at the span the block got
@@ -207,7 +207,7 @@ def test_durations_go_to_a_histogram_in_seconds_and_loop_time_to_counters() -> N
     harness = Harness()
     harness.sink.export(BLOCK)
     times = ThreadTimes(pid=42, tid=43, iterations=1000, busy_ns=3 * 10**9, idle_ns=7 * 10**9)
-    harness.sink.export_loop_times(LoopTimes(threads=(times,), lost_events=0, identities=(APP,)))
+    harness.sink.export(LoopTimes(threads=(times,), lost_events=0, identities=(APP,)))
     harness.sink.shutdown()
     points = harness.points("checkout")
     (histogram,) = points["blocksnoop.eventloop.block.duration"]
