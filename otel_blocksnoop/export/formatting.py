@@ -51,3 +51,8 @@ def format_traceback(stack: Sequence[Frame], source_lines: Sequence[str | None] 
         if source:
             out.append(f"    {source}")
     return "\n".join(out)
+
+
+def seconds(ns: int) -> float:
+    """Nanoseconds as seconds, the unit of OpenTelemetry durations."""
+    return ns / NS_PER_S

@@ -79,6 +79,8 @@ LOOP_TIME: Final = "blocksnoop.eventloop.time"
 LOOP_ITERATIONS: Final = "blocksnoop.eventloop.iterations"
 LOST_EVENTS: Final = "blocksnoop.events.lost"
 DROPPED: Final = "blocksnoop.export.dropped"
+SIGNAL: Final = "blocksnoop.signal"
+"""Attribute of ``DROPPED``: which queue dropped (``spans``, ``hang records``)."""
 DURATION_BUCKETS_S: Final = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip

@@ -29,7 +29,8 @@ from otel_blocksnoop.events import (
     ThreadKind,
     ThreadTimes,
 )
-from otel_blocksnoop.export.otel import DeliveryQueue, OtelSink
+from otel_blocksnoop.export.otel import OtelSink
+from otel_blocksnoop.export.otel.queue import DeliveryQueue
 from otel_blocksnoop.export.otlp import Exporters, settings_from
 
 APP = ProcessIdentity(

@@ -1,0 +1,165 @@
+"""``OtelSink``: blocks as spans, hangs as log records, durations and loop time as metrics.
+
+Spans and hang records wait in bounded queues in front of the SDK's OTLP
+exporters: ``export`` never blocks the pipeline; a record leaves its queue
+only once delivered, so a collector that is down or restarting loses
+nothing until the queue is full; then the oldest records are dropped,
+counted, and reported once. A stopping sidecar keeps delivering for up to
+``shutdown_timeout_s``. The SDK's batch processor is not used because it
+drops failed batches and does not tell how many it dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from otel_blocksnoop.events import Block, LoopTimes, Record
+from otel_blocksnoop.export.otel.metrics import Meters
+from otel_blocksnoop.export.otel.queue import DeliveryQueue
+from otel_blocksnoop.export.otel.resource import Resources
+from otel_blocksnoop.export.otel.spans import SpanIds, block_span, hang_record, in_span, sampled
+
+if TYPE_CHECKING:
+    from otel_blocksnoop.export.otlp import Exporters, OtlpSettings
+
+log = logging.getLogger(__name__)
+
+
+class OtelSink:
+    """Blocks as spans, hangs as log records, durations and loop time as metrics."""
+
+    def __init__(self, exporters: Exporters, settings: OtlpSettings) -> None:
+        self._settings = settings
+        self._ids = SpanIds()
+        self._resources = Resources(settings.fallback_service)
+        self._spans: DeliveryQueue[ReadableSpan] | None = None
+        self._logs: DeliveryQueue[ReadableLogRecord] | None = None
+        self._span_exporter = exporters.spans
+        self._log_exporter = exporters.logs
+        if exporters.spans is not None:
+            spans = exporters.spans
+            self._spans = DeliveryQueue(
+                "spans",
+                lambda batch: spans.export(batch) == SpanExportResult.SUCCESS,
+                settings.max_queue,
+                settings.batch_size,
+            )
+        if exporters.logs is not None:
+            logs = exporters.logs
+            self._logs = DeliveryQueue(
+                "hang records",
+                lambda batch: logs.export(batch) == LogRecordExportResult.SUCCESS,
+                settings.max_queue,
+                settings.batch_size,
+            )
+        self._meters: Meters | None = None
+        if exporters.metrics is not None:
+            self._meters = Meters(
+                exporters.metrics, settings.metric_interval_ms, self._timeout_ms()
+            )
+            self._meters.add_sidecar(self._dropped)
+        self._wake = threading.Event()
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="otlp-export", daemon=True)
+        self._worker.start()
+
+    def export(self, record: Record) -> None:
+        match record:
+            case Block(in_progress=True):
+                self._hang(record)
+            case Block():
+                self._block(record)
+            case LoopTimes():
+                self._loop_times(record)
+            case _:
+                pass  # stats mode has no OTLP form yet; the counters carry the totals
+
+    def shutdown(self) -> None:
+        """Deliver what is queued within the deadline, then say what could not be."""
+        pending = sum(len(queue) for queue in self._queues())
+        if pending:
+            log.info(
+                "delivering %d queued records over OTLP (up to %g s)...",
+                pending,
+                self._settings.shutdown_timeout_s,
+            )
+        self._stopping = True
+        self._wake.set()
+        self._worker.join(self._settings.shutdown_timeout_s)
+        for exporter in (self._span_exporter, self._log_exporter):
+            if exporter is not None:
+                exporter.shutdown()
+        if self._meters is not None:
+            self._meters.shutdown()
+        for queue in self._queues():
+            lost = queue.dropped + len(queue) + queue.in_flight
+            if lost:
+                log.warning(
+                    "failed to deliver %d %s over OTLP (%d delivered): the collector "
+                    "was away or too slow",
+                    lost,
+                    queue.what,
+                    queue.delivered,
+                )
+
+    def _block(self, block: Block) -> None:
+        ids = self._ids.ended(block)
+        resource = self._resources.of(block.pid, block.process)
+        exported = sampled(ids) or not self._settings.follow_app_sampling
+        if (
+            self._spans is not None
+            and exported
+            and self._spans.put(block_span(block, ids, resource))
+        ):
+            self._wake.set()
+        if self._meters is not None:
+            # In the span's context, so the point carries an exemplar pointing at it
+            # (only when the span is exported: the SDK keeps exemplars of sampled spans).
+            trace_id, span_id, flags = ids
+            context = in_span((trace_id, span_id, flags if exported else 0))
+            self._meters.of(block.pid, resource).record(block, context)
+
+    def _hang(self, block: Block) -> None:
+        """A log record now, tied to the span the block will get when it ends."""
+        if self._logs is None:
+            return
+        ids = self._ids.ongoing(block)
+        self._logs.put(hang_record(block, ids, self._resources.of(block.pid, block.process)))
+        self._wake.set()  # a hang is news: do not wait for a batch
+
+    def _loop_times(self, times: LoopTimes) -> None:
+        if self._meters is None:
+            return
+        self._meters.loop_times(times)
+        for identity in times.identities:
+            self._meters.of(identity.pid, self._resources.of(identity.pid, identity))
+
+    def _queues(self) -> list[DeliveryQueue[ReadableSpan] | DeliveryQueue[ReadableLogRecord]]:
+        return [queue for queue in (self._spans, self._logs) if queue is not None]
+
+    def _dropped(self) -> list[tuple[str, int]]:
+        return [(queue.what, queue.dropped) for queue in self._queues()]
+
+    def _timeout_ms(self) -> int:
+        return int(self._settings.shutdown_timeout_s * 1000)
+
+    def _work(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._settings.schedule_delay_s)
+            self._wake.clear()
+            now = time.monotonic()
+            for queue in self._queues():
+                queue.deliver(now)
+        deadline = time.monotonic() + self._settings.shutdown_timeout_s
+        for queue in self._queues():
+            while len(queue) and time.monotonic() < deadline:
+                if not queue.deliver(time.monotonic(), final=True):
+                    break
