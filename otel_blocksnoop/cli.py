@@ -25,6 +25,7 @@ from otel_blocksnoop.export.console import ConsoleSink
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 from otel_blocksnoop.export.sink import Sink
 from otel_blocksnoop.kernel.detector import Detector, DetectorConfig, program_cflags, program_source
+from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.target import (
     ExitWatch,
     LaunchedCommand,
@@ -317,7 +318,7 @@ def _sinks(args: Arguments, settings: otlp.OtlpSettings) -> list[Sink]:
             problem,
             settings.max_queue,
         )
-    sinks.append(OtelSink(otlp.build_exporters(settings), settings))
+    sinks.append(OtelSink(otlp.build_exporters(settings), settings, Losses()))
     return sinks
 
 

@@ -24,6 +24,7 @@ from otel_blocksnoop.events import (
     EndReason,
     Frame,
     LoopTimes,
+    Loss,
     ProcessIdentity,
     Sleep,
     ThreadKind,
@@ -32,6 +33,7 @@ from otel_blocksnoop.events import (
 from otel_blocksnoop.export.otel import OtelSink
 from otel_blocksnoop.export.otel.queue import DeliveryQueue
 from otel_blocksnoop.export.otlp import Exporters, settings_from
+from otel_blocksnoop.losses import Losses
 
 APP = ProcessIdentity(
     pid=42,
@@ -117,7 +119,8 @@ class Harness:
         self.spans = InMemorySpanExporter()
         self.logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]  # SDK
         self.metrics: list[CollectingMetrics] = []
-        self.sink = OtelSink(Exporters(self.spans, self.logs, self._metrics), SETTINGS)
+        self.losses = Losses()
+        self.sink = OtelSink(Exporters(self.spans, self.logs, self._metrics), SETTINGS, self.losses)
 
     def _metrics(self) -> MetricExporter:
         exporter = CollectingMetrics()
@@ -247,14 +250,19 @@ def test_records_wait_in_the_queue_while_the_collector_is_away_then_all_arrive()
     # GIVEN a collector that is down
     collector = Outage()
     queue: DeliveryQueue[ReadableSpan] = DeliveryQueue(
-        "spans", lambda batch: collector.export(batch) == SpanExportResult.SUCCESS, 10, 4
+        "spans",
+        lambda batch: collector.export(batch) == SpanExportResult.SUCCESS,
+        10,
+        4,
+        losses=Losses(),
+        pause_s=1.0,
     )
     spans = [ReadableSpan(name=f"s{i}") for i in range(6)]
     for span in spans:
         queue.put(span)
     # WHEN delivery fails, then the collector comes back
     assert not queue.deliver(now=0.0)
-    assert not queue.deliver(now=0.1)  # still backing off: not even tried
+    assert not queue.deliver(now=0.1)  # the next round has not come: not even tried
     assert collector.refused == 1
     collector.up.set()
     assert queue.deliver(now=10.0)
@@ -265,8 +273,14 @@ def test_records_wait_in_the_queue_while_the_collector_is_away_then_all_arrive()
 
 def test_a_full_queue_drops_the_oldest_and_counts_them() -> None:
     collector = Outage()
+    losses = Losses()
     queue: DeliveryQueue[ReadableSpan] = DeliveryQueue(
-        "spans", lambda batch: collector.export(batch) == SpanExportResult.SUCCESS, 3, 2
+        "spans",
+        lambda batch: collector.export(batch) == SpanExportResult.SUCCESS,
+        3,
+        2,
+        losses=losses,
+        pause_s=1.0,
     )
     for index in range(5):
         queue.put(ReadableSpan(name=f"s{index}"))
@@ -274,3 +288,53 @@ def test_a_full_queue_drops_the_oldest_and_counts_them() -> None:
     queue.deliver(now=0.0)
     assert queue.dropped == 2
     assert [s.name for s in collector.received] == ["s2", "s3", "s4"]
+    assert losses.total(Loss.EXPORT_QUEUE) == 2
+
+
+class Stuck(SpanExporter):
+    """A collector that takes an export and never answers, until the exporter is shut down."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.threads: list[str] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        _ = spans
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self.released.wait()
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.released.set()
+
+
+def test_what_the_collector_never_took_is_counted_undelivered_at_shutdown() -> None:
+    # GIVEN a collector that refuses everything
+    collector = Outage()
+    losses = Losses()
+    sink = OtelSink(Exporters(collector, None, None), SETTINGS, losses)
+    # WHEN three blocks are exported and the sidecar stops
+    for index in range(3):
+        sink.export(replace(BLOCK, start_ns=BLOCK.start_ns + index))
+    sink.shutdown()
+    # THEN the three are counted as undelivered, none as dropped from a full queue
+    assert collector.received == []
+    assert losses.total(Loss.EXPORT_UNDELIVERED) == 3
+    assert losses.total(Loss.EXPORT_QUEUE) == 0
+
+
+def test_one_thread_exports_and_shutdown_keeps_its_deadline_with_an_export_under_way() -> None:
+    # GIVEN an export under way that would never end by itself
+    collector = Stuck()
+    losses = Losses()
+    settings = replace(SETTINGS, shutdown_timeout_s=0.05)
+    sink = OtelSink(Exporters(collector, None, None), settings, losses)
+    sink.export(BLOCK)
+    assert collector.entered.wait(5)
+    # WHEN the sidecar stops
+    sink.shutdown()
+    # THEN the export ran on the export thread, and the span in flight is counted undelivered
+    assert collector.threads == ["otlp-export"]
+    assert losses.total(Loss.EXPORT_UNDELIVERED) == 1

@@ -1,9 +1,9 @@
 """``OtelSink``: blocks as spans, hangs as log records, durations and loop time as metrics.
 
 Spans and hang records wait in bounded queues in front of the SDK's OTLP
-exporters: ``export`` never blocks the pipeline; a record leaves its queue
-only once delivered, so a collector that is down or restarting loses
-nothing until the queue is full; then the oldest records are dropped,
+exporters (``queue``): ``export`` never blocks the pipeline; a record leaves
+its queue only once delivered, so a collector that is down or restarting
+loses nothing until the queue is full; then the oldest records are dropped,
 counted, and reported once. A stopping sidecar keeps delivering for up to
 ``shutdown_timeout_s``. The SDK's batch processor is not used because it
 drops failed batches and does not tell how many it dropped.
@@ -12,8 +12,6 @@ drops failed batches and does not tell how many it dropped.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import TYPE_CHECKING
 
 from opentelemetry.sdk._logs import ReadableLogRecord
@@ -23,12 +21,13 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_blocksnoop.events import Block, LoopTimes, Record
 from otel_blocksnoop.export.otel.metrics import Meters
-from otel_blocksnoop.export.otel.queue import DeliveryQueue
+from otel_blocksnoop.export.otel.queue import DeliveryQueue, DeliveryWorker
 from otel_blocksnoop.export.otel.resource import Resources
 from otel_blocksnoop.export.otel.spans import SpanIds, block_span, hang_record, in_span, sampled
 
 if TYPE_CHECKING:
     from otel_blocksnoop.export.otlp import Exporters, OtlpSettings
+    from otel_blocksnoop.losses import Losses
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 class OtelSink:
     """Blocks as spans, hangs as log records, durations and loop time as metrics."""
 
-    def __init__(self, exporters: Exporters, settings: OtlpSettings) -> None:
+    def __init__(self, exporters: Exporters, settings: OtlpSettings, losses: Losses) -> None:
         self._settings = settings
         self._ids = SpanIds()
         self._resources = Resources(settings.fallback_service)
@@ -51,6 +50,8 @@ class OtelSink:
                 lambda batch: spans.export(batch) == SpanExportResult.SUCCESS,
                 settings.max_queue,
                 settings.batch_size,
+                losses=losses,
+                pause_s=settings.schedule_delay_s,
             )
         if exporters.logs is not None:
             logs = exporters.logs
@@ -59,6 +60,8 @@ class OtelSink:
                 lambda batch: logs.export(batch) == LogRecordExportResult.SUCCESS,
                 settings.max_queue,
                 settings.batch_size,
+                losses=losses,
+                pause_s=settings.schedule_delay_s,
             )
         self._meters: Meters | None = None
         if exporters.metrics is not None:
@@ -66,10 +69,7 @@ class OtelSink:
                 exporters.metrics, settings.metric_interval_ms, self._timeout_ms()
             )
             self._meters.add_sidecar(self._dropped)
-        self._wake = threading.Event()
-        self._stopping = False
-        self._worker = threading.Thread(target=self._work, name="otlp-export", daemon=True)
-        self._worker.start()
+        self._worker = DeliveryWorker(self._queues(), settings.schedule_delay_s)
 
     def export(self, record: Record) -> None:
         match record:
@@ -91,16 +91,15 @@ class OtelSink:
                 pending,
                 self._settings.shutdown_timeout_s,
             )
-        self._stopping = True
-        self._wake.set()
-        self._worker.join(self._settings.shutdown_timeout_s)
+        self._worker.stop(self._settings.shutdown_timeout_s)
+        undelivered = [queue.close() for queue in self._queues()]
         for exporter in (self._span_exporter, self._log_exporter):
             if exporter is not None:
-                exporter.shutdown()
+                exporter.shutdown()  # also ends a retry still under way
         if self._meters is not None:
             self._meters.shutdown()
-        for queue in self._queues():
-            lost = queue.dropped + len(queue) + queue.in_flight
+        for queue, left in zip(self._queues(), undelivered, strict=True):
+            lost = queue.dropped + left
             if lost:
                 log.warning(
                     "failed to deliver %d %s over OTLP (%d delivered): the collector "
@@ -119,7 +118,7 @@ class OtelSink:
             and exported
             and self._spans.put(block_span(block, ids, resource))
         ):
-            self._wake.set()
+            self._worker.wake()
         if self._meters is not None:
             # In the span's context, so the point carries an exemplar pointing at it
             # (only when the span is exported: the SDK keeps exemplars of sampled spans).
@@ -133,7 +132,7 @@ class OtelSink:
             return
         ids = self._ids.ongoing(block)
         self._logs.put(hang_record(block, ids, self._resources.of(block.pid, block.process)))
-        self._wake.set()  # a hang is news: do not wait for a batch
+        self._worker.wake()  # a hang is news: do not wait for a batch
 
     def _loop_times(self, times: LoopTimes) -> None:
         if self._meters is None:
@@ -150,16 +149,3 @@ class OtelSink:
 
     def _timeout_ms(self) -> int:
         return int(self._settings.shutdown_timeout_s * 1000)
-
-    def _work(self) -> None:
-        while not self._stopping:
-            self._wake.wait(self._settings.schedule_delay_s)
-            self._wake.clear()
-            now = time.monotonic()
-            for queue in self._queues():
-                queue.deliver(now)
-        deadline = time.monotonic() + self._settings.shutdown_timeout_s
-        for queue in self._queues():
-            while len(queue) and time.monotonic() < deadline:
-                if not queue.deliver(time.monotonic(), final=True):
-                    break
