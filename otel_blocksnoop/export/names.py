@@ -81,6 +81,10 @@ LOST_EVENTS: Final = "blocksnoop.events.lost"
 DROPPED: Final = "blocksnoop.export.dropped"
 SIGNAL: Final = "blocksnoop.signal"
 """Attribute of ``DROPPED``: which queue dropped (``spans``, ``hang records``)."""
+LOST: Final = "blocksnoop.lost"
+"""Everything dropped or lost, by any stage, one series per ``LOST_WHAT``."""
+LOST_WHAT: Final = "blocksnoop.lost.what"
+"""Attribute of ``LOST``: what was lost and where (an ``events.Loss`` value)."""
 DURATION_BUCKETS_S: Final = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip

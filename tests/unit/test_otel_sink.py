@@ -338,3 +338,22 @@ def test_one_thread_exports_and_shutdown_keeps_its_deadline_with_an_export_under
     # THEN the export ran on the export thread, and the span in flight is counted undelivered
     assert collector.threads == ["otlp-export"]
     assert losses.total(Loss.EXPORT_UNDELIVERED) == 1
+
+
+def test_every_kind_of_loss_is_one_counter_family_under_the_sidecars_resource() -> None:
+    # GIVEN losses counted by several stages, and blocks the kernel could not hand over
+    harness = Harness()
+    harness.losses.add(Loss.KERNEL_THREADS, 2)
+    harness.losses.add(Loss.CONTEXT_LATE)
+    harness.sink.export(LoopTimes(threads=(), lost_events=5, identities=()))
+    # WHEN the sidecar stops (the meters export a last time)
+    harness.sink.shutdown()
+    # THEN blocksnoop.lost has one series per kind, and the older counters keep their meaning
+    points = harness.points("otel-blocksnoop")
+    lost = {p.attributes["blocksnoop.lost.what"]: p.value for p in points["blocksnoop.lost"]}
+    assert lost == {**dict.fromkeys(map(str, Loss), 0), "kernel.threads": 2, "context.late": 1}
+    assert [p.value for p in points["blocksnoop.events.lost"]] == [5]
+    dropped = {
+        p.attributes["blocksnoop.signal"]: p.value for p in points["blocksnoop.export.dropped"]
+    }
+    assert dropped == {"spans": 0, "hang records": 0}

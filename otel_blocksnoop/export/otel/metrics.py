@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import Attributes
 
     from otel_blocksnoop.events import Block, LoopTimes
+    from otel_blocksnoop.losses import Losses
 
 
 class ProcessMeters:
@@ -88,11 +89,19 @@ class SidecarMeters:
         provider: MeterProvider,
         times: Callable[[], LoopTimes | None],
         dropped: Callable[[], Iterable[tuple[str, int]]],
+        losses: Losses,
     ) -> None:
         self.provider = provider
         self._times = times
         self._dropped = dropped
+        self._losses = losses
         meter = provider.get_meter(names.SCOPE_NAME, __version__)
+        meter.create_observable_counter(
+            names.LOST,
+            callbacks=[self._observe_losses],
+            unit="{item}",
+            description="Everything dropped or lost on the way, by what and where",
+        )
         meter.create_observable_counter(
             names.LOST_EVENTS,
             callbacks=[self._observe_lost_events],
@@ -105,6 +114,12 @@ class SidecarMeters:
             unit="{record}",
             description="Spans and hang records dropped because the collector was away",
         )
+
+    def _observe_losses(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {names.LOST_WHAT: str(what)})
+            for what, count in self._losses.snapshot()
+        ]
 
     def _observe_lost_events(self, _options: CallbackOptions) -> Iterable[Observation]:
         times = self._times()
@@ -153,10 +168,10 @@ class Meters:
         """The newest loop times, read when the counters are next collected."""
         self._times = times
 
-    def add_sidecar(self, dropped: Callable[[], Iterable[tuple[str, int]]]) -> None:
+    def add_sidecar(self, dropped: Callable[[], Iterable[tuple[str, int]]], losses: Losses) -> None:
         """Report the sidecar's own health under its own resource."""
         provider = self._provider(sidecar_resource())
-        self._sidecar = SidecarMeters(provider, self._last_times, dropped)
+        self._sidecar = SidecarMeters(provider, self._last_times, dropped, losses)
 
     def shutdown(self) -> None:
         """Export a last time and stop every provider."""

@@ -68,7 +68,7 @@ class OtelSink:
             self._meters = Meters(
                 exporters.metrics, settings.metric_interval_ms, self._timeout_ms()
             )
-            self._meters.add_sidecar(self._dropped)
+            self._meters.add_sidecar(self._dropped, losses)
         self._worker = DeliveryWorker(self._queues(), settings.schedule_delay_s)
 
     def export(self, record: Record) -> None:
