@@ -19,6 +19,7 @@ from otel_blocksnoop.export.formatting import (
     format_traceback,
     human_duration,
     local_clock,
+    losses_of,
 )
 
 _HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}  CAUSE"
@@ -147,6 +148,8 @@ class ConsoleSink:
             self._write(
                 f"    not event loops, not reported: {summary.ignored_blocks} blocks on {threads}"
             )
+        if lost := losses_of(summary):
+            self._write(f"    lost: {', '.join(f'{what} {count}' for what, count in lost.items())}")
 
     def shutdown(self) -> None:
         if self._stats_line_open:

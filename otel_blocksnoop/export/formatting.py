@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from otel_blocksnoop.events import NS_PER_MS, NS_PER_S, Block, Cause, Frame
+from otel_blocksnoop.events import NS_PER_MS, NS_PER_S, Block, Cause, Frame, SessionSummary
 
 
 def ms(ns: int) -> float:
@@ -56,3 +56,8 @@ def format_traceback(stack: Sequence[Frame], source_lines: Sequence[str | None] 
 def seconds(ns: int) -> float:
     """Nanoseconds as seconds, the unit of OpenTelemetry durations."""
     return ns / NS_PER_S
+
+
+def losses_of(summary: SessionSummary) -> dict[str, int]:
+    """The kinds of loss that happened, with their totals, in the enum's order."""
+    return {str(what): count for what, count in summary.losses if count}

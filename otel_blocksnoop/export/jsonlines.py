@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from otel_blocksnoop.events import Block, Frame, IterationStats, Record, SessionSummary
-from otel_blocksnoop.export.formatting import iso_utc, ms
+from otel_blocksnoop.export.formatting import iso_utc, losses_of, ms
 
 
 def _frame(frame: Frame) -> dict[str, Any]:
@@ -98,6 +98,7 @@ def _summary_record(summary: SessionSummary) -> dict[str, Any]:
             for tid, name, kind in summary.ignored_threads
         ],
         "duration_s": round(summary.duration_s, 3),
+        "lost": losses_of(summary),
     }
 
 

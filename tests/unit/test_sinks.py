@@ -11,6 +11,7 @@ from otel_blocksnoop.events import (
     EndReason,
     Frame,
     IterationStats,
+    Loss,
     SessionSummary,
     Sleep,
     ThreadKind,
@@ -196,3 +197,27 @@ def test_traceback_text_is_most_recent_call_last_with_source_lines() -> None:
         '  File "/srv/app.py", line 12, in handler',
         "    time.sleep(0.2)",
     ]
+
+
+LOSSY = replace(
+    SUMMARY,
+    losses=((Loss.KERNEL_EVENTS, 0), (Loss.CONTEXT_LATE, 3), (Loss.EXPORT_QUEUE, 2)),
+)
+
+
+def test_json_summary_lists_the_losses_that_happened() -> None:
+    stream = io.StringIO()
+    sink = JsonLinesSink(stream)
+    sink.export(SUMMARY)
+    sink.export(LOSSY)
+    clean, lossy = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert clean["lost"] == {}
+    assert lossy["lost"] == {"context.late": 3, "export.queue": 2}
+    assert lossy["lost_events"] == 0
+
+
+def test_console_summary_lists_the_losses_that_happened_on_a_line_of_their_own() -> None:
+    stream = io.StringIO()
+    ConsoleSink(stream).export(LOSSY)
+    *_, lost = stream.getvalue().splitlines()
+    assert lost == "    lost: context.late 3, export.queue 2"
