@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
@@ -25,12 +25,23 @@ if TYPE_CHECKING:
     from otel_blocksnoop.losses import Losses
 
 
+Callback = Callable[[CallbackOptions], Iterable[Observation]]
+Times = Callable[[], "LoopTimes | None"]  # the newest loop times, if any yet
+Dropped = Callable[[], Iterable[tuple[str, int]]]  # records dropped so far, per queue
+
+
+def _observable_counters(meter: Meter, *counters: tuple[str, str, str, Callback]) -> None:
+    """Counters read when metrics are collected; each is (name, unit, description, callback)."""
+    for name, unit, description, callback in counters:
+        meter.create_observable_counter(
+            name, callbacks=[callback], unit=unit, description=description
+        )
+
+
 class ProcessMeters:
     """The meters of one watched process, under its resource."""
 
-    def __init__(
-        self, provider: MeterProvider, pid: int, times: Callable[[], LoopTimes | None]
-    ) -> None:
+    def __init__(self, provider: MeterProvider, pid: int, times: Times) -> None:
         self.provider = provider
         self.pid = pid
         self._times = times
@@ -44,17 +55,20 @@ class ProcessMeters:
         self._blocks = meter.create_counter(
             names.BLOCKS, unit="{block}", description="Event-loop blocks reported"
         )
-        meter.create_observable_counter(
-            names.LOOP_TIME,
-            callbacks=[self._loop_time],
-            unit="s",
-            description="Time each loop thread spent busy (out of epoll) and idle (in epoll)",
-        )
-        meter.create_observable_counter(
-            names.LOOP_ITERATIONS,
-            callbacks=[self._iterations],
-            unit="{iteration}",
-            description="Event-loop iterations of each loop thread",
+        _observable_counters(
+            meter,
+            (
+                names.LOOP_TIME,
+                "s",
+                "Time each loop thread spent busy (out of epoll) and idle (in epoll)",
+                self._loop_time,
+            ),
+            (
+                names.LOOP_ITERATIONS,
+                "{iteration}",
+                "Event-loop iterations of each loop thread",
+                self._iterations,
+            ),
         )
 
     def record(self, block: Block, context: Context) -> None:
@@ -85,34 +99,32 @@ class SidecarMeters:
     """The sidecar's own health, under its own resource."""
 
     def __init__(
-        self,
-        provider: MeterProvider,
-        times: Callable[[], LoopTimes | None],
-        dropped: Callable[[], Iterable[tuple[str, int]]],
-        losses: Losses,
+        self, provider: MeterProvider, times: Times, dropped: Dropped, losses: Losses
     ) -> None:
         self.provider = provider
         self._times = times
         self._dropped = dropped
         self._losses = losses
-        meter = provider.get_meter(names.SCOPE_NAME, __version__)
-        meter.create_observable_counter(
-            names.LOST,
-            callbacks=[self._observe_losses],
-            unit="{item}",
-            description="Everything dropped or lost on the way, by what and where",
-        )
-        meter.create_observable_counter(
-            names.LOST_EVENTS,
-            callbacks=[self._observe_lost_events],
-            unit="{block}",
-            description="Blocks the kernel could not hand over (ring buffer full)",
-        )
-        meter.create_observable_counter(
-            names.DROPPED,
-            callbacks=[self._observe_dropped],
-            unit="{record}",
-            description="Spans and hang records dropped because the collector was away",
+        _observable_counters(
+            provider.get_meter(names.SCOPE_NAME, __version__),
+            (
+                names.LOST,
+                "{item}",
+                "Everything dropped or lost on the way, by what and where",
+                self._observe_losses,
+            ),
+            (
+                names.LOST_EVENTS,
+                "{block}",
+                "Blocks the kernel could not hand over (ring buffer full)",
+                self._observe_lost_events,
+            ),
+            (
+                names.DROPPED,
+                "{record}",
+                "Spans and hang records dropped because the collector was away",
+                self._observe_dropped,
+            ),
         )
 
     def _observe_losses(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -12,7 +12,8 @@ drops failed batches and does not tell how many it dropped.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
@@ -31,6 +32,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+SUCCESS = frozenset({SpanExportResult.SUCCESS, LogRecordExportResult.SUCCESS})
+
+
+class _Exporter(Protocol[T_contra]):
+    """The SDK's span and log record exporters, as far as a queue needs them."""
+
+    def export(self, batch: Sequence[T_contra], /) -> SpanExportResult | LogRecordExportResult:
+        """Send one batch (the exporter retries transient failures itself)."""
+
+
+def _queue(
+    what: str, exporter: _Exporter[T], settings: OtlpSettings, losses: Losses
+) -> DeliveryQueue[T]:
+    """A queue in front of ``exporter``; a batch is delivered when it reports success."""
+    return DeliveryQueue(
+        what,
+        lambda batch: exporter.export(batch) in SUCCESS,
+        settings.max_queue,
+        settings.batch_size,
+        losses=losses,
+        pause_s=settings.schedule_delay_s,
+    )
+
 
 class OtelSink:
     """Blocks as spans, hangs as log records, durations and loop time as metrics."""
@@ -39,30 +65,10 @@ class OtelSink:
         self._settings = settings
         self._ids = SpanIds()
         self._resources = Resources(settings.fallback_service)
-        self._spans: DeliveryQueue[ReadableSpan] | None = None
-        self._logs: DeliveryQueue[ReadableLogRecord] | None = None
-        self._span_exporter = exporters.spans
-        self._log_exporter = exporters.logs
-        if exporters.spans is not None:
-            spans = exporters.spans
-            self._spans = DeliveryQueue(
-                "spans",
-                lambda batch: spans.export(batch) == SpanExportResult.SUCCESS,
-                settings.max_queue,
-                settings.batch_size,
-                losses=losses,
-                pause_s=settings.schedule_delay_s,
-            )
-        if exporters.logs is not None:
-            logs = exporters.logs
-            self._logs = DeliveryQueue(
-                "hang records",
-                lambda batch: logs.export(batch) == LogRecordExportResult.SUCCESS,
-                settings.max_queue,
-                settings.batch_size,
-                losses=losses,
-                pause_s=settings.schedule_delay_s,
-            )
+        self._span_exporter = spans = exporters.spans
+        self._log_exporter = logs = exporters.logs
+        self._spans = None if spans is None else _queue("spans", spans, settings, losses)
+        self._logs = None if logs is None else _queue("hang records", logs, settings, losses)
         self._meters: Meters | None = None
         if exporters.metrics is not None:
             self._meters = Meters(
