@@ -29,9 +29,6 @@ from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import ExitCode
 from otel_blocksnoop.events import (
     NS_PER_MS,
-    Block,
-    IterationStats,
-    LoopTimes,
     Record,
     SessionSummary,
 )
@@ -138,17 +135,7 @@ class Session:
 
     def _emit(self, record: Record) -> None:
         for sink in self._sinks:
-            match record:
-                case Block() if record.in_progress:
-                    sink.export_hang(record)
-                case Block():
-                    sink.export(record)
-                case IterationStats():
-                    sink.export_stats(record)
-                case LoopTimes():
-                    sink.export_loop_times(record)
-                case SessionSummary():
-                    sink.export_summary(record)
+            sink.export(record)
 
     def _warn_lost(self) -> None:
         lost = self._detector.counters().lost_events
@@ -261,8 +248,7 @@ def _sinks(config: Config, losses: Losses) -> list[Sink]:
             problem,
             settings.max_queue,
         )
-    _ = losses  # the OTel sink counts its drops here once it takes them
-    sinks.append(OtelSink(otlp.build_exporters(settings), settings))
+    sinks.append(OtelSink(otlp.build_exporters(settings), settings, losses))
     return sinks
 
 

@@ -77,14 +77,3 @@ def attribute(stacks: Sequence[tuple[Frame, ...]]) -> Attribution | None:
         busy_samples=len(busy),
         call_site=call_site(stack),
     )
-
-
-def format_traceback(stack: Sequence[Frame], source_lines: Sequence[str | None] = ()) -> str:
-    """Python-style traceback text, most recent call last; ``source_lines`` align with ``stack``."""
-    out = ["Traceback (most recent call last):"]
-    for index, frame in enumerate(stack):
-        out.append(f'  File "{frame.file}", line {frame.line}, in {frame.function}')
-        source = source_lines[index] if index < len(source_lines) else None
-        if source:
-            out.append(f"    {source}")
-    return "\n".join(out)

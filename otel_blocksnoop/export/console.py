@@ -6,16 +6,21 @@ import sys
 import time
 from typing import TextIO
 
-from otel_blocksnoop.analysis.attribution import format_traceback
 from otel_blocksnoop.events import (
     Block,
     EndReason,
     Frame,
     IterationStats,
-    LoopTimes,
+    Record,
     SessionSummary,
 )
-from otel_blocksnoop.export.formatting import cause_text, human_duration, local_clock
+from otel_blocksnoop.export.formatting import (
+    cause_text,
+    format_traceback,
+    human_duration,
+    local_clock,
+    losses_of,
+)
 
 _HEADER = f"{'TIME':<12}  {'PID':>7}  {'TID':>7}  {'THREAD':<16}  {'BLOCKED':>9}  CAUSE"
 _PERCENTILES = (0.5, 0.9, 0.99)
@@ -53,11 +58,21 @@ class ConsoleSink:
         self._stream.write(line + "\n")
         self._stream.flush()
 
-    def export(self, block: Block) -> None:
-        self._hang_stacks.pop((block.pid, block.tid, block.start_ns), None)
-        self._block(block)
+    def export(self, record: Record) -> None:
+        match record:
+            case Block(in_progress=True):
+                self._hang(record)
+            case Block():
+                self._hang_stacks.pop((record.pid, record.tid, record.start_ns), None)
+                self._block(record)
+            case IterationStats():
+                self._stats(record)
+            case SessionSummary():
+                self._summary(record)
+            case _:
+                pass  # loop times are for metrics; the console shows blocks
 
-    def export_hang(self, block: Block) -> None:
+    def _hang(self, block: Block) -> None:
         key = (block.pid, block.tid, block.start_ns)
         repeat = self._hang_stacks.get(key) == block.stack
         if key in self._hang_stacks or len(self._hang_stacks) < MAX_HANGS_REMEMBERED:
@@ -94,7 +109,7 @@ class ConsoleSink:
         if notes:
             self._write(f"    ({'; '.join(notes)})")
 
-    def export_stats(self, stats: IterationStats) -> None:
+    def _stats(self, stats: IterationStats) -> None:
         parts = [
             time.strftime("%H:%M:%S"),
             f"{stats.rate_per_s:,.0f} iterations/s",
@@ -114,10 +129,7 @@ class ConsoleSink:
         else:
             self._write(line)
 
-    def export_loop_times(self, times: LoopTimes) -> None:
-        """Utilization is for metrics; the console shows blocks."""
-
-    def export_summary(self, summary: SessionSummary) -> None:
+    def _summary(self, summary: SessionSummary) -> None:
         text = (
             f"{summary.blocks} block{'s' if summary.blocks != 1 else ''} in "
             f"{summary.duration_s:.1f} s"
@@ -136,9 +148,8 @@ class ConsoleSink:
             self._write(
                 f"    not event loops, not reported: {summary.ignored_blocks} blocks on {threads}"
             )
-
-    def force_flush(self) -> None:
-        self._stream.flush()
+        if lost := losses_of(summary):
+            self._write(f"    lost: {', '.join(f'{what} {count}' for what, count in lost.items())}")
 
     def shutdown(self) -> None:
         if self._stats_line_open:

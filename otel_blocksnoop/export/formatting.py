@@ -1,10 +1,11 @@
-"""Units and time formats shared by the human and JSON sinks."""
+"""Units, time formats and tracebacks shared by the sinks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from otel_blocksnoop.events import NS_PER_MS, NS_PER_S, Block, Cause
+from otel_blocksnoop.events import NS_PER_MS, NS_PER_S, Block, Cause, Frame, SessionSummary
 
 
 def ms(ns: int) -> float:
@@ -39,3 +40,24 @@ def cause_text(block: Block) -> str:
     if block.cause == Cause.SYSCALL and block.syscall:
         return f"{block.syscall}()"
     return str(block.cause)
+
+
+def format_traceback(stack: Sequence[Frame], source_lines: Sequence[str | None] = ()) -> str:
+    """Python-style traceback text, most recent call last; ``source_lines`` align with ``stack``."""
+    out = ["Traceback (most recent call last):"]
+    for index, frame in enumerate(stack):
+        out.append(f'  File "{frame.file}", line {frame.line}, in {frame.function}')
+        source = source_lines[index] if index < len(source_lines) else None
+        if source:
+            out.append(f"    {source}")
+    return "\n".join(out)
+
+
+def seconds(ns: int) -> float:
+    """Nanoseconds as seconds, the unit of OpenTelemetry durations."""
+    return ns / NS_PER_S
+
+
+def losses_of(summary: SessionSummary) -> dict[str, int]:
+    """The kinds of loss that happened, with their totals, in the enum's order."""
+    return {str(what): count for what, count in summary.losses if count}

@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from otel_blocksnoop.events import Block, Frame, IterationStats, LoopTimes, SessionSummary
-from otel_blocksnoop.export.formatting import iso_utc, ms
+from otel_blocksnoop.events import Block, Frame, IterationStats, Record, SessionSummary
+from otel_blocksnoop.export.formatting import iso_utc, losses_of, ms
 
 
 def _frame(frame: Frame) -> dict[str, Any]:
@@ -69,8 +69,41 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
     }
 
 
+def _stats_record(stats: IterationStats) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "type": "stats",
+        "interval_s": round(stats.interval_s, 3),
+        "iterations": stats.count,
+        "rate_per_s": round(stats.rate_per_s, 1),
+        "min_ms": ms(stats.min_ns),
+        "avg_ms": ms(stats.avg_ns),
+    }
+    for fraction, value in sorted(stats.percentiles_ns.items()):
+        record[f"p{fraction * 100:g}_ms"] = ms(value)
+    record["max_ms"] = ms(stats.max_ns)
+    return record
+
+
+def _summary_record(summary: SessionSummary) -> dict[str, Any]:
+    return {
+        "type": "summary",
+        "blocks": summary.blocks,
+        "blocked_ms": ms(summary.blocked_ns),
+        "max_block_ms": ms(summary.max_block_ns),
+        "lost_events": summary.lost_events,
+        "iterations": summary.iterations,
+        "ignored_blocks": summary.ignored_blocks,
+        "ignored_threads": [
+            {"tid": tid, "thread_name": name, "thread_kind": str(kind)}
+            for tid, name, kind in summary.ignored_threads
+        ],
+        "duration_s": round(summary.duration_s, 3),
+        "lost": losses_of(summary),
+    }
+
+
 class JsonLinesSink:
-    """``{"type": "block" | "stats" | "summary", ...}`` records on a stream."""
+    """``{"type": "block" | "hang" | "stats" | "summary", ...}`` records on a stream."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
@@ -79,49 +112,18 @@ class JsonLinesSink:
         self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._stream.flush()
 
-    def export(self, block: Block) -> None:
-        self._emit(_block_record("block", block))
-
-    def export_hang(self, block: Block) -> None:
-        self._emit(_block_record("hang", block))
-
-    def export_stats(self, stats: IterationStats) -> None:
-        record: dict[str, Any] = {
-            "type": "stats",
-            "interval_s": round(stats.interval_s, 3),
-            "iterations": stats.count,
-            "rate_per_s": round(stats.rate_per_s, 1),
-            "min_ms": ms(stats.min_ns),
-            "avg_ms": ms(stats.avg_ns),
-        }
-        for fraction, value in sorted(stats.percentiles_ns.items()):
-            record[f"p{fraction * 100:g}_ms"] = ms(value)
-        record["max_ms"] = ms(stats.max_ns)
-        self._emit(record)
-
-    def export_loop_times(self, times: LoopTimes) -> None:
-        """Utilization is for metrics; JSON lines carry blocks."""
-
-    def export_summary(self, summary: SessionSummary) -> None:
-        self._emit(
-            {
-                "type": "summary",
-                "blocks": summary.blocks,
-                "blocked_ms": ms(summary.blocked_ns),
-                "max_block_ms": ms(summary.max_block_ns),
-                "lost_events": summary.lost_events,
-                "iterations": summary.iterations,
-                "ignored_blocks": summary.ignored_blocks,
-                "ignored_threads": [
-                    {"tid": tid, "thread_name": name, "thread_kind": str(kind)}
-                    for tid, name, kind in summary.ignored_threads
-                ],
-                "duration_s": round(summary.duration_s, 3),
-            }
-        )
-
-    def force_flush(self) -> None:
-        self._stream.flush()
+    def export(self, record: Record) -> None:
+        match record:
+            case Block(in_progress=True):
+                self._emit(_block_record("hang", record))
+            case Block():
+                self._emit(_block_record("block", record))
+            case IterationStats():
+                self._emit(_stats_record(record))
+            case SessionSummary():
+                self._emit(_summary_record(record))
+            case _:
+                pass  # loop times are for metrics; JSON lines carry blocks
 
     def shutdown(self) -> None:
         self._stream.flush()

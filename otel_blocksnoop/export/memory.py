@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.events import Block, IterationStats, LoopTimes, SessionSummary
+from otel_blocksnoop.events import Block, IterationStats, LoopTimes, Record, SessionSummary
 
 
 class MemorySink:
-    """Collects what it is given; ``shut_down`` tells whether shutdown ran."""
+    """Collects what it is given, by kind; ``shut_down`` tells whether shutdown ran."""
 
     def __init__(self) -> None:
         self.blocks: list[Block] = []
@@ -16,23 +16,18 @@ class MemorySink:
         self.summaries: list[SessionSummary] = []
         self.shut_down = False
 
-    def export(self, block: Block) -> None:
-        self.blocks.append(block)
-
-    def export_hang(self, block: Block) -> None:
-        self.hangs.append(block)
-
-    def export_stats(self, stats: IterationStats) -> None:
-        self.stats.append(stats)
-
-    def export_loop_times(self, times: LoopTimes) -> None:
-        self.loop_times.append(times)
-
-    def export_summary(self, summary: SessionSummary) -> None:
-        self.summaries.append(summary)
-
-    def force_flush(self) -> None:
-        """Nothing is buffered."""
+    def export(self, record: Record) -> None:
+        match record:
+            case Block(in_progress=True):
+                self.hangs.append(record)
+            case Block():
+                self.blocks.append(record)
+            case IterationStats():
+                self.stats.append(record)
+            case LoopTimes():
+                self.loop_times.append(record)
+            case SessionSummary():
+                self.summaries.append(record)
 
     def shutdown(self) -> None:
         self.shut_down = True

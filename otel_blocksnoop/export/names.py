@@ -72,13 +72,24 @@ LOOP_STATE: Final = "blocksnoop.eventloop.state"  # busy | idle
 TASK_NAME: Final = "blocksnoop.task.name"  # asyncio.current_task().get_name()
 TASK_COROUTINE: Final = "blocksnoop.task.coroutine"  # its coroutine's __qualname__
 
+SIGNAL: Final = "blocksnoop.signal"  # on DROPPED: spans | hang records
+LOST_WHAT: Final = "blocksnoop.lost.what"  # on LOST: an events.Loss value
+
 # Metrics
 BLOCK_DURATION: Final = "blocksnoop.eventloop.block.duration"
+"""Histogram (s) per watched process: one point per blocked loop iteration (DESIGN.md)."""
 BLOCKS: Final = "blocksnoop.eventloop.blocks"
+"""Counter per watched process, by thread and cause."""
 LOOP_TIME: Final = "blocksnoop.eventloop.time"
+"""Counter (s) per loop thread and ``LOOP_STATE``: busy / (busy + idle) is utilization."""
 LOOP_ITERATIONS: Final = "blocksnoop.eventloop.iterations"
+"""Counter per loop thread."""
 LOST_EVENTS: Final = "blocksnoop.events.lost"
+"""Counter of the sidecar: blocks the kernel could not hand over."""
 DROPPED: Final = "blocksnoop.export.dropped"
+"""Counter of the sidecar, per ``SIGNAL``: records dropped from a full export queue."""
+LOST: Final = "blocksnoop.lost"
+"""Counter of the sidecar, per ``LOST_WHAT``: everything dropped or lost, by any stage."""
 DURATION_BUCKETS_S: Final = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip

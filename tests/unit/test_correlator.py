@@ -3,7 +3,6 @@ from __future__ import annotations
 from otel_blocksnoop.analysis.attribution import (
     attribute,
     call_site,
-    format_traceback,
     is_idle,
     is_library,
 )
@@ -67,13 +66,3 @@ def test_the_most_frequent_busy_stack_wins_and_idle_samples_do_not_vote() -> Non
 
 def test_no_samples_no_attribution() -> None:
     assert attribute([]) is None
-
-
-def test_traceback_text_is_most_recent_call_last_with_source_lines() -> None:
-    text = format_traceback(HANDLER[-2:], [None, "time.sleep(0.2)"])
-    assert text.splitlines() == [
-        "Traceback (most recent call last):",
-        f'  File "{LIB}/asyncio/events.py", line 80, in Handle._run',
-        '  File "/srv/app.py", line 12, in handler',
-        "    time.sleep(0.2)",
-    ]

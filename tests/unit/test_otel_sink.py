@@ -24,13 +24,16 @@ from otel_blocksnoop.events import (
     EndReason,
     Frame,
     LoopTimes,
+    Loss,
     ProcessIdentity,
     Sleep,
     ThreadKind,
     ThreadTimes,
 )
-from otel_blocksnoop.export.otel import DeliveryQueue, OtelSink
+from otel_blocksnoop.export.otel import OtelSink
+from otel_blocksnoop.export.otel.queue import DeliveryQueue
 from otel_blocksnoop.export.otlp import Exporters, settings_from
+from otel_blocksnoop.losses import Losses
 
 APP = ProcessIdentity(
     pid=42,
@@ -116,7 +119,8 @@ class Harness:
         self.spans = InMemorySpanExporter()
         self.logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]  # SDK
         self.metrics: list[CollectingMetrics] = []
-        self.sink = OtelSink(Exporters(self.spans, self.logs, self._metrics), SETTINGS)
+        self.losses = Losses()
+        self.sink = OtelSink(Exporters(self.spans, self.logs, self._metrics), SETTINGS, self.losses)
 
     def _metrics(self) -> MetricExporter:
         exporter = CollectingMetrics()
@@ -187,8 +191,8 @@ def test_hang_reports_are_log_records_that_share_the_final_spans_trace_and_span_
     # GIVEN a hang reported twice while it lasted, then its final block
     harness = Harness()
     so_far = replace(BLOCK, in_progress=True, end_unix_ns=BLOCK.start_unix_ns + 150_000_000)
-    harness.sink.export_hang(so_far)
-    harness.sink.export_hang(replace(so_far, end_unix_ns=BLOCK.start_unix_ns + 1_200_000_000))
+    harness.sink.export(so_far)
+    harness.sink.export(replace(so_far, end_unix_ns=BLOCK.start_unix_ns + 1_200_000_000))
     harness.sink.export(replace(BLOCK, end_reason=EndReason.THREAD_EXITED))
     harness.sink.shutdown()
     # THEN both records point at the span the block got
@@ -207,7 +211,7 @@ def test_durations_go_to_a_histogram_in_seconds_and_loop_time_to_counters() -> N
     harness = Harness()
     harness.sink.export(BLOCK)
     times = ThreadTimes(pid=42, tid=43, iterations=1000, busy_ns=3 * 10**9, idle_ns=7 * 10**9)
-    harness.sink.export_loop_times(LoopTimes(threads=(times,), lost_events=0, identities=(APP,)))
+    harness.sink.export(LoopTimes(threads=(times,), lost_events=0, identities=(APP,)))
     harness.sink.shutdown()
     points = harness.points("checkout")
     (histogram,) = points["blocksnoop.eventloop.block.duration"]
@@ -246,14 +250,19 @@ def test_records_wait_in_the_queue_while_the_collector_is_away_then_all_arrive()
     # GIVEN a collector that is down
     collector = Outage()
     queue: DeliveryQueue[ReadableSpan] = DeliveryQueue(
-        "spans", lambda batch: collector.export(batch) == SpanExportResult.SUCCESS, 10, 4
+        "spans",
+        lambda batch: collector.export(batch) == SpanExportResult.SUCCESS,
+        10,
+        4,
+        losses=Losses(),
+        pause_s=1.0,
     )
     spans = [ReadableSpan(name=f"s{i}") for i in range(6)]
     for span in spans:
         queue.put(span)
     # WHEN delivery fails, then the collector comes back
     assert not queue.deliver(now=0.0)
-    assert not queue.deliver(now=0.1)  # still backing off: not even tried
+    assert not queue.deliver(now=0.1)  # the next round has not come: not even tried
     assert collector.refused == 1
     collector.up.set()
     assert queue.deliver(now=10.0)
@@ -264,8 +273,14 @@ def test_records_wait_in_the_queue_while_the_collector_is_away_then_all_arrive()
 
 def test_a_full_queue_drops_the_oldest_and_counts_them() -> None:
     collector = Outage()
+    losses = Losses()
     queue: DeliveryQueue[ReadableSpan] = DeliveryQueue(
-        "spans", lambda batch: collector.export(batch) == SpanExportResult.SUCCESS, 3, 2
+        "spans",
+        lambda batch: collector.export(batch) == SpanExportResult.SUCCESS,
+        3,
+        2,
+        losses=losses,
+        pause_s=1.0,
     )
     for index in range(5):
         queue.put(ReadableSpan(name=f"s{index}"))
@@ -273,3 +288,72 @@ def test_a_full_queue_drops_the_oldest_and_counts_them() -> None:
     queue.deliver(now=0.0)
     assert queue.dropped == 2
     assert [s.name for s in collector.received] == ["s2", "s3", "s4"]
+    assert losses.total(Loss.EXPORT_QUEUE) == 2
+
+
+class Stuck(SpanExporter):
+    """A collector that takes an export and never answers, until the exporter is shut down."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.threads: list[str] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        _ = spans
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self.released.wait()
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.released.set()
+
+
+def test_what_the_collector_never_took_is_counted_undelivered_at_shutdown() -> None:
+    # GIVEN a collector that refuses everything
+    collector = Outage()
+    losses = Losses()
+    sink = OtelSink(Exporters(collector, None, None), SETTINGS, losses)
+    # WHEN three blocks are exported and the sidecar stops
+    for index in range(3):
+        sink.export(replace(BLOCK, start_ns=BLOCK.start_ns + index))
+    sink.shutdown()
+    # THEN the three are counted as undelivered, none as dropped from a full queue
+    assert collector.received == []
+    assert losses.total(Loss.EXPORT_UNDELIVERED) == 3
+    assert losses.total(Loss.EXPORT_QUEUE) == 0
+
+
+def test_one_thread_exports_and_shutdown_keeps_its_deadline_with_an_export_under_way() -> None:
+    # GIVEN an export under way that would never end by itself
+    collector = Stuck()
+    losses = Losses()
+    settings = replace(SETTINGS, shutdown_timeout_s=0.05)
+    sink = OtelSink(Exporters(collector, None, None), settings, losses)
+    sink.export(BLOCK)
+    assert collector.entered.wait(5)
+    # WHEN the sidecar stops
+    sink.shutdown()
+    # THEN the export ran on the export thread, and the span in flight is counted undelivered
+    assert collector.threads == ["otlp-export"]
+    assert losses.total(Loss.EXPORT_UNDELIVERED) == 1
+
+
+def test_every_kind_of_loss_is_one_counter_family_under_the_sidecars_resource() -> None:
+    # GIVEN losses counted by several stages, and blocks the kernel could not hand over
+    harness = Harness()
+    harness.losses.add(Loss.KERNEL_THREADS, 2)
+    harness.losses.add(Loss.CONTEXT_LATE)
+    harness.sink.export(LoopTimes(threads=(), lost_events=5, identities=()))
+    # WHEN the sidecar stops (the meters export a last time)
+    harness.sink.shutdown()
+    # THEN blocksnoop.lost has one series per kind, and the older counters keep their meaning
+    points = harness.points("otel-blocksnoop")
+    lost = {p.attributes["blocksnoop.lost.what"]: p.value for p in points["blocksnoop.lost"]}
+    assert lost == {**dict.fromkeys(map(str, Loss), 0), "kernel.threads": 2, "context.late": 1}
+    assert [p.value for p in points["blocksnoop.events.lost"]] == [5]
+    dropped = {
+        p.attributes["blocksnoop.signal"]: p.value for p in points["blocksnoop.export.dropped"]
+    }
+    assert dropped == {"spans": 0, "hang records": 0}

@@ -11,11 +11,13 @@ from otel_blocksnoop.events import (
     EndReason,
     Frame,
     IterationStats,
+    Loss,
     SessionSummary,
     Sleep,
     ThreadKind,
 )
 from otel_blocksnoop.export.console import ConsoleSink
+from otel_blocksnoop.export.formatting import format_traceback
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 
 BLOCK = Block(
@@ -58,7 +60,7 @@ def test_json_block_record_has_times_durations_and_thread() -> None:
 def test_json_summary_and_stats_are_one_line_each() -> None:
     stream = io.StringIO()
     sink = JsonLinesSink(stream)
-    sink.export_stats(
+    sink.export(
         IterationStats(
             interval_s=1.0,
             count=100,
@@ -68,7 +70,7 @@ def test_json_summary_and_stats_are_one_line_each() -> None:
             percentiles_ns={0.5: 5 * 10**5, 0.99: 9 * 10**6},
         )
     )
-    sink.export_summary(SUMMARY)
+    sink.export(SUMMARY)
     stats, summary = (json.loads(line) for line in stream.getvalue().splitlines())
     assert stats["rate_per_s"] == 100.0
     assert stats["avg_ms"] == 1.0
@@ -84,7 +86,7 @@ def test_console_prints_a_header_once_then_aligned_rows_and_a_summary() -> None:
     sink = ConsoleSink(stream)
     sink.export(BLOCK)
     sink.export(BLOCK)
-    sink.export_summary(SUMMARY)
+    sink.export(SUMMARY)
     header, row, _, summary, ignored = stream.getvalue().splitlines()
     assert header.split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED", "CAUSE"]
     assert row.split()[1:] == ["10", "11", "loop-1", "123.5", "ms", "unknown"]
@@ -130,7 +132,7 @@ def test_json_block_carries_the_cause_and_the_time_on_and_off_cpu() -> None:
 
 def test_json_hang_is_its_own_record_type_with_no_end_reason_yet() -> None:
     stream = io.StringIO()
-    JsonLinesSink(stream).export_hang(replace(WAITED, in_progress=True))
+    JsonLinesSink(stream).export(replace(WAITED, in_progress=True))
     record = json.loads(stream.getvalue())
     assert record["type"] == "hang"
     assert record["end_reason"] is None
@@ -149,7 +151,7 @@ def test_json_block_without_kernel_books_has_null_times_not_missing_keys() -> No
 def test_console_shows_cause_stack_and_how_a_block_ended() -> None:
     stream = io.StringIO()
     sink = ConsoleSink(stream)
-    sink.export_hang(replace(WAITED, in_progress=True))
+    sink.export(replace(WAITED, in_progress=True))
     sink.export(replace(WAITED, end_reason=EndReason.SIDECAR_STOPPED))
     lines = stream.getvalue().splitlines()
     assert lines[1].endswith("123.5 ms  wait4()  STILL BLOCKED")
@@ -169,8 +171,8 @@ def test_console_repeats_a_hang_on_one_line_while_its_stack_is_the_same() -> Non
     stream = io.StringIO()
     sink = ConsoleSink(stream)
     first = replace(WAITED, in_progress=True)
-    sink.export_hang(first)
-    sink.export_hang(replace(first, end_ns=first.start_ns + 1_200_000_000))
+    sink.export(first)
+    sink.export(replace(first, end_ns=first.start_ns + 1_200_000_000))
     sink.export(replace(WAITED, end_ns=first.start_ns + 1_500_000_000))
     lines = stream.getvalue().splitlines()
     # THEN the repeat is a single line, and the final block shows the stack again
@@ -178,3 +180,44 @@ def test_console_repeats_a_hang_on_one_line_while_its_stack_is_the_same() -> Non
     assert repeat.endswith("1.20 s  wait4()  STILL BLOCKED, same stack")
     assert lines[9].endswith("1.50 s  wait4()")
     assert lines[10] == "    Traceback (most recent call last):"
+
+
+LIB = "/root/.pyenv/versions/3.11.7/lib/python3.11"
+HANDLER = (
+    Frame("Handle._run", f"{LIB}/asyncio/events.py", 80),
+    Frame("handler", "/srv/app.py", 12),
+)
+
+
+def test_traceback_text_is_most_recent_call_last_with_source_lines() -> None:
+    text = format_traceback(HANDLER[-2:], [None, "time.sleep(0.2)"])
+    assert text.splitlines() == [
+        "Traceback (most recent call last):",
+        f'  File "{LIB}/asyncio/events.py", line 80, in Handle._run',
+        '  File "/srv/app.py", line 12, in handler',
+        "    time.sleep(0.2)",
+    ]
+
+
+LOSSY = replace(
+    SUMMARY,
+    losses=((Loss.KERNEL_EVENTS, 0), (Loss.CONTEXT_LATE, 3), (Loss.EXPORT_QUEUE, 2)),
+)
+
+
+def test_json_summary_lists_the_losses_that_happened() -> None:
+    stream = io.StringIO()
+    sink = JsonLinesSink(stream)
+    sink.export(SUMMARY)
+    sink.export(LOSSY)
+    clean, lossy = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert clean["lost"] == {}
+    assert lossy["lost"] == {"context.late": 3, "export.queue": 2}
+    assert lossy["lost_events"] == 0
+
+
+def test_console_summary_lists_the_losses_that_happened_on_a_line_of_their_own() -> None:
+    stream = io.StringIO()
+    ConsoleSink(stream).export(LOSSY)
+    *_, lost = stream.getvalue().splitlines()
+    assert lost == "    lost: context.late 3, export.queue 2"

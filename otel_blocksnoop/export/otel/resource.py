@@ -1,0 +1,64 @@
+"""Resources: the watched app's, one per process (not the sidecar's), and the sidecar's own."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from opentelemetry.sdk.resources import Resource
+
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import ProcessIdentity
+from otel_blocksnoop.export import names
+
+MAX_RESOURCES = 64
+"""Watched processes whose resource and meters are kept; the oldest go past this."""
+
+
+def process_resource(
+    identity: ProcessIdentity | None, pid: int, fallback_service: str | None
+) -> Resource:
+    """The watched app's resource: its own OTel settings first, then ours (DESIGN.md)."""
+    attributes: dict[str, str | int] = {}
+    if identity is not None:
+        attributes.update(dict(identity.resource_attributes))
+        if identity.executable_path:
+            attributes[names.PROCESS_EXECUTABLE_PATH] = identity.executable_path
+            attributes[names.PROCESS_EXECUTABLE_NAME] = Path(identity.executable_path).name
+        if identity.runtime_version:
+            attributes[names.PROCESS_RUNTIME_NAME] = "cpython"
+            attributes[names.PROCESS_RUNTIME_VERSION] = identity.runtime_version
+        attributes[names.SERVICE_INSTANCE_ID] = identity.instance_id
+    service = (identity.service_name if identity else None) or fallback_service
+    attributes[names.SERVICE_NAME] = service or names.UNKNOWN_SERVICE
+    attributes[names.PROCESS_PID] = pid
+    attributes.setdefault(names.HOST_NAME, socket.gethostname())
+    # Resource.create adds telemetry.sdk.* and the sidecar's OTEL_RESOURCE_ATTRIBUTES,
+    # under what is given here.
+    return Resource.create(attributes)
+
+
+def sidecar_resource() -> Resource:
+    """The sidecar's own, for its health metrics."""
+    return Resource.create(
+        {
+            names.SERVICE_NAME: names.SCOPE_NAME,
+            names.PROCESS_PID: os.getpid(),
+            names.HOST_NAME: socket.gethostname(),
+        }
+    )
+
+
+class Resources:
+    """The resource of each watched process, made once (the oldest forgotten past a limit)."""
+
+    def __init__(self, fallback_service: str | None) -> None:
+        self._fallback_service = fallback_service
+        self._by_pid: BoundedDict[int, Resource] = BoundedDict(MAX_RESOURCES)
+
+    def of(self, pid: int, identity: ProcessIdentity | None) -> Resource:
+        resource = self._by_pid.get(pid)
+        if resource is None:
+            resource = self._by_pid[pid] = process_resource(identity, pid, self._fallback_service)
+        return resource

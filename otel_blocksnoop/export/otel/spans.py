@@ -1,0 +1,157 @@
+"""A block as a span, a hang as a log record: ids, parent, attributes (DESIGN.md, "Contracts").
+
+A block still going on is reported as log records that point at the span
+the block will get when it ends; ``SpanIds`` keeps those ids until then.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+
+from otel_blocksnoop import __version__
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import Block, Cause
+from otel_blocksnoop.export import names
+from otel_blocksnoop.export.formatting import format_traceback, seconds
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.resources import Resource
+
+MAX_ONGOING = 1024
+"""Blocks still going on whose span ids are kept for their final span; the oldest go."""
+SCOPE = InstrumentationScope(names.SCOPE_NAME, __version__)
+BlockKey = tuple[int, int, int]  # pid, tid, start
+Ids = tuple[int, int, int]  # trace id, span id, trace flags
+
+
+def _span_context(trace_id: int, span_id: int, flags: int = TraceFlags.SAMPLED) -> SpanContext:
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags))
+
+
+def in_span(ids: Ids) -> Context:
+    """A context whose current span is this one: for log records and exemplars."""
+    return trace.set_span_in_context(trace.NonRecordingSpan(_span_context(*ids)))
+
+
+def sampled(ids: Ids) -> bool:
+    return bool(ids[2] & TraceFlags.SAMPLED)
+
+
+class SpanIds:
+    """Trace and span ids of blocks: new ones, or those given to a block while it lasted."""
+
+    def __init__(self) -> None:
+        self._generator = RandomIdGenerator()
+        self._ongoing: BoundedDict[BlockKey, Ids] = BoundedDict(MAX_ONGOING)
+
+    def _new(self, block: Block) -> Ids:
+        """A new span in the app's trace (with its sampling decision), or in a trace of its own."""
+        trace_id = self._generator.generate_trace_id()
+        span_id = self._generator.generate_span_id()
+        if block.parent is not None:
+            return block.parent.trace_id, span_id, block.parent.trace_flags
+        return trace_id, span_id, TraceFlags.SAMPLED
+
+    def ongoing(self, block: Block) -> Ids:
+        """The ids of a block still going on, kept for its next reports and its end."""
+        key = (block.pid, block.tid, block.start_ns)
+        ids = self._ongoing.get(key)
+        if ids is None:
+            ids = self._ongoing[key] = self._new(block)
+        return ids
+
+    def ended(self, block: Block) -> Ids:
+        """The ids of a block that has ended: those it had while it lasted, else new ones."""
+        return self._ongoing.pop((block.pid, block.tid, block.start_ns), None) or self._new(block)
+
+
+def block_attributes(block: Block) -> dict[str, str | int | float]:
+    """The span attributes of a block (DESIGN.md, "Contracts")."""
+    attributes: dict[str, str | int | float] = {
+        names.PROCESS_PID: block.pid,
+        names.THREAD_ID: block.tid,
+        names.CAUSE: str(block.cause),
+        names.THRESHOLD: seconds(block.threshold_ns),
+        names.THREAD_KIND: str(block.thread_kind),
+    }
+    if not block.in_progress:
+        attributes[names.END_REASON] = str(block.end_reason)
+    if block.thread_name:
+        attributes[names.THREAD_NAME] = block.thread_name
+    if block.cause == Cause.SYSCALL and block.syscall:
+        attributes[names.SYSCALL] = block.syscall
+    if block.stack:
+        attributes[names.CODE_STACKTRACE] = format_traceback(block.stack, block.source_lines)
+        attributes[names.SAMPLES] = block.samples
+        attributes[names.SAMPLES_BUSY] = block.samples_busy
+    if block.call_site is not None:
+        attributes[names.CODE_FUNCTION_NAME] = block.call_site.function
+        attributes[names.CODE_FILE_PATH] = block.call_site.file
+        attributes[names.CODE_LINE_NUMBER] = block.call_site.line
+    if block.task is not None:
+        attributes[names.TASK_NAME] = block.task.name
+        if block.task.coroutine:
+            attributes[names.TASK_COROUTINE] = block.task.coroutine
+    if block.activity is not None:
+        attributes[names.ON_CPU] = seconds(block.activity.on_cpu_ns)
+        attributes[names.OFF_CPU] = seconds(block.activity.off_cpu_ns)
+        attributes[names.RUNQ] = seconds(block.activity.runq_ns)
+        attributes[names.SIBLING_CPU] = seconds(block.activity.sibling_cpu_ns)
+    return attributes
+
+
+def _parent_context(block: Block, trace_id: int) -> SpanContext | None:
+    parent = block.parent
+    if parent is None or parent.trace_id != trace_id:
+        return None
+    return SpanContext(
+        parent.trace_id,
+        parent.span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(parent.trace_flags),
+    )
+
+
+def block_span(block: Block, ids: Ids, resource: Resource) -> ReadableSpan:
+    """The ``eventloop.block`` span of a block that has ended."""
+    trace_id, span_id, flags = ids
+    return ReadableSpan(
+        name=names.BLOCK_SPAN,
+        context=_span_context(trace_id, span_id, flags),
+        parent=_parent_context(block, trace_id),
+        resource=resource,
+        attributes=block_attributes(block),
+        kind=SpanKind.INTERNAL,
+        start_time=block.start_unix_ns,
+        end_time=block.end_unix_ns,
+        instrumentation_scope=SCOPE,
+    )
+
+
+def hang_record(block: Block, ids: Ids, resource: Resource) -> ReadableLogRecord:
+    """A log record about a block still going on, tied to the span it will get."""
+    where = f" in {block.call_site.function}" if block.call_site else ""
+    record = LogRecord(
+        timestamp=block.end_unix_ns,
+        observed_timestamp=time.time_ns(),
+        context=in_span(ids),
+        severity_text="WARN",
+        severity_number=SeverityNumber.WARN,
+        body=(
+            f"event loop of thread {block.tid} blocked for "
+            f"{seconds(block.duration_ns):.3f} s so far{where}"
+        ),
+        attributes={**block_attributes(block), names.DURATION: seconds(block.duration_ns)},
+        event_name=names.HANG_EVENT,
+    )
+    return ReadableLogRecord(log_record=record, resource=resource, instrumentation_scope=SCOPE)
