@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import NS_PER_MS, NS_PER_S
 
 GRACE_NS = 100 * NS_PER_MS
@@ -42,7 +43,7 @@ class HangSchedule:
         self._next_age: dict[Ongoing, int] = {}
         # Kept after the block leaves the thread table: its final event (for
         # a thread that exited) can arrive after that.
-        self._reported: dict[Ongoing, None] = {}
+        self._reported: BoundedDict[Ongoing, None] = BoundedDict(MAX_TRACKED)
 
     def due(self, ongoing: Iterable[Ongoing], now_ns: int) -> list[Ongoing]:
         """Those of ``ongoing`` to report now; blocks no longer listed are forgotten."""
@@ -62,8 +63,6 @@ class HangSchedule:
             return
         self._next_age[key] = age + min(max(age, FIRST_REPEAT_NS), MAX_REPEAT_NS)
         self._reported[key] = None
-        while len(self._reported) > MAX_TRACKED:
-            del self._reported[next(iter(self._reported))]
 
     def was_reported(self, key: Ongoing) -> bool:
         return key in self._reported
