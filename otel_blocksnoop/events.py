@@ -43,6 +43,7 @@ class Cause(StrEnum):
     CPU = "cpu"  # running (or waiting for a CPU) most of the time
     SYSCALL = "syscall"  # asleep in a syscall most of the time
     GIL = "gil"  # waiting for the GIL while other threads of the process ran
+    SCHED = "sched"  # over the threshold only because it waited for a CPU (run queue, throttling)
     UNKNOWN = "unknown"
 
 

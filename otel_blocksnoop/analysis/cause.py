@@ -7,6 +7,12 @@ with the most sleeping time; otherwise it is ``cpu``. Time waiting for a CPU
 does not count as running: on a busy machine a thread handed the GIL still
 queues for a CPU, and that wait belongs to the GIL.
 
+An iteration that crossed the threshold only because the thread waited for
+a CPU (its own running and sleeping time stayed under the threshold; the rest
+was the run queue: a saturated machine, or a container's CPU quota) is
+``sched``: no blocking call to look for. With the threshold unknown (0), such
+waits are left to the rules above.
+
 A futex sleep is the GIL when it came as several short waits while other
 threads of the process ran: CPython's ``take_gil`` waits on a condition
 variable in steps of the switch interval (5 ms by default) for a thread that
@@ -46,12 +52,12 @@ def looks_like_gil(activity: Activity, sleep: Sleep) -> bool:
     )
 
 
-def classify(activity: Activity | None) -> tuple[Cause, str | None]:
+def classify(activity: Activity | None, threshold_ns: int = 0) -> tuple[Cause, str | None]:
     """The cause of a block and, for ``syscall``, the syscall's name."""
-    if activity is None:
+    if activity is None or activity.on_cpu_ns + activity.runq_ns + activity.sleep_ns == 0:
         return Cause.UNKNOWN, None
-    if activity.on_cpu_ns + activity.runq_ns + activity.sleep_ns == 0:
-        return Cause.UNKNOWN, None
+    if activity.runq_ns and activity.on_cpu_ns + activity.sleep_ns < threshold_ns:
+        return Cause.SCHED, None
     if activity.sleep_ns <= max(activity.on_cpu_ns, activity.runq_ns):
         return Cause.CPU, None
     sleep = dominant_sleep(activity)

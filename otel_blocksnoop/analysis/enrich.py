@@ -61,7 +61,7 @@ class Enricher:
     ) -> Block:
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
-        why, syscall = cause.classify(event.activity)
+        why, syscall = cause.classify(event.activity, self._threshold_ns)
         found = (
             self._linker.context(event.pid, event.tid, event.start_ns, final=not in_progress)
             if self._linker is not None

@@ -36,7 +36,7 @@ def local_clock(unix_ns: int) -> str:
 
 
 def cause_text(block: Block) -> str:
-    """``cpu``, ``gil``, ``unknown``, or the syscall it slept in, as ``wait4()``."""
+    """``cpu``, ``gil``, ``sched``, ``unknown``, or the syscall it slept in, as ``wait4()``."""
     if block.cause == Cause.SYSCALL and block.syscall:
         return f"{block.syscall}()"
     return str(block.cause)

@@ -88,3 +88,20 @@ def test_a_sleep_outside_any_syscall_is_unknown() -> None:
     # GIVEN a thread asleep in a page fault (no syscall number)
     fault = activity(on_cpu_ms=1.0, sleeps=((None, 120.0, 3),))
     assert classify(fault) == (Cause.UNKNOWN, None)
+
+
+def test_an_iteration_over_the_threshold_only_by_waiting_for_a_cpu_is_sched() -> None:
+    # GIVEN a 10 ms threshold, and an iteration that ran 4 ms, slept 1 ms, and
+    # waited 9 ms on the run queue (a saturated machine or a CPU quota)
+    starved = activity(on_cpu_ms=4.0, runq_ms=9.0, sleeps=(("read", 1.0, 1),))
+    # THEN there is no blocking call to look for: the cause is the scheduler
+    assert classify(starved, threshold_ns=10 * NS_PER_MS) == (Cause.SCHED, None)
+
+
+def test_a_block_the_app_made_keeps_its_cause_however_long_it_also_waited_for_a_cpu() -> None:
+    # GIVEN a 10 ms threshold: 12 ms of the app's own CPU work, 30 ms on the run queue
+    busy = activity(on_cpu_ms=12.0, runq_ms=30.0)
+    assert classify(busy, threshold_ns=10 * NS_PER_MS) == (Cause.CPU, None)
+    # AND a 15 ms sleep in read() that also queued for a CPU a little
+    read = activity(on_cpu_ms=0.5, runq_ms=2.0, sleeps=(("read", 15.0, 1),))
+    assert classify(read, threshold_ns=10 * NS_PER_MS) == (Cause.SYSCALL, "read")
