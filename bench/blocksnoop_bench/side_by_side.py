@@ -573,8 +573,8 @@ def _accuracy_tables(summaries: dict[str, dict[str, Any]]) -> str:
             "tool",
             "recall",
             "false pos.",
-            "|error| median (ms)",
-            "|error| max (ms)",
+            "abs. error median (ms)",
+            "abs. error max (ms)",
             "error median, signed",
             "right function",
             "peer: in last stack",
@@ -727,9 +727,9 @@ def _headline(data: dict[str, Any], acc: dict[str, dict[str, Any]]) -> str:
         ]
     )
     o, p = acc["ours"]["abs_error_median_ms"], acc["peer"]["abs_error_median_ms"]
-    rows.append(["duration |error| median (ms)", num(o, 3), num(p, 3), _ratio(o, p)])
+    rows.append(["duration error, median of abs. (ms)", num(o, 3), num(p, 3), _ratio(o, p)])
     o, p = acc["ours"]["abs_error_max_ms"], acc["peer"]["abs_error_max_ms"]
-    rows.append(["duration |error| max (ms)", num(o, 3), num(p, 3), _ratio(o, p)])
+    rows.append(["duration error, max of abs. (ms)", num(o, 3), num(p, 3), _ratio(o, p)])
     rows.append(
         [
             "right function named (peer: first stack listed)",
