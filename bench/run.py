@@ -23,11 +23,16 @@ linking   trace links: the parent of each exported block span against the
           span the app had active (every pyenv CPython 3.9-3.13, and uvloop),
           the cost of one context read, and req/s of a traced HTTP server
           with links on vs --no-trace-link.
+peer      side by side with blocksnoop 0.11.1 (installed by the bench under
+          ~/.cache/otel-blocksnoop/peer-0.11.1), alternating rounds: idle CPU
+          and RSS at -t 10 and -t 100, detection accuracy and stacks, CPU per
+          block in a storm, and a busy work loop watched by each vs alone.
 
 Each section is printed as markdown and written to bench/results/ with the
 raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
 
-USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export|linking] [--rounds N]
+USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export|linking|peer]
+              [--rounds N]
               [--round-seconds S] [--python PATH ...]
               [--export-storm-seconds S]
 """
@@ -52,6 +57,7 @@ from blocksnoop_bench.export import ExportConfig, run_export
 from blocksnoop_bench.linking import run_linking
 from blocksnoop_bench.overhead import OverheadConfig, run_overhead
 from blocksnoop_bench.procs import PYTHON, REPO, BenchError, Child, Neighbours
+from blocksnoop_bench.side_by_side import PeerConfig, run_peer
 from blocksnoop_bench.storm import run_storm
 
 from otel_blocksnoop.cli import positive_int
@@ -62,7 +68,7 @@ if TYPE_CHECKING:
     from blocksnoop_bench.report import Section
 
 RESULTS = REPO / "bench" / "results"
-BENCHMARKS = ("accuracy", "overhead", "attribution", "storm", "export", "linking")
+BENCHMARKS = ("accuracy", "overhead", "attribution", "storm", "export", "linking", "peer")
 QUIET_PATIENCE_S = 180.0
 """Total time the overhead run may wait for other people's work to end."""
 FOREIGN_CPU_LIMIT_PCT = 10.0
@@ -79,6 +85,7 @@ examples:
   run.py --only storm          # memory under 50 blocks/s for 10 minutes
   run.py --only export         # OTLP export latency and a 5-minute storm (~8 minutes)
   run.py --only linking        # trace links on every pyenv CPython 3.9-3.13 (~8 minutes)
+  run.py --only peer           # side by side with blocksnoop 0.11.1 (~10 minutes; quick ~3)
 """
 
 
@@ -94,7 +101,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=positive_int,
-        help="A/B rounds (default 10; linking 20; quick 2)",
+        help="A/B rounds (default 10; linking 20; peer 5, its accuracy 3; quick 2)",
     )
     parser.add_argument(
         "--round-seconds", type=positive_int, help="seconds per mode per round (default 3, quick 1)"
@@ -202,6 +209,21 @@ def _run_selected(
             neighbours=neighbours,
         )
         _write(run_linking(config, args.quick, args.python), header, args.results)
+    if "peer" in selected:
+        peer = PeerConfig(
+            quick=args.quick,
+            rounds=args.rounds or (2 if args.quick else 5),
+            accuracy_rounds=args.rounds or (1 if args.quick else 3),
+            per_kind=1 if args.quick else 4,
+            idle_s=args.idle_seconds or (3 if args.quick else 10),
+            storm_s=args.round_seconds or (2 if args.quick else 5),
+            busy_s=args.round_seconds or (2 if args.quick else 3),
+            warmup_s=1 if args.quick else 3,
+            raw_dir=raw,
+            neighbours=neighbours,
+            python=pythons[0],
+        )
+        _write(run_peer(peer), header, args.results)
 
 
 def main(argv: list[str] | None = None) -> int:
