@@ -163,6 +163,21 @@ class ThreadContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Iteration:
+    """The loop iteration a request's segment belongs to, when one iteration held several."""
+
+    start_ns: int
+    end_ns: int
+    start_unix_ns: int
+    end_unix_ns: int
+    segments: int  # how many segments it was split into
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """A block ready for the sinks: kernel facts plus what the correlator added.
 
@@ -192,10 +207,32 @@ class Block:
     process: ProcessIdentity | None = None
     parent: SpanRef | None = None  # the app's span active during the block, if read
     task: TaskRef | None = None  # the asyncio task running during the block, if read
+    # A segment of an iteration that ran several requests' callbacks back to
+    # back: the iteration, and this segment's place in it (None: the whole iteration).
+    iteration: Iteration | None = None
+    segment: int = 0
 
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+    @property
+    def iteration_start_ns(self) -> int:
+        return self.iteration.start_ns if self.iteration else self.start_ns
+
+    @property
+    def iteration_ns(self) -> int:
+        """How long the whole loop iteration lasted (the block, unless it is a segment)."""
+        return self.iteration.duration_ns if self.iteration else self.duration_ns
+
+    @property
+    def iteration_id(self) -> str:
+        """Names the iteration, the same for all its segments: pid, thread, start (hex)."""
+        return f"{self.pid:x}-{self.tid:x}-{self.iteration_start_ns:x}"
+
+    @property
+    def segments(self) -> int:
+        return self.iteration.segments if self.iteration else 1
 
 
 @dataclass(frozen=True, slots=True)

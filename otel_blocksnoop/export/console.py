@@ -39,6 +39,29 @@ def _status(block: Block, stack_shown: bool) -> str:
     return text
 
 
+def _notes(block: Block) -> list[str]:
+    """What else is known of a block, for the line under its stack."""
+    notes: list[str] = []
+    if block.segments > 1:
+        notes.append(
+            f"segment {block.segment + 1} of {block.segments} of a "
+            f"{human_duration(block.iteration_ns)} iteration"
+        )
+    if block.stack:
+        notes.append(f"{block.samples} of {block.samples_busy} busy samples had this stack")
+    if block.activity is not None:
+        notes.append(
+            f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
+            f"off CPU {human_duration(block.activity.off_cpu_ns)}"
+        )
+    if block.task is not None:
+        coroutine = f" ({block.task.coroutine})" if block.task.coroutine else ""
+        notes.append(f"task {block.task.name}{coroutine}")
+    if block.parent is not None:
+        notes.append(f"in trace {block.parent.trace_id:032x}")
+    return notes
+
+
 class ConsoleSink:
     """Writes to a terminal or a log; the stats line redraws in place on a terminal."""
 
@@ -93,19 +116,7 @@ class ConsoleSink:
         if block.stack:
             for line in format_traceback(block.stack, block.source_lines).splitlines():
                 self._write(f"    {line}")
-        notes = []
-        if block.stack:
-            notes.append(f"{block.samples} of {block.samples_busy} busy samples had this stack")
-        if block.activity is not None:
-            notes.append(
-                f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
-                f"off CPU {human_duration(block.activity.off_cpu_ns)}"
-            )
-        if block.task is not None:
-            coroutine = f" ({block.task.coroutine})" if block.task.coroutine else ""
-            notes.append(f"task {block.task.name}{coroutine}")
-        if block.parent is not None:
-            notes.append(f"in trace {block.parent.trace_id:032x}")
+        notes = _notes(block)
         if notes:
             self._write(f"    ({'; '.join(notes)})")
 

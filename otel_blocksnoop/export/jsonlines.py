@@ -66,6 +66,12 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
         "parent_span_id": f"{block.parent.span_id:016x}" if block.parent else None,
         "task": block.task.name if block.task else None,
         "coroutine": block.task.coroutine if block.task else None,
+        "iteration": {
+            "id": block.iteration_id,
+            "duration_ms": ms(block.iteration_ns),
+            "segments": block.segments,
+            "segment": block.segment,
+        },
     }
 
 

@@ -71,6 +71,10 @@ DURATION: Final = "blocksnoop.duration"  # seconds, on hang records: the time so
 LOOP_STATE: Final = "blocksnoop.eventloop.state"  # busy | idle
 TASK_NAME: Final = "blocksnoop.task.name"  # asyncio.current_task().get_name()
 TASK_COROUTINE: Final = "blocksnoop.task.coroutine"  # its coroutine's __qualname__
+ITERATION_ID: Final = "blocksnoop.iteration.id"  # the same on every segment of an iteration
+ITERATION_DURATION: Final = "blocksnoop.iteration.duration"  # seconds, the whole iteration
+ITERATION_SEGMENTS: Final = "blocksnoop.iteration.segments"  # requests' segments it was split in
+ITERATION_SEGMENT: Final = "blocksnoop.iteration.segment"  # this span's place, from 0
 
 SIGNAL: Final = "blocksnoop.signal"  # on DROPPED: spans | hang records
 LOST_WHAT: Final = "blocksnoop.lost.what"  # on LOST: an events.Loss value

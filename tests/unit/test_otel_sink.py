@@ -23,10 +23,12 @@ from otel_blocksnoop.events import (
     Cause,
     EndReason,
     Frame,
+    Iteration,
     LoopTimes,
     Loss,
     ProcessIdentity,
     Sleep,
+    SpanRef,
     ThreadKind,
     ThreadTimes,
 )
@@ -357,3 +359,54 @@ def test_every_kind_of_loss_is_one_counter_family_under_the_sidecars_resource() 
         p.attributes["blocksnoop.signal"]: p.value for p in points["blocksnoop.export.dropped"]
     }
     assert dropped == {"spans": 0, "hang records": 0}
+
+
+def test_an_iteration_split_by_request_is_one_span_per_segment_and_one_histogram_point() -> None:
+    # GIVEN one 250 ms iteration that ran two requests' callbacks back to back
+    iteration = Iteration(
+        start_ns=BLOCK.start_ns,
+        end_ns=BLOCK.end_ns,
+        start_unix_ns=BLOCK.start_unix_ns,
+        end_unix_ns=BLOCK.end_unix_ns,
+        segments=2,
+    )
+    first = replace(
+        BLOCK,
+        end_ns=BLOCK.start_ns + 100_000_000,
+        end_unix_ns=BLOCK.start_unix_ns + 100_000_000,
+        parent=SpanRef(trace_id=0xA1, span_id=0xA2, trace_flags=1),
+        iteration=iteration,
+        segment=0,
+    )
+    second = replace(
+        BLOCK,
+        start_ns=first.end_ns,
+        start_unix_ns=first.end_unix_ns,
+        parent=SpanRef(trace_id=0xB1, span_id=0xB2, trace_flags=1),
+        iteration=iteration,
+        segment=1,
+    )
+    harness = Harness()
+
+    # WHEN both segments are exported
+    harness.sink.export(first)
+    harness.sink.export(second)
+    harness.sink.shutdown()
+
+    # THEN each is a span in its own request's trace, naming the iteration they share
+    spans = sorted(harness.spans.get_finished_spans(), key=lambda span: span.start_time or 0)
+    assert [span.context.trace_id for span in spans] == [0xA1, 0xB1]
+    assert [span.parent.span_id for span in spans if span.parent] == [0xA2, 0xB2]
+    assert [(span.end_time or 0) - (span.start_time or 0) for span in spans] == [
+        100_000_000,
+        150_000_000,
+    ]
+    for index, span in enumerate(spans):
+        attributes = span.attributes or {}
+        assert attributes["blocksnoop.iteration.id"] == first.iteration_id
+        assert attributes["blocksnoop.iteration.duration"] == 0.25
+        assert attributes["blocksnoop.iteration.segments"] == 2
+        assert attributes["blocksnoop.iteration.segment"] == index
+    # AND the histogram counts the iteration once, with its whole duration
+    (histogram,) = harness.points("checkout")["blocksnoop.eventloop.block.duration"]
+    assert (histogram.count, histogram.sum) == (1, 0.25)

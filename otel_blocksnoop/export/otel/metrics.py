@@ -72,9 +72,16 @@ class ProcessMeters:
         )
 
     def record(self, block: Block, context: Context) -> None:
-        """One blocked iteration; ``context`` holds its span, for the point's exemplar."""
+        """One blocked iteration; ``context`` holds its span, for the point's exemplar.
+
+        An iteration split into requests' segments is one point, for its first
+        segment, with the whole iteration's duration: the histogram says how
+        long the loop was blocked, whoever it was blocked for.
+        """
+        if block.segment != 0:
+            return
         labels: Attributes = {names.THREAD_ID: block.tid, names.CAUSE: str(block.cause)}
-        self._duration.record(seconds(block.duration_ns), labels, context=context)
+        self._duration.record(seconds(block.iteration_ns), labels, context=context)
         self._blocks.add(1, labels)
 
     def _threads(self) -> list[tuple[int, int, int, int]]:

@@ -83,6 +83,10 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         names.CAUSE: str(block.cause),
         names.THRESHOLD: seconds(block.threshold_ns),
         names.THREAD_KIND: str(block.thread_kind),
+        names.ITERATION_ID: block.iteration_id,
+        names.ITERATION_DURATION: seconds(block.iteration_ns),
+        names.ITERATION_SEGMENTS: block.segments,
+        names.ITERATION_SEGMENT: block.segment,
     }
     if not block.in_progress:
         attributes[names.END_REASON] = str(block.end_reason)
