@@ -4,8 +4,9 @@ Calls go through libc's ``syscall`` loaded with ``ctypes.PyDLL``, which keeps
 the GIL through the call (a map call takes about a microsecond; giving the
 GIL away and winning it back can take the 5 ms switch interval, see
 ``thread_table``). The element functions have libbcc's signatures
-(``fd, key pointer, value pointer``, 0 or -1 with errno), so a reader written
-for libbcc's ``bpf_lookup_elem`` takes them unchanged.
+(``fd``, then key and value as ``ctypes.byref()`` or addresses; 0, or -1
+with errno), so a reader written for libbcc's ``bpf_lookup_elem`` (such as
+``thread_table``) can call them instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _ctypes import _CArgObject
+
+    Pointer = int | _CArgObject | None
+    """An address, a ``ctypes.byref()``, or None for NULL: what libbcc's functions take."""
 
 # Syscall numbers by machine (asm/unistd_64.h; asm-generic/unistd.h on arm64).
 SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
@@ -122,29 +130,35 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
     return result
 
 
-def _elem(cmd: int, fd: int, key: int | None, value: int | None, flags: int = 0) -> int:
-    attr = MapElemAttr(map_fd=fd, key=key or 0, value=value or 0, flags=flags)
+def _address(pointer: Pointer) -> int:
+    if pointer is None or isinstance(pointer, int):
+        return pointer or 0
+    return ctypes.cast(pointer, ctypes.c_void_p).value or 0
+
+
+def _elem(cmd: int, fd: int, key: Pointer, value: Pointer, flags: int = 0) -> int:
+    attr = MapElemAttr(map_fd=fd, key=_address(key), value=_address(value), flags=flags)
     return _call(cmd, attr)
 
 
-# libbcc's signatures: (fd, key, value) -> 0, or -1 with errno; pointers as c_void_p values.
+# libbcc's signatures: (fd, key, value) -> 0, or -1 with errno.
 
 
-def lookup_elem(fd: int, key: int | None, value: int | None) -> int:
+def lookup_elem(fd: int, key: Pointer, value: Pointer) -> int:
     """Copy the value under ``key`` to ``value`` (addresses); -1 with ENOENT if absent."""
     return _elem(BPF_MAP_LOOKUP_ELEM, fd, key, value)
 
 
-def get_next_key(fd: int, key: int | None, next_key: int | None) -> int:
+def get_next_key(fd: int, key: Pointer, next_key: Pointer) -> int:
     """Write the key after ``key`` (the first one when ``key`` is None) to ``next_key``."""
     return _elem(BPF_MAP_GET_NEXT_KEY, fd, key, next_key)
 
 
-def update_elem(fd: int, key: int | None, value: int | None, flags: int = BPF_ANY) -> int:
+def update_elem(fd: int, key: Pointer, value: Pointer, flags: int = BPF_ANY) -> int:
     return _elem(BPF_MAP_UPDATE_ELEM, fd, key, value, flags)
 
 
-def delete_elem(fd: int, key: int | None) -> int:
+def delete_elem(fd: int, key: Pointer) -> int:
     return _elem(BPF_MAP_DELETE_ELEM, fd, key, None)
 
 
