@@ -23,6 +23,7 @@ from otel_blocksnoop.kernel.decode import block_event_from_c
 from otel_blocksnoop.kernel.detector import EPOLL_SYSCALLS
 from otel_blocksnoop.kernel.layout import BlockEventC, ThreadStateC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.thread_table import ThreadTable
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
 from tests.helpers import WAIT_S, Target, matching_block, truth
 
@@ -119,6 +120,7 @@ def test_this_process_never_imports_bcc_nor_maps_llvm() -> None:
 import json, sys
 from otel_blocksnoop.kernel import bpf_syscall, loader
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.thread_table import ThreadTable
 with loader.load(DetectorConfig(threshold_ns=10_000_000)) as program:
     attached = program.attach([("on_epoll_enter", "syscalls:sys_enter_epoll_wait")])
     program.ring_buffer("events", lambda raw: None)
@@ -206,6 +208,10 @@ def test_the_thread_table_and_counters_read_through_bpf_syscalls(
         key, by_ref = ctypes.c_uint32(target.pid), ThreadStateC()
         assert bpf_syscall.lookup_elem(threads.fd, ctypes.byref(key), ctypes.byref(by_ref)) == 0
         assert by_ref.tgid == target.pid
+        # AND the sidecar's thread table reader, given the map fd alone, sees the loop thread
+        table = ThreadTable.from_fd(threads.fd, limit=DetectorConfig(threshold_ns=1).max_threads)
+        assert table.get(target.pid) is not None
+        assert target.pid in {times.tid for times in table.snapshot(THRESHOLD_MS * NS_PER_MS).times}
         assert program.map("counters").sum_u64(u32(COUNTER_ITERATIONS)) > 0
     finally:
         target.stop()
