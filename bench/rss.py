@@ -12,10 +12,19 @@ where  the sidecar attached (``-q -t 10``) to an idle asyncio app, with and
        and anonymous memory (heap, Python's arenas, LLVM's allocations).
 steps  one fresh process imports what the sidecar imports, step by step, then
        loads the BPF program with BCC: RSS and anonymous memory after each
-       step tell which import or action the anonymous memory belongs to.
+       step tell which import or action the anonymous memory belongs to
+       (bench/rss_steps.py, which imports nothing else first).
+hold   one process holds the detector (-t 10) attached and watching the idle
+       app, loaded today's way (``Detector.load()``, BCC in the process) or
+       through ``kernel.loader`` (BCC in a child that exits), with and without
+       the sidecar's imports (bench/rss_hold.py); ``--rounds`` of each in
+       turn, medians: RSS, its parts, peak RSS, the compiler's peak, and the
+       time from start of loading to attached.
+after  ``where`` again, with the whole sidecar holding its program through
+       ``kernel.loader`` (bench/rss_sidecar.py: a stand-in ``Detector`` until
+       it is wired).
 
-USAGE: rss.py [--only where|steps] [--settle S]
-       (``steps`` runs bench/rss_steps.py, which imports nothing else first)
+USAGE: rss.py [--only where|steps|hold|after] [--settle S] [--rounds N]
 """
 
 from __future__ import annotations
@@ -24,11 +33,14 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from blocksnoop_bench.procs import REPO
 from blocksnoop_bench.report import num, table
@@ -97,7 +109,11 @@ def start_idle_app() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", IDLE_APP])
 
 
-def where(settle: int) -> str:
+SIDECAR_TODAY = (sys.executable, "-m", "otel_blocksnoop")
+SIDECAR_WITH_LOADER = (sys.executable, str(Path(__file__).with_name("rss_sidecar.py")))
+
+
+def where(settle: int, sidecar_command: tuple[str, ...] = SIDECAR_TODAY) -> str:
     """One sidecar per mode, each against a fresh idle app; smaps after ``settle`` s."""
     rows = []
     with OtlpReceiver() as receiver:
@@ -112,9 +128,7 @@ def where(settle: int) -> str:
             app = start_idle_app()
             sidecar = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "otel_blocksnoop",
+                    *sidecar_command,
                     "-q",
                     "-t",
                     THRESHOLD_MS,
@@ -141,7 +155,8 @@ def where(settle: int) -> str:
                     *(mib(groups.get(column, 0)) for column in COLUMNS),
                 ]
             )
-    headers = ["sidecar mode (-t 10, idle app)", "RSS", *COLUMNS]
+    what = "sidecar" if sidecar_command == SIDECAR_TODAY else "sidecar with kernel.loader"
+    headers = [f"{what} (-t 10, idle app)", "RSS", *COLUMNS]
     return table(headers, rows, [False, *[True] * (len(headers) - 1)])
 
 
@@ -160,16 +175,95 @@ def steps() -> str:
     return table(["step (one process)", "RSS", "anonymous", "took (s)"], rows, [False, *[True] * 3])
 
 
+HOLDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("today: Detector.load(), bcc here", "bcc", ()),
+    ("kernel.loader, bcc in a child", "loader", ()),
+    ("today + the sidecar's imports", "bcc", ("--imports",)),
+    ("kernel.loader + the sidecar's imports", "loader", ("--imports",)),
+)
+HOLD_COLUMNS = ("LLVM + clang", "libbcc + its libs", "BPF maps")
+
+
+def hold_once(how: str, pid: int, extra: tuple[str, ...], settle: int) -> dict[str, Any]:
+    """One bench/rss_hold.py run: its report, then its memory after ``settle`` s attached."""
+    holder = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("rss_hold.py")), how, str(pid), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert holder.stdin is not None  # noqa: S101 - both pipes were asked for
+    assert holder.stdout is not None  # noqa: S101
+    try:
+        report: dict[str, Any] = json.loads(holder.stdout.readline())
+        time.sleep(settle)
+        report["groups"] = smaps_groups(holder.pid)
+        report["rollup"] = rollup(holder.pid)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    return report
+
+
+def middle(values: Iterable[float]) -> float:
+    return statistics.median(values)
+
+
+def hold(rounds: int, settle: int) -> str:
+    """Each way of holding the program, ``rounds`` times in turn, against one idle app."""
+    app = start_idle_app()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in HOLDERS}
+    try:
+        for _ in range(rounds):
+            for name, how, extra in HOLDERS:
+                runs[name].append(hold_once(how, app.pid, extra, settle))
+    finally:
+        app.kill()
+        app.wait()
+    rows = []
+    for name, reports in runs.items():
+        groups = [report.pop("groups") for report in reports]
+        rows.append(
+            [
+                name,
+                mib(middle(report["rollup"]["Rss"] for report in reports)),
+                mib(middle(report["rollup"]["Anonymous"] for report in reports)),
+                *(mib(middle(g.get(column, 0) for g in groups)) for column in HOLD_COLUMNS),
+                mib(middle(report["peak_kib"] for report in reports)),
+                mib(middle(r["child_peak_kib"] for r in reports)) if "loader" in name else "-",
+                num(middle(report["load_s"] for report in reports), 2),
+                "yes" if any(report["bcc"] for report in reports) else "no",
+            ]
+        )
+    headers = [
+        f"holding the detector (-t 10), median of {rounds}",
+        "RSS",
+        "anonymous",
+        *HOLD_COLUMNS,
+        "peak RSS",
+        "compiler's peak",
+        "load + attach (s)",
+        "bcc imported",
+    ]
+    return table(headers, rows, [False, *[True] * 8, False])
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/rss.py", description=__doc__)
-    parser.add_argument("--only", choices=("where", "steps"))
+    parser.add_argument("--only", choices=("where", "steps", "hold", "after"))
     parser.add_argument("--settle", type=positive_int, default=15)
+    parser.add_argument("--rounds", type=positive_int, default=3, help="hold: rounds of each")
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, kernel {os.uname().release}, MiB\n")
     if args.only in (None, "where"):
         print(where(args.settle), flush=True)
     if args.only in (None, "steps"):
         print(steps(), flush=True)
+    if args.only in (None, "hold"):
+        print(hold(args.rounds, min(args.settle, 5)), flush=True)
+    if args.only in (None, "after"):
+        print(where(args.settle, SIDECAR_WITH_LOADER), flush=True)
     return 0
 
 
