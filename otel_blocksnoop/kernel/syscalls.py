@@ -2,7 +2,8 @@
 
 The kernel's own UAPI header for this architecture is the freshest table on
 a Debian machine (linux-libc-dev); BCC's built-in table, which stops at
-number 334 on x86_64, fills in when the header is missing.
+number 334 on x86_64, stands in only when the header is missing (it names
+the same numbers alike).
 """
 
 from __future__ import annotations
@@ -26,20 +27,18 @@ def parse_unistd(text: str) -> dict[int, str]:
 
 @functools.cache
 def _table() -> dict[int, str]:
-    table: dict[int, str] = {}
+    for candidate in _HEADERS.get(platform.machine(), ()):
+        try:
+            return parse_unistd(Path(candidate).read_text())
+        except OSError:
+            continue
+    # Only without the header: importing bcc maps libbcc, LLVM and clang into
+    # this process (about 60 MiB resident, BENCHMARKS.md "Memory").
     try:
         from bcc.syscall import syscalls  # noqa: PLC0415 - optional system package
     except ImportError:
-        pass
-    else:
-        table.update({nr: name.decode() for nr, name in syscalls.items()})
-    for candidate in _HEADERS.get(platform.machine(), ()):
-        try:
-            table.update(parse_unistd(Path(candidate).read_text()))
-        except OSError:
-            continue
-        break
-    return table
+        return {}
+    return {nr: name.decode() for nr, name in syscalls.items()}
 
 
 def syscall_name(nr: int) -> str | None:

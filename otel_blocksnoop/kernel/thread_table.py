@@ -13,10 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from otel_blocksnoop.events import InProgress, ThreadSnapshot, ThreadTimes
+from otel_blocksnoop.kernel import bpf_syscall
 from otel_blocksnoop.kernel.decode import activity_so_far
 from otel_blocksnoop.kernel.layout import ThreadStateC
 
 BATCH_READ_ABOVE = 32
+
+MapCall = Callable[[int, Any, Any], int]
+"""libbcc's bpf_lookup_elem and bpf_get_next_key, or ``bpf_syscall``'s: 0, or -1 with errno."""
 
 
 class ThreadTable:
@@ -31,15 +35,28 @@ class ThreadTable:
 
     def __init__(self, bcc_map: Any, library: str, limit: int) -> None:  # noqa: ANN401 - bcc has no type hints
         lib = ctypes.PyDLL(library, use_errno=True)
-        self._map = bcc_map
-        self._fd = bcc_map.map_fd
-        self._limit = limit
-        self._size = 0
-        self._lookup = lib.bpf_lookup_elem
-        self._next_key = lib.bpf_get_next_key
-        for function in (self._lookup, self._next_key):
+        lookup, next_key = lib.bpf_lookup_elem, lib.bpf_get_next_key
+        for function in (lookup, next_key):
             function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
             function.restype = ctypes.c_int
+        self._wire(bcc_map, bcc_map.map_fd, limit, lookup, next_key)
+
+    @classmethod
+    def from_fd(cls, fd: int, limit: int) -> ThreadTable:
+        """The table by its map fd alone, read with bpf() syscalls (``bpf_syscall``): no libbcc."""
+        table = cls.__new__(cls)
+        table._wire(  # noqa: SLF001 - a method of this class, on an instance it made
+            None, fd, limit, bpf_syscall.lookup_elem, bpf_syscall.get_next_key
+        )
+        return table
+
+    def _wire(self, bcc_map: Any, fd: int, limit: int, lookup: MapCall, next_key: MapCall) -> None:  # noqa: ANN401 - bcc has no type hints
+        self._map = bcc_map  # None: no batch read (BCC's)
+        self._fd = fd
+        self._limit = limit
+        self._size = 0
+        self._lookup = lookup
+        self._next_key = next_key
 
     def get(self, tid: int) -> ThreadStateC | None:
         key, state = ctypes.c_uint32(tid), ThreadStateC()
@@ -70,7 +87,7 @@ class ThreadTable:
         buffers for the whole map: 441 us even for one entry).
         """
         found = None
-        if self._size > BATCH_READ_ABOVE:
+        if self._size > BATCH_READ_ABOVE and self._map is not None:
             try:
                 found = [(key.value, state) for key, state in self._map.items_lookup_batch()]
             except Exception:  # noqa: BLE001 - older kernels: no batch ops; read key by key

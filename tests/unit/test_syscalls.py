@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,20 @@ def test_names_cover_old_and_recent_x86_64_syscalls() -> None:
 def test_not_in_a_syscall_has_no_name_and_unknown_numbers_say_their_number() -> None:
     assert syscall_name(-1) is None
     assert syscall_name(99_999) == "syscall_99999"
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 header path")
+def test_names_come_from_the_header_without_importing_bcc() -> None:
+    # GIVEN a fresh interpreter (bcc would map LLVM and clang into it)
+    code = (
+        "import sys\n"
+        "from otel_blocksnoop.kernel.syscalls import syscall_name\n"
+        "assert syscall_name(441) == 'epoll_pwait2'\n"
+        "print('bcc' in sys.modules)\n"
+    )
+    # WHEN it names a syscall
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    # THEN the name came from the header, and bcc was never imported
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,106 @@
+"""Attaching a loaded BPF program to a kernel tracepoint, without libbcc.
+
+As BCC does it: ``perf_event_open`` of a PERF_TYPE_TRACEPOINT event (its id
+read from tracefs) for every task (pid -1) on one CPU, then the
+PERF_EVENT_IOC_SET_BPF and PERF_EVENT_IOC_ENABLE ioctls. A tracepoint runs
+its BPF programs wherever it fires, whatever the CPU the event was opened
+on; closing the perf event fd detaches the program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+from pathlib import Path
+
+from otel_blocksnoop.kernel.bpf_syscall import libc_syscall, syscall_number
+
+TRACEFS_EVENTS = (Path("/sys/kernel/tracing/events"), Path("/sys/kernel/debug/tracing/events"))
+"""Where tracepoint ids are found: tracefs, then tracefs under debugfs."""
+
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_ATTR_DISABLED = 1 << 0  # the first bit of perf_event_attr's flag word
+
+# ioctl numbers: _IO('$', 0) and _IOW('$', 8, __u32).
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+
+PERF_ATTR_SIZE = 128
+"""PERF_ATTR_SIZE_VER7: the kernel reads this much and needs nothing past it here."""
+
+
+class PerfEventAttr(ctypes.Structure):
+    """The head of ``struct perf_event_attr``, zero-padded to ``PERF_ATTR_SIZE``."""
+
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("rest", ctypes.c_uint8 * (PERF_ATTR_SIZE - 56)),
+    )
+
+
+def tracepoint_id(category: str, event: str) -> int | None:
+    """The kernel's id of tracepoint ``category:event``; None if it has none (or no tracefs)."""
+    for root in TRACEFS_EVENTS:
+        with contextlib.suppress(OSError, ValueError):
+            return int((root / category / event / "id").read_text())
+    return None
+
+
+def tracepoint_exists(category: str, event: str) -> bool:
+    return tracepoint_id(category, event) is not None
+
+
+def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int, flags: int) -> int:
+    """The perf_event_open syscall: a new fd, or OSError."""
+    fd = int(
+        libc_syscall(
+            ctypes.c_long(syscall_number("perf_event_open")),
+            ctypes.byref(attr),
+            ctypes.c_long(pid),
+            ctypes.c_long(cpu),
+            ctypes.c_long(group_fd),
+            ctypes.c_ulong(flags),
+        )
+    )
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return fd
+
+
+def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
+    """Run program ``prog_fd`` at tracepoint ``category:event``; the perf event fd holds it.
+
+    OSError when the tracepoint does not exist or the kernel refuses.
+    """
+    found = tracepoint_id(category, event)
+    if found is None:
+        msg = f"no tracepoint {category}:{event} under {' or '.join(map(str, TRACEFS_EVENTS))}"
+        raise FileNotFoundError(msg)
+    attr = PerfEventAttr(
+        type=PERF_TYPE_TRACEPOINT,
+        size=ctypes.sizeof(PerfEventAttr),
+        config=found,
+        sample_period=1,
+        wakeup_events=1,
+        flags=PERF_ATTR_DISABLED,
+    )
+    fd = perf_event_open(attr, pid=-1, cpu=0, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
