@@ -111,6 +111,7 @@ def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
         assert sampler._process is not None  # noqa: SLF001
         austin_pid = sampler._process.pid  # noqa: SLF001
         assert process_state(austin_pid) == "T"
+        assert os.sched_getscheduler(austin_pid) == os.SCHED_RR  # root may raise it
 
         # WHEN a block is going on, begin is called, and end once it is over
         start = target.hold()

@@ -27,7 +27,7 @@ MS = 1_000_000
 class FakeAustin:
     """The Austin process as the sampler sees it: signals are recorded, never sent."""
 
-    pid = 0
+    pid = 2**22 + 7  # above pid_max: nothing real is ever signalled or rescheduled
     stdout = None
     stderr = None
 
@@ -59,6 +59,18 @@ def sampler_in(state: State, losses: Losses | None = None) -> tuple[OnDemandSamp
     sampler._process = cast("subprocess.Popen[bytes]", fake)  # noqa: SLF001
     sampler.state = state
     return sampler, fake
+
+
+@pytest.fixture(autouse=True)
+def policies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Scheduling changes asked for, recorded instead of made."""
+    asked: list[tuple[int, int, int]] = []
+
+    def record(pid: int, policy: int, param: os.sched_param) -> None:
+        asked.append((pid, policy, param.sched_priority))
+
+    monkeypatch.setattr("otel_blocksnoop.stacks.on_demand.os.sched_setscheduler", record)
+    return asked
 
 
 def state_of(sampler: OnDemandSampler) -> State:
@@ -227,3 +239,44 @@ def test_a_stopped_austin_is_not_taken_for_a_silent_one() -> None:
 def test_the_state_of_a_process_is_read_from_proc() -> None:
     assert process_state(os.getpid()) in {"R", "S"}
     assert process_state(2**22 + 1) is None
+
+
+def test_austin_samples_at_real_time_priority_from_the_resume(
+    policies: list[tuple[int, int, int]],
+) -> None:
+    # GIVEN Austin stopped between blocks
+    sampler, austin = sampler_in(State.STOPPED)
+    # WHEN a block begins
+    sampler.begin(7, start_ns=0)
+    # THEN Austin is made SCHED_RR before it is continued, once
+    assert policies == [(austin.pid, os.SCHED_RR, 1)]
+    sampler.end(7)
+    sampler.state = State.STOPPED
+    sampler.begin(7, start_ns=0)
+    assert len(policies) == 1
+
+
+def test_a_long_block_is_sampled_at_normal_priority(
+    policies: list[tuple[int, int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN Austin sampling a block
+    sampler, austin = sampler_in(State.STOPPED)
+    sampler.begin(7, start_ns=0)
+    # WHEN the block has lasted longer than REALTIME_FOR_S (a hang)
+    later = time.monotonic() + 2.0
+    monkeypatch.setattr("otel_blocksnoop.stacks.on_demand.time.monotonic", lambda: later)
+    sampler._heard_at = later  # noqa: SLF001 - not silent
+    sampler.maintain(target_alive=True)
+    # THEN Austin goes back to the normal policy
+    assert policies[-1] == (austin.pid, os.SCHED_OTHER, 0)
+
+
+def test_a_refused_priority_leaves_austin_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(_pid: int, _policy: int, _param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("otel_blocksnoop.stacks.on_demand.os.sched_setscheduler", refuse)
+    sampler, austin = sampler_in(State.STOPPED)
+    sampler.begin(7, start_ns=0)
+    assert austin.signals == [signal.SIGCONT]
+    assert sampler.state == State.RUNNING
