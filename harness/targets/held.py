@@ -3,9 +3,10 @@
 Usage: held.py --ready FIFO
 
 Says "ready <tid>" on the FIFO once the loop runs. Each "hold" line on stdin
-makes the loop spin in ``hold_the_loop`` (pure Python) and say "holding <tid>
-<start_ns>" on the FIFO; a "release" line ends that block, and the app says
-"released <start_ns> <end_ns>" (CLOCK_MONOTONIC). End of stdin ends the app.
+makes the loop say "holding <tid> <now_ns>" on the FIFO, then spin in
+``hold_the_loop`` (pure Python); a "release" line ends that block, and the app
+says "released <start_ns> <end_ns>" (CLOCK_MONOTONIC; the block proper starts
+after "holding" was written). End of stdin ends the app.
 The test thus knows the block is going on while it acts, without sleeping.
 """
 
@@ -51,8 +52,8 @@ async def main(ready: str) -> None:
         say(fifo, f"ready {tid}")
         while await loop.run_in_executor(None, read_line) == "hold":
             await asyncio.sleep(0.01)
-            start = time.monotonic_ns()
-            say(fifo, f"holding {tid} {start}")
+            say(fifo, f"holding {tid} {time.monotonic_ns()}")
+            start = time.monotonic_ns()  # the block proper: after saying so
             hold_the_loop()
             end = time.monotonic_ns()
             say(fifo, f"released {start} {end}")

@@ -117,9 +117,9 @@ def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
         start = target.hold()
         pool.begin(target.pid, target.tid, start)
         wait_until(
-            lambda: bool(pool.window(target.pid, target.tid, start, time.monotonic_ns())),
+            lambda: len(pool.window(target.pid, target.tid, start, time.monotonic_ns())) >= 3,
             pool,
-            "a sample of the held loop",
+            "samples of the held loop",
         )
         start, end = target.release()
         pool.end(target.pid, target.tid)
@@ -142,11 +142,11 @@ def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
         start = target.hold()
         assert process_state(austin_pid) == "T"
         start, end = target.release()
-        # THEN nothing was gathered for it: Austin stayed stopped, no sample came late
+        # THEN nothing was gathered for it: Austin stayed stopped
         assert pool.window(target.pid, target.tid, start, end) == []
         assert pool.covered_until(target.pid, target.tid) >= end
         assert sampler.resumes == 1
-        assert losses.total(Loss.STACK_LATE) == 0
+        assert losses.total(Loss.STACK_SAMPLES) == 0
     finally:
         pool.stop()
     # AND the stopped Austin ended with the pool
