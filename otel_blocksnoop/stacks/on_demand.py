@@ -175,9 +175,14 @@ class OnDemandSampler(Sampler):
         self._wake()
         self._end_process()
         super().stop()
-        for fd in (self._wake_r, self._wake_w):
+        if self._reader is not None and self._reader.is_alive():
+            return  # still selecting on them: two fds left open beat a reused one
+        with self._lock:
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+        for fd in (wake_r, wake_w):
             with contextlib.suppress(OSError):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
 
     def _end_process(self) -> None:
         process = self._process
@@ -207,7 +212,8 @@ class OnDemandSampler(Sampler):
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     # -- the reader thread --
 

@@ -211,12 +211,15 @@ def test_a_continuous_pool_ignores_begin_and_end() -> None:
     assert [s.time_ns for s in pool.window(1, 7, 0, 20 * MS)] == [10 * MS]
 
 
-def test_an_on_demand_pool_makes_on_demand_samplers() -> None:
+def test_an_on_demand_pool_makes_on_demand_samplers_and_stops_them() -> None:
+    # GIVEN an on-demand pool whose "Austin" exits at once
     pool = SamplerPool(Austin(Path("/bin/true")), 1000, on_demand=True)
-    try:
-        assert isinstance(pool.ensure(1), OnDemandSampler)
-    finally:
-        pool.stop()
+    sampler = pool.ensure(1)
+    # WHEN the pool stops
+    pool.stop()
+    # THEN its sampler was an on-demand one, and gave its wake-up pipe back
+    assert isinstance(sampler, OnDemandSampler)
+    assert (sampler._wake_r, sampler._wake_w) == (-1, -1)  # noqa: SLF001
 
 
 def test_a_stopped_austin_is_ended_with_its_target() -> None:
