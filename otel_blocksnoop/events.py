@@ -62,6 +62,7 @@ class Loss(StrEnum):
     KERNEL_THREADS = "kernel.threads"  # the thread table was full: a thread went untracked
     STACK_SAMPLES = "stacks.samples"  # a thread's sample history overflowed
     STACK_RESTARTS = "stacks.restarts"  # the sampler died and was restarted (its history lost)
+    STACK_LATE = "stacks.late"  # a sample arrived after its time was declared covered: dropped
     STACK_UNKNOWN = "stacks.unknown"  # a block reported without a stack: no sample inside it
     CONTEXT_LATE = "context.late"  # a span/task read finished after its block ended
     CONTEXT_ERRORS = "context.errors"  # a span/task read failed (memory changed under it)

@@ -46,7 +46,8 @@ from otel_blocksnoop.process.target import (
     inspect_target,
 )
 from otel_blocksnoop.stacks.austin import Austin, AustinError
-from otel_blocksnoop.stacks.sampler import SamplerPool, interval_for
+from otel_blocksnoop.stacks.pool import SamplerPool
+from otel_blocksnoop.stacks.sampler import interval_for
 from otel_blocksnoop.stacks.threads import ThreadClassifier
 
 log = logging.getLogger(__name__)

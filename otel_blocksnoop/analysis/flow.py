@@ -76,7 +76,7 @@ class Kinds(Protocol):
 
 
 class Samples(Protocol):
-    """The stack sampler, as far as the flow needs it (``stacks.sampler.SamplerPool``)."""
+    """The stack sampler, as far as the flow needs it (``stacks.pool.SamplerPool``)."""
 
     interval_us: int
 

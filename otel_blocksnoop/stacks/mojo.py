@@ -157,6 +157,19 @@ class MojoDecoder:
         """End of stream: hand out the sample still being built."""
         return [sample] if (sample := self._finish()) is not None else []
 
+    def complete(self) -> list[RawSample]:
+        """The writer paused (Austin stopped): hand out the sample being built if it is whole.
+
+        Austin ends each sample with its time metric (without ``-f``), so a
+        sample whose time is known and whose bytes were all read has every
+        frame. A sample cut before its time, or bytes ending inside an event,
+        stay for the next ``feed``.
+        """
+        sample = self._current
+        if sample is None or sample.delta_us == 0 or self._pos < len(self._buffer):
+            return []
+        return self.flush()
+
     def _header(self) -> bool:
         if len(self._buffer) < len(MAGIC) + 1:
             return False

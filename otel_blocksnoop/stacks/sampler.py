@@ -11,6 +11,9 @@ few samples it brings, so fewer, larger reads are what keeps it cheap.
 Memory is bounded: each thread keeps its last HISTORY samples, and at most
 MAX_THREADS threads are kept (the samples of a thread dropped to make room,
 and each restart of Austin, are counted in ``losses``).
+
+``on_demand.OnDemandSampler`` is the same sampler with Austin stopped between
+blocks; ``pool.SamplerPool`` holds one of either kind per watched process.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from collections import deque
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import NS_PER_MS, Frame, Loss, StackSample
 from otel_blocksnoop.losses import Losses
-from otel_blocksnoop.process.target import process_exists
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError, RawSample
 
@@ -112,6 +114,7 @@ class Sampler:
         self._failures = 0
         self._restart_at = 0.0
         self._heard_at = 0.0  # last start, or last read that brought samples
+        self._covered_ns = 0  # every sample taken before this has been read (0: not tracked)
 
     def start(self) -> None:
         argv = [
@@ -157,14 +160,14 @@ class Sampler:
         # 4-7 ms late (see the commit).
         next_write_s = 2 * self.interval_us / 1e6 + 0.002
         while not self._stopping:
-            chunks = _drain(fd)
+            chunks = drain(fd)
             if not chunks and process.poll() is not None:
                 break
             if chunks:
                 ready, _, _ = select.select([fd], [], [], next_write_s)
                 arrival_ns = time.monotonic_ns()
                 if ready:
-                    chunks += _drain(fd)
+                    chunks += drain(fd)
                 try:
                     samples = decoder.feed(b"".join(chunks))
                     self._add(samples, arrival_ns, decoder.pending())
@@ -175,31 +178,62 @@ class Sampler:
             time.sleep(READ_EVERY_S)
 
     def _add(
-        self, samples: list[RawSample], arrival_ns: int, pending: tuple[int, int] | None = None
+        self,
+        samples: list[RawSample],
+        arrival_ns: int | None,
+        pending: tuple[int, int] | None = None,
     ) -> None:
-        """Keep ``samples``; ``pending`` is the (tid, delta) of the one Austin is still writing."""
+        """Keep ``samples``; ``pending`` is the (tid, delta) of the one Austin is still writing.
+
+        ``arrival_ns`` None: the bytes were not read as Austin wrote them
+        (it was stopped), so they say nothing about when it sampled. A sample
+        placed before ``_covered_ns`` is dropped and counted: readers were
+        told that every sample up to then had arrived.
+        """
         if samples:
             self._failures = 0
             self._heard_at = time.monotonic()
         touched: set[int] = set()
+        late = 0
         with self._lock:
             for sample in samples:
                 history = self._histories.get(sample.tid)
                 if history is None:
                     history = self._histories[sample.tid] = _ThreadHistory()
                 history.elapsed_us += sample.delta_us
+                if (
+                    self._covered_ns
+                    and history.anchors
+                    and history.anchor_ns() + history.elapsed_us * 1000 < self._covered_ns
+                ):
+                    late += 1
+                    continue
                 history.samples.append((history.elapsed_us, sample.frames))
                 touched.add(sample.tid)
-            for tid in touched:
-                history = self._histories[tid]
-                newest_us = history.elapsed_us
-                if pending is not None and pending[0] == tid:
-                    newest_us += pending[1]
-                history.anchors.append(arrival_ns - newest_us * 1000)
+            if arrival_ns is not None:
+                for tid in touched:
+                    self._anchor(self._histories[tid], tid, arrival_ns, pending)
+        if late:
+            self._losses.add(Loss.STACK_LATE, late)
+
+    @staticmethod
+    def _anchor(
+        history: _ThreadHistory, tid: int, arrival_ns: int, pending: tuple[int, int] | None
+    ) -> None:
+        newest_us = history.elapsed_us
+        if pending is not None and pending[0] == tid:
+            newest_us += pending[1]
+        history.anchors.append(arrival_ns - newest_us * 1000)
 
     def _dropped(self, _tid: int, history: _ThreadHistory) -> None:
         """A thread's history was dropped to make room for a newer thread's."""
         self._losses.add(Loss.STACK_SAMPLES, len(history.samples))
+
+    def begin(self, tid: int, start_ns: int) -> None:
+        """Thread ``tid`` is blocked since ``start_ns``: a continuous sampler samples it already."""
+
+    def end(self, tid: int) -> None:
+        """The block of ``tid`` ended: a continuous sampler goes on."""
 
     def window(self, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
         """Samples of thread ``tid`` taken between ``start_ns`` and ``end_ns``."""
@@ -285,7 +319,7 @@ class Sampler:
             self._reader.join(timeout=1)
 
 
-def _drain(fd: int) -> list[bytes]:
+def drain(fd: int) -> list[bytes]:
     """Whatever the non-blocking pipe holds now."""
     chunks = []
     try:
@@ -299,36 +333,3 @@ def _drain(fd: int) -> list[bytes]:
 def settle_ns(interval_us: int) -> int:
     """How long after a block ends its last samples can take to arrive."""
     return int((READ_EVERY_S * 2) * 1e9) + 2 * interval_us * 1000 + 10 * NS_PER_MS
-
-
-class SamplerPool:
-    """A sampler per watched process, started on first need, stopped together."""
-
-    def __init__(self, austin: Austin, interval_us: int, losses: Losses | None = None) -> None:
-        self.austin = austin
-        self.interval_us = interval_us
-        self._losses = losses if losses is not None else Losses()
-        self._samplers: dict[int, Sampler] = {}
-
-    def ensure(self, pid: int) -> Sampler:
-        sampler = self._samplers.get(pid)
-        if sampler is None:
-            sampler = self._samplers[pid] = Sampler(
-                self.austin, pid, self.interval_us, self._losses
-            )
-            sampler.start()
-        return sampler
-
-    def window(self, pid: int, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
-        return self.ensure(pid).window(tid, start_ns, end_ns)
-
-    def covered_until(self, pid: int, tid: int) -> int:
-        return self.ensure(pid).covered_until(tid)
-
-    def maintain(self) -> None:
-        for pid, sampler in self._samplers.items():
-            sampler.maintain(target_alive=process_exists(pid))
-
-    def stop(self) -> None:
-        for sampler in self._samplers.values():
-            sampler.stop()

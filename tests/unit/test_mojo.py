@@ -79,3 +79,35 @@ def test_a_restarted_sampler_places_new_samples_on_a_fresh_time_base() -> None:
     sampler._add([Raw(1, 7, frames, 10_000, idle=False)], arrival_ns=6_010_000_000)  # noqa: SLF001
     # THEN it is placed at 6.01 s, not 5 s earlier on the old time base
     assert [s.time_ns for s in sampler.window(7, 6 * 10**9, 7 * 10**9)] == [6_010_000_000]
+
+
+@pytest.mark.parametrize("start", [500, 3000, 9000, 20000])
+def test_a_sample_with_its_time_is_whole(start: int) -> None:
+    # GIVEN a recorded stream cut at each byte from ``start`` until a sample is complete
+    data = CAPTURE.read_bytes()
+    reference = list(MojoDecoder().decode_all(data))
+    for cut in range(start, len(data)):
+        decoder = MojoDecoder()
+        done = decoder.feed(data[:cut])
+        # WHEN Austin is known to have paused there
+        completed = decoder.complete()
+        if not completed:
+            continue
+        # THEN the sample handed out is the one the stream completes later, frames and all
+        assert completed[0] == reference[len(done)]
+        # ... and decoding goes on from there as if nothing happened
+        rest = decoder.feed(data[cut:]) + decoder.flush()
+        assert done + completed + rest == reference
+        return
+    pytest.fail("no complete sample in the capture")
+
+
+def test_a_sample_cut_before_its_time_is_not_handed_out() -> None:
+    data = CAPTURE.read_bytes()
+    for cut in range(2000, len(data)):
+        decoder = MojoDecoder()
+        decoder.feed(data[:cut])
+        if decoder._current is not None and decoder.pending() is None:  # noqa: SLF001
+            assert decoder.complete() == []
+            return
+    pytest.fail("no sample cut before its time in the capture")

@@ -1,0 +1,69 @@
+"""One sampler per watched process, continuous or on demand, behind one face.
+
+The analysis asks ``window`` and ``covered_until`` in both modes. On demand
+(``on_demand=True``) it also says when to gather: ``begin`` when the kernel
+reports a loop thread blocked (a trigger), ``end`` when that block is over;
+Austin then samples a process only while one of its threads is blocked. A
+continuous pool samples all the time and ``begin``/``end`` change nothing, so
+the analysis can call them in either mode.
+"""
+
+from __future__ import annotations
+
+from otel_blocksnoop.events import StackSample
+from otel_blocksnoop.losses import Losses
+from otel_blocksnoop.process.target import process_exists
+from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.on_demand import OnDemandSampler
+from otel_blocksnoop.stacks.sampler import Sampler
+
+
+class SamplerPool:
+    """A sampler per watched process, started on first need, stopped together."""
+
+    def __init__(
+        self,
+        austin: Austin,
+        interval_us: int,
+        losses: Losses | None = None,
+        *,
+        on_demand: bool = False,
+    ) -> None:
+        self.austin = austin
+        self.interval_us = interval_us
+        self.on_demand = on_demand
+        self._losses = losses if losses is not None else Losses()
+        self._samplers: dict[int, Sampler] = {}
+
+    def ensure(self, pid: int) -> Sampler:
+        """The sampler of ``pid``, started now if it has none (on demand: started, then stopped)."""
+        sampler = self._samplers.get(pid)
+        if sampler is None:
+            kind = OnDemandSampler if self.on_demand else Sampler
+            sampler = self._samplers[pid] = kind(self.austin, pid, self.interval_us, self._losses)
+            sampler.start()
+        return sampler
+
+    def begin(self, pid: int, tid: int, start_ns: int) -> None:
+        """Thread ``tid`` of ``pid`` has been blocked since ``start_ns``: gather its stacks."""
+        self.ensure(pid).begin(tid, start_ns)
+
+    def end(self, pid: int, tid: int) -> None:
+        """The block of ``tid`` ended: stop gathering when no other block of ``pid`` needs it."""
+        sampler = self._samplers.get(pid)
+        if sampler is not None:
+            sampler.end(tid)
+
+    def window(self, pid: int, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
+        return self.ensure(pid).window(tid, start_ns, end_ns)
+
+    def covered_until(self, pid: int, tid: int) -> int:
+        return self.ensure(pid).covered_until(tid)
+
+    def maintain(self) -> None:
+        for pid, sampler in self._samplers.items():
+            sampler.maintain(target_alive=process_exists(pid))
+
+    def stop(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.stop()

@@ -1,0 +1,153 @@
+"""Stacks on demand: a real Austin resumed by ``begin``, stopped by ``end``, around real blocks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import TARGETS
+from harness.interpreters import MINORS, pyenv_python
+from otel_blocksnoop.analysis.attribution import attribute
+from otel_blocksnoop.events import Loss
+from otel_blocksnoop.losses import Losses
+from otel_blocksnoop.stacks.austin import Austin, AustinError
+from otel_blocksnoop.stacks.on_demand import OnDemandSampler, State, process_state
+from otel_blocksnoop.stacks.pool import SamplerPool
+from tests.helpers import IN_CI, WAIT_S, PipeLines
+
+pytestmark = [pytest.mark.integration]
+
+HELD = TARGETS / "held.py"
+PYTHONS = {f"3.{minor}": pyenv_python(minor) for minor in MINORS}
+
+
+@pytest.fixture
+def austin() -> Austin:
+    """Austin 4, present (CI) or the test is skipped (elsewhere)."""
+    try:
+        found = Austin.find()
+        found.version()
+    except AustinError as error:
+        if IN_CI:
+            pytest.fail(f"on-demand stacks need Austin, and CI must have it: {error}")
+        pytest.skip(str(error))
+    return found
+
+
+class HeldTarget:
+    """harness/targets/held.py: blocks its loop from "hold" to "release"."""
+
+    def __init__(self, tmp_path: Path, python: Path) -> None:
+        fifo = tmp_path / "ready.fifo"
+        os.mkfifo(fifo)
+        self.process = subprocess.Popen(
+            [str(python), str(HELD), "--ready", str(fifo)], stdin=subprocess.PIPE, text=True
+        )
+        self._fifo = fifo.open()
+        self.lines = PipeLines(self._fifo)
+        self.tid = int(self.lines.wait_for("ready").split()[1])
+        self.pid = self.process.pid
+
+    def _say(self, word: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(word + "\n")
+        self.process.stdin.flush()
+
+    def hold(self) -> int:
+        """Block the loop; return when it is blocked, with the block's start."""
+        self._say("hold")
+        return int(self.lines.wait_for("holding").split()[2])
+
+    def release(self) -> tuple[int, int]:
+        """End the block; its (start, end)."""
+        self._say("release")
+        _, start, end = self.lines.wait_for("released").split()
+        return int(start), int(end)
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=WAIT_S)
+        self._fifo.close()
+
+
+@pytest.fixture(params=sorted(PYTHONS), ids=sorted(PYTHONS))
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HeldTarget]:
+    python = PYTHONS[request.param]
+    if python is None:
+        if IN_CI:
+            pytest.fail(f"CI must have pyenv's CPython {request.param}")
+        pytest.skip(f"no CPython {request.param} here")
+    held = HeldTarget(tmp_path, python)
+    yield held
+    held.stop()
+
+
+def wait_until(condition: Callable[[], bool], pool: SamplerPool, what: str) -> None:
+    """Until ``condition`` holds (the pool restarting Austin if it must), or fail."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {WAIT_S} s: {what}")
+        pool.maintain()
+        time.sleep(0.001)
+
+
+def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
+    austin: Austin, target: HeldTarget
+) -> None:
+    # GIVEN an on-demand pool watching the target: Austin attached, then stopped
+    losses = Losses()
+    pool = SamplerPool(austin, 1000, losses, on_demand=True)
+    sampler = pool.ensure(target.pid)
+    assert isinstance(sampler, OnDemandSampler)
+    try:
+        wait_until(lambda: sampler.state == State.STOPPED, pool, "Austin stopped after attach")
+        assert sampler._process is not None  # noqa: SLF001
+        austin_pid = sampler._process.pid  # noqa: SLF001
+        assert process_state(austin_pid) == "T"
+        assert os.sched_getscheduler(austin_pid) == os.SCHED_RR  # root may raise it
+
+        # WHEN a block is going on, begin is called, and end once it is over
+        start = target.hold()
+        pool.begin(target.pid, target.tid, start)
+        wait_until(
+            lambda: len(pool.window(target.pid, target.tid, start, time.monotonic_ns())) >= 3,
+            pool,
+            "samples of the held loop",
+        )
+        start, end = target.release()
+        pool.end(target.pid, target.tid)
+        wait_until(
+            lambda: pool.covered_until(target.pid, target.tid) >= end, pool, "coverage to the end"
+        )
+
+        # THEN the samples of the block name the function that held the loop
+        samples = pool.window(target.pid, target.tid, start, end)
+        found = attribute([sample.frames for sample in samples])
+        assert found is not None
+        assert found.call_site is not None
+        assert found.call_site.function.endswith("hold_the_loop"), found.call_site
+        assert found.call_site.file == str(HELD)
+        # ... and Austin is stopped again
+        assert sampler.state == State.STOPPED
+        assert process_state(austin_pid) == "T"
+
+        # WHEN a block comes and goes without begin
+        start = target.hold()
+        assert process_state(austin_pid) == "T"
+        start, end = target.release()
+        # THEN nothing was gathered for it: Austin stayed stopped
+        assert pool.window(target.pid, target.tid, start, end) == []
+        assert pool.covered_until(target.pid, target.tid) >= end
+        assert sampler.resumes == 1
+        assert losses.total(Loss.STACK_SAMPLES) == 0
+    finally:
+        pool.stop()
+    # AND the stopped Austin ended with the pool
+    assert process_state(austin_pid) is None
