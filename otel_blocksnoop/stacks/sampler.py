@@ -226,10 +226,13 @@ class Sampler:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def maintain(self, target_alive: bool) -> None:
-        """Restart Austin with back-off if it died, or went silent, while the target lives."""
+    def maintain(self, target_alive: bool) -> float | None:
+        """Restart Austin with back-off if it died, or went silent, while the target lives.
+
+        Returns when (``time.monotonic``) to be called again, None when never.
+        """
         if self._stopping or self._process is None or not target_alive:
-            return
+            return None
         now = time.monotonic()
         if self.running:
             if now - self._heard_at > STALL_S:
@@ -239,7 +242,8 @@ class Sampler:
                 self._process.kill()
                 self._process.wait()
             else:
-                return
+                # Austin may die any time: look again when silence would mean stuck.
+                return self._heard_at + STALL_S
         if self._restart_at == 0.0:
             reason = self._exit_reason()
             delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S) - 1)]
@@ -257,6 +261,8 @@ class Sampler:
         elif now >= self._restart_at:
             self._restart_at = 0.0
             self.start()
+            return self._heard_at + STALL_S
+        return self._restart_at
 
     def _exit_reason(self) -> str:
         if self._process is None:
@@ -325,9 +331,14 @@ class SamplerPool:
     def covered_until(self, pid: int, tid: int) -> int:
         return self.ensure(pid).covered_until(tid)
 
-    def maintain(self) -> None:
-        for pid, sampler in self._samplers.items():
-            sampler.maintain(target_alive=process_exists(pid))
+    def maintain(self) -> int | None:
+        """Restart samplers that died; when (CLOCK_MONOTONIC ns) to be called again, if ever."""
+        again = [
+            at
+            for pid, sampler in self._samplers.items()
+            if (at := sampler.maintain(target_alive=process_exists(pid))) is not None
+        ]
+        return int(min(again) * 1e9) if again else None
 
     def stop(self) -> None:
         for sampler in self._samplers.values():
