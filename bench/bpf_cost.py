@@ -4,13 +4,16 @@
 """What the kernel side costs: run count and run time of each BPF program.
 
 Loads the detector in this process (with and without the sched_switch
-program that books each block's cause), watches apps/http_app.py while wrk
-loads it, and reads each program's ``run_cnt`` and ``run_time_ns`` from
-``/proc/self/fdinfo`` (the kernel's own accounting, switched on for the run
-with ``kernel.bpf_stats_enabled``). Unlike throughput, these counts do not
-depend on what else the machine is doing. Modes alternate over the rounds.
+program that books each block's cause, with and without the triggers that
+tell user space when to look: the cpu-clock tick and sched_switch), watches
+apps/http_app.py while wrk loads it, and reads each program's ``run_cnt`` and
+``run_time_ns`` from ``/proc/self/fdinfo`` (the kernel's own accounting,
+switched on for the run with ``kernel.bpf_stats_enabled``). Unlike
+throughput, these counts do not depend on what else the machine is doing.
+The triggers sent (each one wakes the sidecar) are counted by reason. Modes
+alternate over the rounds.
 
-USAGE: bpf_cost.py [--rounds N] [--seconds S]
+USAGE: bpf_cost.py [--rounds N] [--seconds S] [--mode NAME ...]
 """
 
 from __future__ import annotations
@@ -19,19 +22,27 @@ import argparse
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from blocksnoop_bench.overhead import PythonLoad, Wrk, find_wrk
 from blocksnoop_bench.procs import start_app
 
 from otel_blocksnoop.cli import positive_int
+from otel_blocksnoop.events import Trigger
 from otel_blocksnoop.kernel.detector import Detector
 from otel_blocksnoop.kernel.program import DetectorConfig
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-MODES = {"detection": False, "detection + cause": True}
 THRESHOLD_NS = 100_000_000
+TRIGGER_NS = THRESHOLD_NS // 2  # what the sidecar asks for with trace links on
+MODES = {
+    "detection": (False, 0),
+    "detection + cause": (True, 0),
+    "detection + triggers": (False, TRIGGER_NS),
+    "detection + cause + triggers": (True, TRIGGER_NS),
+}
+"""By name: (cause, trigger age in ns; 0: no triggers)."""
 
 
 def prog_stats(fd: int) -> tuple[int, int]:
@@ -54,10 +65,16 @@ def context_switches() -> int:
     return 0
 
 
-def measure(cause: bool, pid: int, load: Wrk | PythonLoad, seconds: int) -> dict[str, float]:
+def measure(
+    mode: tuple[bool, int], pid: int, load: Wrk | PythonLoad, seconds: int
+) -> dict[str, float]:
     """Per-program calls/s and ns/call, the total % of a core, and req/s, for one round."""
-    detector = Detector(DetectorConfig(threshold_ns=THRESHOLD_NS, activity=cause))
+    cause, trigger_ns = mode
+    detector = Detector(
+        DetectorConfig(threshold_ns=THRESHOLD_NS, activity=cause, trigger_ns=trigger_ns)
+    )
     detector.load()
+    reasons: Counter[str] = Counter()
     try:
         detector.watch(pid)
         funcs = detector._bpf.funcs  # noqa: SLF001 - the bench reads the loaded programs
@@ -68,9 +85,16 @@ def measure(cause: bool, pid: int, load: Wrk | PythonLoad, seconds: int) -> dict
         elapsed = time.monotonic() - started
         after = {_short(name): prog_stats(func.fd) for name, func in funcs.items()}
         switches = context_switches() - switches
+        for event in detector.poll(0):
+            if isinstance(event, Trigger):
+                reasons[event.reason] += 1
+        reasons["lost"] = detector.counters().lost_triggers
     finally:
         detector.close()
     row: dict[str, float] = {"req/s": result.rps, "switches/s": switches / elapsed}
+    if trigger_ns:
+        for reason, count in reasons.items():
+            row[f"triggers/s: {reason}"] = count / elapsed
     total_ns = 0
     for name, (count, run_ns) in after.items():
         calls, ns = count - before[name][0], run_ns - before[name][1]
@@ -85,7 +109,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/bpf_cost.py", description=__doc__)
     parser.add_argument("--rounds", type=positive_int, default=4)
     parser.add_argument("--seconds", type=positive_int, default=5)
+    parser.add_argument("--mode", choices=MODES, action="append", help="default: all")
     args = parser.parse_args(argv)
+    modes = {name: MODES[name] for name in args.mode or MODES}
 
     previous = STATS_SYSCTL.read_text().strip()
     STATS_SYSCTL.write_text("1")
@@ -96,20 +122,20 @@ def main(argv: list[str]) -> int:
         load = Wrk(wrk, port) if wrk else PythonLoad(port)
         rows: dict[str, list[dict[str, float]]] = defaultdict(list)
         for round_no in range(args.rounds):
-            order = list(MODES.items())
-            for mode, cause in order if round_no % 2 == 0 else reversed(order):
-                rows[mode].append(measure(cause, server.pid, load, args.seconds))
+            order = list(modes.items())
+            for name, mode in order if round_no % 2 == 0 else reversed(order):
+                rows[name].append(measure(mode, server.pid, load, args.seconds))
     finally:
         server.stop()
         STATS_SYSCTL.write_text(previous)
 
     print(f"load: {load.name}, {args.rounds} rounds of {args.seconds} s per mode; medians\n")
     keys = sorted({key for mode_rows in rows.values() for row in mode_rows for key in row})
-    print("| figure | " + " | ".join(MODES) + " |")
-    print("| --- |" + " --- |" * len(MODES))
+    print("| figure | " + " | ".join(modes) + " |")
+    print("| --- |" + " --- |" * len(modes))
     for key in keys:
         cells = []
-        for mode in MODES:
+        for mode in modes:
             values = [row[key] for row in rows[mode] if key in row]
             cells.append(f"{statistics.median(values):,.1f}" if values else "-")
         print(f"| {key} | " + " | ".join(cells) + " |")

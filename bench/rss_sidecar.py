@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from otel_blocksnoop import cli, preflight, session
 from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
-from otel_blocksnoop.events import BlockEvent, Counters, HistogramSnapshot, Loss
+from otel_blocksnoop.events import Counters, HistogramSnapshot, KernelEvent, Loss
 from otel_blocksnoop.kernel import loader
 from otel_blocksnoop.kernel.constants import (
     COUNTER_BUSY_NS,
@@ -81,9 +81,10 @@ class LoaderDetector(Detector):
         raw = self.program.map("watched").lookup(u32(tgid))
         return int(WatchStateC.from_buffer_copy(raw).cpu_ns) if raw is not None else 0
 
-    def poll(self, timeout_ms: int) -> list[BlockEvent]:
-        self.program.poll(timeout_ms)
-        events, self._pending = self._pending, []
+    def poll(self, timeout_ms: int | None) -> list[KernelEvent]:
+        self.program.poll(-1 if timeout_ms is None else timeout_ms)
+        events: list[KernelEvent] = list(self._pending)
+        self._pending = []
         return events
 
     def counters(self) -> Counters:

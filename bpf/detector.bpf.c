@@ -14,13 +14,29 @@
  * CPU), plus the CPU time of the other threads of its process, which is how
  * user space tells a GIL wait from a plain futex sleep.
  *
+ * Triggers (TRIGGER_NS > 0) tell user space when to look, so that it sleeps
+ * while no loop is blocked: once per block, a trigger_event goes out through
+ * its own ring buffer when a watched thread has been out of epoll for
+ * TRIGGER_NS. Two programs see it: on_tick, run by a per-CPU cpu-clock perf
+ * event every TICK period, catches a thread running on CPU (a tick comes
+ * only while a CPU is busy); sched_switch catches a thread leaving the CPU
+ * out of epoll, asleep or preempted, after which nothing in the kernel may
+ * run in time on an idle machine: that trigger (TRIGGER_OFF_CPU) asks user
+ * space to look at start + TRIGGER_NS itself. The block a trigger was sent
+ * for is kept in the thread's state (told_ns), so a thread is told once per
+ * block; nothing is sent when a block ends (user space sees it end in the
+ * thread table, or by its block_event). A thread's first return from epoll
+ * is announced too (TRIGGER_NEW_THREAD).
+ *
  * Attached to the syscalls:sys_{enter,exit}_epoll_* tracepoints (this
- * kernel has no kprobes) and to sched:sched_process_{fork,exit}.
+ * kernel has no kprobes), to sched:sched_process_{fork,exit}, to
+ * sched:sched_switch (cause or triggers) and to cpu-clock (triggers).
  *
  * Compile-time constants (BCC -D cflags, from program_cflags() in
  * otel_blocksnoop/kernel/program.py): THRESHOLD_NS, TARGET_TID (0 = all
- * threads), STATS_MODE, TRACK_ACTIVITY, MAX_THREADS, MAX_WATCHED,
- * RINGBUF_PAGES, and the constants shared with Python (see detector.h).
+ * threads), STATS_MODE, TRACK_ACTIVITY, TRIGGER_NS (0 = no triggers),
+ * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, and the constants
+ * shared with Python (see detector.h).
  */
 #include <asm/ptrace.h>
 #include <linux/sched.h>
@@ -48,6 +64,12 @@
 #ifndef RINGBUF_PAGES
 #error "RINGBUF_PAGES: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+#ifndef TRIGGER_NS
+#error "TRIGGER_NS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef TRIGGER_PAGES
+#error "TRIGGER_PAGES: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 
 /* prev_state bits of a task that went to sleep (S, D, T, t, ...); a
  * preempted task reports 0 or TASK_REPORT_MAX, outside this mask. */
@@ -57,6 +79,13 @@ BPF_HASH(watched, u32, struct watch_state, MAX_WATCHED);
 BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#if TRIGGER_NS
+BPF_RINGBUF_OUTPUT(triggers, TRIGGER_PAGES);
+BPF_PERCPU_ARRAY(preempted_tid, u32, 1); /* a watched thread preempted here, out of epoll */
+/* When user space will next look at the triggers by itself (CLOCK_MONOTONIC;
+ * 0: not before one wakes it). It writes this before each wait. */
+BPF_ARRAY(user_wake, u64, 1);
+#endif
 #if TRACK_ACTIVITY
 BPF_PERCPU_ARRAY(last_switch, u64, 1); /* when this CPU last switched task */
 #endif
@@ -129,6 +158,92 @@ static __always_inline u32 watched_tid(u32 *tgid_out, struct watch_state **watch
     *watch_out = watch;
     return tid;
 }
+
+#if TRIGGER_NS
+/* Tell user space to look at thread tid at look_ns; wake it (flags) or not. */
+static __always_inline void send_trigger(u32 tgid, u32 tid, u64 start, u64 look, u32 reason,
+                                         u64 flags)
+{
+    struct trigger_event *trigger = triggers.ringbuf_reserve(sizeof(*trigger));
+    if (!trigger) {
+        count(COUNTER_LOST_TRIGGERS, 1);
+        return;
+    }
+    trigger->start_ns = start;
+    trigger->look_ns = look;
+    trigger->tgid = tgid;
+    trigger->tid = tid;
+    trigger->reason = reason;
+    trigger->pad = 0;
+    triggers.ringbuf_submit(trigger, flags);
+}
+
+/* Tell user space of a thread's block once, if it has lasted TRIGGER_NS by
+ * now; returns whether the block is told of (now, or before). */
+static __always_inline int trigger_due(struct thread_state *state, u32 tid, u64 now)
+{
+    u64 start = state->left_epoll_ns;
+    if (!start || state->told_ns == start)
+        return 1;
+    if (now - start < TRIGGER_NS)
+        return 0;
+    state->told_ns = start;
+    send_trigger(state->tgid, tid, start, now, TRIGGER_DUE, BPF_RB_FORCE_WAKEUP);
+    return 1;
+}
+
+/* A watched thread leaves the CPU out of epoll (current is the thread). If
+ * it is preempted, this CPU stays busy and its tick looks at it (the
+ * preempted_tid slot); asleep, nothing in the kernel may run in time, so user
+ * space is told now to look at start + TRIGGER_NS. It is not woken for that
+ * when it will look by itself before then (user_wake): a thread that sleeps
+ * in every iteration (a GIL wait) then costs one wake-up per TRIGGER_NS, not
+ * one per iteration. */
+static __always_inline void trigger_off_cpu(struct thread_state *state, u32 tid, u64 now,
+                                            int asleep)
+{
+    if (trigger_due(state, tid, now))
+        return;
+    if (!asleep) {
+        u32 zero = 0;
+        u32 *slot = preempted_tid.lookup(&zero);
+        if (slot)
+            *slot = tid;
+        return;
+    }
+    u64 look = state->left_epoll_ns + TRIGGER_NS;
+    u32 zero = 0;
+    u64 *wake = user_wake.lookup(&zero);
+    u64 flags = wake && *wake && *wake <= look ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+    state->told_ns = state->left_epoll_ns;
+    send_trigger(state->tgid, tid, state->left_epoll_ns, look, TRIGGER_OFF_CPU, flags);
+}
+
+/* A cpu-clock tick on a busy CPU: the thread running here, or the one it
+ * preempted, may be a loop thread out of epoll for TRIGGER_NS already. */
+int on_tick(void *ctx)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    u32 *slot = preempted_tid.lookup(&zero);
+    if (slot && *slot) {
+        u32 waiting = *slot;
+        struct thread_state *state = threads.lookup(&waiting);
+        if (!state || trigger_due(state, waiting, now))
+            *slot = 0;
+    }
+
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!tgid || !watched.lookup(&tgid))
+        return 0;
+    u32 tid = (u32)id;
+    struct thread_state *state = threads.lookup(&tid);
+    if (state)
+        trigger_due(state, tid, now);
+    return 0;
+}
+#endif
 
 #if TRACK_ACTIVITY
 /* Adds one sleep to the slot of its syscall, or the first free one. */
@@ -225,13 +340,19 @@ int on_epoll_exit(void *ctx)
     u32 tid = watched_tid(&tgid, &watch);
     if (!tid)
         return 0;
-    struct thread_state fresh = {.tgid = tgid};
-    struct thread_state *state = threads.lookup_or_try_init(&tid, &fresh);
-    if (!state) {
-        count(COUNTER_STATE_FULL, 1);
-        return 0;
-    }
     u64 now = bpf_ktime_get_ns();
+    struct thread_state *state = threads.lookup(&tid);
+    if (!state) {
+        struct thread_state fresh = {.tgid = tgid};
+        state = threads.lookup_or_try_init(&tid, &fresh);
+        if (!state) {
+            count(COUNTER_STATE_FULL, 1);
+            return 0;
+        }
+#if TRIGGER_NS
+        send_trigger(tgid, tid, now, now, TRIGGER_NEW_THREAD, BPF_RB_FORCE_WAKEUP);
+#endif
+    }
     if (state->entered_epoll_ns)
         state->idle_ns += now - state->entered_epoll_ns;
 #if TRACK_ACTIVITY
@@ -247,7 +368,8 @@ int on_epoll_exit(void *ctx)
 
 #if TRACK_ACTIVITY
 /* A task switch: charge the outgoing task's slice to its process, and keep
- * the books of watched threads that are out of epoll. current is prev. */
+ * the books of watched threads that are out of epoll; tell user space of one
+ * that leaves the CPU (triggers). current is prev. */
 TRACEPOINT_PROBE(sched, sched_switch)
 {
     u64 now = bpf_ktime_get_ns();
@@ -273,6 +395,10 @@ TRACEPOINT_PROBE(sched, sched_switch)
             out->switched_at = now;
             out->off_nr = (args->prev_state & TASK_REPORT_SLEEP) ? current_syscall() : OFF_RUNQ;
         }
+#if TRIGGER_NS
+        if (out)
+            trigger_off_cpu(out, prev, now, args->prev_state & TASK_REPORT_SLEEP);
+#endif
     }
 
     u32 next = args->next_pid;
@@ -286,6 +412,20 @@ TRACEPOINT_PROBE(sched, sched_switch)
         in->switched_at = now;
         in->off_nr = OFF_ON_CPU;
     }
+    return 0;
+}
+#elif TRIGGER_NS
+/* A task switch without the cause's books: only tell user space of a watched
+ * thread that leaves the CPU out of epoll. current is prev. */
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!tgid || !watched.lookup(&tgid))
+        return 0;
+    u32 prev = args->prev_pid;
+    struct thread_state *out = threads.lookup(&prev);
+    if (out)
+        trigger_off_cpu(out, prev, bpf_ktime_get_ns(), args->prev_state & TASK_REPORT_SLEEP);
     return 0;
 }
 #endif

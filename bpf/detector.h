@@ -32,7 +32,8 @@
  * COUNTER_LOST_EVENTS  ring buffer full: a block was dropped
  * COUNTER_ITERATIONS   loop iterations seen (all, not only blocks)
  * COUNTER_BUSY_NS      time spent outside epoll, summed
- * COUNTER_STATE_FULL   thread table full: a thread is not tracked */
+ * COUNTER_STATE_FULL   thread table full: a thread is not tracked
+ * COUNTER_LOST_TRIGGERS trigger ring buffer full: a trigger was dropped */
 #ifndef COUNTER_LOST_EVENTS
 #error "COUNTER_LOST_EVENTS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
@@ -45,6 +46,9 @@
 #ifndef COUNTER_STATE_FULL
 #error "COUNTER_STATE_FULL: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+#ifndef COUNTER_LOST_TRIGGERS
+#error "COUNTER_LOST_TRIGGERS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 #ifndef COUNTER_MAX
 #error "COUNTER_MAX: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
@@ -53,6 +57,24 @@
  * of epoll. */
 #ifndef BLOCK_THREAD_EXITED
 #error "BLOCK_THREAD_EXITED: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+
+/* Reasons of a trigger_event:
+ * TRIGGER_DUE        the thread has been out of epoll for TRIGGER_NS or more
+ *                    (seen on CPU by a cpu-clock tick, or as it left the CPU);
+ * TRIGGER_OFF_CPU    it left the CPU (asleep, or preempted) out of epoll before
+ *                    that: nothing in the kernel may run again in time on an
+ *                    idle machine, so user space looks at start_ns + TRIGGER_NS;
+ * TRIGGER_NEW_THREAD a thread's first return from epoll: a loop (or a native
+ *                    poller) starts. */
+#ifndef TRIGGER_DUE
+#error "TRIGGER_DUE: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef TRIGGER_OFF_CPU
+#error "TRIGGER_OFF_CPU: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef TRIGGER_NEW_THREAD
+#error "TRIGGER_NEW_THREAD: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
 
 /* Off-CPU reasons kept in thread_state.off_nr besides syscall numbers:
@@ -105,6 +127,20 @@ struct block_event {
     char comm[COMM_LEN];
 };
 
+/* A watched thread user space should look at: the kernel's "when to look".
+ * At most one per block (and one per thread for TRIGGER_NEW_THREAD); see
+ * the TRIGGER_* reasons. start_ns is when the thread left epoll, look_ns when
+ * to look at it: when the trigger was raised, or (TRIGGER_OFF_CPU) start_ns +
+ * TRIGGER_NS (CLOCK_MONOTONIC, bpf_ktime_get_ns). */
+struct trigger_event {
+    __u64 start_ns;
+    __u64 look_ns;
+    __u32 tgid;
+    __u32 tid;
+    __u32 reason;
+    __u32 pad;
+};
+
 /* Per-thread state, keyed by tid. left_epoll_ns is 0 while the thread is
  * inside an epoll call, so user space can see a block still in progress,
  * and what it has done so far (activity, plus the current stretch since
@@ -118,6 +154,7 @@ struct thread_state {
     __u64 iterations;     /* cumulative, for utilization: loop iterations, */
     __u64 busy_ns;        /* time out of epoll, */
     __u64 idle_ns;        /* and time inside it */
+    __u64 told_ns;        /* the block (its left_epoll_ns) a trigger was sent for */
     __u32 tgid;
     __s32 off_nr;         /* OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in */
     struct activity activity;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from otel_blocksnoop.analysis import hangs, trace_link
 from otel_blocksnoop.export.otlp import OtlpSettings
 from otel_blocksnoop.kernel.program import DetectorConfig
 
@@ -33,7 +34,19 @@ class Config:
     ebpf: bool
 
     @property
+    def trigger_ns(self) -> int:
+        """Age out of epoll at which the kernel says to look: the earliest any stage needs."""
+        ages = [hangs.first_report_ns(self.threshold_ns)]
+        if self.trace_link:
+            ages.append(trace_link.trigger_ns_for(self.threshold_ns))
+        return min(ages)
+
+    @property
     def detector(self) -> DetectorConfig:
         return DetectorConfig(
-            threshold_ns=self.threshold_ns, tid=self.tid, stats=self.stats, activity=self.cause
+            threshold_ns=self.threshold_ns,
+            tid=self.tid,
+            stats=self.stats,
+            activity=self.cause,
+            trigger_ns=self.trigger_ns,
         )

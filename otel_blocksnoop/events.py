@@ -60,6 +60,7 @@ class Loss(StrEnum):
 
     KERNEL_EVENTS = "kernel.events"  # the ring buffer was full: a block never left the kernel
     KERNEL_THREADS = "kernel.threads"  # the thread table was full: a thread went untracked
+    KERNEL_TRIGGERS = "kernel.triggers"  # the trigger ring buffer was full: a block went unwatched
     STACK_SAMPLES = "stacks.samples"  # a thread's sample history overflowed
     STACK_RESTARTS = "stacks.restarts"  # the sampler died and was restarted (its history lost)
     STACK_LATE = "stacks.late"  # a sample arrived after its time was declared covered: dropped
@@ -90,6 +91,33 @@ class BlockEvent:
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+
+class TriggerReason(StrEnum):
+    """Why the kernel said to look at a thread (``Trigger``)."""
+
+    DUE = "due"  # out of epoll for the trigger age or more
+    OFF_CPU = "off_cpu"  # left the CPU out of epoll, younger: look at the trigger age
+    NEW_THREAD = "new_thread"  # its first return from epoll: a loop (or a poller) starts
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """The kernel's word that a watched thread needs looking at: when to look, not what.
+
+    Sent once per block, when its thread has been out of epoll for the
+    trigger age, or as it leaves the CPU before (``OFF_CPU``: nothing in the
+    kernel may run again in time, so the one told looks then). Times are
+    CLOCK_MONOTONIC nanoseconds: ``start_ns`` is when the thread left epoll
+    (for ``NEW_THREAD``, its first return), ``look_ns`` when to look: when
+    the kernel spoke, or, for ``OFF_CPU``, when the block reaches the age.
+    """
+
+    pid: int
+    tid: int
+    start_ns: int
+    look_ns: int
+    reason: TriggerReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +301,7 @@ class Counters:
     iterations: int
     busy_ns: int
     untracked_threads: int
+    lost_triggers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +357,9 @@ class SessionSummary:
     duration_s: float = 0.0
     losses: tuple[tuple[Loss, int], ...] = ()  # every kind of loss, totals at the end
 
+
+# What the kernel sends through its ring buffers.
+KernelEvent = BlockEvent | Trigger
 
 # What a sink is handed: a block (``in_progress``: a hang, reported while it lasts),
 # stats-mode intervals, periodic loop times, and the summary, once, at the end.

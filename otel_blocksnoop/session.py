@@ -6,10 +6,15 @@ kernel events into blocks, and the sinks (``export``) ship them. This module
 only decides which stages a run needs, hands each its own settings, and
 stops them in order: a stop request (SIGINT/SIGTERM) or the target's exit
 ends the loop, then the flow drains what the kernel already saw.
+
+The loop sleeps on the kernel's ring buffers with no timeout but the flow's
+own timers and the once-a-second loop-times record; the target's exit (a
+pidfd) and a stop request (a pipe) wake it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -59,6 +64,9 @@ class Watched(Protocol):
     def exited(self) -> bool:
         """True once the process is gone."""
 
+    def fileno(self) -> int:
+        """A file descriptor that becomes readable when ``exited`` may have changed."""
+
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
@@ -94,29 +102,49 @@ class Session:
             threshold_ns=options.threshold_ns,
             kinds=None if options.all_threads else classifier,
             stacks=stacks,
+            followers=() if linker is None else (linker,),
         )
         self._stats = IntervalStats(detector)
         self._stop_requested = False
         self._lost_reported = 0
+        # A stop request wakes the loop through this pipe: a signal handler runs while
+        # the wait is retried (PEP 475), so setting the flag alone would not end it.
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def request_stop(self) -> None:
         """Ask the loop to drain and return; safe from a signal handler."""
         self._stop_requested = True
+        if self._wake_write >= 0:
+            with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                os.write(self._wake_write, b"x")
 
     @property
     def stopping(self) -> bool:
         return self._stop_requested
 
     def run(self, target: Watched) -> SessionSummary:
+        try:
+            return self._run(target)
+        finally:
+            # No longer written to by a late signal (its number may be reused).
+            read_fd, write_fd = self._wake_read, self._wake_write
+            self._wake_write = -1
+            os.close(write_fd)
+            os.close(read_fd)
+
+    def _run(self, target: Watched) -> SessionSummary:
         started = time.monotonic()
         every_s = self._options.stats_interval_s
         next_stats = started + every_s
         last_stats = started
+        if not self._options.stats:
+            self._detector.wake_on(target.fileno())
+            self._detector.wake_on(self._wake_read)
         while not self._stop_requested and not target.exited():
             if self._options.stats:
                 time.sleep(min(POLL_MS / 1000, max(0.0, next_stats - time.monotonic())))
             else:
-                self._flow.step()
+                self._flow.step(until_ns=int(next_stats * 1e9))
             now = time.monotonic()
             if now >= next_stats:
                 if self._options.stats:
@@ -325,7 +353,10 @@ def _watch_launched(
     if stacks is not None:
         stacks.ensure(child.pid)
     log.info("launched PID %d (%s), watching for %s", child.pid, _short(command), what)
-    session.run(child)
+    try:
+        session.run(child)
+    finally:
+        child.close()
     child.process.wait()
     code = child.exit_code()
     return code if code is not None else ExitCode.FAILURE

@@ -1,11 +1,16 @@
 """Blocks from kernel events to records: the path a block takes through analysis.
 
-Each event the kernel sends is classified by thread (a loop, or a native
+Each block the kernel sends is classified by thread (a loop, or a native
 poller whose blocks are counted, not reported), held until the samples taken
-during it have arrived, enriched, and handed on. Threads still out of epoll
-are looked at while they are out (hangs, see ``hangs``). Nothing detected is
-lost on the way out: ``finish`` drains the ring buffer and reports blocks
-still going on as ended by the stop.
+during it have arrived, enriched, and handed on. The kernel also says when
+to look (``Trigger``): each trigger goes to the followers that gather
+evidence while the block lasts (the trace linker), and arms a timer at the
+age its block is due as a hang (``hangs``); the timer looks at that one
+thread, and reports the block if it still goes on. Between those, the flow
+waits on the kernel with no timeout but its own timers' (blocks waiting for
+their samples, hang reports, the sampler's upkeep) and the caller's. Nothing
+detected is lost on the way out: ``finish`` drains the ring buffer and
+reports blocks still going on as ended by the stop.
 
 A thread that has left its event loop for good (``asyncio.run`` returned and
 the program goes on, or tears down) is out of epoll too; it is not a block.
@@ -15,10 +20,12 @@ sample shows no loop machinery any more has left it.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from otel_blocksnoop.analysis import hangs
@@ -30,6 +37,7 @@ from otel_blocksnoop.events import (
     Counters,
     EndReason,
     InProgress,
+    KernelEvent,
     LoopTimes,
     Loss,
     Record,
@@ -37,7 +45,8 @@ from otel_blocksnoop.events import (
     StackSample,
     ThreadKind,
     ThreadSnapshot,
-    ThreadTimes,
+    Trigger,
+    TriggerReason,
 )
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.target import thread_name
@@ -47,6 +56,7 @@ from otel_blocksnoop.stacks.threads import classify, reported
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
+"""Stats mode's period of looking at the clock (the session); blocks need no polling."""
 PENDING_POLL_MS = 10
 DRAIN_POLLS = 3
 MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
@@ -55,10 +65,16 @@ MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
 class EventSource(Protocol):
     """The detector, as far as the flow needs it."""
 
-    def poll(self, timeout_ms: int) -> list[BlockEvent]:
-        """Blocks that ended, waiting up to ``timeout_ms`` for one."""
+    def poll(self, timeout_ms: int | None) -> list[KernelEvent]:
+        """Blocks that ended and triggers, waiting up to ``timeout_ms`` (None: no limit)."""
 
-    def snapshot(self, min_ns: int) -> ThreadSnapshot:
+    def ongoing(self, tid: int) -> InProgress | None:
+        """The block ``tid`` is in now, with what it did so far; None inside epoll."""
+
+    def out_since(self, tid: int) -> int:
+        """When ``tid`` last left epoll; 0 while it is inside."""
+
+    def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """Threads out of epoll for at least ``min_ns``, and every loop thread's times."""
 
     def in_progress(self, min_ns: int) -> list[InProgress]:
@@ -66,6 +82,13 @@ class EventSource(Protocol):
 
     def counters(self) -> Counters:
         """The kernel's totals."""
+
+
+class Follower(Protocol):
+    """A stage that gathers evidence while a block lasts (``trace_link.TraceLinker``)."""
+
+    def follow(self, trigger: Trigger) -> None:
+        """The kernel says to look at a thread: start, and stop when its block ends."""
 
 
 class Kinds(Protocol):
@@ -86,8 +109,8 @@ class Samples(Protocol):
     def covered_until(self, pid: int, tid: int) -> int:
         """Up to when samples of the thread have arrived."""
 
-    def maintain(self) -> None:
-        """Restart samplers that died."""
+    def maintain(self) -> int | None:
+        """Restart samplers that died; when (CLOCK_MONOTONIC ns) to be called again, if ever."""
 
 
 class _Totals:
@@ -124,6 +147,7 @@ class BlockFlow:
         threshold_ns: int,
         kinds: Kinds | None = None,
         stacks: Samples | None = None,
+        followers: Sequence[Follower] = (),
     ) -> None:
         self._source = source
         self._enricher = enricher
@@ -132,20 +156,31 @@ class BlockFlow:
         self._threshold_ns = threshold_ns
         self._kinds = kinds
         self._stacks = stacks
+        self._followers = tuple(followers)
         self._settle_ns = settle_ns(stacks.interval_us) if stacks else 0
         self._pending: deque[tuple[BlockEvent, ThreadKind, int]] = deque()
         self._hangs = hangs.HangSchedule(threshold_ns)
-        self._next_hang_check = 0
-        self._thread_times: tuple[ThreadTimes, ...] = ()
+        # Timers: (due, order, block) in a heap. A thread is in one block at a time:
+        # _armed holds, by tid, its block and the due time of the live timer (other
+        # heap entries are stale). A block in _looks awaits its first look (an
+        # OFF_CPU trigger), the others their hang report.
+        self._timers: list[tuple[int, int, hangs.Ongoing]] = []
+        self._armed: dict[int, tuple[hangs.Ongoing, int]] = {}
+        self._looks: set[hangs.Ongoing] = set()
+        self._order = itertools.count()
+        self._maintain_at: int | None = None  # when the sampler wants its upkeep
         self._totals = _Totals()
 
-    def step(self) -> None:
-        """Wait a little for the kernel, then move every block as far as it can go."""
-        self._handle(self._source.poll(self._poll_ms()))
+    def step(self, until_ns: int | None = None) -> None:
+        """Wait for the kernel, then move every block as far as it can go.
+
+        The wait ends at the flow's next timer, or at ``until_ns`` (CLOCK_MONOTONIC).
+        """
+        self._handle(self._source.poll(self._wait_ms(until_ns)))
         self._export_ready()
-        self._report_hangs()
+        self._run_timers(time.monotonic_ns())
         if self._stacks is not None:
-            self._stacks.maintain()
+            self._maintain_at = self._stacks.maintain()
 
     def finish(self) -> None:
         """On the way out: drain the kernel, export what waits, end blocks still going on."""
@@ -160,8 +195,9 @@ class BlockFlow:
 
     def loop_times(self) -> LoopTimes:
         """Cumulative busy/idle time of the loop threads (not of native pollers)."""
+        snapshot = self._source.snapshot(self._hangs.first_ns, activity=False)
         threads = tuple(
-            times for times in self._thread_times if reported(self._kind_of(times.pid, times.tid))
+            times for times in snapshot.times if reported(self._kind_of(times.pid, times.tid))
         )
         identities = tuple(self._enricher.identity(pid) for pid in sorted({t.pid for t in threads}))
         return LoopTimes(
@@ -188,16 +224,34 @@ class BlockFlow:
             losses=self._losses.snapshot(),
         )
 
-    def _poll_ms(self) -> int:
-        """How long to wait for events: not past the next hang check; less with blocks pending."""
-        wait_ms = PENDING_POLL_MS if self._pending else POLL_MS
-        # Rounded up: rounded down, the last fraction of a millisecond before a
-        # check was spent calling poll(0) in a loop (470 calls/s, measured).
-        until_check_ms = -((time.monotonic_ns() - self._next_hang_check) // NS_PER_MS)
-        return int(max(0, min(wait_ms, until_check_ms)))
+    def _wait_ms(self, until_ns: int | None) -> int | None:
+        """How long to wait for the kernel: until the earliest timer, None if there is none.
 
-    def _handle(self, events: list[BlockEvent]) -> None:
+        Blocks waiting for their samples are looked at every PENDING_POLL_MS.
+        """
+        now = time.monotonic_ns()
+        while self._timers and not self._live(self._timers[0]):
+            heapq.heappop(self._timers)
+        deadlines = [self._timers[0][0]] if self._timers else []
+        if self._pending:
+            deadlines.append(now + PENDING_POLL_MS * NS_PER_MS)
+        if self._stacks is not None and self._maintain_at is not None:
+            deadlines.append(self._maintain_at)
+        if until_ns is not None:
+            deadlines.append(until_ns)
+        if not deadlines:
+            return None
+        # Rounded up: rounded down, the last fraction of a millisecond before a
+        # timer was spent calling poll(0) in a loop (470 calls/s, measured).
+        return int(max(0, -((now - min(deadlines)) // NS_PER_MS)))
+
+    def _handle(self, events: list[KernelEvent]) -> None:
         for event in events:
+            if isinstance(event, Trigger):
+                self._triggered(event)
+                continue
+            # The block ended: nothing is due for it any more.
+            self._disarm(hangs.Ongoing(event.pid, event.tid, event.start_ns))
             kind = self._kind_of(event.pid, event.tid)
             if not reported(kind):
                 self._totals.ignore(event, kind)
@@ -259,27 +313,83 @@ class BlockFlow:
         )
         return False
 
-    def _report_hangs(self) -> None:
-        """Report blocks still going on that are due (see ``hangs``)."""
-        now = time.monotonic_ns()
-        if now < self._next_hang_check:
+    def _triggered(self, trigger: Trigger) -> None:
+        """The kernel says to look at a thread: now, or (off CPU) at the trigger age."""
+        if trigger.reason == TriggerReason.NEW_THREAD:
+            for follower in self._followers:
+                follower.follow(trigger)
+            # Who a process is, read as soon as its loop runs: a short-lived app may be
+            # gone (its /proc/PID/environ empty) by the time its first block is exported.
+            self._enricher.identity(trigger.pid)
             return
-        self._next_hang_check = now + hangs.CHECK_EVERY_NS
-        snapshot = self._source.snapshot(self._hangs.first_ns)
-        self._thread_times = snapshot.times
-        # Who a process is, read as soon as its loop runs: a short-lived app may be
-        # gone (its /proc/PID/environ empty) by the time its first block is exported.
-        for times in snapshot.times:
-            self._enricher.identity(times.pid)
-        ongoing = {
-            hangs.Ongoing(item.pid, item.tid, item.start_ns): item for item in snapshot.ongoing
-        }
-        for key in self._hangs.due(ongoing, now):
-            block = self._ongoing_block(ongoing[key], now, EndReason.RETURNED)
-            if block is None:
+        key = hangs.Ongoing(trigger.pid, trigger.tid, trigger.start_ns)
+        armed = self._armed.get(key.tid)
+        if armed is not None and armed[0] == key:
+            return  # told twice
+        if armed is None and len(self._armed) >= hangs.MAX_TRACKED:
+            return
+        if armed is not None:
+            self._disarm(armed[0])  # a newer block of the thread: that one has ended
+        if trigger.reason == TriggerReason.OFF_CPU:
+            # Asleep before the age: most such sleeps end soon, and the followers
+            # hear of the block only if it still goes on at the age.
+            self._looks.add(key)
+            self._arm(key, trigger.look_ns)
+            return
+        self._confirmed(key, trigger)
+
+    def _confirmed(self, key: hangs.Ongoing, trigger: Trigger) -> None:
+        """A block has lasted the trigger age: the followers follow it; time its hang report."""
+        for follower in self._followers:
+            follower.follow(trigger)
+        self._arm(key, self._hangs.due_ns(key))
+
+    def _arm(self, key: hangs.Ongoing, due_ns: int) -> None:
+        self._armed[key.tid] = (key, due_ns)
+        heapq.heappush(self._timers, (due_ns, next(self._order), key))
+
+    def _disarm(self, key: hangs.Ongoing) -> None:
+        """``key`` ended: nothing is due for it any more."""
+        armed = self._armed.get(key.tid)
+        if armed is not None and armed[0] == key:
+            del self._armed[key.tid]
+        self._looks.discard(key)
+        self._hangs.forget(key)
+
+    def _live(self, timer: tuple[int, int, hangs.Ongoing]) -> bool:
+        """Whether a heap entry is its block's live timer (not cancelled, nor moved)."""
+        due, _, key = timer
+        return self._armed.get(key.tid) == (key, due)
+
+    def _run_timers(self, now: int) -> None:
+        """Look at the blocks whose timer is due: the first look, or a hang report."""
+        while self._timers and self._timers[0][0] <= now:
+            timer = heapq.heappop(self._timers)
+            if not self._live(timer):
                 continue
-            self._hangs.reported(key, now)
-            self._emit(block)
+            key = timer[2]
+            del self._armed[key.tid]
+            if key not in self._looks:
+                self._report_hang(key, now)
+                continue
+            self._looks.discard(key)
+            if self._source.out_since(key.tid) == key.start_ns:
+                self._confirmed(
+                    key, Trigger(key.pid, key.tid, key.start_ns, now, TriggerReason.DUE)
+                )
+
+    def _report_hang(self, key: hangs.Ongoing, now: int) -> None:
+        item = self._source.ongoing(key.tid)
+        if item is None or (item.pid, item.start_ns) != (key.pid, key.start_ns):
+            self._hangs.forget(key)  # it ended; its block event is on its way
+            return
+        block = self._ongoing_block(item, now, EndReason.RETURNED)
+        if block is None:
+            self._arm(key, now + hangs.RETRY_NS)
+            return
+        self._hangs.reported(key, now)
+        self._emit(block)
+        self._arm(key, max(self._hangs.due_ns(key), now + hangs.RETRY_NS))
 
     def _ongoing_block(self, item: InProgress, now: int, reason: EndReason) -> Block | None:
         event = BlockEvent(

@@ -1,11 +1,12 @@
 """When a block that is still going on is reported, and reported again.
 
 A loop that never comes back (a deadlock, an endless computation, a call
-with no timeout) produces no block event, so threads out of epoll are looked
-at while they are out. A block is reported in progress once it has lasted the
-threshold plus ``GRACE_NS`` (so the many blocks that end just past the
-threshold are reported once, when they end), then again at doubling ages
-(1 s, 2 s, 4 s, ...), at least every ``MAX_REPEAT_NS``.
+with no timeout) produces no block event, so a block the kernel triggered
+(``Trigger``) is looked at again while it lasts, at the ages this schedule
+gives. A block is reported in progress once it has lasted the threshold plus
+``GRACE_NS`` (so the many blocks that end just past the threshold are
+reported once, when they end), then again at doubling ages (1 s, 2 s, 4 s,
+...), at least every ``MAX_REPEAT_NS``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from otel_blocksnoop.events import NS_PER_MS, NS_PER_S
 
 GRACE_NS = 100 * NS_PER_MS
 """Age past the threshold at which a block still going on is first reported."""
-CHECK_EVERY_NS = 50 * NS_PER_MS
-"""How often threads out of epoll are looked at: a hang shows up by threshold + 150 ms."""
+RETRY_NS = 50 * NS_PER_MS
+"""A block in progress that could not be reported when due (its thread not known
+as a loop yet) is looked at again this much later."""
 FIRST_REPEAT_NS = NS_PER_S
 MAX_REPEAT_NS = 30 * NS_PER_S
 MAX_TRACKED = 4096
 """Blocks in progress whose schedule is kept; more are reported at every check."""
+
+
+def first_report_ns(threshold_ns: int) -> int:
+    """Age at which a block still going on is first reported."""
+    return threshold_ns + GRACE_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +46,7 @@ class HangSchedule:
     """Remembers, per block in progress, the age at which it is due again."""
 
     def __init__(self, threshold_ns: int) -> None:
-        self.first_ns = threshold_ns + GRACE_NS
+        self.first_ns = first_report_ns(threshold_ns)
         self._next_age: dict[Ongoing, int] = {}
         # Kept after the block leaves the thread table: its final event (for
         # a thread that exited) can arrive after that.
@@ -55,6 +62,14 @@ class HangSchedule:
             for key in sorted(current, key=lambda k: k.start_ns)
             if now_ns - key.start_ns >= self._next_age.get(key, self.first_ns)
         ]
+
+    def due_ns(self, key: Ongoing) -> int:
+        """When (CLOCK_MONOTONIC) ``key`` is next to be reported if it still goes on."""
+        return key.start_ns + self._next_age.get(key, self.first_ns)
+
+    def forget(self, key: Ongoing) -> None:
+        """``key`` ended: no report is due any more (it stays known as reported)."""
+        self._next_age.pop(key, None)
 
     def reported(self, key: Ongoing, now_ns: int) -> None:
         """``key`` was reported at ``now_ns``: schedule the next report."""

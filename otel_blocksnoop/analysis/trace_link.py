@@ -2,12 +2,14 @@
 
 The kernel reports a block when it ends, and by then the loop has moved on
 to other tasks and other contexts, so the active span must be read while the
-block is going on. A poller thread looks at the kernel's table of threads out
-of epoll every ``interval`` (half the threshold, 2 to 50 ms); for each one
-out for at least half the threshold it reads the thread's active span, and
-the asyncio task it runs, from the app's memory (``ContextReader``). Any block
-of at least the threshold is thus read at least once: it is out of epoll past
-half the threshold for at least one interval. One block may hold several
+block is going on. The kernel says when: a trigger (``Trigger``) once a loop
+thread has been out of epoll for half the threshold (``trigger_ns``), or as
+it leaves the CPU before that, when the first read waits until that age. From
+then until the block ends (the thread's ``out_since`` changes), a thread of
+the linker's own reads the thread's active span, and the asyncio task it
+runs, from the app's memory (``ContextReader``) every ``interval`` (half the
+threshold, 2 to 50 ms); it sleeps while no block is followed. Any block of at
+least the threshold is thus read at least once. One block may hold several
 callbacks, so the reads vote: the span that was active in at least half of
 them, and more often than any other, is the block's parent. A tie or a
 scatter gives no parent: a block with no link is better than one in the
@@ -28,7 +30,15 @@ from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
 from otel_blocksnoop.bounded import BoundedDict
-from otel_blocksnoop.events import NS_PER_MS, Loss, SpanRef, TaskRef, ThreadContext, ThreadSnapshot
+from otel_blocksnoop.events import (
+    NS_PER_MS,
+    Loss,
+    SpanRef,
+    TaskRef,
+    ThreadContext,
+    Trigger,
+    TriggerReason,
+)
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.context import ContextReader
 
@@ -39,6 +49,8 @@ MAX_INTERVAL_NS = 50 * NS_PER_MS
 MAX_BLOCKS = 4096
 """Blocks whose votes are kept until their event arrives; the oldest go first."""
 MAX_READERS = 256
+MAX_FOLLOWED = 4096
+"""Blocks read at once; a trigger past this many is dropped (counted as late)."""
 SWITCH_INTERVAL_S = 0.001
 """The sidecar's GIL switch interval while linking: how late a wake-up may get the GIL."""
 
@@ -47,10 +59,7 @@ T = TypeVar("T", bound=Hashable)
 
 
 class ThreadTable(Protocol):
-    """The detector, as far as the poller needs it."""
-
-    def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
-        """Threads out of epoll for at least ``min_ns`` (``activity``: with their books)."""
+    """The detector, as far as the linker needs it."""
 
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside."""
@@ -76,8 +85,25 @@ class _Votes:
         return ThreadContext(span=elect(self.spans), task=elect(self.tasks))
 
 
+class _Followed:
+    """A block being read: whose, since when, and when its next read is due."""
+
+    __slots__ = ("next_read_ns", "pid", "start_ns", "tid")
+
+    def __init__(self, pid: int, tid: int, start_ns: int, next_read_ns: int) -> None:
+        self.pid = pid
+        self.tid = tid
+        self.start_ns = start_ns
+        self.next_read_ns = next_read_ns
+
+
 def interval_for(threshold_ns: int) -> int:
     return max(MIN_INTERVAL_NS, min(MAX_INTERVAL_NS, threshold_ns // 2))
+
+
+def trigger_ns_for(threshold_ns: int) -> int:
+    """Age out of epoll at which the kernel is to tell the linker: half the threshold."""
+    return threshold_ns // 2
 
 
 def elect(votes: Counter[T | None]) -> T | None:
@@ -105,13 +131,16 @@ class TraceLinker:
     ) -> None:
         self._table = table
         self.interval_ns = interval_for(threshold_ns)
-        self._min_ns = threshold_ns // 2
+        self.trigger_ns = trigger_ns_for(threshold_ns)
         self._reader_factory = reader_factory
         self._losses = losses if losses is not None else Losses()
         self._readers: BoundedDict[int, SpanReader] = BoundedDict(MAX_READERS)
         self._votes: BoundedDict[BlockKey, _Votes] = BoundedDict(MAX_BLOCKS)
         self._to_prepare: deque[int] = deque()
+        self._inbox: deque[Trigger] = deque()
+        self._followed: dict[int, _Followed] = {}  # by tid: a thread is in one block at a time
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trace-link", daemon=True)
 
@@ -123,16 +152,27 @@ class TraceLinker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=1.0)
 
     def prepare(self, pid: int) -> None:
         """Have the reader of a running process built now, not when its loop first blocks.
 
-        An attached app idling in epoll is first seen in the kernel's table when
-        it leaves epoll, at the start of its first block; building the reader
+        An attached app idling in epoll is first seen by the kernel when it
+        leaves epoll, at the start of its first block; building the reader
         then (~20 ms) would leave that block unread.
         """
         self._to_prepare.append(pid)
+        self._wake.set()
+
+    def follow(self, trigger: Trigger) -> None:
+        """The kernel's trigger: read the thread's span until its block ends.
+
+        A new loop thread (``NEW_THREAD``) has its process's reader built, so
+        before its first block (a launched app's interpreter is up by then).
+        """
+        self._inbox.append(trigger)
+        self._wake.set()
 
     @property
     def late_reads(self) -> int:
@@ -152,41 +192,74 @@ class TraceLinker:
         return found
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_ns / 1e9):
+        """Sleep until a trigger, or the next read of a followed block, is due."""
+        wait_s: float | None = None
+        while not self._stop.is_set():
+            self._wake.wait(wait_s)
+            self._wake.clear()
             try:
-                self.poll()
+                next_ns = self.poll()
             except Exception:
                 self._losses.add(Loss.CONTEXT_ERRORS)
                 log.exception("failed to read the app's active spans")
+                next_ns = time.monotonic_ns() + self.interval_ns
+            wait_s = None if next_ns is None else max(0, next_ns - time.monotonic_ns()) / 1e9
 
-    def poll(self) -> None:
-        """One look at the threads out of epoll, reading the span of each long enough out."""
+    def poll(self, now_ns: int | None = None) -> int | None:
+        """Take the triggers that came, then read every followed block whose read is due.
+
+        ``now_ns``: the time to go by (CLOCK_MONOTONIC; default: now). Returns
+        when the next read is due, None while no block is followed.
+        """
+        now = time.monotonic_ns() if now_ns is None else now_ns
         while self._to_prepare:
             self._reader(self._to_prepare.popleft())
-        snapshot = self._table.snapshot(self._min_ns, activity=False)
+        while self._inbox:
+            self._take(self._inbox.popleft(), now)
+        for block in [b for b in self._followed.values() if b.next_read_ns <= now]:
+            if self._read(block):
+                block.next_read_ns = now + self.interval_ns
+            else:
+                del self._followed[block.tid]
+        return min((block.next_read_ns for block in self._followed.values()), default=None)
+
+    def _take(self, trigger: Trigger, now: int) -> None:
         # A process's reader is built (~20 ms: it maps the interpreter's ELF file) as soon
-        # as one of its threads has called epoll (a launched app, whose interpreter is up
-        # by then), or when it is prepared (an attached one), so before its first block.
-        for pid in {times.pid for times in snapshot.times} - self._readers.keys():
-            self._reader(pid)
-        for item in snapshot.ongoing:
-            reader = self._reader(item.pid)
-            if reader is None:
-                continue
-            found = reader.thread_context(item.tid)
-            # Out of epoll since the same instant before and after the read: the read
-            # was inside this block. Otherwise the loop may have gone on to other
-            # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
-            if self._table.out_since(item.tid) != item.start_ns:
-                self._losses.add(Loss.CONTEXT_LATE)
-                continue
-            key = (item.pid, item.tid, item.start_ns)
-            with self._lock:
-                votes = self._votes.get(key)
-                if votes is None:
-                    votes = self._votes[key] = _Votes()
-                votes.spans[found.span] += 1
-                votes.tasks[found.task] += 1
+        # as one of its threads has called epoll, or when it is prepared (an attached
+        # app), so before its first block.
+        if trigger.reason == TriggerReason.NEW_THREAD:
+            self._reader(trigger.pid)
+            return
+        current = self._followed.get(trigger.tid)
+        if current is not None and current.start_ns == trigger.start_ns:
+            return  # told twice of one block (a tick and a switch at once)
+        if current is None and len(self._followed) >= MAX_FOLLOWED:
+            self._losses.add(Loss.CONTEXT_LATE)
+            return
+        # Off CPU before the trigger age: the first read is due at that age.
+        first = max(now, trigger.look_ns)
+        self._followed[trigger.tid] = _Followed(trigger.pid, trigger.tid, trigger.start_ns, first)
+
+    def _read(self, block: _Followed) -> bool:
+        """Read one block's thread once; False when the block is over (or cannot be read)."""
+        reader = self._reader(block.pid)
+        if reader is None or self._table.out_since(block.tid) != block.start_ns:
+            return False
+        found = reader.thread_context(block.tid)
+        # Out of epoll since the same instant before and after the read: the read
+        # was inside this block. Otherwise the loop may have gone on to other
+        # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
+        if self._table.out_since(block.tid) != block.start_ns:
+            self._losses.add(Loss.CONTEXT_LATE)
+            return False
+        key = (block.pid, block.tid, block.start_ns)
+        with self._lock:
+            votes = self._votes.get(key)
+            if votes is None:
+                votes = self._votes[key] = _Votes()
+            votes.spans[found.span] += 1
+            votes.tasks[found.task] += 1
+        return True
 
     def _reader(self, pid: int) -> SpanReader | None:
         reader = self._readers.get(pid)

@@ -24,11 +24,21 @@ COUNTER_BUSY_NS = 2
 """Time spent outside epoll, summed."""
 COUNTER_STATE_FULL = 3
 """Thread table full: a thread is not tracked."""
-COUNTER_MAX = 4
+COUNTER_LOST_TRIGGERS = 4
+"""Trigger ring buffer full: a trigger was dropped."""
+COUNTER_MAX = 5
 """Size of the counters array."""
 
 BLOCK_THREAD_EXITED = 1
 """Flag of a block event: the thread exited while out of epoll."""
+
+# Why a trigger event was sent (trigger_event.reason).
+TRIGGER_DUE = 1
+"""Out of epoll for the trigger age or more, seen by the kernel (a tick, or a switch)."""
+TRIGGER_OFF_CPU = 2
+"""Left the CPU out of epoll, younger than the trigger age: user space times it."""
+TRIGGER_NEW_THREAD = 3
+"""A thread's first return from epoll: a loop (or a native poller) starts."""
 
 # Off-CPU reasons kept in thread_state.off_nr besides syscall numbers
 # (-1, from pt_regs orig_ax, means asleep outside a syscall, e.g. a page fault).
@@ -54,8 +64,12 @@ CFLAGS_CONSTANTS: dict[str, int] = {
     "COUNTER_ITERATIONS": COUNTER_ITERATIONS,
     "COUNTER_BUSY_NS": COUNTER_BUSY_NS,
     "COUNTER_STATE_FULL": COUNTER_STATE_FULL,
+    "COUNTER_LOST_TRIGGERS": COUNTER_LOST_TRIGGERS,
     "COUNTER_MAX": COUNTER_MAX,
     "BLOCK_THREAD_EXITED": BLOCK_THREAD_EXITED,
+    "TRIGGER_DUE": TRIGGER_DUE,
+    "TRIGGER_OFF_CPU": TRIGGER_OFF_CPU,
+    "TRIGGER_NEW_THREAD": TRIGGER_NEW_THREAD,
     "OFF_ON_CPU": OFF_ON_CPU,
     "OFF_RUNQ": OFF_RUNQ,
     "WATCH_ROOT": WATCH_ROOT,

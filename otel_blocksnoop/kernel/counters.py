@@ -11,6 +11,7 @@ from otel_blocksnoop.kernel.constants import (
     COUNTER_BUSY_NS,
     COUNTER_ITERATIONS,
     COUNTER_LOST_EVENTS,
+    COUNTER_LOST_TRIGGERS,
     COUNTER_STATE_FULL,
 )
 
@@ -26,6 +27,7 @@ def read_counters(table: Any) -> Counters:  # noqa: ANN401 - bcc has no type hin
         iterations=total(COUNTER_ITERATIONS),
         busy_ns=total(COUNTER_BUSY_NS),
         untracked_threads=total(COUNTER_STATE_FULL),
+        lost_triggers=total(COUNTER_LOST_TRIGGERS),
     )
 
 

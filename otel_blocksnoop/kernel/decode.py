@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep
-from otel_blocksnoop.kernel.constants import BLOCK_THREAD_EXITED, OFF_ON_CPU, OFF_RUNQ, SLEEP_SLOTS
-from otel_blocksnoop.kernel.layout import ActivityC, BlockEventC, ThreadStateC
+from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep, Trigger, TriggerReason
+from otel_blocksnoop.kernel.constants import (
+    BLOCK_THREAD_EXITED,
+    OFF_ON_CPU,
+    OFF_RUNQ,
+    SLEEP_SLOTS,
+    TRIGGER_DUE,
+    TRIGGER_NEW_THREAD,
+    TRIGGER_OFF_CPU,
+)
+from otel_blocksnoop.kernel.layout import ActivityC, BlockEventC, ThreadStateC, TriggerEventC
 from otel_blocksnoop.kernel.syscalls import syscall_name
+
+TRIGGER_REASONS = {
+    TRIGGER_DUE: TriggerReason.DUE,
+    TRIGGER_OFF_CPU: TriggerReason.OFF_CPU,
+    TRIGGER_NEW_THREAD: TriggerReason.NEW_THREAD,
+}
 
 
 def block_event_from_c(raw: BlockEventC, with_activity: bool) -> BlockEvent:
@@ -20,6 +34,17 @@ def block_event_from_c(raw: BlockEventC, with_activity: bool) -> BlockEvent:
         end_reason=(
             EndReason.THREAD_EXITED if raw.flags & BLOCK_THREAD_EXITED else EndReason.RETURNED
         ),
+    )
+
+
+def trigger_from_c(raw: TriggerEventC) -> Trigger:
+    """One record of the trigger ring buffer."""
+    return Trigger(
+        pid=raw.tgid,
+        tid=raw.tid,
+        start_ns=raw.start_ns,
+        look_ns=raw.look_ns,
+        reason=TRIGGER_REASONS[raw.reason],
     )
 
 

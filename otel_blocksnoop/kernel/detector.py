@@ -2,33 +2,43 @@
 
 Every epoll variant the kernel has (epoll_wait, epoll_pwait, epoll_pwait2)
 gets the same enter/exit programs, so loops built on any of them (asyncio's
-selector loop, uvloop/libuv) are timed alike. Threshold, thread filter and
-mode are compile-time constants (``program``), so the kernel drops short
-iterations itself.
+selector loop, uvloop/libuv) are timed alike. Threshold, trigger age, thread
+filter and mode are compile-time constants (``program``), so the kernel drops
+short iterations itself.
+
+The kernel also says when to look (``Trigger``): a cpu-clock perf event on
+every CPU runs ``on_tick``, which catches a loop thread busy on CPU past the
+trigger age, and ``sched_switch`` one that leaves the CPU out of epoll. Both
+ring buffers (blocks, triggers) are waited on with one epoll, together with
+whatever else should wake the caller (``wake_on``: the target's exit, a stop
+request), so ``poll(None)`` sleeps until something happens.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import select
+import time
 from dataclasses import replace
 from typing import Any
 
 from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
 from otel_blocksnoop.events import (
-    BlockEvent,
+    NS_PER_MS,
     Counters,
     HistogramSnapshot,
     InProgress,
+    KernelEvent,
     Loss,
     ThreadSnapshot,
 )
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
-from otel_blocksnoop.kernel.decode import block_event_from_c
-from otel_blocksnoop.kernel.layout import BlockEventC, WatchStateC
+from otel_blocksnoop.kernel.decode import block_event_from_c, trigger_from_c
+from otel_blocksnoop.kernel.layout import BlockEventC, TriggerEventC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig, compile_program
-from otel_blocksnoop.kernel.thread_table import ThreadTable
+from otel_blocksnoop.kernel.thread_table import ThreadTable, UserTicks, UserWake
 from otel_blocksnoop.losses import Losses
 
 log = logging.getLogger(__name__)
@@ -47,8 +57,11 @@ class Detector:
         self.config = config
         self.losses = losses if losses is not None else Losses()
         self._bpf: Any = None
-        self._pending: list[BlockEvent] = []
+        self._pending: list[KernelEvent] = []
         self._threads: ThreadTable | None = None
+        self._waiter = select.epoll()
+        self._user_ticks: UserTicks | None = None
+        self._user_wake: UserWake | None = None
         self.attached: tuple[str, ...] = ()
 
     def load(self) -> None:
@@ -73,8 +86,36 @@ class Detector:
 
         library = libbcc.lib._name  # noqa: SLF001 (the file BCC loaded: "libbcc.so.0")
         self._threads = ThreadTable(self._bpf["threads"], library, self.config.max_threads)
-        if not self.config.stats:
-            self._bpf["events"].open_ring_buffer(self._on_event)
+        if self.config.stats:
+            return
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._waiter.register(self._bpf["events"].map_fd, select.EPOLLIN)
+        if self.config.triggers:
+            self._bpf["triggers"].open_ring_buffer(self._on_trigger)
+            self._waiter.register(self._bpf["triggers"].map_fd, select.EPOLLIN)
+            self._user_wake = UserWake(self._bpf["user_wake"], library)
+            self._attach_ticks()
+
+    def _attach_ticks(self) -> None:
+        """The cpu-clock tick on every CPU; without it, user space looks every tick period."""
+        from bcc import PerfSWConfig, PerfType  # noqa: PLC0415 - with BPF in load()
+
+        try:
+            self._bpf.attach_perf_event(
+                ev_type=PerfType.SOFTWARE,
+                ev_config=PerfSWConfig.CPU_CLOCK,
+                fn_name="on_tick",
+                sample_period=self.config.tick_ns,
+            )
+        except Exception as exc:  # noqa: BLE001 - BCC raises plain Exception
+            assert self._threads is not None  # noqa: S101 - set before by load()
+            self._user_ticks = UserTicks(self._threads, self.config.trigger_ns)
+            log.warning(
+                "failed to attach cpu-clock perf event: %s; looking for blocked loops "
+                "every %g ms instead",
+                exc,
+                self.config.tick_ns / NS_PER_MS,
+            )
 
     def _attach(self, bpf_class: Any) -> None:  # noqa: ANN401 - bcc has no type hints
         attached = []
@@ -100,6 +141,10 @@ class Detector:
     def watch(self, pid: int) -> None:
         self._bpf["watched"][ctypes.c_uint32(pid)] = WatchStateC(how=WATCH_ROOT)
 
+    def wake_on(self, fd: int) -> None:
+        """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""
+        self._waiter.register(fd, select.EPOLLIN)
+
     @property
     def tracks_activity(self) -> bool:
         return self.config.tracks_activity
@@ -107,6 +152,11 @@ class Detector:
     def _on_event(self, _ctx: object, data: int, _size: int) -> int:
         raw = ctypes.cast(data, ctypes.POINTER(BlockEventC)).contents
         self._pending.append(block_event_from_c(raw, self.tracks_activity))
+        return 0
+
+    def _on_trigger(self, _ctx: object, data: int, _size: int) -> int:
+        raw = ctypes.cast(data, ctypes.POINTER(TriggerEventC)).contents
+        self._pending.append(trigger_from_c(raw))
         return 0
 
     def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
@@ -129,15 +179,43 @@ class Detector:
         """Threads out of epoll for at least ``min_ns`` now: blocks still going on."""
         return list(self.snapshot(min_ns).ongoing)
 
+    def ongoing(self, tid: int) -> InProgress | None:
+        """The block ``tid`` is in now, with what it did so far; None inside epoll. One lookup."""
+        if self._threads is None:
+            return None
+        cpu = self._process_cpu_ns if self.tracks_activity else None
+        return self._threads.ongoing(tid, time.monotonic_ns(), cpu)
+
     def _process_cpu_ns(self, tgid: int) -> int:
         try:
             return int(self._bpf["watched"][ctypes.c_uint32(tgid)].cpu_ns)
         except KeyError:
             return 0
 
-    def poll(self, timeout_ms: int) -> list[BlockEvent]:
-        """Wait up to ``timeout_ms`` for blocks; return those that arrived."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+    def poll(self, timeout_ms: int | None) -> list[KernelEvent]:
+        """Wait up to ``timeout_ms`` (None: with no limit) for the kernel, or a ``wake_on`` fd.
+
+        Returns the blocks and triggers that arrived, in the order each ring
+        buffer gave them.
+        """
+        if self._user_ticks is not None:
+            tick_ms = -(-self.config.tick_ns // NS_PER_MS)
+            timeout_ms = tick_ms if timeout_ms is None else min(timeout_ms, tick_ms)
+        if self._user_wake is not None:
+            # Rounded up to a millisecond: fewer writes, and never earlier than the wake-up.
+            wake_ms = (
+                -(-time.monotonic_ns() // NS_PER_MS) + timeout_ms + 1
+                if timeout_ms is not None
+                else 0
+            )
+            self._user_wake.publish(wake_ms * NS_PER_MS)
+        # What came without waking us (or before the publish) needs no wait.
+        self._bpf.ring_buffer_consume()
+        if not self._pending:
+            self._waiter.poll(-1 if timeout_ms is None else timeout_ms / 1000)
+            self._bpf.ring_buffer_consume()
+        if self._user_ticks is not None:
+            self._pending.extend(self._user_ticks.look(time.monotonic_ns()))
         events, self._pending = self._pending, []
         return events
 
@@ -145,6 +223,7 @@ class Detector:
         counters = read_counters(self._bpf["counters"])
         self.losses.observe(Loss.KERNEL_EVENTS, counters.lost_events)
         self.losses.observe(Loss.KERNEL_THREADS, counters.untracked_threads)
+        self.losses.observe(Loss.KERNEL_TRIGGERS, counters.lost_triggers)
         return counters
 
     def histogram(self) -> HistogramSnapshot:
@@ -152,6 +231,7 @@ class Detector:
         return read_histogram(self._bpf["iter_hist"], self._bpf["iter_extremes"])
 
     def close(self) -> None:
+        self._waiter.close()
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

@@ -45,6 +45,19 @@ class BlockEventC(ctypes.Structure):
     )
 
 
+class TriggerEventC(ctypes.Structure):
+    """Mirror of ``struct trigger_event`` in bpf/detector.h."""
+
+    _fields_ = (
+        ("start_ns", ctypes.c_uint64),
+        ("look_ns", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    )
+
+
 class ThreadStateC(ctypes.Structure):
     """Mirror of ``struct thread_state`` in bpf/detector.h."""
 
@@ -57,6 +70,7 @@ class ThreadStateC(ctypes.Structure):
         ("iterations", ctypes.c_uint64),
         ("busy_ns", ctypes.c_uint64),
         ("idle_ns", ctypes.c_uint64),
+        ("told_ns", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
         ("off_nr", ctypes.c_int32),
         ("activity", ActivityC),

@@ -1,8 +1,9 @@
 """The BPF program: where its C sources are, the cflags it is built with, compiling it.
 
-Threshold, thread filter and mode are compile-time constants (``-D`` cflags),
-so the kernel drops short iterations itself; so are the constants the C shares
-with Python (``constants``), which have their one source there.
+Threshold, trigger age, thread filter and mode are compile-time constants
+(``-D`` cflags), so the kernel drops short iterations itself and says by itself
+when a thread has been out of epoll long enough; so are the constants the C
+shares with Python (``constants``), which have their one source there.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from otel_blocksnoop.kernel.constants import constant_cflags
 
 log = logging.getLogger(__name__)
 
+MIN_TICK_NS = 250_000
+"""Shortest period of the cpu-clock tick (4 kHz per busy CPU): see ``DetectorConfig.tick_ns``."""
+
 
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
@@ -31,14 +35,30 @@ class DetectorConfig:
     tid: int = 0
     stats: bool = False
     activity: bool = True  # book on/off-CPU time per block through sched_switch
+    trigger_ns: int = 0  # age out of epoll at which user space is told to look; 0: never
     max_threads: int = 16384
     max_watched: int = 8192
     ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
+    trigger_pages: int = 16  # 64 KiB: ~1,600 triggers queued before loss
 
     @property
     def tracks_activity(self) -> bool:
         """Whether the program books what a thread does (stats mode never does)."""
         return self.activity and not self.stats
+
+    @property
+    def triggers(self) -> bool:
+        """Whether the kernel tells user space when to look (stats mode never does)."""
+        return self.trigger_ns > 0 and not self.stats
+
+    @property
+    def tick_ns(self) -> int:
+        """Period of the cpu-clock tick that finds a loop thread busy on CPU.
+
+        Half the trigger age: a thread running on CPU is told between the
+        trigger age and 1.5 times it. A tick costs only on a busy CPU.
+        """
+        return max(MIN_TICK_NS, self.trigger_ns // 2)
 
 
 def bpf_dir() -> Path:
@@ -66,9 +86,11 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DTARGET_TID={config.tid}",
         f"-DSTATS_MODE={int(config.stats)}",
         f"-DTRACK_ACTIVITY={int(config.tracks_activity)}",
+        f"-DTRIGGER_NS={config.trigger_ns if config.triggers else 0}ULL",
         f"-DMAX_THREADS={config.max_threads}",
         f"-DMAX_WATCHED={config.max_watched}",
         f"-DRINGBUF_PAGES={config.ringbuf_pages}",
+        f"-DTRIGGER_PAGES={config.trigger_pages}",
         *constant_cflags(),
     ]
 

@@ -2,7 +2,9 @@
 
 It holds only epoll-calling threads of watched processes, keyed by tid: who
 is out of epoll now and since when, what it has done so far, and each
-thread's cumulative loop time.
+thread's cumulative loop time. It is read when the kernel says a block needs
+looking at (one entry), and once a second for loop times (all of them);
+``UserTicks`` reads it every tick period where the kernel cannot tick.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from otel_blocksnoop.events import InProgress, ThreadSnapshot, ThreadTimes
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import InProgress, ThreadSnapshot, ThreadTimes, Trigger, TriggerReason
 from otel_blocksnoop.kernel import bpf_syscall
 from otel_blocksnoop.kernel.decode import activity_so_far
 from otel_blocksnoop.kernel.layout import ThreadStateC
 
 BATCH_READ_ABOVE = 32
+MAX_TOLD = 16384
+"""Threads whose last block ``UserTicks`` told of: as many as the kernel's table holds."""
 
 MapCall = Callable[[int, Any, Any], int]
 """libbcc's bpf_lookup_elem and bpf_get_next_key, or ``bpf_syscall``'s: 0, or -1 with errno."""
@@ -109,6 +114,78 @@ class ThreadTable:
         entries = self.entries()
         return snapshot_of(entries, time.monotonic_ns(), min_ns, process_cpu_ns)
 
+    def ongoing(
+        self, tid: int, now: int, process_cpu_ns: Callable[[int], int] | None = None
+    ) -> InProgress | None:
+        """The block ``tid`` is in at ``now``, if out of epoll; one lookup (see ``snapshot_of``)."""
+        state = self.get(tid)
+        if state is None or not state.left_epoll_ns:
+            return None
+        cpu = process_cpu_ns(state.tgid) if process_cpu_ns is not None else None
+        return in_progress_of(tid, state, now, cpu)
+
+
+class UserWake:
+    """The ``user_wake`` map: by when user space looks at the triggers by itself.
+
+    The kernel wakes user space for an ``OFF_CPU`` trigger only when it would
+    not look in time on its own. Written before each wait, with the GIL held
+    (see ``ThreadTable``); never later than the real wake-up, or triggers
+    would wait for it.
+    """
+
+    def __init__(self, bcc_map: Any, library: str) -> None:  # noqa: ANN401 - bcc has no type hints
+        lib = ctypes.PyDLL(library, use_errno=True)
+        self._fd = bcc_map.map_fd
+        self._update = lib.bpf_update_elem
+        self._update.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
+        self._update.restype = ctypes.c_int
+        self._published: int | None = None
+
+    def publish(self, wake_ns: int) -> None:
+        """User space looks by ``wake_ns`` (CLOCK_MONOTONIC), 0: not before it is woken."""
+        if wake_ns == self._published:
+            return
+        key, value = ctypes.c_uint32(0), ctypes.c_uint64(wake_ns)
+        if self._update(self._fd, ctypes.byref(key), ctypes.byref(value), 0) == 0:
+            self._published = wake_ns
+
+
+class UserTicks:
+    """The kernel's tick done from user space, where no cpu-clock perf event could be attached.
+
+    ``look`` finds the threads out of epoll for the trigger age that the
+    kernel has not told of (``told_ns``), and tells of each once per block.
+    """
+
+    def __init__(self, table: ThreadTable, trigger_ns: int) -> None:
+        self._table = table
+        self._trigger_ns = trigger_ns
+        self._told: BoundedDict[int, int] = BoundedDict(MAX_TOLD)
+
+    def look(self, now: int) -> list[Trigger]:
+        return due_triggers(self._table.entries(), now, self._trigger_ns, self._told)
+
+
+def due_triggers(
+    entries: Sequence[tuple[int, ThreadStateC]],
+    now: int,
+    trigger_ns: int,
+    told: BoundedDict[int, int],
+) -> list[Trigger]:
+    """Triggers for the threads out of epoll for ``trigger_ns`` at ``now`` that nobody told of.
+
+    ``told`` (tid -> the block's start) is updated, so each block is told once.
+    """
+    found = []
+    for tid, state in entries:
+        start = state.left_epoll_ns
+        if not start or now - start < trigger_ns or start in (state.told_ns, told.get(tid)):
+            continue
+        told[tid] = start
+        found.append(Trigger(state.tgid, tid, start, now, TriggerReason.DUE))
+    return found
+
 
 def snapshot_of(
     entries: Sequence[tuple[int, ThreadStateC]],
@@ -133,10 +210,18 @@ def snapshot_of(
         times.append(ThreadTimes(state.tgid, tid, state.iterations, busy, idle))
         if not left or now - left < min_ns:
             continue
-        so_far = None
-        if process_cpu_ns is not None:
-            if state.tgid not in cpu_of:
-                cpu_of[state.tgid] = process_cpu_ns(state.tgid)
-            so_far = activity_so_far(state, cpu_of[state.tgid], now)
-        ongoing.append(InProgress(state.tgid, tid, left, so_far))
+        if process_cpu_ns is not None and state.tgid not in cpu_of:
+            cpu_of[state.tgid] = process_cpu_ns(state.tgid)
+        ongoing.append(in_progress_of(tid, state, now, cpu_of.get(state.tgid)))
     return ThreadSnapshot(ongoing=tuple(ongoing), times=tuple(times))
+
+
+def in_progress_of(
+    tid: int, state: ThreadStateC, now: int, process_cpu_ns: int | None
+) -> InProgress:
+    """The block of a thread out of epoll, and what it did so far.
+
+    The latter only when the CPU time of its process (``process_cpu_ns``) is given.
+    """
+    so_far = activity_so_far(state, process_cpu_ns, now) if process_cpu_ns is not None else None
+    return InProgress(state.tgid, tid, state.left_epoll_ns, so_far)

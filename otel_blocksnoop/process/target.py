@@ -84,17 +84,18 @@ class ExitWatch:
     """Tells, without blocking, whether processes we did not start have all exited.
 
     A pidfd becomes readable when its process exits, so a reused PID can
-    never be mistaken for the watched process.
+    never be mistaken for the watched process. They are kept in an epoll,
+    whose own fd (``fileno``) is readable while one of them is.
     """
 
     def __init__(self, pids: list[int]) -> None:
-        self._poller = select.poll()
+        self._poller = select.epoll()
         self._live: dict[int, int] = {}
         try:
             for pid in pids:
                 fd = os.pidfd_open(pid)
                 self._live[fd] = pid
-                self._poller.register(fd, select.POLLIN)
+                self._poller.register(fd, select.EPOLLIN)
         except ProcessLookupError as exc:
             self.close()
             msg = f"failed to find process {pid}: it exited"
@@ -107,10 +108,15 @@ class ExitWatch:
             del self._live[fd]
         return not self._live
 
+    def fileno(self) -> int:
+        """Readable once a watched process has exited (until ``exited`` has seen it)."""
+        return self._poller.fileno()
+
     def close(self) -> None:
         for fd in self._live:
             os.close(fd)
         self._live.clear()
+        self._poller.close()
 
 
 # The holder waits until the sidecar writes to the pipe, closes it and execs
@@ -160,6 +166,14 @@ class LaunchedCommand:
         finally:
             os.close(read_end)
         self.pid = self.process.pid
+        self._pidfd = os.pidfd_open(self.pid)
+
+    def fileno(self) -> int:
+        """A pidfd of the command: readable once it has exited."""
+        return self._pidfd
+
+    def close(self) -> None:
+        os.close(self._pidfd)
 
     def release(self) -> None:
         os.write(self._write_end, b"go\n")

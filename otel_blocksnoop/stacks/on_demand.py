@@ -71,6 +71,10 @@ class State(enum.Enum):
     STOPPED = "stopped"  # stopped, and everything it wrote has been read
 
 
+IDLE_CHECK_S = 1.0
+"""How often a stopped Austin's target is looked at (a stopped Austin cannot see it exit)."""
+
+
 class OnDemandSampler(Sampler):
     """One Austin for one PID, sampling only between ``begin`` and the last ``end``."""
 
@@ -140,20 +144,28 @@ class OnDemandSampler(Sampler):
         self._realtime = False
         self._set_realtime(on=True)
 
-    def maintain(self, target_alive: bool) -> None:
+    def maintain(self, target_alive: bool) -> float | None:
         """As ``Sampler.maintain``; a stopped Austin is not silent, it is idle.
 
-        A stopped Austin would not see its target exit: it is ended here.
+        A stopped Austin would not see its target exit: it is ended here, at
+        the latest a second after (``IDLE_CHECK_S``).
         """
         if self._stopping or self._process is None:
-            return
+            return None
+        now = time.monotonic()
         if self.state in (State.STOPPING, State.STOPPED) and self.running:
             if not target_alive:
                 self._end_process()
-            return
-        if self.state == State.RUNNING and time.monotonic() - self._resumed_at > REALTIME_FOR_S:
-            self._set_realtime(on=False)
-        super().maintain(target_alive)
+                return None
+            return now + IDLE_CHECK_S
+        if self.state == State.RUNNING:
+            if now - self._resumed_at > REALTIME_FOR_S:
+                self._set_realtime(on=False)
+            else:
+                again = super().maintain(target_alive)
+                drop_priority = self._resumed_at + REALTIME_FOR_S
+                return drop_priority if again is None else min(again, drop_priority)
+        return super().maintain(target_alive)
 
     def _set_realtime(self, *, on: bool) -> None:
         """SCHED_RR while sampling blocks, SCHED_OTHER for a long one (see REALTIME_PRIORITY)."""

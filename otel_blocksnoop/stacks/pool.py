@@ -60,9 +60,14 @@ class SamplerPool:
     def covered_until(self, pid: int, tid: int) -> int:
         return self.ensure(pid).covered_until(tid)
 
-    def maintain(self) -> None:
-        for pid, sampler in self._samplers.items():
-            sampler.maintain(target_alive=process_exists(pid))
+    def maintain(self) -> int | None:
+        """Restart samplers that died; when (CLOCK_MONOTONIC ns) to be called again, if ever."""
+        again = [
+            at
+            for pid, sampler in self._samplers.items()
+            if (at := sampler.maintain(target_alive=process_exists(pid))) is not None
+        ]
+        return int(min(again) * 1e9) if again else None
 
     def stop(self) -> None:
         for sampler in self._samplers.values():

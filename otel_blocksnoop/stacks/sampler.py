@@ -260,10 +260,13 @@ class Sampler:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def maintain(self, target_alive: bool) -> None:
-        """Restart Austin with back-off if it died, or went silent, while the target lives."""
+    def maintain(self, target_alive: bool) -> float | None:
+        """Restart Austin with back-off if it died, or went silent, while the target lives.
+
+        Returns when (``time.monotonic``) to be called again, None when never.
+        """
         if self._stopping or self._process is None or not target_alive:
-            return
+            return None
         now = time.monotonic()
         if self.running:
             if now - self._heard_at > STALL_S:
@@ -273,7 +276,8 @@ class Sampler:
                 self._process.kill()
                 self._process.wait()
             else:
-                return
+                # Austin may die any time: look again when silence would mean stuck.
+                return self._heard_at + STALL_S
         if self._restart_at == 0.0:
             reason = self._exit_reason()
             delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S) - 1)]
@@ -291,6 +295,8 @@ class Sampler:
         elif now >= self._restart_at:
             self._restart_at = 0.0
             self.start()
+            return self._heard_at + STALL_S
+        return self._restart_at
 
     def _exit_reason(self) -> str:
         if self._process is None:

@@ -9,6 +9,7 @@ from otel_blocksnoop.kernel.constants import (
     COUNTER_BUSY_NS,
     COUNTER_ITERATIONS,
     COUNTER_LOST_EVENTS,
+    COUNTER_LOST_TRIGGERS,
     COUNTER_MAX,
     COUNTER_STATE_FULL,
 )
@@ -87,5 +88,11 @@ def test_totals_are_observed_not_added_on_each_read() -> None:
 
 
 def test_every_counter_index_is_inside_the_array() -> None:
-    indexes = (COUNTER_LOST_EVENTS, COUNTER_ITERATIONS, COUNTER_BUSY_NS, COUNTER_STATE_FULL)
+    indexes = (
+        COUNTER_LOST_EVENTS,
+        COUNTER_ITERATIONS,
+        COUNTER_BUSY_NS,
+        COUNTER_STATE_FULL,
+        COUNTER_LOST_TRIGGERS,
+    )
     assert sorted(indexes) == list(range(COUNTER_MAX))

@@ -16,12 +16,14 @@ from otel_blocksnoop.kernel.layout import (
     IterExtremesC,
     SleepSlotC,
     ThreadStateC,
+    TriggerEventC,
     WatchStateC,
 )
 from otel_blocksnoop.kernel.program import bpf_dir
 
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "block_event": BlockEventC,
+    "trigger_event": TriggerEventC,
     "thread_state": ThreadStateC,
     "iter_extremes": IterExtremesC,
     "activity": ActivityC,

@@ -19,6 +19,8 @@ CONFIG_NAMES = (
     "MAX_THREADS",
     "MAX_WATCHED",
     "RINGBUF_PAGES",
+    "TRIGGER_NS",
+    "TRIGGER_PAGES",
 )
 
 

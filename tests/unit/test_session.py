@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import time
 from dataclasses import replace
 
@@ -12,16 +13,25 @@ from otel_blocksnoop.events import (
     Counters,
     EndReason,
     InProgress,
+    KernelEvent,
     Sleep,
     ThreadKind,
     ThreadSnapshot,
+    Trigger,
+    TriggerReason,
 )
 from otel_blocksnoop.export.memory import MemorySink
 from otel_blocksnoop.session import Session, SessionOptions
 
 
 class ScriptedDetector:
-    """Hands out prepared batches of events, one per poll, then nothing."""
+    """Hands out prepared batches of events, one per poll, then nothing.
+
+    ``ongoing`` holds prepared lists of threads out of epoll, one per look. A
+    poll takes the next list when it shows a block not seen before, and
+    triggers each such block, as the kernel does once per block; ``ongoing``
+    answers from the list taken last, and ``snapshot`` takes the next one.
+    """
 
     def __init__(
         self,
@@ -32,13 +42,40 @@ class ScriptedDetector:
         self._batches = batches
         self.lost = lost
         self._ongoing = ongoing or []
+        self._out: dict[int, InProgress] = {}
+        self._triggered: set[tuple[int, int]] = set()
+        self.wakers: list[int] = []
 
-    def poll(self, timeout_ms: int) -> list[BlockEvent]:
+    def poll(self, timeout_ms: int | None) -> list[KernelEvent]:
         _ = timeout_ms
-        return self._batches.pop(0) if self._batches else []
+        batch: list[KernelEvent] = list(self._batches.pop(0) if self._batches else [])
+        new = (
+            [i for i in self._ongoing[0] if (i.tid, i.start_ns) not in self._triggered]
+            if self._ongoing
+            else []
+        )
+        if not new:
+            return batch
+        self._out = {item.tid: item for item in self._ongoing.pop(0)}
+        now = time.monotonic_ns()
+        for item in new:
+            self._triggered.add((item.tid, item.start_ns))
+            batch.insert(0, Trigger(item.pid, item.tid, item.start_ns, now, TriggerReason.DUE))
+        return batch
 
-    def snapshot(self, min_ns: int) -> ThreadSnapshot:
+    def ongoing(self, tid: int) -> InProgress | None:
+        return self._out.get(tid)
+
+    def out_since(self, tid: int) -> int:
+        item = self._out.get(tid)
+        return item.start_ns if item else 0
+
+    def wake_on(self, fd: int) -> None:
+        self.wakers.append(fd)
+
+    def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """The next prepared list of threads out of epoll, those out for ``min_ns``."""
+        _ = activity
         found = self._ongoing.pop(0) if self._ongoing else []
         now = time.monotonic_ns()
         ongoing = tuple(item for item in found if now - item.start_ns >= min_ns)
@@ -60,6 +97,10 @@ class ExitsAfter:
     def exited(self) -> bool:
         self._left -= 1
         return self._left < 0
+
+    def fileno(self) -> int:
+        """No fd: the scripted detector never waits."""
+        return -1
 
 
 class FixedKinds:
@@ -196,3 +237,25 @@ def test_a_hang_whose_thread_exits_is_reported_as_a_block() -> None:
     (block,) = sink.blocks
     assert block.end_reason == EndReason.THREAD_EXITED
     assert block.cause == Cause.SYSCALL
+
+
+def test_the_wait_is_woken_by_the_targets_exit_and_by_a_stop_request() -> None:
+    # GIVEN a session whose target asks it to stop during the run
+    detector = ScriptedDetector([])
+    session, _ = make_session(detector, {})
+    readable: list[list[int]] = []
+
+    class StopsOnFirstCheck(ExitsAfter):
+        def exited(self) -> bool:
+            if not readable:
+                session.request_stop()
+                fds = [fd for fd in detector.wakers if fd >= 0]
+                readable.append(select.select(fds, [], [], 1.0)[0])
+            return super().exited()
+
+    # WHEN it runs
+    session.run(StopsOnFirstCheck(100))
+    # THEN the detector was to wake on the target's fd and on the stop request, which woke it
+    target_fd, stop_fd = detector.wakers
+    assert target_fd == -1
+    assert readable == [[stop_fd]]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.events import NS_PER_MS, InProgress, ThreadTimes
+from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.events import NS_PER_MS, InProgress, ThreadTimes, Trigger, TriggerReason
 from otel_blocksnoop.kernel.constants import OFF_ON_CPU
 from otel_blocksnoop.kernel.layout import ThreadStateC
-from otel_blocksnoop.kernel.thread_table import snapshot_of
+from otel_blocksnoop.kernel.thread_table import due_triggers, snapshot_of
 
 NOW = 10_000 * NS_PER_MS
 
@@ -54,3 +55,17 @@ def test_the_process_cpu_time_is_read_once_per_process_when_asked() -> None:
     assert reads == [7]
     assert all(item.activity is not None for item in snapshot.ongoing)
     assert snapshot.ongoing[0].activity.on_cpu_ns == 1_000 * NS_PER_MS  # type: ignore[union-attr]
+
+
+def test_without_ticks_user_space_tells_of_each_block_past_the_trigger_age_once() -> None:
+    # GIVEN a thread out since 9,900 ms, one out since 9,990 ms, and one the kernel told of
+    told_by_kernel = thread(9_000)
+    told_by_kernel.told_ns = told_by_kernel.left_epoll_ns
+    entries = [(2, thread(9_900)), (3, thread(9_990)), (4, told_by_kernel), (5, thread(0))]
+    told: BoundedDict[int, int] = BoundedDict(16)
+    # WHEN user space looks at 10,000 ms for blocks of 50 ms, twice
+    first = due_triggers(entries, NOW, 50 * NS_PER_MS, told)
+    again = due_triggers(entries, NOW + NS_PER_MS, 50 * NS_PER_MS, told)
+    # THEN only thread 2 is told of, once, as due now
+    assert first == [Trigger(7, 2, 9_900 * NS_PER_MS, NOW, TriggerReason.DUE)]
+    assert again == []

@@ -13,7 +13,8 @@ from otel_blocksnoop.events import (
     SpanRef,
     TaskRef,
     ThreadContext,
-    ThreadSnapshot,
+    Trigger,
+    TriggerReason,
 )
 from otel_blocksnoop.losses import Losses
 
@@ -45,15 +46,24 @@ class Table:
 
     def __init__(self, ongoing: list[InProgress]) -> None:
         self.ongoing = ongoing
-        self.asked: list[int] = []
-
-    def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
-        assert not activity, "the linker needs no books"
-        self.asked.append(min_ns)
-        return ThreadSnapshot(ongoing=tuple(self.ongoing), times=())
 
     def out_since(self, tid: int) -> int:
         return next((item.start_ns for item in self.ongoing if item.tid == tid), 0)
+
+
+HALF = 50 * NS_PER_MS  # half the threshold of these tests
+
+
+def triggered(item: InProgress, age_ns: int = HALF, reason: str = "due") -> Trigger:
+    """The kernel's trigger for ``item``'s block at ``age_ns`` (off CPU: look at HALF)."""
+    look = item.start_ns + (HALF if reason == "off_cpu" else age_ns)
+    return Trigger(item.pid, item.tid, item.start_ns, look, TriggerReason(reason))
+
+
+def read_times(linker: TraceLinker, item: InProgress, reads: int) -> None:
+    """Have the linker look ``reads`` times, an interval apart, from the trigger on."""
+    for read in range(reads):
+        linker.poll(item.start_ns + HALF + read * linker.interval_ns)
 
 
 class Reader:
@@ -77,15 +87,16 @@ class Reader:
 
 
 def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> None:
-    # GIVEN a loop thread out of epoll, read three times while it was
+    # GIVEN a loop thread out of epoll, triggered at half the threshold, read three times
     start = time.monotonic_ns()
-    table = Table([InProgress(pid=10, tid=11, start_ns=start, activity=None)])
+    item = InProgress(pid=10, tid=11, start_ns=start, activity=None)
+    table = Table([item])
     reader = Reader([A, A, B], tasks=[CHECKOUT, None, CHECKOUT])
     linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader)
-    for _ in range(3):
-        linker.poll()
-    # THEN only threads out for half the threshold were asked for
-    assert table.asked == [50 * NS_PER_MS] * 3
+    linker.follow(triggered(item))
+    read_times(linker, item, 3)
+    # THEN only blocks out for half the threshold are read: the kernel triggers at that age
+    assert linker.trigger_ns == 50 * NS_PER_MS
     # AND a hang report sees the vote so far, the final event takes it
     assert linker.context(10, 11, start, final=False) == ThreadContext(span=A, task=CHECKOUT)
     assert linker.context(10, 11, start) == ThreadContext(span=A, task=CHECKOUT)
@@ -93,7 +104,8 @@ def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> Non
 
 
 def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
-    table = Table([InProgress(pid=10, tid=11, start_ns=1, activity=None)])
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    table = Table([item])
     made: list[int] = []
 
     def factory(pid: int) -> Reader:
@@ -101,8 +113,8 @@ def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
         return Reader([A], unsupported="stripped interpreter")
 
     linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=factory)
-    linker.poll()
-    linker.poll()
+    linker.follow(triggered(item))
+    read_times(linker, item, 2)
     assert made == [10]
     assert linker.context(10, 11, 1).span is None
 
@@ -110,7 +122,8 @@ def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
 def test_a_read_done_after_the_block_ended_is_not_counted() -> None:
     # GIVEN a block that ends while its thread is being read: by then the loop
     # has gone back to epoll and on to a task of another request (span B)
-    table = Table([InProgress(pid=10, tid=11, start_ns=1, activity=None)])
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    table = Table([item])
 
     class EndsDuringTheRead(Reader):
         def thread_context(self, tid: int) -> ThreadContext:
@@ -122,7 +135,8 @@ def test_a_read_done_after_the_block_ended_is_not_counted() -> None:
     )
 
     # WHEN the linker reads it
-    linker.poll()
+    linker.follow(triggered(item))
+    read_times(linker, item, 1)
 
     # THEN that read does not vote: the block gets no parent rather than B
     assert linker.context(10, 11, 1).span is None
@@ -151,13 +165,14 @@ def test_an_attached_process_has_its_reader_before_its_first_block() -> None:
 def test_reads_that_disagree_leave_the_block_without_parent_and_are_counted() -> None:
     # GIVEN a block read twice, once in span A and once in span B
     losses = Losses()
-    table = Table([InProgress(pid=10, tid=11, start_ns=1, activity=None)])
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    table = Table([item])
     reader = Reader([A, B])
     linker = TraceLinker(
         table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader, losses=losses
     )
-    linker.poll()
-    linker.poll()
+    linker.follow(triggered(item))
+    read_times(linker, item, 2)
 
     # WHEN its event takes the vote
     found = linker.context(10, 11, 1)
@@ -166,3 +181,70 @@ def test_reads_that_disagree_leave_the_block_without_parent_and_are_counted() ->
     assert found.span is None
     assert losses.total(Loss.LINK_UNDECIDED) == 1
     assert losses.total(Loss.CONTEXT_LATE) == 0
+
+
+def test_a_block_whose_thread_left_the_cpu_early_is_first_read_at_half_the_threshold() -> None:
+    # GIVEN a loop thread that went to sleep 1 ms into its block: the kernel says so at once
+    item = InProgress(pid=10, tid=11, start_ns=1_000 * NS_PER_MS, activity=None)
+    table = Table([item])
+    reader = Reader([A, A])
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader)
+    linker.follow(triggered(item, age_ns=NS_PER_MS, reason="off_cpu"))
+
+    # WHEN the linker looks before half the threshold
+    next_read = linker.poll(item.start_ns + NS_PER_MS)
+
+    # THEN it reads nothing yet, and wakes at half the threshold to read
+    assert linker.context(10, 11, item.start_ns, final=False).span is None
+    assert next_read == item.start_ns + HALF
+    assert linker.poll(item.start_ns + HALF) == item.start_ns + HALF + linker.interval_ns
+    assert linker.context(10, 11, item.start_ns) == ThreadContext(span=A, task=None)
+
+
+def test_reading_stops_when_the_block_ends_and_the_linker_then_sleeps() -> None:
+    # GIVEN a block read once, whose thread then went back to epoll
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    table = Table([item])
+    reader = Reader([A, B])
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader)
+    linker.follow(triggered(item))
+    linker.poll(item.start_ns + HALF)
+    table.ongoing = []
+
+    # WHEN its next read is due
+    next_read = linker.poll(item.start_ns + HALF + linker.interval_ns)
+
+    # THEN the thread is not read again, nothing is counted late, and no read is due
+    assert next_read is None
+    assert linker.context(10, 11, 1).span == A
+    assert linker.late_reads == 0
+
+
+def test_a_block_told_of_twice_is_read_once_per_interval() -> None:
+    # GIVEN the kernel told of one block twice (a tick and a switch at once)
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    reader = Reader([A, B, B])
+    linker = TraceLinker(
+        Table([item]), threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader
+    )
+    linker.follow(triggered(item))
+    linker.follow(triggered(item, age_ns=HALF + 1))
+
+    # WHEN the linker looks
+    linker.poll(item.start_ns + HALF + 1)
+
+    # THEN it read once
+    assert linker.context(10, 11, 1).span == A
+
+
+def test_a_new_loop_thread_has_its_process_reader_built_before_its_first_block() -> None:
+    made: list[int] = []
+
+    def factory(pid: int) -> Reader:
+        made.append(pid)
+        return Reader([])
+
+    linker = TraceLinker(Table([]), threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+    linker.follow(Trigger(10, 12, 5, 5, TriggerReason.NEW_THREAD))
+    assert linker.poll() is None
+    assert made == [10]
