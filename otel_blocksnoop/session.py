@@ -249,6 +249,8 @@ def _stacks(config: Config, austin: Austin | None, losses: Losses) -> SamplerPoo
         return None
     interval = config.sample_interval_us or interval_for(config.threshold_ns)
     log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
+    # Continuous for now: the flow already calls begin/end from the kernel's
+    # triggers, but on demand the first block of a launched app can miss its stack.
     return SamplerPool(austin, interval, losses)
 
 

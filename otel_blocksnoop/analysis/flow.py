@@ -109,6 +109,12 @@ class Samples(Protocol):
     def covered_until(self, pid: int, tid: int) -> int:
         """Up to when samples of the thread have arrived."""
 
+    def begin(self, pid: int, tid: int, start_ns: int) -> None:
+        """A block of the thread is going on: gather its stacks (on demand)."""
+
+    def end(self, pid: int, tid: int) -> None:
+        """The thread's block ended: stop gathering when no other block needs it."""
+
     def maintain(self) -> int | None:
         """Restart samplers that died; when (CLOCK_MONOTONIC ns) to be called again, if ever."""
 
@@ -250,8 +256,10 @@ class BlockFlow:
             if isinstance(event, Trigger):
                 self._triggered(event)
                 continue
-            # The block ended: nothing is due for it any more.
+            # The block ended: nothing is due for it any more, no stack to gather.
             self._disarm(hangs.Ongoing(event.pid, event.tid, event.start_ns))
+            if self._stacks is not None:
+                self._stacks.end(event.pid, event.tid)
             kind = self._kind_of(event.pid, event.tid)
             if not reported(kind):
                 self._totals.ignore(event, kind)
@@ -339,7 +347,9 @@ class BlockFlow:
         self._confirmed(key, trigger)
 
     def _confirmed(self, key: hangs.Ongoing, trigger: Trigger) -> None:
-        """A block has lasted the trigger age: the followers follow it; time its hang report."""
+        """A block has lasted the trigger age: gather its evidence; time its hang report."""
+        if self._stacks is not None:
+            self._stacks.begin(key.pid, key.tid, key.start_ns)
         for follower in self._followers:
             follower.follow(trigger)
         self._arm(key, self._hangs.due_ns(key))
