@@ -139,8 +139,11 @@ def test_each_block_is_a_span_with_the_apps_resource_true_times_and_its_code(
         assert span.name == "eventloop.block"
         assert span.kind == span.SPAN_KIND_INTERNAL
         assert not span.parent_span_id
+        # The app notes its end just before the loop goes back to epoll: on a busy
+        # machine the thread may wait for a CPU in between, which the span reports.
+        waited = round(span_attributes.get("blocksnoop.cpu.runq_time", 0.0) * 1e9)
         assert abs(span.start_time_unix_nano - true_block["start_unix_ns"]) < MS
-        assert abs(span.end_time_unix_nano - true_block["end_unix_ns"]) < MS
+        assert abs(span.end_time_unix_nano - true_block["end_unix_ns"]) < MS + waited
         function, snippet = CALL_SITES[true_block["scenario"]]
         assert span_attributes["code.function.name"].endswith(function)
         assert snippet in span_attributes["code.stacktrace"]
