@@ -8,7 +8,10 @@ sidecar with each mode's flags at the given threshold, lets it settle, then read
 the CPU time of the sidecar and of its Austin children over a window
 (``procs.cpu_times``: /proc/PID/stat, live and reaped children). One line per mode, % of one core.
 
-USAGE: idle_cost.py [--seconds S] [--settle S] [--threshold MS] [--mode NAME ...]
+``--app`` watches another app instead (e.g. apps/gil_app.py, a loop that
+waits for the GIL in every iteration).
+
+USAGE: idle_cost.py [--seconds S] [--settle S] [--threshold MS] [--mode NAME ...] [--app PY]
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ IDLE_APP = (
 
 
 def measure(
-    flags: tuple[str, ...], threshold_ms: int, seconds: int, settle: int
+    flags: tuple[str, ...], threshold_ms: int, seconds: int, settle: int, app_path: str | None
 ) -> tuple[float, float]:
-    """(sidecar, its children) CPU in % of one core while the app idles."""
-    app = subprocess.Popen([sys.executable, "-c", IDLE_APP])
+    """(sidecar, its children) CPU in % of one core while the app idles (or runs ``app_path``)."""
+    app = subprocess.Popen([sys.executable, *([app_path] if app_path else ["-c", IDLE_APP])])
     sidecar = subprocess.Popen(
         [
             sys.executable,
@@ -76,13 +79,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--mode", choices=MODES, action="append", help="a mode to measure (default: all)"
     )
+    parser.add_argument("--app", metavar="PY", help="watch this app instead of the idle one")
     args = parser.parse_args(argv)
-    print(f"threshold {args.threshold} ms")
+    print(f"threshold {args.threshold} ms, app: {args.app or 'idle'}")
     print("| mode | sidecar (% of a core) | Austin (%) | total (%) |")
     print("| --- | ---: | ---: | ---: |")
     for mode in args.mode or MODES:
         name, flags = MODES[mode]
-        own, austin = measure(flags, args.threshold, args.seconds, args.settle)
+        own, austin = measure(flags, args.threshold, args.seconds, args.settle, args.app)
         print(f"| {name} | {own:.2f} | {austin:.2f} | {own + austin:.2f} |", flush=True)
     return 0
 
