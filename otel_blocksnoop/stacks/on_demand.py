@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import logging
 import os
 import select
@@ -43,7 +42,7 @@ from pathlib import Path
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError
-from otel_blocksnoop.stacks.sampler import PIPE_BYTES, READ_EVERY_S, Sampler, drain
+from otel_blocksnoop.stacks.sampler import READ_EVERY_S, Sampler, drain, stream_fd
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +229,9 @@ class OnDemandSampler(Sampler):
     # -- the reader thread --
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
-        if process.stdout is None:
+        fd = stream_fd(process)
+        if fd is None:
             return
-        fd = process.stdout.fileno()
-        os.set_blocking(fd, False)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         decoder = MojoDecoder()
         next_write_s = 2 * self.interval_us / 1e6 + 0.002
         while not self._stopping:

@@ -145,13 +145,9 @@ class Sampler:
         self._reader.start()
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
-        if process.stdout is None:
+        fd = stream_fd(process)
+        if fd is None:
             return
-        fd = process.stdout.fileno()
-        os.set_blocking(fd, False)
-        with contextlib.suppress(OSError):
-            # Austin blocks once the pipe is full: room for a whole read period.
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         decoder = MojoDecoder()
         # Bytes found in the pipe were written up to READ_EVERY_S ago, so their
         # arrival says little about when the newest sample was taken. Waiting
@@ -334,6 +330,18 @@ def drain(fd: int) -> list[bytes]:
     except BlockingIOError:
         pass
     return chunks
+
+
+def stream_fd(process: subprocess.Popen[bytes]) -> int | None:
+    """Austin's output, non-blocking, with room for a whole read period in the pipe."""
+    if process.stdout is None:
+        return None
+    fd = process.stdout.fileno()
+    os.set_blocking(fd, False)
+    with contextlib.suppress(OSError):
+        # Austin blocks once the pipe is full.
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return fd
 
 
 def settle_ns(interval_us: int) -> int:
