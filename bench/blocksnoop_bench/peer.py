@@ -20,7 +20,6 @@ as it counts our sidecar's Austin.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blocksnoop_bench.procs import ATTACH_TIMEOUT_S, BenchError, Child, Lines, rss_mib
+from blocksnoop_bench.procs import (
+    ATTACH_TIMEOUT_S,
+    BenchError,
+    Child,
+    Lines,
+    children,
+    json_records,
+    rss_mib,
+)
 from harness.interpreters import CACHE, pyenv_python
 
 if TYPE_CHECKING:
@@ -117,26 +124,10 @@ def install_peer(venv: Path = PEER_VENV) -> Path:
     return venv
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, comm) of every running child of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[1] == str(pid):
-            found.append((int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")]))
-    return found
-
-
 def children_rss_mib(pid: int) -> float:
     """Resident memory of the running children of ``pid`` (Austin, the peer's collector)."""
     total = 0.0
-    for child, _comm in _children(pid):
+    for child, _comm, _fields in children(pid):
         with contextlib.suppress(OSError, BenchError):
             total += rss_mib(child)
     return total
@@ -178,7 +169,7 @@ class Peer:
             if self.child.process.poll() is not None:
                 msg = f"failed to see the peer attach: it exited ({self.stderr.text()[-500:]})"
                 raise BenchError(msg)
-            names = {comm for _pid, comm in _children(self.pid)}
+            names = {comm for _pid, comm, _fields in children(self.pid)}
             if all(name in names for name in PEER_CHILDREN):
                 self.attach_s = time.monotonic() - self._started
                 return
@@ -192,13 +183,7 @@ class Peer:
 
     def records(self) -> list[dict[str, Any]]:
         """Parsed JSON lines; a torn last line (a killed peer) is skipped."""
-        records = []
-        for line in self.out.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
+        return json_records(self.out)
 
 
 @contextlib.contextmanager

@@ -219,13 +219,7 @@ class Sidecar:
 
     def records(self) -> list[dict[str, Any]]:
         """Parsed JSON lines; a torn last line (a killed sidecar) is skipped."""
-        records = []
-        for line in self.out.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
+        return json_records(self.out)
 
     def summary(self) -> dict[str, Any] | None:
         """The closing summary, or None if the sidecar never got to write it."""
@@ -277,19 +271,37 @@ def _stat_fields(pid: int | str) -> list[str]:
     return stat[stat.rindex(")") + 2 :].split()
 
 
-def _live_children_s(pid: int) -> float:
-    """CPU seconds of the running children of ``pid`` (the sidecar's Austin samplers)."""
-    total = 0
+def children(pid: int) -> list[tuple[int, str, list[str]]]:
+    """(pid, comm, stat fields after comm) of every running child of ``pid``."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = _stat_fields(entry.name)
-        except (OSError, ValueError):
+            stat = (entry / "stat").read_text()
+        except OSError:
             continue
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[1] == str(pid):
-            total += int(fields[11]) + int(fields[12])
+            found.append((int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields))
+    return found
+
+
+def _live_children_s(pid: int) -> float:
+    """CPU seconds of the running children of ``pid`` (the sidecar's Austin samplers)."""
+    total = sum(int(fields[11]) + int(fields[12]) for _pid, _comm, fields in children(pid))
     return total / CLK_TCK
+
+
+def json_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def cpu_times(pid: int) -> CpuTimes:

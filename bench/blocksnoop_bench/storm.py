@@ -30,6 +30,7 @@ from blocksnoop_bench.procs import (
     PYTHON,
     BenchError,
     Sidecar,
+    children,
     rss_mib,
 )
 from blocksnoop_bench.report import Section, num, pct, table
@@ -43,22 +44,6 @@ SAMPLE_EVERY_S = 10.0
 SLOPE_WINDOW_S = 300.0
 GOAL_SLOPE_MIB_PER_MIN = 0.1
 """Bounded memory: under 0.1 MiB/min over the last window (6 MiB an hour)."""
-
-
-def _children(pid: int) -> list[tuple[int, str, list[str]]]:
-    """(pid, comm, stat fields after comm) of every running child of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[1] == str(pid):
-            found.append((int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields))
-    return found
 
 
 def _sample(sidecar: Sidecar, started: float) -> dict[str, Any] | None:
@@ -79,7 +64,7 @@ def _sample(sidecar: Sidecar, started: float) -> dict[str, Any] | None:
     austin_rss = austin_cpu = 0.0
     austin_pids = []
     app_alive = False
-    for child, comm, child_fields in _children(sidecar.pid):
+    for child, comm, child_fields in children(sidecar.pid):
         if not comm.startswith("austin"):
             app_alive = True
             continue
