@@ -3,20 +3,26 @@
 A ``BlockEvent`` says when a loop thread was out of epoll and what it did
 meanwhile; the evidence gathered during the block (stack samples, the reads
 of the active span and task) says which code and which request. ``Enricher``
-joins them into the ``Block`` every sink receives, with wall-clock times.
+joins them into the ``Block`` every sink receives, with wall-clock times; an
+iteration that ran several requests' blocking callbacks becomes one block per
+request's share (``segments``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
-from otel_blocksnoop.analysis import cause
+from otel_blocksnoop.analysis import cause, segments
 from otel_blocksnoop.analysis.attribution import attribute
 from otel_blocksnoop.analysis.clock import WallClock
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import (
     Block,
     BlockEvent,
+    ContextSegment,
+    Iteration,
     ProcessIdentity,
     StackSample,
     ThreadContext,
@@ -35,6 +41,15 @@ class Linker(Protocol):
     def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
         """The block's parent span and task by the reads so far."""
 
+    def owners(
+        self, pid: int, tid: int, start_ns: int, segments: Sequence[ContextSegment]
+    ) -> list[ThreadContext]:
+        """Each segment's span and task, by the reads that landed in it."""
+
+
+Window = Callable[[int, int], list[StackSample]]
+"""The stack samples of the block's thread between two instants."""
+
 
 class Enricher:
     """Joins a kernel event with its evidence; remembers who each watched process is."""
@@ -52,21 +67,52 @@ class Enricher:
             identity = self._identities[pid] = read_identity(pid)
         return identity
 
+    def blocks(self, event: BlockEvent, kind: ThreadKind, window: Window) -> list[Block]:
+        """The block of an iteration that ended, or one per request's share of it."""
+        if not event.segments or self._linker is None:
+            return [self.block(event, kind, window(event.start_ns, event.end_ns))]
+        owners = self._linker.owners(event.pid, event.tid, event.start_ns, event.segments)
+        parts = segments.shares(event.segments, owners, self._threshold_ns)
+        if not parts:
+            owner = segments.whole_owner(event.segments, owners, event.duration_ns)
+            return [self.block(event, kind, window(event.start_ns, event.end_ns), found=owner)]
+        iteration = Iteration(
+            start_ns=event.start_ns,
+            end_ns=event.end_ns,
+            start_unix_ns=self._clock.to_unix_ns(event.start_ns),
+            end_unix_ns=self._clock.to_unix_ns(event.end_ns),
+            segments=len(parts),
+        )
+        blocks = []
+        for index, part in enumerate(parts):
+            share = part.segment
+            piece = replace(
+                event,
+                start_ns=share.start_ns,
+                end_ns=share.end_ns,
+                activity=share.activity,
+                segments=(),
+            )
+            block = self.block(piece, kind, window(share.start_ns, share.end_ns), found=part.owner)
+            blocks.append(replace(block, iteration=iteration, segment=index))
+        return blocks
+
     def block(
         self,
         event: BlockEvent,
         kind: ThreadKind,
         samples: list[StackSample],
         in_progress: bool = False,
+        found: ThreadContext | None = None,
     ) -> Block:
+        """One block; ``found``: its owner when known already, else asked of the linker."""
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
         why, syscall = cause.classify(event.activity, self._threshold_ns)
-        found = (
-            self._linker.context(event.pid, event.tid, event.start_ns, final=not in_progress)
-            if self._linker is not None
-            else None
-        )
+        if found is None and self._linker is not None:
+            found = self._linker.context(
+                event.pid, event.tid, event.start_ns, final=not in_progress
+            )
         return Block(
             pid=event.pid,
             tid=event.tid,

@@ -15,6 +15,16 @@ them, and more often than any other, is the block's parent. A tie or a
 scatter gives no parent: a block with no link is better than one in the
 wrong trace. The running task is elected the same way, on its own.
 
+An iteration that ran several requests' callbacks is cut by the kernel into
+segments, one per context it ran in (``ContextSegment``). For that, the
+linker tells the kernel where each loop thread's context pointer is, as soon
+as the thread first leaves epoll (``TriggerReason.NEW_THREAD``); and when the
+thread of a followed block switches context (``TriggerReason.SEGMENT``), it
+reads at once, while the new context still runs. A segment's owner is what
+the reads found that saw its very context pointer, timed inside the stretch
+where no other context was seen (``owners``): a read that landed elsewhere,
+or late, is not used, and a segment no read landed in has no parent.
+
 Reads cost about 0.2-0.3 ms of the sidecar's CPU each (BENCHMARKS.md,
 "Trace links") and happen only while a thread is out of epoll that long.
 """
@@ -26,12 +36,13 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol, TypeVar
 
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import (
     NS_PER_MS,
+    ContextSegment,
     Loss,
     SpanRef,
     TaskRef,
@@ -53,6 +64,8 @@ MAX_FOLLOWED = 4096
 """Blocks read at once; a trigger past this many is dropped (counted as late)."""
 SWITCH_INTERVAL_S = 0.001
 """The sidecar's GIL switch interval while linking: how late a wake-up may get the GIL."""
+MAX_TIMED_READS = 256
+"""Reads kept per block for its segments (a hang's oldest go first)."""
 
 BlockKey = tuple[int, int, int]  # pid, tid, start_ns
 T = TypeVar("T", bound=Hashable)
@@ -64,6 +77,9 @@ class ThreadTable(Protocol):
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside."""
 
+    def watch_context(self, tid: int, address: int) -> None:
+        """Have the kernel read ``tid``'s context pointer at ``address`` (segments)."""
+
 
 class SpanReader(Protocol):
     unsupported: str | None
@@ -71,18 +87,39 @@ class SpanReader(Protocol):
     def thread_context(self, tid: int) -> ThreadContext:
         """The span active on ``tid`` now and the task it runs, each or None."""
 
+    def context_address(self, tid: int) -> int | None:
+        """Where ``tid``'s current context pointer is, if its thread state is found."""
+
 
 class _Votes:
-    """What the reads during one block found."""
+    """What the reads during one block found: counted, and each with its time."""
 
-    __slots__ = ("spans", "tasks")
+    __slots__ = ("reads", "spans", "tasks")
 
     def __init__(self) -> None:
         self.spans: Counter[SpanRef | None] = Counter()
         self.tasks: Counter[TaskRef | None] = Counter()
+        self.reads: deque[tuple[int, int, ThreadContext]] = deque(maxlen=MAX_TIMED_READS)
 
     def result(self) -> ThreadContext:
         return ThreadContext(span=elect(self.spans), task=elect(self.tasks))
+
+    def owner(self, segment: ContextSegment) -> ThreadContext | None:
+        """What the reads of ``segment``'s own context, timed inside it, found; None: no read."""
+        spans: Counter[SpanRef | None] = Counter()
+        tasks: Counter[TaskRef | None] = Counter()
+        for began, ended, found in self.reads:
+            if (
+                found.context
+                and found.context == segment.context
+                and segment.after_ns < began
+                and ended < segment.before_ns
+            ):
+                spans[found.span] += 1
+                tasks[found.task] += 1
+        if not spans:
+            return None
+        return ThreadContext(span=elect(spans), task=elect(tasks), context=segment.context or 0)
 
 
 class _Followed:
@@ -191,6 +228,29 @@ class TraceLinker:
             self._losses.add(Loss.LINK_UNDECIDED)
         return found
 
+    def owners(
+        self, pid: int, tid: int, start_ns: int, segments: Sequence[ContextSegment]
+    ) -> list[ThreadContext]:
+        """Each segment's span and task, by the reads that landed in it; forgets the block.
+
+        A segment no read landed in gets neither (counted: ``Loss.LINK_UNREAD``).
+        """
+        with self._lock:
+            votes = self._votes.pop((pid, tid, start_ns), None)
+        found = []
+        for segment in segments:
+            owner = votes.owner(segment) if votes is not None else None
+            if owner is None:
+                self._losses.add(Loss.LINK_UNREAD)
+                owner = ThreadContext(span=None, task=None)
+            elif owner.span is None and any(
+                read.span is not None and read.context == segment.context
+                for _, _, read in (votes.reads if votes is not None else ())
+            ):
+                self._losses.add(Loss.LINK_UNDECIDED)
+            found.append(owner)
+        return found
+
     def _run(self) -> None:
         """Sleep until a trigger, or the next read of a followed block, is due."""
         wait_s: float | None = None
@@ -228,11 +288,18 @@ class TraceLinker:
         # as one of its threads has called epoll, or when it is prepared (an attached
         # app), so before its first block.
         if trigger.reason == TriggerReason.NEW_THREAD:
-            self._reader(trigger.pid)
+            reader = self._reader(trigger.pid)
+            address = reader.context_address(trigger.tid) if reader is not None else None
+            if address:
+                self._table.watch_context(trigger.tid, address)
             return
         current = self._followed.get(trigger.tid)
         if current is not None and current.start_ns == trigger.start_ns:
-            return  # told twice of one block (a tick and a switch at once)
+            if trigger.reason == TriggerReason.SEGMENT:
+                current.next_read_ns = now  # another request's callback: read it while it runs
+            return  # else told twice of one block (a tick and a switch at once)
+        if trigger.reason == TriggerReason.SEGMENT:
+            return  # a block no longer followed (or not yet: its first read is timed)
         if current is None and len(self._followed) >= MAX_FOLLOWED:
             self._losses.add(Loss.CONTEXT_LATE)
             return
@@ -245,7 +312,9 @@ class TraceLinker:
         reader = self._reader(block.pid)
         if reader is None or self._table.out_since(block.tid) != block.start_ns:
             return False
+        began = time.monotonic_ns()
         found = reader.thread_context(block.tid)
+        ended = time.monotonic_ns()
         # Out of epoll since the same instant before and after the read: the read
         # was inside this block. Otherwise the loop may have gone on to other
         # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
@@ -259,6 +328,7 @@ class TraceLinker:
                 votes = self._votes[key] = _Votes()
             votes.spans[found.span] += 1
             votes.tasks[found.task] += 1
+            votes.reads.append((began, ended, found))
         return True
 
     def _reader(self, pid: int) -> SpanReader | None:

@@ -141,6 +141,15 @@ class Detector:
     def watch(self, pid: int) -> None:
         self._bpf["watched"][ctypes.c_uint32(pid)] = WatchStateC(how=WATCH_ROOT)
 
+    def watch_context(self, tid: int, address: int) -> None:
+        """Have the kernel read ``tid``'s context pointer at ``address`` at each sighting.
+
+        ``address`` is the thread state's ``context`` field (the trace linker
+        finds it); without it the thread's blocks have no segments.
+        """
+        if self._bpf is not None and self.config.tracks_segments:
+            self._bpf["ctx_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)
+
     def wake_on(self, fd: int) -> None:
         """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""
         self._waiter.register(fd, select.EPOLLIN)

@@ -14,6 +14,8 @@ from otel_blocksnoop.kernel.layout import (
     ActivityC,
     BlockEventC,
     IterExtremesC,
+    SegmentC,
+    SegmentsC,
     SleepSlotC,
     ThreadStateC,
     TriggerEventC,
@@ -29,6 +31,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "activity": ActivityC,
     "sleep_slot": SleepSlotC,
     "watch_state": WatchStateC,
+    "segment": SegmentC,
+    "segments": SegmentsC,
 }
 
 

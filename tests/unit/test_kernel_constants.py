@@ -21,6 +21,7 @@ CONFIG_NAMES = (
     "RINGBUF_PAGES",
     "TRIGGER_NS",
     "TRIGGER_PAGES",
+    "SEGMENTS",
 )
 
 
