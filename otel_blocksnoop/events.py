@@ -313,6 +313,7 @@ class InProgress:
     tid: int
     start_ns: int
     activity: Activity | None
+    segments: tuple[ContextSegment, ...] = ()  # the contexts it ran in so far, if recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,12 @@ class Linker(Protocol):
         """The block's parent span and task by the reads so far."""
 
     def owners(
-        self, pid: int, tid: int, start_ns: int, segments: Sequence[ContextSegment]
+        self,
+        pid: int,
+        tid: int,
+        start_ns: int,
+        segments: Sequence[ContextSegment],
+        final: bool = True,
     ) -> list[ThreadContext]:
         """Each segment's span and task, by the reads that landed in it."""
 
@@ -76,6 +81,7 @@ class Enricher:
         if not parts:
             owner = segments.whole_owner(event.segments, owners, event.duration_ns)
             return [self.block(event, kind, window(event.start_ns, event.end_ns), found=owner)]
+        # Each share is a block; the hang reports of the iteration, if any, were whole.
         iteration = Iteration(
             start_ns=event.start_ns,
             end_ns=event.end_ns,
@@ -105,14 +111,21 @@ class Enricher:
         in_progress: bool = False,
         found: ThreadContext | None = None,
     ) -> Block:
-        """One block; ``found``: its owner when known already, else asked of the linker."""
+        """One block; ``found``: its owner when known already, else asked of the linker.
+
+        A block kept whole whose contexts are known (a hang report, so far) is
+        owned by the request that held half of it or more, if one did.
+        """
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
         why, syscall = cause.classify(event.activity, self._threshold_ns)
         if found is None and self._linker is not None:
-            found = self._linker.context(
-                event.pid, event.tid, event.start_ns, final=not in_progress
-            )
+            key = (event.pid, event.tid, event.start_ns)
+            if event.segments:
+                owners = self._linker.owners(*key, event.segments, final=not in_progress)
+                found = segments.whole_owner(event.segments, owners, event.duration_ns)
+            else:
+                found = self._linker.context(*key, final=not in_progress)
         return Block(
             pid=event.pid,
             tid=event.tid,

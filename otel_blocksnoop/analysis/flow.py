@@ -362,6 +362,7 @@ class BlockFlow:
             end_ns=now,
             activity=item.activity,
             end_reason=reason,
+            segments=item.segments,
         )
         kind = self._kind_of(event.pid, event.tid)
         samples = self._samples(event)

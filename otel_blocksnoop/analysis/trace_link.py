@@ -229,23 +229,34 @@ class TraceLinker:
         return found
 
     def owners(
-        self, pid: int, tid: int, start_ns: int, segments: Sequence[ContextSegment]
+        self,
+        pid: int,
+        tid: int,
+        start_ns: int,
+        segments: Sequence[ContextSegment],
+        final: bool = True,
     ) -> list[ThreadContext]:
-        """Each segment's span and task, by the reads that landed in it; forgets the block.
+        """Each segment's span and task, by the reads that landed in it; ``final`` forgets it.
 
         A segment no read landed in gets neither (counted: ``Loss.LINK_UNREAD``).
         """
+        key = (pid, tid, start_ns)
         with self._lock:
-            votes = self._votes.pop((pid, tid, start_ns), None)
+            votes = self._votes.pop(key, None) if final else self._votes.get(key)
         found = []
         for segment in segments:
             owner = votes.owner(segment) if votes is not None else None
             if owner is None:
-                self._losses.add(Loss.LINK_UNREAD)
+                if final:
+                    self._losses.add(Loss.LINK_UNREAD)
                 owner = ThreadContext(span=None, task=None)
-            elif owner.span is None and any(
-                read.span is not None and read.context == segment.context
-                for _, _, read in (votes.reads if votes is not None else ())
+            elif (
+                final
+                and owner.span is None
+                and any(
+                    read.span is not None and read.context == segment.context
+                    for _, _, read in (votes.reads if votes is not None else ())
+                )
             ):
                 self._losses.add(Loss.LINK_UNDECIDED)
             found.append(owner)

@@ -193,9 +193,14 @@ class Owners:
         return ThreadContext(span=None, task=None)
 
     def owners(
-        self, pid: int, tid: int, start_ns: int, segments: Sequence[ContextSegment]
+        self,
+        pid: int,
+        tid: int,
+        start_ns: int,
+        segments: Sequence[ContextSegment],
+        final: bool = True,
     ) -> list[ThreadContext]:
-        _ = pid, tid, start_ns
+        _ = pid, tid, start_ns, final
         self.asked.append(tuple(segment.context or 0 for segment in segments))
         spans = {0xA0: SPAN_A, 0xB0: SPAN_B}
         return [
