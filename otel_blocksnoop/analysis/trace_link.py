@@ -172,6 +172,7 @@ class TraceLinker:
         self._reader_factory = reader_factory
         self._losses = losses if losses is not None else Losses()
         self._readers: BoundedDict[int, SpanReader] = BoundedDict(MAX_READERS)
+        self._contexts: BoundedDict[int, int] = BoundedDict(MAX_FOLLOWED)  # tid: address told
         self._votes: BoundedDict[BlockKey, _Votes] = BoundedDict(MAX_BLOCKS)
         self._to_prepare: deque[int] = deque()
         self._inbox: deque[Trigger] = deque()
@@ -298,11 +299,9 @@ class TraceLinker:
         # A process's reader is built (~20 ms: it maps the interpreter's ELF file) as soon
         # as one of its threads has called epoll, or when it is prepared (an attached
         # app), so before its first block.
+        if trigger.reason == TriggerReason.NEW_THREAD or trigger.tid not in self._contexts:
+            self._watch_context(trigger.pid, trigger.tid)
         if trigger.reason == TriggerReason.NEW_THREAD:
-            reader = self._reader(trigger.pid)
-            address = reader.context_address(trigger.tid) if reader is not None else None
-            if address:
-                self._table.watch_context(trigger.tid, address)
             return
         current = self._followed.get(trigger.tid)
         if current is not None and current.start_ns == trigger.start_ns:
@@ -341,6 +340,19 @@ class TraceLinker:
             votes.tasks[found.task] += 1
             votes.reads.append((began, ended, found))
         return True
+
+    def _watch_context(self, pid: int, tid: int) -> None:
+        """Tell the kernel where ``tid``'s context pointer is, once it is found.
+
+        Looked for at the thread's first return from epoll, and again at its
+        blocks until found (a launched interpreter may not have made the
+        thread's state yet when its first epoll returns).
+        """
+        reader = self._reader(pid)
+        address = reader.context_address(tid) if reader is not None else None
+        if address:
+            self._contexts[tid] = address
+            self._table.watch_context(tid, address)
 
     def _reader(self, pid: int) -> SpanReader | None:
         reader = self._readers.get(pid)
