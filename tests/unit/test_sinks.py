@@ -162,7 +162,10 @@ def test_console_shows_cause_stack_and_how_a_block_ended() -> None:
         '      File "/srv/app.py", line 12, in handler',
         "        subprocess.run(cmd)",
     ]
-    assert lines[7] == "    (20 of 24 busy samples had this stack; on CPU 1.2 ms, off CPU 121.3 ms)"
+    assert lines[7] == (
+        "    (20 of 24 busy samples had this stack; on CPU 1.2 ms, off CPU 121.3 ms; "
+        "waited for a CPU 0.300 ms)"
+    )
     assert lines[8].endswith("wait4()  (still blocked when stopped)")
 
 
