@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+PROC = Path("/proc")
 MAX_STAT_BYTES = 4096
 MAX_MOUNTINFO_BYTES = 1 << 20
 NS_PER_US = 1000
@@ -143,7 +144,7 @@ def own_mounts() -> list[Mount]:
         return []
 
 
-def cgroup_dir(path: str, v2: bool, mounts: list[Mount]) -> Path | None:
+def cgroup_dir(path: str, mounts: list[Mount], *, v2: bool) -> Path | None:
     """Where ``path`` of a hierarchy is in the sidecar's file tree, if it is mounted here."""
     if "/.." in path or not path.startswith("/"):
         return None  # outside the sidecar's cgroup namespace
@@ -178,14 +179,14 @@ def _has_quota(directory: Path, v2: bool) -> bool:
     return quota not in {"", "max", "-1"}
 
 
-def locate(pid: int, mounts: list[Mount]) -> CgroupFiles | None:
+def locate(pid: int, mounts: list[Mount], proc: Path = PROC) -> CgroupFiles | None:
     """The files that tell how long ``pid``'s cgroup was throttled; None if none can be read."""
-    text = _read(Path("/proc") / str(pid) / "cgroup")
+    text = _read(proc / str(pid) / "cgroup")
     found = cpu_cgroup(text) if text is not None else None
     if found is None:
         return None
     v2, path = found
-    leaf = cgroup_dir(path, v2, mounts)
+    leaf = cgroup_dir(path, mounts, v2=v2)
     if leaf is None or not (leaf / STAT).exists():
         return None
     local = leaf / LOCAL_STAT
