@@ -37,6 +37,20 @@ class Activity:
         return self.runq_ns + self.sleep_ns
 
 
+@dataclass(frozen=True, slots=True)
+class Throttling:
+    """How long a CPU quota held the loop's cgroup back during a block (``cpu.stat``).
+
+    The cgroup's throttled time, read when the block was confirmed and when
+    it was handed on, at most the thread's run-queue time: a throttled thread
+    is runnable but not running, so that is all of it the thread can have
+    waited. It is the thread's own when the loop is its cgroup's only busy thread.
+    """
+
+    throttled_ns: int
+    periods: int  # quota periods that ran out on the cgroup meanwhile (nr_throttled)
+
+
 class Cause(StrEnum):
     """Why a loop was stuck (the ``blocksnoop.cause`` values of the contract)."""
 
@@ -261,6 +275,7 @@ class Block:
     cause: Cause = Cause.UNKNOWN
     syscall: str | None = None  # what it slept in, when ``cause`` is SYSCALL
     activity: Activity | None = None
+    throttling: Throttling | None = None  # None: the cgroup's CPU stats could not be read
     end_reason: EndReason = EndReason.RETURNED
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
     process: ProcessIdentity | None = None

@@ -29,6 +29,7 @@ from otel_blocksnoop import preflight
 from otel_blocksnoop.analysis.enrich import Enricher
 from otel_blocksnoop.analysis.flow import POLL_MS, BlockFlow
 from otel_blocksnoop.analysis.stats import IntervalStats
+from otel_blocksnoop.analysis.throttle import ThrottleWatch
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import ExitCode
@@ -94,15 +95,17 @@ class Session:
         self._sinks = sinks
         self._options = options
         self._losses = losses if losses is not None else Losses()
+        # Reads the cgroup's CPU stats twice per confirmed block, never between: always on.
+        throttle = ThrottleWatch()
         self._flow = BlockFlow(
             detector,
-            Enricher(options.threshold_ns, linker),
+            Enricher(options.threshold_ns, linker, throttle),
             self._emit,
             self._losses,
             threshold_ns=options.threshold_ns,
             kinds=None if options.all_threads else classifier,
             stacks=stacks,
-            followers=() if linker is None else (linker,),
+            followers=(throttle,) if linker is None else (linker, throttle),
         )
         self._stats = IntervalStats(detector)
         self._stop_requested = False

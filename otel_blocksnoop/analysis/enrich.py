@@ -27,6 +27,7 @@ from otel_blocksnoop.events import (
     StackSample,
     ThreadContext,
     ThreadKind,
+    Throttling,
 )
 from otel_blocksnoop.process.identity import read_identity
 from otel_blocksnoop.process.source import source_line
@@ -56,12 +57,22 @@ Window = Callable[[int, int], list[StackSample]]
 """The stack samples of the block's thread between two instants."""
 
 
+class Throttle(Protocol):
+    """The cgroup throttling watch (``throttle.ThrottleWatch``), as far as enrichment needs it."""
+
+    def throttling(self, event: BlockEvent, final: bool = True) -> Throttling | None:
+        """How long a CPU quota held the block's cgroup back, if its stats could be read."""
+
+
 class Enricher:
     """Joins a kernel event with its evidence; remembers who each watched process is."""
 
-    def __init__(self, threshold_ns: int, linker: Linker | None) -> None:
+    def __init__(
+        self, threshold_ns: int, linker: Linker | None, throttle: Throttle | None = None
+    ) -> None:
         self._threshold_ns = threshold_ns
         self._linker = linker
+        self._throttle = throttle
         self._clock = WallClock()
         self._identities: BoundedDict[int, ProcessIdentity] = BoundedDict(MAX_IDENTITIES)
 
@@ -118,6 +129,11 @@ class Enricher:
         """
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
+        throttling = (
+            self._throttle.throttling(event, final=not in_progress)
+            if self._throttle is not None
+            else None
+        )
         why, syscall = cause.classify(event.activity, self._threshold_ns)
         if found is None and self._linker is not None:
             key = (event.pid, event.tid, event.start_ns)
@@ -144,6 +160,7 @@ class Enricher:
             cause=why,
             syscall=syscall,
             activity=event.activity,
+            throttling=throttling,
             end_reason=event.end_reason,
             in_progress=in_progress,
             process=self.identity(event.pid),

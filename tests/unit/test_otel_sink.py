@@ -31,6 +31,7 @@ from otel_blocksnoop.events import (
     SpanRef,
     ThreadKind,
     ThreadTimes,
+    Throttling,
 )
 from otel_blocksnoop.export.otel import OtelSink
 from otel_blocksnoop.export.otel.queue import DeliveryQueue
@@ -410,3 +411,27 @@ def test_an_iteration_split_by_request_is_one_span_per_segment_and_one_histogram
     # AND the histogram counts the iteration once, with its whole duration
     (histogram,) = harness.points("checkout")["blocksnoop.eventloop.block.duration"]
     assert (histogram.count, histogram.sum) == (1, 0.25)
+
+
+def test_a_block_carries_its_run_queue_and_throttled_time_when_its_cgroup_was_read() -> None:
+    harness = Harness()
+    books = Activity(
+        on_cpu_ns=12_000_000,
+        runq_ns=91_000_000,
+        sleep_ns=0,
+        sleeps=(),
+        other_sleep_ns=0,
+        sibling_cpu_ns=0,
+    )
+    harness.sink.export(
+        replace(BLOCK, cause=Cause.SCHED, activity=books, throttling=Throttling(88_000_000, 1))
+    )
+    harness.sink.export(replace(BLOCK, activity=books, throttling=None))
+    harness.sink.shutdown()
+    read, unread = (dict(span.attributes or {}) for span in harness.spans.get_finished_spans())
+    assert read["blocksnoop.cause"] == "sched"
+    assert read["blocksnoop.cpu.runq_time"] == 0.091
+    assert read["blocksnoop.cpu.throttled_time"] == 0.088
+    assert read["blocksnoop.cpu.throttled_periods"] == 1
+    # a cgroup that could not be read gives no figure, not a zero
+    assert "blocksnoop.cpu.throttled_time" not in unread

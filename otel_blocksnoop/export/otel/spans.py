@@ -111,6 +111,9 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         attributes[names.OFF_CPU] = seconds(block.activity.off_cpu_ns)
         attributes[names.RUNQ] = seconds(block.activity.runq_ns)
         attributes[names.SIBLING_CPU] = seconds(block.activity.sibling_cpu_ns)
+    if block.throttling is not None:
+        attributes[names.THROTTLED] = seconds(block.throttling.throttled_ns)
+        attributes[names.THROTTLED_PERIODS] = block.throttling.periods
     return attributes
 
 
