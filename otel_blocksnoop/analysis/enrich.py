@@ -17,6 +17,7 @@ from typing import Protocol
 from otel_blocksnoop.analysis import cause, segments
 from otel_blocksnoop.analysis.attribution import attribute
 from otel_blocksnoop.analysis.clock import WallClock
+from otel_blocksnoop.analysis.throttle import bounded
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import (
     Block,
@@ -100,6 +101,7 @@ class Enricher:
             end_unix_ns=self._clock.to_unix_ns(event.end_ns),
             segments=len(parts),
         )
+        whole = self._throttle.throttling(event) if self._throttle is not None else None
         blocks = []
         for index, part in enumerate(parts):
             share = part.segment
@@ -110,30 +112,37 @@ class Enricher:
                 activity=share.activity,
                 segments=(),
             )
-            block = self.block(piece, kind, window(share.start_ns, share.end_ns), found=part.owner)
+            throttled = (
+                bounded(whole.throttled_ns, whole.periods, share.duration_ns, share.activity)
+                if whole is not None
+                else None
+            )
+            samples = window(share.start_ns, share.end_ns)
+            block = self.block(piece, kind, samples, found=part.owner, throttling=throttled)
             blocks.append(replace(block, iteration=iteration, segment=index))
         return blocks
 
-    def block(
+    def block(  # noqa: PLR0913 - past the samples, keyword-only overrides of what it looks up
         self,
         event: BlockEvent,
         kind: ThreadKind,
         samples: list[StackSample],
+        *,
         in_progress: bool = False,
         found: ThreadContext | None = None,
+        throttling: Throttling | None = None,
     ) -> Block:
         """One block; ``found``: its owner when known already, else asked of the linker.
+
+        ``throttling`` likewise (a share of an iteration: the iteration's, read once).
 
         A block kept whole whose contexts are known (a hang report, so far) is
         owned by the request that held half of it or more, if one did.
         """
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
-        throttling = (
-            self._throttle.throttling(event, final=not in_progress)
-            if self._throttle is not None
-            else None
-        )
+        if throttling is None and self._throttle is not None:
+            throttling = self._throttle.throttling(event, final=not in_progress)
         why, syscall = cause.classify(event.activity, self._threshold_ns)
         if found is None and self._linker is not None:
             key = (event.pid, event.tid, event.start_ns)
