@@ -10,6 +10,7 @@ request's share (``segments``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -33,6 +34,8 @@ from otel_blocksnoop.events import (
 from otel_blocksnoop.process.identity import read_identity
 from otel_blocksnoop.process.source import source_line
 from otel_blocksnoop.process.target import thread_name
+
+log = logging.getLogger(__name__)
 
 MAX_IDENTITIES = 256  # watched processes whose identity is kept
 
@@ -89,6 +92,22 @@ class Enricher:
         if not event.segments or self._linker is None:
             return [self.block(event, kind, window(event.start_ns, event.end_ns))]
         owners = self._linker.owners(event.pid, event.tid, event.start_ns, event.segments)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "block %d/%d at %d: segments %s",
+                event.pid,
+                event.tid,
+                event.start_ns,
+                [
+                    (
+                        f"{s.context or 0:x}",
+                        s.start_ns,
+                        s.duration_ns,
+                        o.span and f"{o.span.span_id:x}",
+                    )
+                    for s, o in zip(event.segments, owners, strict=True)
+                ],
+            )
         parts = segments.shares(event.segments, owners, self._threshold_ns)
         if not parts:
             owner = segments.whole_owner(event.segments, owners, event.duration_ns)

@@ -104,21 +104,24 @@ class _Votes:
     def result(self) -> ThreadContext:
         return ThreadContext(span=elect(self.spans), task=elect(self.tasks))
 
+    def inside(self, segment: ContextSegment) -> list[ThreadContext]:
+        """What the reads of ``segment``'s own context found, those timed inside it."""
+        return [
+            found
+            for began, ended, found in self.reads
+            if found.context
+            and found.context == segment.context
+            and segment.after_ns < began
+            and ended < segment.before_ns
+        ]
+
     def owner(self, segment: ContextSegment) -> ThreadContext | None:
         """What the reads of ``segment``'s own context, timed inside it, found; None: no read."""
-        spans: Counter[SpanRef | None] = Counter()
-        tasks: Counter[TaskRef | None] = Counter()
-        for began, ended, found in self.reads:
-            if (
-                found.context
-                and found.context == segment.context
-                and segment.after_ns < began
-                and ended < segment.before_ns
-            ):
-                spans[found.span] += 1
-                tasks[found.task] += 1
-        if not spans:
+        reads = self.inside(segment)
+        if not reads:
             return None
+        spans = Counter(found.span for found in reads)
+        tasks = Counter(found.task for found in reads)
         return ThreadContext(span=elect(spans), task=elect(tasks), context=segment.context or 0)
 
 
@@ -220,12 +223,14 @@ class TraceLinker:
     def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
         """The block's parent span and task by the reads so far; ``final`` forgets the block."""
         key = (pid, tid, start_ns)
+        # Under the lock: a block still going on is being read (and voted) meanwhile.
         with self._lock:
             votes = self._votes.pop(key, None) if final else self._votes.get(key)
-        if votes is None:
-            return ThreadContext(span=None, task=None)
-        found = votes.result()
-        if final and found.span is None and any(span is not None for span in votes.spans):
+            if votes is None:
+                return ThreadContext(span=None, task=None)
+            found = votes.result()
+            undecided = found.span is None and any(span is not None for span in votes.spans)
+        if final and undecided:
             self._losses.add(Loss.LINK_UNDECIDED)
         return found
 
@@ -242,26 +247,24 @@ class TraceLinker:
         A segment no read landed in gets neither (counted: ``Loss.LINK_UNREAD``).
         """
         key = (pid, tid, start_ns)
-        with self._lock:
-            votes = self._votes.pop(key, None) if final else self._votes.get(key)
         found = []
-        for segment in segments:
-            owner = votes.owner(segment) if votes is not None else None
-            if owner is None:
-                if final:
-                    self._losses.add(Loss.LINK_UNREAD)
-                owner = ThreadContext(span=None, task=None)
-            elif (
-                final
-                and owner.span is None
-                and any(
-                    read.span is not None and read.context == segment.context
-                    for _, _, read in (votes.reads if votes is not None else ())
-                )
-            ):
-                self._losses.add(Loss.LINK_UNDECIDED)
-            found.append(owner)
+        with self._lock:  # a block still going on is being read meanwhile
+            votes = self._votes.pop(key, None) if final else self._votes.get(key)
+            for segment in segments:
+                owner = votes.owner(segment) if votes is not None else None
+                if owner is None:
+                    if final:
+                        self._losses.add(Loss.LINK_UNREAD)
+                    owner = ThreadContext(span=None, task=None)
+                elif final and owner.span is None and self._saw_span(votes, segment):
+                    self._losses.add(Loss.LINK_UNDECIDED)
+                found.append(owner)
         return found
+
+    @staticmethod
+    def _saw_span(votes: _Votes | None, segment: ContextSegment) -> bool:
+        """Some read inside ``segment`` found a span: its None is a disagreement."""
+        return votes is not None and any(read.span for read in votes.inside(segment))
 
     def _run(self) -> None:
         """Sleep until a trigger, or the next read of a followed block, is due."""
