@@ -35,14 +35,14 @@
  * Compile-time constants (BCC -D cflags, from program_cflags() in
  * otel_blocksnoop/kernel/program.py): THRESHOLD_NS, TARGET_TID (0 = all
  * threads), STATS_MODE, TRACK_ACTIVITY, TRIGGER_NS (0 = no triggers),
- * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, SEGMENTS, and the
+ * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, SEGMENTS, MAX_LOOPS, and the
  * constants shared with Python (see detector.h).
  *
  * Segments (SEGMENTS, with triggers): one iteration may run the callbacks of
  * several requests one after another, each in its own context (an asyncio
  * Handle runs its callback with Context.run, which sets the thread state's
  * context pointer). For a thread whose pointer's address user space has put
- * in ctx_addr, every sighting of it out of epoll (a tick while it runs, a
+ * in loop_contexts, every sighting of it out of epoll (a tick while it runs, a
  * switch off CPU) reads the pointer from its memory; each change starts a new
  * segment (struct segments), sent with the block. A segment cannot change
  * while its thread is off CPU, so a switch back on extends the last one. When
@@ -84,6 +84,9 @@
 #ifndef SEGMENTS
 #error "SEGMENTS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+#ifndef MAX_LOOPS
+#error "MAX_LOOPS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 #if SEGMENTS && !(TRIGGER_NS && TRACK_ACTIVITY)
 #error "SEGMENTS needs triggers and TRACK_ACTIVITY: it sights threads in their programs"
 #endif
@@ -101,8 +104,8 @@ BPF_PERCPU_ARRAY(scratch, struct block_event, 1);
 /* A new thread's first state: all zero but its tgid (too big for the stack). */
 BPF_PERCPU_ARRAY(blank_state, struct thread_state, 1);
 #if SEGMENTS
-/* Where each thread's current context pointer is (&tstate->context), by tid. */
-BPF_HASH(ctx_addr, u32, u64, MAX_THREADS);
+/* Loop threads whose context pointer user space found (it adds them), by tid. */
+BPF_HASH(loop_contexts, u32, struct loop_context, MAX_LOOPS);
 #endif
 #if TRIGGER_NS
 BPF_RINGBUF_OUTPUT(triggers, TRIGGER_PAGES);
@@ -305,14 +308,14 @@ static __always_inline struct segment *segment_at(struct segments *segs, u32 i)
 static __always_inline void sight(struct thread_state *state, struct watch_state *watch,
                                   u32 tid, u64 now)
 {
-    struct segments *segs = &state->segments;
-    if (!state->left_epoll_ns || segs->overflow_ns)
+    if (!state->left_epoll_ns)
         return;
-    u64 *addr = ctx_addr.lookup(&tid);
-    if (!addr)
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (!loop || loop->segments.overflow_ns)
         return;
+    struct segments *segs = &loop->segments;
     u64 context = 0;
-    if (bpf_probe_read_user(&context, sizeof(context), (void *)*addr))
+    if (bpf_probe_read_user(&context, sizeof(context), (void *)loop->address))
         return;
     u32 n = segs->count;
     u32 slot = n;
@@ -352,9 +355,12 @@ static __always_inline void sight(struct thread_state *state, struct watch_state
 
 /* The thread comes back on CPU: its context is as it left it, so the last
  * segment, sighted as it left, lasted until now. */
-static __always_inline void sighted_back(struct thread_state *state, u64 left_cpu_ns, u64 now)
+static __always_inline void sighted_back(u32 tid, u64 left_cpu_ns, u64 now)
 {
-    struct segments *segs = &state->segments;
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (!loop)
+        return;
+    struct segments *segs = &loop->segments;
     u32 n = segs->count;
     if (n == 0 || segs->overflow_ns)
         return;
@@ -417,17 +423,18 @@ static __always_inline void send_block(struct thread_state *state, struct watch_
     finish_activity(state, watch, now, &event->activity);
     bpf_get_current_comm(&event->comm, sizeof(event->comm));
     u32 n = 0;
+    event->segments.pad = 0;
+    event->segments.overflow_ns = 0;
 #if SEGMENTS
-    n = state->segments.count;
-    if (n > MAX_SEGMENTS)
-        n = MAX_SEGMENTS;
-    bpf_probe_read_kernel(&event->segments, sizeof(event->segments), &state->segments);
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (loop) {
+        n = loop->segments.count;
+        if (n > MAX_SEGMENTS)
+            n = MAX_SEGMENTS;
+        bpf_probe_read_kernel(&event->segments, sizeof(event->segments), &loop->segments);
+    }
 #endif
     event->segments.count = n;
-    if (!SEGMENTS) {
-        event->segments.pad = 0;
-        event->segments.overflow_ns = 0;
-    }
     u64 size = __builtin_offsetof(struct block_event, segments.items) + (u64)n * sizeof(struct segment);
     if (size > sizeof(*event))
         size = sizeof(*event);
@@ -499,8 +506,11 @@ int on_epoll_exit(void *ctx)
     state->own_cpu_ns = 0;
 #endif
 #if SEGMENTS
-    state->segments.count = 0;
-    state->segments.overflow_ns = 0;
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (loop) {
+        loop->segments.count = 0;
+        loop->segments.overflow_ns = 0;
+    }
 #endif
     state->left_epoll_ns = now;
     return 0;
@@ -554,7 +564,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
         else
             add_sleep(&in->activity, in->off_nr, away);
 #if SEGMENTS
-        sighted_back(in, in->switched_at, now);
+        sighted_back(next, in->switched_at, now);
 #endif
         in->switched_at = now;
         in->off_nr = OFF_ON_CPU;
@@ -611,7 +621,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #endif
     threads.delete(&tid);
 #if SEGMENTS
-    ctx_addr.delete(&tid);
+    loop_contexts.delete(&tid);
 #endif
     struct watch_state *how = watched.lookup(&tid);
     if (how && how->how == WATCH_INHERITED)

@@ -15,7 +15,7 @@
 #define COMM_LEN 16
 #define SLEEP_SLOTS 4
 /* A power of two: the programs index the segments with & (MAX_SEGMENTS - 1). */
-#define MAX_SEGMENTS 8
+#define MAX_SEGMENTS 16
 
 /* Log-linear histogram of loop-iteration durations (stats mode):
  * values below 2^HIST_SUB_BITS ns are exact; above, each power of two is
@@ -147,6 +147,13 @@ struct segments {
     struct segment items[MAX_SEGMENTS];
 };
 
+/* Value of the loop_contexts map, by tid: where the thread's context pointer
+ * is (user space finds it), and the contexts of its current iteration. */
+struct loop_context {
+    __u64 address;
+    struct segments segments;
+};
+
 /* One loop iteration that crossed the threshold: the thread left epoll at
  * start_ns and came back at end_ns (CLOCK_MONOTONIC, bpf_ktime_get_ns). */
 struct block_event {
@@ -192,7 +199,6 @@ struct thread_state {
     __u32 tgid;
     __s32 off_nr;         /* OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in */
     struct activity activity;
-    struct segments segments;
 };
 
 /* Value of the watched map: how the PID came to be watched, and the CPU

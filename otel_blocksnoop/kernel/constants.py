@@ -14,7 +14,7 @@ COMM_LEN = 16
 """Bytes of a thread's name (the kernel's TASK_COMM_LEN)."""
 SLEEP_SLOTS = 4
 """Syscalls booked one by one per iteration; sleeps in others are summed."""
-MAX_SEGMENTS = 8
+MAX_SEGMENTS = 16
 """Contexts (segments) recorded per iteration; a power of two (the C masks with it)."""
 
 # Indexes of the per-CPU ``counters`` array.

@@ -35,8 +35,8 @@ from otel_blocksnoop.events import (
 )
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
-from otel_blocksnoop.kernel.decode import block_event_from_c, trigger_from_c
-from otel_blocksnoop.kernel.layout import BlockEventC, TriggerEventC, WatchStateC
+from otel_blocksnoop.kernel.decode import block_event_from_c, segments_from_c, trigger_from_c
+from otel_blocksnoop.kernel.layout import BlockEventC, LoopContextC, TriggerEventC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig, compile_program
 from otel_blocksnoop.kernel.thread_table import ThreadTable, UserTicks, UserWake
 from otel_blocksnoop.losses import Losses
@@ -148,7 +148,7 @@ class Detector:
         finds it); without it the thread's blocks have no segments.
         """
         if self._bpf is not None and self.config.tracks_segments:
-            self._bpf["ctx_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)
+            self._bpf["loop_contexts"][ctypes.c_uint32(tid)] = LoopContextC(address=address)
 
     def wake_on(self, fd: int) -> None:
         """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""
@@ -193,7 +193,19 @@ class Detector:
         if self._threads is None:
             return None
         cpu = self._process_cpu_ns if self.tracks_activity else None
-        return self._threads.ongoing(tid, time.monotonic_ns(), cpu)
+        now = time.monotonic_ns()
+        item = self._threads.ongoing(tid, now, cpu)
+        if item is None or not self.config.tracks_segments:
+            return item
+        try:
+            loop = self._bpf["loop_contexts"][ctypes.c_uint32(tid)]
+        except KeyError:
+            return item
+        segments = segments_from_c(loop.segments, item.start_ns, now, item.activity)
+        # Read apart from the thread's state: of this block only if it still goes on.
+        if self.out_since(tid) != item.start_ns:
+            return item
+        return replace(item, segments=segments)
 
     def _process_cpu_ns(self, tgid: int) -> int:
         try:

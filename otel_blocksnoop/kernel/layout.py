@@ -54,6 +54,12 @@ class SegmentsC(ctypes.Structure):
     )
 
 
+class LoopContextC(ctypes.Structure):
+    """Mirror of ``struct loop_context`` in bpf/detector.h."""
+
+    _fields_ = (("address", ctypes.c_uint64), ("segments", SegmentsC))
+
+
 class BlockEventC(ctypes.Structure):
     """Mirror of ``struct block_event`` in bpf/detector.h."""
 
@@ -99,7 +105,6 @@ class ThreadStateC(ctypes.Structure):
         ("tgid", ctypes.c_uint32),
         ("off_nr", ctypes.c_int32),
         ("activity", ActivityC),
-        ("segments", SegmentsC),
     )
 
 

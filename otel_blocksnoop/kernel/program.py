@@ -41,6 +41,7 @@ class DetectorConfig:
     segments: bool = False  # record each iteration's contexts (needs triggers and activity)
     max_threads: int = 16384
     max_watched: int = 8192
+    max_loops: int = 1024  # loop threads whose contexts are recorded (segments)
     ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
     trigger_pages: int = 16  # 64 KiB: ~1,600 triggers queued before loss
 
@@ -103,6 +104,7 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DRINGBUF_PAGES={config.ringbuf_pages}",
         f"-DTRIGGER_PAGES={config.trigger_pages}",
         f"-DSEGMENTS={int(config.tracks_segments)}",
+        f"-DMAX_LOOPS={config.max_loops}",
         *constant_cflags(),
     ]
 

@@ -17,7 +17,7 @@ from typing import Any
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import InProgress, ThreadSnapshot, ThreadTimes, Trigger, TriggerReason
 from otel_blocksnoop.kernel import bpf_syscall
-from otel_blocksnoop.kernel.decode import activity_so_far, segments_from_c
+from otel_blocksnoop.kernel.decode import activity_so_far
 from otel_blocksnoop.kernel.layout import ThreadStateC
 
 BATCH_READ_ABOVE = 32
@@ -224,7 +224,4 @@ def in_progress_of(
     The latter only when the CPU time of its process (``process_cpu_ns``) is given.
     """
     so_far = activity_so_far(state, process_cpu_ns, now) if process_cpu_ns is not None else None
-    start = state.left_epoll_ns
-    return InProgress(
-        state.tgid, tid, start, so_far, segments_from_c(state.segments, start, now, so_far)
-    )
+    return InProgress(state.tgid, tid, state.left_epoll_ns, so_far)

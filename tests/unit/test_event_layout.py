@@ -14,6 +14,7 @@ from otel_blocksnoop.kernel.layout import (
     ActivityC,
     BlockEventC,
     IterExtremesC,
+    LoopContextC,
     SegmentC,
     SegmentsC,
     SleepSlotC,
@@ -33,6 +34,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "watch_state": WatchStateC,
     "segment": SegmentC,
     "segments": SegmentsC,
+    "loop_context": LoopContextC,
 }
 
 

@@ -22,6 +22,7 @@ CONFIG_NAMES = (
     "TRIGGER_NS",
     "TRIGGER_PAGES",
     "SEGMENTS",
+    "MAX_LOOPS",
 )
 
 
