@@ -210,6 +210,22 @@ def test_hang_reports_are_log_records_that_share_the_final_spans_trace_and_span_
     assert (span.attributes or {})["blocksnoop.end_reason"] == "thread_exited"
 
 
+def test_a_hang_reported_before_its_request_was_known_ends_as_a_span_in_that_request() -> None:
+    # GIVEN a hang reported with no parent yet, whose block then ends with one
+    harness = Harness()
+    request = SpanRef(trace_id=0xABC, span_id=0xDEF, trace_flags=1)
+    harness.sink.export(replace(BLOCK, parent=None, in_progress=True))
+    harness.sink.export(replace(BLOCK, parent=request))
+    harness.sink.shutdown()
+    # THEN the final span is in the request's trace, not the trace the report was in
+    (span,) = harness.spans.get_finished_spans()
+    assert span.context.trace_id == 0xABC
+    assert span.parent is not None
+    assert span.parent.span_id == 0xDEF
+    (record,) = [readable.log_record for readable in harness.logs.get_finished_logs()]
+    assert record.trace_id != 0xABC
+
+
 def test_durations_go_to_a_histogram_in_seconds_and_loop_time_to_counters() -> None:
     harness = Harness()
     harness.sink.export(BLOCK)
