@@ -128,9 +128,10 @@ class _Votes:
 class _Followed:
     """A block being read: whose, since when, and when its next read is due."""
 
-    __slots__ = ("next_read_ns", "pid", "start_ns", "tid")
+    __slots__ = ("last_read_ns", "next_read_ns", "pid", "start_ns", "tid")
 
     def __init__(self, pid: int, tid: int, start_ns: int, next_read_ns: int) -> None:
+        self.last_read_ns = 0
         self.pid = pid
         self.tid = tid
         self.start_ns = start_ns
@@ -293,6 +294,7 @@ class TraceLinker:
             self._take(self._inbox.popleft(), now)
         for block in [b for b in self._followed.values() if b.next_read_ns <= now]:
             if self._read(block):
+                block.last_read_ns = now
                 block.next_read_ns = now + self.interval_ns
             else:
                 del self._followed[block.tid]
@@ -309,7 +311,11 @@ class TraceLinker:
         current = self._followed.get(trigger.tid)
         if current is not None and current.start_ns == trigger.start_ns:
             if trigger.reason == TriggerReason.SEGMENT:
-                current.next_read_ns = now  # another request's callback: read it while it runs
+                # Another request's callback: read it while it runs, but not more
+                # often than every MIN_INTERVAL_NS (a storm of tiny callbacks).
+                current.next_read_ns = min(
+                    current.next_read_ns, max(now, current.last_read_ns + MIN_INTERVAL_NS)
+                )
             return  # else told twice of one block (a tick and a switch at once)
         if trigger.reason == TriggerReason.SEGMENT:
             return  # a block no longer followed (or not yet: its first read is timed)

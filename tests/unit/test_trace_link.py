@@ -269,23 +269,26 @@ def test_a_new_loop_thread_has_the_kernel_read_its_context_pointer() -> None:
     assert table.contexts == {12: 0x7000 + 12}
 
 
-def test_a_context_switch_in_a_followed_block_is_read_at_once() -> None:
+def test_a_context_switch_in_a_followed_block_is_read_at_once_but_not_too_often() -> None:
     # GIVEN a followed block, read at its trigger; the next read is an interval away
     item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
     reader = Reader([A, B], contexts=[0xA0, 0xB0])
-    linker = TraceLinker(
-        Table([item]), threshold_ns=100 * NS_PER_MS, reader_factory=lambda _: reader
-    )
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
     linker.follow(triggered(item))
-    linker.poll(item.start_ns + HALF)
+    first = item.start_ns + HALF
+    linker.poll(first)
 
     # WHEN the kernel says the thread switched context, 1 ms later
-    linker.follow(Trigger(10, 11, 1, item.start_ns + HALF + NS_PER_MS, TriggerReason.SEGMENT))
-    next_read = linker.poll(item.start_ns + HALF + NS_PER_MS)
-
-    # THEN the new context was read then, and the next read is an interval after it
-    assert next_read == item.start_ns + HALF + NS_PER_MS + linker.interval_ns
+    linker.follow(Trigger(10, 11, 1, first + NS_PER_MS, TriggerReason.SEGMENT))
+    # THEN the new context is read 2 ms after the last read, not an interval after it
+    assert linker.poll(first + NS_PER_MS) == first + 2 * NS_PER_MS
+    assert linker.poll(first + 2 * NS_PER_MS) == first + 2 * NS_PER_MS + linker.interval_ns
     assert reader.thread_context(11) == ThreadContext(span=None, task=None)  # both reads done
+
+    # AND a switch later than that is read at once
+    later = first + 10 * NS_PER_MS
+    linker.follow(Trigger(10, 11, 1, later, TriggerReason.SEGMENT))
+    assert linker.poll(later) == later + linker.interval_ns
 
 
 def test_a_context_switch_in_a_block_not_followed_reads_nothing() -> None:
