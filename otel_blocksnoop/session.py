@@ -251,10 +251,12 @@ def _stacks(config: Config, austin: Austin | None, losses: Losses) -> SamplerPoo
     if not config.stacks or austin is None:
         return None
     interval = config.sample_interval_us or interval_for(config.threshold_ns)
-    log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
-    # Continuous for now: the flow already calls begin/end from the kernel's
-    # triggers, but on demand the first block of a launched app can miss its stack.
-    return SamplerPool(austin, interval, losses)
+    log.info(
+        "sampling Python stacks with Austin every %g ms while a loop is blocked", interval / 1000
+    )
+    # On demand: the kernel's triggers resume Austin (flow.begin/end); stats mode
+    # has no stacks at all, so no mode needs Austin to sample all the time.
+    return SamplerPool(austin, interval, losses, on_demand=True)
 
 
 def _linker(config: Config, detector: Detector, losses: Losses) -> TraceLinker | None:
