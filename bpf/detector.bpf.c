@@ -311,7 +311,7 @@ static __always_inline void sight(struct thread_state *state, struct watch_state
     if (!state->left_epoll_ns)
         return;
     struct loop_context *loop = loop_contexts.lookup(&tid);
-    if (!loop || loop->segments.overflow_ns)
+    if (!loop || !loop->armed || loop->segments.overflow_ns)
         return;
     struct segments *segs = &loop->segments;
     u64 context = 0;
@@ -358,7 +358,7 @@ static __always_inline void sight(struct thread_state *state, struct watch_state
 static __always_inline void sighted_back(u32 tid, u64 left_cpu_ns, u64 now)
 {
     struct loop_context *loop = loop_contexts.lookup(&tid);
-    if (!loop)
+    if (!loop || !loop->armed)
         return;
     struct segments *segs = &loop->segments;
     u32 n = segs->count;
@@ -427,7 +427,7 @@ static __always_inline void send_block(struct thread_state *state, struct watch_
     event->segments.overflow_ns = 0;
 #if SEGMENTS
     struct loop_context *loop = loop_contexts.lookup(&tid);
-    if (loop) {
+    if (loop && loop->armed) {
         n = loop->segments.count;
         if (n > MAX_SEGMENTS)
             n = MAX_SEGMENTS;
@@ -508,6 +508,7 @@ int on_epoll_exit(void *ctx)
 #if SEGMENTS
     struct loop_context *loop = loop_contexts.lookup(&tid);
     if (loop) {
+        loop->armed = 1;
         loop->segments.count = 0;
         loop->segments.overflow_ns = 0;
     }

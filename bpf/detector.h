@@ -148,9 +148,14 @@ struct segments {
 };
 
 /* Value of the loop_contexts map, by tid: where the thread's context pointer
- * is (user space finds it), and the contexts of its current iteration. */
+ * is (user space finds it, and adds the entry with armed 0), and the contexts
+ * of its current iteration. The thread's next return from epoll arms it: an
+ * iteration whose start was not watched gets no segments (its first one would
+ * claim the time before the first sighting). */
 struct loop_context {
     __u64 address;
+    __u32 armed;
+    __u32 pad;
     struct segments segments;
 };
 

@@ -359,6 +359,7 @@ class TraceLinker:
         """
         reader = self._reader(pid)
         address = reader.context_address(tid) if reader is not None else None
+        log.debug("context pointer of %d/%d: %s", pid, tid, address and f"{address:#x}")
         if address:
             self._contexts[tid] = address
             self._table.watch_context(tid, address)

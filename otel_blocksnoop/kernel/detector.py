@@ -201,6 +201,8 @@ class Detector:
             loop = self._bpf["loop_contexts"][ctypes.c_uint32(tid)]
         except KeyError:
             return item
+        if not loop.armed:
+            return item  # watched from the middle of this block: no segments for it
         segments = segments_from_c(loop.segments, item.start_ns, now, item.activity)
         # Read apart from the thread's state: of this block only if it still goes on.
         if self.out_since(tid) != item.start_ns:

@@ -57,7 +57,12 @@ class SegmentsC(ctypes.Structure):
 class LoopContextC(ctypes.Structure):
     """Mirror of ``struct loop_context`` in bpf/detector.h."""
 
-    _fields_ = (("address", ctypes.c_uint64), ("segments", SegmentsC))
+    _fields_ = (
+        ("address", ctypes.c_uint64),
+        ("armed", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("segments", SegmentsC),
+    )
 
 
 class BlockEventC(ctypes.Structure):
