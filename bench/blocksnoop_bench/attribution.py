@@ -409,7 +409,7 @@ def _side_by_side(results: list[dict[str, Any]]) -> str:
             [
                 num(d, 0),
                 str(n),
-                str(sum(c["detected"] for c in result["cells"])),
+                f"{sum(c['detected'] for c in result['cells'])}/{n}",
                 _mark(_share(sum(c["function_ok"] for c in result["cells"]), n), goal),
                 f"{peer['detected']}/{peer['injected']}",
                 _mark(_share(peer["function_ok"], peer["injected"]), goal),
