@@ -33,12 +33,13 @@ peer      side by side with blocksnoop 0.11.1 (installed by the bench under
 --saturate runs accuracy, attribution and linking (link accuracy and bursts)
 on a saturated machine: one busy process per CPU, started and stopped by the
 runner, for the whole pass; those sections are written as *-saturated.
+--saturate both runs each of them quiet first, then saturated.
 
 Each section is printed as markdown and written to bench/results/ with the
 raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
 
 USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export|linking|peer]
-              [--saturate] [--rounds N]
+              [--saturate [both]] [--rounds N]
               [--round-seconds S] [--python PATH ...]
               [--export-storm-seconds S]
 """
@@ -100,6 +101,8 @@ examples:
   run.py --saturate            # accuracy, attribution, links with every CPU kept busy
   run.py --only attribution --saturate --quick
                                # smoke run of one section on a saturated machine
+  run.py --only accuracy --saturate both
+                               # quiet pass, then saturated pass, in one run
 """
 
 
@@ -114,9 +117,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
     parser.add_argument(
         "--saturate",
-        action="store_true",
+        nargs="?",
+        const="only",
+        choices=("only", "both"),
         help="keep every CPU busy with one spinning process each while the sections run"
-        f" (only {', '.join(SATURABLE)}; linking: link accuracy and bursts)",
+        f" (only {', '.join(SATURABLE)}; linking: link accuracy and bursts); 'both': a"
+        " quiet pass first, then the saturated one",
     )
     parser.add_argument(
         "--rounds",
@@ -216,15 +222,24 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _passes(saturate: str | None) -> tuple[bool, ...]:
+    """Whether each pass keeps the machine saturated: quiet, saturated, or both in turn."""
+    return {None: (False,), "only": (True,), "both": (False, True)}[saturate]
+
+
 def _run_selected(
-    args: argparse.Namespace, selected: tuple[str, ...], header: str, neighbours: Neighbours
+    args: argparse.Namespace,
+    selected: tuple[str, ...],
+    header: str,
+    neighbours: Neighbours,
+    saturate: bool,
 ) -> None:
     """Run each selected benchmark in turn, writing its section as soon as it ends."""
-    raw = args.results / "raw" / ("saturated" if args.saturate else "")
+    raw = args.results / "raw" / ("saturated" if saturate else "")
     raw.mkdir(parents=True, exist_ok=True)
 
     def section(measure: Callable[[], Section]) -> None:
-        _run_section(measure, header, args.results, args.saturate)
+        _run_section(measure, header, args.results, saturate)
 
     if "accuracy" in selected:
         section(partial(run_accuracy, args.quick, raw, neighbours))
@@ -261,7 +276,7 @@ def _run_selected(
             raw_dir=raw,
             neighbours=neighbours,
         )
-        section(partial(run_linking, config, args.quick, args.python, saturated=args.saturate))
+        section(partial(run_linking, config, args.quick, args.python, saturated=saturate))
     if "peer" in selected:
         peer = PeerConfig(
             quick=args.quick,
@@ -295,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         patience_s=10 if args.quick else QUIET_PATIENCE_S, cpu_limit_pct=FOREIGN_CPU_LIMIT_PCT
     )
     try:
-        _run_selected(args, selected, header, neighbours)
+        for saturate in _passes(args.saturate):
+            _run_selected(args, selected, header, neighbours, saturate)
     except BenchError as exc:
         sys.stderr.write(f"bench: {exc}\n")
         return 1
