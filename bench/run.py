@@ -5,7 +5,8 @@
 
 accuracy  launch mode, one run per block length (1-500 ms), threshold 0.8 x
           length, CPU and sleep blocks with idle awaits between; recall,
-          false positives and duration error against the app's own clock.
+          false positives and duration error against the app's own clock,
+          for ours and blocksnoop 0.11.1 on the same app in the same run.
 overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
           and iterations/s of a tight asyncio.sleep(0) loop, with and without
           the sidecar in alternating rounds; the sidecar's own CPU and RSS
@@ -13,7 +14,8 @@ overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
 attribution
           launch mode, one run per block length (2-100 ms), threshold D/2,
           seven kinds of block (sleep, cpu, hashlib, read, subprocess, lock,
-          gil); the reported call site and cause against the app's own truth.
+          gil); the reported call site and cause against the app's own truth,
+          and the blocking function in blocksnoop 0.11.1's stacks beside it.
 storm     launch mode at -t 10, 50 blocks/s for 10 minutes (quick: 1): the
           sidecar's RSS (and its Austin processes') over time, CPU, lost events.
 export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
