@@ -5,7 +5,8 @@
 
 accuracy  launch mode, one run per block length (1-500 ms), threshold 0.8 x
           length, CPU and sleep blocks with idle awaits between; recall,
-          false positives and duration error against the app's own clock.
+          false positives and duration error against the app's own clock,
+          for ours and blocksnoop 0.11.1 on the same app in the same run.
 overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
           and iterations/s of a tight asyncio.sleep(0) loop, with and without
           the sidecar in alternating rounds; the sidecar's own CPU and RSS
@@ -13,7 +14,8 @@ overhead  attach mode at -t 100: req/s of an asyncio HTTP server under wrk
 attribution
           launch mode, one run per block length (2-100 ms), threshold D/2,
           seven kinds of block (sleep, cpu, hashlib, read, subprocess, lock,
-          gil); the reported call site and cause against the app's own truth.
+          gil); the reported call site and cause against the app's own truth,
+          and the blocking function in blocksnoop 0.11.1's stacks beside it.
 storm     launch mode at -t 10, 50 blocks/s for 10 minutes (quick: 1): the
           sidecar's RSS (and its Austin processes') over time, CPU, lost events.
 export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
@@ -30,11 +32,16 @@ peer      side by side with blocksnoop 0.11.1 (installed by the bench under
           and RSS at -t 10 and -t 100, detection accuracy and stacks, CPU per
           block in a storm, and a busy work loop watched by each vs alone.
 
+--saturate runs accuracy, attribution and linking (link accuracy and bursts)
+on a saturated machine: one busy process per CPU, started and stopped by the
+runner, for the whole pass; those sections are written as *-saturated.
+--saturate both runs each of them quiet first, then saturated.
+
 Each section is printed as markdown and written to bench/results/ with the
 raw data (JSON) beside it. Needs root, like the sidecar. Only 127.0.0.1.
 
 USAGE: run.py [--quick] [--only accuracy|overhead|attribution|storm|export|linking|peer]
-              [--rounds N]
+              [--saturate [both]] [--rounds N]
               [--round-seconds S] [--python PATH ...]
               [--export-storm-seconds S]
 """
@@ -49,6 +56,8 @@ import platform
 import signal
 import subprocess
 import sys
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,19 +67,22 @@ from blocksnoop_bench.attribution import run_attribution
 from blocksnoop_bench.export import ExportConfig, run_export
 from blocksnoop_bench.linking import run_linking
 from blocksnoop_bench.overhead import OverheadConfig, run_overhead
-from blocksnoop_bench.procs import PYTHON, REPO, BenchError, Child, Neighbours
+from blocksnoop_bench.procs import PYTHON, REPO, BenchError, Child, Neighbours, Saturation
 from blocksnoop_bench.side_by_side import PeerConfig, run_peer
 from blocksnoop_bench.storm import run_storm
 
 from otel_blocksnoop.cli import positive_int
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
 
     from blocksnoop_bench.report import Section
 
 RESULTS = REPO / "bench" / "results"
 BENCHMARKS = ("accuracy", "overhead", "attribution", "storm", "export", "linking", "peer")
+SATURABLE = ("accuracy", "attribution", "linking")
+"""Sections whose figures are also wanted on a machine whose cores are all busy."""
 QUIET_PATIENCE_S = 180.0
 """Total time the overhead run may wait for other people's work to end."""
 FOREIGN_CPU_LIMIT_PCT = 10.0
@@ -88,6 +100,11 @@ examples:
   run.py --only export         # OTLP export latency and a 5-minute storm (~8 minutes)
   run.py --only linking        # trace links on every pyenv CPython 3.9-3.13 (~8 minutes)
   run.py --only peer           # side by side with blocksnoop 0.11.1 (~10 minutes; quick ~3)
+  run.py --saturate            # accuracy, attribution, links with every CPU kept busy
+  run.py --only attribution --saturate --quick
+                               # smoke run of one section on a saturated machine
+  run.py --only accuracy --saturate both
+                               # quiet pass, then saturated pass, in one run
 """
 
 
@@ -100,6 +117,15 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="few blocks and short rounds")
     parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
+    parser.add_argument(
+        "--saturate",
+        nargs="?",
+        const="only",
+        choices=("only", "both"),
+        help="keep every CPU busy with one spinning process each while the sections run"
+        f" (only {', '.join(SATURABLE)}; linking: link accuracy and bursts); 'both': a"
+        " quiet pass first, then the saturated one",
+    )
     parser.add_argument(
         "--rounds",
         type=positive_int,
@@ -123,7 +149,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         " one; for linking, every pyenv CPython 3.9-3.13 with opentelemetry-sdk)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.saturate and args.only and args.only not in SATURABLE:
+        parser.error(f"--saturate: --only must be one of {', '.join(SATURABLE)}")
+    return args
 
 
 def _git_revision() -> str:
@@ -165,18 +194,57 @@ def _write(section: Section, header: str, results: Path) -> None:
     (results / f"{section.slug}.json").write_text(json.dumps(section.data, indent=1) + "\n")
 
 
+def _run_section(
+    measure: Callable[[], Section], header: str, results: Path, saturate: bool
+) -> None:
+    """Run one section, with every CPU kept busy if ``saturate``, and write it."""
+    if not saturate:
+        _write(measure(), header, results)
+        return
+    with Saturation() as saturation:
+        section = measure()
+    _write(
+        replace(
+            section,
+            slug=f"{section.slug}-saturated",
+            title=f"{section.title}, saturated machine",
+            body=saturation.describe() + "\n" + section.body,
+            data={
+                **section.data,
+                "saturated": {"cpus": saturation.cpus, "busy_pct": saturation.busy_pct},
+            },
+        ),
+        header,
+        results,
+    )
+
+
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops its children."""
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _passes(saturate: str | None) -> tuple[bool, ...]:
+    """Whether each pass keeps the machine saturated: quiet, saturated, or both in turn."""
+    return {None: (False,), "only": (True,), "both": (False, True)}[saturate]
+
+
 def _run_selected(
-    args: argparse.Namespace, selected: tuple[str, ...], header: str, neighbours: Neighbours
+    args: argparse.Namespace,
+    selected: tuple[str, ...],
+    header: str,
+    neighbours: Neighbours,
+    saturate: bool,
 ) -> None:
     """Run each selected benchmark in turn, writing its section as soon as it ends."""
-    raw = args.results / "raw"
+    raw = args.results / "raw" / ("saturated" if saturate else "")
+    raw.mkdir(parents=True, exist_ok=True)
+
+    def section(measure: Callable[[], Section]) -> None:
+        _run_section(measure, header, args.results, saturate)
+
     if "accuracy" in selected:
-        _write(run_accuracy(args.quick, raw, neighbours), header, args.results)
+        section(partial(run_accuracy, args.quick, raw, neighbours))
     if "overhead" in selected:
         config = OverheadConfig(
             rounds=args.rounds or (2 if args.quick else 10),
@@ -190,7 +258,7 @@ def _run_selected(
     pythons = args.python or [PYTHON]
     if "attribution" in selected:
         for python in pythons:
-            _write(run_attribution(args.quick, raw, neighbours, python), header, args.results)
+            section(partial(run_attribution, args.quick, raw, neighbours, python))
     if "storm" in selected:
         _write(run_storm(args.quick, raw, pythons[0]), header, args.results)
     if "export" in selected:
@@ -210,7 +278,7 @@ def _run_selected(
             raw_dir=raw,
             neighbours=neighbours,
         )
-        _write(run_linking(config, args.quick, args.python), header, args.results)
+        section(partial(run_linking, config, args.quick, args.python, saturated=saturate))
     if "peer" in selected:
         peer = PeerConfig(
             quick=args.quick,
@@ -239,12 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.results / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     header = _machine() + ("Quick smoke run: too few samples to quote.\n" if args.quick else "")
-    selected = (args.only,) if args.only else BENCHMARKS
+    selected = (args.only,) if args.only else (SATURABLE if args.saturate else BENCHMARKS)
     neighbours = Neighbours(
         patience_s=10 if args.quick else QUIET_PATIENCE_S, cpu_limit_pct=FOREIGN_CPU_LIMIT_PCT
     )
     try:
-        _run_selected(args, selected, header, neighbours)
+        for saturate in _passes(args.saturate):
+            _run_selected(args, selected, header, neighbours, saturate)
     except BenchError as exc:
         sys.stderr.write(f"bench: {exc}\n")
         return 1

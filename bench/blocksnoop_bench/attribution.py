@@ -16,6 +16,11 @@ true one; cause = its ``cause`` (and ``syscall`` where one is expected)
 matches the kind. Both are shares of all injected blocks: a missed block
 counts as wrong. While the sidecar does not write ``cause``, those columns
 say n/a.
+
+The peer, blocksnoop 0.11.1 (peer.py), launches the same app with the same
+seed and threshold in the same run, the order alternating per length; its
+reports are scored by peer_scoring.py (the blocking function in the first
+stack it lists, in the last, in any).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocksnoop_bench.accuracy import Injected, Span, pair
+from blocksnoop_bench.pairing import Injected, Span, pair
+from blocksnoop_bench.peer import PEER_VERSION, install_peer, run_peer_timed
+from blocksnoop_bench.peer_scoring import score_peer
 from blocksnoop_bench.procs import PYTHON, Neighbours, TimedApp, run_timed_app
 from blocksnoop_bench.report import Section, num, pct, table
 
@@ -97,12 +104,8 @@ def _site(frame: dict[str, Any] | None) -> tuple[str, str, int] | None:
     )
 
 
-def _run_one(
-    duration_ms: float, count: int, raw_dir: Path, seed: int, python: str
-) -> dict[str, Any]:
-    threshold_ms = threshold_for(duration_ms)
-    tag = f"attribution-{Path(python).parent.parent.name or 'py'}-{duration_ms:g}ms"
-    app = TimedApp(
+def _app(duration_ms: float, count: int, seed: int, python: str) -> TimedApp:
+    return TimedApp(
         "kinds_app.py",
         [
             f"--duration-ms={duration_ms:g}",
@@ -116,12 +119,37 @@ def _run_one(
         what=f"{duration_ms:g} ms attribution target",
         python=python,
     )
-    timings, records = run_timed_app(app, threshold_ms, raw_dir / tag)
+
+
+def _tag(duration_ms: float, python: str, tool: str) -> str:
+    who = "" if tool == "ours" else f"{tool}-"
+    return f"attribution-{who}{Path(python).parent.parent.name or 'py'}-{duration_ms:g}ms"
+
+
+def _run_one(app: TimedApp, duration_ms: float, raw_dir: Path) -> dict[str, Any]:
+    threshold_ms = threshold_for(duration_ms)
+    raw = raw_dir / _tag(duration_ms, app.python, "ours")
+    timings, records = run_timed_app(app, threshold_ms, raw)
     return {
         "duration_ms": duration_ms,
         "threshold_ms": threshold_ms,
         "injected": json.loads(timings),
         "records": records,
+    }
+
+
+def _run_peer(venv: Path, app: TimedApp, duration_ms: float, raw_dir: Path) -> dict[str, Any]:
+    """The same app under the peer; how often it names the blocking function, by stack listed."""
+    raw = raw_dir / _tag(duration_ms, app.python, "peer")
+    truth, records, offset = run_peer_timed(venv, app, threshold_for(duration_ms), raw)
+    verdicts = score_peer(truth, records, offset)["verdicts"]
+    return {
+        "injected": len(verdicts),
+        "detected": sum(v["detected"] for v in verdicts),
+        "function_ok": sum(v["function_ok"] for v in verdicts),
+        "function_last_stack": sum(v.get("function_last_stack", False) for v in verdicts),
+        "function_in_stack": sum(v["function_in_stack"] for v in verdicts),
+        "verdicts": verdicts,
     }
 
 
@@ -361,26 +389,77 @@ def _render(results: list[dict[str, Any]], elapsed_s: float) -> str:
             rows,
             [True, False, True, True, True, True, True, True, False, False],
         )
+        + f"\nSide by side with blocksnoop {PEER_VERSION}, launched on the same app with the "
+        "same seed and threshold in the same run (the order alternating per length). Right "
+        "function = the blocking function and file, whatever the line: ours in `call_site`; "
+        "the peer's innermost frame of the app in the first stack it lists (what a reader "
+        "sees first), in its last, or in any (peer_scoring.py). Shares of all injected "
+        "blocks.\n\n" + _side_by_side(results)
+    )
+
+
+def _side_by_side(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for result in results:
+        d = result["duration_ms"]
+        n = sum(c["injected"] for c in result["cells"])
+        peer = result["peer"]
+        goal = _goal(d, "site")
+        rows.append(
+            [
+                num(d, 0),
+                str(n),
+                f"{sum(c['detected'] for c in result['cells'])}/{n}",
+                _mark(_share(sum(c["function_ok"] for c in result["cells"]), n), goal),
+                f"{peer['detected']}/{peer['injected']}",
+                _mark(_share(peer["function_ok"], peer["injected"]), goal),
+                pct(_share(peer["function_last_stack"], peer["injected"])),
+                pct(_share(peer["function_in_stack"], peer["injected"])),
+                f">= {goal:g}%" if goal is not None else "-",
+            ]
+        )
+    return table(
+        [
+            "D (ms)",
+            "injected",
+            "ours: detected",
+            "ours: right function",
+            "peer: detected",
+            "peer: right function (first stack)",
+            "peer: in last stack",
+            "peer: in any stack",
+            "goal",
+        ],
+        rows,
+        [True, True, True, True, True, True, True, True, False],
     )
 
 
 def run_attribution(
     quick: bool, raw_dir: Path, neighbours: Neighbours, python: str = PYTHON
 ) -> Section:
-    """Run one launch-mode session per block length, with all seven kinds shuffled in it."""
+    """Run one launch-mode session per block length and tool, all seven kinds shuffled in it."""
     started = time.monotonic()
+    venv = install_peer()
     results = []
     for seed, duration_ms in enumerate(DURATIONS_MS):
         count = blocks_per_kind(duration_ms, quick)
+        app = _app(duration_ms, count, seed, python)
         sys.stderr.write(
             f"bench: attribution {duration_ms:g} ms x {count} per kind ({python})...\n"
         )
-        neighbours.wait_quiet(QUIET_WAIT_S)
-        with neighbours.window() as window:
-            run = _run_one(duration_ms, count, raw_dir, seed, python)
-        result = _analyse(run)
-        result["others_cpu_pct"] = window[0].foreign_cpu_pct
-        result["other_sidecar"] = window[0].foreign_sidecar
+        result: dict[str, Any] = {}
+        for tool in ("ours", "peer") if seed % 2 == 0 else ("peer", "ours"):
+            neighbours.wait_quiet(QUIET_WAIT_S)
+            with neighbours.window() as window:
+                if tool == "ours":
+                    result.update(_analyse(_run_one(app, duration_ms, raw_dir)))
+                    run = result
+                else:
+                    run = _run_peer(venv, app, duration_ms, raw_dir)
+                    result["peer"] = run
+            run["others_cpu_pct"] = window[0].foreign_cpu_pct
+            run["other_sidecar"] = window[0].foreign_sidecar
         results.append(result)
     elapsed = time.monotonic() - started
     version = results[0]["python"] if results else "?"

@@ -961,8 +961,14 @@ def _render_throughput(http: dict[str, Any], config: OverheadConfig) -> str:
     )
 
 
-def run_linking(config: OverheadConfig, quick: bool, pythons: list[str] | None) -> Section:
-    """Accuracy per target, then the read cost per target, then the throughput A/B/C."""
+def run_linking(
+    config: OverheadConfig, quick: bool, pythons: list[str] | None, *, saturated: bool = False
+) -> Section:
+    """Accuracy per target, then the read cost per target, then the throughput A/B/C.
+
+    ``saturated``: only the link verdicts (accuracy and bursts); the cost of
+    a read and the throughput are figures of a quiet machine.
+    """
     started = time.monotonic()
     targets, missing = find_targets(pythons)
     runs = []
@@ -977,28 +983,37 @@ def run_linking(config: OverheadConfig, quick: bool, pythons: list[str] | None) 
     accuracy_s = time.monotonic() - started
     burst_targets, burst_missing = find_burst_targets(pythons)
     bursts = _burst_runs(burst_targets, quick, config)
-    calls = 200 if quick else READ_CALLS
-    costs = []
-    for target in targets:
-        if target.uvloop:
-            continue  # the reader does not look at the loop; one run per interpreter
-        sys.stderr.write(f"bench: read cost on {target.label}...\n")
-        config.neighbours.wait_quiet(QUIET_WAIT_S)
-        costs.append(_read_cost(target, calls))
-    sys.stderr.write("bench: throughput with and without links...\n")
-    http = _throughput(config)
-    elapsed = time.monotonic() - started
     body = (
         "### Link accuracy\n\n"
         + _render_accuracy(runs, missing, accuracy_s)
         + "\n### Requests blocking back to back in one iteration\n\n"
         + _render_bursts(bursts, burst_missing, quick)
-        + "\n### Cost of one read\n\n"
-        + _render_read_cost(costs, calls)
-        + "\n### Throughput with links on\n\n"
-        + _render_throughput(http, config)
-        + f"\n(Trace-link run took {elapsed:.0f} s.)\n"
     )
+    calls = 200 if quick else READ_CALLS
+    costs: list[dict[str, Any]] = []
+    http: dict[str, Any] | None = None
+    if not saturated:
+        for target in targets:
+            if target.uvloop:
+                continue  # the reader does not look at the loop; one run per interpreter
+            sys.stderr.write(f"bench: read cost on {target.label}...\n")
+            config.neighbours.wait_quiet(QUIET_WAIT_S)
+            costs.append(_read_cost(target, calls))
+        sys.stderr.write("bench: throughput with and without links...\n")
+        http = _throughput(config)
+        body += (
+            "\n### Cost of one read\n\n"
+            + _render_read_cost(costs, calls)
+            + "\n### Throughput with links on\n\n"
+            + _render_throughput(http, config)
+        )
+    else:
+        body += (
+            "\nThe cost of one read and the throughput with links on are measured on a "
+            "quiet machine only (`run.py --only linking`).\n"
+        )
+    elapsed = time.monotonic() - started
+    body += f"\n(Trace-link run took {elapsed:.0f} s.)\n"
     return Section(
         slug="linking",
         title="Trace links",

@@ -20,20 +20,24 @@ as it counts our sidecar's Austin.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blocksnoop_bench.procs import (
+    APPS,
     ATTACH_TIMEOUT_S,
     BenchError,
     Child,
     Lines,
+    TimedApp,
     children,
     json_records,
     rss_mib,
@@ -54,6 +58,7 @@ PEER_CHILDREN = ("austin", "blocksnoop-ebpf")
 """What a running peer has started once it watches: its sampler and its BPF collector."""
 CLEAN_EXITS = (0, 130)
 """The peer exits 130 after SIGINT, with its summary written."""
+NS_PER_S = 1_000_000_000
 
 
 def _installed_version(python: Path) -> str | None:
@@ -204,3 +209,45 @@ def peer_attached(
         code = peer.stop()
         if code not in CLEAN_EXITS:
             sys.stderr.write(f"bench: peer exited {code}: {peer.stderr.text()[-500:]}\n")
+
+
+def wall_minus_mono_ns() -> int:
+    """Offset between CLOCK_REALTIME and CLOCK_MONOTONIC now (best of a few reads)."""
+    best: tuple[int, int] | None = None
+    for _ in range(5):
+        a = time.monotonic_ns()
+        wall = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, wall - (a + b) // 2)
+    assert best is not None  # noqa: S101 - the loop ran
+    return best[1]
+
+
+def run_peer_timed(
+    venv: Path, app: TimedApp, threshold_ms: float, raw: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Launch ``app`` under the peer until it exits; the peer's counterpart of run_timed_app."""
+    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
+        app_out = Path(tmp) / "injected.json"
+        argv = [app.python, str(APPS / app.script), f"--out={app_out}", *app.args]
+        offset_before = wall_minus_mono_ns()
+        peer = Peer(
+            venv, ["-t", f"{threshold_ms:g}", "--", *argv], raw.parent / f"{raw.name}.jsonl"
+        )
+        try:
+            code = peer.child.wait(timeout=60 + 3 * app.expected_s)
+        finally:
+            peer.child.stop()
+        offset_after = wall_minus_mono_ns()
+        if code != 0 or not app_out.exists():
+            msg = f"failed to run the {app.what} under the peer (exit {code}): "
+            raise BenchError(msg + peer.stderr.text()[-800:])
+        timings = app_out.read_text()
+    (raw.parent / f"{raw.name}-injected.json").write_text(timings)
+    if abs(offset_after - offset_before) > NS_PER_S // 1000:
+        sys.stderr.write(
+            "bench: the wall clock moved against the monotonic one by "
+            f"{(offset_after - offset_before) / 1e6:.1f} ms during the peer's run\n"
+        )
+    return json.loads(timings), peer.records(), (offset_before + offset_after) // 2

@@ -437,6 +437,74 @@ class Neighbours:
         self._stop.set()
 
 
+SPINNER = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+"""One CPU kept busy in pure Python: the "other work" of a saturated machine."""
+
+
+class Saturation:
+    """One busy process per CPU this run may use, each pinned to its CPU, while in use.
+
+    A saturated machine is one whose cores all have other work to do: the
+    sidecar, Austin and the target then wait for a CPU like everybody else.
+    The spinners are the runner's own children (never counted as others'
+    work), are stopped on the way out, and their CPU over the pass is
+    reported so a reader can see the cores really were busy.
+    """
+
+    def __init__(self) -> None:
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self.spinners: list[Child] = []
+        self._before: list[CpuTimes] = []
+        self.busy_pct: list[float] = []
+
+    def __enter__(self) -> Self:
+        try:
+            for cpu in self.cpus:
+                argv = [PYTHON, "-c", SPINNER, str(cpu)]
+                self.spinners.append(
+                    Child(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+            time.sleep(0.2)
+            self._before = [cpu_times(spinner.pid) for spinner in self.spinners]
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        try:
+            dead = [s.pid for s in self.spinners if s.process.poll() is not None]
+            if dead:
+                msg = f"failed to keep the machine saturated: spinner(s) {dead} exited"
+                raise BenchError(msg)
+            self.busy_pct = [
+                cpu_times(spinner.pid).percent_since(before)[0]
+                for spinner, before in zip(self.spinners, self._before, strict=True)
+            ]
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        for spinner in self.spinners:
+            spinner.stop(timeout=3.0)
+
+    def describe(self) -> str:
+        """One markdown line: what kept the machine busy, and how busy it was."""
+        busy = ", ".join(f"{pct:.0f}%" for pct in self.busy_pct) or "not measured"
+        return (
+            f"**Saturated machine:** {len(self.cpus)} busy processes started by the bench, "
+            f"one pinned to each CPU ({', '.join(map(str, self.cpus))}), "
+            "each a Python `while True: pass` at normal priority, for the whole pass; "
+            f"they used {busy} of their CPUs over the pass (the rest went to the tools, "
+            "the targets and others).\n"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TimedApp:
     """A bench app that times the blocks it injects and writes them to ``--out``."""

@@ -43,10 +43,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from blocksnoop_bench.attribution import KINDS
 from blocksnoop_bench.peer import (
     PEER_VERSION,
-    Peer,
     children_rss_mib,
     install_peer,
     peer_attached,
+    run_peer_timed,
+    wall_minus_mono_ns,
 )
 from blocksnoop_bench.peer_scoring import observed_monotonic_ns, score_ours, score_peer
 from blocksnoop_bench.procs import (
@@ -212,48 +213,6 @@ def _kinds_app(config: PeerConfig, seed: int) -> TimedApp:
     )
 
 
-def _wall_minus_mono_ns() -> int:
-    """Offset between CLOCK_REALTIME and CLOCK_MONOTONIC now (best of a few reads)."""
-    best: tuple[int, int] | None = None
-    for _ in range(5):
-        a = time.monotonic_ns()
-        wall = time.time_ns()
-        b = time.monotonic_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, wall - (a + b) // 2)
-    assert best is not None  # noqa: S101 - the loop ran
-    return best[1]
-
-
-def _run_peer_timed(
-    venv: Path, app: TimedApp, threshold_ms: float, raw: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """Launch ``app`` under the peer until it exits; the peer's counterpart of run_timed_app."""
-    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
-        app_out = Path(tmp) / "injected.json"
-        argv = [app.python, str(APPS / app.script), f"--out={app_out}", *app.args]
-        offset_before = _wall_minus_mono_ns()
-        peer = Peer(
-            venv, ["-t", f"{threshold_ms:g}", "--", *argv], raw.parent / f"{raw.name}.jsonl"
-        )
-        try:
-            code = peer.child.wait(timeout=60 + 3 * app.expected_s)
-        finally:
-            peer.child.stop()
-        offset_after = _wall_minus_mono_ns()
-        if code != 0 or not app_out.exists():
-            msg = f"failed to run the {app.what} under the peer (exit {code}): "
-            raise BenchError(msg + peer.stderr.text()[-800:])
-        timings = app_out.read_text()
-    (raw.parent / f"{raw.name}-injected.json").write_text(timings)
-    if abs(offset_after - offset_before) > NS_PER_S // 1000:
-        sys.stderr.write(
-            "bench: the wall clock moved against the monotonic one by "
-            f"{(offset_after - offset_before) / 1e6:.1f} ms during the peer's run\n"
-        )
-    return json.loads(timings), peer.records(), (offset_before + offset_after) // 2
-
-
 def _accuracy(config: PeerConfig, venv: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
     for round_no in range(config.accuracy_rounds):
@@ -266,7 +225,7 @@ def _accuracy(config: PeerConfig, venv: Path) -> dict[str, Any]:
                     truth = json.loads(timings)
                     scored = score_ours(truth, records)
                 else:
-                    truth, records, offset = _run_peer_timed(venv, app, ACCURACY_THRESHOLD_MS, raw)
+                    truth, records, offset = run_peer_timed(venv, app, ACCURACY_THRESHOLD_MS, raw)
                     scored = score_peer(truth, records, offset)
             runs[tool].append({"python": truth["python"], **scored, **_others(window, config)})
             found = sum(v["detected"] for v in scored["verdicts"])
@@ -290,7 +249,7 @@ def _reported_between(tool: str, records: list[dict[str, Any]], start: int, end:
     if tool == "ours":
         ends = [r["end_monotonic_ns"] for r in records if r.get("type") == "block"]
     else:
-        offset = _wall_minus_mono_ns()
+        offset = wall_minus_mono_ns()
         ends = [
             observed_monotonic_ns(r, offset) for r in records if r.get("type") == "blocking_event"
         ]
