@@ -31,6 +31,9 @@ from otel_blocksnoop.kernel.layout import (
 )
 from otel_blocksnoop.kernel.syscalls import syscall_name
 
+SIGHTING_GAP_NS = 1_000_000
+"""How far a segment may reach past its sightings: the longest tick with segments."""
+
 TRIGGER_REASONS = {
     TRIGGER_DUE: TriggerReason.DUE,
     TRIGGER_OFF_CPU: TriggerReason.OFF_CPU,
@@ -67,9 +70,13 @@ def segments_from_c(
 
     A boundary is placed halfway between the last sighting of one context and
     the first of the next (the kernel sights on ticks and switches, so the
-    error is at most half the gap). The first segment starts with the
-    iteration, the last ends with it; if the kernel's record filled up, the
-    rest after the last change seen is a segment of no known context. A
+    error is at most half the gap). A thread on CPU is sighted at least every
+    tick, and one that leaves the CPU as it leaves it, so sightings more than
+    ``SIGHTING_GAP_NS`` apart mean one was missed: a segment then reaches no
+    further than that past its own sightings, and the time between belongs to
+    none. The first segment starts with the iteration, the last ends with it
+    (within that bound too); if the kernel's record filled up, the rest after
+    the last change seen is a segment of no known context. A
     segment's activity is what the thread did between the first sightings of
     it and of the next (the iteration's books for the last).
     """
@@ -82,13 +89,16 @@ def segments_from_c(
         last = index + 1 == count
         after = item.prev_last_ns or start_ns
         before = item.next_first_ns or (overflow if last and overflow else end_ns)
-        begin = (item.prev_last_ns + item.first_ns) // 2 if item.prev_last_ns else start_ns
-        if item.next_first_ns:
-            finish = (item.last_ns + item.next_first_ns) // 2
-        elif overflow:
-            finish = (item.last_ns + overflow) // 2
+        # Halfway to the neighbour's sighting, but never further than a tick from its own.
+        earliest, latest = item.first_ns - SIGHTING_GAP_NS, item.last_ns + SIGHTING_GAP_NS
+        if item.prev_last_ns:
+            begin = max(_between(item.prev_last_ns, item.first_ns), earliest)
         else:
-            finish = end_ns
+            begin = max(start_ns, earliest)
+        if item.next_first_ns or (last and overflow):
+            finish = min(_between(item.last_ns, before), latest)
+        else:
+            finish = min(end_ns, latest)
         if total is None or (last and overflow):
             activity = None
         else:
@@ -100,6 +110,10 @@ def segments_from_c(
         tail_start = segments[-1].end_ns
         segments.append(ContextSegment(None, tail_start, end_ns, tail_start, end_ns, None))
     return tuple(segments)
+
+
+def _between(earlier_ns: int, later_ns: int) -> int:
+    return (earlier_ns + later_ns) // 2
 
 
 def activity_between(until: Activity, since: Activity | None) -> Activity:

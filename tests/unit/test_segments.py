@@ -86,20 +86,39 @@ def kernel_segments(*items: tuple[int, int, int, int, int, int], overflow: int =
 
 
 def test_boundaries_are_halfway_between_the_sightings_of_two_contexts() -> None:
-    # GIVEN A seen from 2 to 29 ms, B from 31 to 58 ms, in an iteration of 0-60 ms
+    # GIVEN A seen from 0.5 to 29.6 ms, B from 30.4 to 59.5 ms, in an iteration of 0-60 ms
     raw = kernel_segments(
-        (0xA0, 2 * MS, 29 * MS, 0, 31 * MS, 0), (0xB0, 31 * MS, 58 * MS, 29 * MS, 0, 27 * MS)
+        (0xA0, MS // 2, 29_600_000, 0, 30_400_000, 0),
+        (0xB0, 30_400_000, 59_500_000, 29_600_000, 0, 27 * MS),
     )
     total = Activity(57 * MS, 0, 0, (), 0, 0)
     a, b = segments_from_c(raw, 0, 60 * MS, total)
     # THEN A owns 0-30 ms, B 30-60 ms; each read window lies between the neighbours' sightings
-    assert (a.start_ns, a.end_ns, a.after_ns, a.before_ns) == (0, 30 * MS, 0, 31 * MS)
-    assert (b.start_ns, b.end_ns, b.after_ns, b.before_ns) == (30 * MS, 60 * MS, 29 * MS, 60 * MS)
+    assert (a.start_ns, a.end_ns, a.after_ns, a.before_ns) == (0, 30 * MS, 0, 30_400_000)
+    assert (b.start_ns, b.end_ns, b.after_ns, b.before_ns) == (
+        30 * MS,
+        60 * MS,
+        29_600_000,
+        60 * MS,
+    )
     # AND each has what the thread did between the first sightings of it and the next
     assert a.activity is not None
     assert a.activity.on_cpu_ns == 27 * MS
     assert b.activity is not None
     assert b.activity.on_cpu_ns == 30 * MS
+
+
+def test_time_between_sightings_far_apart_belongs_to_neither_context() -> None:
+    # GIVEN A last seen at 10 ms and B first at 90 ms: a sighting was missed between
+    raw = kernel_segments(
+        (0xA0, MS // 2, 10 * MS, 0, 90 * MS, 0), (0xB0, 90 * MS, 99 * MS, 10 * MS, 0, 0)
+    )
+    a, b = segments_from_c(raw, 0, 100 * MS, None)
+    # THEN each reaches only a tick past its own sightings: the 78 ms between are no one's
+    assert (a.start_ns, a.end_ns) == (0, 11 * MS)
+    assert (b.start_ns, b.end_ns) == (89 * MS, 100 * MS)
+    # AND a read in that stretch still counts for whichever context it saw
+    assert (a.after_ns, a.before_ns, b.after_ns, b.before_ns) == (0, 90 * MS, 10 * MS, 100 * MS)
 
 
 def test_a_full_record_leaves_the_rest_of_the_iteration_to_no_known_context() -> None:
