@@ -20,11 +20,7 @@ hold   one process holds the detector (-t 10) attached and watching the idle
        the sidecar's imports (bench/rss_hold.py); ``--rounds`` of each in
        turn, medians: RSS, its parts, peak RSS, the compiler's peak, and the
        time from start of loading to attached.
-after  ``where`` again, with the whole sidecar holding its program through
-       ``kernel.loader`` (bench/rss_sidecar.py: a stand-in ``Detector`` until
-       it is wired).
-
-USAGE: rss.py [--only where|steps|hold|after] [--settle S] [--rounds N]
+USAGE: rss.py [--only where|steps|hold] [--settle S] [--rounds N]
 """
 
 from __future__ import annotations
@@ -109,11 +105,10 @@ def start_idle_app() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", IDLE_APP])
 
 
-SIDECAR_TODAY = (sys.executable, "-m", "otel_blocksnoop")
-SIDECAR_WITH_LOADER = (sys.executable, str(Path(__file__).with_name("rss_sidecar.py")))
+SIDECAR = (sys.executable, "-m", "otel_blocksnoop")
 
 
-def where(settle: int, sidecar_command: tuple[str, ...] = SIDECAR_TODAY) -> str:
+def where(settle: int) -> str:
     """One sidecar per mode, each against a fresh idle app; smaps after ``settle`` s."""
     rows = []
     with OtlpReceiver() as receiver:
@@ -128,7 +123,7 @@ def where(settle: int, sidecar_command: tuple[str, ...] = SIDECAR_TODAY) -> str:
             app = start_idle_app()
             sidecar = subprocess.Popen(
                 [
-                    *sidecar_command,
+                    *SIDECAR,
                     "-q",
                     "-t",
                     THRESHOLD_MS,
@@ -155,8 +150,7 @@ def where(settle: int, sidecar_command: tuple[str, ...] = SIDECAR_TODAY) -> str:
                     *(mib(groups.get(column, 0)) for column in COLUMNS),
                 ]
             )
-    what = "sidecar" if sidecar_command == SIDECAR_TODAY else "sidecar with kernel.loader"
-    headers = [f"{what} (-t 10, idle app)", "RSS", *COLUMNS]
+    headers = ["sidecar (-t 10, idle app)", "RSS", *COLUMNS]
     return table(headers, rows, [False, *[True] * (len(headers) - 1)])
 
 
@@ -251,7 +245,7 @@ def hold(rounds: int, settle: int) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/rss.py", description=__doc__)
-    parser.add_argument("--only", choices=("where", "steps", "hold", "after"))
+    parser.add_argument("--only", choices=("where", "steps", "hold"))
     parser.add_argument("--settle", type=positive_int, default=15)
     parser.add_argument("--rounds", type=positive_int, default=3, help="hold: rounds of each")
     args = parser.parse_args(argv)
@@ -262,8 +256,6 @@ def main(argv: list[str]) -> int:
         print(steps(), flush=True)
     if args.only in (None, "hold"):
         print(hold(args.rounds, min(args.settle, 5)), flush=True)
-    if args.only in (None, "after"):
-        print(where(args.settle, SIDECAR_WITH_LOADER), flush=True)
     return 0
 
 

@@ -17,6 +17,15 @@ from otel_blocksnoop.kernel import bpf_syscall
 from otel_blocksnoop.kernel.bpf_syscall import BPF_ANY, PER_CPU_MAP_TYPES
 
 
+def u32(value: int) -> bytes:
+    """A u32 key or value as the kernel stores it (the maps keyed by tid, pid or index)."""
+    return bytes(ctypes.c_uint32(value))
+
+
+def u64(value: int) -> bytes:
+    return bytes(ctypes.c_uint64(value))
+
+
 @dataclass(frozen=True, slots=True)
 class MapSpec:
     """A map's name (as the C names it) and what the kernel says of it."""
@@ -89,6 +98,10 @@ class BpfMap:
         address = ctypes.addressof
         if bpf_syscall.update_elem(self.fd, address(raw_key), address(raw_value), flags):
             raise _error("update", self.spec)
+
+    def zero(self, key: bytes) -> None:
+        """Write zeros under ``key`` (every CPU's slot): how an array's element is cleared."""
+        self.update(key, bytes(self._value_bytes))
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; False if it was not there."""

@@ -5,8 +5,7 @@ the GIL through the call (a map call takes about a microsecond; giving the
 GIL away and winning it back can take the 5 ms switch interval, see
 ``thread_table``). The element functions have libbcc's signatures
 (``fd``, then key and value as ``ctypes.byref()`` or addresses; 0, or -1
-with errno), so a reader written for libbcc's ``bpf_lookup_elem`` (such as
-``thread_table``) can call them instead.
+with errno); ``bpf_map.BpfMap`` wraps them for bytes in and out.
 """
 
 from __future__ import annotations

@@ -208,8 +208,8 @@ def test_the_thread_table_and_counters_read_through_bpf_syscalls(
         key, by_ref = ctypes.c_uint32(target.pid), ThreadStateC()
         assert bpf_syscall.lookup_elem(threads.fd, ctypes.byref(key), ctypes.byref(by_ref)) == 0
         assert by_ref.tgid == target.pid
-        # AND the sidecar's thread table reader, given the map fd alone, sees the loop thread
-        table = ThreadTable.from_fd(threads.fd, limit=DetectorConfig(threshold_ns=1).max_threads)
+        # AND the sidecar's thread table reader, given the map, sees the loop thread
+        table = ThreadTable(threads)
         assert table.get(target.pid) is not None
         assert target.pid in {times.tid for times in table.snapshot(THRESHOLD_MS * NS_PER_MS).times}
         assert program.map("counters").sum_u64(u32(COUNTER_ITERATIONS)) > 0
