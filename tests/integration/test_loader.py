@@ -25,7 +25,7 @@ from otel_blocksnoop.kernel.layout import BlockEventC, ThreadStateC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.kernel.thread_table import ThreadTable
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
-from tests.helpers import WAIT_S, Target, matching_block, truth
+from tests.helpers import WAIT_S, Target, matching_block, run_raw, truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -144,6 +144,26 @@ with loader.load(DetectorConfig(threshold_ns=10_000_000)) as program:
     assert seen["mapped"] == []
     assert "syscalls:sys_enter_epoll_wait" in seen["attached"]
     assert "sched:sched_switch" in seen["attached"]
+
+
+def test_the_running_sidecar_never_maps_bcc_nor_llvm() -> None:
+    # GIVEN an app launched by the sidecar that looks at its parent once watched
+    code = """
+import json, os
+parent = os.getppid()
+maps = open(f"/proc/{parent}/maps").read()
+print(json.dumps({
+    "parent": open(f"/proc/{parent}/cmdline").read().split("\\0"),
+    "mapped": [name for name in ("libbcc", "libLLVM", "libclang") if name in maps],
+}))
+"""
+    # WHEN the sidecar runs it
+    result = run_raw("-q", "--no-stacks", "--", sys.executable, "-c", code)
+    # THEN its parent is the sidecar, holding the program without BCC's libraries
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert "otel_blocksnoop" in seen["parent"]
+    assert seen["mapped"] == []
 
 
 @pytest.mark.parametrize("scenario", ["sleep", "cpu", "read"])
