@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from otel_blocksnoop.kernel import bpf_syscall
 from otel_blocksnoop.kernel.bpf_syscall import BPF_ANY, PER_CPU_MAP_TYPES
 
+BATCH_CHUNK = 256
+"""Elements per batched read: buffers of a few tens of KiB, a few calls for a full table."""
+
 
 def u32(value: int) -> bytes:
     """A u32 key or value as the kernel stores it (the maps keyed by tid, pid or index)."""
@@ -125,6 +128,44 @@ class BpfMap:
             yield following.raw
             ctypes.memmove(key, following, self.spec.key_size)
             current = ctypes.addressof(key)
+
+    def items_batched(self, chunk: int = BATCH_CHUNK) -> list[tuple[bytes, bytes]]:
+        """Every (key, value), ``chunk`` elements per bpf() call (Linux 5.6+).
+
+        OSError (EINVAL on kernels without batch operations) when the kernel
+        refuses. A hash bucket holding more than ``chunk`` elements doubles it.
+        """
+        key_size, value_size = self.spec.key_size, self._value_bytes
+        # The cursor is opaque: a bucket or an index for hashes and arrays, at most a key.
+        cursors = [ctypes.create_string_buffer(max(key_size, 8)) for _ in range(2)]
+        found: dict[bytes, bytes] = {}
+        start: int | None = None
+        while True:
+            room = min(chunk, self.spec.max_entries)
+            keys = ctypes.create_string_buffer(room * key_size)
+            values = ctypes.create_string_buffer(room * value_size)
+            result, copied = bpf_syscall.lookup_batch(
+                self.fd,
+                start,
+                ctypes.addressof(cursors[1]),
+                (ctypes.addressof(keys), ctypes.addressof(values)),
+                room,
+            )
+            code = ctypes.get_errno() if result else 0
+            if code == errno.ENOSPC and not copied and room < self.spec.max_entries:
+                chunk *= 2
+                continue
+            if result and code != errno.ENOENT:
+                raise _error("batch read", self.spec)
+            raw_keys = ctypes.string_at(keys, copied * key_size)
+            raw_values = ctypes.string_at(values, copied * value_size)
+            for index in range(copied):
+                key = raw_keys[index * key_size : (index + 1) * key_size]
+                found[key] = raw_values[index * value_size : (index + 1) * value_size]
+            if result or not copied:
+                return list(found.items())
+            ctypes.memmove(cursors[0], cursors[1], len(cursors[0]))
+            start = ctypes.addressof(cursors[0])
 
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every (key, value) present now; keys gone between the walk and the read are left out."""

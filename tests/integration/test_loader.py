@@ -17,6 +17,7 @@ import pytest
 from otel_blocksnoop.errors import BpfLoadError
 from otel_blocksnoop.events import NS_PER_MS, BlockEvent
 from otel_blocksnoop.kernel import bpf_syscall, loader
+from otel_blocksnoop.kernel.bpf_map import u32
 from otel_blocksnoop.kernel.bpf_syscall import BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_RINGBUF
 from otel_blocksnoop.kernel.constants import COUNTER_ITERATIONS, WATCH_ROOT
 from otel_blocksnoop.kernel.decode import block_event_from_c
@@ -41,10 +42,6 @@ def epoll_tracepoints() -> list[tuple[str, str]]:
             pairs.append(("on_epoll_enter", f"syscalls:sys_enter_{name}"))
             pairs.append(("on_epoll_exit", f"syscalls:sys_exit_{name}"))
     return pairs
-
-
-def u32(value: int) -> bytes:
-    return bytes(ctypes.c_uint32(value))
 
 
 @dataclass
@@ -224,6 +221,8 @@ def test_the_thread_table_and_counters_read_through_bpf_syscalls(
         # THEN its entry is there, keyed by tid, with its process and loop iterations
         assert state.tgid == target.pid
         assert u32(target.pid) in set(threads.keys())
+        # AND a batched read finds it too, the kernel's cursor taken one element at a time
+        assert u32(target.pid) in {key for key, _ in threads.items_batched(chunk=1)}
         # AND a reader written for libbcc's bpf_lookup_elem (ctypes.byref) reads it alike
         key, by_ref = ctypes.c_uint32(target.pid), ThreadStateC()
         assert bpf_syscall.lookup_elem(threads.fd, ctypes.byref(key), ctypes.byref(by_ref)) == 0
