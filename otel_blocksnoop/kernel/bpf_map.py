@@ -18,6 +18,8 @@ from otel_blocksnoop.kernel.bpf_syscall import BPF_ANY, PER_CPU_MAP_TYPES
 
 BATCH_CHUNK = 256
 """Elements per batched read: buffers of a few tens of KiB, a few calls for a full table."""
+NO_BATCH_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+"""What a kernel without batch operations (or without them for this map) answers (524: ENOTSUPP)."""
 
 
 def u32(value: int) -> bytes:
@@ -63,6 +65,7 @@ class BpfMap:
         self.spec = spec
         self._cpus = cpus if cpus is not None else bpf_syscall.possible_cpus()
         self._value_bytes = spec.slot_size * self._cpus if spec.per_cpu else max(spec.value_size, 1)
+        self._batch_refused = False
 
     def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
         if len(key) != self.spec.key_size:
@@ -167,8 +170,19 @@ class BpfMap:
             ctypes.memmove(cursors[0], cursors[1], len(cursors[0]))
             start = ctypes.addressof(cursors[0])
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) present now; keys gone between the walk and the read are left out."""
+    def items(self, batched: bool = False) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) present now; keys gone between the walk and the read are left out.
+
+        ``batched``: in ``items_batched``'s few calls where the kernel can (a
+        whole array or a well-filled table), else key by key (2 calls each).
+        """
+        if batched and not self._batch_refused:
+            try:
+                return self.items_batched()
+            except OSError as exc:
+                if exc.errno not in NO_BATCH_ERRNOS:
+                    raise
+                self._batch_refused = True
         found = {}
         for key in self.keys():
             value = self.lookup(key)

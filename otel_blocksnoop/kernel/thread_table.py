@@ -38,7 +38,6 @@ class ThreadTable:
     def __init__(self, table: BpfMap) -> None:
         self._map = table
         self._size = 0
-        self._batched = True  # until the kernel refuses it
 
     def get(self, tid: int) -> ThreadStateC | None:
         raw = self._map.lookup(u32(tid))
@@ -51,14 +50,7 @@ class ThreadTable:
         beyond), in batches past BATCH_READ_ABOVE entries (their buffers are
         sized for the whole map).
         """
-        found = None
-        if self._size > BATCH_READ_ABOVE and self._batched:
-            try:
-                found = self._map.items_batched()
-            except OSError:  # no batch operations in this kernel: key by key from now on
-                self._batched = False
-        if found is None:
-            found = self._map.items()
+        found = self._map.items(batched=self._size > BATCH_READ_ABOVE)
         self._size = len(found)
         return [
             (ctypes.c_uint32.from_buffer_copy(key).value, ThreadStateC.from_buffer_copy(value))

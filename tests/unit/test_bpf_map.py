@@ -146,6 +146,27 @@ def test_a_batched_read_hands_over_every_element_across_calls(
     assert len(table.items()) == 5
 
 
+def test_a_kernel_without_batch_reads_is_read_key_by_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a kernel that does not know the batch command
+    kernel = FakeKernelMap(monkeypatch, key_size=4)
+    kernel.entries[u32(1)] = bytes(16)
+    calls = []
+
+    def unknown(*_args: object) -> tuple[int, int]:
+        calls.append(1)
+        return kernel._fail(errno.EINVAL), 0  # noqa: SLF001 - the double's own helper
+
+    monkeypatch.setattr(bpf_syscall, "lookup_batch", unknown)
+    table = BpfMap(3, MapSpec("threads", bpf_syscall.BPF_MAP_TYPE_HASH, 4, 16, 8))
+    # WHEN a batched read is asked for, twice
+    # THEN the keys are walked instead, and the batch is not tried again
+    assert table.items(batched=True) == [(u32(1), bytes(16))]
+    assert table.items(batched=True) == [(u32(1), bytes(16))]
+    assert len(calls) == 1
+
+
 def test_keys_and_values_of_the_wrong_size_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeKernelMap(monkeypatch, key_size=4)
     table = BpfMap(3, MapSpec("watched", bpf_syscall.BPF_MAP_TYPE_HASH, 4, 16, 8))
