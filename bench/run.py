@@ -21,8 +21,10 @@ export    OTLP export: block end to span at a receiver (gRPC, HTTP/protobuf,
           minutes: sidecar CPU, RSS, spans dropped.
 linking   trace links: the parent of each exported block span against the
           span the app had active (every pyenv CPython 3.9-3.13, and uvloop),
-          the cost of one context read, and req/s of a traced HTTP server
-          with links on vs --no-trace-link.
+          also for 2, 4 and 8 requests blocking back to back in one loop
+          iteration (beside blocksnoop 0.11.1, which links nothing), the cost
+          of one context read, and req/s of a traced HTTP server with links
+          on vs --no-trace-link.
 peer      side by side with blocksnoop 0.11.1 (installed by the bench under
           ~/.cache/otel-blocksnoop/peer-0.11.1), alternating rounds: idle CPU
           and RSS at -t 10 and -t 100, detection accuracy and stacks, CPU per

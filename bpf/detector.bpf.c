@@ -35,8 +35,19 @@
  * Compile-time constants (BCC -D cflags, from program_cflags() in
  * otel_blocksnoop/kernel/program.py): THRESHOLD_NS, TARGET_TID (0 = all
  * threads), STATS_MODE, TRACK_ACTIVITY, TRIGGER_NS (0 = no triggers),
- * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, and the constants
- * shared with Python (see detector.h).
+ * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, SEGMENTS, MAX_LOOPS, and the
+ * constants shared with Python (see detector.h).
+ *
+ * Segments (SEGMENTS, with triggers): one iteration may run the callbacks of
+ * several requests one after another, each in its own context (an asyncio
+ * Handle runs its callback with Context.run, which sets the thread state's
+ * context pointer). For a thread whose pointer's address user space has put
+ * in loop_contexts, every sighting of it out of epoll (a tick while it runs, a
+ * switch off CPU) reads the pointer from its memory; each change starts a new
+ * segment (struct segments), sent with the block. A segment cannot change
+ * while its thread is off CPU, so a switch back on extends the last one. When
+ * user space follows the block already (it was told of it), a change is a
+ * TRIGGER_SEGMENT: it reads the new context's span while that still runs.
  */
 #include <asm/ptrace.h>
 #include <linux/sched.h>
@@ -70,6 +81,15 @@
 #ifndef TRIGGER_PAGES
 #error "TRIGGER_PAGES: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+#ifndef SEGMENTS
+#error "SEGMENTS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef MAX_LOOPS
+#error "MAX_LOOPS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#if SEGMENTS && !(TRIGGER_NS && TRACK_ACTIVITY)
+#error "SEGMENTS needs triggers and TRACK_ACTIVITY: it sights threads in their programs"
+#endif
 
 /* prev_state bits of a task that went to sleep (S, D, T, t, ...); a
  * preempted task reports 0 or TASK_REPORT_MAX, outside this mask. */
@@ -79,6 +99,14 @@ BPF_HASH(watched, u32, struct watch_state, MAX_WATCHED);
 BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* A block event is built here, then sent with as many segments as it has. */
+BPF_PERCPU_ARRAY(scratch, struct block_event, 1);
+/* A new thread's first state: all zero but its tgid (too big for the stack). */
+BPF_PERCPU_ARRAY(blank_state, struct thread_state, 1);
+#if SEGMENTS
+/* Loop threads whose context pointer user space found (it adds them), by tid. */
+BPF_HASH(loop_contexts, u32, struct loop_context, MAX_LOOPS);
+#endif
 #if TRIGGER_NS
 BPF_RINGBUF_OUTPUT(triggers, TRIGGER_PAGES);
 BPF_PERCPU_ARRAY(preempted_tid, u32, 1); /* a watched thread preempted here, out of epoll */
@@ -219,30 +247,6 @@ static __always_inline void trigger_off_cpu(struct thread_state *state, u32 tid,
     send_trigger(state->tgid, tid, state->left_epoll_ns, look, TRIGGER_OFF_CPU, flags);
 }
 
-/* A cpu-clock tick on a busy CPU: the thread running here, or the one it
- * preempted, may be a loop thread out of epoll for TRIGGER_NS already. */
-int on_tick(void *ctx)
-{
-    u64 now = bpf_ktime_get_ns();
-    u32 zero = 0;
-    u32 *slot = preempted_tid.lookup(&zero);
-    if (slot && *slot) {
-        u32 waiting = *slot;
-        struct thread_state *state = threads.lookup(&waiting);
-        if (!state || trigger_due(state, waiting, now))
-            *slot = 0;
-    }
-
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if (!tgid || !watched.lookup(&tgid))
-        return 0;
-    u32 tid = (u32)id;
-    struct thread_state *state = threads.lookup(&tid);
-    if (state)
-        trigger_due(state, tid, now);
-    return 0;
-}
 #endif
 
 #if TRACK_ACTIVITY
@@ -289,6 +293,155 @@ static __always_inline void finish_activity(struct thread_state *state,
 #endif
 }
 
+#if SEGMENTS
+/* The segment at index i, i kept in range where the verifier can see it
+ * (the compiler would otherwise drop the mask after an earlier bound check). */
+static __always_inline struct segment *segment_at(struct segments *segs, u32 i)
+{
+    asm volatile("" : "+r"(i));
+    return &segs->items[i & (MAX_SEGMENTS - 1)];
+}
+
+/* A sighting of a thread out of epoll (current is the thread, now on CPU):
+ * read its context pointer; a change starts a segment, a stretch sighted
+ * only once is overwritten by the next one. */
+static __always_inline void sight(struct thread_state *state, struct watch_state *watch,
+                                  u32 tid, u64 now)
+{
+    if (!state->left_epoll_ns)
+        return;
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (!loop || loop->segments.overflow_ns)
+        return;
+    struct segments *segs = &loop->segments;
+    u64 context = 0;
+    if (bpf_probe_read_user(&context, sizeof(context), (void *)loop->address))
+        return;
+    u32 n = segs->count;
+    u32 slot = n;
+    u64 prev_last = 0;
+    if (n > 0) {
+        struct segment *last = segment_at(segs, n - 1);
+        if (last->context == context) {
+            last->last_ns = now;
+            return;
+        }
+        if (n > 1 && last->last_ns == last->first_ns) {
+            /* Sighted once: a short callback, or one that began just now. Its
+             * place goes to the new context; the one before still ends at
+             * its first sighting (next_first_ns). */
+            slot = n - 1;
+        } else {
+            last->next_first_ns = now;
+        }
+        prev_last = last->last_ns;
+    }
+    if (slot >= MAX_SEGMENTS) {
+        segs->overflow_ns = now;
+        return;
+    }
+    struct segment *seg = segment_at(segs, slot);
+    seg->context = context;
+    seg->first_ns = now;
+    seg->last_ns = now;
+    seg->prev_last_ns = prev_last;
+    seg->next_first_ns = 0;
+    finish_activity(state, watch, now, &seg->at_first);
+    segs->count = slot + 1;
+    if (n > 0 && state->told_ns == state->left_epoll_ns)
+        send_trigger(state->tgid, tid, state->left_epoll_ns, now, TRIGGER_SEGMENT,
+                     BPF_RB_FORCE_WAKEUP);
+}
+
+/* The thread comes back on CPU: its context is as it left it, so the last
+ * segment, sighted as it left, lasted until now. */
+static __always_inline void sighted_back(u32 tid, u64 left_cpu_ns, u64 now)
+{
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (!loop)
+        return;
+    struct segments *segs = &loop->segments;
+    u32 n = segs->count;
+    if (n == 0 || segs->overflow_ns)
+        return;
+    struct segment *last = segment_at(segs, n - 1);
+    if (last->last_ns == left_cpu_ns)
+        last->last_ns = now;
+}
+#endif
+
+#if TRIGGER_NS
+/* A cpu-clock tick on a busy CPU: the thread running here, or the one it
+ * preempted, may be a loop thread out of epoll for TRIGGER_NS already; the
+ * one running is a sighting of its context (SEGMENTS). */
+int on_tick(void *ctx)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    u32 *slot = preempted_tid.lookup(&zero);
+    if (slot && *slot) {
+        u32 waiting = *slot;
+        struct thread_state *state = threads.lookup(&waiting);
+        if (!state || trigger_due(state, waiting, now))
+            *slot = 0;
+    }
+
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    struct watch_state *watch = watched.lookup(&tgid);
+    if (!tgid || !watch)
+        return 0;
+    u32 tid = (u32)id;
+    struct thread_state *state = threads.lookup(&tid);
+    if (!state)
+        return 0;
+#if SEGMENTS
+    sight(state, watch, tid, now); /* first: a change told now needs no trigger of its own */
+#endif
+    trigger_due(state, tid, now);
+    return 0;
+}
+#endif
+
+/* Send the block of a thread that left epoll at start and ends now: built in
+ * scratch, sent with only the segments it has. */
+static __always_inline void send_block(struct thread_state *state, struct watch_state *watch,
+                                       u32 tgid, u32 tid, u64 start, u64 now, u32 flags)
+{
+    u32 zero = 0;
+    struct block_event *event = scratch.lookup(&zero);
+    if (!event) {
+        count(COUNTER_LOST_EVENTS, 1);
+        return;
+    }
+    event->start_ns = start;
+    event->end_ns = now;
+    event->tgid = tgid;
+    event->tid = tid;
+    event->flags = flags;
+    event->pad = 0;
+    finish_activity(state, watch, now, &event->activity);
+    bpf_get_current_comm(&event->comm, sizeof(event->comm));
+    u32 n = 0;
+    event->segments.pad = 0;
+    event->segments.overflow_ns = 0;
+#if SEGMENTS
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (loop) {
+        n = loop->segments.count;
+        if (n > MAX_SEGMENTS)
+            n = MAX_SEGMENTS;
+        bpf_probe_read_kernel(&event->segments, sizeof(event->segments), &loop->segments);
+    }
+#endif
+    event->segments.count = n;
+    u64 size = __builtin_offsetof(struct block_event, segments.items) + (u64)n * sizeof(struct segment);
+    if (size > sizeof(*event))
+        size = sizeof(*event);
+    if (events.ringbuf_output(event, size, 0))
+        count(COUNTER_LOST_EVENTS, 1);
+}
+
 int on_epoll_enter(void *ctx)
 {
     u32 tgid;
@@ -313,22 +466,8 @@ int on_epoll_enter(void *ctx)
 #if STATS_MODE
     record_iteration(delta);
 #else
-    if (delta < THRESHOLD_NS)
-        return 0;
-    struct block_event *event = events.ringbuf_reserve(sizeof(*event));
-    if (!event) {
-        count(COUNTER_LOST_EVENTS, 1);
-        return 0;
-    }
-    event->start_ns = start;
-    event->end_ns = now;
-    event->tgid = tgid;
-    event->tid = tid;
-    event->flags = 0;
-    event->pad = 0;
-    finish_activity(state, watch, now, &event->activity);
-    bpf_get_current_comm(&event->comm, sizeof(event->comm));
-    events.ringbuf_submit(event, 0);
+    if (delta >= THRESHOLD_NS)
+        send_block(state, watch, tgid, tid, start, now, 0);
 #endif
     return 0;
 }
@@ -343,8 +482,12 @@ int on_epoll_exit(void *ctx)
     u64 now = bpf_ktime_get_ns();
     struct thread_state *state = threads.lookup(&tid);
     if (!state) {
-        struct thread_state fresh = {.tgid = tgid};
-        state = threads.lookup_or_try_init(&tid, &fresh);
+        u32 zero = 0;
+        struct thread_state *fresh = blank_state.lookup(&zero);
+        if (!fresh)
+            return 0;
+        fresh->tgid = tgid;
+        state = threads.lookup_or_try_init(&tid, fresh);
         if (!state) {
             count(COUNTER_STATE_FULL, 1);
             return 0;
@@ -361,6 +504,13 @@ int on_epoll_exit(void *ctx)
     state->off_nr = OFF_ON_CPU;
     state->proc_cpu_start = watch->cpu_ns;
     state->own_cpu_ns = 0;
+#endif
+#if SEGMENTS
+    struct loop_context *loop = loop_contexts.lookup(&tid);
+    if (loop) {
+        loop->segments.count = 0;
+        loop->segments.overflow_ns = 0;
+    }
 #endif
     state->left_epoll_ns = now;
     return 0;
@@ -389,6 +539,10 @@ TRACEPOINT_PROBE(sched, sched_switch)
         __sync_fetch_and_add(&watch->cpu_ns, slice);
         u32 prev = args->prev_pid;
         struct thread_state *out = threads.lookup(&prev);
+#if SEGMENTS
+        if (out && out->off_nr == OFF_ON_CPU)
+            sight(out, watch, prev, now); /* before the books: it counts the stretch on CPU */
+#endif
         if (out && out->left_epoll_ns && out->off_nr == OFF_ON_CPU) {
             out->activity.on_cpu_ns += now - out->switched_at;
             out->own_cpu_ns += slice;
@@ -409,6 +563,9 @@ TRACEPOINT_PROBE(sched, sched_switch)
             in->activity.runq_ns += away;
         else
             add_sleep(&in->activity, in->off_nr, away);
+#if SEGMENTS
+        sighted_back(next, in->switched_at, now);
+#endif
         in->switched_at = now;
         in->off_nr = OFF_ON_CPU;
     }
@@ -458,25 +615,14 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     struct watch_state *watch = watched.lookup(&tgid);
     if (state && state->left_epoll_ns && watch) {
         u64 now = bpf_ktime_get_ns();
-        if (now - state->left_epoll_ns >= THRESHOLD_NS) {
-            struct block_event *event = events.ringbuf_reserve(sizeof(*event));
-            if (event) {
-                event->start_ns = state->left_epoll_ns;
-                event->end_ns = now;
-                event->tgid = tgid;
-                event->tid = tid;
-                event->flags = BLOCK_THREAD_EXITED;
-                event->pad = 0;
-                finish_activity(state, watch, now, &event->activity);
-                bpf_get_current_comm(&event->comm, sizeof(event->comm));
-                events.ringbuf_submit(event, 0);
-            } else {
-                count(COUNTER_LOST_EVENTS, 1);
-            }
-        }
+        if (now - state->left_epoll_ns >= THRESHOLD_NS)
+            send_block(state, watch, tgid, tid, state->left_epoll_ns, now, BLOCK_THREAD_EXITED);
     }
 #endif
     threads.delete(&tid);
+#if SEGMENTS
+    loop_contexts.delete(&tid);
+#endif
     struct watch_state *how = watched.lookup(&tid);
     if (how && how->how == WATCH_INHERITED)
         watched.delete(&tid);

@@ -14,6 +14,8 @@
 
 #define COMM_LEN 16
 #define SLEEP_SLOTS 4
+/* A power of two: the programs index the segments with & (MAX_SEGMENTS - 1). */
+#define MAX_SEGMENTS 16
 
 /* Log-linear histogram of loop-iteration durations (stats mode):
  * values below 2^HIST_SUB_BITS ns are exact; above, each power of two is
@@ -76,6 +78,11 @@
 #ifndef TRIGGER_NEW_THREAD
 #error "TRIGGER_NEW_THREAD: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+/* TRIGGER_SEGMENT    a thread whose block user space follows (told of) switched
+ *                    to another context (another task's callback): read it now. */
+#ifndef TRIGGER_SEGMENT
+#error "TRIGGER_SEGMENT: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 
 /* Off-CPU reasons kept in thread_state.off_nr besides syscall numbers:
  * OFF_ON_CPU (running: not off CPU) and OFF_RUNQ (preempted: runnable,
@@ -114,6 +121,39 @@ struct activity {
     struct sleep_slot sleeps[SLEEP_SLOTS];
 };
 
+/* One stretch of an iteration during which the loop thread ran in one
+ * context (its PyThreadState's context pointer, read at each sighting: a
+ * cpu-clock tick or a switch off CPU while out of epoll). first_ns and
+ * last_ns are its first and last sightings; prev_last_ns the last sighting of
+ * the context before it (0 for the iteration's first), next_first_ns the
+ * first sighting of the one after (0 for its last). A stretch sighted once
+ * is overwritten by the next, so the array holds the long ones. at_first is
+ * what the thread had done from the iteration's start up to first_ns. */
+struct segment {
+    __u64 context;
+    __u64 first_ns;
+    __u64 last_ns;
+    __u64 prev_last_ns;
+    __u64 next_first_ns;
+    struct activity at_first;
+};
+
+/* The contexts of one iteration, in order; overflow_ns is the first change
+ * that found the array full (0: none), after which nothing is recorded. */
+struct segments {
+    __u32 count;
+    __u32 pad;
+    __u64 overflow_ns;
+    struct segment items[MAX_SEGMENTS];
+};
+
+/* Value of the loop_contexts map, by tid: where the thread's context pointer
+ * is (user space finds it), and the contexts of its current iteration. */
+struct loop_context {
+    __u64 address;
+    struct segments segments;
+};
+
 /* One loop iteration that crossed the threshold: the thread left epoll at
  * start_ns and came back at end_ns (CLOCK_MONOTONIC, bpf_ktime_get_ns). */
 struct block_event {
@@ -125,6 +165,7 @@ struct block_event {
     __u32 pad;
     struct activity activity;
     char comm[COMM_LEN];
+    struct segments segments;
 };
 
 /* A watched thread user space should look at: the kernel's "when to look".

@@ -12,6 +12,23 @@ import sys
 from pathlib import Path
 
 MINORS = (9, 10, 11, 12, 13)
+# What targets/web_app.py needs. pip picks the newest release that supports
+# each interpreter: on 3.9 that is OpenTelemetry 1.41 (instrumentation 0.62b1)
+# and aiohttp 3.13, their last releases for 3.9.
+WEB_APP_PACKAGES = (
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-instrumentation-aiohttp-server",
+    "aiohttp",
+    "uvloop",
+)
+WEB_APP_MODULES = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.instrumentation.aiohttp_server",
+    "aiohttp",
+    "uvloop",
+)
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
 
 

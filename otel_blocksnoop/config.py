@@ -49,4 +49,6 @@ class Config:
             stats=self.stats,
             activity=self.cause,
             trigger_ns=self.trigger_ns,
+            # Each request's share of an iteration is told by its context: only links need it.
+            segments=self.trace_link,
         )

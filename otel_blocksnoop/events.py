@@ -37,6 +37,20 @@ class Activity:
         return self.runq_ns + self.sleep_ns
 
 
+@dataclass(frozen=True, slots=True)
+class Throttling:
+    """How long a CPU quota held the loop's cgroup back during a block (``cpu.stat``).
+
+    The cgroup's throttled time, read when the block was confirmed and when
+    it was handed on, at most the thread's run-queue time: a throttled thread
+    is runnable but not running, so that is all of it the thread can have
+    waited. It is the thread's own when the loop is its cgroup's only busy thread.
+    """
+
+    throttled_ns: int
+    periods: int  # quota periods that ran out on the cgroup meanwhile (nr_throttled)
+
+
 class Cause(StrEnum):
     """Why a loop was stuck (the ``blocksnoop.cause`` values of the contract)."""
 
@@ -68,8 +82,34 @@ class Loss(StrEnum):
     CONTEXT_LATE = "context.late"  # a span/task read finished after its block ended
     CONTEXT_ERRORS = "context.errors"  # a span/task read failed (memory changed under it)
     LINK_UNDECIDED = "link.undecided"  # reads disagreed: the block gets no parent
+    LINK_UNREAD = "link.unread"  # no read landed in a request's segment: it gets no parent
+    SEGMENTS_OVERFLOW = "kernel.segments"  # an iteration switched context too often to record
     EXPORT_QUEUE = "export.queue"  # a span, record or log dropped: the export queue was full
     EXPORT_UNDELIVERED = "export.undelivered"  # still queued when the sidecar stopped
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSegment:
+    """A stretch of a block during which the loop thread ran in one context.
+
+    ``context`` is the thread state's context pointer the kernel read at each
+    sighting (None: not sighted, after the kernel's record was full): whose
+    callback ran. ``start_ns``-``end_ns`` are placed halfway between the
+    sightings of this context and its neighbours'; the context was surely
+    current only inside ``after_ns``-``before_ns`` (exclusive): a read of the
+    thread's span belongs to this segment only when it fell in there.
+    """
+
+    context: int | None
+    start_ns: int
+    end_ns: int
+    after_ns: int
+    before_ns: int
+    activity: Activity | None
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +127,8 @@ class BlockEvent:
     end_ns: int
     activity: Activity | None = None
     end_reason: EndReason = EndReason.RETURNED
+    segments: tuple[ContextSegment, ...] = ()  # in order; empty: contexts not recorded
+    segments_overflow: bool = False  # the kernel's record filled up; the tail is unknown
 
     @property
     def duration_ns(self) -> int:
@@ -99,6 +141,7 @@ class TriggerReason(StrEnum):
     DUE = "due"  # out of epoll for the trigger age or more
     OFF_CPU = "off_cpu"  # left the CPU out of epoll, younger: look at the trigger age
     NEW_THREAD = "new_thread"  # its first return from epoll: a loop (or a poller) starts
+    SEGMENT = "segment"  # a followed block's thread switched context: read the new one
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +232,7 @@ class ThreadContext:
 
     span: SpanRef | None
     task: TaskRef | None
+    context: int = 0  # the thread state's context pointer the read found (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +275,7 @@ class Block:
     cause: Cause = Cause.UNKNOWN
     syscall: str | None = None  # what it slept in, when ``cause`` is SYSCALL
     activity: Activity | None = None
+    throttling: Throttling | None = None  # None: the cgroup's CPU stats could not be read
     end_reason: EndReason = EndReason.RETURNED
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
     process: ProcessIdentity | None = None
@@ -283,6 +328,7 @@ class InProgress:
     tid: int
     start_ns: int
     activity: Activity | None
+    segments: tuple[ContextSegment, ...] = ()  # the contexts it ran in so far, if recorded
 
 
 @dataclass(frozen=True, slots=True)

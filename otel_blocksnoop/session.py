@@ -29,6 +29,7 @@ from otel_blocksnoop import preflight
 from otel_blocksnoop.analysis.enrich import Enricher
 from otel_blocksnoop.analysis.flow import POLL_MS, BlockFlow
 from otel_blocksnoop.analysis.stats import IntervalStats
+from otel_blocksnoop.analysis.throttle import ThrottleWatch
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import ExitCode
@@ -94,15 +95,17 @@ class Session:
         self._sinks = sinks
         self._options = options
         self._losses = losses if losses is not None else Losses()
+        # Reads the cgroup's CPU stats twice per confirmed block, never between: always on.
+        throttle = ThrottleWatch()
         self._flow = BlockFlow(
             detector,
-            Enricher(options.threshold_ns, linker),
+            Enricher(options.threshold_ns, linker, throttle),
             self._emit,
             self._losses,
             threshold_ns=options.threshold_ns,
             kinds=None if options.all_threads else classifier,
             stacks=stacks,
-            followers=() if linker is None else (linker,),
+            followers=(throttle,) if linker is None else (linker, throttle),
         )
         self._stats = IntervalStats(detector)
         self._stop_requested = False
@@ -247,10 +250,12 @@ def _stacks(config: Config, austin: Austin | None, losses: Losses) -> SamplerPoo
     if not config.stacks or austin is None:
         return None
     interval = config.sample_interval_us or interval_for(config.threshold_ns)
-    log.info("sampling Python stacks with Austin every %g ms", interval / 1000)
-    # Continuous for now: the flow already calls begin/end from the kernel's
-    # triggers, but on demand the first block of a launched app can miss its stack.
-    return SamplerPool(austin, interval, losses)
+    log.info(
+        "sampling Python stacks with Austin every %g ms while a loop is blocked", interval / 1000
+    )
+    # On demand: the kernel's triggers resume Austin (flow.begin/end); stats mode
+    # has no stacks at all, so no mode needs Austin to sample all the time.
+    return SamplerPool(austin, interval, losses, on_demand=True)
 
 
 def _linker(config: Config, detector: Detector, losses: Losses) -> TraceLinker | None:

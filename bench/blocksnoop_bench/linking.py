@@ -15,6 +15,17 @@ accuracy  one launch-mode sidecar (``-t 5``, OTLP gRPC export to an
           app's span), wrong (another parent), unlinked, or missed. The same
           is done with the sidecar's JSON lines (CLOCK_MONOTONIC), which must
           agree.
+bursts   several requests blocking back to back in ONE loop iteration:
+          harness/targets/web_app.py ``--burst N`` (aiohttp with its
+          OpenTelemetry instrumentation; N = 2, 4, 8 concurrent requests
+          released by one asyncio.Event, each blocking 1-2 times 20 ms in
+          its own SERVER span, time.sleep and CPU alternately), per target
+          interpreter and on uvloop, launched under our sidecar (as above)
+          and under the peer, blocksnoop 0.11.1 (peer.py), which has no
+          trace links: each request's block is right, wrong, unlinked or
+          missed by the rule above; for the peer, a request is unlinked when
+          a report of its iteration came (paired by report time, as
+          peer_scoring.py does), missed otherwise.
 read cost ``ContextReader(pid)`` in a process of the sidecar's interpreter
           (apps/read_cost.py) times N calls of its per-thread read against
           harness/targets/otel_target.py, per target interpreter: the loop
@@ -61,6 +72,8 @@ from blocksnoop_bench.overhead import (
     _wait_ready,
     find_wrk,
 )
+from blocksnoop_bench.peer import PEER_VERSION, Peer, install_peer
+from blocksnoop_bench.peer_scoring import MAX_LATENCY_S, ROUNDING_SLACK_NS, observed_monotonic_ns
 from blocksnoop_bench.procs import (
     APPS,
     PYTHON,
@@ -68,11 +81,19 @@ from blocksnoop_bench.procs import (
     Sidecar,
     attached,
     cpu_times,
+    json_records,
     start_app,
 )
 from blocksnoop_bench.report import Section, median, num, pct, spread, table
 from harness import TARGETS
-from harness.interpreters import MINORS, cached_venv, imports, pyenv_python
+from harness.interpreters import (
+    MINORS,
+    WEB_APP_MODULES,
+    WEB_APP_PACKAGES,
+    cached_venv,
+    imports,
+    pyenv_python,
+)
 from harness.otlp import OtlpReceiver, attributes
 
 if TYPE_CHECKING:
@@ -100,6 +121,13 @@ QUIET_WAIT_S = 15.0
 """Longest wait before a run for other people's work on the machine to end."""
 NS_PER_MS = 1_000_000
 VERDICTS = ("right", "wrong", "wrong, same trace", "unlinked", "missed")
+WEB_APP = TARGETS / "web_app.py"
+BURST_SIZES = (2, 4, 8)
+BURST_BLOCK_MS = 20.0
+"""web_app.py ``--ms``: request i of a burst blocks 1, 1.5 or 2 times this (i mod 3)."""
+BURST_ROUNDS = 20
+"""Bursts of each size per target (quick: 1)."""
+BURST_TOOLS = ("ours", "peer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +413,249 @@ def _render_accuracy(runs: list[dict[str, Any]], missing: list[str], elapsed_s: 
             ],
             per_run,
             [False, *[True] * 6],
+        )
+    )
+
+
+# Bursts: requests blocking back to back in one iteration.
+
+
+def find_burst_targets(pythons: list[str] | None) -> tuple[list[Target], list[str]]:
+    """The tests' web-app venv of each pyenv CPython 3.9-3.13 (or the given ones), then uvloop.
+
+    uvloop runs on the newest of them; each venv has aiohttp, its OpenTelemetry
+    instrumentation and uvloop (tests/integration/conftest.py makes the same).
+    """
+    if pythons:
+        targets = [Target(Path(p).parent.parent.name or p, p) for p in pythons]
+        return [
+            *targets,
+            Target(f"{targets[-1].label} uvloop", targets[-1].python, uvloop=True),
+        ], []
+    targets, missing = [], []
+    for minor in MINORS:
+        base = pyenv_python(minor)
+        try:
+            python = (
+                cached_venv(f"web-py3.{minor}", base, WEB_APP_PACKAGES, WEB_APP_MODULES)
+                if base
+                else None
+            )
+        except (OSError, subprocess.CalledProcessError) as error:
+            sys.stderr.write(f"bench: failed to make the 3.{minor} web venv: {error}\n")
+            python = None
+        if python is None:
+            missing.append(f"3.{minor}: no pyenv interpreter or no aiohttp + its instrumentation")
+        else:
+            targets.append(Target(f"3.{minor}", str(python)))
+    if targets:
+        targets.append(Target(f"{targets[-1].label} uvloop", targets[-1].python, uvloop=True))
+    return targets, missing
+
+
+def _burst_app(target: Target, rounds: int, out: Path) -> list[str]:
+    bursts = [arg for _ in range(rounds) for size in BURST_SIZES for arg in ("--burst", str(size))]
+    return [
+        target.python,
+        str(WEB_APP),
+        "--out",
+        str(out),
+        "--ms",
+        f"{BURST_BLOCK_MS:g}",
+        *bursts,
+        *(["--uvloop"] if target.uvloop else []),
+    ]
+
+
+def _burst_expected_s(rounds: int) -> float:
+    """How long the app's bursts last: each request 1.5 times the length on average, 50 ms apart."""
+    return rounds * sum(size * 1.5 * BURST_BLOCK_MS + 100 for size in BURST_SIZES) / 1000
+
+
+def _burst_truth(path: Path, label: str, tool: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        msg = f"failed to run the burst target on {label} under {tool}: it wrote no blocks"
+        raise BenchError(msg)
+    return json_records(path)
+
+
+def _burst_ours(target: Target, rounds: int, raw_dir: Path) -> list[dict[str, Any]]:
+    """Each request's block under our sidecar: its verdict on the spans and on the JSON lines."""
+    tag = f"linking-burst-ours-{target.label.replace(' ', '-')}"
+    with (
+        tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp,
+        OtlpReceiver() as receiver,
+    ):
+        app_out = Path(tmp) / "blocks.jsonl"
+        sidecar = Sidecar(
+            [
+                "-t",
+                f"{LINK_THRESHOLD_MS:g}",
+                "--otlp-endpoint",
+                f"http://{receiver.grpc_endpoint}",
+                "--otlp-protocol",
+                "grpc",
+                "--",
+                *_burst_app(target, rounds, app_out),
+            ],
+            raw_dir / f"{tag}.jsonl",
+        )
+        try:
+            code = sidecar.child.wait(timeout=60 + 3 * _burst_expected_s(rounds))
+        finally:
+            sidecar.child.stop()
+        if code != 0:
+            msg = f"failed to run the burst target on {target.label} (exit {code}): "
+            raise BenchError(msg + sidecar.stderr.text()[-800:])
+        truth = _burst_truth(app_out, target.label, "ours")
+        records = sidecar.records()
+        reported = sum(1 for r in records if r.get("type") == "block")
+        deadline = time.monotonic() + DELIVERY_WAIT_S
+        while len(_received(receiver)) < reported and time.monotonic() < deadline:
+            time.sleep(0.05)
+        spans = _received(receiver)
+    (raw_dir / f"{tag}-injected.json").write_text(json.dumps(truth))
+    (raw_dir / f"{tag}-spans.json").write_text(json.dumps(spans))
+    from_json = _from_json(records)
+    return [
+        {
+            "burst": block["burst"],
+            "otlp": _verdict(block, spans, "start_unix_ns", "end_unix_ns"),
+            "json": _verdict(block, from_json, "start_ns", "end_ns"),
+        }
+        for block in truth
+    ]
+
+
+def _burst_peer(venv: Path, target: Target, rounds: int, raw_dir: Path) -> list[dict[str, Any]]:
+    """Each request's block under the peer: unlinked when its iteration was reported, else missed.
+
+    A report is paired with the burst that ended last before it was printed
+    (peer_scoring.py's rule, by iteration instead of by block).
+    """
+    tag = f"linking-burst-peer-{target.label.replace(' ', '-')}"
+    with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
+        app_out = Path(tmp) / "blocks.jsonl"
+        offset_ns = time.time_ns() - time.monotonic_ns()
+        peer = Peer(
+            venv,
+            ["-t", f"{LINK_THRESHOLD_MS:g}", "--", *_burst_app(target, rounds, app_out)],
+            raw_dir / f"{tag}.jsonl",
+        )
+        try:
+            code = peer.child.wait(timeout=60 + 3 * _burst_expected_s(rounds))
+        finally:
+            peer.child.stop()
+        if code != 0:
+            msg = f"failed to run the burst target on {target.label} under the peer (exit {code}): "
+            raise BenchError(msg + peer.stderr.text()[-800:])
+        truth = _burst_truth(app_out, target.label, "the peer")
+    (raw_dir / f"{tag}-injected.json").write_text(json.dumps(truth))
+    ends: dict[tuple[int, int], int] = {}  # (size, app's iteration) -> the burst's last end
+    for block in truth:
+        key = (block["burst"], block["iteration"])
+        ends[key] = max(ends.get(key, 0), block["end_ns"])
+    seen: set[tuple[int, int]] = set()
+    for report in peer.records():
+        if report.get("type") != "blocking_event":
+            continue
+        at_ns = observed_monotonic_ns(report, offset_ns)
+        candidates = [
+            key
+            for key, end_ns in ends.items()
+            if key not in seen
+            and at_ns - MAX_LATENCY_S * 1e9 <= end_ns <= at_ns + ROUNDING_SLACK_NS
+        ]
+        if candidates:
+            seen.add(max(candidates, key=ends.__getitem__))
+    return [
+        {
+            "burst": block["burst"],
+            "otlp": "unlinked" if (block["burst"], block["iteration"]) in seen else "missed",
+        }
+        for block in truth
+    ]
+
+
+def _burst_runs(targets: list[Target], quick: bool, config: OverheadConfig) -> list[dict[str, Any]]:
+    """Per target and tool, every request's verdict."""
+    rounds = 1 if quick else BURST_ROUNDS
+    venv = install_peer()
+    runs = []
+    for target in targets:
+        for tool in BURST_TOOLS:
+            sys.stderr.write(f"bench: bursts in one iteration on {target.label}, {tool}...\n")
+            config.neighbours.wait_quiet(QUIET_WAIT_S)
+            if tool == "ours":
+                verdicts = _burst_ours(target, rounds, config.raw_dir)
+            else:
+                verdicts = _burst_peer(venv, target, rounds, config.raw_dir)
+            runs.append({"label": target.label, "tool": tool, "verdicts": verdicts})
+    return runs
+
+
+def _burst_rows(runs: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
+    """One row per target, size and tool: right / wrong / none / missed, and the link goal."""
+    rows, failed = [], []
+    for run in runs:
+        for size in BURST_SIZES:
+            mine = [v for v in run["verdicts"] if v["burst"] == size]
+            got = _counts(mine, "otlp")
+            wrong = got["wrong"] + got["wrong, same trace"]
+            right = 100 * got["right"] / len(mine) if mine else None
+            if run["tool"] == "ours" and (right is None or right < GOAL_RIGHT_PCT or wrong):
+                failed.append(f"{run['label']} N={size}")
+            disagree = sum(1 for v in mine if "json" in v and v["json"] != v["otlp"])
+            rows.append(
+                [
+                    run["label"],
+                    str(size),
+                    "otel-blocksnoop" if run["tool"] == "ours" else f"blocksnoop {PEER_VERSION}",
+                    str(len(mine)),
+                    pct(right),
+                    str(got["right"]),
+                    f"{got['wrong']} + {got['wrong, same trace']}",
+                    str(got["unlinked"]),
+                    str(got["missed"]),
+                    str(disagree) if run["tool"] == "ours" else "-",
+                ]
+            )
+    return rows, failed
+
+
+def _render_bursts(runs: list[dict[str, Any]], missing: list[str], quick: bool) -> str:
+    rows, failed = _burst_rows(runs)
+    verdict = "met on every target" if not failed else "not met: " + ", ".join(failed)
+    skipped = f" Not run: {'; '.join(missing)}." if missing else ""
+    rounds = 1 if quick else BURST_ROUNDS
+    return (
+        f"harness/targets/web_app.py `--burst N`, {rounds} burst(s) of each N per target: N "
+        "concurrent aiohttp requests (OpenTelemetry instrumentation, one SERVER span each) "
+        "released by one asyncio.Event block back to back in one loop iteration, request i "
+        f"for {BURST_BLOCK_MS:g} ms times 1, 1.5 or 2 (i mod 3), `time.sleep` and CPU in turn. "
+        f"Both tools launch the app, `-t {LINK_THRESHOLD_MS:g}`. Goal: each request's block "
+        f"is a span of its own under its server span, >= {GOAL_RIGHT_PCT:g}% right and none "
+        f"wrong: {verdict}.{skipped}\n\n"
+        "Each request's block is judged by the exported span sharing the most time with it "
+        "(same rule as above): right = parented on that request's server span; wrong = "
+        "another parent; none = no parent; missed = no span overlaps it. The peer exports no "
+        "spans and links nothing: a request whose iteration it reported counts as none. "
+        "JSON != OTLP: requests whose verdict on our JSON lines differs.\n\n"
+        + table(
+            [
+                "target",
+                "N",
+                "tool",
+                "requests",
+                "right",
+                "right (n)",
+                "wrong (other + same trace)",
+                "none",
+                "missed",
+                "JSON != OTLP",
+            ],
+            rows,
+            [False, True, False, *[True] * 7],
         )
     )
 
@@ -704,6 +975,8 @@ def run_linking(config: OverheadConfig, quick: bool, pythons: list[str] | None) 
         run["other_sidecar"] = window[0].foreign_sidecar
         runs.append(run)
     accuracy_s = time.monotonic() - started
+    burst_targets, burst_missing = find_burst_targets(pythons)
+    bursts = _burst_runs(burst_targets, quick, config)
     calls = 200 if quick else READ_CALLS
     costs = []
     for target in targets:
@@ -718,6 +991,8 @@ def run_linking(config: OverheadConfig, quick: bool, pythons: list[str] | None) 
     body = (
         "### Link accuracy\n\n"
         + _render_accuracy(runs, missing, accuracy_s)
+        + "\n### Requests blocking back to back in one iteration\n\n"
+        + _render_bursts(bursts, burst_missing, quick)
         + "\n### Cost of one read\n\n"
         + _render_read_cost(costs, calls)
         + "\n### Throughput with links on\n\n"
@@ -732,6 +1007,7 @@ def run_linking(config: OverheadConfig, quick: bool, pythons: list[str] | None) 
             "quick": quick,
             "elapsed_s": elapsed,
             "accuracy": runs,
+            "bursts": bursts,
             "read_cost": costs,
             "throughput": http,
             "missing": missing,

@@ -31,23 +31,27 @@ def emit(out: TextIO, record: dict[str, Any]) -> None:
     out.flush()
 
 
-def sleep_in_context(out: TextIO, scenario: str, seconds: float) -> None:
-    """Block the loop in time.sleep, and say when, where, in which span and which task."""
+def in_context() -> dict[str, Any]:
+    """The active span (ids as ints, null outside a span) and the running asyncio task.
+
+    Asked after a block, not before: 3.13 names a task when asked, and the
+    span does not change while the block lasts."""
     from opentelemetry import trace  # noqa: PLC0415 (only the traced apps have it)
 
     span = trace.get_current_span().get_span_context()
+    task = asyncio.current_task()
+    return {
+        "trace_id": span.trace_id if span.is_valid else None,
+        "span_id": span.span_id if span.is_valid else None,
+        "sampled": span.trace_flags.sampled if span.is_valid else None,
+        "task": task.get_name() if task else None,
+        "coroutine": getattr(task.get_coro(), "__qualname__", None) if task else None,
+    }
+
+
+def sleep_in_context(out: TextIO, scenario: str, seconds: float) -> None:
+    """Block the loop in time.sleep, and say when, where, in which span and which task."""
     start_ns = time.monotonic_ns()
     time.sleep(seconds)
     end_ns = time.monotonic_ns()
-    task = asyncio.current_task()  # named after the block: 3.13 names a task when asked
-    emit(
-        out,
-        {
-            **timed(scenario, start_ns, end_ns),
-            "trace_id": span.trace_id if span.is_valid else None,
-            "span_id": span.span_id if span.is_valid else None,
-            "sampled": span.trace_flags.sampled if span.is_valid else None,
-            "task": task.get_name() if task else None,
-            "coroutine": getattr(task.get_coro(), "__qualname__", None) if task else None,
-        },
-    )
+    emit(out, {**timed(scenario, start_ns, end_ns), **in_context()})

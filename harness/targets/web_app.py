@@ -1,6 +1,6 @@
 """Target app for trace links through real instrumentation: an aiohttp server and its client.
 
-Usage: web_app.py [--ms N] [--out FILE] [--uvloop]
+Usage: web_app.py [--ms N] [--out FILE] [--uvloop] [--burst N ...]
 
 The server is traced by opentelemetry-instrumentation-aiohttp-server, so each
 request runs inside the SERVER span the instrumentation opened for it; the
@@ -21,6 +21,16 @@ Each block is written as a JSON line {"scenario", "tid", "start_ns",
 "task", "coroutine"}: the span as the handler saw it (ids as ints, null
 outside a span) and the asyncio task it ran in (its name, and its
 coroutine's qualified name). The app flushes its exporter, then exits.
+
+With ``--burst N`` (repeatable) the client makes bursts instead: N
+concurrent requests whose handlers all wait for one shared asyncio.Event. Set
+from a timer once all N wait, it wakes them in ONE loop iteration, where
+each blocks in turn and yields at once, so the N blocks run back to back:
+even ones in time.sleep, odd ones spinning on the thread's CPU time, request
+i for ``--ms`` times 1, 1.5 or 2 (i mod 3), so that no two neighbours last
+the same. Their records carry "burst" (N), "request" (i), "kind", and
+"iteration": the app's own count of loop iterations, the same for all N when
+they ran in one (see ``Iterations``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from aiohttp import ClientSession, web  # type: ignore[import-not-found, unused-ignore]
@@ -38,7 +51,7 @@ from opentelemetry.instrumentation.aiohttp_server import (  # type: ignore[impor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from truth import sleep_in_context
+from truth import emit, in_context, sleep_in_context, timed
 
 OUT: TextIO = sys.stdout
 PAUSE_S = 0.05
@@ -51,7 +64,64 @@ def block(scenario: str, seconds: float) -> None:
     sleep_in_context(OUT, scenario, seconds)
 
 
-def make_app(seconds: float) -> Any:  # a web.Application, the instrumented subclass
+def spin(seconds: float) -> None:
+    """Spin for ``seconds`` of this thread's CPU time: its own work, however busy the machine."""
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        pass
+
+
+BURST_BLOCKS: dict[str, Callable[[float], None]] = {"sleep": time.sleep, "cpu": spin}
+BURST_KINDS = ("sleep", "cpu")
+
+
+class Iterations:
+    """Counts the loop's iterations while on: one callback that puts itself back with call_soon.
+
+    Both loops run, in one iteration, only the callbacks that were ready when
+    the iteration began (asyncio's ``_run_once``, uvloop's idle pass), each
+    between two epoll calls: the callback runs once per iteration, so two
+    reads of ``count`` are equal only within one iteration. While on, the loop
+    never idles in epoll: it is on only around a burst.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._next: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        self._next = asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._next = asyncio.get_running_loop().call_soon(self._tick)
+
+
+@dataclass
+class Burst:
+    """N requests released together; each blocks for its own length, in one iteration."""
+
+    size: int
+    seconds: float
+    iterations: Iterations
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: int = 0
+    finished: int = 0
+
+    def release(self) -> None:
+        self.iterations.start()  # before the wake-ups: it counts this iteration too
+        self.go.set()  # each waiter's wake-up is a call_soon: all run in the next iteration
+
+    def length(self, index: int) -> float:
+        return self.seconds * (1 + (index % 3) / 2)
+
+
+def make_app(seconds: float, bursts: list[Burst] | None = None) -> Any:
     # turns[i] lets block i happen; A takes the even ones, B the odd ones; the
     # last lets both answer, so that neither request ends before the other's blocks.
     turns = [asyncio.Event() for _ in range(5)]
@@ -72,13 +142,43 @@ def make_app(seconds: float) -> Any:  # a web.Application, the instrumented subc
         block(request.query["scenario"], seconds)
         return web.Response(text="done")
 
+    async def block_in_burst(_: web.Request) -> web.Response:
+        assert bursts  # the client makes one before sending its requests
+        burst = bursts[-1]
+        index = burst.arrived
+        burst.arrived += 1
+        loop = asyncio.get_running_loop()
+        if burst.arrived == burst.size:  # all wait (this one is about to): go in a while
+            loop.call_later(PAUSE_S, burst.release)
+        await burst.go.wait()
+        kind = BURST_KINDS[index % len(BURST_KINDS)]
+        iteration = burst.iterations.count
+        start_ns = time.monotonic_ns()
+        BURST_BLOCKS[kind](burst.length(index))
+        end_ns = time.monotonic_ns()
+        line = {
+            **timed(f"burst-{burst.size}", start_ns, end_ns),
+            **in_context(),
+            "burst": burst.size,
+            "request": index,
+            "kind": kind,
+            "iteration": iteration,
+        }
+        loop.call_soon(emit, OUT, line)  # written after the iteration, not inside it
+        await asyncio.sleep(0)  # leave the iteration now: the next request blocks at once
+        burst.finished += 1
+        if burst.finished == burst.size:
+            burst.iterations.stop()
+        return web.Response(text=str(index))
+
     app = web.Application()  # instrumented: the instrumentor replaced the class
     app.router.add_get("/turns", take_turns)
     app.router.add_get("/block", block_once)
+    app.router.add_get("/burst", block_in_burst)
     return app
 
 
-async def client(base: str, seconds: float) -> None:
+async def client(base: str, seconds: float, bursts: list[Burst], sizes: list[int]) -> None:
     async with ClientSession(base) as session:
 
         async def get(path: str, traceparent: str | None = None) -> str:
@@ -88,6 +188,13 @@ async def client(base: str, seconds: float) -> None:
                 text: str = await response.text()
                 return text
 
+        if sizes:
+            iterations = Iterations()
+            for size in sizes:
+                bursts.append(Burst(size, seconds, iterations))
+                await asyncio.gather(*(get("/burst") for _ in range(size)))
+                await asyncio.sleep(PAUSE_S)
+            return
         await asyncio.gather(get("/turns?name=a"), get("/turns?name=b", traceparent=SAMPLED_PARENT))
         await asyncio.sleep(PAUSE_S)
         block("no-request", seconds)
@@ -96,7 +203,7 @@ async def client(base: str, seconds: float) -> None:
         await asyncio.sleep(PAUSE_S)
 
 
-async def main(seconds: float) -> None:
+async def main(seconds: float, sizes: list[int]) -> None:
     provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
@@ -105,12 +212,13 @@ async def main(seconds: float) -> None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     AioHttpServerInstrumentor().instrument(tracer_provider=provider)
-    runner = web.AppRunner(make_app(seconds))
+    bursts: list[Burst] = []
+    runner = web.AppRunner(make_app(seconds, bursts))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
     try:
-        await client(f"http://{host}:{port}", seconds)
+        await client(f"http://{host}:{port}", seconds, bursts, sizes)
     finally:
         await runner.cleanup()
         provider.shutdown()
@@ -121,6 +229,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ms", type=float, default=80.0, help="length of each block")
     parser.add_argument("--out", help="write the block records here instead of stdout")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="instead of the scenarios above, N requests blocking back to back in one iteration",
+    )
     return parser.parse_args()
 
 
@@ -131,6 +247,6 @@ if __name__ == "__main__":
     if args.uvloop:
         import uvloop
 
-        uvloop.run(main(args.ms / 1000))
+        uvloop.run(main(args.ms / 1000, args.burst))
     else:
-        asyncio.run(main(args.ms / 1000))
+        asyncio.run(main(args.ms / 1000, args.burst))

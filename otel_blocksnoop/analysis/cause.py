@@ -11,7 +11,12 @@ An iteration that crossed the threshold only because the thread waited for
 a CPU (its own running and sleeping time stayed under the threshold; the rest
 was the run queue: a saturated machine, or a container's CPU quota) is
 ``sched``: no blocking call to look for. With the threshold unknown (0), such
-waits are left to the rules above.
+waits are left to the rules above. A cgroup over its CPU quota is throttled:
+its threads stay runnable with no CPU, which the kernel books as run-queue
+time, so the same rule covers it; how much of the wait was throttling is on
+the block beside the cause (``Block.throttling``). A handler whose own work
+crossed the threshold keeps its cause however long a quota also held it:
+the fix is in the app's code, not in its limits.
 
 A futex sleep is the GIL when it came as several short waits while other
 threads of the process ran: CPython's ``take_gil`` waits on a condition

@@ -71,9 +71,11 @@ class _Totals:
         self.ignored_threads: dict[int, tuple[str, ThreadKind]] = {}
 
     def add(self, block: Block) -> None:
+        if block.segment:
+            return  # an iteration cut into requests' shares counts once, by its first
         self.blocks += 1
-        self.blocked_ns += block.duration_ns
-        self.max_block_ns = max(self.max_block_ns, block.duration_ns)
+        self.blocked_ns += block.iteration_ns
+        self.max_block_ns = max(self.max_block_ns, block.iteration_ns)
 
     def ignore(self, event: BlockEvent, kind: ThreadKind) -> None:
         self.ignored_blocks += 1
@@ -226,12 +228,12 @@ class BlockFlow:
             if not covered:
                 break
             self._pending.popleft()
-            samples = self._samples(event)
             if event.end_reason == EndReason.THREAD_EXITED and not self._hang_at_exit(
-                event, samples
+                event, self._samples(event)
             ):
                 continue
-            self._deliver(self._enricher.block(event, kind, samples))
+            for block in self._enricher.blocks(event, kind, self._window(event)):
+                self._deliver(block)
 
     def _deliver(self, block: Block) -> None:
         if self._stacks is not None and not block.stack:
@@ -240,9 +242,14 @@ class BlockFlow:
         self._emit(block)
 
     def _samples(self, event: BlockEvent) -> list[StackSample]:
-        if self._stacks is None:
-            return []
-        return self._stacks.window(event.pid, event.tid, event.start_ns, event.end_ns)
+        return self._window(event)(event.start_ns, event.end_ns)
+
+    def _window(self, event: BlockEvent) -> Callable[[int, int], list[StackSample]]:
+        """The samples of the block's thread between two instants (none without stacks)."""
+        stacks = self._stacks
+        if stacks is None:
+            return lambda _start, _end: []
+        return lambda start, end: stacks.window(event.pid, event.tid, start, end)
 
     def _hang_at_exit(self, event: BlockEvent, samples: list[StackSample]) -> bool:
         """Whether a thread that exited out of epoll was stuck in its loop.
@@ -264,6 +271,10 @@ class BlockFlow:
 
     def _triggered(self, trigger: Trigger) -> None:
         """The kernel says to look at a thread: now, or (off CPU) at the trigger age."""
+        if trigger.reason == TriggerReason.SEGMENT:
+            for follower in self._followers:
+                follower.follow(trigger)  # another request's callback in a followed block
+            return
         if trigger.reason == TriggerReason.NEW_THREAD:
             for follower in self._followers:
                 follower.follow(trigger)
@@ -351,6 +362,7 @@ class BlockFlow:
             end_ns=now,
             activity=item.activity,
             end_reason=reason,
+            segments=item.segments,
         )
         kind = self._kind_of(event.pid, event.tid)
         samples = self._samples(event)

@@ -1,76 +1,112 @@
-"""One loop iteration, several requests: where each request's share begins and ends.
+"""One loop iteration, several requests: which shares of a blocked iteration get spans.
 
 An iteration can run the callbacks of several requests one after another; if
 more than one of them blocks, each request should see its own share in its
-own trace. The reads of the thread's active span and task taken during the
-block (``trace_link``), each with its time, show who ran when: consecutive
-reads that found the same span are one request's stretch, and the boundary
-between two stretches lies between the last read of one and the first read
-of the next (placed halfway). Reads that found no span are stretches too,
-whose segments get no parent: a segment is never given an owner no read saw.
+own trace. The kernel cuts the iteration where the loop thread's context
+changed (``ContextSegment``: each asyncio callback runs in its task's
+context), and the trace linker names each segment's owner from the reads
+that landed in it (``TraceLinker.owners``). Here the shares worth a span of
+their own are picked:
 
-The part of the block before its first read, and after its last, is given to
-the nearest stretch: nothing was read there, so the one request seen is
-assumed to have run on (the same assumption as a block read as a whole).
+- neighbouring segments of one context with the same owner are one share (a
+  short callback of another request between two steps of the same task);
+- a share shorter than ``floor_ns`` (a tenth of the threshold, at least 1 ms:
+  the kernel places a boundary within half a millisecond) is another
+  request's quick callback, not a block of its own: it gets no span;
+- with two or more shares left, each is a span; otherwise the iteration is
+  kept whole, owned by the segment that held at least half of it, if any.
+
+A share's owner is only ever what a read of its own context found; one no
+read landed in has no parent, never its neighbour's.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from otel_blocksnoop.events import SpanRef, TaskRef, ThreadContext
+from otel_blocksnoop.events import NS_PER_MS, Activity, ContextSegment, Sleep, ThreadContext
+
+SEGMENT_MIN_NS = NS_PER_MS
+"""Shortest share of an iteration reported as a span of its own."""
+
+NOBODY = ThreadContext(span=None, task=None)
 
 
 @dataclass(frozen=True, slots=True)
-class TimedRead:
-    """What one read during a block found, and when (CLOCK_MONOTONIC)."""
+class Share:
+    """One request's share of an iteration: its stretch, and whose it was (if read)."""
 
-    time_ns: int
-    found: ThreadContext
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One request's share of a block: from, to, and who it ran for (if any read said)."""
-
-    start_ns: int
-    end_ns: int
-    span: SpanRef | None
-    task: TaskRef | None
-    reads: int
+    segment: ContextSegment
+    owner: ThreadContext
 
 
-def _task(reads: list[TimedRead]) -> TaskRef | None:
-    """The task found most often in one stretch; a tie names none."""
-    counts = Counter(read.found.task for read in reads if read.found.task is not None)
-    ranked = counts.most_common(2)
-    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
-        return None
-    return ranked[0][0]
+def floor_ns(threshold_ns: int) -> int:
+    """Shortest share that gets its own span at this threshold."""
+    return max(SEGMENT_MIN_NS, threshold_ns // 10)
 
 
-def split(start_ns: int, end_ns: int, reads: list[TimedRead]) -> list[Segment]:
-    """The block ``start_ns``-``end_ns`` cut into stretches of one span each, in order."""
-    inside = sorted(
-        (read for read in reads if start_ns <= read.time_ns <= end_ns),
-        key=lambda read: read.time_ns,
+def shares(
+    segments: Sequence[ContextSegment], owners: Sequence[ThreadContext], threshold_ns: int
+) -> list[Share]:
+    """The shares of one iteration that are spans of their own; empty: keep it whole."""
+    merged: list[Share] = []
+    for segment, owner in zip(segments, owners, strict=True):
+        if merged:
+            last = merged[-1]
+            if (
+                segment.context is not None
+                and last.segment.context == segment.context
+                and last.owner == owner
+            ):
+                merged[-1] = Share(joined(last.segment, segment), owner)
+                continue
+        merged.append(Share(segment, owner))
+    floor = floor_ns(threshold_ns)
+    kept = [share for share in merged if share.segment.duration_ns >= floor]
+    return kept if len(kept) > 1 else []
+
+
+def whole_owner(
+    segments: Sequence[ContextSegment], owners: Sequence[ThreadContext], duration_ns: int
+) -> ThreadContext:
+    """Whose an iteration kept whole was: the owner of a segment that held half of it or more."""
+    for segment, owner in zip(segments, owners, strict=True):
+        if segment.duration_ns * 2 >= duration_ns:
+            return owner
+    return NOBODY
+
+
+def joined(first: ContextSegment, second: ContextSegment) -> ContextSegment:
+    """Two neighbouring segments of one context as one."""
+    activity = (
+        added(first.activity, second.activity)
+        if first.activity is not None and second.activity is not None
+        else None
     )
-    if not inside:
-        return [Segment(start_ns, end_ns, span=None, task=None, reads=0)]
-    runs: list[list[TimedRead]] = [[inside[0]]]
-    for read in inside[1:]:
-        if read.found.span == runs[-1][-1].found.span:
-            runs[-1].append(read)
-        else:
-            runs.append([read])
-    segments = []
-    begin = start_ns
-    for index, run in enumerate(runs):
-        if index + 1 < len(runs):
-            finish = (run[-1].time_ns + runs[index + 1][0].time_ns) // 2
-        else:
-            finish = end_ns
-        segments.append(Segment(begin, finish, run[0].found.span, _task(run), len(run)))
-        begin = finish
-    return segments
+    return ContextSegment(
+        context=first.context,
+        start_ns=first.start_ns,
+        end_ns=second.end_ns,
+        after_ns=first.after_ns,
+        before_ns=second.before_ns,
+        activity=activity,
+    )
+
+
+def added(first: Activity, second: Activity) -> Activity:
+    """The books of two stretches together."""
+    sleeps = {sleep.syscall: sleep for sleep in first.sleeps}
+    for sleep in second.sleeps:
+        had = sleeps.get(sleep.syscall)
+        sleeps[sleep.syscall] = (
+            Sleep(sleep.syscall, had.ns + sleep.ns, had.count + sleep.count) if had else sleep
+        )
+    return Activity(
+        on_cpu_ns=first.on_cpu_ns + second.on_cpu_ns,
+        runq_ns=first.runq_ns + second.runq_ns,
+        sleep_ns=first.sleep_ns + second.sleep_ns,
+        sleeps=tuple(sleeps.values()),
+        other_sleep_ns=first.other_sleep_ns + second.other_sleep_ns,
+        sibling_cpu_ns=first.sibling_cpu_ns + second.sibling_cpu_ns,
+    )

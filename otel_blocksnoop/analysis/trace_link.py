@@ -15,6 +15,16 @@ them, and more often than any other, is the block's parent. A tie or a
 scatter gives no parent: a block with no link is better than one in the
 wrong trace. The running task is elected the same way, on its own.
 
+An iteration that ran several requests' callbacks is cut by the kernel into
+segments, one per context it ran in (``ContextSegment``). For that, the
+linker tells the kernel where each loop thread's context pointer is, as soon
+as the thread first leaves epoll (``TriggerReason.NEW_THREAD``); and when the
+thread of a followed block switches context (``TriggerReason.SEGMENT``), it
+reads at once, while the new context still runs. A segment's owner is what
+the reads found that saw its very context pointer, timed inside the stretch
+where no other context was seen (``owners``): a read that landed elsewhere,
+or late, is not used, and a segment no read landed in has no parent.
+
 Reads cost about 0.2-0.3 ms of the sidecar's CPU each (BENCHMARKS.md,
 "Trace links") and happen only while a thread is out of epoll that long.
 """
@@ -26,12 +36,13 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol, TypeVar
 
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import (
     NS_PER_MS,
+    ContextSegment,
     Loss,
     SpanRef,
     TaskRef,
@@ -53,6 +64,8 @@ MAX_FOLLOWED = 4096
 """Blocks read at once; a trigger past this many is dropped (counted as late)."""
 SWITCH_INTERVAL_S = 0.001
 """The sidecar's GIL switch interval while linking: how late a wake-up may get the GIL."""
+MAX_TIMED_READS = 256
+"""Reads kept per block for its segments (a hang's oldest go first)."""
 
 BlockKey = tuple[int, int, int]  # pid, tid, start_ns
 T = TypeVar("T", bound=Hashable)
@@ -64,6 +77,9 @@ class ThreadTable(Protocol):
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside."""
 
+    def watch_context(self, tid: int, address: int) -> None:
+        """Have the kernel read ``tid``'s context pointer at ``address`` (segments)."""
+
 
 class SpanReader(Protocol):
     unsupported: str | None
@@ -71,26 +87,51 @@ class SpanReader(Protocol):
     def thread_context(self, tid: int) -> ThreadContext:
         """The span active on ``tid`` now and the task it runs, each or None."""
 
+    def context_address(self, tid: int) -> int | None:
+        """Where ``tid``'s current context pointer is, if its thread state is found."""
+
 
 class _Votes:
-    """What the reads during one block found."""
+    """What the reads during one block found: counted, and each with its time."""
 
-    __slots__ = ("spans", "tasks")
+    __slots__ = ("reads", "spans", "tasks")
 
     def __init__(self) -> None:
         self.spans: Counter[SpanRef | None] = Counter()
         self.tasks: Counter[TaskRef | None] = Counter()
+        self.reads: deque[tuple[int, int, ThreadContext]] = deque(maxlen=MAX_TIMED_READS)
 
     def result(self) -> ThreadContext:
         return ThreadContext(span=elect(self.spans), task=elect(self.tasks))
+
+    def inside(self, segment: ContextSegment) -> list[ThreadContext]:
+        """What the reads of ``segment``'s own context found, those timed inside it."""
+        return [
+            found
+            for began, ended, found in self.reads
+            if found.context
+            and found.context == segment.context
+            and segment.after_ns < began
+            and ended < segment.before_ns
+        ]
+
+    def owner(self, segment: ContextSegment) -> ThreadContext | None:
+        """What the reads of ``segment``'s own context, timed inside it, found; None: no read."""
+        reads = self.inside(segment)
+        if not reads:
+            return None
+        spans = Counter(found.span for found in reads)
+        tasks = Counter(found.task for found in reads)
+        return ThreadContext(span=elect(spans), task=elect(tasks), context=segment.context or 0)
 
 
 class _Followed:
     """A block being read: whose, since when, and when its next read is due."""
 
-    __slots__ = ("next_read_ns", "pid", "start_ns", "tid")
+    __slots__ = ("last_read_ns", "next_read_ns", "pid", "start_ns", "tid")
 
     def __init__(self, pid: int, tid: int, start_ns: int, next_read_ns: int) -> None:
+        self.last_read_ns = 0
         self.pid = pid
         self.tid = tid
         self.start_ns = start_ns
@@ -135,6 +176,7 @@ class TraceLinker:
         self._reader_factory = reader_factory
         self._losses = losses if losses is not None else Losses()
         self._readers: BoundedDict[int, SpanReader] = BoundedDict(MAX_READERS)
+        self._contexts: BoundedDict[int, int] = BoundedDict(MAX_FOLLOWED)  # tid: address told
         self._votes: BoundedDict[BlockKey, _Votes] = BoundedDict(MAX_BLOCKS)
         self._to_prepare: deque[int] = deque()
         self._inbox: deque[Trigger] = deque()
@@ -182,14 +224,48 @@ class TraceLinker:
     def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
         """The block's parent span and task by the reads so far; ``final`` forgets the block."""
         key = (pid, tid, start_ns)
+        # Under the lock: a block still going on is being read (and voted) meanwhile.
         with self._lock:
             votes = self._votes.pop(key, None) if final else self._votes.get(key)
-        if votes is None:
-            return ThreadContext(span=None, task=None)
-        found = votes.result()
-        if final and found.span is None and any(span is not None for span in votes.spans):
+            if votes is None:
+                return ThreadContext(span=None, task=None)
+            found = votes.result()
+            undecided = found.span is None and any(span is not None for span in votes.spans)
+        if final and undecided:
             self._losses.add(Loss.LINK_UNDECIDED)
         return found
+
+    def owners(
+        self,
+        pid: int,
+        tid: int,
+        start_ns: int,
+        segments: Sequence[ContextSegment],
+        final: bool = True,
+    ) -> list[ThreadContext]:
+        """Each segment's span and task, by the reads that landed in it; ``final`` forgets it.
+
+        A segment no read landed in gets neither (counted: ``Loss.LINK_UNREAD``).
+        """
+        key = (pid, tid, start_ns)
+        found = []
+        with self._lock:  # a block still going on is being read meanwhile
+            votes = self._votes.pop(key, None) if final else self._votes.get(key)
+            for segment in segments:
+                owner = votes.owner(segment) if votes is not None else None
+                if owner is None:
+                    if final:
+                        self._losses.add(Loss.LINK_UNREAD)
+                    owner = ThreadContext(span=None, task=None)
+                elif final and owner.span is None and self._saw_span(votes, segment):
+                    self._losses.add(Loss.LINK_UNDECIDED)
+                found.append(owner)
+        return found
+
+    @staticmethod
+    def _saw_span(votes: _Votes | None, segment: ContextSegment) -> bool:
+        """Some read inside ``segment`` found a span: its None is a disagreement."""
+        return votes is not None and any(read.span for read in votes.inside(segment))
 
     def _run(self) -> None:
         """Sleep until a trigger, or the next read of a followed block, is due."""
@@ -218,6 +294,7 @@ class TraceLinker:
             self._take(self._inbox.popleft(), now)
         for block in [b for b in self._followed.values() if b.next_read_ns <= now]:
             if self._read(block):
+                block.last_read_ns = now
                 block.next_read_ns = now + self.interval_ns
             else:
                 del self._followed[block.tid]
@@ -227,12 +304,21 @@ class TraceLinker:
         # A process's reader is built (~20 ms: it maps the interpreter's ELF file) as soon
         # as one of its threads has called epoll, or when it is prepared (an attached
         # app), so before its first block.
+        if trigger.reason == TriggerReason.NEW_THREAD or trigger.tid not in self._contexts:
+            self._watch_context(trigger.pid, trigger.tid)
         if trigger.reason == TriggerReason.NEW_THREAD:
-            self._reader(trigger.pid)
             return
         current = self._followed.get(trigger.tid)
         if current is not None and current.start_ns == trigger.start_ns:
-            return  # told twice of one block (a tick and a switch at once)
+            if trigger.reason == TriggerReason.SEGMENT:
+                # Another request's callback: read it while it runs, but not more
+                # often than every MIN_INTERVAL_NS (a storm of tiny callbacks).
+                current.next_read_ns = min(
+                    current.next_read_ns, max(now, current.last_read_ns + MIN_INTERVAL_NS)
+                )
+            return  # else told twice of one block (a tick and a switch at once)
+        if trigger.reason == TriggerReason.SEGMENT:
+            return  # a block no longer followed (or not yet: its first read is timed)
         if current is None and len(self._followed) >= MAX_FOLLOWED:
             self._losses.add(Loss.CONTEXT_LATE)
             return
@@ -245,7 +331,9 @@ class TraceLinker:
         reader = self._reader(block.pid)
         if reader is None or self._table.out_since(block.tid) != block.start_ns:
             return False
+        began = time.monotonic_ns()
         found = reader.thread_context(block.tid)
+        ended = time.monotonic_ns()
         # Out of epoll since the same instant before and after the read: the read
         # was inside this block. Otherwise the loop may have gone on to other
         # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
@@ -259,7 +347,21 @@ class TraceLinker:
                 votes = self._votes[key] = _Votes()
             votes.spans[found.span] += 1
             votes.tasks[found.task] += 1
+            votes.reads.append((began, ended, found))
         return True
+
+    def _watch_context(self, pid: int, tid: int) -> None:
+        """Tell the kernel where ``tid``'s context pointer is, once it is found.
+
+        Looked for at the thread's first return from epoll, and again at its
+        blocks until found (a launched interpreter may not have made the
+        thread's state yet when its first epoll returns).
+        """
+        reader = self._reader(pid)
+        address = reader.context_address(tid) if reader is not None else None
+        if address:
+            self._contexts[tid] = address
+            self._table.watch_context(tid, address)
 
     def _reader(self, pid: int) -> SpanReader | None:
         reader = self._readers.get(pid)

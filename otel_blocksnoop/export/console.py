@@ -13,6 +13,7 @@ from otel_blocksnoop.events import (
     IterationStats,
     Record,
     SessionSummary,
+    Throttling,
 )
 from otel_blocksnoop.export.formatting import (
     cause_text,
@@ -39,6 +40,14 @@ def _status(block: Block, stack_shown: bool) -> str:
     return text
 
 
+def _cpu_wait(runq_ns: int, throttling: Throttling | None) -> str:
+    """How long the thread waited for a CPU, and how much of it was its cgroup's quota."""
+    text = f"waited for a CPU {human_duration(runq_ns)}"
+    if throttling is not None:
+        text += f", throttled {human_duration(throttling.throttled_ns)}"
+    return text
+
+
 def _notes(block: Block) -> list[str]:
     """What else is known of a block, for the line under its stack."""
     notes: list[str] = []
@@ -54,6 +63,8 @@ def _notes(block: Block) -> list[str]:
             f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
             f"off CPU {human_duration(block.activity.off_cpu_ns)}"
         )
+        if block.activity.runq_ns or block.throttling is not None:
+            notes.append(_cpu_wait(block.activity.runq_ns, block.throttling))
     if block.task is not None:
         coroutine = f" ({block.task.coroutine})" if block.task.coroutine else ""
         notes.append(f"task {block.task.name}{coroutine}")

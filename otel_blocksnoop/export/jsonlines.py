@@ -55,6 +55,8 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
         "cause": str(block.cause),
         "syscall": block.syscall,
         **_activity(block),
+        "throttled_ms": ms(block.throttling.throttled_ns) if block.throttling else None,
+        "throttled_periods": block.throttling.periods if block.throttling else None,
         "call_site": _frame(block.call_site) if block.call_site else None,
         "stack": [
             {**_frame(frame), "source": source}

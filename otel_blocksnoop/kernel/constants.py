@@ -14,6 +14,8 @@ COMM_LEN = 16
 """Bytes of a thread's name (the kernel's TASK_COMM_LEN)."""
 SLEEP_SLOTS = 4
 """Syscalls booked one by one per iteration; sleeps in others are summed."""
+MAX_SEGMENTS = 16
+"""Contexts (segments) recorded per iteration; a power of two (the C masks with it)."""
 
 # Indexes of the per-CPU ``counters`` array.
 COUNTER_LOST_EVENTS = 0
@@ -39,6 +41,8 @@ TRIGGER_OFF_CPU = 2
 """Left the CPU out of epoll, younger than the trigger age: user space times it."""
 TRIGGER_NEW_THREAD = 3
 """A thread's first return from epoll: a loop (or a native poller) starts."""
+TRIGGER_SEGMENT = 4
+"""A followed block's thread switched to another context: read the new one now."""
 
 # Off-CPU reasons kept in thread_state.off_nr besides syscall numbers
 # (-1, from pt_regs orig_ax, means asleep outside a syscall, e.g. a page fault).
@@ -70,6 +74,7 @@ CFLAGS_CONSTANTS: dict[str, int] = {
     "TRIGGER_DUE": TRIGGER_DUE,
     "TRIGGER_OFF_CPU": TRIGGER_OFF_CPU,
     "TRIGGER_NEW_THREAD": TRIGGER_NEW_THREAD,
+    "TRIGGER_SEGMENT": TRIGGER_SEGMENT,
     "OFF_ON_CPU": OFF_ON_CPU,
     "OFF_RUNQ": OFF_RUNQ,
     "WATCH_ROOT": WATCH_ROOT,
@@ -79,7 +84,11 @@ CFLAGS_CONSTANTS: dict[str, int] = {
 }
 """Every constant the C gets as a ``-D`` cflag, by its C name."""
 
-HEADER_CONSTANTS: dict[str, int] = {"COMM_LEN": COMM_LEN, "SLEEP_SLOTS": SLEEP_SLOTS}
+HEADER_CONSTANTS: dict[str, int] = {
+    "COMM_LEN": COMM_LEN,
+    "SLEEP_SLOTS": SLEEP_SLOTS,
+    "MAX_SEGMENTS": MAX_SEGMENTS,
+}
 """Constants bpf/detector.h defines itself, by their C name."""
 
 

@@ -2,38 +2,125 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.events import Activity, BlockEvent, EndReason, Sleep, Trigger, TriggerReason
+from otel_blocksnoop.events import (
+    Activity,
+    BlockEvent,
+    ContextSegment,
+    EndReason,
+    Sleep,
+    Trigger,
+    TriggerReason,
+)
 from otel_blocksnoop.kernel.constants import (
     BLOCK_THREAD_EXITED,
+    MAX_SEGMENTS,
     OFF_ON_CPU,
     OFF_RUNQ,
     SLEEP_SLOTS,
     TRIGGER_DUE,
     TRIGGER_NEW_THREAD,
     TRIGGER_OFF_CPU,
+    TRIGGER_SEGMENT,
 )
-from otel_blocksnoop.kernel.layout import ActivityC, BlockEventC, ThreadStateC, TriggerEventC
+from otel_blocksnoop.kernel.layout import (
+    ActivityC,
+    BlockEventC,
+    SegmentsC,
+    ThreadStateC,
+    TriggerEventC,
+)
 from otel_blocksnoop.kernel.syscalls import syscall_name
 
 TRIGGER_REASONS = {
     TRIGGER_DUE: TriggerReason.DUE,
     TRIGGER_OFF_CPU: TriggerReason.OFF_CPU,
     TRIGGER_NEW_THREAD: TriggerReason.NEW_THREAD,
+    TRIGGER_SEGMENT: TriggerReason.SEGMENT,
 }
 
 
 def block_event_from_c(raw: BlockEventC, with_activity: bool) -> BlockEvent:
-    """One ring-buffer record; ``with_activity``: the program booked what the thread did."""
+    """One ring-buffer record; ``with_activity``: the program booked what the thread did.
+
+    Only the first ``raw.segments.count`` segments were sent; nothing past them is read.
+    """
+    activity = activity_from_c(raw.activity) if with_activity else None
     return BlockEvent(
         pid=raw.tgid,
         tid=raw.tid,
         comm=raw.comm.decode(errors="replace"),
         start_ns=raw.start_ns,
         end_ns=raw.end_ns,
-        activity=activity_from_c(raw.activity) if with_activity else None,
+        activity=activity,
         end_reason=(
             EndReason.THREAD_EXITED if raw.flags & BLOCK_THREAD_EXITED else EndReason.RETURNED
         ),
+        segments=segments_from_c(raw.segments, raw.start_ns, raw.end_ns, activity),
+        segments_overflow=bool(raw.segments.overflow_ns),
+    )
+
+
+def segments_from_c(
+    raw: SegmentsC, start_ns: int, end_ns: int, total: Activity | None
+) -> tuple[ContextSegment, ...]:
+    """The contexts of one iteration, cut where they changed.
+
+    A boundary is placed halfway between the last sighting of one context and
+    the first of the next (the kernel sights on ticks and switches, so the
+    error is at most half the gap). The first segment starts with the
+    iteration, the last ends with it; if the kernel's record filled up, the
+    rest after the last change seen is a segment of no known context. A
+    segment's activity is what the thread did between the first sightings of
+    it and of the next (the iteration's books for the last).
+    """
+    count = min(raw.count, MAX_SEGMENTS)
+    items = [raw.items[index] for index in range(count)]
+    overflow = raw.overflow_ns
+    marks = [activity_from_c(item.at_first) for item in items]
+    segments = []
+    for index, item in enumerate(items):
+        last = index + 1 == count
+        after = item.prev_last_ns or start_ns
+        before = item.next_first_ns or (overflow if last and overflow else end_ns)
+        begin = (item.prev_last_ns + item.first_ns) // 2 if item.prev_last_ns else start_ns
+        if item.next_first_ns:
+            finish = (item.last_ns + item.next_first_ns) // 2
+        elif overflow:
+            finish = (item.last_ns + overflow) // 2
+        else:
+            finish = end_ns
+        if total is None or (last and overflow):
+            activity = None
+        else:
+            since = marks[index] if index else None
+            until = marks[index + 1] if not last else total
+            activity = activity_between(until, since)
+        segments.append(ContextSegment(item.context, begin, finish, after, before, activity))
+    if overflow and segments:
+        tail_start = segments[-1].end_ns
+        segments.append(ContextSegment(None, tail_start, end_ns, tail_start, end_ns, None))
+    return tuple(segments)
+
+
+def activity_between(until: Activity, since: Activity | None) -> Activity:
+    """What a thread did between two marks of its books (``since`` None: from the start)."""
+    if since is None:
+        return until
+    before = {sleep.syscall: sleep for sleep in since.sleeps}
+    sleeps = []
+    for sleep in until.sleeps:
+        earlier = before.get(sleep.syscall)
+        ns = sleep.ns - (earlier.ns if earlier else 0)
+        count = sleep.count - (earlier.count if earlier else 0)
+        if count > 0 or ns > 0:
+            sleeps.append(Sleep(sleep.syscall, max(0, ns), max(0, count)))
+    return Activity(
+        on_cpu_ns=max(0, until.on_cpu_ns - since.on_cpu_ns),
+        runq_ns=max(0, until.runq_ns - since.runq_ns),
+        sleep_ns=max(0, until.sleep_ns - since.sleep_ns),
+        sleeps=tuple(sleeps),
+        other_sleep_ns=max(0, until.other_sleep_ns - since.other_sleep_ns),
+        sibling_cpu_ns=max(0, until.sibling_cpu_ns - since.sibling_cpu_ns),
     )
 
 

@@ -39,8 +39,8 @@ from otel_blocksnoop.kernel import loader
 from otel_blocksnoop.kernel.bpf_map import u32
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
-from otel_blocksnoop.kernel.decode import block_event_from_c, trigger_from_c
-from otel_blocksnoop.kernel.layout import BlockEventC, TriggerEventC, WatchStateC
+from otel_blocksnoop.kernel.decode import block_event_from_c, segments_from_c, trigger_from_c
+from otel_blocksnoop.kernel.layout import BlockEventC, LoopContextC, TriggerEventC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.kernel.thread_table import ThreadTable, UserTicks, UserWake
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
@@ -136,6 +136,16 @@ class Detector:
     def watch(self, pid: int) -> None:
         self._loaded().map("watched").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
 
+    def watch_context(self, tid: int, address: int) -> None:
+        """Have the kernel read ``tid``'s context pointer at ``address`` at each sighting.
+
+        ``address`` is the thread state's ``context`` field (the trace linker
+        finds it); without it the thread's blocks have no segments.
+        """
+        if self._program is not None and self.config.tracks_segments:
+            context = bytes(LoopContextC(address=address))
+            self._program.map("loop_contexts").update(u32(tid), context)
+
     def wake_on(self, fd: int) -> None:
         """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""
         self._waiter.register(fd, select.EPOLLIN)
@@ -176,7 +186,19 @@ class Detector:
         if self._threads is None:
             return None
         cpu = self._process_cpu_ns if self.tracks_activity else None
-        return self._threads.ongoing(tid, time.monotonic_ns(), cpu)
+        now = time.monotonic_ns()
+        item = self._threads.ongoing(tid, now, cpu)
+        if item is None or not self.config.tracks_segments:
+            return item
+        raw = self._loaded().map("loop_contexts").lookup(u32(tid))
+        if raw is None:
+            return item
+        loop = LoopContextC.from_buffer_copy(raw)
+        segments = segments_from_c(loop.segments, item.start_ns, now, item.activity)
+        # Read apart from the thread's state: of this block only if it still goes on.
+        if self.out_since(tid) != item.start_ns:
+            return item
+        return replace(item, segments=segments)
 
     def _process_cpu_ns(self, tgid: int) -> int:
         raw = self._loaded().map("watched").lookup(u32(tgid))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 
-from otel_blocksnoop.kernel.constants import COMM_LEN, SLEEP_SLOTS
+from otel_blocksnoop.kernel.constants import COMM_LEN, MAX_SEGMENTS, SLEEP_SLOTS
 
 
 class SleepSlotC(ctypes.Structure):
@@ -30,6 +30,36 @@ class ActivityC(ctypes.Structure):
     )
 
 
+class SegmentC(ctypes.Structure):
+    """Mirror of ``struct segment`` in bpf/detector.h."""
+
+    _fields_ = (
+        ("context", ctypes.c_uint64),
+        ("first_ns", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+        ("prev_last_ns", ctypes.c_uint64),
+        ("next_first_ns", ctypes.c_uint64),
+        ("at_first", ActivityC),
+    )
+
+
+class SegmentsC(ctypes.Structure):
+    """Mirror of ``struct segments`` in bpf/detector.h."""
+
+    _fields_ = (
+        ("count", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("overflow_ns", ctypes.c_uint64),
+        ("items", SegmentC * MAX_SEGMENTS),
+    )
+
+
+class LoopContextC(ctypes.Structure):
+    """Mirror of ``struct loop_context`` in bpf/detector.h."""
+
+    _fields_ = (("address", ctypes.c_uint64), ("segments", SegmentsC))
+
+
 class BlockEventC(ctypes.Structure):
     """Mirror of ``struct block_event`` in bpf/detector.h."""
 
@@ -42,6 +72,7 @@ class BlockEventC(ctypes.Structure):
         ("pad", ctypes.c_uint32),
         ("activity", ActivityC),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("segments", SegmentsC),  # sent with only its first ``count`` items
     )
 
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 MIN_TICK_NS = 250_000
 """Shortest period of the cpu-clock tick (4 kHz per busy CPU): see ``DetectorConfig.tick_ns``."""
+SEGMENT_TICK_NS = 1_000_000
+"""Longest tick period with segments: a context change on CPU is placed within half of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +38,10 @@ class DetectorConfig:
     stats: bool = False
     activity: bool = True  # book on/off-CPU time per block through sched_switch
     trigger_ns: int = 0  # age out of epoll at which user space is told to look; 0: never
+    segments: bool = False  # record each iteration's contexts (needs triggers and activity)
     max_threads: int = 16384
     max_watched: int = 8192
+    max_loops: int = 1024  # loop threads whose contexts are recorded (segments)
     ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
     trigger_pages: int = 16  # 64 KiB: ~1,600 triggers queued before loss
 
@@ -52,13 +56,21 @@ class DetectorConfig:
         return self.trigger_ns > 0 and not self.stats
 
     @property
+    def tracks_segments(self) -> bool:
+        """Whether the program records the contexts each iteration ran in."""
+        return self.segments and self.triggers and self.tracks_activity
+
+    @property
     def tick_ns(self) -> int:
         """Period of the cpu-clock tick that finds a loop thread busy on CPU.
 
         Half the trigger age: a thread running on CPU is told between the
-        trigger age and 1.5 times it. A tick costs only on a busy CPU.
+        trigger age and 1.5 times it. With segments, at most SEGMENT_TICK_NS:
+        each tick is a sighting of the running context. A tick costs only on
+        a busy CPU.
         """
-        return max(MIN_TICK_NS, self.trigger_ns // 2)
+        tick = max(MIN_TICK_NS, self.trigger_ns // 2)
+        return min(tick, SEGMENT_TICK_NS) if self.tracks_segments else tick
 
 
 def bpf_dir() -> Path:
@@ -91,6 +103,8 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DMAX_WATCHED={config.max_watched}",
         f"-DRINGBUF_PAGES={config.ringbuf_pages}",
         f"-DTRIGGER_PAGES={config.trigger_pages}",
+        f"-DSEGMENTS={int(config.tracks_segments)}",
+        f"-DMAX_LOOPS={config.max_loops}",
         *constant_cflags(),
     ]
 

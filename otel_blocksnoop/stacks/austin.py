@@ -6,11 +6,14 @@ is never stopped and needs no change.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from otel_blocksnoop.events import Frame
@@ -20,6 +23,9 @@ AUSTINPATH_ENV = "AUSTINPATH"
 
 REQUIRED_MAJOR = 4
 WHERE_TIMEOUT_S = 2.0
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _THREAD = re.compile(r"Process (\d+)\D+Thread (\d+):(\d+)")
@@ -90,6 +96,22 @@ class Austin:
             msg = f"failed to {doing}: {exc}"
             raise AustinError(msg) from exc
 
+    def stream(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start a sampling Austin that dies with this process, its output on a pipe.
+
+        A sidecar killed outright (SIGKILL, OOM) runs no cleanup, and an Austin
+        it kept stopped between blocks would stay behind stopped for good: the
+        kernel kills it instead (PR_SET_PDEATHSIG; tied to the starting thread,
+        so start it from one that lives as long as the sampler).
+        """
+        return subprocess.Popen(
+            [str(self.path), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_dies_with(os.getpid()),  # noqa: PLW1509 - prctl only, no Python state
+        )
+
     def version(self) -> str:
         """Run ``austin --version``; fail unless it runs and is Austin 4."""
         result = self._run("--version", doing=f"run {self.path}")
@@ -113,3 +135,14 @@ class Austin:
             msg = f"failed to {doing}: {reason}"
             raise AustinError(msg)
         return parse_where(result.stdout)
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """What the forked child runs before exec: SIGKILL when ``parent`` dies, or now if it has."""
+
+    def die_with_parent() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # died between fork and prctl
+            os._exit(1)
+
+    return die_with_parent

@@ -7,24 +7,25 @@ said so) resumes it (SIGCONT); ``end`` of the last block going on in the
 process stops it again. While it is stopped neither Austin nor the reader
 thread runs: the reader sleeps in ``select`` until Austin writes or it is
 woken. Measured (BENCHMARKS.md, "Stacks on demand"): the first sample is
-written ~0.2 ms after SIGCONT, and stops of 50 ms to 5 minutes changed
-nothing in Austin. While it samples, Austin runs at real-time priority, so
-that a busy machine does not keep it from the block (``REALTIME_PRIORITY``).
+written ~0.2 ms after SIGCONT. While it samples, Austin runs at real-time
+priority, so that a busy machine does not keep it from the block
+(``REALTIME_PRIORITY``).
 
-Time: Austin's delta is the time since its previous sampling pass, so a stop
-shows up as one long delta and the summed deltas keep following the clock
-(the anchor moved by at most tens of microseconds across stops): the
-continuous sampler's anchors (``Sampler``) stay right, and improve block
-after block.
+A stop is finished where it is asked for, under the sampler's lock: SIGSTOP,
+wait for the kernel to report Austin stopped (``waitid``), read everything it
+wrote, then mark the stream. Whatever is read after that was written after
+the next SIGCONT: the boundary between the samples before a stop and after a
+resume is exact, whichever thread reads, and ``covered_until`` can say "every
+sample taken before now has arrived" from the stop on.
 
-Coverage: when the stop is confirmed (``/proc/PID/stat`` says stopped) the
-reader drains the pipe and hands out the sample Austin ended just before the
-stop (``MojoDecoder.complete``); from then on every sample taken before the
-stop has been read, and ``covered_until`` says so, so the analysis does not
-wait for samples that will not come. A sample still placed before that point
-later (a pass Austin began before the stop and wrote after a resume) is
-dropped and counted (``Loss.STACK_LATE``), never put into a block already
-reported.
+Time: each resume starts a new time base for every thread (``_Timeline``):
+Austin's deltas are not trusted across a stop (the first one after it
+sometimes leaves the stop out), samples after it are placed by reads made
+after it, and never before the SIGCONT. A stop that caught Austin in the
+middle of a sampling pass (not asleep between passes, ``between_passes``)
+leaves that pass's samples to be written after the resume: the first sample
+of each thread after such a stop is dropped and counted (``Loss.STACK_LATE``),
+never put into the next block.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ import contextlib
 import enum
 import logging
 import os
+import platform
 import select
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+from otel_blocksnoop.events import Loss
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError
@@ -57,17 +60,17 @@ the normal priority."""
 REALTIME_FOR_S = 1.0
 """A block sampled longer than this (a hang) goes on at normal priority: Austin
 reading a process with many threads could otherwise keep a CPU from others."""
-STOP_WAIT_S = 0.05
-"""Longest wait for Austin to be seen stopped after SIGSTOP (it takes microseconds)."""
-STOP_POLL_S = 0.0002
-_STOPPED_STATES = frozenset({"T", "t"})
+SLEEP_SYSCALLS = {
+    "x86_64": frozenset({35, 230, 219}),  # nanosleep, clock_nanosleep, restart_syscall
+    "aarch64": frozenset({101, 115, 128}),
+}
+"""Where Austin waits between sampling passes (musl's usleep, restarted after a stop)."""
 
 
 class State(enum.Enum):
     ATTACHING = "attaching"  # started, no sample yet: stopped once the first arrive
-    RUNNING = "running"  # a block is going on: sampling
-    STOPPING = "stopping"  # SIGSTOP sent, the pipe not yet drained
-    STOPPED = "stopped"  # stopped, and everything it wrote has been read
+    RUNNING = "running"  # sampling (a block is going on, or none was yet when it attached)
+    STOPPED = "stopped"  # stopped, and everything it wrote before has been read
 
 
 IDLE_CHECK_S = 1.0
@@ -86,8 +89,9 @@ class OnDemandSampler(Sampler):
         super().__init__(austin, pid, interval_us, losses)
         self._active: dict[int, int] = {}  # tid -> start of its block (monotonic ns)
         self.state = State.ATTACHING
-        self._transitions = 0  # each resume or stop; a reader's stop is stale once it moved
-        self._stop_sent_ns = 0
+        self._decoder = MojoDecoder()
+        self._fd = -1
+        self._mid_pass = False  # the last stop caught Austin inside a sampling pass
         self._resumed_at = 0.0
         self._realtime = False
         self._realtime_refused = False
@@ -103,12 +107,13 @@ class OnDemandSampler(Sampler):
         """Thread ``tid`` has been blocked since ``start_ns``: sample until its ``end``."""
         with self._lock:
             self._active[tid] = start_ns
-            if self.state not in (State.STOPPING, State.STOPPED):
-                return
+            if self.state != State.STOPPED:
+                return  # sampling already, or attaching (it goes on sampling once attached)
             self._set_realtime(on=True)
+            resumed_ns = time.monotonic_ns()
             if self._signal(signal.SIGCONT):
                 self.state = State.RUNNING
-                self._transitions += 1
+                self._new_epoch(resumed_ns, skip=1 if self._mid_pass else 0)
                 self.resumes += 1
                 self._resumed_at = self._heard_at = time.monotonic()  # silence counts from here
 
@@ -138,10 +143,18 @@ class OnDemandSampler(Sampler):
     def start(self) -> None:
         with self._lock:
             self.state = State.ATTACHING
-            self._transitions += 1
+            self._decoder = MojoDecoder()
+            self._mid_pass = False
+            self._epoch_skip = 0
         super().start()
         self._realtime = False
         self._set_realtime(on=True)
+
+    def _spawned(self, process: subprocess.Popen[bytes]) -> None:
+        """A new Austin, before its reader starts: read its pipe from now on."""
+        fd = stream_fd(process)
+        with self._lock:
+            self._fd = -1 if fd is None else fd
 
     def maintain(self, target_alive: bool) -> float | None:
         """As ``Sampler.maintain``; a stopped Austin is not silent, it is idle.
@@ -152,7 +165,7 @@ class OnDemandSampler(Sampler):
         if self._stopping or self._process is None:
             return None
         now = time.monotonic()
-        if self.state in (State.STOPPING, State.STOPPED) and self.running:
+        if self.state == State.STOPPED and self.running:
             if not target_alive:
                 self._end_process()
                 return None
@@ -215,11 +228,32 @@ class OnDemandSampler(Sampler):
         return True
 
     def _stop_locked(self) -> None:
-        if self._signal(signal.SIGSTOP):
-            self.state = State.STOPPING
-            self._transitions += 1
-            self._stop_sent_ns = time.monotonic_ns()
-            self._wake()
+        """Stop Austin and read all it wrote before the stop; with the lock held.
+
+        The wait is for the kernel to act on SIGSTOP (microseconds; Austin may
+        be real-time): no resume can come in between, the lock is held.
+        """
+        process = self._process
+        if process is None or not self._signal(signal.SIGSTOP):
+            return
+        if not wait_stopped(process.pid):
+            return  # it exited: maintain() restarts it
+        stopped_ns = time.monotonic_ns()
+        self._mid_pass = not between_passes(process.pid)
+        try:
+            chunks = drain(self._fd) if self._fd >= 0 else []
+            samples = self._decoder.feed(b"".join(chunks)) + self._decoder.complete()
+        except (MojoError, OSError) as exc:
+            log.warning("failed to read Austin's output for %d: %s", self.pid, exc)
+            process.kill()
+            return
+        # Read after the stop, not as written: no anchor from these.
+        _, late = self._add_locked(samples)
+        if late:
+            self._losses.add(Loss.STACK_LATE, late)
+        self.state = State.STOPPED
+        self._covered_ns = stopped_ns
+        self._wake()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -229,86 +263,94 @@ class OnDemandSampler(Sampler):
     # -- the reader thread --
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
-        fd = stream_fd(process)
-        if fd is None:
-            return
-        decoder = MojoDecoder()
         next_write_s = 2 * self.interval_us / 1e6 + 0.002
         while not self._stopping:
+            fd = self._fd
             # Asleep here while Austin is stopped: nothing to read, nobody to wake us.
             with contextlib.suppress(OSError, ValueError):
                 select.select([fd, self._wake_r], [], [])
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
-            chunks = drain(fd)
-            if not chunks and process.poll() is not None:
+            first = self._read_some(process)
+            if first is None:
                 break
-            with self._lock:
-                state, transition = self.state, self._transitions
-            try:
-                if state == State.STOPPING:
-                    self._finish_stop(process, fd, decoder, chunks, transition)
-                    continue
-                if not chunks:
-                    continue
-                # Timed by Austin's next write, as in Sampler._read.
-                ready, _, _ = select.select([fd], [], [], next_write_s)
-                arrival_ns = time.monotonic_ns()
-                if ready:
-                    chunks += drain(fd)
-                samples = decoder.feed(b"".join(chunks))
-                self._add(samples, arrival_ns, decoder.pending())
-                if samples and state == State.ATTACHING:
-                    self._attached()
-            except MojoError as exc:
-                log.warning("failed to read Austin's output for %d: %s", self.pid, exc)
-                process.kill()
+            epoch, touched = first
+            if not touched:
+                continue
+            # Timed by Austin's next write, as in Sampler._read.
+            with contextlib.suppress(OSError, ValueError):
+                select.select([fd], [], [], next_write_s)
+            if self._read_some(process, (epoch, touched, time.monotonic_ns())) is None:
                 break
             # Fewer, larger reads while a block lasts; end() wakes us at once.
             with contextlib.suppress(OSError, ValueError):
                 select.select([self._wake_r], [], [], READ_EVERY_S)
 
-    def _attached(self) -> None:
-        """Austin found the interpreter: stop it unless a block is already going on."""
-        with self._lock:
-            if self.state != State.ATTACHING:
-                return
-            if self._active:
-                self.state = State.RUNNING
-            else:
-                self._stop_locked()
-
-    def _finish_stop(
+    def _read_some(
         self,
         process: subprocess.Popen[bytes],
-        fd: int,
-        decoder: MojoDecoder,
-        chunks: list[bytes],
-        transition: int,
-    ) -> None:
-        """Austin was sent SIGSTOP: once it is stopped, read all it wrote, then say so."""
-        stopped = self._wait_stopped(process.pid, transition)
-        chunks += drain(fd)
-        samples = decoder.feed(b"".join(chunks))
-        if stopped:
-            samples += decoder.complete()
-        # Read after the stop, not as written: no anchor from these.
-        self._add(samples, None)
-        with self._lock:
-            if stopped and self._transitions == transition:
-                self.state = State.STOPPED
-                self._covered_ns = self._stop_sent_ns
+        timing: tuple[int, set[int], int] | None = None,
+    ) -> tuple[int, set[int]] | None:
+        """Decode what the pipe holds now: (epoch, threads with new samples); None: stop reading.
 
-    def _wait_stopped(self, pid: int, transition: int) -> bool:
-        deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline:
-            if self._transitions != transition:
-                return False  # resumed meanwhile
-            if process_state(pid) in _STOPPED_STATES:
-                return True
-            time.sleep(STOP_POLL_S)
-        log.debug("Austin (%d) not seen stopped %d ms after SIGSTOP", pid, STOP_WAIT_S * 1000)
+        ``timing`` (epoch, threads of the previous read, arrival): every sample
+        read so far was written before the arrival; it anchors them unless a
+        stop and a resume came in between (a new epoch, whose samples it does
+        not time).
+        """
+        late = 0
+        with self._lock:
+            if process is not self._process or self._fd < 0:
+                return None
+            chunks = drain(self._fd)
+            if not chunks and process.poll() is not None:
+                return None
+            try:
+                samples = self._decoder.feed(b"".join(chunks))
+            except MojoError as exc:
+                log.warning("failed to read Austin's output for %d: %s", self.pid, exc)
+                process.kill()
+                return None
+            touched, late = self._add_locked(samples)
+            if timing is not None and timing[0] == self._epoch:
+                self._anchor_locked(touched | timing[1], timing[2], self._decoder.pending())
+            if samples and self.state == State.ATTACHING:
+                self._attached_locked()
+            epoch = self._epoch
+        if late:
+            self._losses.add(Loss.STACK_LATE, late)
+        return epoch, touched
+
+    def _attached_locked(self) -> None:
+        """Austin found the interpreter: stop it unless a block is already going on."""
+        if self._active:
+            self.state = State.RUNNING
+        else:
+            self._stop_locked()
+
+
+def wait_stopped(pid: int) -> bool:
+    """Wait until child ``pid`` is stopped (True) or has exited (False); reaps nothing."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
         return False
+    return info is not None and info.si_code == os.CLD_STOPPED
+
+
+def between_passes(pid: int) -> bool:
+    """Whether stopped Austin ``pid`` was asleep between sampling passes (not inside one)."""
+    sleeps = SLEEP_SYSCALLS.get(platform.machine())
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    if sleeps is None or not fields:
+        return False
+    try:
+        return int(fields[0]) in sleeps
+    except ValueError:
+        return False  # "running"
 
 
 def process_state(pid: int) -> str | None:
@@ -321,4 +363,4 @@ def process_state(pid: int) -> str | None:
     return fields[0] if fields else None
 
 
-__all__ = ["OnDemandSampler", "State", "process_state"]
+__all__ = ["OnDemandSampler", "State", "between_passes", "process_state", "wait_stopped"]

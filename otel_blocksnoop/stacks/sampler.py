@@ -71,16 +71,26 @@ def interval_for(threshold_ns: int) -> int:
     return max(MIN_INTERVAL_US, min(MAX_INTERVAL_US, per_threshold))
 
 
-class _ThreadHistory:
-    __slots__ = ("anchors", "elapsed_us", "samples")
+class _Timeline:
+    """A stretch of one thread's samples whose deltas chain: one sampling run of Austin.
 
-    def __init__(self) -> None:
-        self.samples: deque[tuple[int, tuple[Frame, ...]]] = deque(maxlen=HISTORY)
-        self.elapsed_us = 0
+    Its first sample is its origin (elapsed 0): that sample's own delta points
+    back across whatever came before (a stop, Austin's start), and Austin does
+    not always count a stop in it (seen: 9 ms for a 200 ms stop, when the stop
+    came while the target was still starting). ``floor_ns`` is the earliest a
+    sample of the run can have been taken (when Austin was continued).
+    """
+
+    __slots__ = ("anchors", "elapsed_us", "floor_ns", "started")
+
+    def __init__(self, floor_ns: int = 0) -> None:
         self.anchors: deque[int] = deque(maxlen=ANCHOR_WINDOW)
+        self.elapsed_us = 0
+        self.floor_ns = floor_ns
+        self.started = False
 
     def anchor_ns(self) -> int:
-        """A low quantile of the per-read anchors, not their minimum.
+        """A low quantile of the per-read anchors, not their minimum, and never before the floor.
 
         Now and then a read gives an anchor milliseconds too early (Austin's
         deltas ran ahead of the clock; seen -1 to -3 ms a few times in 10 s
@@ -89,8 +99,22 @@ class _ThreadHistory:
         0/50 in one run and 48/50 in another.
         """
         if not self.anchors:
-            return 0
-        return sorted(self.anchors)[len(self.anchors) // ANCHOR_QUANTILE]
+            return self.floor_ns
+        return max(self.floor_ns, sorted(self.anchors)[len(self.anchors) // ANCHOR_QUANTILE])
+
+
+class _ThreadHistory:
+    __slots__ = ("epoch", "samples", "skip", "timeline")
+
+    def __init__(self, epoch: int, floor_ns: int, skip: int) -> None:
+        self.samples: deque[tuple[_Timeline, int, tuple[Frame, ...]]] = deque(maxlen=HISTORY)
+        self.timeline = _Timeline(floor_ns)
+        self.epoch = epoch
+        self.skip = skip
+
+    @property
+    def anchors(self) -> deque[int]:
+        return self.timeline.anchors
 
 
 class Sampler:
@@ -115,6 +139,11 @@ class Sampler:
         self._restart_at = 0.0
         self._heard_at = 0.0  # last start, or last read that brought samples
         self._covered_ns = 0  # every sample taken before this has been read (0: not tracked)
+        # A new epoch (Austin continued) starts a new timeline for each thread,
+        # no earlier than its floor, skipping its first ``skip`` samples.
+        self._epoch = 0
+        self._epoch_floor_ns = 0
+        self._epoch_skip = 0
 
     def start(self) -> None:
         argv = [
@@ -136,13 +165,15 @@ class Sampler:
         # misplace its samples by the gap between the two processes.
         with self._lock:
             self._histories.clear()
-        self._process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
+        self._process = self.austin.stream(*argv[1:])
+        self._spawned(self._process)
         self._reader = threading.Thread(
             target=self._read, args=(self._process,), name=f"austin-{self.pid}", daemon=True
         )
         self._reader.start()
+
+    def _spawned(self, process: subprocess.Popen[bytes]) -> None:
+        """A new Austin was started; its reader starts next."""
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
         fd = stream_fd(process)
@@ -182,44 +213,77 @@ class Sampler:
         """Keep ``samples``; ``pending`` is the (tid, delta) of the one Austin is still writing.
 
         ``arrival_ns`` None: the bytes were not read as Austin wrote them
-        (it was stopped), so they say nothing about when it sampled. A sample
-        placed before ``_covered_ns`` is dropped and counted: readers were
-        told that every sample up to then had arrived.
+        (it was stopped), so they say nothing about when it sampled.
+        """
+        with self._lock:
+            touched, late = self._add_locked(samples)
+            if arrival_ns is not None:
+                self._anchor_locked(touched, arrival_ns, pending)
+        if late:
+            self._losses.add(Loss.STACK_LATE, late)
+
+    def _add_locked(self, samples: list[RawSample]) -> tuple[set[int], int]:
+        """Keep ``samples``: the threads they belong to, and how many were late (dropped).
+
+        A sample placed before ``_covered_ns`` is late (readers were told that
+        every sample up to then had arrived), and so is one of the first
+        ``skip`` of a thread in an epoch (taken before Austin was stopped).
         """
         if samples:
             self._failures = 0
             self._heard_at = time.monotonic()
         touched: set[int] = set()
         late = 0
-        with self._lock:
-            for sample in samples:
-                history = self._histories.get(sample.tid)
-                if history is None:
-                    history = self._histories[sample.tid] = _ThreadHistory()
-                history.elapsed_us += sample.delta_us
-                if (
-                    self._covered_ns
-                    and history.anchors
-                    and history.anchor_ns() + history.elapsed_us * 1000 < self._covered_ns
-                ):
-                    late += 1
-                    continue
-                history.samples.append((history.elapsed_us, sample.frames))
-                touched.add(sample.tid)
-            if arrival_ns is not None:
-                for tid in touched:
-                    self._anchor(self._histories[tid], tid, arrival_ns, pending)
-        if late:
-            self._losses.add(Loss.STACK_LATE, late)
+        for sample in samples:
+            history = self._histories.get(sample.tid)
+            if history is None:
+                history = self._histories[sample.tid] = _ThreadHistory(
+                    self._epoch, self._epoch_floor_ns, self._epoch_skip
+                )
+            elif history.epoch != self._epoch:
+                history.epoch, history.skip = self._epoch, self._epoch_skip
+                history.timeline = _Timeline(self._epoch_floor_ns)
+            if history.skip:
+                history.skip -= 1
+                late += 1
+                continue
+            timeline = history.timeline
+            if timeline.started:
+                timeline.elapsed_us += sample.delta_us
+            timeline.started = True
+            if (
+                self._covered_ns
+                and timeline.anchors
+                and timeline.anchor_ns() + timeline.elapsed_us * 1000 < self._covered_ns
+            ):
+                late += 1
+                continue
+            history.samples.append((timeline, timeline.elapsed_us, sample.frames))
+            touched.add(sample.tid)
+        return touched, late
 
-    @staticmethod
-    def _anchor(
-        history: _ThreadHistory, tid: int, arrival_ns: int, pending: tuple[int, int] | None
+    def _anchor_locked(
+        self, tids: set[int], arrival_ns: int, pending: tuple[int, int] | None
     ) -> None:
-        newest_us = history.elapsed_us
-        if pending is not None and pending[0] == tid:
-            newest_us += pending[1]
-        history.anchors.append(arrival_ns - newest_us * 1000)
+        """Every sample of ``tids`` read so far was written before ``arrival_ns``."""
+        for tid in tids:
+            history = self._histories.get(tid)
+            if history is None or history.epoch != self._epoch or not history.timeline.started:
+                continue
+            newest_us = history.timeline.elapsed_us
+            if pending is not None and pending[0] == tid:
+                newest_us += pending[1]
+            history.timeline.anchors.append(arrival_ns - newest_us * 1000)
+
+    def _new_epoch(self, floor_ns: int, skip: int) -> None:
+        """Austin was continued at ``floor_ns``: from the next sample on, a new time base.
+
+        ``skip``: samples of each thread to drop first, taken before the stop.
+        Called with the lock held.
+        """
+        self._epoch += 1
+        self._epoch_floor_ns = floor_ns
+        self._epoch_skip = skip
 
     def _dropped(self, _tid: int, history: _ThreadHistory) -> None:
         """A thread's history was dropped to make room for a newer thread's."""
@@ -237,12 +301,16 @@ class Sampler:
             history = self._histories.get(tid)
             if history is None:
                 return []
-            anchor = history.anchor_ns()
-            return [
-                StackSample(anchor + elapsed * 1000, frames)
-                for elapsed, frames in history.samples
-                if start_ns <= anchor + elapsed * 1000 <= end_ns
-            ]
+            anchors: dict[int, int] = {}
+            found = []
+            for timeline, elapsed, frames in history.samples:
+                anchor = anchors.get(id(timeline))
+                if anchor is None:
+                    anchor = anchors[id(timeline)] = timeline.anchor_ns()
+                at = anchor + elapsed * 1000
+                if start_ns <= at <= end_ns:
+                    found.append(StackSample(at, frames))
+            return found
 
     def covered_until(self, tid: int) -> int:
         """Monotonic time of the newest sample of ``tid`` (0 if none)."""
@@ -250,7 +318,8 @@ class Sampler:
             history = self._histories.get(tid)
             if history is None or not history.samples:
                 return 0
-            return history.anchor_ns() + history.samples[-1][0] * 1000
+            timeline, elapsed, _ = history.samples[-1]
+            return timeline.anchor_ns() + elapsed * 1000
 
     @property
     def running(self) -> bool:

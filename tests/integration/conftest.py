@@ -7,26 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.interpreters import MINORS, cached_venv, pyenv_python
+from harness.interpreters import (
+    MINORS,
+    WEB_APP_MODULES,
+    WEB_APP_PACKAGES,
+    cached_venv,
+    pyenv_python,
+)
 from tests.helpers import IN_CI
-
-# What harness/targets/web_app.py needs. pip picks the newest release that supports
-# each interpreter: on 3.9 that is OpenTelemetry 1.41 (instrumentation 0.62b1)
-# and aiohttp 3.13, their last releases for 3.9.
-WEB_APP_PACKAGES = (
-    "opentelemetry-sdk",
-    "opentelemetry-exporter-otlp-proto-http",
-    "opentelemetry-instrumentation-aiohttp-server",
-    "aiohttp",
-    "uvloop",
-)
-WEB_APP_MODULES = (
-    "opentelemetry.sdk.trace",
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.instrumentation.aiohttp_server",
-    "aiohttp",
-    "uvloop",
-)
 
 
 def otel_venv(

@@ -18,7 +18,7 @@ from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.stacks.austin import Austin, AustinError
 from otel_blocksnoop.stacks.on_demand import OnDemandSampler, State, process_state
 from otel_blocksnoop.stacks.pool import SamplerPool
-from tests.helpers import IN_CI, WAIT_S, PipeLines
+from tests.helpers import IN_CI, WAIT_S, PipeLines, Sidecar
 
 pytestmark = [pytest.mark.integration]
 
@@ -151,3 +151,44 @@ def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
         pool.stop()
     # AND the stopped Austin ended with the pool
     assert process_state(austin_pid) is None
+
+
+def austin_children(pid: int) -> list[int]:
+    """The Austin processes ``pid`` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        if name == "austin" and int(rest.split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.usefixtures("austin")
+def test_a_stopped_austin_dies_with_a_sidecar_killed_outright(target: HeldTarget) -> None:
+    # GIVEN the sidecar watching an app whose loop has blocked once, its Austin now stopped
+    sidecar = Sidecar("-t", "20", str(target.pid))
+    try:
+        target.hold()
+        target.release()
+        deadline = time.monotonic() + WAIT_S
+        while not (children := austin_children(sidecar.process.pid)) or any(
+            process_state(child) != "T" for child in children
+        ):
+            assert time.monotonic() < deadline, "no stopped Austin under the sidecar"
+            time.sleep(0.01)
+        # WHEN the sidecar is killed, with no chance to clean up
+        sidecar.process.kill()
+        sidecar.process.wait(timeout=WAIT_S)
+        # THEN its Austin goes too (a stopped orphan would stay forever)
+        while any(Path(f"/proc/{child}").exists() for child in children):
+            assert time.monotonic() < deadline + WAIT_S, f"Austin {children} outlived the sidecar"
+            time.sleep(0.01)
+    finally:
+        if sidecar.process.poll() is None:
+            sidecar.process.kill()

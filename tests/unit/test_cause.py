@@ -105,3 +105,16 @@ def test_a_block_the_app_made_keeps_its_cause_however_long_it_also_waited_for_a_
     # AND a 15 ms sleep in read() that also queued for a CPU a little
     read = activity(on_cpu_ms=0.5, runq_ms=2.0, sleeps=(("read", 15.0, 1),))
     assert classify(read, threshold_ns=10 * NS_PER_MS) == (Cause.SYSCALL, "read")
+
+
+def test_a_block_stretched_by_a_cpu_quota_is_sched_and_a_handler_that_was_throttled_is_cpu() -> (
+    None
+):
+    # GIVEN a 100 ms threshold and a container at 10% of a CPU: a callback that
+    # ran 12 ms, then waited out the rest of the 100 ms period throttled
+    throttled = activity(on_cpu_ms=12.0, runq_ms=91.0, sleeps=(("epoll_wait", 0.1, 1),))
+    # THEN nobody is sent to hunt for a blocking call
+    assert classify(throttled, threshold_ns=100 * NS_PER_MS) == (Cause.SCHED, None)
+    # AND a handler that spun 150 ms of its own, throttled for 1.2 s meanwhile, is the app's
+    spinning = activity(on_cpu_ms=150.0, runq_ms=1200.0)
+    assert classify(spinning, threshold_ns=100 * NS_PER_MS) == (Cause.CPU, None)

@@ -14,6 +14,9 @@ from otel_blocksnoop.kernel.layout import (
     ActivityC,
     BlockEventC,
     IterExtremesC,
+    LoopContextC,
+    SegmentC,
+    SegmentsC,
     SleepSlotC,
     ThreadStateC,
     TriggerEventC,
@@ -29,6 +32,9 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "activity": ActivityC,
     "sleep_slot": SleepSlotC,
     "watch_state": WatchStateC,
+    "segment": SegmentC,
+    "segments": SegmentsC,
+    "loop_context": LoopContextC,
 }
 
 

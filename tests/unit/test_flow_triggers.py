@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 from otel_blocksnoop.analysis.enrich import Enricher
 from otel_blocksnoop.analysis.flow import BlockFlow
 from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
+    BlockEvent,
+    ContextSegment,
     Counters,
     InProgress,
     KernelEvent,
     Record,
+    SpanRef,
+    ThreadContext,
     ThreadKind,
     ThreadSnapshot,
     Trigger,
@@ -159,3 +164,88 @@ def test_a_new_loop_thread_is_announced_to_the_followers() -> None:
     flow, follower, _ = flow_of(kernel)
     flow.step()
     assert follower.told == [new]
+
+
+def test_a_context_switch_in_a_followed_block_only_reaches_the_followers() -> None:
+    # GIVEN a block followed since its trigger age, whose thread then switches context
+    start = time.monotonic_ns()
+    kernel = Kernel([Trigger(PID, 7, start, start + THRESHOLD // 2, TriggerReason.DUE)], {7: start})
+    flow, follower, records = flow_of(kernel)
+    flow.step()
+    kernel.events = [Trigger(PID, 7, start, start + THRESHOLD, TriggerReason.SEGMENT)]
+    flow.step()
+    # THEN the followers hear of it; no timer of the flow moved, nothing was reported
+    assert [trigger.reason for trigger in follower.told] == [
+        TriggerReason.DUE,
+        TriggerReason.SEGMENT,
+    ]
+    assert records == []
+
+
+class Owners:
+    """A linker whose reads found request A in context 0xA0 and B in 0xB0."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, ...]] = []
+
+    def context(self, pid: int, tid: int, start_ns: int, final: bool = True) -> ThreadContext:
+        _ = pid, tid, start_ns, final
+        return ThreadContext(span=None, task=None)
+
+    def owners(
+        self,
+        pid: int,
+        tid: int,
+        start_ns: int,
+        segments: Sequence[ContextSegment],
+        final: bool = True,
+    ) -> list[ThreadContext]:
+        _ = pid, tid, start_ns, final
+        self.asked.append(tuple(segment.context or 0 for segment in segments))
+        spans = {0xA0: SPAN_A, 0xB0: SPAN_B}
+        return [
+            ThreadContext(span=spans.get(segment.context or 0), task=None) for segment in segments
+        ]
+
+
+SPAN_A = SpanRef(trace_id=0xA, span_id=0xA1, trace_flags=1)
+SPAN_B = SpanRef(trace_id=0xB, span_id=0xB1, trace_flags=1)
+
+
+def test_an_iteration_two_requests_blocked_in_is_one_block_per_request() -> None:
+    # GIVEN an iteration of 60 ms: request A's callback for 30 ms, then request B's
+    start = time.monotonic_ns()
+    ms = NS_PER_MS
+    cut = [
+        ContextSegment(0xA0, start, start + 30 * ms, start, start + 31 * ms, None),
+        ContextSegment(
+            0xB0, start + 30 * ms, start + 60 * ms, start + 29 * ms, start + 60 * ms, None
+        ),
+    ]
+    event = BlockEvent(PID, 7, "python", start, start + 60 * ms, segments=tuple(cut))
+    records: list[Record] = []
+    linker = Owners()
+    flow = BlockFlow(
+        Kernel([event], {}),
+        Enricher(THRESHOLD, linker),
+        records.append,
+        Losses(),
+        threshold_ns=THRESHOLD,
+        kinds=Loops(),
+    )
+    # WHEN the flow exports it
+    flow.step()
+    flow.finish()
+    # THEN each request has a block of its own share, and both name the iteration
+    blocks = [record for record in records if isinstance(record, Block)]
+    assert [(b.parent, b.start_ns - start, b.duration_ns) for b in blocks] == [
+        (SPAN_A, 0, 30 * ms),
+        (SPAN_B, 30 * ms, 30 * ms),
+    ]
+    assert {(b.iteration_id, b.iteration_ns, b.segments) for b in blocks} == {
+        (blocks[0].iteration_id, 60 * ms, 2)
+    }
+    assert [b.segment for b in blocks] == [0, 1]
+    # AND the summary counts one blocked iteration of 60 ms
+    assert flow.summary(1.0).blocks == 1
+    assert flow.summary(1.0).blocked_ns == 60 * ms

@@ -21,6 +21,8 @@ CONFIG_NAMES = (
     "RINGBUF_PAGES",
     "TRIGGER_NS",
     "TRIGGER_PAGES",
+    "SEGMENTS",
+    "MAX_LOOPS",
 )
 
 

@@ -62,6 +62,19 @@ def sampler_in(state: State, losses: Losses | None = None) -> tuple[OnDemandSamp
 
 
 @pytest.fixture(autouse=True)
+def stops(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """How a SIGSTOP to the fake Austin turns out: stopped, and where (set by the test)."""
+    outcome = {"stopped": True, "between_passes": True}
+    monkeypatch.setattr(
+        "otel_blocksnoop.stacks.on_demand.wait_stopped", lambda _pid: outcome["stopped"]
+    )
+    monkeypatch.setattr(
+        "otel_blocksnoop.stacks.on_demand.between_passes", lambda _pid: outcome["between_passes"]
+    )
+    return outcome
+
+
+@pytest.fixture(autouse=True)
 def policies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
     """Scheduling changes asked for, recorded instead of made."""
     asked: list[tuple[int, int, int]] = []
@@ -97,22 +110,51 @@ def test_austin_stops_when_the_last_block_of_the_process_ends() -> None:
     sampler.end(7)
     assert austin.signals == [signal.SIGCONT]
     assert state_of(sampler) == State.RUNNING
-    # WHEN the second ends too, THEN Austin is stopped
+    # WHEN the second ends too, THEN Austin is stopped, and known to be, before end returns
     sampler.end(8)
     assert austin.signals == [signal.SIGCONT, signal.SIGSTOP]
-    assert state_of(sampler) == State.STOPPING
+    assert state_of(sampler) == State.STOPPED
 
 
-def test_a_block_while_austin_is_being_stopped_resumes_it() -> None:
-    # GIVEN a stop sent but not yet confirmed by the reader
+def test_a_block_right_after_a_stop_resumes_austin_on_a_new_time_base() -> None:
+    # GIVEN a block sampled, then Austin stopped
     sampler, austin = sampler_in(State.STOPPED)
-    sampler.begin(7, start_ns=100 * MS)
+    first = time.monotonic_ns()
+    sampler.begin(7, start_ns=first)
+    sampler._add([RawSample(1, 7, FRAMES, 10_000, idle=False)], first + MS)  # noqa: SLF001
     sampler.end(7)
     # WHEN another block begins
-    sampler.begin(7, start_ns=120 * MS)
-    # THEN Austin is continued again, and the reader's stop is stale
+    before = time.monotonic_ns()
+    sampler.begin(7, start_ns=before)
+    # AND Austin's first sample after it leaves the stop out of its delta (seen on a
+    # target still starting), read 5 ms after the resume
+    sampler._add([RawSample(1, 7, FRAMES, 9_000, idle=False)], before + 5 * MS)  # noqa: SLF001
+    # THEN Austin was continued, and the new sample is placed after the resume, by
+    # its read, not 9 ms after the old sample
     assert austin.signals == [signal.SIGCONT, signal.SIGSTOP, signal.SIGCONT]
     assert sampler.state == State.RUNNING
+    (old, new) = sampler.window(7, 0, 2**62)
+    assert old.time_ns == first + MS
+    assert before <= new.time_ns <= before + 5 * MS
+
+
+def test_a_stop_inside_a_sampling_pass_drops_that_pass_after_the_resume(
+    stops: dict[str, bool],
+) -> None:
+    # GIVEN Austin stopped while it was reading the target (not asleep between passes)
+    losses = Losses()
+    sampler, _ = sampler_in(State.STOPPED, losses)
+    sampler.begin(7, start_ns=0)
+    stops["between_passes"] = False
+    sampler.end(7)
+    # WHEN the next block resumes it, and the pass it was in writes its sample
+    start = time.monotonic_ns()
+    sampler.begin(7, start_ns=start)
+    sampler._add([RawSample(1, 7, FRAMES, 1_000, idle=False)], start + MS)  # noqa: SLF001
+    sampler._add([RawSample(1, 7, FRAMES, 1_000, idle=False)], start + 2 * MS)  # noqa: SLF001
+    # THEN that sample, taken before the stop, is dropped and counted, and the next kept
+    assert len(sampler.window(7, start, 2**62)) == 1
+    assert losses.total(Loss.STACK_LATE) == 1
 
 
 def test_end_without_begin_changes_nothing() -> None:
@@ -159,35 +201,28 @@ def test_a_sample_placed_before_the_covered_time_is_dropped_and_counted() -> Non
     assert losses.total(Loss.STACK_LATE) == 1
 
 
-def test_the_stopped_pipe_is_read_whole_and_coverage_moves_to_the_stop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # GIVEN a stop sent when Austin had written a sample up to its time
+def test_the_stop_reads_the_pipe_whole_and_coverage_moves_to_the_stop() -> None:
+    # GIVEN Austin sampling a block, having written a sample up to its time
     data = CAPTURE.read_bytes()
     cut = next(c for c in range(4000, len(data)) if whole_samples(data[:c]) is not None)
     sampler, _ = sampler_in(State.RUNNING)
     sampler.begin(7, start_ns=0)
-    sampler.end(7)
     read_end, write_end = os.pipe()
     os.write(write_end, data[:cut])
     os.close(write_end)
-    monkeypatch.setattr("otel_blocksnoop.stacks.on_demand.process_state", lambda _pid: "T")
-    # WHEN the reader finishes the stop
+    os.set_blocking(read_end, False)
+    sampler._fd = read_end  # noqa: SLF001
+    # WHEN the block ends and Austin is stopped
+    before = time.monotonic_ns()
     try:
-        sampler._finish_stop(  # noqa: SLF001
-            cast("subprocess.Popen[bytes]", FakeAustin()),
-            read_end,
-            MojoDecoder(),
-            [],
-            sampler._transitions,  # noqa: SLF001
-        )
+        sampler.end(7)
     finally:
         os.close(read_end)
     # THEN every sample written is kept, the last one too, and the stop is confirmed
     kept = sum(len(history.samples) for history in sampler._histories.values())  # noqa: SLF001
     assert kept == whole_samples(data[:cut])
     assert sampler.state == State.STOPPED
-    assert sampler._covered_ns == sampler._stop_sent_ns > 0  # noqa: SLF001
+    assert sampler._covered_ns >= before  # noqa: SLF001
 
 
 def whole_samples(data: bytes) -> int | None:

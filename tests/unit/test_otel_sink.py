@@ -31,6 +31,7 @@ from otel_blocksnoop.events import (
     SpanRef,
     ThreadKind,
     ThreadTimes,
+    Throttling,
 )
 from otel_blocksnoop.export.otel import OtelSink
 from otel_blocksnoop.export.otel.queue import DeliveryQueue
@@ -207,6 +208,22 @@ def test_hang_reports_are_log_records_that_share_the_final_spans_trace_and_span_
     assert all(r.event_name == "eventloop.block.in_progress" for r in records)
     assert "blocksnoop.end_reason" not in (records[0].attributes or {})
     assert (span.attributes or {})["blocksnoop.end_reason"] == "thread_exited"
+
+
+def test_a_hang_reported_before_its_request_was_known_ends_as_a_span_in_that_request() -> None:
+    # GIVEN a hang reported with no parent yet, whose block then ends with one
+    harness = Harness()
+    request = SpanRef(trace_id=0xABC, span_id=0xDEF, trace_flags=1)
+    harness.sink.export(replace(BLOCK, parent=None, in_progress=True))
+    harness.sink.export(replace(BLOCK, parent=request))
+    harness.sink.shutdown()
+    # THEN the final span is in the request's trace, not the trace the report was in
+    (span,) = harness.spans.get_finished_spans()
+    assert span.context.trace_id == 0xABC
+    assert span.parent is not None
+    assert span.parent.span_id == 0xDEF
+    (record,) = [readable.log_record for readable in harness.logs.get_finished_logs()]
+    assert record.trace_id != 0xABC
 
 
 def test_durations_go_to_a_histogram_in_seconds_and_loop_time_to_counters() -> None:
@@ -410,3 +427,27 @@ def test_an_iteration_split_by_request_is_one_span_per_segment_and_one_histogram
     # AND the histogram counts the iteration once, with its whole duration
     (histogram,) = harness.points("checkout")["blocksnoop.eventloop.block.duration"]
     assert (histogram.count, histogram.sum) == (1, 0.25)
+
+
+def test_a_block_carries_its_run_queue_and_throttled_time_when_its_cgroup_was_read() -> None:
+    harness = Harness()
+    books = Activity(
+        on_cpu_ns=12_000_000,
+        runq_ns=91_000_000,
+        sleep_ns=0,
+        sleeps=(),
+        other_sleep_ns=0,
+        sibling_cpu_ns=0,
+    )
+    harness.sink.export(
+        replace(BLOCK, cause=Cause.SCHED, activity=books, throttling=Throttling(88_000_000, 1))
+    )
+    harness.sink.export(replace(BLOCK, activity=books, throttling=None))
+    harness.sink.shutdown()
+    read, unread = (dict(span.attributes or {}) for span in harness.spans.get_finished_spans())
+    assert read["blocksnoop.cause"] == "sched"
+    assert read["blocksnoop.cpu.runq_time"] == 0.091
+    assert read["blocksnoop.cpu.throttled_time"] == 0.088
+    assert read["blocksnoop.cpu.throttled_periods"] == 1
+    # a cgroup that could not be read gives no figure, not a zero
+    assert "blocksnoop.cpu.throttled_time" not in unread

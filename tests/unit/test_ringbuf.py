@@ -152,9 +152,9 @@ def test_a_callback_that_raises_consumes_its_record_and_the_next_call_goes_on() 
 
 
 def test_a_block_event_record_decodes_to_the_struct_the_program_wrote() -> None:
-    # GIVEN a block_event as the BPF program submits it (152 bytes plus the header)
+    # GIVEN a block_event as the BPF program submits it, with all its segments
     event = BlockEventC(start_ns=1_000, end_ns=51_000, tgid=7, tid=8, comm=b"python")
-    ring = FakeRing(size=512)
+    ring = FakeRing(size=4096)
     ring.output(bytes(event))
     got: list[BlockEventC] = []
     consume = RingReader(ring.memory, lambda raw: got.append(BlockEventC.from_buffer_copy(raw)))

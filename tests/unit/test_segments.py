@@ -2,49 +2,112 @@
 
 from __future__ import annotations
 
-from otel_blocksnoop.analysis.segments import Segment, TimedRead, split
-from otel_blocksnoop.events import SpanRef, TaskRef, ThreadContext
+from otel_blocksnoop.analysis.segments import Share, joined, shares, whole_owner
+from otel_blocksnoop.events import Activity, ContextSegment, Sleep, SpanRef, TaskRef, ThreadContext
+from otel_blocksnoop.kernel.decode import segments_from_c
+from otel_blocksnoop.kernel.layout import SegmentsC
 
 MS = 1_000_000
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
 B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)
-TASK_A = TaskRef(name="Task-1", coroutine="handle_a")
-TASK_B = TaskRef(name="Task-2", coroutine="handle_b")
+OWNER_A = ThreadContext(span=A, task=TaskRef(name="Task-1", coroutine="handle"), context=0xA0)
+OWNER_B = ThreadContext(span=B, task=TaskRef(name="Task-2", coroutine="handle"), context=0xB0)
+NOBODY = ThreadContext(span=None, task=None)
+THRESHOLD = 10 * MS
 
 
-def reads(*found: tuple[int, SpanRef | None, TaskRef | None]) -> list[TimedRead]:
-    return [TimedRead(ms * MS, ThreadContext(span=span, task=task)) for ms, span, task in found]
+def seg(context: int | None, start_ms: float, end_ms: float) -> ContextSegment:
+    start, end = int(start_ms * MS), int(end_ms * MS)
+    return ContextSegment(context, start, end, start, end, activity=None)
 
 
-def test_a_block_read_in_one_span_only_is_one_segment_of_that_span() -> None:
-    found = reads((50, A, TASK_A), (60, A, TASK_A), (70, A, None))
-    assert split(0, 100 * MS, found) == [Segment(0, 100 * MS, A, TASK_A, 3)]
+def test_two_requests_blocking_in_one_iteration_get_a_share_each() -> None:
+    found = shares([seg(0xA0, 0, 30), seg(0xB0, 30, 60)], [OWNER_A, OWNER_B], THRESHOLD)
+    assert found == [Share(seg(0xA0, 0, 30), OWNER_A), Share(seg(0xB0, 30, 60), OWNER_B)]
 
 
-def test_two_requests_back_to_back_are_cut_halfway_between_their_reads() -> None:
-    # GIVEN reads every 2 ms: request A until 40 ms, then request B
-    found = reads(*((t, A, TASK_A) for t in range(30, 41, 2)), *((t, B, TASK_B) for t in (42, 44)))
-    # THEN A has the block up to 41 ms, B the rest
-    assert split(0, 60 * MS, found) == [
-        Segment(0, 41 * MS, A, TASK_A, 6),
-        Segment(41 * MS, 60 * MS, B, TASK_B, 2),
+def test_a_short_callback_between_blocks_gets_no_span_of_its_own() -> None:
+    # GIVEN A blocks 30 ms, C runs 0.5 ms, B blocks 30 ms (threshold 10 ms: floor 1 ms)
+    segments = [seg(0xA0, 0, 30), seg(0xC0, 30, 30.5), seg(0xB0, 30.5, 60.5)]
+    found = shares(segments, [OWNER_A, NOBODY, OWNER_B], THRESHOLD)
+    # THEN A and B are the shares; C's half millisecond is in neither
+    assert [share.owner for share in found] == [OWNER_A, OWNER_B]
+
+
+def test_one_blocking_request_among_quick_callbacks_keeps_the_iteration_whole() -> None:
+    segments = [seg(0xC0, 0, 0.5), seg(0xA0, 0.5, 40), seg(0xD0, 40, 40.4)]
+    owners = [NOBODY, OWNER_A, NOBODY]
+    assert shares(segments, owners, THRESHOLD) == []
+    # AND the whole iteration is A's: A held more than half of it
+    assert whole_owner(segments, owners, 40_400_000) == OWNER_A
+
+
+def test_an_iteration_no_request_held_half_of_has_no_owner() -> None:
+    segments = [seg(0xA0, 0, 4), seg(0xB0, 4, 8), seg(0xC0, 8, 12)]
+    assert whole_owner(segments, [OWNER_A, OWNER_B, NOBODY], 12 * MS) == NOBODY
+
+
+def test_two_steps_of_one_task_around_a_blip_are_one_share() -> None:
+    # GIVEN context A0 seen, a blip, A0 again (the kernel recorded two A0 segments)
+    segments = [seg(0xA0, 0, 20), seg(0xA0, 20, 40), seg(0xB0, 40, 70)]
+    found = shares(segments, [OWNER_A, OWNER_A, OWNER_B], THRESHOLD)
+    assert [(s.segment.start_ns, s.segment.end_ns, s.owner) for s in found] == [
+        (0, 40 * MS, OWNER_A),
+        (40 * MS, 70 * MS, OWNER_B),
     ]
 
 
-def test_a_stretch_outside_any_span_is_its_own_segment_without_parent() -> None:
-    found = reads((10, A, TASK_A), (20, None, None), (30, B, TASK_B))
-    segments = split(0, 40 * MS, found)
-    assert [(s.start_ns // MS, s.end_ns // MS, s.span) for s in segments] == [
-        (0, 15, A),
-        (15, 25, None),
-        (25, 40, B),
-    ]
+def test_neighbours_of_one_context_are_not_joined_when_only_one_was_read() -> None:
+    # GIVEN the same address twice, read only in the first: the second may be a new object
+    segments = [seg(0xA0, 0, 20), seg(0xA0, 20, 40)]
+    found = shares(segments, [OWNER_A, NOBODY], THRESHOLD)
+    assert [share.owner for share in found] == [OWNER_A, NOBODY]
 
 
-def test_a_block_with_no_read_is_one_segment_with_no_owner() -> None:
-    assert split(0, 10 * MS, []) == [Segment(0, 10 * MS, None, None, 0)]
+def test_joined_segments_add_their_books() -> None:
+    first = ContextSegment(1, 0, 10, 0, 10, Activity(5, 1, 4, (Sleep("read", 4, 1),), 0, 2))
+    second = ContextSegment(
+        1, 10, 20, 10, 20, Activity(3, 0, 7, (Sleep("read", 2, 1), Sleep("futex", 5, 2)), 0, 1)
+    )
+    both = joined(first, second)
+    assert (both.start_ns, both.end_ns) == (0, 20)
+    assert both.activity == Activity(8, 1, 11, (Sleep("read", 6, 2), Sleep("futex", 5, 2)), 0, 3)
 
 
-def test_reads_outside_the_block_are_ignored() -> None:
-    found = reads((5, B, None), (15, A, None))
-    assert split(10 * MS, 20 * MS, found) == [Segment(10 * MS, 20 * MS, A, None, 1)]
+def kernel_segments(*items: tuple[int, int, int, int, int, int], overflow: int = 0) -> SegmentsC:
+    """The kernel's record: (context, first, last, prev_last, next_first, on_cpu at first)."""
+    raw = SegmentsC(count=len(items), overflow_ns=overflow)
+    for index, (context, first, last, prev_last, next_first, on_cpu) in enumerate(items):
+        item = raw.items[index]
+        item.context, item.first_ns, item.last_ns = context, first, last
+        item.prev_last_ns, item.next_first_ns = prev_last, next_first
+        item.at_first.on_cpu_ns = on_cpu
+    return raw
+
+
+def test_boundaries_are_halfway_between_the_sightings_of_two_contexts() -> None:
+    # GIVEN A seen from 2 to 29 ms, B from 31 to 58 ms, in an iteration of 0-60 ms
+    raw = kernel_segments(
+        (0xA0, 2 * MS, 29 * MS, 0, 31 * MS, 0), (0xB0, 31 * MS, 58 * MS, 29 * MS, 0, 27 * MS)
+    )
+    total = Activity(57 * MS, 0, 0, (), 0, 0)
+    a, b = segments_from_c(raw, 0, 60 * MS, total)
+    # THEN A owns 0-30 ms, B 30-60 ms; each read window lies between the neighbours' sightings
+    assert (a.start_ns, a.end_ns, a.after_ns, a.before_ns) == (0, 30 * MS, 0, 31 * MS)
+    assert (b.start_ns, b.end_ns, b.after_ns, b.before_ns) == (30 * MS, 60 * MS, 29 * MS, 60 * MS)
+    # AND each has what the thread did between the first sightings of it and the next
+    assert a.activity is not None
+    assert a.activity.on_cpu_ns == 27 * MS
+    assert b.activity is not None
+    assert b.activity.on_cpu_ns == 30 * MS
+
+
+def test_a_full_record_leaves_the_rest_of_the_iteration_to_no_known_context() -> None:
+    raw = kernel_segments((0xA0, 1 * MS, 10 * MS, 0, 0, 0), overflow=12 * MS)
+    a, rest = segments_from_c(raw, 0, 50 * MS, Activity(1, 0, 0, (), 0, 0))
+    assert (a.context, a.start_ns, a.end_ns, a.activity) == (0xA0, 0, 11 * MS, None)
+    assert (rest.context, rest.start_ns, rest.end_ns) == (None, 11 * MS, 50 * MS)
+
+
+def test_an_iteration_without_sightings_has_no_segments() -> None:
+    assert segments_from_c(SegmentsC(), 0, 50 * MS, None) == ()

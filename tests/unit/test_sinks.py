@@ -15,6 +15,7 @@ from otel_blocksnoop.events import (
     SessionSummary,
     Sleep,
     ThreadKind,
+    Throttling,
 )
 from otel_blocksnoop.export.console import ConsoleSink
 from otel_blocksnoop.export.formatting import format_traceback
@@ -162,7 +163,10 @@ def test_console_shows_cause_stack_and_how_a_block_ended() -> None:
         '      File "/srv/app.py", line 12, in handler',
         "        subprocess.run(cmd)",
     ]
-    assert lines[7] == "    (20 of 24 busy samples had this stack; on CPU 1.2 ms, off CPU 121.3 ms)"
+    assert lines[7] == (
+        "    (20 of 24 busy samples had this stack; on CPU 1.2 ms, off CPU 121.3 ms; "
+        "waited for a CPU 0.300 ms)"
+    )
     assert lines[8].endswith("wait4()  (still blocked when stopped)")
 
 
@@ -221,3 +225,21 @@ def test_console_summary_lists_the_losses_that_happened_on_a_line_of_their_own()
     ConsoleSink(stream).export(LOSSY)
     *_, lost = stream.getvalue().splitlines()
     assert lost == "    lost: context.late 3, export.queue 2"
+
+
+def test_json_and_console_show_the_throttled_time_only_when_it_was_read() -> None:
+    # GIVEN a block whose cgroup's stats were read, and one whose were not
+    throttled = replace(WAITED, throttling=Throttling(throttled_ns=250_000, periods=2))
+    stream = io.StringIO()
+    JsonLinesSink(stream).export(throttled)
+    JsonLinesSink(stream).export(WAITED)
+    read, unread = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (read["runq_ms"], read["throttled_ms"], read["throttled_periods"]) == (0.3, 0.25, 2)
+    assert (unread["throttled_ms"], unread["throttled_periods"]) == (None, None)
+    console = io.StringIO()
+    ConsoleSink(console).export(throttled)
+    assert (
+        console.getvalue()
+        .splitlines()[7]
+        .endswith("; waited for a CPU 0.300 ms, throttled 0.250 ms)")
+    )

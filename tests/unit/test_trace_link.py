@@ -8,6 +8,7 @@ from collections import Counter
 from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, interval_for
 from otel_blocksnoop.events import (
     NS_PER_MS,
+    ContextSegment,
     InProgress,
     Loss,
     SpanRef,
@@ -46,9 +47,13 @@ class Table:
 
     def __init__(self, ongoing: list[InProgress]) -> None:
         self.ongoing = ongoing
+        self.contexts: dict[int, int] = {}  # tid -> address the kernel is to read
 
     def out_since(self, tid: int) -> int:
         return next((item.start_ns for item in self.ongoing if item.tid == tid), 0)
+
+    def watch_context(self, tid: int, address: int) -> None:
+        self.contexts[tid] = address
 
 
 HALF = 50 * NS_PER_MS  # half the threshold of these tests
@@ -74,16 +79,22 @@ class Reader:
         spans: list[SpanRef | None],
         unsupported: str | None = None,
         tasks: list[TaskRef | None] | None = None,
+        contexts: list[int] | None = None,
     ) -> None:
         self._spans = spans
         self._tasks = tasks or []
+        self._contexts = contexts or []
         self.unsupported = unsupported
 
     def thread_context(self, tid: int) -> ThreadContext:
         _ = tid
         span = self._spans.pop(0) if self._spans else None
         task = self._tasks.pop(0) if self._tasks else None
-        return ThreadContext(span=span, task=task)
+        context = self._contexts.pop(0) if self._contexts else 0
+        return ThreadContext(span=span, task=task, context=context)
+
+    def context_address(self, tid: int) -> int | None:
+        return 0x7000 + tid
 
 
 def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> None:
@@ -248,3 +259,88 @@ def test_a_new_loop_thread_has_its_process_reader_built_before_its_first_block()
     linker.follow(Trigger(10, 12, 5, 5, TriggerReason.NEW_THREAD))
     assert linker.poll() is None
     assert made == [10]
+
+
+def test_a_new_loop_thread_has_the_kernel_read_its_context_pointer() -> None:
+    table = Table([])
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _: Reader([]))
+    linker.follow(Trigger(10, 12, 5, 5, TriggerReason.NEW_THREAD))
+    linker.poll()
+    assert table.contexts == {12: 0x7000 + 12}
+
+
+def test_a_context_switch_in_a_followed_block_is_read_at_once_but_not_too_often() -> None:
+    # GIVEN a followed block, read at its trigger; the next read is an interval away
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    reader = Reader([A, B], contexts=[0xA0, 0xB0])
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
+    linker.follow(triggered(item))
+    first = item.start_ns + HALF
+    linker.poll(first)
+
+    # WHEN the kernel says the thread switched context, 1 ms later
+    linker.follow(Trigger(10, 11, 1, first + NS_PER_MS, TriggerReason.SEGMENT))
+    # THEN the new context is read 2 ms after the last read, not an interval after it
+    assert linker.poll(first + NS_PER_MS) == first + 2 * NS_PER_MS
+    assert linker.poll(first + 2 * NS_PER_MS) == first + 2 * NS_PER_MS + linker.interval_ns
+    assert reader.thread_context(11) == ThreadContext(span=None, task=None)  # both reads done
+
+    # AND a switch later than that is read at once
+    later = first + 10 * NS_PER_MS
+    linker.follow(Trigger(10, 11, 1, later, TriggerReason.SEGMENT))
+    assert linker.poll(later) == later + linker.interval_ns
+
+
+def test_a_context_switch_in_a_block_not_followed_reads_nothing() -> None:
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    reader = Reader([A])
+    linker = TraceLinker(
+        Table([item]), threshold_ns=100 * NS_PER_MS, reader_factory=lambda _: reader
+    )
+    linker.follow(Trigger(10, 11, 1, 2, TriggerReason.SEGMENT))
+    assert linker.poll(3) is None
+    assert linker.context(10, 11, 1) == ThreadContext(span=None, task=None)
+
+
+def segment(context: int, after_ns: int, before_ns: int) -> ContextSegment:
+    return ContextSegment(context, after_ns, before_ns, after_ns, before_ns, activity=None)
+
+
+def test_each_segment_is_owned_by_the_reads_of_its_own_context_inside_it() -> None:
+    # GIVEN a block read three times: in context A0 (span A), B0 (span B), then A0 again
+    start = time.monotonic_ns()
+    item = InProgress(pid=10, tid=11, start_ns=start, activity=None)
+    reader = Reader([A, B, A], contexts=[0xA0, 0xB0, 0xA0])
+    losses = Losses()
+    linker = TraceLinker(
+        Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader, losses=losses
+    )
+    linker.follow(triggered(item))
+    read_times(linker, item, 3)
+    end = time.monotonic_ns()
+
+    # WHEN the kernel cut the block into a segment of B0, then one of A0 and one of C0
+    owners = linker.owners(
+        10,
+        11,
+        start,
+        [segment(0xB0, start, end), segment(0xA0, start, end), segment(0xC0, start, end)],
+    )
+
+    # THEN B0's reads own the first, A0's the second; no read saw C0: no parent, counted
+    assert [owner.span for owner in owners] == [B, A, None]
+    assert losses.total(Loss.LINK_UNREAD) == 1
+
+
+def test_a_read_of_the_right_context_outside_its_segment_is_not_used() -> None:
+    # GIVEN a read of context A0, taken after the stretch the kernel saw A0 in
+    start = time.monotonic_ns()
+    item = InProgress(pid=10, tid=11, start_ns=start, activity=None)
+    reader = Reader([A], contexts=[0xA0])
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
+    linker.follow(triggered(item))
+    read_times(linker, item, 1)
+
+    # THEN the segment that ended before the read has no owner: the address may be reused
+    owners = linker.owners(10, 11, start, [segment(0xA0, start - 10, start)])
+    assert owners == [ThreadContext(span=None, task=None)]

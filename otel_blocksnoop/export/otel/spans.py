@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from otel_blocksnoop import __version__
 from otel_blocksnoop.bounded import BoundedDict
-from otel_blocksnoop.events import Block, Cause
+from otel_blocksnoop.events import Block, Cause, SpanRef
 from otel_blocksnoop.export import names
 from otel_blocksnoop.export.formatting import format_traceback, seconds
 
@@ -52,7 +52,8 @@ class SpanIds:
 
     def __init__(self) -> None:
         self._generator = RandomIdGenerator()
-        self._ongoing: BoundedDict[BlockKey, Ids] = BoundedDict(MAX_ONGOING)
+        # By block: its ids, and the parent they were made for.
+        self._ongoing: BoundedDict[BlockKey, tuple[Ids, SpanRef | None]] = BoundedDict(MAX_ONGOING)
 
     def _new(self, block: Block) -> Ids:
         """A new span in the app's trace (with its sampling decision), or in a trace of its own."""
@@ -65,14 +66,22 @@ class SpanIds:
     def ongoing(self, block: Block) -> Ids:
         """The ids of a block still going on, kept for its next reports and its end."""
         key = (block.pid, block.tid, block.start_ns)
-        ids = self._ongoing.get(key)
-        if ids is None:
-            ids = self._ongoing[key] = self._new(block)
-        return ids
+        kept = self._ongoing.get(key)
+        if kept is None or kept[1] != block.parent:
+            kept = self._ongoing[key] = (self._new(block), block.parent)
+        return kept[0]
 
     def ended(self, block: Block) -> Ids:
-        """The ids of a block that has ended: those it had while it lasted, else new ones."""
-        return self._ongoing.pop((block.pid, block.tid, block.start_ns), None) or self._new(block)
+        """The ids of a block that has ended: those it had while it lasted, else new ones.
+
+        Only if its parent is still the one they were made for: a hang report
+        may have had none yet (or a share of the iteration may belong to
+        another request), and a span is never left in the wrong trace.
+        """
+        kept = self._ongoing.pop((block.pid, block.tid, block.start_ns), None)
+        if kept is None or kept[1] != block.parent:
+            return self._new(block)
+        return kept[0]
 
 
 def block_attributes(block: Block) -> dict[str, str | int | float]:
@@ -111,6 +120,9 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         attributes[names.OFF_CPU] = seconds(block.activity.off_cpu_ns)
         attributes[names.RUNQ] = seconds(block.activity.runq_ns)
         attributes[names.SIBLING_CPU] = seconds(block.activity.sibling_cpu_ns)
+    if block.throttling is not None:
+        attributes[names.THROTTLED] = seconds(block.throttling.throttled_ns)
+        attributes[names.THROTTLED_PERIODS] = block.throttling.periods
     return attributes
 
 

@@ -99,7 +99,13 @@ class _Walk:
             or memory.pointer(context + layout.context_vars) != variables
         ):
             raise _Stale
-        return ThreadContext(span=span, task=task)
+        return ThreadContext(span=span, task=task, context=context)
+
+    def context_address(self, tid: int) -> int | None:
+        """Where ``tid``'s current context pointer is (its thread state's field), if found."""
+        self.objects.new_walk()
+        found = self.threads.find(tid)
+        return None if found is None else found[0] + self.layout.tstate_context
 
 
 class ContextReader:
@@ -181,6 +187,22 @@ class ContextReader:
     def active_span(self, tid: int) -> SpanRef | None:
         """The span active on native thread ``tid`` now, or None (none, or not readable)."""
         return self.thread_context(tid).span
+
+    def context_address(self, tid: int) -> int | None:
+        """Address of the field of ``tid``'s thread state that points to its current context.
+
+        The kernel reads it at each sighting of a blocked loop to tell the
+        requests of one iteration apart. None when the thread has no thread
+        state (not Python, or not found) or the target cannot be read.
+        """
+        if self._walk is None or self.unsupported is not None:
+            return None
+        try:
+            return self._walk.context_address(tid)
+        except Exception:  # the target's memory is untrusted: never fail the caller
+            self.errors += 1
+            log.debug("thread state of %d/%d unreadable", self.pid, tid, exc_info=True)
+            return None
 
     def thread_context(self, tid: int) -> ThreadContext:
         """The span active on native thread ``tid`` now and the asyncio task it runs.
