@@ -42,6 +42,7 @@ from otel_blocksnoop.kernel.counters import read_counters, read_histogram
 from otel_blocksnoop.kernel.decode import block_event_from_c, segments_from_c, trigger_from_c
 from otel_blocksnoop.kernel.layout import BlockEventC, LoopContextC, TriggerEventC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.ringbuf import record_as
 from otel_blocksnoop.kernel.thread_table import ThreadTable, UserTicks, UserWake
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
 from otel_blocksnoop.losses import Losses
@@ -155,11 +156,11 @@ class Detector:
         return self.config.tracks_activity
 
     def _on_event(self, raw: bytes) -> None:
-        event = BlockEventC.from_buffer_copy(raw)
+        event = record_as(BlockEventC, raw)
         self._pending.append(block_event_from_c(event, self.tracks_activity))
 
     def _on_trigger(self, raw: bytes) -> None:
-        self._pending.append(trigger_from_c(TriggerEventC.from_buffer_copy(raw)))
+        self._pending.append(trigger_from_c(record_as(TriggerEventC, raw)))
 
     def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """Every tracked thread's loop time, and those out of epoll for ``min_ns`` now.

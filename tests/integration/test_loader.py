@@ -24,6 +24,7 @@ from otel_blocksnoop.kernel.decode import block_event_from_c
 from otel_blocksnoop.kernel.detector import EPOLL_SYSCALLS
 from otel_blocksnoop.kernel.layout import BlockEventC, ThreadStateC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.ringbuf import record_as
 from otel_blocksnoop.kernel.thread_table import ThreadTable
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
 from tests.helpers import WAIT_S, Target, matching_block, run_raw, truth
@@ -52,9 +53,7 @@ class Watching:
     events: list[BlockEvent] = field(default_factory=list)
 
     def on_record(self, raw: bytes) -> None:
-        self.events.append(
-            block_event_from_c(BlockEventC.from_buffer_copy(raw), with_activity=True)
-        )
+        self.events.append(block_event_from_c(record_as(BlockEventC, raw), with_activity=True))
 
 
 @pytest.fixture(scope="module")
