@@ -53,9 +53,9 @@ def prog_stats(fd: int) -> tuple[int, int]:
     return int(fields.get("run_cnt", "0")), int(fields.get("run_time_ns", "0"))
 
 
-def _short(name: bytes) -> str:
-    """``b'tracepoint__sched__sched_switch'`` -> ``sched_switch``."""
-    return name.decode().rsplit("__", 1)[-1]
+def _short(name: str) -> str:
+    """``tracepoint__sched__sched_switch`` -> ``sched_switch``."""
+    return name.rsplit("__", 1)[-1]
 
 
 def context_switches() -> int:
@@ -77,13 +77,13 @@ def measure(
     reasons: Counter[str] = Counter()
     try:
         detector.watch(pid)
-        funcs = detector._bpf.funcs  # noqa: SLF001 - the bench reads the loaded programs
-        before = {_short(name): prog_stats(func.fd) for name, func in funcs.items()}
+        program = detector.program
+        before = {_short(name): prog_stats(program.program_fd(name)) for name in program.programs}
         switches = context_switches()
         started = time.monotonic()
         result = load.run(seconds)
         elapsed = time.monotonic() - started
-        after = {_short(name): prog_stats(func.fd) for name, func in funcs.items()}
+        after = {_short(name): prog_stats(program.program_fd(name)) for name in program.programs}
         switches = context_switches() - switches
         for event in detector.poll(0):
             if isinstance(event, Trigger):

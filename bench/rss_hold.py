@@ -3,24 +3,22 @@
 # Copyright 2026 otel-blocksnoop developers
 """The child of ``bench/rss.py hold``: hold the loaded detector, watching one PID, until told.
 
-USAGE: rss_hold.py bcc|loader PID [--imports]
+USAGE: rss_hold.py PID [--imports]
 
-``bcc``: ``Detector.load()`` as the sidecar does today (BCC in this process).
-``loader``: ``kernel.loader.load()`` (BCC in a child that exits), the same
-tracepoints attached here, the ring buffer mapped here. ``--imports`` first
-imports what the sidecar imports (our stages, the OTel SDK, both OTLP
+Loads as the sidecar does (``Detector.load()``: BCC in a compiler process
+that exits, the maps and programs held here by their fds). ``--imports``
+first imports what the sidecar imports (our stages, the OTel SDK, both OTLP
 exporters), as the sidecar with export on holds them.
 
 Prints one JSON line once attached and watching: the load time in seconds
-(from before ``import bcc`` / before starting the child to attached), this
-process's peak RSS so far (VmHWM, KiB) and its largest child's (the
-compiler's ru_maxrss). Then
-it drains the ring buffer until stdin closes.
+(from before starting the compiler process to attached), this process's peak
+RSS so far (VmHWM, KiB) and its largest child's (the compiler's ru_maxrss),
+and whether bcc was imported here. Then it drains the ring buffer until
+stdin closes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import resource
 import sys
@@ -38,7 +36,7 @@ def vm_hwm_kib() -> int:
 
 
 def main(argv: list[str]) -> int:
-    how, pid = argv[0], int(argv[1])
+    pid = int(argv[0])
     if "--imports" in argv:
         import opentelemetry.exporter.otlp.proto.grpc.metric_exporter  # noqa: PLC0415
         import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: PLC0415
@@ -48,45 +46,14 @@ def main(argv: list[str]) -> int:
         import otel_blocksnoop.session  # noqa: PLC0415, F401
 
     from otel_blocksnoop.events import NS_PER_MS  # noqa: PLC0415
+    from otel_blocksnoop.kernel.detector import Detector  # noqa: PLC0415
     from otel_blocksnoop.kernel.program import DetectorConfig  # noqa: PLC0415
 
-    config = DetectorConfig(threshold_ns=10 * NS_PER_MS)
     stop = threading.Event()
     started = time.monotonic()
-    if how == "bcc":
-        from otel_blocksnoop.kernel.detector import Detector  # noqa: PLC0415
-
-        detector = Detector(config)
-        detector.load()
-        detector.watch(pid)
-
-        def poll() -> None:
-            detector.poll(100)
-
-        close = detector.close
-    else:
-        from otel_blocksnoop.kernel import loader  # noqa: PLC0415
-        from otel_blocksnoop.kernel.constants import WATCH_ROOT  # noqa: PLC0415
-        from otel_blocksnoop.kernel.detector import EPOLL_SYSCALLS  # noqa: PLC0415
-        from otel_blocksnoop.kernel.layout import WatchStateC  # noqa: PLC0415
-        from otel_blocksnoop.kernel.tracepoints import tracepoint_exists  # noqa: PLC0415
-
-        program = loader.load(config)
-        pairs = [
-            (function, f"syscalls:sys_{side}_{name}")
-            for name in EPOLL_SYSCALLS
-            if tracepoint_exists("syscalls", f"sys_enter_{name}")
-            for function, side in (("on_epoll_enter", "enter"), ("on_epoll_exit", "exit"))
-        ]
-        program.attach(pairs)
-        program.ring_buffer("events", lambda _raw: None)
-        watched = program.map("watched")
-        watched.update(bytes(ctypes.c_uint32(pid)), bytes(WatchStateC(how=WATCH_ROOT)))
-
-        def poll() -> None:
-            program.poll(100)
-
-        close = program.close
+    detector = Detector(DetectorConfig(threshold_ns=10 * NS_PER_MS))
+    detector.load()
+    detector.watch(pid)
     load_s = time.monotonic() - started
     print(
         json.dumps(
@@ -106,8 +73,8 @@ def main(argv: list[str]) -> int:
 
     threading.Thread(target=wait_for_eof, daemon=True).start()
     while not stop.is_set():
-        poll()
-    close()
+        detector.poll(100)
+    detector.close()
     return 0
 
 

@@ -219,7 +219,7 @@ def _doctor(argv: Sequence[str]) -> int:
     parser = _Parser(prog=f"{PROG} doctor", description="Check what the sidecar needs.")
     parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
     ns = parser.parse_args(list(argv))
-    checks = preflight.run_checks(ns.austin)
+    checks = preflight.run_checks(ns.austin, try_import=True)
     for check in checks:
         mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
         print(f"[{mark:^7}] {check.name:<15} {check.detail}")

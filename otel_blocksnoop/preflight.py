@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
+IMPORT_TIMEOUT_S = 60.0
 
 # Capability bits (linux/capability.h)
 CAP_SYS_PTRACE = 19
@@ -91,8 +94,13 @@ def check_privileges() -> Check:
     )
 
 
-def check_bcc() -> Check:
-    """Import it: a found but broken bcc (libbcc missing) must fail here, not mid-start."""
+def check_bcc(try_import: bool = False) -> Check:
+    """Find the module; with ``try_import``, import it in a child process (``doctor``).
+
+    Never imported here: it maps libbcc, LLVM and clang into the importer for
+    good. A run needs no import here either: the compiler process imports it
+    first thing, and a found but broken bcc fails there with this same error.
+    """
     try:
         spec = importlib.util.find_spec("bcc")
     except (ImportError, ValueError):
@@ -104,16 +112,33 @@ def check_bcc() -> Check:
             detail="the bcc module is not importable",
             error=BccMissingError("failed to import bcc: not installed in this Python"),
         )
-    try:
-        importlib.import_module("bcc")
-    except Exception as exc:  # noqa: BLE001 - any failure of a system package's import
+    failure = _import_in_child("bcc") if try_import else None
+    if failure is not None:
         return Check(
             "bcc",
             ok=False,
-            detail=f"bcc does not import: {exc}",
-            error=BccMissingError(f"failed to import bcc: {exc}"),
+            detail=f"bcc does not import: {failure}",
+            error=BccMissingError(f"failed to import bcc: {failure}"),
         )
     return Check("bcc", ok=True, detail=str(Path(spec.origin).parent))
+
+
+def _import_in_child(module: str) -> str | None:
+    """Why ``module`` does not import in a fresh interpreter like this one; None if it does."""
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=IMPORT_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if child.returncode == 0:
+        return None
+    lines = child.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {child.returncode}"
 
 
 def tracefs_root() -> Path | None:
@@ -174,10 +199,11 @@ def check_austin(explicit: str | None = None) -> Check:
     return Check("austin", ok=True, detail=f"{austin.path} ({version})", required=False)
 
 
-def run_checks(austin: str | None = None) -> list[Check]:
+def run_checks(austin: str | None = None, try_import: bool = False) -> list[Check]:
+    """Every check; ``try_import``: also import bcc (in a child), as ``doctor`` does."""
     return [
         check_privileges(),
-        check_bcc(),
+        check_bcc(try_import),
         check_tracefs(),
         check_headers(),
         check_austin(austin),

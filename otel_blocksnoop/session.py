@@ -188,7 +188,6 @@ def run(config: Config) -> int:
 
     losses = Losses()
     detector = Detector(config.detector, losses)
-    log.info("compiling and loading the BPF program...")
     detector.load()
     austin = _find_austin(config)
     stacks = _stacks(config, austin, losses)

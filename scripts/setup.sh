@@ -2,8 +2,8 @@
 # Installs everything otel-blocksnoop needs on a Debian 12 x86_64 host, as root.
 # Idempotent: each step checks first and does nothing when already done.
 #
-#   Debian packages   BCC (python3-bpfcc), kernel headers, linux-libc-dev (syscall
-#                     names), musl (for Austin)
+#   Debian packages   BCC (python3-bpfcc), kernel headers, linux-libc-dev (what
+#                     scripts/gen_syscall_names.py reads), musl (for Austin)
 #   header links      /lib/modules/$(uname -r)/{build,source} -> Debian's headers
 #   tracefs           mounted on /sys/kernel/tracing
 #   uv + venv         uv from PyPI, then `uv sync --locked` into .venv

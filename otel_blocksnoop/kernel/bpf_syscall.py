@@ -5,8 +5,7 @@ the GIL through the call (a map call takes about a microsecond; giving the
 GIL away and winning it back can take the 5 ms switch interval, see
 ``thread_table``). The element functions have libbcc's signatures
 (``fd``, then key and value as ``ctypes.byref()`` or addresses; 0, or -1
-with errno), so a reader written for libbcc's ``bpf_lookup_elem`` (such as
-``thread_table``) can call them instead.
+with errno); ``bpf_map.BpfMap`` wraps them for bytes in and out.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
 
 # Flags of BPF_MAP_UPDATE_ELEM.
 BPF_ANY = 0
@@ -76,6 +76,21 @@ class MapElemAttr(ctypes.Structure):
         ("pad", ctypes.c_uint32),
         ("key", ctypes.c_uint64),
         ("value", ctypes.c_uint64),  # or next_key
+        ("flags", ctypes.c_uint64),
+    )
+
+
+class BatchAttr(ctypes.Structure):
+    """The ``union bpf_attr`` member of the BPF_MAP_*_BATCH commands."""
+
+    _fields_ = (
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
     )
 
@@ -160,6 +175,28 @@ def update_elem(fd: int, key: Pointer, value: Pointer, flags: int = BPF_ANY) -> 
 
 def delete_elem(fd: int, key: Pointer) -> int:
     return _elem(BPF_MAP_DELETE_ELEM, fd, key, None)
+
+
+def lookup_batch(
+    fd: int, in_batch: Pointer, out_batch: Pointer, buffers: tuple[Pointer, Pointer], count: int
+) -> tuple[int, int]:
+    """Copy up to ``count`` elements (to ``buffers``: keys, values) from ``in_batch`` on.
+
+    ``in_batch`` None starts at the beginning; the kernel writes where to go on
+    to ``out_batch``. Returns the call's result (0, or -1 with errno; ENOENT:
+    the map's end was reached) and how many elements it copied, which it may
+    do in either case.
+    """
+    keys, values = buffers
+    attr = BatchAttr(
+        in_batch=_address(in_batch),
+        out_batch=_address(out_batch),
+        keys=_address(keys),
+        values=_address(values),
+        count=count,
+        map_fd=fd,
+    )
+    return _call(BPF_MAP_LOOKUP_BATCH, attr), attr.count
 
 
 @dataclass(frozen=True, slots=True)

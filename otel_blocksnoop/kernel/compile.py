@@ -111,6 +111,8 @@ def load_with_bcc(request: Request) -> tuple[Reply, list[int], Any]:
         msg = f"failed to import bcc: {exc}"
         raise BccMissingError(msg) from exc
 
+    # Said once bcc imports, so that a missing bcc is the run's only line.
+    log.info("compiling and loading the BPF program...")
     bpf = compile_program(BPF, request.config)
     for name, kind in request.programs.items():
         try:

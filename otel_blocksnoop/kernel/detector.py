@@ -1,4 +1,8 @@
-"""Kernel side of detection: load bpf/detector.bpf.c with BCC, feed it PIDs, read blocks.
+"""Kernel side of detection: load bpf/detector.bpf.c, feed it PIDs, read blocks.
+
+The program is compiled and loaded by a short-lived child (``loader``), so
+BCC, LLVM and clang never enter this process; it holds the maps and programs
+by their fds, attaches them, and reads maps and ring buffers itself.
 
 Every epoll variant the kernel has (epoll_wait, epoll_pwait, epoll_pwait2)
 gets the same enter/exit programs, so loops built on any of them (asyncio's
@@ -16,14 +20,12 @@ request), so ``poll(None)`` sleeps until something happens.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import select
 import time
 from dataclasses import replace
-from typing import Any
 
-from otel_blocksnoop.errors import BccMissingError, BpfLoadError, NoPrivilegesError
+from otel_blocksnoop.errors import BpfLoadError, NoPrivilegesError
 from otel_blocksnoop.events import (
     NS_PER_MS,
     Counters,
@@ -33,21 +35,26 @@ from otel_blocksnoop.events import (
     Loss,
     ThreadSnapshot,
 )
+from otel_blocksnoop.kernel import loader
+from otel_blocksnoop.kernel.bpf_map import u32
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
 from otel_blocksnoop.kernel.decode import block_event_from_c, segments_from_c, trigger_from_c
 from otel_blocksnoop.kernel.layout import BlockEventC, LoopContextC, TriggerEventC, WatchStateC
-from otel_blocksnoop.kernel.program import DetectorConfig, compile_program
+from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.ringbuf import record_as
 from otel_blocksnoop.kernel.thread_table import ThreadTable, UserTicks, UserWake
+from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
 from otel_blocksnoop.losses import Losses
 
 log = logging.getLogger(__name__)
 
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+TICK_PROGRAM = "on_tick"
 
 
 class Detector:
-    """Owns the BPF object: load, watch PIDs, poll blocks, read counters, close.
+    """Owns the loaded program: load, watch PIDs, poll blocks, read counters, close.
 
     ``losses`` (a fresh one when None) gets the kernel's totals of what it
     dropped each time the counters are read.
@@ -56,7 +63,7 @@ class Detector:
     def __init__(self, config: DetectorConfig, losses: Losses | None = None) -> None:
         self.config = config
         self.losses = losses if losses is not None else Losses()
-        self._bpf: Any = None
+        self._program: loader.LoadedProgram | None = None
         self._pending: list[KernelEvent] = []
         self._threads: ThreadTable | None = None
         self._waiter = select.epoll()
@@ -66,13 +73,7 @@ class Detector:
 
     def load(self) -> None:
         try:
-            from bcc import BPF  # noqa: PLC0415 - optional system package, checked here
-        except ImportError as exc:
-            msg = f"failed to import bcc: {exc}"
-            raise BccMissingError(msg) from exc
-
-        try:
-            self._bpf = compile_program(BPF, self.config)
+            self._program = loader.load(self.config, self._programs())
         except (BpfLoadError, NoPrivilegesError) as exc:
             if not self.tracks_activity:
                 raise
@@ -80,34 +81,36 @@ class Detector:
             # (denied by lockdown=confidentiality); detection needs neither.
             log.warning("%s; blocks are reported without their cause", exc)
             self.config = replace(self.config, activity=False)
-            self._bpf = compile_program(BPF, self.config)
-        self._attach(BPF)
-        from bcc import libbcc  # noqa: PLC0415 - with BPF above
-
-        library = libbcc.lib._name  # noqa: SLF001 (the file BCC loaded: "libbcc.so.0")
-        self._threads = ThreadTable(self._bpf["threads"], library, self.config.max_threads)
+            self._program = loader.load(self.config, self._programs())
+        program = self._program
+        try:
+            self._attach(program)
+        except BpfLoadError:
+            self.close()
+            raise
+        self._threads = ThreadTable(program.map("threads"))
         if self.config.stats:
             return
-        self._bpf["events"].open_ring_buffer(self._on_event)
-        self._waiter.register(self._bpf["events"].map_fd, select.EPOLLIN)
+        program.ring_buffer("events", self._on_event)
+        self._waiter.register(program.map_fd("events"), select.EPOLLIN)
         if self.config.triggers:
-            self._bpf["triggers"].open_ring_buffer(self._on_trigger)
-            self._waiter.register(self._bpf["triggers"].map_fd, select.EPOLLIN)
-            self._user_wake = UserWake(self._bpf["user_wake"], library)
-            self._attach_ticks()
+            program.ring_buffer("triggers", self._on_trigger)
+            self._waiter.register(program.map_fd("triggers"), select.EPOLLIN)
+            self._user_wake = UserWake(program.map("user_wake"))
+            self._attach_ticks(program)
 
-    def _attach_ticks(self) -> None:
+    def _programs(self) -> dict[str, int]:
+        """The functions the compiler process loads beside BCC's own, by program type."""
+        programs = dict(loader.EPOLL_PROGRAMS)
+        if self.config.triggers:
+            programs[TICK_PROGRAM] = loader.BPF_PROG_TYPE_PERF_EVENT
+        return programs
+
+    def _attach_ticks(self, program: loader.LoadedProgram) -> None:
         """The cpu-clock tick on every CPU; without it, user space looks every tick period."""
-        from bcc import PerfSWConfig, PerfType  # noqa: PLC0415 - with BPF in load()
-
         try:
-            self._bpf.attach_perf_event(
-                ev_type=PerfType.SOFTWARE,
-                ev_config=PerfSWConfig.CPU_CLOCK,
-                fn_name="on_tick",
-                sample_period=self.config.tick_ns,
-            )
-        except Exception as exc:  # noqa: BLE001 - BCC raises plain Exception
+            program.attach_cpu_clock(TICK_PROGRAM, self.config.tick_ns)
+        except OSError as exc:
             assert self._threads is not None  # noqa: S101 - set before by load()
             self._user_ticks = UserTicks(self._threads, self.config.trigger_ns)
             log.warning(
@@ -117,29 +120,22 @@ class Detector:
                 self.config.tick_ns / NS_PER_MS,
             )
 
-    def _attach(self, bpf_class: Any) -> None:  # noqa: ANN401 - bcc has no type hints
-        attached = []
-        for name in EPOLL_SYSCALLS:
-            if not bpf_class.tracepoint_exists("syscalls", f"sys_enter_{name}"):
-                log.debug("kernel has no %s tracepoints", name)
-                continue
-            try:
-                self._bpf.attach_tracepoint(
-                    tp=f"syscalls:sys_enter_{name}", fn_name="on_epoll_enter"
-                )
-                self._bpf.attach_tracepoint(tp=f"syscalls:sys_exit_{name}", fn_name="on_epoll_exit")
-            except Exception as exc:
-                msg = f"failed to attach syscalls:sys_enter_{name}: {exc}"
-                raise BpfLoadError(msg) from exc
-            attached.append(name)
-        if not attached:
+    def _attach(self, program: loader.LoadedProgram) -> None:
+        """Each epoll variant's enter and exit, and the programs that name their tracepoint."""
+        names = [n for n in EPOLL_SYSCALLS if tracepoint_exists("syscalls", f"sys_enter_{n}")]
+        if not names:
             msg = "failed to attach tracepoints: no syscalls:sys_enter_epoll_* tracepoint"
             raise BpfLoadError(msg)
-        self.attached = tuple(attached)
-        log.debug("attached to %s", ", ".join(attached))
+        program.attach(
+            (function, f"syscalls:sys_{side}_{name}")
+            for name in names
+            for function, side in (("on_epoll_enter", "enter"), ("on_epoll_exit", "exit"))
+        )
+        self.attached = tuple(names)
+        log.debug("attached to %s", ", ".join(program.attached))
 
     def watch(self, pid: int) -> None:
-        self._bpf["watched"][ctypes.c_uint32(pid)] = WatchStateC(how=WATCH_ROOT)
+        self._loaded().map("watched").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
 
     def watch_context(self, tid: int, address: int) -> None:
         """Have the kernel read ``tid``'s context pointer at ``address`` at each sighting.
@@ -147,8 +143,9 @@ class Detector:
         ``address`` is the thread state's ``context`` field (the trace linker
         finds it); without it the thread's blocks have no segments.
         """
-        if self._bpf is not None and self.config.tracks_segments:
-            self._bpf["loop_contexts"][ctypes.c_uint32(tid)] = LoopContextC(address=address)
+        if self._program is not None and self.config.tracks_segments:
+            context = bytes(LoopContextC(address=address))
+            self._program.map("loop_contexts").update(u32(tid), context)
 
     def wake_on(self, fd: int) -> None:
         """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""
@@ -158,15 +155,12 @@ class Detector:
     def tracks_activity(self) -> bool:
         return self.config.tracks_activity
 
-    def _on_event(self, _ctx: object, data: int, _size: int) -> int:
-        raw = ctypes.cast(data, ctypes.POINTER(BlockEventC)).contents
-        self._pending.append(block_event_from_c(raw, self.tracks_activity))
-        return 0
+    def _on_event(self, raw: bytes) -> None:
+        event = record_as(BlockEventC, raw)
+        self._pending.append(block_event_from_c(event, self.tracks_activity))
 
-    def _on_trigger(self, _ctx: object, data: int, _size: int) -> int:
-        raw = ctypes.cast(data, ctypes.POINTER(TriggerEventC)).contents
-        self._pending.append(trigger_from_c(raw))
-        return 0
+    def _on_trigger(self, raw: bytes) -> None:
+        self._pending.append(trigger_from_c(record_as(TriggerEventC, raw)))
 
     def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """Every tracked thread's loop time, and those out of epoll for ``min_ns`` now.
@@ -197,10 +191,10 @@ class Detector:
         item = self._threads.ongoing(tid, now, cpu)
         if item is None or not self.config.tracks_segments:
             return item
-        try:
-            loop = self._bpf["loop_contexts"][ctypes.c_uint32(tid)]
-        except KeyError:
+        raw = self._loaded().map("loop_contexts").lookup(u32(tid))
+        if raw is None:
             return item
+        loop = LoopContextC.from_buffer_copy(raw)
         if not loop.armed:
             return item  # watched from the middle of this block: no segments for it
         segments = segments_from_c(loop.segments, item.start_ns, now, item.activity)
@@ -210,10 +204,8 @@ class Detector:
         return replace(item, segments=segments)
 
     def _process_cpu_ns(self, tgid: int) -> int:
-        try:
-            return int(self._bpf["watched"][ctypes.c_uint32(tgid)].cpu_ns)
-        except KeyError:
-            return 0
+        raw = self._loaded().map("watched").lookup(u32(tgid))
+        return int(WatchStateC.from_buffer_copy(raw).cpu_ns) if raw is not None else 0
 
     def poll(self, timeout_ms: int | None) -> list[KernelEvent]:
         """Wait up to ``timeout_ms`` (None: with no limit) for the kernel, or a ``wake_on`` fd.
@@ -232,18 +224,19 @@ class Detector:
                 else 0
             )
             self._user_wake.publish(wake_ms * NS_PER_MS)
+        program = self._loaded()
         # What came without waking us (or before the publish) needs no wait.
-        self._bpf.ring_buffer_consume()
+        program.consume()
         if not self._pending:
             self._waiter.poll(-1 if timeout_ms is None else timeout_ms / 1000)
-            self._bpf.ring_buffer_consume()
+            program.consume()
         if self._user_ticks is not None:
             self._pending.extend(self._user_ticks.look(time.monotonic_ns()))
         events, self._pending = self._pending, []
         return events
 
     def counters(self) -> Counters:
-        counters = read_counters(self._bpf["counters"])
+        counters = read_counters(self._loaded().map("counters"))
         self.losses.observe(Loss.KERNEL_EVENTS, counters.lost_events)
         self.losses.observe(Loss.KERNEL_THREADS, counters.untracked_threads)
         self.losses.observe(Loss.KERNEL_TRIGGERS, counters.lost_triggers)
@@ -251,10 +244,22 @@ class Detector:
 
     def histogram(self) -> HistogramSnapshot:
         """Read the stats-mode histogram and reset the extremes."""
-        return read_histogram(self._bpf["iter_hist"], self._bpf["iter_extremes"])
+        program = self._loaded()
+        return read_histogram(program.map("iter_hist"), program.map("iter_extremes"))
+
+    @property
+    def program(self) -> loader.LoadedProgram:
+        """The loaded maps and programs (RuntimeError before ``load()`` or after ``close()``)."""
+        return self._loaded()
+
+    def _loaded(self) -> loader.LoadedProgram:
+        if self._program is None:
+            msg = "the BPF program is not loaded"
+            raise RuntimeError(msg)
+        return self._program
 
     def close(self) -> None:
         self._waiter.close()
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        if self._program is not None:
+            self._program.close()
+            self._program = None

@@ -10,7 +10,8 @@ The ``LoadedProgram`` then does here what BCC did:
 
 - ``attach()``: each program named ``tracepoint__<category>__<event>`` on
   its tracepoint (BCC's convention), and the (function, tracepoint) pairs
-  given, through perf events (``tracepoints``);
+  given, through perf events (``tracepoints``); ``attach_cpu_clock()``: a
+  perf-event program on every CPU's cpu-clock;
 - ``map(name)`` / ``map_fd(name)``: map elements through the bpf() syscall
   (``bpf_map``, ``bpf_syscall``);
 - ``ring_buffer(name, callback)`` then ``poll(timeout_ms)``: ring buffer
@@ -40,11 +41,12 @@ from otel_blocksnoop.kernel.bpf_map import BpfMap, MapSpec
 from otel_blocksnoop.kernel.compile import MAX_FDS, REPLY_MAX, Reply, Request
 from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.kernel.ringbuf import MappedRing, RecordCallback, RingReader
-from otel_blocksnoop.kernel.tracepoints import attach_tracepoint
+from otel_blocksnoop.kernel.tracepoints import attach_cpu_clock, attach_tracepoint
 
 log = logging.getLogger(__name__)
 
 BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_PERF_EVENT = 7
 EPOLL_PROGRAMS: dict[str, int] = {
     "on_epoll_enter": BPF_PROG_TYPE_TRACEPOINT,
     "on_epoll_exit": BPF_PROG_TYPE_TRACEPOINT,
@@ -65,6 +67,7 @@ class LoadedProgram:
         self._maps = dict(maps)
         self._programs = dict(programs)
         self._links: list[tuple[str, str, int]] = []  # (function, tracepoint, perf event fd)
+        self._clock_fds: list[int] = []  # cpu-clock perf events, one per CPU
         self._rings: list[tuple[MappedRing, RingReader]] = []
         self._epoll: select.epoll | None = None
         self.load_s = 0.0
@@ -116,6 +119,13 @@ class LoadedProgram:
             raise BpfLoadError(msg) from exc
         self._links.append((function, tracepoint, fd))
 
+    def attach_cpu_clock(self, function: str, period_ns: int) -> None:
+        """Run perf-event program ``function`` every ``period_ns`` of each CPU's busy time.
+
+        OSError (or KeyError: no such program) when it cannot; nothing is attached then.
+        """
+        self._clock_fds.extend(attach_cpu_clock(self.program_fd(function), period_ns))
+
     def attach(self, tracepoints: Iterable[tuple[str, str]] = ()) -> tuple[str, ...]:
         """Attach every ``tracepoint__<category>__<event>`` program, then each (function, tp) given.
 
@@ -166,6 +176,9 @@ class LoadedProgram:
         for _, _, fd in self._links:
             os.close(fd)
         self._links.clear()
+        for fd in self._clock_fds:
+            os.close(fd)
+        self._clock_fds.clear()
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None

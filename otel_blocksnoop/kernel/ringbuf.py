@@ -24,6 +24,7 @@ import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
@@ -32,6 +33,18 @@ _LENGTH_MASK = ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 
 RecordCallback = Callable[[bytes], object]
 """Called with a copy of each record's bytes (the header left out)."""
+
+Struct = TypeVar("Struct", bound=ctypes.Structure)
+
+
+def record_as(struct_type: type[Struct], record: bytes) -> Struct:
+    """``record`` as a ``struct_type``; what the kernel left out of its end reads as zeros.
+
+    A record may be sent shorter than its struct: only the used part of a
+    variable-length tail (a block's segments).
+    """
+    size = ctypes.sizeof(struct_type)
+    return struct_type.from_buffer_copy(record.ljust(size, b"\0")[:size])
 
 
 @dataclass(frozen=True, slots=True)

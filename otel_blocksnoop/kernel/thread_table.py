@@ -12,11 +12,10 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import InProgress, ThreadSnapshot, ThreadTimes, Trigger, TriggerReason
-from otel_blocksnoop.kernel import bpf_syscall
+from otel_blocksnoop.kernel.bpf_map import BpfMap, u32, u64
 from otel_blocksnoop.kernel.decode import activity_so_far
 from otel_blocksnoop.kernel.layout import ThreadStateC
 
@@ -24,83 +23,39 @@ BATCH_READ_ABOVE = 32
 MAX_TOLD = 16384
 """Threads whose last block ``UserTicks`` told of: as many as the kernel's table holds."""
 
-MapCall = Callable[[int, Any, Any], int]
-"""libbcc's bpf_lookup_elem and bpf_get_next_key, or ``bpf_syscall``'s: 0, or -1 with errno."""
-
 
 class ThreadTable:
-    """The thread table, read key by key with the GIL held, or in one batch when large.
+    """The thread table, read key by key with the GIL held (``bpf_syscall``).
 
-    BCC calls libbcc through ``ctypes.CDLL``, which gives the GIL away around
-    every bpf() call; winning it back from a busy thread of the sidecar (the
-    stack decoder) may take the 5 ms switch interval each time, several times
-    per look, which made the trace linker late for short blocks. A bpf() map
-    call takes about a microsecond: holding the GIL through it costs nothing.
+    A call that gave the GIL away around every bpf() call (as BCC's libbcc
+    calls do) had to win it back from a busy thread of the sidecar (the
+    stack decoder), which may take the 5 ms switch interval each time,
+    several times per look: the trace linker was late for short blocks. A
+    bpf() map call takes about a microsecond: holding the GIL through it
+    costs nothing.
     """
 
-    def __init__(self, bcc_map: Any, library: str, limit: int) -> None:  # noqa: ANN401 - bcc has no type hints
-        lib = ctypes.PyDLL(library, use_errno=True)
-        lookup, next_key = lib.bpf_lookup_elem, lib.bpf_get_next_key
-        for function in (lookup, next_key):
-            function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-            function.restype = ctypes.c_int
-        self._wire(bcc_map, bcc_map.map_fd, limit, lookup, next_key)
-
-    @classmethod
-    def from_fd(cls, fd: int, limit: int) -> ThreadTable:
-        """The table by its map fd alone, read with bpf() syscalls (``bpf_syscall``): no libbcc."""
-        table = cls.__new__(cls)
-        table._wire(  # noqa: SLF001 - a method of this class, on an instance it made
-            None, fd, limit, bpf_syscall.lookup_elem, bpf_syscall.get_next_key
-        )
-        return table
-
-    def _wire(self, bcc_map: Any, fd: int, limit: int, lookup: MapCall, next_key: MapCall) -> None:  # noqa: ANN401 - bcc has no type hints
-        self._map = bcc_map  # None: no batch read (BCC's)
-        self._fd = fd
-        self._limit = limit
+    def __init__(self, table: BpfMap) -> None:
+        self._map = table
         self._size = 0
-        self._lookup = lookup
-        self._next_key = next_key
 
     def get(self, tid: int) -> ThreadStateC | None:
-        key, state = ctypes.c_uint32(tid), ThreadStateC()
-        found = self._lookup(self._fd, ctypes.byref(key), ctypes.byref(state)) == 0
-        return state if found else None
-
-    def items(self) -> list[tuple[int, ThreadStateC]]:
-        """Every entry; one deleted meanwhile restarts the kernel's walk, hence the dict."""
-        found: dict[int, ThreadStateC] = {}
-        key, following = ctypes.c_uint32(), ctypes.c_uint32()
-        # With no key, the kernel gives the first one.
-        more = self._next_key(self._fd, None, ctypes.byref(key)) == 0
-        for _ in range(2 * self._limit):
-            if not more:
-                break
-            state = self.get(key.value)
-            if state is not None:
-                found[key.value] = state
-            more = self._next_key(self._fd, ctypes.byref(key), ctypes.byref(following)) == 0
-            key.value = following.value
-        return list(found.items())
+        raw = self._map.lookup(u32(tid))
+        return ThreadStateC.from_buffer_copy(raw) if raw is not None else None
 
     def entries(self) -> list[tuple[int, ThreadStateC]]:
-        """Every entry of the table, read the cheaper way for its size.
+        """Every entry of the table now, read the cheaper way for its size.
 
-        Key by key while it is small (41 us for one thread, measured), in one
-        batched call past BATCH_READ_ABOVE entries (BCC's batch read sizes its
-        buffers for the whole map: 441 us even for one entry).
+        Key by key while it is small (34 us for one thread, ~9 us a thread
+        beyond), in batches past BATCH_READ_ABOVE entries (their buffers are
+        sized for the whole map).
         """
-        found = None
-        if self._size > BATCH_READ_ABOVE and self._map is not None:
-            try:
-                found = [(key.value, state) for key, state in self._map.items_lookup_batch()]
-            except Exception:  # noqa: BLE001 - older kernels: no batch ops; read key by key
-                found = None
-        if found is None:
-            found = self.items()
+        found = self._map.items(batched=self._size > BATCH_READ_ABOVE)
         self._size = len(found)
-        return found
+        return [
+            (ctypes.c_uint32.from_buffer_copy(key).value, ThreadStateC.from_buffer_copy(value))
+            for key, value in found
+        ]
 
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside, or untracked. One map lookup."""
@@ -134,21 +89,16 @@ class UserWake:
     would wait for it.
     """
 
-    def __init__(self, bcc_map: Any, library: str) -> None:  # noqa: ANN401 - bcc has no type hints
-        lib = ctypes.PyDLL(library, use_errno=True)
-        self._fd = bcc_map.map_fd
-        self._update = lib.bpf_update_elem
-        self._update.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
-        self._update.restype = ctypes.c_int
+    def __init__(self, table: BpfMap) -> None:
+        self._map = table
         self._published: int | None = None
 
     def publish(self, wake_ns: int) -> None:
         """User space looks by ``wake_ns`` (CLOCK_MONOTONIC), 0: not before it is woken."""
         if wake_ns == self._published:
             return
-        key, value = ctypes.c_uint32(0), ctypes.c_uint64(wake_ns)
-        if self._update(self._fd, ctypes.byref(key), ctypes.byref(value), 0) == 0:
-            self._published = wake_ns
+        self._map.update(u32(0), u64(wake_ns))
+        self._published = wake_ns
 
 
 class UserTicks:

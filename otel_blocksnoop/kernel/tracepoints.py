@@ -1,10 +1,11 @@
-"""Attaching a loaded BPF program to a kernel tracepoint, without libbcc.
+"""Attaching a loaded BPF program to a tracepoint or to the cpu-clock, without libbcc.
 
-As BCC does it: ``perf_event_open`` of a PERF_TYPE_TRACEPOINT event (its id
-read from tracefs) for every task (pid -1) on one CPU, then the
-PERF_EVENT_IOC_SET_BPF and PERF_EVENT_IOC_ENABLE ioctls. A tracepoint runs
-its BPF programs wherever it fires, whatever the CPU the event was opened
-on; closing the perf event fd detaches the program.
+As BCC does it: ``perf_event_open`` of an event for every task (pid -1) on
+a CPU, then the PERF_EVENT_IOC_SET_BPF and PERF_EVENT_IOC_ENABLE ioctls;
+closing the perf event fd detaches the program. A tracepoint event (its id
+read from tracefs) runs its programs wherever it fires, whatever the CPU it
+was opened on: one event is enough. A cpu-clock event samples only its own
+CPU: one per online CPU.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import fcntl
 import os
 from pathlib import Path
 
-from otel_blocksnoop.kernel.bpf_syscall import libc_syscall, syscall_number
+from otel_blocksnoop.kernel.bpf_syscall import libc_syscall, parse_cpu_list, syscall_number
 
 TRACEFS_EVENTS = (Path("/sys/kernel/tracing/events"), Path("/sys/kernel/debug/tracing/events"))
 """Where tracepoint ids are found: tracefs, then tracefs under debugfs."""
 
+ONLINE_CPUS = Path("/sys/devices/system/cpu/online")
+
+PERF_TYPE_SOFTWARE = 1
 PERF_TYPE_TRACEPOINT = 2
+PERF_COUNT_SW_CPU_CLOCK = 0
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_ATTR_DISABLED = 1 << 0  # the first bit of perf_event_attr's flag word
 
@@ -79,6 +84,18 @@ def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int, flag
     return fd
 
 
+def _open_with_program(attr: PerfEventAttr, cpu: int, prog_fd: int) -> int:
+    """Open the event for every task on ``cpu`` and run ``prog_fd`` on it; OSError if refused."""
+    fd = perf_event_open(attr, pid=-1, cpu=cpu, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
     """Run program ``prog_fd`` at tracepoint ``category:event``; the perf event fd holds it.
 
@@ -96,11 +113,28 @@ def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
         wakeup_events=1,
         flags=PERF_ATTR_DISABLED,
     )
-    fd = perf_event_open(attr, pid=-1, cpu=0, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC)
+    return _open_with_program(attr, 0, prog_fd)
+
+
+def attach_cpu_clock(prog_fd: int, period_ns: int) -> list[int]:
+    """Run ``prog_fd`` after every ``period_ns`` of busy time of each online CPU.
+
+    Returns one perf event fd per CPU (all or none: OSError when the kernel
+    refuses one).
+    """
+    fds: list[int] = []
     try:
-        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
-        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+        for cpu in parse_cpu_list(ONLINE_CPUS.read_text()):
+            attr = PerfEventAttr(
+                type=PERF_TYPE_SOFTWARE,
+                size=ctypes.sizeof(PerfEventAttr),
+                config=PERF_COUNT_SW_CPU_CLOCK,
+                sample_period=period_ns,
+                flags=PERF_ATTR_DISABLED,
+            )
+            fds.append(_open_with_program(attr, cpu, prog_fd))
     except OSError:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
         raise
-    return fd
+    return fds

@@ -17,15 +17,17 @@ import pytest
 from otel_blocksnoop.errors import BpfLoadError
 from otel_blocksnoop.events import NS_PER_MS, BlockEvent
 from otel_blocksnoop.kernel import bpf_syscall, loader
+from otel_blocksnoop.kernel.bpf_map import u32
 from otel_blocksnoop.kernel.bpf_syscall import BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_RINGBUF
 from otel_blocksnoop.kernel.constants import COUNTER_ITERATIONS, WATCH_ROOT
 from otel_blocksnoop.kernel.decode import block_event_from_c
 from otel_blocksnoop.kernel.detector import EPOLL_SYSCALLS
 from otel_blocksnoop.kernel.layout import BlockEventC, ThreadStateC, WatchStateC
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.ringbuf import record_as
 from otel_blocksnoop.kernel.thread_table import ThreadTable
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
-from tests.helpers import WAIT_S, Target, matching_block, truth
+from tests.helpers import WAIT_S, Target, matching_block, run_raw, truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -43,10 +45,6 @@ def epoll_tracepoints() -> list[tuple[str, str]]:
     return pairs
 
 
-def u32(value: int) -> bytes:
-    return bytes(ctypes.c_uint32(value))
-
-
 @dataclass
 class Watching:
     """The loaded detector, and the blocks its ring buffer handed over (decoded like Detector)."""
@@ -55,9 +53,7 @@ class Watching:
     events: list[BlockEvent] = field(default_factory=list)
 
     def on_record(self, raw: bytes) -> None:
-        self.events.append(
-            block_event_from_c(BlockEventC.from_buffer_copy(raw), with_activity=True)
-        )
+        self.events.append(block_event_from_c(record_as(BlockEventC, raw), with_activity=True))
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +142,26 @@ with loader.load(DetectorConfig(threshold_ns=10_000_000)) as program:
     assert "sched:sched_switch" in seen["attached"]
 
 
+def test_the_running_sidecar_never_maps_bcc_nor_llvm() -> None:
+    # GIVEN an app launched by the sidecar that looks at its parent once watched
+    code = """
+import json, os
+parent = os.getppid()
+maps = open(f"/proc/{parent}/maps").read()
+print(json.dumps({
+    "parent": open(f"/proc/{parent}/cmdline").read().split("\\0"),
+    "mapped": [name for name in ("libbcc", "libLLVM", "libclang") if name in maps],
+}))
+"""
+    # WHEN the sidecar runs it
+    result = run_raw("-q", "--no-stacks", "--", sys.executable, "-c", code)
+    # THEN its parent is the sidecar, holding the program without BCC's libraries
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert "otel_blocksnoop" in seen["parent"]
+    assert seen["mapped"] == []
+
+
 @pytest.mark.parametrize("scenario", ["sleep", "cpu", "read"])
 def test_blocks_of_an_asyncio_app_arrive_through_the_ring_buffer(
     tmp_path: Path, watching: Watching, scenario: str
@@ -204,12 +220,14 @@ def test_the_thread_table_and_counters_read_through_bpf_syscalls(
         # THEN its entry is there, keyed by tid, with its process and loop iterations
         assert state.tgid == target.pid
         assert u32(target.pid) in set(threads.keys())
+        # AND a batched read finds it too, the kernel's cursor taken one element at a time
+        assert u32(target.pid) in {key for key, _ in threads.items_batched(chunk=1)}
         # AND a reader written for libbcc's bpf_lookup_elem (ctypes.byref) reads it alike
         key, by_ref = ctypes.c_uint32(target.pid), ThreadStateC()
         assert bpf_syscall.lookup_elem(threads.fd, ctypes.byref(key), ctypes.byref(by_ref)) == 0
         assert by_ref.tgid == target.pid
-        # AND the sidecar's thread table reader, given the map fd alone, sees the loop thread
-        table = ThreadTable.from_fd(threads.fd, limit=DetectorConfig(threshold_ns=1).max_threads)
+        # AND the sidecar's thread table reader, given the map, sees the loop thread
+        table = ThreadTable(threads)
         assert table.get(target.pid) is not None
         assert target.pid in {times.tid for times in table.snapshot(THRESHOLD_MS * NS_PER_MS).times}
         assert program.map("counters").sum_u64(u32(COUNTER_ITERATIONS)) > 0

@@ -1,4 +1,4 @@
-"""The kernel's thread table, as the sidecar reads it with the GIL held, against BCC's own read."""
+"""The kernel's thread table, as the sidecar reads it: who is out of epoll, and since when."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ IDLE_LOOP = "import asyncio; asyncio.run(asyncio.sleep(30))"
 BLOCKED_LOOP = "import asyncio, time\nasync def main():\n    time.sleep(30)\nasyncio.run(main())"
 
 
-def test_the_thread_table_read_key_by_key_matches_bccs_read() -> None:
+def test_the_thread_table_says_which_loop_is_out_of_epoll() -> None:
     # GIVEN the detector loaded, watching a loop that idles in epoll and one blocked
     detector = Detector(DetectorConfig(threshold_ns=10 * NS_PER_MS, activity=False))
     detector.load()
@@ -26,21 +26,20 @@ def test_the_thread_table_read_key_by_key_matches_bccs_read() -> None:
     try:
         for app in apps:
             detector.watch(app.pid)
-        bcc_table = detector._bpf["threads"]  # noqa: SLF001 (the reference read)
         deadline = time.monotonic() + 10
-        while len(bcc_table.items()) < 2 and time.monotonic() < deadline:
+        while len(detector.snapshot(0).times) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
 
-        # WHEN both reads are taken
-        ours = {tid: state.left_epoll_ns for tid, state in detector._threads.items()}  # type: ignore[union-attr]  # noqa: SLF001
-        theirs = {key.value: state.left_epoll_ns for key, state in bcc_table.items()}
+        # WHEN the table is read
+        snapshot = detector.snapshot(0)
+        now = time.monotonic_ns()
 
-        # THEN they hold the same threads and times, and say who is out of epoll
-        assert set(ours) == set(theirs) == {app.pid for app in apps}
-        assert ours == theirs
+        # THEN it holds both loop threads, and only the blocked one is out of epoll
+        assert {times.tid for times in snapshot.times} == {app.pid for app in apps}
         idle, blocked = (app.pid for app in apps)
+        assert [block.tid for block in snapshot.ongoing] == [blocked]
         assert detector.out_since(idle) == 0
-        assert detector.out_since(blocked) == theirs[blocked] > 0
+        assert 0 < detector.out_since(blocked) == snapshot.ongoing[0].start_ns < now
         assert detector.out_since(1) == 0  # not in the table
     finally:
         for app in apps:

@@ -8,7 +8,7 @@ import errno
 import pytest
 
 from otel_blocksnoop.kernel import bpf_syscall
-from otel_blocksnoop.kernel.bpf_map import BpfMap, MapSpec
+from otel_blocksnoop.kernel.bpf_map import BpfMap, MapSpec, u32
 
 
 class FakeKernelMap:
@@ -21,6 +21,7 @@ class FakeKernelMap:
         monkeypatch.setattr(bpf_syscall, "get_next_key", self.get_next_key)
         monkeypatch.setattr(bpf_syscall, "update_elem", self.update_elem)
         monkeypatch.setattr(bpf_syscall, "delete_elem", self.delete_elem)
+        monkeypatch.setattr(bpf_syscall, "lookup_batch", self.lookup_batch)
 
     @staticmethod
     def _fail(code: int) -> int:
@@ -51,15 +52,35 @@ class FakeKernelMap:
         self.entries[ctypes.string_at(key, self.key_size)] = ctypes.string_at(value, 16)
         return 0
 
+    def lookup_batch(
+        self,
+        _fd: int,
+        in_batch: int | None,
+        out_batch: int | None,
+        buffers: tuple[int | None, int | None],
+        count: int,
+    ) -> tuple[int, int]:
+        """The kernel's batch read over the sorted keys; the cursor is an index."""
+        assert out_batch is not None
+        keys, values = buffers
+        assert keys is not None
+        assert values is not None
+        ordered = sorted(self.entries.items())
+        start = ctypes.c_uint32.from_address(in_batch).value if in_batch is not None else 0
+        taken = ordered[start : start + count]
+        for index, (key, value) in enumerate(taken):
+            ctypes.memmove(keys + index * self.key_size, key, self.key_size)
+            ctypes.memmove(values + index * len(value), value, len(value))
+        ctypes.c_uint32.from_address(out_batch).value = start + len(taken)
+        if start + len(taken) >= len(ordered):
+            return self._fail(errno.ENOENT), len(taken)
+        return 0, len(taken)
+
     def delete_elem(self, _fd: int, key: int | None) -> int:
         assert key is not None
         if self.entries.pop(ctypes.string_at(key, self.key_size), None) is None:
             return self._fail(errno.ENOENT)
         return 0
-
-
-def u32(value: int) -> bytes:
-    return value.to_bytes(4, "little")
 
 
 def test_a_per_cpu_value_is_one_slot_per_cpu_each_rounded_up_to_8_bytes(
@@ -108,6 +129,42 @@ def test_keys_are_walked_from_the_first_and_items_read_each(
     table = BpfMap(3, MapSpec("threads", bpf_syscall.BPF_MAP_TYPE_HASH, 4, 16, 8))
     assert list(table.keys()) == [u32(10), u32(20), u32(30)]
     assert table.items() == [(u32(tid), bytes([tid]) * 16) for tid in (10, 20, 30)]
+
+
+def test_a_batched_read_hands_over_every_element_across_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a hash map of 5 elements
+    kernel = FakeKernelMap(monkeypatch, key_size=4)
+    for tid in range(1, 6):
+        kernel.entries[u32(tid)] = bytes([tid]) * 16
+    table = BpfMap(3, MapSpec("threads", bpf_syscall.BPF_MAP_TYPE_HASH, 4, 16, 8))
+    # WHEN it is read 2 elements per call, and in one call
+    # THEN both read what a walk of its keys reads
+    assert table.items_batched(chunk=2) == table.items()
+    assert table.items_batched() == table.items()
+    assert len(table.items()) == 5
+
+
+def test_a_kernel_without_batch_reads_is_read_key_by_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a kernel that does not know the batch command
+    kernel = FakeKernelMap(monkeypatch, key_size=4)
+    kernel.entries[u32(1)] = bytes(16)
+    calls = []
+
+    def unknown(*_args: object) -> tuple[int, int]:
+        calls.append(1)
+        return kernel._fail(errno.EINVAL), 0  # noqa: SLF001 - the double's own helper
+
+    monkeypatch.setattr(bpf_syscall, "lookup_batch", unknown)
+    table = BpfMap(3, MapSpec("threads", bpf_syscall.BPF_MAP_TYPE_HASH, 4, 16, 8))
+    # WHEN a batched read is asked for, twice
+    # THEN the keys are walked instead, and the batch is not tried again
+    assert table.items(batched=True) == [(u32(1), bytes(16))]
+    assert table.items(batched=True) == [(u32(1), bytes(16))]
+    assert len(calls) == 1
 
 
 def test_keys_and_values_of_the_wrong_size_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,28 +19,29 @@ from otel_blocksnoop.losses import Losses
 
 
 class PerCpuCounters:
-    """BCC's per-CPU array as ``read_counters`` uses it: ``sum(index).value``."""
+    """The per-CPU ``counters`` array as ``read_counters`` uses it: totals over CPUs by key."""
 
     def __init__(self, totals: dict[int, int]) -> None:
         self.totals = totals
 
-    def sum(self, index: ctypes.c_int) -> ctypes.c_uint64:
-        return ctypes.c_uint64(self.totals.get(index.value, 0))
+    def sum_u64(self, key: bytes) -> int:
+        return self.totals.get(ctypes.c_uint32.from_buffer_copy(key).value, 0)
 
 
 class LoadedProgram:
-    """The loaded BPF object, reduced to its maps."""
+    """The loaded program, reduced to its counters."""
 
     def __init__(self, counters: PerCpuCounters) -> None:
         self.maps = {"counters": counters}
 
-    def __getitem__(self, name: str) -> PerCpuCounters:
+    def map(self, name: str) -> PerCpuCounters:
         return self.maps[name]
 
 
 def loaded(detector: Detector, totals: dict[int, int]) -> PerCpuCounters:
     table = PerCpuCounters(totals)
-    detector._bpf = LoadedProgram(table)  # noqa: SLF001 (stands in for load(), which needs root)
+    # Stands in for load(), which needs root.
+    detector._program = LoadedProgram(table)  # type: ignore[assignment]  # noqa: SLF001
     return table
 
 

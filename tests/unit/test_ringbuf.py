@@ -13,6 +13,7 @@ from otel_blocksnoop.kernel.ringbuf import (
     BPF_RINGBUF_HDR_SZ,
     RingMemory,
     RingReader,
+    record_as,
     record_span,
 )
 
@@ -171,3 +172,15 @@ def test_a_data_area_that_is_not_a_power_of_two_is_refused(size: int) -> None:
     memory = RingMemory(consumer=0, producer=0, data=0, size=size)
     with pytest.raises(ValueError, match="power of two"):
         RingReader(memory, lambda _: None)
+
+
+def test_a_record_shorter_than_its_struct_reads_the_rest_as_zeros() -> None:
+    # GIVEN a struct of three u32, and a record the kernel sent with only the first two
+    class Three(ctypes.Structure):
+        _fields_ = (("a", ctypes.c_uint32), ("b", ctypes.c_uint32), ("c", ctypes.c_uint32))
+
+    record = bytes(ctypes.c_uint32(7)) + bytes(ctypes.c_uint32(8))
+    # WHEN it is read as the struct
+    value = record_as(Three, record)
+    # THEN what was sent is there, and the tail left out is zero
+    assert (value.a, value.b, value.c) == (7, 8, 0)
