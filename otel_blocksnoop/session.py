@@ -217,7 +217,7 @@ def run(config: Config) -> int:
                 if linker is not None:
                     linker.prepare(target.pid)
             return _watch_running(detector, session, targets, what, stacks)
-        return _watch_launched(detector, session, config.command, what, stacks)
+        return _watch_launched(detector, session, config.command, what)
     finally:
         if linker is not None:
             linker.stop()
@@ -349,15 +349,14 @@ def _watch_launched(
     session: Session,
     command: list[str],
     what: str,
-    stacks: SamplerPool | None,
 ) -> int:
     """Launch mode: the command runs once its PID is watched; its exit code is ours."""
     child = LaunchedCommand(command)
     detector.watch(child.pid)
     _Signals(session, child)
+    # Its Austin starts when its loop first returns from epoll (the flow's NEW_THREAD):
+    # started now, it would attach to the holder, whose exec ends it.
     child.release()
-    if stacks is not None:
-        stacks.ensure(child.pid)
     log.info("launched PID %d (%s), watching for %s", child.pid, _short(command), what)
     try:
         session.run(child)

@@ -276,6 +276,8 @@ class BlockFlow:
                 follower.follow(trigger)  # another request's callback in a followed block
             return
         if trigger.reason == TriggerReason.NEW_THREAD:
+            if self._stacks is not None:
+                self._stacks.prepare(trigger.pid)  # a loop runs: its interpreter is up
             for follower in self._followers:
                 follower.follow(trigger)
             # Who a process is, read as soon as its loop runs: a short-lived app may be

@@ -66,6 +66,9 @@ class Samples(Protocol):
     def covered_until(self, pid: int, tid: int) -> int:
         """Up to when samples of the thread have arrived."""
 
+    def prepare(self, pid: int) -> None:
+        """A loop of ``pid`` has started: have its sampler attached before its first block."""
+
     def begin(self, pid: int, tid: int, start_ns: int) -> None:
         """A block of the thread is going on: gather its stacks (on demand)."""
 

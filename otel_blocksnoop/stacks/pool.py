@@ -44,6 +44,10 @@ class SamplerPool:
             sampler.start()
         return sampler
 
+    def prepare(self, pid: int) -> None:
+        """A loop of ``pid`` has started: attach its sampler now, not at its first block."""
+        self.ensure(pid)
+
     def begin(self, pid: int, tid: int, start_ns: int) -> None:
         """Thread ``tid`` of ``pid`` has been blocked since ``start_ns``: gather its stacks."""
         self.ensure(pid).begin(tid, start_ns)
