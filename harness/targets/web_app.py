@@ -55,6 +55,8 @@ from truth import emit, in_context, sleep_in_context, timed
 
 OUT: TextIO = sys.stdout
 PAUSE_S = 0.05
+WARM_UP_S = 0.5
+"""Idle time between the server's start and the first burst."""
 """The loop idles this long between blocks, so that each is a loop iteration of its own."""
 SAMPLED_PARENT = "00-0000000000000000000000000000b0b0-00000000000000b1-01"
 UNSAMPLED_PARENT = "00-0000000000000000000000000005eed1-0000000000c0ffee-00"
@@ -189,6 +191,9 @@ async def client(base: str, seconds: float, bursts: list[Burst], sizes: list[int
                 return text
 
         if sizes:
+            # A service's first requests come a while after its start; a watcher
+            # finds its loop when it first leaves epoll, and needs a moment then.
+            await asyncio.sleep(WARM_UP_S)
             iterations = Iterations()
             for size in sizes:
                 bursts.append(Burst(size, seconds, iterations))

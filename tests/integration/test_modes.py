@@ -57,7 +57,9 @@ def test_ebpf_flag_prints_the_program_with_its_constants() -> None:
 
 
 def test_console_output_is_one_aligned_line_per_block_and_a_summary() -> None:
-    result = run_raw("-t", "50", "--", sys.executable, str(BLOCKER), "all", "--out", "/dev/null")
+    # (after 1 s: Austin attaches when the loop first leaves epoll, and needs a moment)
+    target = [sys.executable, str(BLOCKER), "all", "--delay", "1", "--out", "/dev/null"]
+    result = run_raw("-t", "50", "--", *target)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["TIME", "PID", "TID", "THREAD", "BLOCKED", "CAUSE"]
