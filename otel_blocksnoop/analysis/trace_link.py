@@ -102,7 +102,7 @@ class _Votes:
         self.reads: deque[tuple[int, int, ThreadContext]] = deque(maxlen=MAX_TIMED_READS)
 
     def result(self) -> ThreadContext:
-        return ThreadContext(span=elect(self.spans), task=elect(self.tasks))
+        return ThreadContext(span=elect_span(self.spans), task=elect(self.tasks))
 
     def inside(self, segment: ContextSegment) -> list[ThreadContext]:
         """What the reads of ``segment``'s own context found, those timed inside it."""
@@ -122,7 +122,9 @@ class _Votes:
             return None
         spans = Counter(found.span for found in reads)
         tasks = Counter(found.task for found in reads)
-        return ThreadContext(span=elect(spans), task=elect(tasks), context=segment.context or 0)
+        return ThreadContext(
+            span=elect_span(spans), task=elect(tasks), context=segment.context or 0
+        )
 
 
 class _Followed:
@@ -145,6 +147,19 @@ def interval_for(threshold_ns: int) -> int:
 def trigger_ns_for(threshold_ns: int) -> int:
     """Age out of epoll at which the kernel is to tell the linker: half the threshold."""
     return threshold_ns // 2
+
+
+def elect_span(votes: Counter[SpanRef | None]) -> SpanRef | None:
+    """The parent the reads elect, if they all saw one trace.
+
+    Reads that found spans of two traces saw two requests run in the block:
+    whichever held it longer, the block then also holds the other's time, and
+    a parent would put that in the wrong trace. Spans of one trace (a request
+    and its child span) are elected as usual.
+    """
+    if len({span.trace_id for span in votes if span is not None}) > 1:
+        return None
+    return elect(votes)
 
 
 def elect(votes: Counter[T | None]) -> T | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, interval_for
+from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, elect_span, interval_for
 from otel_blocksnoop.events import (
     NS_PER_MS,
     ContextSegment,
@@ -21,6 +21,7 @@ from otel_blocksnoop.losses import Losses
 
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
 B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)
+A_CHILD = SpanRef(trace_id=0xA, span_id=0x3, trace_flags=1)  # a child span in A's trace
 CHECKOUT = TaskRef(name="Task-7", coroutine="checkout")
 
 
@@ -34,6 +35,14 @@ def test_a_tie_or_a_minority_gives_no_parent_rather_than_a_wrong_one() -> None:
     assert elect(Counter({A: 1, None: 3})) is None
     assert elect(Counter({None: 4})) is None
     assert elect(Counter()) is None
+
+
+def test_reads_that_saw_two_traces_give_no_parent_however_they_voted() -> None:
+    # the block held both requests' callbacks: a parent would put one's time in the other's trace
+    assert elect_span(Counter({A: 3, B: 1})) is None
+    # a request and its child span are one trace: the vote decides
+    assert elect_span(Counter({A: 3, A_CHILD: 1})) == A
+    assert elect_span(Counter({A: 2, None: 1})) == A
 
 
 def test_reads_are_half_the_threshold_apart_within_bounds() -> None:
@@ -102,7 +111,7 @@ def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> Non
     start = time.monotonic_ns()
     item = InProgress(pid=10, tid=11, start_ns=start, activity=None)
     table = Table([item])
-    reader = Reader([A, A, B], tasks=[CHECKOUT, None, CHECKOUT])
+    reader = Reader([A, A, A_CHILD], tasks=[CHECKOUT, None, CHECKOUT])
     linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=lambda _pid: reader)
     linker.follow(triggered(item))
     read_times(linker, item, 3)
