@@ -57,17 +57,28 @@ def looks_like_gil(activity: Activity, sleep: Sleep) -> bool:
     )
 
 
+GIL_MIN_SHARE = 0.3
+"""Share of the block a GIL wait must fill to name it, even if the loop ran longer:
+a loop that calls into C between GIL waits (os.stat in a loop) runs about as
+long as it waits, and the wait is what a reader must fix."""
+
+
+def gil_share_ok(activity: Activity, sleep: Sleep) -> bool:
+    total = activity.on_cpu_ns + activity.runq_ns + activity.sleep_ns
+    return sleep.ns >= GIL_MIN_SHARE * total and sleep.ns >= activity.other_sleep_ns
+
+
 def classify(activity: Activity | None, threshold_ns: int = 0) -> tuple[Cause, str | None]:
     """The cause of a block and, for ``syscall``, the syscall's name."""
     if activity is None or activity.on_cpu_ns + activity.runq_ns + activity.sleep_ns == 0:
         return Cause.UNKNOWN, None
     if activity.runq_ns and activity.on_cpu_ns + activity.sleep_ns < threshold_ns:
         return Cause.SCHED, None
+    sleep = dominant_sleep(activity)
+    if sleep is not None and looks_like_gil(activity, sleep) and gil_share_ok(activity, sleep):
+        return Cause.GIL, None
     if activity.sleep_ns <= max(activity.on_cpu_ns, activity.runq_ns):
         return Cause.CPU, None
-    sleep = dominant_sleep(activity)
     if sleep is None or sleep.syscall is None or sleep.ns < activity.other_sleep_ns:
         return Cause.UNKNOWN, None
-    if looks_like_gil(activity, sleep):
-        return Cause.GIL, None
     return Cause.SYSCALL, sleep.syscall

@@ -118,3 +118,12 @@ def test_a_block_stretched_by_a_cpu_quota_is_sched_and_a_handler_that_was_thrott
     # AND a handler that spun 150 ms of its own, throttled for 1.2 s meanwhile, is the app's
     spinning = activity(on_cpu_ms=150.0, runq_ms=1200.0)
     assert classify(spinning, threshold_ns=100 * NS_PER_MS) == (Cause.CPU, None)
+
+
+def test_a_loop_that_runs_between_gil_waits_is_still_held_by_the_gil() -> None:
+    # GIVEN a loop calling into C between waits for the GIL: 60 ms on CPU, 55 ms in
+    # 21 short futex waits while another thread of the process ran
+    ms = NS_PER_MS
+    activity = Activity(60 * ms, 5 * ms, 55 * ms, (Sleep("futex", 55 * ms, 21),), 0, 100 * ms)
+    # THEN the GIL is named: the wait is what a reader must fix
+    assert classify(activity, 50 * ms) == (Cause.GIL, None)
