@@ -278,6 +278,8 @@ class Block:
     throttling: Throttling | None = None  # None: the cgroup's CPU stats could not be read
     end_reason: EndReason = EndReason.RETURNED
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
+    # Already blocked when watching began: ``start_ns`` is then, the real start is earlier.
+    started_before_watch: bool = False
     process: ProcessIdentity | None = None
     parent: SpanRef | None = None  # the app's span active during the block, if read
     task: TaskRef | None = None  # the asyncio task running during the block, if read

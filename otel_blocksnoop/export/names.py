@@ -77,6 +77,8 @@ ITERATION_ID: Final = "blocksnoop.iteration.id"  # the same on every segment of 
 ITERATION_DURATION: Final = "blocksnoop.iteration.duration"  # seconds, the whole iteration
 ITERATION_SEGMENTS: Final = "blocksnoop.iteration.segments"  # requests' segments it was split in
 ITERATION_SEGMENT: Final = "blocksnoop.iteration.segment"  # this span's place, from 0
+# True on a block already going on when watching began: its start is then, the real one earlier.
+STARTED_BEFORE_WATCH: Final = "blocksnoop.block.started_before_watch"
 
 SIGNAL: Final = "blocksnoop.signal"  # on DROPPED: spans | hang records
 LOST_WHAT: Final = "blocksnoop.lost.what"  # on LOST: an events.Loss value
