@@ -138,16 +138,18 @@ def _own_hostname_file(pid: int, proc: Path) -> str | None:
 def app_hostname(pid: int, env: dict[str, str], proc: Path = PROC) -> str | None:
     """The hostname the app sees (``uname -n`` in its UTS namespace), read without entering it.
 
-    In the sidecar's own UTS namespace that is the sidecar's hostname, exactly.
-    In another, no file shows it to an outsider (/proc/sys/kernel/hostname
-    answers for the reader's namespace), so it is taken from what the engines
-    leave behind: the ``HOSTNAME`` they put in the app's environment, else the
-    app's own /etc/hostname (Docker and Podman mount one per container). The
-    app's /etc/hostname is not trusted when it is the sidecar's file: a
-    process given its own UTS namespace without its own mount namespace
-    (``unshare --uts``) sees the host's file, whatever name it was given.
-    Entering the namespace (``setns``) would read it exactly, but would change
-    a thread of the sidecar; what is not known is left out.
+    In the sidecar's own UTS namespace that is the sidecar's hostname, exactly;
+    the app's ``HOSTNAME`` is only a copy made when it started (stale after a
+    rename, or inherited from whoever started it), so there it is not asked.
+    In another namespace, no file shows the name to an outsider
+    (/proc/sys/kernel/hostname answers for the reader's namespace), so it is
+    taken from what the engines leave behind: the ``HOSTNAME`` they put in the
+    app's environment, else the app's own /etc/hostname (Docker and Podman
+    mount one per container). That file is not trusted when it is the
+    sidecar's own: a process given its own UTS namespace without its own
+    mount namespace (``unshare --uts``) sees the host's file, whatever name it
+    was given. Entering the namespace (``setns``) would read the name exactly,
+    but would change a thread of the sidecar; what is not known is left out.
     """
     if _same_uts(pid, proc):
         return _hostname(socket.gethostname())
