@@ -10,6 +10,9 @@ from otel_blocksnoop.process.container import Placement, placement
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "cgroup"
 ID = "3f9a1c5e8b2d4f6071829304a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e"
+REAL_DOCKER = (
+    "aa15983560a0d20ea2ee93ea1e084d4940a7e99f1ef745bb57bdfc1681333f36"  # docker ps --no-trunc
+)
 POD = "6a1f0e3c-7b2d-4c5e-9f80-1a2b3c4d5e6f"
 IN_DOCKER = Placement(container_id=ID)
 IN_POD = Placement(container_id=ID, pod_uid=POD, in_kubepods=True)
@@ -17,6 +20,7 @@ NOWHERE = Placement()
 
 SHAPES = {
     "host_process_api.txt": NOWHERE,
+    "recorded_here_docker_build_v1.txt": Placement(container_id=REAL_DOCKER),
     "recorded_here_docker_cpu_only_v1.txt": IN_DOCKER,
     "recorded_here_kubepods_cpu_only_v1.txt": IN_POD,
     "docker_cgroupfs_v1.txt": IN_DOCKER,
