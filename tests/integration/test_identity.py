@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.otlp import OtlpReceiver, attributes
+from harness.procs import children
 from otel_blocksnoop.process import cgroup
 from tests.helpers import BLOCKER, IN_CI, WAIT_S
 from tests.integration.test_export import Running, endpoint_of, otlp_env
@@ -167,8 +168,8 @@ def _start(tmp_path: Path, layout: Layout, apps: list[App]) -> App:
     with fifo.open() as ready:
         line = ready.readline()
     assert line.startswith("ready"), unshare.communicate(timeout=WAIT_S)
-    children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children").read_text().split()
-    app = App(unshare, int(children[0]))
+    ((pid, _, _),) = children(unshare.pid)  # sh, which became the app
+    app = App(unshare, pid)
     apps.append(app)
     return app
 
