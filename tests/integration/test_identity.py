@@ -12,9 +12,11 @@ OTLP receiver.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 CONTAINER_ID = "5e1d0c9b8a7f6e5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918f0e1d2c"
 POD_UID = "0b3c5d7e-9f1a-4b2c-8d3e-5f6a7b8c9d0e"
 APP_HOSTNAME = "blocksnoop-app-7f9c"
+POLL_S = 0.2
+"""How often the wait for the app's "ready" checks that it is still there."""
 PLACEMENT_KEYS = (
     "host.name",
     "container.id",
@@ -149,6 +153,28 @@ def apps() -> Iterator[list[App]]:
         app.unshare.wait()
 
 
+def _ready_line(fifo: Path, unshare: subprocess.Popen[str]) -> str:
+    """The app's "ready" line; fails if it exits first (e.g. it could not set its hostname)."""
+    # Opened for writing too, so the open does not wait for the app and no EOF
+    # comes before it writes.
+    fd = os.open(fifo, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        data = b""
+        while b"\n" not in data:
+            if unshare.poll() is not None:
+                assert unshare.stderr is not None
+                pytest.fail(f"the app exited with {unshare.returncode}: {unshare.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the app did not say ready within {WAIT_S} s")
+            readable, _, _ = select.select([fd], [], [], POLL_S)
+            if readable:
+                data += os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return data.decode()
+
+
 def _start(tmp_path: Path, layout: Layout, apps: list[App]) -> App:
     fifo = tmp_path / "ready.fifo"
     os.mkfifo(fifo)
@@ -165,9 +191,8 @@ def _start(tmp_path: Path, layout: Layout, apps: list[App]) -> App:
          "--out", str(tmp_path / "truth.jsonl")],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **layout.env},
     )  # fmt: skip
-    with fifo.open() as ready:
-        line = ready.readline()
-    assert line.startswith("ready"), unshare.communicate(timeout=WAIT_S)
+    line = _ready_line(fifo, unshare)
+    assert line.startswith("ready"), line
     ((pid, _, _),) = children(unshare.pid)  # sh, which became the app
     app = App(unshare, pid)
     apps.append(app)
