@@ -134,11 +134,7 @@ class Austin:
         another mount namespace is sampled from inside it (see the module).
         """
         where = reach(pid)
-        try:
-            return self._spawn([*args, "-p", str(where.pid)], where, new_session=True)
-        except subprocess.SubprocessError as exc:
-            msg = f"failed to start Austin in the namespaces of process {pid}: {exc}"
-            raise OSError(msg) from exc
+        return self._spawn([*args, "-p", str(where.pid)], where, new_session=True)
 
     def _spawn(
         self,
@@ -170,17 +166,24 @@ class Austin:
             # Run by its loader, Austin is "austin" to itself, and /proc/PID/cmdline
             # starts with it (its comm is the fd's number: the kernel's basename).
             argv = [self.BINARY, *(["--argv0", self.BINARY, paths[1]] if len(paths) > 1 else [])]
-            with _children_in(pid_ns):
-                process = subprocess.Popen(
-                    [*argv, *args],
-                    executable=paths[0],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    pass_fds=inherited,
-                    preexec_fn=_dies_with(parent, mount),  # noqa: PLW1509 - prctl and setns only
-                    text=text,
-                    start_new_session=new_session,
+            try:
+                with _children_in(pid_ns):
+                    process = subprocess.Popen(
+                        [*argv, *args],
+                        executable=paths[0],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        pass_fds=inherited,
+                        preexec_fn=_dies_with(parent, mount),  # noqa: PLW1509 - prctl, setns
+                        text=text,
+                        start_new_session=new_session,
+                    )
+            except subprocess.SubprocessError as exc:  # only setns raises in the child
+                msg = (
+                    f"Austin cannot enter the mount namespace of {where.mount_ns}: refused "
+                    "(it takes CAP_SYS_ADMIN and CAP_SYS_CHROOT)"
                 )
+                raise OSError(msg) from exc
         return process
 
     def version(self) -> str:

@@ -328,6 +328,37 @@ def test_austin_in_an_apps_mount_namespace_dies_with_the_process_that_started_it
             starter.wait()
 
 
+def test_a_process_that_may_not_enter_the_apps_namespace_gets_a_clear_error(
+    tmp_path: Path, cleanup: list[Target | Sidecar]
+) -> None:
+    # GIVEN an app under pivot_root, and a process without CAP_SYS_ADMIN
+    root = rooted(python_root(pyenv_prefix(11)), tmp_path)
+    target = Target(tmp_path, "sleep", inside=inside(root))
+    cleanup.append(target)
+    no_admin = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    # WHEN that process asks Austin for the app's threads
+    result = subprocess.run(
+        [*no_admin, sys.executable, "-c", WHERE, str(target.pid)],
+        capture_output=True, text=True, check=False, timeout=WAIT_S,
+    )  # fmt: skip
+    # THEN it is told, in one line, what was refused and what it takes
+    assert result.returncode == 0, result.stderr
+    said = f"failed to dump the threads of {target.pid}: Austin cannot enter the mount namespace"
+    assert result.stdout.startswith(said), result.stdout
+    assert "CAP_SYS_ADMIN" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+WHERE = """
+import sys
+from otel_blocksnoop.stacks.austin import Austin, AustinError
+try:
+    Austin.find().where(int(sys.argv[1]))
+except AustinError as error:
+    print(error)
+"""
+
+
 STARTER = """
 import sys, time
 from otel_blocksnoop.stacks.austin import Austin
