@@ -190,10 +190,13 @@ def chroot_root(prefix: Path, targets: Path) -> Path:
     if not done.exists():
         _build_chroot(root, prefix)
         done.touch()
-    app = root / "app"
-    if app.exists():
-        shutil.rmtree(app)
-    shutil.copytree(targets, app, ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    # Overwritten in place, never removed: another test may be running from it.
+    shutil.copytree(
+        targets,
+        root / "app",
+        ignore=shutil.ignore_patterns("__pycache__", "*.c"),
+        dirs_exist_ok=True,
+    )
     return root
 
 
