@@ -115,10 +115,7 @@ def check_privileges(container: bool = False) -> Check:
         if not has(CAP_SYS_PTRACE):
             wanted.append("SYS_PTRACE")
         flags = " ".join(f"--cap-add {cap}" for cap in wanted)
-        hint = (
-            f"the container lacks {' and '.join(wanted)}: add {flags} "
-            "(compose `cap_add`, Kubernetes `securityContext.capabilities.add`)"
-        )
+        hint = f"add {flags} (compose `cap_add`, Kubernetes `securityContext.capabilities.add`)"
     who = "the container lacks capabilities" if container else "not root"
     return Check(
         "privileges",
