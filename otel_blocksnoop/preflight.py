@@ -97,7 +97,10 @@ def check_privileges(container: bool = False) -> Check:
         return bool(caps >> bit & 1)
 
     bpf_ok = has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
-    if os.geteuid() == 0 and bpf_ok:
+    # Root on a host reads other processes without CAP_SYS_PTRACE. In a container
+    # the app runs as another user, or holds capabilities the sidecar dropped, and
+    # the kernel refuses to let it read the app without CAP_SYS_PTRACE.
+    if os.geteuid() == 0 and bpf_ok and (has(CAP_SYS_PTRACE) or not container):
         return Check("privileges", ok=True, detail="root, may load BPF")
     if bpf_ok and has(CAP_SYS_PTRACE):
         return Check("privileges", ok=True, detail="CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")

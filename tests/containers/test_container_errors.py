@@ -37,6 +37,16 @@ def test_without_sys_admin_it_asks_for_that_capability() -> None:
     assert_one_line_with(stderr, "--cap-add SYS_ADMIN", "container lacks")
 
 
+def test_without_sys_ptrace_it_asks_for_that_capability() -> None:
+    # GIVEN SYS_ADMIN alone (PID 1 is the sidecar itself, a Python process it may inspect)
+    code, stderr = sidecar("--cap-drop", "ALL", "--cap-add", "SYS_ADMIN", *HOST_MOUNTS)
+    # THEN it asks for SYS_PTRACE, which reading another container's app needs
+    # (another user's, or one holding capabilities the sidecar dropped)
+    assert code == ExitCode.NO_PRIVILEGES
+    assert_one_line_with(stderr, "--cap-add SYS_PTRACE", "missing CAP_SYS_PTRACE")
+    assert "SYS_ADMIN" not in stderr
+
+
 def test_without_tracefs_it_asks_for_the_tracefs_mount() -> None:
     code, stderr = sidecar(*HARDENED, "-v", MODULES, "-v", USR_SRC)
     assert code == ExitCode.TRACEFS_MISSING

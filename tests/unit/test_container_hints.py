@@ -136,6 +136,24 @@ def test_privileges_hint_in_a_container_names_the_missing_capabilities(
     assert "container lacks capabilities" in str(check.error)
 
 
+def test_a_container_without_sys_ptrace_is_told_to_add_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN root with SYS_ADMIN but not SYS_PTRACE
+    monkeypatch.setattr(preflight, "effective_capabilities", lambda: 1 << preflight.CAP_SYS_ADMIN)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    # WHEN privileges are checked in a container, and on a host
+    in_container = preflight.check_privileges(container=True)
+    on_host = preflight.check_privileges(container=False)
+    # THEN the container is told to add SYS_PTRACE alone; the host's root is enough
+    assert not in_container.ok
+    assert in_container.error is not None
+    hint = in_container.error.hint_for(in_container=True)
+    assert "--cap-add SYS_PTRACE" in hint
+    assert "SYS_ADMIN" not in hint
+    assert on_host.ok
+
+
 def test_main_prints_the_container_hint_on_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
