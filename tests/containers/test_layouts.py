@@ -11,7 +11,9 @@ the host. Two layouts:
   namespace (``pid: "service:app"``), hardened (two capabilities, read-only,
   no-new-privileges), as a pod with ``shareProcessNamespace``;
 - ``host-pid``: the sidecar in the host's PID namespace (``--pid host``, the
-  DaemonSet's ``hostPID``), equally hardened, given the app's host PID.
+  DaemonSet's ``hostPID``), equally hardened, running the DaemonSet's own
+  command (deploy/kubernetes/daemonset.yaml), which finds the app by its
+  command line.
 
 What a user expects from each is asserted. Where that still waits on work
 being done on another branch, the test is an expected failure (strict) that
@@ -23,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import yaml  # type: ignore[import-untyped]
 
 from harness.otlp import OtlpReceiver
 from tests.containers.conftest import (
@@ -42,10 +45,14 @@ from tests.containers.conftest import (
     stop_container,
     watch,
 )
+from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.containers, pytest.mark.usefixtures("bpf_host")]
 
 LAYOUTS = ("compose", "host-pid")
+DAEMONSET = ROOT / "deploy" / "kubernetes" / "daemonset.yaml"
+APP_COMMAND_PATTERN = "python3 -u examples/blocking_service[.]py"
+"""The demo app's command line, as a DaemonSet user would set WATCH_COMMAND for it."""
 STOP_S = 5.0
 """A sidecar told to stop has delivered what it had and exited within this."""
 
@@ -72,7 +79,10 @@ def start_sidecar(layout: str, project: str, env: dict[str, str], app: str) -> s
         up = compose(project, "up", "-d", "--no-deps", "--no-build", "sidecar", env=env)
         assert up.returncode == 0, up.stderr
         return compose_container(project, "sidecar", env)
-    host_pid = inspect(app, "{{.State.Pid}}")
+    del app  # found by the DaemonSet's command, by its command line
+    (daemonset,) = yaml.safe_load_all(DAEMONSET.read_text())
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    manifest_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     started = docker(
         "run",
         "-d",
@@ -86,11 +96,12 @@ def start_sidecar(layout: str, project: str, env: dict[str, str], app: str) -> s
         f"OTEL_EXPORTER_OTLP_ENDPOINT={env['SIDECAR_OTLP_ENDPOINT']}",
         "-e",
         "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+        "-e",
+        f"THRESHOLD_MS={manifest_env['THRESHOLD_MS']}",
+        "-e",
+        f"WATCH_COMMAND={APP_COMMAND_PATTERN}",
         SIDECAR_IMAGE,
-        "otel-blocksnoop",
-        "-t",
-        "50",
-        host_pid,
+        *container["command"],
     )
     assert started.returncode == 0, started.stderr
     return started.stdout.strip()
@@ -142,12 +153,19 @@ def test_the_sidecar_runs_hardened_and_attaches(layout_run: LayoutRun) -> None:
     assert "attached to epoll_wait" in layout_run.sidecar_log
 
 
-def test_the_sidecar_shares_the_pid_namespace_the_layout_gives_it(
+def test_the_sidecar_shares_the_pid_namespace_the_layout_gives_it_and_finds_the_app(
     request: pytest.FixtureRequest, layout_run: LayoutRun
 ) -> None:
+    # GIVEN the layout's PID namespace: the app's own, or the host's
+    app = layout_run.app_container
     mode = inspect(layout_run.sidecar_container, "{{.HostConfig.PidMode}}")
-    expected = {"compose": f"container:{layout_run.app_container}", "host-pid": "host"}
-    assert mode == expected[layout_of(request)]
+    expected_mode = {"compose": f"container:{app}", "host-pid": "host"}
+    assert mode == expected_mode[layout_of(request)]
+    # THEN the sidecar's command found the app by its command line, by the PID it has there
+    pid = {"compose": "1", "host-pid": inspect(app, "{{.State.Pid}}")}[layout_of(request)]
+    assert f"watching PID {pid} (python3 -u examples/blocking_service.py)" in (
+        layout_run.sidecar_log
+    )
 
 
 def test_the_sidecar_stops_promptly_and_cleanly_on_sigterm(layout_run: LayoutRun) -> None:
