@@ -45,9 +45,24 @@ engine_answers() {
     timeout 10 docker info >/dev/null 2>&1
 }
 
+remove_stale_pid_file() {
+    # A dockerd killed with SIGKILL leaves its pid file, and a new one refuses to
+    # start while that pid names a process, even a zombie or an unrelated one.
+    local pid_file=/var/run/docker.pid pid state comm
+    [ -f "$pid_file" ] || return 0
+    pid="$(cat "$pid_file")"
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+    if [ "$comm" != dockerd ] || [ "$state" = Z ]; then
+        say "removing the stale $pid_file (pid $pid: ${comm:-gone}${state:+, state $state})"
+        rm -f "$pid_file"
+    fi
+}
+
 start_dockerd() {
     engine_answers && return
     command -v dockerd >/dev/null || die "dockerd is not installed (docker.io)"
+    remove_stale_pid_file
     say "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     setsid dockerd --iptables=false --ip-masq=false --ip-forward=false \
