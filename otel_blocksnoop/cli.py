@@ -36,7 +36,8 @@ examples:
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 otel-blocksnoop 1234
                                         # ... and send spans and metrics to a collector
-  otel-blocksnoop doctor                # check BCC, headers, tracefs, Austin
+  otel-blocksnoop doctor                # check privileges, BCC, tracefs, headers, Austin
+  otel-blocksnoop doctor 1234           # ... and that PID 1234 can be read
 """
 
 
@@ -75,7 +76,8 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] | {PROG} doctor",
+        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] "
+        f"| {PROG} doctor [PID...]",
         description="Report every time an asyncio event loop in a Python process is blocked.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -215,18 +217,47 @@ def _configure_logging(args: Config) -> None:
     root.setLevel(level)
 
 
+def error_line(error: BlocksnoopError) -> str:
+    """The one line a failure is reported with (by a run, and by ``doctor``'s verdict)."""
+    hint = f" (hint: {error.hint})" if error.hint else ""
+    return f"{PROG}: {error}{hint}"
+
+
 def _doctor(argv: Sequence[str]) -> int:
-    parser = _Parser(prog=f"{PROG} doctor", description="Check what the sidecar needs.")
+    parser = _Parser(
+        prog=f"{PROG} doctor",
+        description="Check what a run needs, with the checks a run makes: "
+        "the same verdict, message and exit code.",
+    )
+    parser.add_argument(
+        "pids", nargs="*", type=positive_int, metavar="PID", help="also check access to these"
+    )
     parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
     ns = parser.parse_args(list(argv))
-    checks = preflight.run_checks(ns.austin, try_import=True)
+    checks = preflight.run_checks(ns.pids, ns.austin, doctor=True)
     for check in checks:
-        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
+        if check.skipped:
+            mark = "skipped"
+        else:
+            mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
         print(f"[{mark:^7}] {check.name:<15} {check.detail}")
         if not check.ok and check.error is not None and check.error.hint:
             print(f"{'':10}{'':16}fix: {check.error.hint}")
-    failed = [c for c in checks if c.required and not c.ok and c.error is not None]
-    return int(failed[0].error.exit_code) if failed and failed[0].error else 0
+    error = preflight.first_failure(checks)
+    if error is None:
+        print(f"verdict: ready to {_ready_for(ns.pids, checks)}")
+        return ExitCode.OK
+    print(f"verdict: a run stops here, exit {int(error.exit_code)}: {error_line(error)}")
+    return error.exit_code
+
+
+def _ready_for(pids: Sequence[int], checks: list[preflight.Check]) -> str:
+    """What a run may do, when no required check failed."""
+    if pids:
+        return f"watch PID{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}"
+    if all(check.ok for check in checks if check.name == "ptrace"):
+        return "launch a command, or watch any process"
+    return "launch a command (`doctor PID` checks whether a process can be watched)"
 
 
 def run(config: Config) -> int:
@@ -247,8 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(config)
     except BlocksnoopError as exc:
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        sys.stderr.write(f"{PROG}: {exc}{hint}\n")
+        sys.stderr.write(error_line(exc) + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
