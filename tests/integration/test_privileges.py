@@ -1,10 +1,11 @@
-"""Reduced privileges, for real: doctor's verdict and a run agree.
+"""Reduced privileges and a read-only filesystem, for real: doctor's verdict and a run agree.
 
 Each case runs ``otel-blocksnoop doctor PID`` and then the sidecar itself on
 the same PID of a real blocking app (harness/targets/blocker.py), with the
-privileges cut by setpriv: when doctor says ready, the run reports every
-block with its stack and cause; when it says a run stops, the run stops with
-the very line and exit code of doctor's verdict.
+privileges cut by setpriv, or in a mount namespace where every filesystem
+is read-only: when doctor says ready, the run reports every block with its
+stack and cause; when it says a run stops, the run stops with the very line
+and exit code of doctor's verdict.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from otel_blocksnoop.errors import ExitCode
 from tests.helpers import (
     BLOCKER,
+    ROOT,
     RUN_TIMEOUT_S,
     WAIT_S,
     PipeLines,
@@ -56,6 +58,37 @@ def as_root_with(*caps: str) -> list[str]:
 def as_root_without(*caps: str) -> list[str]:
     dropped = ",".join(f"-{cap}" for cap in caps)
     return ["setpriv", "--inh-caps=-all", f"--bounding-set={dropped}", "--"]
+
+
+# Filesystems that are not storage: left as they are in the read-only namespace.
+NOT_STORAGE = {
+    "proc", "sysfs", "tracefs", "debugfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "bpf",
+    "securityfs", "mqueue", "pstore", "configfs", "fusectl", "hugetlbfs", "binfmt_misc",
+    "autofs", "nsfs", "efivarfs",
+}  # fmt: skip
+
+
+def read_only_namespace() -> list[str]:
+    """Run in a private mount namespace where every storage filesystem is read-only.
+
+    The namespace has its own copies of the mounts, so remounting them there
+    leaves the host's alone. It fails (exit 99) if /tmp or this checkout can
+    still be written there.
+    """
+    remounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, point, fstype, options, *_ = line.split()
+        point = point.encode().decode("unicode_escape")
+        if fstype not in NOT_STORAGE and "rw" in options.split(","):
+            remounts.append(f"mount -o remount,bind,ro '{point}'")
+    writable_places = (tempfile.gettempdir(), "/var/tmp", ROOT)  # noqa: S108 - only probed
+    probes = " ".join(f"'{path}/.rw-probe'" for path in writable_places)
+    script = (
+        f"{' && '.join(remounts)} && "
+        f'for f in {probes}; do if touch "$f" 2>/dev/null; then rm -f "$f"; exit 99; fi; done'
+        ' && exec "$@"'
+    )
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +258,18 @@ def test_root_without_sys_ptrace_is_refused_the_app_by_doctor_and_run(target: Ta
     assert verdict.endswith(line)
     assert f"failed to inspect process {target.pid}: permission denied" in line
     assert "CAP_SYS_PTRACE" in line
+
+
+def test_a_read_only_filesystem_is_enough_to_watch_an_app(target: Target) -> None:
+    # GIVEN a mount namespace where /, /tmp and every other filesystem are read-only
+    prefix = read_only_namespace()
+    sidecar = [sys.executable, "-m", "otel_blocksnoop"]
+    # WHEN doctor checks the app's PID, then a run there watches it
+    doctor_code, verdict = doctor(prefix, sidecar, target.pid)
+    assert (doctor_code, verdict) == (0, f"verdict: ready to watch PID {target.pid}")
+    blocks, stderr = watch(prefix, sidecar, target)
+    # THEN it needs to write nothing: every block is reported with its stack and cause
+    assert_every_block_explained(target, blocks, stderr)
 
 
 def test_root_without_sys_ptrace_is_ready_to_launch_and_watches_what_it_launched(

@@ -9,7 +9,7 @@ import pytest
 
 from otel_blocksnoop import cli, preflight
 from otel_blocksnoop.errors import ExitCode, NoPrivilegesError, TracefsMissingError
-from otel_blocksnoop.kernel import tracepoints
+from otel_blocksnoop.kernel import program, tracepoints
 from otel_blocksnoop.preflight import (
     CAP_BPF,
     CAP_PERFMON,
@@ -130,6 +130,16 @@ def test_the_first_readable_mapping_is_where_memory_access_is_probed() -> None:
 def test_memory_access_is_allowed_to_ourselves_and_fails_for_a_gone_process() -> None:
     assert access_error(os.getpid()) is None
     assert isinstance(access_error(2**22 + 1), FileNotFoundError)  # above the largest pid_max
+
+
+def test_compiler_output_is_captured_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN no usable temporary directory (as on a read-only root filesystem)
+    monkeypatch.setattr("tempfile.tempdir", "/nonexistent/tmp")
+    # WHEN something writes to fd 2 while it is captured
+    with program._captured_stderr() as output:  # noqa: SLF001
+        os.write(2, b"error: it broke\n")
+        # THEN it is read back in full
+        assert output() == "error: it broke\n"
 
 
 FAILED = NoPrivilegesError("failed to read tracefs at /sys/kernel/tracing: permission denied")
