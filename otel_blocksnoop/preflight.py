@@ -159,18 +159,20 @@ def check_capabilities(creds: Credentials) -> Check:
     detail = f"uid {creds.uid}, {', '.join(held) if held else 'no capabilities'}"
     if creds.may_load_bpf:
         return Check("capabilities", ok=True, detail=detail)
-    missing = [
-        name
-        for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
-        if not creds.has(bit)
-    ]
-    msg = f"failed to load BPF: missing {' and '.join(missing)} (or CAP_SYS_ADMIN); has {detail}"
+    missing = _missing_for_bpf(creds)
+    msg = f"failed to load BPF: missing {missing} (or CAP_SYS_ADMIN); has {detail}"
     return Check(
         "capabilities",
         ok=False,
-        detail=f"{detail}; missing {' and '.join(missing)} (or CAP_SYS_ADMIN)",
+        detail=f"{detail}; missing {missing} (or CAP_SYS_ADMIN)",
         error=NoPrivilegesError(msg, hint=PRIVILEGES_HINT),
     )
+
+
+def _missing_for_bpf(creds: Credentials) -> str:
+    """Which of CAP_BPF and CAP_PERFMON ``creds`` lacks, e.g. ``CAP_BPF and CAP_PERFMON``."""
+    bits = ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
+    return " and ".join(name for bit, name in bits if not creds.has(bit))
 
 
 def check_interpreter() -> Check:
@@ -301,7 +303,7 @@ def check_attach(creds: Credentials) -> Check:
     if creds.may_load_bpf:
         hint = "the kernel refused despite the capabilities (lockdown, seccomp or an LSM?)"
     else:
-        hint = f"add CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); {setting}"
+        hint = f"add {_missing_for_bpf(creds)} (or CAP_SYS_ADMIN); {PRIVILEGES_HINT}"
     return Check(
         "attach",
         ok=False,
