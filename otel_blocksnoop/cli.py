@@ -217,9 +217,10 @@ def _configure_logging(args: Config) -> None:
     root.setLevel(level)
 
 
-def error_line(error: BlocksnoopError) -> str:
+def error_line(error: BlocksnoopError, container: bool) -> str:
     """The one line a failure is reported with (by a run, and by ``doctor``'s verdict)."""
-    hint = f" (hint: {error.hint})" if error.hint else ""
+    fix = error.hint_for(container)
+    hint = f" (hint: {fix})" if fix else ""
     return f"{PROG}: {error}{hint}"
 
 
@@ -235,19 +236,21 @@ def _doctor(argv: Sequence[str]) -> int:
     parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
     ns = parser.parse_args(list(argv))
     checks = preflight.run_checks(ns.pids, ns.austin, doctor=True)
+    container = preflight.in_container()
     for check in checks:
         if check.skipped:
             mark = "skipped"
         else:
             mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
         print(f"[{mark:^7}] {check.name:<15} {check.detail}")
-        if not check.ok and check.error is not None and check.error.hint:
-            print(f"{'':10}{'':16}fix: {check.error.hint}")
+        hint = check.error.hint_for(container) if check.error is not None else ""
+        if not check.ok and hint:
+            print(f"{'':10}{'':16}fix: {hint}")
     error = preflight.first_failure(checks)
     if error is None:
         print(f"verdict: ready to {_ready_for(ns.pids, checks)}")
         return ExitCode.OK
-    print(f"verdict: a run stops here, exit {int(error.exit_code)}: {error_line(error)}")
+    print(f"verdict: a run stops here, exit {int(error.exit_code)}: {error_line(error, container)}")
     return error.exit_code
 
 
@@ -278,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(config)
     except BlocksnoopError as exc:
-        sys.stderr.write(error_line(exc) + "\n")
+        sys.stderr.write(error_line(exc, preflight.in_container()) + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED

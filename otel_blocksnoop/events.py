@@ -190,11 +190,22 @@ class ThreadKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """The Kubernetes pod a watched process runs in, as far as it can be read."""
+
+    uid: str | None = None  # from the pod's cgroup, else the app's environment
+    name: str | None = None  # the rest from the app's environment (downward API)
+    namespace: str | None = None
+    container_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessIdentity:
     """Who a watched process is, for the resource of its telemetry.
 
     Read once per process from /proc: its own OpenTelemetry settings (the
-    environment it was started with), its executable and Python version.
+    environment it was started with), its executable and Python version,
+    and where it runs (hostname, container, pod). None: not known.
     """
 
     pid: int
@@ -203,6 +214,9 @@ class ProcessIdentity:
     executable_path: str | None
     runtime_version: str | None  # major.minor, e.g. "3.11"
     instance_id: str  # stable for this process: host, PID and start time
+    host_name: str | None = None  # the hostname the app sees (its UTS namespace's)
+    container_id: str | None = None  # the full 64-hex id its cgroups name
+    pod: PodIdentity | None = None  # None outside Kubernetes
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +292,8 @@ class Block:
     throttling: Throttling | None = None  # None: the cgroup's CPU stats could not be read
     end_reason: EndReason = EndReason.RETURNED
     in_progress: bool = False  # a hang report: ``end_ns`` is "now", not the end
+    # Already blocked when watching began: ``start_ns`` is then, the real start is earlier.
+    started_before_watch: bool = False
     process: ProcessIdentity | None = None
     parent: SpanRef | None = None  # the app's span active during the block, if read
     task: TaskRef | None = None  # the asyncio task running during the block, if read

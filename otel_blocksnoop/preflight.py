@@ -34,6 +34,12 @@ from otel_blocksnoop.process.target import inspect_target
 from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
+MODULES = Path("/lib/modules")
+CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
+"""Files Docker and Podman put in every container they start."""
+CONTAINER_CGROUPS = ("/docker", "/kubepods", "/containerd", "/libpod", "/lxc")
+"""Parts of PID 1's cgroup path that mean it runs in a container (cgroup v1, or v2
+without a cgroup namespace)."""
 IMPORT_TIMEOUT_S = 60.0
 PROBE_TRACEPOINT = ("syscalls", "sys_enter_epoll_wait")
 """The first tracepoint the detector attaches to: what tracefs and attaching are checked on."""
@@ -140,7 +146,29 @@ def capability_set(status: str, name: str = "CapEff") -> int:
 
 def own_credentials() -> Credentials:
     """Our uid and capabilities: what the kernel checks when we load BPF or read a process."""
-    return Credentials(os.geteuid(), capability_set(Path("/proc/self/status").read_text()))
+    return Credentials(os.geteuid(), effective_capabilities())
+
+
+def in_container(root: Path = Path("/")) -> bool:
+    """Whether the sidecar runs in a container, where the fix is a mount or a capability.
+
+    Inside one, "run `make setup`" is no help: what is missing comes from the
+    host through the container's options.
+    """
+    if any(_is_file(root / marker.lstrip("/")) for marker in CONTAINER_MARKERS):
+        return True
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    try:
+        cgroup = (root / "proc" / "1" / "cgroup").read_text()
+    except OSError:
+        return False
+    return any(marker in cgroup for marker in CONTAINER_CGROUPS)
+
+
+def effective_capabilities() -> int:
+    """CapEff of this process: what the kernel checks, whatever the uid."""
+    return capability_set(Path("/proc/self/status").read_text())
 
 
 def capability_names(caps: int, only: tuple[int, ...] | None = None) -> list[str]:
@@ -153,20 +181,48 @@ def capability_names(caps: int, only: tuple[int, ...] | None = None) -> list[str
     ]
 
 
-def check_capabilities(creds: Credentials) -> Check:
-    """CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN: what loading a tracing program asks (any uid)."""
+def _cap_add_hint(*caps: str) -> str:
+    """The container options that grant ``caps`` (e.g. ``SYS_PTRACE``)."""
+    flags = " ".join(f"--cap-add {cap}" for cap in caps)
+    return f"add {flags} (compose `cap_add`, Kubernetes `securityContext.capabilities.add`)"
+
+
+def check_capabilities(
+    creds: Credentials, container: bool = False, attaching: bool = True
+) -> Check:
+    """CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN: what loading a tracing program asks (any uid).
+
+    In a container, to attach, also CAP_SYS_PTRACE: there the app runs as
+    another user, or holds capabilities the sidecar dropped, and cannot be
+    read without it (a command the sidecar launches can).
+    """
     held = capability_names(creds.caps, USED_CAPABILITIES)
     detail = f"uid {creds.uid}, {', '.join(held) if held else 'no capabilities'}"
-    if creds.may_load_bpf:
+    no_ptrace = container and attaching and not creds.has(CAP_SYS_PTRACE)
+    if creds.may_load_bpf and not no_ptrace:
         return Check("capabilities", ok=True, detail=detail)
-    missing = _missing_for_bpf(creds)
-    msg = f"failed to load BPF: missing {missing} (or CAP_SYS_ADMIN); has {detail}"
+    if creds.may_load_bpf:
+        missing = "CAP_SYS_PTRACE"
+        msg = "failed to read the app: the container lacks capabilities: missing CAP_SYS_PTRACE"
+    else:
+        missing = f"{_missing_for_bpf(creds)} (or CAP_SYS_ADMIN)"
+        who = "the container lacks capabilities: " if container else ""
+        msg = f"failed to load BPF: {who}missing {missing}; has {detail}"
+    hint = PRIVILEGES_HINT
+    if container:
+        wanted = [] if creds.may_load_bpf else ["SYS_ADMIN"]
+        hint = _cap_add_hint(*wanted, *(["SYS_PTRACE"] if no_ptrace else []))
     return Check(
         "capabilities",
         ok=False,
-        detail=f"{detail}; missing {missing} (or CAP_SYS_ADMIN)",
-        error=NoPrivilegesError(msg, hint=PRIVILEGES_HINT),
+        detail=f"{detail}; missing {missing}",
+        error=NoPrivilegesError(msg, hint=hint),
     )
+
+
+def check_privileges(container: bool = False) -> Check:
+    """``check_capabilities`` of this process."""
+    return check_capabilities(own_credentials(), container)
 
 
 def _missing_for_bpf(creds: Credentials) -> str:
@@ -312,8 +368,8 @@ def check_attach(creds: Credentials) -> Check:
     )
 
 
-def check_headers() -> Check:
-    modules = Path("/lib/modules") / os.uname().release
+def check_headers(container: bool = False, modules_root: Path = MODULES) -> Check:
+    modules = modules_root / os.uname().release
     build = modules / "build"
     # Debian splits headers into the -amd64 tree (generated config) and the
     # -common tree (the sources); BCC needs both.
@@ -327,7 +383,10 @@ def check_headers() -> Check:
         "kernel headers",
         ok=False,
         detail=f"{build} or {modules / 'source'} is missing",
-        error=HeadersMissingError(f"failed to find kernel headers under {modules}"),
+        error=HeadersMissingError(
+            f"failed to find kernel headers under {modules}",
+            hint=_headers_mount_hint(modules_root, modules) if container else None,
+        ),
     )
 
 
@@ -335,6 +394,14 @@ def _is_file(path: Path) -> bool:
     """``Path.is_file`` that answers False, not EACCES, when we may not look."""
     try:
         return path.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that answers False, not EACCES, when we may not look."""
+    try:
+        return path.is_dir()
     except OSError:
         return False
 
@@ -368,15 +435,16 @@ def denial_reason(status: str, creds: Credentials) -> str:
     return "no CAP_SYS_PTRACE"
 
 
-def check_target(pid: int, creds: Credentials) -> Check:
+def check_target(pid: int, creds: Credentials, container: bool = False) -> Check:
     """What a run checks of ``pid`` (a live Python process), then a read of its memory."""
     name = f"process {pid}"
+    fix = _cap_add_hint("SYS_PTRACE") if container else f"add CAP_SYS_PTRACE; {PRIVILEGES_HINT}"
     try:
         info = inspect_target(pid)
     except NoPrivilegesError:
         why = _why_denied(pid, creds)
         msg = f"failed to inspect process {pid}: permission denied ({why})"
-        error = NoPrivilegesError(msg, hint=f"add CAP_SYS_PTRACE; {PRIVILEGES_HINT}")
+        error = NoPrivilegesError(msg, hint=fix)
         return Check(name, ok=False, detail=f"permission denied ({why})", error=error)
     except BlocksnoopError as exc:
         return Check(name, ok=False, detail=str(exc), error=exc)
@@ -386,7 +454,7 @@ def check_target(pid: int, creds: Credentials) -> Check:
     if isinstance(problem, PermissionError):
         why = _why_denied(pid, creds)
         msg = f"failed to read the memory of process {pid}: permission denied ({why})"
-        error = NoPrivilegesError(msg, hint=f"add CAP_SYS_PTRACE; {PRIVILEGES_HINT}")
+        error = NoPrivilegesError(msg, hint=fix)
         return Check(name, ok=False, detail=f"memory not readable ({why})", error=error)
     msg = f"failed to read the memory of process {pid}: {problem.strerror or problem}"
     return Check(name, ok=False, detail=msg, error=NoPrivilegesError(msg))
@@ -405,6 +473,23 @@ def check_ptrace(creds: Credentials) -> Check:
         f"of uid {creds.uid} without capabilities it lacks (`doctor PID` checks one)",
         required=False,
     )
+
+
+def _headers_mount_hint(modules_root: Path, modules: Path) -> str | None:
+    """Which of the host's directories the container lacks; None when both are there."""
+    if not _is_dir(modules):
+        return (
+            f"{modules} is not in the container: mount the host's "
+            f"`-v {modules_root}:{modules_root}:ro` (and `-v /usr/src:/usr/src:ro`)"
+        )
+    for link in (modules / "build", modules / "source"):
+        if link.is_symlink() and not link.exists():
+            target = link.readlink()
+            return (
+                f"{link} points to {target}, which is not in the container: "
+                f"mount the host's `-v /usr/src:/usr/src:ro`"
+            )
+    return None
 
 
 def check_austin(explicit: str | None = None) -> Check:
@@ -430,15 +515,16 @@ def run_checks(
     same error; a missing Austin is a warning).
     """
     creds = own_credentials()
-    checks = [check_target(pid, creds) for pid in pids]
-    capabilities = check_capabilities(creds)
+    container = in_container()
+    checks = [check_target(pid, creds, container) for pid in pids]
+    capabilities = check_capabilities(creds, container, attaching=bool(pids))
     tracefs = check_tracefs()
     checks += [capabilities, check_interpreter(), check_bcc(try_import=doctor), tracefs]
     if not tracefs.ok:
         checks.append(_skipped("attach", "tracefs is not readable"))
     else:
         checks.append(check_attach(creds))
-    checks.append(check_headers())
+    checks.append(check_headers(container))
     if not pids:
         checks.append(check_ptrace(creds))
     if doctor:

@@ -125,6 +125,13 @@ class Session:
     def stopping(self) -> bool:
         return self._stop_requested
 
+    def adopt(self, pid: int) -> None:
+        """Follow the loops of ``pid`` already blocked now (``BlockFlow.adopt``)."""
+        if self._options.stats or not self._detector.config.triggers:
+            return
+        log.info("looking for loops of PID %d that are blocked already", pid)
+        self._flow.adopt(pid, self._detector)
+
     def run(self, target: Watched) -> SessionSummary:
         try:
             return self._run(target)
@@ -335,6 +342,8 @@ def _watch_running(
         log.info("watching PID %d (%s) for %s", target.pid, _short([target.cmdline]), what)
     watch = ExitWatch([target.pid for target in targets])
     _Signals(session, None)
+    for target in targets:
+        session.adopt(target.pid)
     log.info("Ctrl-C to stop")
     try:
         session.run(watch)

@@ -26,10 +26,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from otel_blocksnoop.analysis import hangs
+from otel_blocksnoop.analysis.adopt import Adopter, adopt_blocked
 from otel_blocksnoop.analysis.enrich import Enricher
 from otel_blocksnoop.analysis.sources import EventSource, Follower, Kinds, Samples
+from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
@@ -58,6 +61,9 @@ POLL_MS = 100
 PENDING_POLL_MS = 10
 DRAIN_POLLS = 3
 MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
+ADOPTED_STACK_WAIT_NS = 2 * NS_PER_MS * 1000
+"""How long the first hang report of a loop blocked before watching waits for its first stack:
+its sampler attaches only now."""
 
 
 class _Totals:
@@ -119,6 +125,24 @@ class BlockFlow:
         self._order = itertools.count()
         self._maintain_at: int | None = None  # when the sampler wants its upkeep
         self._totals = _Totals()
+        self._adopted: BoundedDict[hangs.Ongoing, None] = BoundedDict(hangs.MAX_TRACKED)
+
+    def adopt(self, pid: int, detector: Adopter) -> int:
+        """Follow the loops of ``pid`` that were blocked before it was watched; how many.
+
+        Each is entered in the kernel's books as blocked since now (``adopt``),
+        then looked at as if the kernel had said so: its sampler, span reader
+        and identity are prepared, its stacks gathered, its hang reported.
+        Loops are told apart by their stacks: without them nothing is adopted.
+        """
+        if self._kinds is None:
+            return 0
+        found = adopt_blocked(pid, self._kinds, detector)
+        for tid, start in found:
+            self._adopted[hangs.Ongoing(pid, tid, start)] = None
+            self._triggered(Trigger(pid, tid, start, start, TriggerReason.NEW_THREAD))
+            self._triggered(Trigger(pid, tid, start, start, TriggerReason.DUE))
+        return len(found)
 
     def step(self, until_ns: int | None = None) -> None:
         """Wait for the kernel, then move every block as far as it can go.
@@ -239,7 +263,13 @@ class BlockFlow:
         if self._stacks is not None and not block.stack:
             self._losses.add(Loss.STACK_UNKNOWN)
         self._totals.add(block)
-        self._emit(block)
+        self._emit(self._marked(block))
+
+    def _marked(self, block: Block) -> Block:
+        """The block, said to have started before watching if it was adopted."""
+        if hangs.Ongoing(block.pid, block.tid, block.iteration_start_ns) in self._adopted:
+            return replace(block, started_before_watch=True)
+        return block
 
     def _samples(self, event: BlockEvent) -> list[StackSample]:
         return self._window(event)(event.start_ns, event.end_ns)
@@ -348,12 +378,22 @@ class BlockFlow:
             self._hangs.forget(key)  # it ended; its block event is on its way
             return
         block = self._ongoing_block(item, now, EndReason.RETURNED)
-        if block is None:
+        if block is None or self._awaits_stack(key, block, now):
             self._arm(key, now + hangs.RETRY_NS)
             return
         self._hangs.reported(key, now)
-        self._emit(block)
+        self._emit(self._marked(block))
         self._arm(key, max(self._hangs.due_ns(key), now + hangs.RETRY_NS))
+
+    def _awaits_stack(self, key: hangs.Ongoing, block: Block, now: int) -> bool:
+        """A loop blocked before watching is first reported with its stack, if one comes soon."""
+        return (
+            self._stacks is not None
+            and not block.stack
+            and key in self._adopted
+            and not self._hangs.was_reported(key)
+            and now - key.start_ns < ADOPTED_STACK_WAIT_NS
+        )
 
     def _ongoing_block(self, item: InProgress, now: int, reason: EndReason) -> Block | None:
         event = BlockEvent(

@@ -51,6 +51,8 @@ def _cpu_wait(runq_ns: int, throttling: Throttling | None) -> str:
 def _notes(block: Block) -> list[str]:
     """What else is known of a block, for the line under its stack."""
     notes: list[str] = []
+    if block.started_before_watch:
+        notes.append("already blocked when watching began: it started earlier")
     if block.segments > 1:
         notes.append(
             f"segment {block.segment + 1} of {block.segments} of a "

@@ -52,6 +52,7 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
         "start_monotonic_ns": block.start_ns,
         "end_monotonic_ns": block.end_ns,
         "end_reason": None if block.in_progress else str(block.end_reason),
+        "started_before_watch": block.started_before_watch,
         "cause": str(block.cause),
         "syscall": block.syscall,
         **_activity(block),

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from opentelemetry.semconv._incubating.attributes.container_attributes import CONTAINER_ID
 from opentelemetry.semconv._incubating.attributes.host_attributes import HOST_NAME
+from opentelemetry.semconv._incubating.attributes.k8s_attributes import (
+    K8S_CONTAINER_NAME,
+    K8S_NAMESPACE_NAME,
+    K8S_POD_NAME,
+    K8S_POD_UID,
+)
 from opentelemetry.semconv._incubating.attributes.process_attributes import (
     PROCESS_EXECUTABLE_NAME,
     PROCESS_EXECUTABLE_PATH,
@@ -33,7 +40,12 @@ __all__ = [
     "CODE_FUNCTION_NAME",
     "CODE_LINE_NUMBER",
     "CODE_STACKTRACE",
+    "CONTAINER_ID",
     "HOST_NAME",
+    "K8S_CONTAINER_NAME",
+    "K8S_NAMESPACE_NAME",
+    "K8S_POD_NAME",
+    "K8S_POD_UID",
     "PROCESS_EXECUTABLE_NAME",
     "PROCESS_EXECUTABLE_PATH",
     "PROCESS_PID",
@@ -77,6 +89,8 @@ ITERATION_ID: Final = "blocksnoop.iteration.id"  # the same on every segment of 
 ITERATION_DURATION: Final = "blocksnoop.iteration.duration"  # seconds, the whole iteration
 ITERATION_SEGMENTS: Final = "blocksnoop.iteration.segments"  # requests' segments it was split in
 ITERATION_SEGMENT: Final = "blocksnoop.iteration.segment"  # this span's place, from 0
+# True on a block already going on when watching began: its start is then, the real one earlier.
+STARTED_BEFORE_WATCH: Final = "blocksnoop.block.started_before_watch"
 
 SIGNAL: Final = "blocksnoop.signal"  # on DROPPED: spans | hang records
 LOST_WHAT: Final = "blocksnoop.lost.what"  # on LOST: an events.Loss value

@@ -20,6 +20,7 @@ request), so ``poll(None)`` sleeps until something happens.
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import time
@@ -37,10 +38,17 @@ from otel_blocksnoop.events import (
 )
 from otel_blocksnoop.kernel import loader
 from otel_blocksnoop.kernel.bpf_map import u32
+from otel_blocksnoop.kernel.bpf_syscall import BPF_NOEXIST
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
 from otel_blocksnoop.kernel.decode import block_event_from_c, segments_from_c, trigger_from_c
-from otel_blocksnoop.kernel.layout import BlockEventC, LoopContextC, TriggerEventC, WatchStateC
+from otel_blocksnoop.kernel.layout import (
+    BlockEventC,
+    LoopContextC,
+    ThreadStateC,
+    TriggerEventC,
+    WatchStateC,
+)
 from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.kernel.ringbuf import record_as
 from otel_blocksnoop.kernel.thread_table import ThreadTable, UserTicks, UserWake
@@ -146,6 +154,38 @@ class Detector:
         if self._program is not None and self.config.tracks_segments:
             context = bytes(LoopContextC(address=address))
             self._program.map("loop_contexts").update(u32(tid), context)
+
+    def adopt(self, pid: int, tid: int, off_nr: int) -> int | None:
+        """Enter ``tid`` in the thread table as out of epoll since now; its start, or None.
+
+        The kernel tracks a thread from its first return from epoll, so a loop
+        already stuck when the program was attached would never be seen. Its
+        entry is written only if the kernel has none (the thread may have come
+        back meanwhile: None then). ``off_nr`` is what the thread does now
+        (OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in), for the cause; the
+        block counts as told of (``told_ns``): the caller looks at it itself.
+        """
+        now = time.monotonic_ns()
+        state = ThreadStateC(
+            left_epoll_ns=now,
+            switched_at=now,
+            proc_cpu_start=self._process_cpu_ns(pid) if self.tracks_activity else 0,
+            told_ns=now,
+            tgid=pid,
+            off_nr=off_nr,
+        )
+        try:
+            self._loaded().map("threads").update(u32(tid), bytes(state), BPF_NOEXIST)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return None
+            raise
+        return now
+
+    def disown(self, tid: int, start_ns: int) -> None:
+        """Undo ``adopt`` of ``tid`` if its entry is still the one written (``start_ns``)."""
+        if self.out_since(tid) == start_ns:
+            self._loaded().map("threads").delete(u32(tid))
 
     def wake_on(self, fd: int) -> None:
         """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""

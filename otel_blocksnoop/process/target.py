@@ -80,6 +80,39 @@ def thread_name(pid: int, tid: int) -> str | None:
         return None
 
 
+def thread_ids(pid: int) -> list[int]:
+    """The threads of ``pid`` now (none once it has exited)."""
+    try:
+        tasks = (_proc(pid) / "task").iterdir()
+        return sorted(int(task.name) for task in tasks if task.name.isdigit())
+    except OSError:
+        return []
+
+
+RUNNING = -2
+"""``thread_syscall``: the thread is on a CPU now."""
+
+
+def thread_syscall(pid: int, tid: int) -> int | None:
+    """The syscall thread ``tid`` is stopped in now, from /proc (the kernel's own answer).
+
+    ``RUNNING`` when it is on a CPU, -1 when it is off CPU outside a syscall
+    (preempted in user space), None when it cannot be read (gone, or no
+    ptrace access).
+    """
+    try:
+        text = (_proc(pid) / "task" / str(tid) / "syscall").read_text()
+    except OSError:
+        return None
+    first = text.split(maxsplit=1)[0] if text.strip() else ""
+    if first == "running":
+        return RUNNING
+    try:
+        return int(first)
+    except ValueError:
+        return None
+
+
 class ExitWatch:
     """Tells, without blocking, whether processes we did not start have all exited.
 

@@ -84,6 +84,16 @@ class SpanIds:
         return kept[0]
 
 
+def _how_it_ended(block: Block) -> dict[str, str | int | float]:
+    """How the block ended (not said of a hang), and whether it began before watching."""
+    attributes: dict[str, str | int | float] = {}
+    if not block.in_progress:
+        attributes[names.END_REASON] = str(block.end_reason)
+    if block.started_before_watch:
+        attributes[names.STARTED_BEFORE_WATCH] = True
+    return attributes
+
+
 def block_attributes(block: Block) -> dict[str, str | int | float]:
     """The span attributes of a block (DESIGN.md, "Contracts")."""
     attributes: dict[str, str | int | float] = {
@@ -97,8 +107,7 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         names.ITERATION_SEGMENTS: block.segments,
         names.ITERATION_SEGMENT: block.segment,
     }
-    if not block.in_progress:
-        attributes[names.END_REASON] = str(block.end_reason)
+    attributes.update(_how_it_ended(block))
     if block.thread_name:
         attributes[names.THREAD_NAME] = block.thread_name
     if block.cause == Cause.SYSCALL and block.syscall:
