@@ -36,7 +36,8 @@ examples:
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 otel-blocksnoop 1234
                                         # ... and send spans and metrics to a collector
-  otel-blocksnoop doctor                # check BCC, headers, tracefs, Austin
+  otel-blocksnoop doctor                # check privileges, BCC, tracefs, headers, Austin
+  otel-blocksnoop doctor 1234           # ... and that PID 1234 can be read
 """
 
 
@@ -75,7 +76,8 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] | {PROG} doctor",
+        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] "
+        f"| {PROG} doctor [PID...]",
         description="Report every time an asyncio event loop in a Python process is blocked.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -215,20 +217,50 @@ def _configure_logging(args: Config) -> None:
     root.setLevel(level)
 
 
+def error_line(error: BlocksnoopError, container: bool) -> str:
+    """The one line a failure is reported with (by a run, and by ``doctor``'s verdict)."""
+    fix = error.hint_for(container)
+    hint = f" (hint: {fix})" if fix else ""
+    return f"{PROG}: {error}{hint}"
+
+
 def _doctor(argv: Sequence[str]) -> int:
-    parser = _Parser(prog=f"{PROG} doctor", description="Check what the sidecar needs.")
+    parser = _Parser(
+        prog=f"{PROG} doctor",
+        description="Check what a run needs, with the checks a run makes: "
+        "the same verdict, message and exit code.",
+    )
+    parser.add_argument(
+        "pids", nargs="*", type=positive_int, metavar="PID", help="also check access to these"
+    )
     parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
     ns = parser.parse_args(list(argv))
-    checks = preflight.run_checks(ns.austin, try_import=True)
+    checks = preflight.run_checks(ns.pids, ns.austin, doctor=True)
     container = preflight.in_container()
     for check in checks:
-        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
+        if check.skipped:
+            mark = "skipped"
+        else:
+            mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
         print(f"[{mark:^7}] {check.name:<15} {check.detail}")
         hint = check.error.hint_for(container) if check.error is not None else ""
         if not check.ok and hint:
             print(f"{'':10}{'':16}fix: {hint}")
-    failed = [c for c in checks if c.required and not c.ok and c.error is not None]
-    return int(failed[0].error.exit_code) if failed and failed[0].error else 0
+    error = preflight.first_failure(checks)
+    if error is None:
+        print(f"verdict: ready to {_ready_for(ns.pids, checks)}")
+        return ExitCode.OK
+    print(f"verdict: a run stops here, exit {int(error.exit_code)}: {error_line(error, container)}")
+    return error.exit_code
+
+
+def _ready_for(pids: Sequence[int], checks: list[preflight.Check]) -> str:
+    """What a run may do, when no required check failed."""
+    if pids:
+        return f"watch PID{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}"
+    if all(check.ok for check in checks if check.name == "ptrace"):
+        return "launch a command, or watch any process"
+    return "launch a command (`doctor PID` checks whether a process can be watched)"
 
 
 def run(config: Config) -> int:
@@ -249,9 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(config)
     except BlocksnoopError as exc:
-        fix = exc.hint_for(preflight.in_container())
-        hint = f" (hint: {fix})" if fix else ""
-        sys.stderr.write(f"{PROG}: {exc}{hint}\n")
+        sys.stderr.write(error_line(exc, preflight.in_container()) + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED

@@ -188,10 +188,11 @@ class Session:
 
 def run(config: Config) -> int:
     """One run of the sidecar from its configuration; the exit code."""
-    targets = [inspect_target(pid) for pid in config.pids]
-    if not targets:
+    if not config.pids:
         check_command(config.command)
-    preflight.require(preflight.run_checks(config.austin)[:4])
+    # What `otel-blocksnoop doctor PID...` checks, in its order: the same first failure.
+    preflight.require(preflight.run_checks(config.pids))
+    targets = [inspect_target(pid) for pid in config.pids]
 
     losses = Losses()
     detector = Detector(config.detector, losses)

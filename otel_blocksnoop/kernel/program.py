@@ -12,8 +12,7 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,30 +119,46 @@ def compile_program(bpf_class: Any, config: DetectorConfig) -> Any:  # noqa: ANN
         try:
             bpf = bpf_class(text=program_source(), cflags=program_cflags(config))
         except Exception as exc:
-            text = output.read_text(errors="replace")
+            text = output()
             log.debug("compiler output:\n%s", text)
             if "Operation not permitted" in text or isinstance(exc, PermissionError):
                 msg = f"failed to load {what}: operation not permitted"
                 raise NoPrivilegesError(msg) from exc
             msg = f"failed to compile {what}: {_first_error(text)}"
             raise BpfLoadError(msg) from exc
-        text = output.read_text(errors="replace")
+        text = output()
         if text.strip():
             log.debug("compiler output:\n%s", text)
     return bpf
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[Path]:
-    """Collect what libbcc's compiler writes to fd 2 (it bypasses sys.stderr)."""
-    with tempfile.NamedTemporaryFile(prefix="blocksnoop-cc-", suffix=".log") as sink:
-        saved = os.dup(2)
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield Path(sink.name)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """Collect what libbcc's compiler writes to fd 2 (it bypasses sys.stderr).
+
+    Into an anonymous file in memory (memfd), not a temporary file: the
+    sidecar needs no writable filesystem. Yields a function returning what
+    was written so far.
+    """
+    sink = os.memfd_create("blocksnoop-cc", os.MFD_CLOEXEC)
+    saved = os.dup(2)
+    try:
+        os.dup2(sink, 2)
+        yield lambda: _read_all(sink)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(sink)
+
+
+def _read_all(fd: int) -> str:
+    """All of file ``fd`` from its start, as text."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _first_error(compiler_output: str) -> str:

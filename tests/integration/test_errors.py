@@ -93,7 +93,7 @@ def test_no_privileges() -> None:
     # THEN it says so in one line
     assert result.returncode == ExitCode.NO_PRIVILEGES, result.stderr
     assert_one_line_error(result.stderr)
-    assert "not root" in result.stderr
+    assert "missing CAP_BPF and CAP_PERFMON" in result.stderr
 
 
 def test_bcc_missing(tmp_path: Path) -> None:
