@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 from otel_blocksnoop import __version__, preflight, session
@@ -48,16 +48,38 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(ExitCode.USAGE)
 
 
-def threshold_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        msg = f"not a number: {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not math.isfinite(value) or value <= 0:
-        msg = f"must be a positive number of milliseconds, not {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+MIN_THRESHOLD_MS = 0.001
+"""1 us: below it the threshold rounds to 0 ns and every loop iteration would cross it."""
+MAX_THRESHOLD_MS = 3_600_000.0
+"""1 hour: the kernel's histogram of iterations ends at 2^42 ns (73 min); the cflags overflow
+at 2^64 ns (about 5,000 hours); a loop out that long is reported as a hang while it lasts."""
+MIN_SAMPLE_INTERVAL_MS = 0.001
+"""1 us: Austin's interval is a whole number of microseconds."""
+MAX_SAMPLE_INTERVAL_MS = 1000.0
+"""1 s: sparser samples would explain no block, and Austin would be slow to stop."""
+MAX_PID = 4_194_304
+"""PID_MAX_LIMIT: no process or thread id is larger on a 64-bit kernel."""
+
+
+def _milliseconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: milliseconds from ``low`` to ``high``, both included."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            msg = f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not math.isfinite(value) or not low <= value <= high:
+            msg = f"must be from {low:g} to {high:g} milliseconds, not {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+threshold_ms = _milliseconds(MIN_THRESHOLD_MS, MAX_THRESHOLD_MS)
+sample_interval_ms = _milliseconds(MIN_SAMPLE_INTERVAL_MS, MAX_SAMPLE_INTERVAL_MS)
 
 
 def positive_int(text: str) -> int:
@@ -72,6 +94,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def process_id(text: str) -> int:
+    """A PID or TID: a whole number from 1 to the kernel's limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 1 <= value <= MAX_PID:
+        msg = f"not a process id: {text!r} (ids go from 1 to {MAX_PID})"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -81,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "pids", nargs="*", type=positive_int, metavar="PID", help="process(es) to watch"
+        "pids", nargs="*", type=process_id, metavar="PID", help="process(es) to watch"
     )
     parser.add_argument(
         "-t",
@@ -89,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=threshold_ms,
         default=DEFAULT_THRESHOLD_MS,
         metavar="MS",
-        help=f"report loop iterations at least this long (default {DEFAULT_THRESHOLD_MS:g})",
+        help=f"report loop iterations at least this long (default {DEFAULT_THRESHOLD_MS:g}, "
+        f"from {MIN_THRESHOLD_MS:g} to {MAX_THRESHOLD_MS:g})",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     parser.add_argument(
@@ -97,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the distribution of all loop iterations each second instead of blocks",
     )
-    parser.add_argument("--tid", type=positive_int, help="watch only this thread of PID")
+    parser.add_argument("--tid", type=process_id, help="watch only this thread of PID")
     parser.add_argument(
         "--all-threads",
         action="store_true",
@@ -121,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sample-interval",
-        type=threshold_ms,
+        type=sample_interval_ms,
         metavar="MS",
-        help="Austin's sampling interval (default: threshold/10, between 1 and 10 ms)",
+        help="Austin's sampling interval, rounded to the microsecond "
+        "(default: threshold/10, between 1 and 10 ms)",
     )
     parser.add_argument(
         "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
@@ -199,7 +236,9 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         cause=not ns.no_cause,
         trace_link=not ns.no_trace_link,
         stacks=not ns.no_stacks,
-        sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
+        sample_interval_us=(
+            max(1, round(ns.sample_interval * 1000)) if ns.sample_interval is not None else None
+        ),
         verbose=ns.verbose,
         quiet=ns.quiet,
         ebpf=ns.ebpf,
