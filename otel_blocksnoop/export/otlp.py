@@ -63,6 +63,9 @@ DEFAULT_METRIC_INTERVAL_MS = 10_000
 """Metric export interval unless OTEL_METRIC_EXPORT_INTERVAL says otherwise (SDK: 60 s)."""
 GRPC_PORT = 4317
 CONNECT_TIMEOUT_S = 0.5
+MAX_SERVICE_NAME = 255
+"""Characters of ``service.name`` kept: enough for any real name. The spec sets no limit, but
+the name rides on every span and metric, and an app's environment could make it megabytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,16 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
         msg = f"{name} must be a positive number, not {text!r}"
         raise ConfigError(msg)
     return value
+
+
+def _service_name(flag: str | None, env: Mapping[str, str]) -> str | None:
+    """``--service``, else the sidecar's own OTEL_SERVICE_NAME; ConfigError past the cap."""
+    source, name = ("--service", flag) if flag else (OTEL_SERVICE_NAME, env.get(OTEL_SERVICE_NAME))
+    name = (name or "").strip()
+    if len(name) > MAX_SERVICE_NAME:
+        msg = f"{source} must be at most {MAX_SERVICE_NAME} characters, not {len(name)}"
+        raise ConfigError(msg)
+    return name or None
 
 
 def _signal_on(env: Mapping[str, str], selector: str) -> bool:
@@ -142,7 +155,7 @@ def settings_from(
         metric_interval_ms=int(
             _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS)
         ),
-        fallback_service=service or env.get(OTEL_SERVICE_NAME, "").strip() or None,
+        fallback_service=_service_name(service, env),
         follow_app_sampling=follow_app_sampling,
     )
 
