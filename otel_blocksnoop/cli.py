@@ -9,6 +9,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
@@ -245,13 +246,85 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
     )
 
 
+OUR_LOGGERS = ("otel_blocksnoop", PROG)
+LIBRARY_LINE_MAX = 300
+"""Characters of another library's message shown: its first line, this long at most."""
+REPEAT_WINDOW_S = 60.0
+"""Another library's message that says the same again within this long is not shown again."""
+
+
+def one_line(text: str, limit: int = LIBRARY_LINE_MAX) -> str:
+    """The first non-blank line of ``text``, unprintable characters escaped, at most ``limit``."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in first)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Every record is one line on stderr; a traceback only with ``-v``.
+
+    Other libraries' messages (the OTLP exporters, urllib3, gRPC, Python
+    warnings) are cut to their first line and cleaned, and a failure the OTLP
+    exporter cannot explain (an HTTP/2 answer read as a ``BadStatusLine``) is
+    said plainly.
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(f"{PROG}: %(message)s")
+        self._verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if not record.name.startswith(OUR_LOGGERS):
+            text = otlp.explain_export_failure(text) or one_line(text)
+        if record.exc_info and record.exc_info[1] is not None:
+            if self._verbose:
+                text += "\n" + self.formatException(record.exc_info)
+            else:
+                error = record.exc_info[1]
+                text += " " if text.endswith(":") else ": "
+                text += one_line(f"{type(error).__name__}: {error}")
+        return f"{PROG}: {text}"
+
+
+class _LibraryRepeats(logging.Filter):
+    """Drops another library's message that repeats one shown in the last REPEAT_WINDOW_S.
+
+    The OTLP exporters say "retrying in 0.91s", then "in 1.77s", on every
+    retry of every round while a collector is away; numbers do not make a
+    message new.
+    """
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._shown: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(OUR_LOGGERS):
+            return True
+        key = (record.name, re.sub(r"\d+(\.\d+)?", "#", one_line(record.getMessage())))
+        now = record.created
+        last = self._shown.get(key)
+        if last is not None and now - last < self._window_s:
+            return False
+        if len(self._shown) >= 256:
+            self._shown.clear()
+        self._shown[key] = now
+        return True
+
+
 def _configure_logging(args: Config) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setFormatter(_OneLineFormatter(verbose=args.verbose))
+    if not args.verbose:
+        handler.addFilter(_LibraryRepeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (urllib3's and others') become records: one line each, like the rest.
+    logging.captureWarnings(capture=True)
 
 
 def _doctor(argv: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ from otel_blocksnoop.export.otlp import (
     GRPC,
     HTTP,
     MAX_SERVICE_NAME,
+    not_http1,
     settings_from,
 )
 
@@ -94,3 +95,25 @@ def test_a_service_name_over_the_cap_from_the_sidecars_settings_is_refused(
 
 def test_a_service_name_at_the_cap_is_kept_whole() -> None:
     assert settings_from({}, service="y" * MAX_SERVICE_NAME).fallback_service == "y" * 255
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\n", None),
+        (b"HTTP/1.0 501 ", None),
+        (b"HTT", None),  # the start of a status line: nothing to judge by
+        (b"", None),
+        (b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x04\x00@", "it answers in HTTP/2"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "its answer is not HTTP"),
+    ],
+)
+def test_an_answer_to_an_http1_request_tells_a_grpc_port_from_an_otlp_http_one(
+    answer: bytes, reason: str | None
+) -> None:
+    found = not_http1(answer)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.startswith(reason)
