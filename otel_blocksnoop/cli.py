@@ -52,8 +52,8 @@ class _Parser(argparse.ArgumentParser):
 MIN_THRESHOLD_MS = 0.001
 """1 us: below it the threshold rounds to 0 ns and every loop iteration would cross it."""
 MAX_THRESHOLD_MS = 3_600_000.0
-"""1 hour: the kernel's histogram of iterations ends at 2^42 ns (73 min); the cflags overflow
-at 2^64 ns (about 5,000 hours); a loop out that long is reported as a hang while it lasts."""
+"""1 hour: the kernel's histogram of iterations ends at 2^42 ns (73 min), and the nanosecond
+cflags overflow 64 bits near 5,000 hours (``-t 1e14`` was a compile error)."""
 MIN_SAMPLE_INTERVAL_MS = 0.001
 """1 us: Austin's interval is a whole number of microseconds."""
 MAX_SAMPLE_INTERVAL_MS = 1000.0
