@@ -135,16 +135,23 @@ def test_no_stacks_flag_reports_blocks_without_code(tmp_path: Path) -> None:
     assert block["call_site"] is None
 
 
-def test_a_missing_austin_degrades_to_blocks_without_stacks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named_by", ["flag", "AUSTINPATH"])
+def test_a_missing_austin_degrades_to_blocks_without_stacks(tmp_path: Path, named_by: str) -> None:
+    # GIVEN an Austin named by --austin (over a bad $AUSTINPATH) or by $AUSTINPATH alone,
+    # that does not exist, while the venv has one
     out = tmp_path / "truth.jsonl"
     env = {**os.environ, "AUSTINPATH": str(tmp_path / "no-austin-here")}
+    flag = ["--austin", str(tmp_path / "missing")] if named_by == "flag" else []
     result = subprocess.run(
-        [sys.executable, "-m", "otel_blocksnoop", "--json", "-t", "50", "--austin",
-         str(tmp_path / "missing"), "--", sys.executable, str(BLOCKER), "sleep", "--out", str(out)],
+        [sys.executable, "-m", "otel_blocksnoop", "--json", "-t", "50", *flag,
+         "--", sys.executable, str(BLOCKER), "sleep", "--out", str(out)],
         capture_output=True, text=True, env=env, check=False, timeout=60,
     )  # fmt: skip
+    # THEN the warning names what was asked for, and blocks still come, without stacks
     assert result.returncode == 0, result.stderr
     assert "without stacks" in result.stderr
+    asked = str(tmp_path / "missing") if named_by == "flag" else "$AUSTINPATH="
+    assert f"failed to find Austin at {asked}" in result.stderr
     blocks = [r for r in map(json.loads, result.stdout.splitlines()) if r["type"] == "block"]
     (true_block,) = truth(out)
     assert matching_block(blocks, true_block)["stack"] == []
