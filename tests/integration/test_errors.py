@@ -94,6 +94,20 @@ def test_values_out_of_range_are_refused_before_anything_is_loaded(
     assert complaint in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OTEL_EXPORTER_OTLP_PROTOCOL", "foo"), ("OTEL_SERVICE_NAME", "x" * 300)],
+)
+def test_a_bad_otel_variable_is_one_line_not_a_traceback(variable: str, value: str) -> None:
+    env = {**os.environ, variable: value}
+    result = subprocess.run(
+        [*SIDECAR, "1"], capture_output=True, text=True, env=env, check=False, timeout=60
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert_one_line_error(result.stderr)
+    assert variable in result.stderr
+
+
 def test_a_kernel_thread_is_called_one_not_gone() -> None:
     # GIVEN kthreadd, the kernel thread every other one is forked from
     assert "kthreadd" in Path("/proc/2/status").read_text()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_blocksnoop.cli import parse_arguments
+from otel_blocksnoop.cli import main, parse_arguments
 from otel_blocksnoop.errors import ExitCode
 
 
@@ -93,3 +93,27 @@ def test_the_range_ends_are_accepted_as_given() -> None:
 def test_a_sample_interval_is_rounded_to_the_microsecond_austin_takes() -> None:
     assert parse_arguments(["--sample-interval", "0.0015", "1"]).sample_interval_us == 2
     assert parse_arguments(["--sample-interval", "2.5", "1"]).sample_interval_us == 2_500
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "foo", "OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or"),
+        ("OTEL_SERVICE_NAME", "x" * 300, "OTEL_SERVICE_NAME must be at most 255 characters"),
+    ],
+)
+def test_a_bad_otel_variable_is_one_line_and_the_usage_code_not_a_traceback(
+    variable: str,
+    value: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN a sidecar environment with a value the exporters cannot use
+    monkeypatch.setenv(variable, value)
+    # WHEN the sidecar starts
+    code = main(["1"])
+    # THEN it stops there, in one line with the usage code
+    assert code == ExitCode.USAGE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"otel-blocksnoop: {said}")
