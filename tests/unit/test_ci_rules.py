@@ -68,3 +68,4 @@ def test_ci_runs_the_test_command_the_readme_gives() -> None:
 def test_every_test_runs_under_a_timeout(pytestconfig: pytest.Config) -> None:
     # pytest-timeout reads it: a test stuck on a wait fails instead of holding CI up
     assert float(pytestconfig.getini("timeout")) >= 60
+    assert pytestconfig.getini("timeout_func_only")  # builds in session fixtures take their time
