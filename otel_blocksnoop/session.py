@@ -291,6 +291,8 @@ def _sinks(config: Config, losses: Losses) -> list[Sink]:
             problem,
             settings.max_queue,
         )
+    elif (problem := otlp.wrong_protocol(settings)) is not None:
+        log.warning("%s", problem)
     sinks.append(OtelSink(otlp.build_exporters(settings), settings, losses))
     return sinks
 

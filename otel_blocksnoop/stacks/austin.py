@@ -79,25 +79,34 @@ class Austin:
 
     @classmethod
     def find(cls, explicit: str | None = None) -> Austin:
-        """Locate Austin: the flag, then ``$AUSTINPATH``, then the venv, then ``$PATH``."""
-        candidates: list[Path] = []
+        """Locate Austin: the flag, then ``$AUSTINPATH``, then the venv, then ``$PATH``.
+
+        A flag or ``$AUSTINPATH`` that names no executable is an error that names
+        it, never skipped for the next place: the user asked for that Austin.
+        """
         if explicit:
-            candidates.append(Path(explicit))
-        env = os.environ.get(AUSTINPATH_ENV)
-        if env:
+            return cls._at(Path(explicit))
+        env = os.environ.get(AUSTINPATH_ENV, "")
+        if env.strip():
             path = Path(env)
-            candidates.append(path / cls.BINARY if path.is_dir() else path)
-        candidates.append(Path(sys.prefix) / "bin" / cls.BINARY)
+            return cls._at(path / cls.BINARY if path.is_dir() else path, f"${AUSTINPATH_ENV}={env}")
+        candidates = [Path(sys.prefix) / "bin" / cls.BINARY]
         found = shutil.which(cls.BINARY)
         if found:
             candidates.append(Path(found))
         for candidate in candidates:
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return cls(candidate)
-            if explicit and candidate == Path(explicit):
-                msg = f"failed to find Austin at {explicit}: not an executable file"
-                raise AustinError(msg)
-        msg = "failed to find Austin: not in $AUSTINPATH, the venv or $PATH"
+        msg = "failed to find Austin: $AUSTINPATH is not set, and none is in the venv or on $PATH"
+        raise AustinError(msg)
+
+    @classmethod
+    def _at(cls, path: Path, given: str | None = None) -> Austin:
+        """The Austin at ``path``; ``given`` is how the user named it, if not by ``path``."""
+        if path.is_file() and os.access(path, os.X_OK):
+            return cls(path)
+        where = f"{given} ({path})" if given else str(path)
+        msg = f"failed to find Austin at {where}: not an executable file"
         raise AustinError(msg)
 
     @cached_property

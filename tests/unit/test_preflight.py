@@ -136,7 +136,7 @@ def test_compiler_output_is_captured_without_a_file(monkeypatch: pytest.MonkeyPa
     # GIVEN no usable temporary directory (as on a read-only root filesystem)
     monkeypatch.setattr("tempfile.tempdir", "/nonexistent/tmp")
     # WHEN something writes to fd 2 while it is captured
-    with program._captured_stderr() as output:  # noqa: SLF001
+    with program.captured_stderr(None) as output:
         os.write(2, b"error: it broke\n")
         # THEN it is read back in full
         assert output() == "error: it broke\n"
