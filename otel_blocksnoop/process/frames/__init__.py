@@ -1,0 +1,1 @@
+"""Python stacks read from the target's memory, with the offsets its interpreter publishes."""
