@@ -60,6 +60,7 @@ class FrameReader:
     def __init__(
         self, pid: int, memory: RemoteMemory | None = None, runtime: Runtime | None = None
     ) -> None:
+        self.pid = pid
         self._memory = memory or RemoteMemory(pid)
         self._runtime: Runtime = runtime or locate_runtime(pid)
         self.offsets: DebugOffsets = read_debug_offsets(
