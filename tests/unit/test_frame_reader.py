@@ -10,8 +10,12 @@ functions. The reader reads it through a RemoteMemory that serves this heap.
 from __future__ import annotations
 
 import dis
+import shutil
+import subprocess
+import sys
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +26,7 @@ from otel_blocksnoop.process.frames.debug_offsets import read_debug_offsets
 from otel_blocksnoop.process.frames.runtime import Runtime
 from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory, plausible_pointer
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 BASE = 0x100000
 TID = 4242
 CODE_TYPE, UNICODE_TYPE, BYTES_TYPE = 0x7000, 0x7100, 0x7200
@@ -360,3 +365,19 @@ def test_a_non_ascii_file_name_is_decoded() -> None:
     stack = heap.reader().stack(TID)
     assert stack is not None
     assert stack[0].file == name
+
+
+def test_the_generated_debug_offsets_shapes_are_up_to_date() -> None:
+    # GIVEN pyenv's CPython headers and a C compiler
+    if shutil.which("pyenv") is None or shutil.which("cc") is None:
+        pytest.skip("needs pyenv's CPython headers and a C compiler")
+    # WHEN the generator compares its output with the committed module
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_debug_offsets.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # THEN nothing differs, and the module says it is generated
+    assert result.returncode == 0, result.stderr
+    assert "do not edit" in (ROOT / "otel_blocksnoop/process/frames/debug_shapes.py").read_text()

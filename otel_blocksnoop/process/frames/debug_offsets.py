@@ -4,9 +4,9 @@ They are read from the target at run time, so the frame reader needs no
 header of the interpreter it watches (and follows builds whose structs differ,
 such as Debian's 3.15 with its JIT). What is version-specific here is only
 where each field sits inside ``_Py_DebugOffsets`` itself (the struct grows
-from one minor version to the next) and a few enum values it does not carry.
-Adding a version is adding its entry to ``_FIELDS`` and ``_CONSTANTS``, after
-checking them against that version's ``pycore_debug_offsets.h``.
+from one minor version to the next) and a few constants it does not carry,
+generated from each version's headers into ``debug_shapes``: adding a version
+is adding it to scripts/gen_debug_offsets.py's ``VERSIONS`` and running it.
 """
 
 from __future__ import annotations
@@ -15,49 +15,8 @@ import struct
 from dataclasses import dataclass
 
 from otel_blocksnoop.process.context.interpreter import DEBUG_COOKIE, UnsupportedInterpreterError
+from otel_blocksnoop.process.frames.debug_shapes import SHAPES
 from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory
-
-# Where each field the frame reader needs sits in _Py_DebugOffsets, counted in
-# 8-byte words from its start (word 0 is the cookie). 3.13.0's
-# Include/internal/pycore_runtime.h, checked by compiling offsetof() against it.
-_FIELDS: dict[tuple[int, int], dict[str, int]] = {
-    (3, 13): {
-        "version": 1,
-        "free_threaded": 2,
-        "runtime_size": 3,
-        "runtime_interpreters_head": 5,
-        "interp_size": 6,
-        "interp_next": 8,
-        "interp_threads_head": 9,
-        "tstate_size": 19,
-        "tstate_next": 21,
-        "tstate_interp": 22,
-        "tstate_current_frame": 23,
-        "tstate_thread_id": 24,
-        "tstate_native_thread_id": 25,
-        "frame_size": 28,
-        "frame_previous": 29,
-        "frame_executable": 30,
-        "frame_instr_ptr": 31,
-        "frame_owner": 33,
-        "code_size": 34,
-        "code_filename": 35,
-        "code_name": 36,
-        "code_qualname": 37,
-        "code_linetable": 38,
-        "code_firstlineno": 39,
-        "code_adaptive": 43,
-        "object_size": 44,
-        "object_type": 45,
-        "bytes_size": 64,
-        "bytes_ob_size": 65,
-        "bytes_sval": 66,
-        "unicode_size": 67,
-        "unicode_state": 68,
-        "unicode_length": 69,
-        "unicode_ascii_size": 70,
-    },
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,25 +25,36 @@ class VersionConstants:
 
     owner_skipped: frozenset[int]  # frame owners that are not Python frames (the C stack's shims)
     executable_tag_mask: int  # bits of f_executable that are tags, not address (a _PyStackRef)
-    unicode_kind_shift: int  # PyASCIIObject.state: interned:2, kind:3, compact:1, ascii:1
+    unicode_kind_shift: int  # where PyASCIIObject.state keeps the kind (1, 2 or 4 bytes a char)
     unicode_compact_bit: int
     unicode_ascii_bit: int
 
 
-_CONSTANTS: dict[tuple[int, int], VersionConstants] = {
-    # Include/internal/pycore_frame.h (enum _frameowner: FRAME_OWNED_BY_CSTACK = 3);
-    # f_executable is a plain PyObject *; Include/cpython/unicodeobject.h.
-    (3, 13): VersionConstants(
-        owner_skipped=frozenset({3}),
-        executable_tag_mask=0,
-        unicode_kind_shift=2,
-        unicode_compact_bit=1 << 5,
-        unicode_ascii_bit=1 << 6,
-    ),
-}
+_CONSTANT_NAMES = frozenset(
+    {
+        "owner_cstack",
+        "owner_interpreter",
+        "executable_tag_mask",
+        "unicode_kind_shift",
+        "unicode_compact_bit",
+        "unicode_ascii_bit",
+    }
+)
 
-SUPPORTED_VERSIONS = tuple(sorted(_FIELDS))
-"""Minor versions whose _Py_DebugOffsets this reader knows the shape of."""
+SUPPORTED_VERSIONS = tuple(sorted(SHAPES))
+"""Minor versions whose _Py_DebugOffsets this reader knows the shape of (debug_shapes)."""
+
+
+def _constants(shape: dict[str, int]) -> VersionConstants:
+    owners = {shape["owner_cstack"], shape.get("owner_interpreter", shape["owner_cstack"])}
+    return VersionConstants(
+        owner_skipped=frozenset(owners),
+        executable_tag_mask=shape["executable_tag_mask"],
+        unicode_kind_shift=shape["unicode_kind_shift"],
+        unicode_compact_bit=shape["unicode_compact_bit"],
+        unicode_ascii_bit=shape["unicode_ascii_bit"],
+    )
+
 
 # Bounds that any real build stays far within: a value outside is not an offset.
 _MAX_STRUCT = 1 << 22
@@ -139,11 +109,12 @@ def read_debug_offsets(
     one this reader knows, the cookie, version or build differ from what was
     expected, or any offset is implausible: better no stack than a wrong one.
     """
-    fields = _FIELDS.get(version)
-    if fields is None:
+    shape = SHAPES.get(version)
+    if shape is None:
         known = ", ".join(f"{a}.{b}" for a, b in SUPPORTED_VERSIONS)
         msg = f"no _Py_DebugOffsets shape for CPython {version[0]}.{version[1]} (known: {known})"
         raise UnsupportedInterpreterError(msg)
+    fields = {name: index for name, index in shape.items() if name not in _CONSTANT_NAMES}
     size = 8 * (max(fields.values()) + 1)
     raw = memory.read(runtime, size) if size <= MAX_READ else None
     if raw is None:
@@ -154,10 +125,12 @@ def read_debug_offsets(
         raise UnsupportedInterpreterError(msg)
     words = struct.unpack(f"<{size // 8}Q", raw)
     value = {name: words[index] for name, index in fields.items()}
-    return _checked(value, version)
+    return _checked(value, version, _constants(shape))
 
 
-def _checked(value: dict[str, int], version: tuple[int, int]) -> DebugOffsets:
+def _checked(
+    value: dict[str, int], version: tuple[int, int], constants: VersionConstants
+) -> DebugOffsets:
     hex_version = value["version"]
     found = (hex_version >> 24, hex_version >> 16 & 0xFF)
     if found != version:
@@ -203,7 +176,7 @@ def _checked(value: dict[str, int], version: tuple[int, int]) -> DebugOffsets:
     return DebugOffsets(
         version=version,
         hex_version=hex_version,
-        constants=_CONSTANTS[version],
+        constants=constants,
         **{name: value[name] for name in _OFFSET_NAMES},
     )
 
