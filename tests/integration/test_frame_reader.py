@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,16 +104,26 @@ def blocking_target(tmp_path: Path, scenario: str) -> Iterator[Target]:
         process.wait(timeout=30)
 
 
-def innermost_in(reader: FrameReader, tid: int, function: str) -> tuple[Frame, ...]:
-    """The thread's stack, once its innermost frame is in ``function``."""
+def stack_when(
+    reader: FrameReader, tid: int, what: str, holds: Callable[[tuple[Frame, ...]], bool]
+) -> tuple[Frame, ...]:
+    """The thread's stack, once one is read that ``holds`` (the thread runs on meanwhile)."""
     deadline = time.monotonic() + WAIT_S
     stack: tuple[Frame, ...] | None = None
     while time.monotonic() < deadline:
         stack = reader.stack(tid)
-        if stack and stack[-1].function == function:
+        if stack and holds(stack):
             return stack
         time.sleep(POLL_S)
-    pytest.fail(f"the loop thread never showed {function}; last stack: {stack}")
+    pytest.fail(f"the loop thread never showed {what}; last stack: {stack}")
+
+
+def innermost_in(reader: FrameReader, tid: int, function: str) -> tuple[Frame, ...]:
+    return stack_when(reader, tid, function, lambda stack: stack[-1].function == function)
+
+
+def idle_in_select(reader: FrameReader, tid: int) -> tuple[Frame, ...]:
+    return stack_when(reader, tid, "select", lambda stack: stack[-1].function.endswith("select"))
 
 
 def source_line(frame: Frame) -> str:
@@ -127,14 +137,14 @@ def test_the_blocked_loop_stack_is_the_targets_and_austins(scenario: str, tmp_pa
     # GIVEN a CPython 3.13 loop that is about to block in a known function
     with blocking_target(tmp_path, scenario) as target:
         reader = FrameReader(target.pid)
-        idle = reader.stack(target.tid)
+        idle = idle_in_select(reader, target.tid)
         target.go()
 
         # WHEN the loop thread's stack is read while the block lasts, and Austin dumps it
         ours = innermost_in(reader, target.tid, function)
         read_at = time.monotonic_ns()
         theirs = dumper.where(target.pid).get(target.tid)
-        ours_again = reader.stack(target.tid)
+        ours_again = stack_when(reader, target.tid, "a stack", lambda _: True)
         read_again_at = time.monotonic_ns()
         # (the target exits once its block is written)
         assert target.process.wait(timeout=WAIT_S) == 0
@@ -150,23 +160,21 @@ def test_the_blocked_loop_stack_is_the_targets_and_austins(scenario: str, tmp_pa
     # AND Austin sees the same frames: function, file and line (the innermost
     # line of a thread spinning in Python may move between the two reads)
     assert theirs is not None
-    assert ours_again is not None
     for stack in (theirs, ours_again):
         assert stack[:-1] == ours[:-1]
         assert (stack[-1].function, stack[-1].file) == (ours[-1].function, ours[-1].file)
         if scenario != "cpu":
             assert stack[-1] == ours[-1]
-    # AND before the block the loop was in its selector, outermost frame the script's
-    assert idle is not None
+    # AND before the block, idle in its selector, the outermost frame was the script's
     assert idle[0] == Frame("<module>", str(BLOCKER), idle[0].line)
-    assert idle[-1].function.endswith("select")
+    assert "asyncio.run(" in source_line(idle[2])
 
 
 def test_a_target_that_exits_gives_no_stack_and_no_error(tmp_path: Path) -> None:
     # GIVEN a reader of a live 3.13 target
     with blocking_target(tmp_path, "sleep") as target:
         reader = FrameReader(target.pid)
-        assert reader.stack(target.tid)
+        assert idle_in_select(reader, target.tid)
     # WHEN the target has gone, THEN a read gives None and raises nothing
     assert reader.stack(target.tid) is None
 
