@@ -1,6 +1,6 @@
 """Our own frame reader against a real CPython 3.13 target, its own truth and Austin.
 
-The target (harness/targets/blocker.py) blocks its loop in a known function;
+The target (harness/targets/blocker.py, asyncio or uvloop) blocks its loop in a known function;
 while the block lasts, the reader reads the loop thread's stack from outside,
 and ``austin -w`` dumps the same process: the innermost frame must be the
 blocking call the target's source says, at a time the target says it was
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.interpreters import pyenv_python
+from harness.interpreters import cached_venv, pyenv_python
+from otel_blocksnoop.analysis.attribution import is_idle
 from otel_blocksnoop.events import Frame
 from otel_blocksnoop.process.context.interpreter import UnsupportedInterpreterError
 from otel_blocksnoop.process.frames import FrameReader
@@ -42,13 +43,21 @@ WAIT_S = 20.0
 POLL_S = 0.002
 
 
-def python_3_13() -> Path:
+def python_3_13(loop: str = "asyncio") -> Path:
+    """pyenv's CPython 3.13, or for uvloop a cached venv of it with uvloop."""
     python = pyenv_python(13)
     if python is None:
         if IN_CI:
             pytest.fail("no CPython 3.13 under pyenv: CI must have it")
         pytest.skip("no CPython 3.13 under pyenv")
-    return python
+    if loop == "asyncio":
+        return python
+    try:
+        return cached_venv("uvloop-py3.13", python, ("uvloop",), ("uvloop",))
+    except (OSError, subprocess.CalledProcessError) as error:
+        if IN_CI:
+            pytest.fail(f"failed to install uvloop for 3.13: {error}")
+        pytest.skip(f"cannot install uvloop for 3.13: {error}")
 
 
 def austin() -> Austin:
@@ -83,14 +92,16 @@ class Target:
 
 
 @contextmanager
-def blocking_target(tmp_path: Path, scenario: str) -> Iterator[Target]:
+def blocking_target(tmp_path: Path, scenario: str, loop: str = "asyncio") -> Iterator[Target]:
     """A 3.13 target, its loop running, that blocks once in ``scenario`` after ``go()``."""
     fifo = tmp_path / "ready.fifo"
     os.mkfifo(fifo)
     out = tmp_path / "blocks.jsonl"
     args = [scenario, "--ready", str(fifo), "--go", "--ms", str(BLOCK_MS), "--out", str(out)]
+    if loop == "uvloop":
+        args.append("--uvloop")
     process = subprocess.Popen(
-        [str(python_3_13()), str(BLOCKER), *args],
+        [str(python_3_13(loop)), str(BLOCKER), *args],
         stdin=subprocess.PIPE,
         text=True,
     )
@@ -122,22 +133,31 @@ def innermost_in(reader: FrameReader, tid: int, function: str) -> tuple[Frame, .
     return stack_when(reader, tid, function, lambda stack: stack[-1].function == function)
 
 
-def idle_in_select(reader: FrameReader, tid: int) -> tuple[Frame, ...]:
-    return stack_when(reader, tid, "select", lambda stack: stack[-1].function.endswith("select"))
+def idle(reader: FrameReader, tid: int) -> tuple[Frame, ...]:
+    """The stack of the loop waiting for events (asyncio in its selector, uvloop in C)."""
+    return stack_when(reader, tid, "the loop idle", is_idle)
 
 
 def source_line(frame: Frame) -> str:
     return Path(frame.file).read_text().splitlines()[frame.line - 1]
 
 
-@pytest.mark.parametrize("scenario", list(CALL_SITES))
-def test_the_blocked_loop_stack_is_the_targets_and_austins(scenario: str, tmp_path: Path) -> None:
+CASES = [(scenario, "asyncio") for scenario in CALL_SITES] + [
+    ("sleep", "uvloop"),
+    ("cpu", "uvloop"),
+]
+
+
+@pytest.mark.parametrize(("scenario", "loop"), CASES, ids=[f"{s}-{loop}" for s, loop in CASES])
+def test_the_blocked_loop_stack_is_the_targets_and_austins(
+    scenario: str, loop: str, tmp_path: Path
+) -> None:
     dumper = austin()
     function, snippet = CALL_SITES[scenario]
-    # GIVEN a CPython 3.13 loop that is about to block in a known function
-    with blocking_target(tmp_path, scenario) as target:
+    # GIVEN a CPython 3.13 loop (asyncio's or uvloop's) about to block in a known function
+    with blocking_target(tmp_path, scenario, loop) as target:
         reader = FrameReader(target.pid)
-        idle = idle_in_select(reader, target.tid)
+        before = idle(reader, target.tid)
         target.go()
 
         # WHEN the loop thread's stack is read while the block lasts, and Austin dumps it
@@ -165,16 +185,16 @@ def test_the_blocked_loop_stack_is_the_targets_and_austins(scenario: str, tmp_pa
         assert (stack[-1].function, stack[-1].file) == (ours[-1].function, ours[-1].file)
         if scenario != "cpu":
             assert stack[-1] == ours[-1]
-    # AND before the block, idle in its selector, the outermost frame was the script's
-    assert idle[0] == Frame("<module>", str(BLOCKER), idle[0].line)
-    assert "asyncio.run(" in source_line(idle[2])
+    # AND before the block, idle, the outermost frames were the script's
+    assert before[0] == Frame("<module>", str(BLOCKER), before[0].line)
+    assert "run(coro_factory())" in source_line(before[2])
 
 
 def test_a_target_that_exits_gives_no_stack_and_no_error(tmp_path: Path) -> None:
     # GIVEN a reader of a live 3.13 target
     with blocking_target(tmp_path, "sleep") as target:
         reader = FrameReader(target.pid)
-        assert idle_in_select(reader, target.tid)
+        assert idle(reader, target.tid)
     # WHEN the target has gone, THEN a read gives None and raises nothing
     assert reader.stack(target.tid) is None
 
