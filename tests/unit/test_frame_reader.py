@@ -23,6 +23,7 @@ from otel_blocksnoop.events import Frame
 from otel_blocksnoop.process.context.interpreter import UnsupportedInterpreterError
 from otel_blocksnoop.process.frames import MAX_DEPTH, FrameReader
 from otel_blocksnoop.process.frames.debug_offsets import read_debug_offsets
+from otel_blocksnoop.process.frames.reader import MAX_WALK
 from otel_blocksnoop.process.frames.runtime import Runtime
 from otel_blocksnoop.process.remote_memory import MAX_READ, RemoteMemory, plausible_pointer
 
@@ -289,6 +290,16 @@ def test_a_stack_deeper_than_the_bound_keeps_its_innermost_frames() -> None:
     assert stack is not None
     assert len(stack) == MAX_DEPTH
     assert stack[-1].function == "inner"
+
+
+def test_an_endless_chain_of_shim_frames_gives_no_stack() -> None:
+    # GIVEN more C-stack shim frames in a row than any real stack has
+    heap = Heap()
+    code = heap.code(OUTER)
+    for _ in range(MAX_WALK + 1):
+        heap.push(code, 0, owner=OWNED_BY_CSTACK)
+    # WHEN read, THEN the walk gives up: no stack
+    assert heap.reader().stack(TID) is None
 
 
 def test_a_frame_whose_executable_is_not_a_code_object_gives_no_stack() -> None:

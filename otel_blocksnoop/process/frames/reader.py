@@ -26,6 +26,8 @@ from otel_blocksnoop.process.remote_memory import RemoteMemory, plausible_pointe
 
 MAX_DEPTH = 256
 """Frames read per stack; a deeper one keeps its innermost frames (where it blocks)."""
+MAX_WALK = 4 * MAX_DEPTH
+"""Frames looked at per stack, shims included."""
 MAX_NAME = 256
 """Characters of a function's qualified name."""
 MAX_PATH = 1024
@@ -68,21 +70,19 @@ class FrameReader:
         )
         self._threads = ThreadStates(self._memory, self.offsets, self._runtime.runtime)
         offsets = self.offsets
-        fields = (
+        # One read of each frame and each code object, up to the last field used.
+        self._frame_span = 8 + max(
             offsets.frame_previous,
             offsets.frame_executable,
             offsets.frame_instr_ptr,
+            offsets.frame_owner,
         )
-        self._frame_span = max(*fields, offsets.frame_owner) + 8
-        self._code_span = (
-            max(
-                offsets.object_type,
-                offsets.code_filename,
-                offsets.code_qualname,
-                offsets.code_linetable,
-                offsets.code_firstlineno,
-            )
-            + 8
+        self._code_span = 8 + max(
+            offsets.object_type,
+            offsets.code_filename,
+            offsets.code_qualname,
+            offsets.code_linetable,
+            offsets.code_firstlineno,
         )
         # Keyed by the code object's address and the pointers it was decoded from.
         self._codes: BoundedDict[tuple[int, int, int, int, int], _Code] = BoundedDict(MAX_CODES)
@@ -123,7 +123,9 @@ class FrameReader:
         frames: list[Frame] = []
         seen: set[int] = set()
         top_code: int | None = None
-        while frame and len(frames) < MAX_DEPTH:
+        for _ in range(MAX_WALK):
+            if not frame or len(frames) == MAX_DEPTH:
+                break
             if not plausible_pointer(frame) or frame in seen:
                 return None
             seen.add(frame)
@@ -140,6 +142,8 @@ class FrameReader:
                     return None
                 frames.append(found)
             frame = previous
+        else:
+            return None  # a chain of shims longer than any real one
         return frames, top_code
 
     def _executable(self, frame: int) -> int | None:
