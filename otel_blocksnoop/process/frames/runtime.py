@@ -17,7 +17,7 @@ from otel_blocksnoop.process.elf import (
     ElfSymbols,
     file_mappings,
     load_base,
-    process_root,
+    mapped_file,
 )
 from otel_blocksnoop.process.pythons import python_name
 
@@ -58,9 +58,12 @@ def locate_runtime(pid: int) -> Runtime:
         raise UnsupportedInterpreterError(msg)
     if name.free_threaded:
         raise UnsupportedInterpreterError(f"{image} is a free-threaded build")
+    mapping = next((m for m in mappings if m.path == image and m.offset == 0), None)
+    if mapping is None:
+        raise UnsupportedInterpreterError(f"{image} is not mapped from its start")
     try:
-        elf = ElfSymbols(process_root(pid) + image)
-    except (ElfError, ValueError) as error:
+        elf = ElfSymbols(mapped_file(pid, mapping))
+    except (ElfError, ValueError, FileNotFoundError) as error:
         raise UnsupportedInterpreterError(str(error)) from error
     with elf:
         base = load_base(mappings, image, elf)
