@@ -36,7 +36,7 @@ CAUSES: dict[str, tuple[str, set[str | None]]] = {
     "cpu": ("cpu", {None}),
     "hashlib": ("cpu", {None}),
     "read": ("syscall", {"read"}),
-    "subprocess": ("syscall", {"wait4"}),
+    "subprocess": ("syscall", {"wait4", "vfork"}),  # vfork: a slow exec under load
     "lock": ("syscall", {"futex"}),
     "gil": ("gil", {None}),
 }
