@@ -192,12 +192,13 @@ def run(config: Config) -> int:
     austin = _find_austin(config)
     stacks = _stacks(config, austin, losses)
     linker = _linker(config, detector, losses)
+    classifier = _classifier(config, austin)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
             detector,
             _sinks(config, losses),
-            _classifier(config, austin),
+            classifier,
             SessionOptions(
                 threshold_ns=config.threshold_ns,
                 stats=config.stats,
@@ -219,6 +220,8 @@ def run(config: Config) -> int:
             return _watch_running(detector, session, targets, what, stacks)
         return _watch_launched(detector, session, config.command, what)
     finally:
+        if classifier is not None:
+            classifier.close()
         if linker is not None:
             linker.stop()
         if stacks is not None:
