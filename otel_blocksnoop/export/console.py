@@ -173,7 +173,11 @@ class ConsoleSink:
         if lost := losses_of(summary):
             self._write(f"    lost: {', '.join(f'{what} {count}' for what, count in lost.items())}")
 
-    def shutdown(self) -> None:
+    def pending(self) -> dict[str, int]:
+        return {}
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        _ = deadline  # a flush of a local stream
         if self._stats_line_open:
             self._stream.write("\n")
             self._stats_line_open = False

@@ -133,5 +133,9 @@ class JsonLinesSink:
             case _:
                 pass  # loop times are for metrics; JSON lines carry blocks
 
-    def shutdown(self) -> None:
+    def pending(self) -> dict[str, int]:
+        return {}
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        _ = deadline  # a flush of a local stream
         self._stream.flush()

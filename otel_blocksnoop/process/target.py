@@ -149,7 +149,12 @@ def check_command(argv: list[str]) -> None:
 
 
 class LaunchedCommand:
-    """A command started paused; ``release()`` lets it run its first instruction."""
+    """A command started paused; ``release()`` lets it run its first instruction.
+
+    It runs in a process group of its own, so that a stop reaches every process
+    it started (a shell's background jobs ignore SIGINT; ``signal_group``), the
+    way ``timeout`` runs its command.
+    """
 
     def __init__(self, argv: list[str]) -> None:
         check_command(argv)
@@ -158,6 +163,7 @@ class LaunchedCommand:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _HOLD_SCRIPT, str(read_end), *argv],
                 pass_fds=(read_end,),
+                process_group=0,
             )
         except OSError as exc:
             os.close(self._write_end)
@@ -181,6 +187,15 @@ class LaunchedCommand:
 
     def exited(self) -> bool:
         return self.process.poll() is not None
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to every process of the command's group (safe from a signal handler)."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass  # the whole group is gone
+        except PermissionError:  # a member changed its credentials: the command itself, then
+            self.process.send_signal(signum)
 
     def exit_code(self) -> int | None:
         """The command's exit status, shell-style (128+N when killed by signal N)."""
