@@ -249,6 +249,9 @@ class Session:
             self._linker.stop()
         if self._stacks is not None:
             self._stacks.stop()
+        for sink in self._sinks:
+            sink.drain(deadline)
+        # After the drain: the summary counts what it could not deliver.
         summary = self._flow.summary(time.monotonic() - started)
         self._emit(summary)
         for sink in self._sinks:

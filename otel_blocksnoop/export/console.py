@@ -176,6 +176,9 @@ class ConsoleSink:
     def pending(self) -> dict[str, int]:
         return {}
 
+    def drain(self, deadline: float) -> None:
+        _ = deadline  # written at once
+
     def shutdown(self, deadline: float | None = None) -> None:
         _ = deadline  # a flush of a local stream
         if self._stats_line_open:

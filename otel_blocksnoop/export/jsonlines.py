@@ -136,6 +136,9 @@ class JsonLinesSink:
     def pending(self) -> dict[str, int]:
         return {}
 
+    def drain(self, deadline: float) -> None:
+        _ = deadline  # written at once
+
     def shutdown(self, deadline: float | None = None) -> None:
         _ = deadline  # a flush of a local stream
         self._stream.flush()

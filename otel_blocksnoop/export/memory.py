@@ -33,6 +33,9 @@ class MemorySink:
     def pending(self) -> dict[str, int]:
         return {}
 
-    def shutdown(self, deadline: float | None = None) -> None:
+    def drain(self, deadline: float) -> None:
         self.deadline = deadline
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        self.deadline = self.deadline if deadline is None else deadline
         self.shut_down = True

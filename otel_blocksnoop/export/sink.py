@@ -26,8 +26,11 @@ class Sink(Protocol):
         Lengths only: a signal handler reads them.
         """
 
-    def shutdown(self, deadline: float | None = None) -> None:
-        """Deliver what is buffered and release resources; no export after this.
+    def drain(self, deadline: float) -> None:
+        """Deliver what is buffered by ``deadline`` (``time.monotonic()``); count what is not.
 
-        ``deadline`` (``time.monotonic()``): be done by then, whatever the destination does.
+        Whatever the destination does; records taken after this may not be delivered.
         """
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        """Deliver what is buffered (by ``deadline``) and release resources; no export after."""

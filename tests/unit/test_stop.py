@@ -11,7 +11,8 @@ import pytest
 
 from otel_blocksnoop import session as session_module
 from otel_blocksnoop.errors import ExitCode
-from otel_blocksnoop.events import ThreadKind
+from otel_blocksnoop.events import Loss, ThreadKind
+from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.session import (
     EXIT_MARGIN_S,
     KILL_AFTER,
@@ -57,8 +58,11 @@ class Pending:
     def pending(self) -> dict[str, int]:
         return self._pending
 
-    def shutdown(self, deadline: float | None = None) -> None:
+    def drain(self, deadline: float) -> None:
         self.deadline = deadline
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        _ = deadline
 
 
 def session_with(sink: Pending, detector: ScriptedDetector | None = None) -> Session:
@@ -157,3 +161,29 @@ def test_a_second_signal_exits_at_once_saying_what_it_leaves_undelivered(
         "otel-blocksnoop: stopped at once by a second signal: "
         "3 spans, 1 hang records left undelivered"
     )
+
+
+class Undelivering(Pending):
+    """A sink whose drain could not deliver two records."""
+
+    def __init__(self, losses: Losses) -> None:
+        super().__init__({})
+        self._losses = losses
+
+    def drain(self, deadline: float) -> None:
+        super().drain(deadline)
+        self._losses.add(Loss.EXPORT_UNDELIVERED, 2)
+
+
+def test_the_summary_counts_what_the_sinks_could_not_deliver_by_the_deadline() -> None:
+    losses = Losses()
+    sink = Undelivering(losses)
+    session = Session(
+        ScriptedDetector([]),  # type: ignore[arg-type]
+        [sink],
+        FixedKinds({}),  # type: ignore[arg-type]
+        SessionOptions(threshold_ns=10**7, stop_timeout_s=STOP_S),
+        losses=losses,
+    )
+    summary = session.run(ExitsAfter(0))
+    assert dict(summary.losses)[Loss.EXPORT_UNDELIVERED] == 2

@@ -81,6 +81,7 @@ class OtelSink:
             )
             self._meters.add_sidecar(self._dropped, losses)
         self._worker = DeliveryWorker(self._queues(), settings.schedule_delay_s)
+        self._drained = False
 
     def export(self, record: Record) -> None:
         match record:
@@ -97,10 +98,16 @@ class OtelSink:
         return {queue.what: queue.pending for queue in self._queues()}
 
     def shutdown(self, deadline: float | None = None) -> None:
-        """Deliver what is queued, and the metrics a last time, by ``deadline``; say what not."""
+        """``drain`` (by the settings' timeout if no deadline is given), if not done yet."""
         if deadline is None:
             deadline = time.monotonic() + self._settings.shutdown_timeout_s
-        pending = sum(len(queue) for queue in self._queues())
+        if not self._drained:
+            self.drain(deadline)
+
+    def drain(self, deadline: float) -> None:
+        """Deliver what is queued, and the metrics a last time, by ``deadline``; say what not."""
+        self._drained = True
+        pending = sum(queue.pending for queue in self._queues())
         if pending:
             log.info(
                 "delivering %d queued records over OTLP (up to %.1f s)...",
