@@ -1,0 +1,48 @@
+"""A launched command runs in a process group of its own, which a stop reaches as a whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from otel_blocksnoop.process.target import LaunchedCommand
+
+WAIT_S = 30.0
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_sigterm_to_the_group_ends_a_shell_and_its_background_job() -> None:
+    # GIVEN `sh -c 'sleep & wait'`: a non-interactive shell's background job ignores SIGINT
+    child = LaunchedCommand(["sh", "-c", "sleep 60 & wait"])
+    child.release()
+    try:
+        assert os.getpgid(child.pid) == child.pid != os.getpgrp()
+        # WHEN its group gets SIGTERM
+        child.signal_group(signal.SIGTERM)
+        # THEN the shell and its job both end
+        assert child.process.wait(timeout=WAIT_S) == -signal.SIGTERM
+        deadline = time.monotonic() + WAIT_S
+        while not group_gone(child.pid):  # the job is reaped by init, soon
+            assert time.monotonic() < deadline, "the background job outlived SIGTERM"
+            time.sleep(0.01)
+    finally:
+        child.signal_group(signal.SIGKILL)
+        child.process.wait()
+        child.close()
+
+
+def test_signalling_a_group_that_is_gone_is_harmless() -> None:
+    child = LaunchedCommand(["true"])
+    child.release()
+    child.process.wait(timeout=WAIT_S)
+    child.signal_group(signal.SIGKILL)
+    assert child.exit_code() == 0
+    child.close()
