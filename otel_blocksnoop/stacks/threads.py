@@ -108,8 +108,7 @@ class ThreadClassifier:
             if self._failed_until.get(pid, 0.0) > now:
                 return cached[0] if cached else ThreadKind.UNKNOWN
             self._want(pid, tid)
-        # A thread seen before keeps its kind until the new dump says otherwise.
-        return cached[0] if cached else None
+        return None  # a thread seen before may have started a loop since: wait for the dump
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no dump runs or waits (False if one still does after ``timeout_s``)."""

@@ -251,3 +251,18 @@ def test_a_dump_asks_austin_to_give_up_before_the_dump_is_timed_out(tmp_path: Pa
         "failed to dump the threads of 1234: "
         "Cannot determine the version of the Python interpreter."
     )
+
+
+def test_a_thread_looked_at_again_waits_for_the_new_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a thread not in the first dump (native), which starts a loop later
+    monkeypatch.setattr(threads, "RECHECK_S", 0.0)
+    tid = threading.get_native_id()
+    austin = FakeAustin({})
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    classifier.kind(os.getpid(), tid)
+    settled(classifier)
+    austin.stacks = {tid: LOOP_STACK}
+    # WHEN it is asked about again once it is due for another look
+    assert classifier.kind(os.getpid(), tid) is None
+    # THEN the answer is the new dump's, not the old one
+    assert settled(classifier).kind(os.getpid(), tid) == ThreadKind.LOOP
