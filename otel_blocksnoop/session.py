@@ -76,6 +76,8 @@ class Watched(Protocol):
         """A file descriptor that becomes readable when ``exited`` may have changed."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each asks for a bounded stop (SIGHUP: the terminal went away); a second one exits at once."""
 DEFAULT_STOP_S = otlp.DEFAULT_SHUTDOWN_S
 """From a stop request (or the target's exit) to the sidecar's exit, at most."""
 TERM_AFTER = 0.4
@@ -395,8 +397,8 @@ class _Signals:
     def __init__(self, session: Session, child: LaunchedCommand | None) -> None:
         self._session = session
         self._child = child
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self._session.stop_asked:

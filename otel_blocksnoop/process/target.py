@@ -122,9 +122,13 @@ class ExitWatch:
 # The holder waits until the sidecar writes to the pipe, closes it and execs
 # the command in the same process, so the PID put in the kernel's watch list
 # before the release is the command's own. It is the sidecar's interpreter in
-# isolated mode, so any fd number works (POSIX sh only takes one digit).
+# isolated mode, so any fd number works (POSIX sh only takes one digit). The
+# command runs in a process group of its own, so a signal from the terminal
+# reaches only the sidecar: it dies with the sidecar (PR_SET_PDEATHSIG, kept
+# across exec), as it did when the terminal or a group kill reached both.
 _HOLD_SCRIPT = (
-    "import os, sys\n"
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"  # PR_SET_PDEATHSIG
     "fd = int(sys.argv[1])\n"
     "go = os.read(fd, 1)\n"
     "os.close(fd)\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from otel_blocksnoop.process.target import LaunchedCommand
@@ -46,3 +48,39 @@ def test_signalling_a_group_that_is_gone_is_harmless() -> None:
     child.signal_group(signal.SIGKILL)
     assert child.exit_code() == 0
     child.close()
+
+
+DIES_WITH_ITS_PARENT = """
+import os, sys, time
+from otel_blocksnoop.process.target import LaunchedCommand
+child = LaunchedCommand(["sleep", "60"])
+child.release()
+deadline = time.monotonic() + 30
+while open(f"/proc/{child.pid}/comm").read().strip() != "sleep":  # until it has exec'd
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+print(child.pid, flush=True)
+os._exit(0)  # as if killed: no clean-up
+"""
+
+
+def test_a_launched_command_dies_with_the_sidecar_even_when_it_is_killed_outright() -> None:
+    # GIVEN a sidecar (here, a small stand-in) that launched `sleep 60` and died at once
+    result = subprocess.run(
+        [sys.executable, "-c", DIES_WITH_ITS_PARENT],
+        capture_output=True, text=True, timeout=WAIT_S, check=True,
+    )  # fmt: skip
+    pid = int(result.stdout)
+    # THEN the command is gone too, though it has a process group of its own
+    deadline = time.monotonic() + WAIT_S
+    while not gone(pid):
+        assert time.monotonic() < deadline, "the launched command outlived its sidecar"
+        time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

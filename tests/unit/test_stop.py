@@ -138,7 +138,7 @@ def test_a_second_signal_exits_at_once_saying_what_it_leaves_undelivered(
         raise ExitCalledError
 
     monkeypatch.setattr(os, "_exit", exit_now)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in session_module.STOP_SIGNALS}
     session = session_with(
         Pending({"spans": 3, "hang records": 1}), ScriptedDetector([[event(1, 0, 20)]])
     )
