@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import NoReturn, Protocol
 
@@ -85,8 +85,10 @@ TERM_AFTER = 0.4
 (2 s of 5) gets SIGTERM, its whole process group..."""
 KILL_AFTER = 0.6
 """...and SIGKILL at this share (3 s of 5), leaving the rest to deliver what is queued."""
-EXIT_MARGIN_S = 0.3
-"""Kept back from the stop bound for what follows the sinks' shutdown (closing BPF, exit)."""
+GROUP_POLL_S = 0.01
+"""How often a launched command's group is looked at while it is being stopped."""
+EXIT_MARGIN_S = 0.5
+"""Kept back from the stop bound for what follows the sinks' shutdown (the interpreter's exit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +105,10 @@ class Escalation:
 
     def __init__(self, child: LaunchedCommand, stop_timeout_s: float) -> None:
         self._child = child
+        self._kill_after_s = stop_timeout_s * KILL_AFTER
         self._steps = [
             (stop_timeout_s * TERM_AFTER, signal.SIGTERM),
-            (stop_timeout_s * KILL_AFTER, signal.SIGKILL),
+            (self._kill_after_s, signal.SIGKILL),
         ]
 
     def step(self, asked_at: float) -> float | None:
@@ -122,6 +125,27 @@ class Escalation:
                 )
                 self._child.signal_group(signum)
         return asked_at + self._steps[0][0] if self._steps else None
+
+    def finish(self, asked_at: float) -> None:
+        """The command exited after a stop request; what is left of its group goes too.
+
+        A shell dies of SIGINT while its background job, which ignores SIGINT,
+        runs on: the group gets SIGTERM now, and SIGKILL if it is still there
+        at the kill time (at most ``KILL_AFTER`` of the bound after the request).
+        """
+        if not self._child.group_alive():
+            return
+        if any(signum == signal.SIGTERM for _, signum in self._steps):
+            log.warning(
+                "the launched command exited, but not all of its process group; sending SIGTERM"
+            )
+            self._child.signal_group(signal.SIGTERM)
+        while self._child.group_alive():
+            if time.monotonic() - asked_at >= self._kill_after_s:
+                log.warning("its process group is still there; sending SIGKILL")
+                self._child.signal_group(signal.SIGKILL)
+                return
+            time.sleep(GROUP_POLL_S)
 
 
 class Session:
@@ -159,6 +183,7 @@ class Session:
         self._linker = linker
         self._stop_requested = False
         self._stop_asked_at: float | None = None  # time.monotonic() of the first stop request
+        self._announced = False
         self._lost_reported = 0
         # A stop request wakes the loop through this pipe: a signal handler runs while
         # the wait is retried (PEP 475), so setting the flag alone would not end it.
@@ -237,24 +262,39 @@ class Session:
                     self._emit(self._flow.loop_times())
                 self._warn_lost()
                 next_stats = now + every_s
+            self._announce_stop()
+        if escalation is not None and self._stop_asked_at is not None:
+            escalation.finish(self._stop_asked_at)
         return self._finish(started)
+
+    def _announce_stop(self) -> None:
+        """Say once that a stop was asked for (not from the handler: logging takes locks)."""
+        if self._stop_asked_at is not None and not self._announced:
+            self._announced = True
+            log.info(
+                "stopping within %g s (a second Ctrl-C or SIGTERM exits at once)",
+                self._options.stop_timeout_s,
+            )
 
     def _finish(self, started: float) -> SessionSummary:
         """Drain, sum up and deliver, by one deadline from the stop request (or the exit)."""
+        self._announce_stop()
         stop_from = self._stop_asked_at if self._stop_asked_at is not None else time.monotonic()
         deadline = stop_from + self._options.stop_timeout_s - EXIT_MARGIN_S
         if not self._options.stats:
             self._flow.finish(deadline_ns=int(deadline * 1e9))
-        # Evidence is no longer needed: its threads and processes end before the sinks'
-        # last delivery, which takes what is left.
+        # Evidence and the kernel are no longer needed: they end before the sinks' last
+        # delivery, which takes what is left (detaching the BPF programs takes ~0.4 s).
         if self._linker is not None:
             self._linker.stop()
         if self._stacks is not None:
             self._stacks.stop()
+        summary = self._flow.summary(time.monotonic() - started)
+        self._detector.close()
         for sink in self._sinks:
             sink.drain(deadline)
-        # After the drain: the summary counts what it could not deliver.
-        summary = self._flow.summary(time.monotonic() - started)
+        # What the drain could not deliver is in the summary's losses.
+        summary = replace(summary, losses=self._losses.snapshot())
         self._emit(summary)
         for sink in self._sinks:
             sink.shutdown(deadline)

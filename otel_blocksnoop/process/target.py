@@ -80,6 +80,23 @@ def thread_name(pid: int, tid: int) -> str | None:
         return None
 
 
+def _process_groups() -> list[tuple[str, int]]:
+    """(state letter, process group) of every process in /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:  # noqa: PTH123 - hot, raw bytes
+                text = stat.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rfind(b")") + 2 :].split()
+        if len(fields) > 2:
+            found.append((fields[0].decode(), int(fields[2])))
+    return found
+
+
 class ExitWatch:
     """Tells, without blocking, whether processes we did not start have all exited.
 
@@ -191,6 +208,14 @@ class LaunchedCommand:
 
     def exited(self) -> bool:
         return self.process.poll() is not None
+
+    def group_alive(self) -> bool:
+        """Whether a live process (not a zombie) is left in the command's group.
+
+        Not ``killpg(pgid, 0)``: a killed background job stays a zombie until
+        init reaps it (1.5 s, seen), and would look alive.
+        """
+        return any(pgrp == self.pid and state not in "ZX" for state, pgrp in _process_groups())
 
     def signal_group(self, signum: int) -> None:
         """Send ``signum`` to every process of the command's group (safe from a signal handler)."""

@@ -84,3 +84,38 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def test_a_group_left_with_zombies_only_is_not_alive() -> None:
+    # GIVEN a launched command killed and not yet reaped: a zombie, still in its group
+    child = LaunchedCommand(["sleep", "60"])
+    child.release()
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT_S
+        while state(child.pid) != "Z":
+            assert time.monotonic() < deadline, "never became a zombie"
+            time.sleep(0.01)
+        os.killpg(child.pid, 0)  # the kernel still counts it in the group
+        # THEN the group is not alive: nothing is left to stop
+        assert not child.group_alive()
+    finally:
+        child.process.wait()
+        child.close()
+
+
+def test_a_group_with_a_running_process_is_alive() -> None:
+    child = LaunchedCommand(["sleep", "60"])
+    child.release()
+    try:
+        assert child.group_alive()
+    finally:
+        child.signal_group(signal.SIGKILL)
+        child.process.wait()
+        child.close()
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:  # noqa: PTH123
+        text = stat.read()
+    return text[text.rfind(")") + 2]

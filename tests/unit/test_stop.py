@@ -44,6 +44,9 @@ class Child:
         self.sent.append(signum)
         self.dead = signum == signal.SIGKILL
 
+    def group_alive(self) -> bool:
+        return not self.dead
+
 
 class Pending:
     """A sink that still holds records it has not delivered."""
