@@ -263,15 +263,25 @@ class BlockFlow:
                 self._deliver(block)
 
     def _wait_for_last(self, deadline_ns: int | None) -> None:
-        """Sleep until the last pending block's samples are due, or ``deadline_ns``."""
+        """Wait until the pending blocks' samples are in, but never past ``deadline_ns``.
+
+        At most until the last block's samples are due, then they go without.
+        """
         if not self._pending:
             return
         until_ns = self._pending[-1][2]
         if deadline_ns is not None:
             until_ns = min(until_ns, deadline_ns)
-        wait_ns = until_ns - time.monotonic_ns()
-        if wait_ns > 0:
-            time.sleep(wait_ns / 1e9)
+        while time.monotonic_ns() < until_ns and not self._samples_in():
+            time.sleep(PENDING_POLL_MS / 1000)
+
+    def _samples_in(self) -> bool:
+        """Whether every pending block's samples have arrived."""
+        stacks = self._stacks
+        return stacks is None or all(
+            stacks.covered_until(event.pid, event.tid) >= event.end_ns
+            for event, _, _ in self._pending
+        )
 
     def _deliver(self, block: Block) -> None:
         if self._stacks is not None and not block.stack:

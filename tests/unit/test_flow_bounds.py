@@ -63,6 +63,14 @@ class NoSamples:
         return None
 
 
+class AllSamples(NoSamples):
+    """A sampler whose samples are all in, up to now."""
+
+    def covered_until(self, pid: int, tid: int) -> int:
+        _ = pid, tid
+        return time.monotonic_ns()
+
+
 def block_ended(ago_ns: int, tid: int = 7) -> BlockEvent:
     end = time.monotonic_ns() - ago_ns
     return BlockEvent(pid=PID, tid=tid, comm="python", start_ns=end - 50 * NS_PER_MS, end_ns=end)
@@ -121,21 +129,38 @@ def test_at_a_stop_a_block_is_not_held_for_its_threads_kind() -> None:
     assert block.thread_kind == ThreadKind.UNKNOWN
 
 
+def never_sleep(seconds: float) -> None:
+    msg = f"slept {seconds} s"
+    raise AssertionError(msg)
+
+
 def test_at_a_stop_samples_are_not_waited_for_past_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN a sampling interval of 1e12 ms (whose samples would be awaited for ages)
-    # and a block that just ended
-    slept: list[float] = []
-    monkeypatch.setattr(time, "sleep", slept.append)
+    # and a block that just ended, its samples not in
     flow, records = flow_with(
         [block_ended(0)], LaterKinds(ThreadKind.LOOP), NoSamples(HUGE_INTERVAL_US)
     )
     flow.step(until_ns=time.monotonic_ns())
-    # WHEN the sidecar stops with 100 ms left
-    flow.finish(deadline_ns=time.monotonic_ns() + 100 * NS_PER_MS)
-    # THEN it waits at most those 100 ms, and the block is still reported
-    assert sum(slept) <= 0.1
+    # WHEN the sidecar stops with its deadline reached
+    monkeypatch.setattr(time, "sleep", never_sleep)
+    flow.finish(deadline_ns=time.monotonic_ns())
+    # THEN it does not wait, and the block is still reported
+    assert len(blocks(records)) == 1
+
+
+def test_at_a_stop_a_block_whose_samples_are_in_is_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a block held only for its thread's kind, its samples all in
+    flow, records = flow_with([block_ended(0)], LaterKinds(), AllSamples(HUGE_INTERVAL_US))
+    flow.step(until_ns=time.monotonic_ns())
+    assert flow.pending == 1
+    # WHEN the sidecar stops, with time left
+    monkeypatch.setattr(time, "sleep", never_sleep)
+    flow.finish(deadline_ns=time.monotonic_ns() + 60 * NS_PER_S)
+    # THEN it reports the block at once
     assert len(blocks(records)) == 1
 
 
