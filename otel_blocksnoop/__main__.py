@@ -1,7 +1,5 @@
 """``python -m otel_blocksnoop``."""
 
-import sys
+from otel_blocksnoop.cli import entry
 
-from otel_blocksnoop.cli import main
-
-sys.exit(main())
+entry()

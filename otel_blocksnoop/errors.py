@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     TRACEFS_MISSING = 8
     BPF_LOAD_FAILED = 9
     LAUNCH_FAILED = 10
+    STOPPED_AT_ONCE = 11
     INTERRUPTED = 130
 
 

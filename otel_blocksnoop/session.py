@@ -10,6 +10,13 @@ ends the loop, then the flow drains what the kernel already saw.
 The loop sleeps on the kernel's ring buffers with no timeout but the flow's
 own timers and the once-a-second loop-times record; the target's exit (a
 pidfd) and a stop request (a pipe) wake it too.
+
+A stop is bounded (``stop_timeout_s``, 5 s unless OTEL_BSP_EXPORT_TIMEOUT
+says otherwise) from the first SIGINT/SIGTERM to exit, whatever the
+collector or a launched command does: the command gets the signal, then
+SIGTERM and SIGKILL (its whole process group) if it outlives its grace; the
+flow, the samplers and the sinks share what is left. A second signal exits
+at once, saying what it left undelivered.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import FrameType
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from otel_blocksnoop import preflight
 from otel_blocksnoop.analysis.enrich import Enricher
@@ -69,12 +76,76 @@ class Watched(Protocol):
         """A file descriptor that becomes readable when ``exited`` may have changed."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each asks for a bounded stop (SIGHUP: the terminal went away); a second one exits at once."""
+DEFAULT_STOP_S = otlp.DEFAULT_SHUTDOWN_S
+"""From a stop request (or the target's exit) to the sidecar's exit, at most."""
+TERM_AFTER = 0.4
+"""A launched command still running this share of the stop bound after the first signal
+(2 s of 5) gets SIGTERM, its whole process group..."""
+KILL_AFTER = 0.6
+"""...and SIGKILL at this share (3 s of 5), leaving the rest to deliver what is queued."""
+GROUP_POLL_S = 0.01
+"""How often a launched command's group is looked at while it is being stopped."""
+EXIT_MARGIN_S = 0.5
+"""Kept back from the stop bound for what follows the sinks' shutdown (the interpreter's exit)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
     threshold_ns: int
     stats: bool = False
     all_threads: bool = False
     stats_interval_s: float = 1.0
+    stop_timeout_s: float = DEFAULT_STOP_S
+
+
+class Escalation:
+    """A launched command that outlives a stop: SIGTERM, then SIGKILL to its process group."""
+
+    def __init__(self, child: LaunchedCommand, stop_timeout_s: float) -> None:
+        self._child = child
+        self._kill_after_s = stop_timeout_s * KILL_AFTER
+        self._steps = [
+            (stop_timeout_s * TERM_AFTER, signal.SIGTERM),
+            (self._kill_after_s, signal.SIGKILL),
+        ]
+
+    def step(self, asked_at: float) -> float | None:
+        """Signal what is due since the stop request at ``asked_at``; when to step again."""
+        since_s = time.monotonic() - asked_at
+        while self._steps and self._steps[0][0] <= since_s:
+            _, signum = self._steps.pop(0)
+            if not self._child.exited():
+                log.warning(
+                    "the launched command still runs %.1f s after the stop; sending %s to its "
+                    "process group",
+                    since_s,
+                    signal.Signals(signum).name,
+                )
+                self._child.signal_group(signum)
+        return asked_at + self._steps[0][0] if self._steps else None
+
+    def finish(self, asked_at: float) -> None:
+        """The command exited after a stop request; what is left of its group goes too.
+
+        A shell dies of SIGINT while its background job, which ignores SIGINT,
+        runs on: the group gets SIGTERM now, and SIGKILL if it is still there
+        at the kill time (at most ``KILL_AFTER`` of the bound after the request).
+        """
+        if not self._child.group_alive():
+            return
+        if any(signum == signal.SIGTERM for _, signum in self._steps):
+            log.warning(
+                "the launched command exited, but not all of its process group; sending SIGTERM"
+            )
+            self._child.signal_group(signal.SIGTERM)
+        while self._child.group_alive():
+            if time.monotonic() - asked_at >= self._kill_after_s:
+                log.warning("its process group is still there; sending SIGKILL")
+                self._child.signal_group(signal.SIGKILL)
+                return
+            time.sleep(GROUP_POLL_S)
 
 
 class Session:
@@ -108,15 +179,26 @@ class Session:
             followers=(throttle,) if linker is None else (linker, throttle),
         )
         self._stats = IntervalStats(detector)
+        self._stacks = stacks
+        self._linker = linker
         self._stop_requested = False
+        self._stop_asked_at: float | None = None  # time.monotonic() of the first stop request
+        self._announced = False
         self._lost_reported = 0
         # A stop request wakes the loop through this pipe: a signal handler runs while
         # the wait is retried (PEP 475), so setting the flag alone would not end it.
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def request_stop(self) -> None:
-        """Ask the loop to drain and return; safe from a signal handler."""
-        self._stop_requested = True
+    def request_stop(self, *, until_target_exits: bool = False) -> None:
+        """Ask the loop to drain and return within the stop bound; safe from a signal handler.
+
+        ``until_target_exits``: the loop goes on until the target exits (a
+        launched command told to stop), but the bound counts from now.
+        """
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
+        if not until_target_exits:
+            self._stop_requested = True
         if self._wake_write >= 0:
             with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
                 os.write(self._wake_write, b"x")
@@ -132,9 +214,28 @@ class Session:
         log.info("looking for loops of PID %d that are blocked already", pid)
         self._flow.adopt(pid, self._detector)
 
-    def run(self, target: Watched) -> SessionSummary:
+    @property
+    def stop_asked(self) -> bool:
+        """A stop was asked for (a signal came), whether or not the loop has ended."""
+        return self._stop_asked_at is not None
+
+    def undelivered(self) -> dict[str, int]:
+        """What would be lost by exiting now: blocks being analysed, records being sent.
+
+        Read from a signal handler: lengths only, no locks.
+        """
+        found: dict[str, int] = {}
+        if self._flow.pending:
+            found["blocks being analysed"] = self._flow.pending
+        for sink in self._sinks:
+            for what, count in sink.pending().items():
+                if count:
+                    found[what] = found.get(what, 0) + count
+        return found
+
+    def run(self, target: Watched, escalation: Escalation | None = None) -> SessionSummary:
         try:
-            return self._run(target)
+            return self._run(target, escalation)
         finally:
             # No longer written to by a late signal (its number may be reused).
             read_fd, write_fd = self._wake_read, self._wake_write
@@ -142,7 +243,7 @@ class Session:
             os.close(write_fd)
             os.close(read_fd)
 
-    def _run(self, target: Watched) -> SessionSummary:
+    def _run(self, target: Watched, escalation: Escalation | None) -> SessionSummary:
         started = time.monotonic()
         every_s = self._options.stats_interval_s
         next_stats = started + every_s
@@ -151,10 +252,14 @@ class Session:
             self._detector.wake_on(target.fileno())
             self._detector.wake_on(self._wake_read)
         while not self._stop_requested and not target.exited():
+            wake_at = next_stats
+            if escalation is not None and self._stop_asked_at is not None:
+                due = escalation.step(self._stop_asked_at)
+                wake_at = wake_at if due is None else min(wake_at, due)
             if self._options.stats:
-                time.sleep(min(POLL_MS / 1000, max(0.0, next_stats - time.monotonic())))
+                time.sleep(min(POLL_MS / 1000, max(0.0, wake_at - time.monotonic())))
             else:
-                self._flow.step(until_ns=int(next_stats * 1e9))
+                self._flow.step(until_ns=int(wake_at * 1e9))
             now = time.monotonic()
             if now >= next_stats:
                 if self._options.stats:
@@ -164,12 +269,42 @@ class Session:
                     self._emit(self._flow.loop_times())
                 self._warn_lost()
                 next_stats = now + every_s
+            self._announce_stop()
+        if escalation is not None and self._stop_asked_at is not None:
+            escalation.finish(self._stop_asked_at)
+        return self._finish(started)
+
+    def _announce_stop(self) -> None:
+        """Say once that a stop was asked for (not from the handler: logging takes locks)."""
+        if self._stop_asked_at is not None and not self._announced:
+            self._announced = True
+            log.info(
+                "stopping within %g s (a second Ctrl-C or SIGTERM exits at once)",
+                self._options.stop_timeout_s,
+            )
+
+    def _finish(self, started: float) -> SessionSummary:
+        """Drain, sum up and deliver, by one deadline from the stop request (or the exit)."""
+        self._announce_stop()
+        stop_from = self._stop_asked_at if self._stop_asked_at is not None else time.monotonic()
+        deadline = stop_from + self._options.stop_timeout_s - EXIT_MARGIN_S
         if not self._options.stats:
-            self._flow.finish()
+            self._flow.finish(deadline_ns=int(deadline * 1e9))
+        # Evidence and the kernel are no longer needed: they end before the sinks' last
+        # delivery, which takes what is left (detaching the BPF programs takes ~0.4 s).
+        if self._linker is not None:
+            self._linker.stop()
+        if self._stacks is not None:
+            self._stacks.stop()
         summary = self._flow.summary(time.monotonic() - started)
+        self._detector.close()
+        for sink in self._sinks:
+            sink.drain(deadline)
+        # What the drain could not deliver is in the summary's losses.
+        summary = replace(summary, losses=self._losses.snapshot())
         self._emit(summary)
         for sink in self._sinks:
-            sink.shutdown()
+            sink.shutdown(deadline)
         return summary
 
     def _emit(self, record: Record) -> None:
@@ -200,16 +335,18 @@ def run(config: Config) -> int:
     austin = _find_austin(config)
     stacks = _stacks(config, austin, losses)
     linker = _linker(config, detector, losses)
+    classifier = _classifier(config, austin)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
             detector,
             _sinks(config, losses),
-            _classifier(config, austin),
+            classifier,
             SessionOptions(
                 threshold_ns=config.threshold_ns,
                 stats=config.stats,
                 all_threads=config.all_threads,
+                stop_timeout_s=config.otlp.shutdown_timeout_s,
             ),
             stacks=stacks,
             linker=linker,
@@ -225,8 +362,12 @@ def run(config: Config) -> int:
                 if linker is not None:
                     linker.prepare(target.pid)
             return _watch_running(detector, session, targets, what, stacks)
-        return _watch_launched(detector, session, config.command, what)
+        return _watch_launched(
+            detector, session, config.command, what, config.otlp.shutdown_timeout_s
+        )
     finally:
+        if classifier is not None:
+            classifier.close()
         if linker is not None:
             linker.stop()
         if stacks is not None:
@@ -298,35 +439,49 @@ def _sinks(config: Config, losses: Losses) -> list[Sink]:
 
 
 class _Signals:
-    """SIGINT/SIGTERM ask the session to drain and stop; in launch mode they reach the child."""
+    """The first SIGINT/SIGTERM asks for a bounded stop; a second one exits at once.
+
+    In launch mode the first also goes to the command's process group.
+    """
 
     def __init__(self, session: Session, child: LaunchedCommand | None) -> None:
         self._session = session
         self._child = child
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._session.stop_asked:
+            self._exit_now()
         if self._child is None:
             self._session.request_stop()
             return
-        # Launch mode: the session ends when the child does. A terminal's
-        # Ctrl-C already reached the child (same foreground group).
-        if signum == signal.SIGINT and _foreground_terminal():
-            return
-        self._child.process.send_signal(signum)
+        # Launch mode: the session ends when the child does (the bound counts from now).
+        # The child has its own process group: a terminal's Ctrl-C reached only us.
+        self._session.request_stop(until_target_exits=True)
+        self._child.signal_group(signum)
+
+    def _exit_now(self) -> NoReturn:
+        """Second signal: kill the launched command's group, say what is dropped, exit."""
+        if self._child is not None and not self._child.exited():
+            self._child.signal_group(signal.SIGKILL)
+        with contextlib.suppress(Exception):  # the main thread may be writing it: best effort
+            sys.stdout.flush()
+        what = _listed(self._session.undelivered())
+        line = f"stopped at once by a second signal: {what or 'nothing'} left undelivered\n"
+        with contextlib.suppress(OSError):
+            os.write(sys.stderr.fileno(), f"otel-blocksnoop: {line}".encode())
+        os._exit(ExitCode.STOPPED_AT_ONCE)
+
+
+def _listed(counts: Mapping[str, int]) -> str:
+    """``{"spans": 3, "hang records": 1}`` as "3 spans, 1 hang records"."""
+    return ", ".join(f"{count} {what}" for what, count in counts.items())
 
 
 def _short(command: Sequence[str], limit: int = 60) -> str:
     text = " ".join(command).replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _foreground_terminal() -> bool:
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except OSError:
-        return False
 
 
 def _watch_running(
@@ -361,6 +516,7 @@ def _watch_launched(
     session: Session,
     command: list[str],
     what: str,
+    stop_timeout_s: float,
 ) -> int:
     """Launch mode: the command runs once its PID is watched; its exit code is ours."""
     child = LaunchedCommand(command)
@@ -371,7 +527,7 @@ def _watch_launched(
     child.release()
     log.info("launched PID %d (%s), watching for %s", child.pid, _short(command), what)
     try:
-        session.run(child)
+        session.run(child, Escalation(child, stop_timeout_s))
     finally:
         child.close()
     child.process.wait()

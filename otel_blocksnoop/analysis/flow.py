@@ -51,6 +51,7 @@ from otel_blocksnoop.events import (
 )
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.target import thread_name
+from otel_blocksnoop.stacks.austin import WHERE_TIMEOUT_S
 from otel_blocksnoop.stacks.sampler import settle_ns
 from otel_blocksnoop.stacks.threads import classify, reported
 
@@ -60,6 +61,9 @@ POLL_MS = 100
 """Stats mode's period of looking at the clock (the session); blocks need no polling."""
 PENDING_POLL_MS = 10
 DRAIN_POLLS = 3
+KIND_WAIT_NS = int(WHERE_TIMEOUT_S * 1e9) + 500 * NS_PER_MS
+"""How long past its samples' time a block waits for its thread's kind (a dump of the
+process, bounded by Austin's own timeout); then it is reported as an unknown thread's."""
 MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
 ADOPTED_STACK_WAIT_NS = 2 * NS_PER_MS * 1000
 """How long the first hang report of a loop blocked before watching waits for its first stack:
@@ -113,7 +117,8 @@ class BlockFlow:
         self._stacks = stacks
         self._followers = tuple(followers)
         self._settle_ns = settle_ns(stacks.interval_us) if stacks else 0
-        self._pending: deque[tuple[BlockEvent, ThreadKind, int]] = deque()
+        # (block, its thread's kind if known yet, when its samples are in at the latest)
+        self._pending: deque[tuple[BlockEvent, ThreadKind | None, int]] = deque()
         self._hangs = hangs.HangSchedule(threshold_ns)
         # Timers: (due, order, block) in a heap. A thread is in one block at a time:
         # _armed holds, by tid, its block and the due time of the live timer (other
@@ -155,11 +160,21 @@ class BlockFlow:
         if self._stacks is not None:
             self._maintain_at = self._stacks.maintain()
 
-    def finish(self) -> None:
-        """On the way out: drain the kernel, export what waits, end blocks still going on."""
+    @property
+    def pending(self) -> int:
+        """Blocks that ended and wait for their samples or their thread's kind."""
+        return len(self._pending)
+
+    def finish(self, deadline_ns: int | None = None) -> None:
+        """On the way out: drain the kernel, export what waits, end blocks still going on.
+
+        Waits for samples no later than ``deadline_ns`` (CLOCK_MONOTONIC), nor
+        for a thread's kind at all: a block whose samples are not in by then
+        goes out with what there is.
+        """
         for _ in range(DRAIN_POLLS):
             self._handle(self._source.poll(0))
-        self._export_ready(final=True)
+        self._export_ready(final=True, deadline_ns=deadline_ns)
         now = time.monotonic_ns()
         for item in self._source.in_progress(self._threshold_ns):
             block = self._ongoing_block(item, now, EndReason.SIDECAR_STOPPED)
@@ -170,7 +185,9 @@ class BlockFlow:
         """Cumulative busy/idle time of the loop threads (not of native pollers)."""
         snapshot = self._source.snapshot(self._hangs.first_ns, activity=False)
         threads = tuple(
-            times for times in snapshot.times if reported(self._kind_of(times.pid, times.tid))
+            times
+            for times in snapshot.times
+            if (kind := self._kind_of(times.pid, times.tid)) is not None and reported(kind)
         )
         identities = tuple(self._enricher.identity(pid) for pid in sorted({t.pid for t in threads}))
         return LoopTimes(
@@ -228,36 +245,67 @@ class BlockFlow:
             if self._stacks is not None:
                 self._stacks.end(event.pid, event.tid)
             kind = self._kind_of(event.pid, event.tid)
-            if not reported(kind):
+            if kind is not None and not reported(kind):
                 self._totals.ignore(event, kind)
                 continue
             self._enricher.identity(event.pid)
             # Samples taken during the block reach us a little after it ends.
             self._pending.append((event, kind, event.end_ns + self._settle_ns))
 
-    def _export_ready(self, final: bool = False) -> None:
-        """Export pending blocks, in order, once their samples are in (or late)."""
-        if final and self._pending:
-            wait_ns = self._pending[-1][2] - time.monotonic_ns()
-            if wait_ns > 0:
-                time.sleep(wait_ns / 1e9)
+    def _export_ready(self, final: bool = False, deadline_ns: int | None = None) -> None:
+        """Export pending blocks, in order, once their samples are in (or late).
+
+        ``final``: wait for the last block's samples, but not past ``deadline_ns``.
+        """
+        if final:
+            self._wait_for_last(deadline_ns)
         now = time.monotonic_ns()
         while self._pending:
-            event, kind, deadline = self._pending[0]
+            event, known, deadline = self._pending[0]
             covered = (
                 self._stacks is None
                 or now >= deadline
+                or final
                 or self._stacks.covered_until(event.pid, event.tid) >= event.end_ns
             )
             if not covered:
                 break
+            kind = known if known is not None else self._kind_of(event.pid, event.tid)
+            if kind is None:
+                if not final and now < deadline + KIND_WAIT_NS:
+                    break  # its process's dump is under way
+                kind = ThreadKind.UNKNOWN
             self._pending.popleft()
+            if not reported(kind):
+                self._totals.ignore(event, kind)
+                continue
             if event.end_reason == EndReason.THREAD_EXITED and not self._hang_at_exit(
                 event, self._samples(event)
             ):
                 continue
             for block in self._enricher.blocks(event, kind, self._window(event)):
                 self._deliver(block)
+
+    def _wait_for_last(self, deadline_ns: int | None) -> None:
+        """Wait until the pending blocks' samples are in, but never past ``deadline_ns``.
+
+        At most until the last block's samples are due, then they go without.
+        """
+        if not self._pending:
+            return
+        until_ns = self._pending[-1][2]
+        if deadline_ns is not None:
+            until_ns = min(until_ns, deadline_ns)
+        while time.monotonic_ns() < until_ns and not self._samples_in():
+            time.sleep(PENDING_POLL_MS / 1000)
+
+    def _samples_in(self) -> bool:
+        """Whether every pending block's samples have arrived."""
+        stacks = self._stacks
+        return stacks is None or all(
+            stacks.covered_until(event.pid, event.tid) >= event.end_ns
+            for event, _, _ in self._pending
+        )
 
     def _deliver(self, block: Block) -> None:
         if self._stacks is not None and not block.stack:
@@ -407,6 +455,10 @@ class BlockFlow:
             segments=item.segments,
         )
         kind = self._kind_of(event.pid, event.tid)
+        if kind is None:
+            if reason == EndReason.RETURNED:
+                return None  # a hang report waits for the dump under way (retried soon)
+            kind = ThreadKind.UNKNOWN  # the sidecar stops: report it rather than lose it
         samples = self._samples(event)
         if not reported(kind) or self._left_loop(kind, samples):
             return None
@@ -417,7 +469,7 @@ class BlockFlow:
         """A loop thread whose newest stack shows no event loop: the loop has ended."""
         return kind == ThreadKind.LOOP and bool(samples) and classify(samples[-1].frames) != kind
 
-    def _kind_of(self, pid: int, tid: int) -> ThreadKind:
+    def _kind_of(self, pid: int, tid: int) -> ThreadKind | None:
         if self._kinds is None:
             return ThreadKind.UNKNOWN
         return self._kinds.kind(pid, tid)

@@ -51,8 +51,8 @@ class Follower(Protocol):
 class Kinds(Protocol):
     """Which threads run event loops (``stacks.threads.ThreadClassifier``)."""
 
-    def kind(self, pid: int, tid: int) -> ThreadKind:
-        """What thread ``tid`` of ``pid`` is."""
+    def kind(self, pid: int, tid: int) -> ThreadKind | None:
+        """What thread ``tid`` of ``pid`` is; None: not known yet (being looked at, unwaited)."""
 
 
 class Samples(Protocol):

@@ -175,7 +175,14 @@ class ConsoleSink:
         if lost := losses_of(summary):
             self._write(f"    lost: {', '.join(f'{what} {count}' for what, count in lost.items())}")
 
-    def shutdown(self) -> None:
+    def pending(self) -> dict[str, int]:
+        return {}
+
+    def drain(self, deadline: float) -> None:
+        _ = deadline  # written at once
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        _ = deadline  # a flush of a local stream
         if self._stats_line_open:
             self._stream.write("\n")
             self._stats_line_open = False

@@ -134,5 +134,12 @@ class JsonLinesSink:
             case _:
                 pass  # loop times are for metrics; JSON lines carry blocks
 
-    def shutdown(self) -> None:
+    def pending(self) -> dict[str, int]:
+        return {}
+
+    def drain(self, deadline: float) -> None:
+        _ = deadline  # written at once
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        _ = deadline  # a flush of a local stream
         self._stream.flush()

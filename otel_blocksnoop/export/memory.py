@@ -15,6 +15,7 @@ class MemorySink:
         self.stats: list[IterationStats] = []
         self.summaries: list[SessionSummary] = []
         self.shut_down = False
+        self.deadline: float | None = None  # given to shutdown
 
     def export(self, record: Record) -> None:
         match record:
@@ -29,5 +30,12 @@ class MemorySink:
             case SessionSummary():
                 self.summaries.append(record)
 
-    def shutdown(self) -> None:
+    def pending(self) -> dict[str, int]:
+        return {}
+
+    def drain(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        self.deadline = self.deadline if deadline is None else deadline
         self.shut_down = True

@@ -20,5 +20,17 @@ class Sink(Protocol):
         A ``Block`` with ``in_progress`` set is a hang, reported again while it lasts.
         """
 
-    def shutdown(self) -> None:
-        """Deliver what is buffered and release resources; no export after this."""
+    def pending(self) -> dict[str, int]:
+        """Records taken but not yet delivered, by what they are; none if written at once.
+
+        Lengths only: a signal handler reads them.
+        """
+
+    def drain(self, deadline: float) -> None:
+        """Deliver what is buffered by ``deadline`` (``time.monotonic()``); count what is not.
+
+        Whatever the destination does; records taken after this may not be delivered.
+        """
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        """Deliver what is buffered (by ``deadline``) and release resources; no export after."""

@@ -161,6 +161,23 @@ def thread_syscall(pid: int, tid: int) -> int | None:
         return None
 
 
+def _process_groups() -> list[tuple[str, int]]:
+    """(state letter, process group) of every process in /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:  # noqa: PTH123 - hot, raw bytes
+                text = stat.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rfind(b")") + 2 :].split()
+        if len(fields) > 2:
+            found.append((fields[0].decode(), int(fields[2])))
+    return found
+
+
 class ExitWatch:
     """Tells, without blocking, whether processes we did not start have all exited.
 
@@ -203,9 +220,13 @@ class ExitWatch:
 # The holder waits until the sidecar writes to the pipe, closes it and execs
 # the command in the same process, so the PID put in the kernel's watch list
 # before the release is the command's own. It is the sidecar's interpreter in
-# isolated mode, so any fd number works (POSIX sh only takes one digit).
+# isolated mode, so any fd number works (POSIX sh only takes one digit). The
+# command runs in a process group of its own, so a signal from the terminal
+# reaches only the sidecar: it dies with the sidecar (PR_SET_PDEATHSIG, kept
+# across exec), as it did when the terminal or a group kill reached both.
 _HOLD_SCRIPT = (
-    "import os, sys\n"
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"  # PR_SET_PDEATHSIG
     "fd = int(sys.argv[1])\n"
     "go = os.read(fd, 1)\n"
     "os.close(fd)\n"
@@ -230,7 +251,12 @@ def check_command(argv: list[str]) -> None:
 
 
 class LaunchedCommand:
-    """A command started paused; ``release()`` lets it run its first instruction."""
+    """A command started paused; ``release()`` lets it run its first instruction.
+
+    It runs in a process group of its own, so that a stop reaches every process
+    it started (a shell's background jobs ignore SIGINT; ``signal_group``), the
+    way ``timeout`` runs its command.
+    """
 
     def __init__(self, argv: list[str]) -> None:
         check_command(argv)
@@ -239,6 +265,7 @@ class LaunchedCommand:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _HOLD_SCRIPT, str(read_end), *argv],
                 pass_fds=(read_end,),
+                process_group=0,
             )
         except OSError as exc:
             os.close(self._write_end)
@@ -262,6 +289,23 @@ class LaunchedCommand:
 
     def exited(self) -> bool:
         return self.process.poll() is not None
+
+    def group_alive(self) -> bool:
+        """Whether a live process (not a zombie) is left in the command's group.
+
+        Not ``killpg(pgid, 0)``: a killed background job stays a zombie until
+        init reaps it (1.5 s, seen), and would look alive.
+        """
+        return any(pgrp == self.pid and state not in "ZX" for state, pgrp in _process_groups())
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to every process of the command's group (safe from a signal handler)."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass  # the whole group is gone
+        except PermissionError:  # a member changed its credentials: the command itself, then
+            self.process.send_signal(signum)
 
     def exit_code(self) -> int | None:
         """The command's exit status, shell-style (128+N when killed by signal N)."""

@@ -37,6 +37,12 @@ AUSTINPATH_ENV = "AUSTINPATH"
 
 REQUIRED_MAJOR = 4
 WHERE_TIMEOUT_S = 2.0
+"""How long a one-off dump (``austin -w``) or ``--version`` may take before it is killed."""
+WHERE_ATTACH_MS = 1000
+"""Austin's own wait for the target's interpreter in a dump (``-t``; its default, 3 s,
+would outlive WHERE_TIMEOUT_S and leave a timeout in place of its reason)."""
+REASON_CHARS = 160
+"""A reason from Austin's stderr is cut to whole sentences within this many characters."""
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 CLONE_FS = 0x00000200  # <linux/sched.h>
@@ -48,10 +54,40 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _THREAD = re.compile(r"Process (\d+)\D+Thread (\d+):(\d+)")
 _FRAME = re.compile(r"^ {4}(\S.*?) \((.*):(\d+)\)$")
 _VERSION = re.compile(r"austin (\d+)\.(\d+)\.(\d+)")
+_BANNER_END = re.compile(r"\d+\.\d+\.\d+ \[")  # the banner's last line: "4.0.0 [musl-gcc ...]"
+_LEAD = re.compile(r"^\W+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class AustinError(Exception):
     """Austin is missing, does not run, or could not read the target."""
+
+
+def reason(stderr: str, returncode: int | None = None) -> str:
+    """Why Austin failed, from its stderr: the first paragraph after its banner, in short.
+
+    Austin prints a banner, then the reason, then advice (where to report an
+    issue): the last line is the advice's tail, the reason comes first. The
+    paragraph is cut to whole sentences within REASON_CHARS.
+    """
+    lines = _ANSI.sub("", stderr).splitlines()
+    banner = next((i for i, line in enumerate(lines) if _BANNER_END.search(line)), -1)
+    paragraph: list[str] = []
+    for line in lines[banner + 1 :]:
+        if line.strip():
+            paragraph.append(line.strip())
+        elif paragraph:
+            break
+    text = _LEAD.sub("", " ".join(paragraph))  # Austin starts a message with an emoji
+    if not text:
+        return "no reason given" if returncode is None else f"exit status {returncode}"
+    kept = ""
+    for sentence in _SENTENCE_END.split(text):
+        candidate = f"{kept} {sentence}".strip()
+        if len(candidate) > REASON_CHARS:
+            break
+        kept = candidate
+    return kept or text[: REASON_CHARS - 3].rstrip() + "..."
 
 
 def parse_where(text: str) -> dict[int, tuple[Frame, ...]]:
@@ -128,6 +164,9 @@ class Austin:
                     process.kill()
                     process.communicate()
                     raise
+        except subprocess.TimeoutExpired as exc:
+            msg = f"failed to {doing}: Austin gave no answer within {WHERE_TIMEOUT_S:g} s"
+            raise AustinError(msg) from exc
         except (OSError, subprocess.SubprocessError) as exc:
             msg = f"failed to {doing}: {exc}"
             raise AustinError(msg) from exc
@@ -220,13 +259,16 @@ class Austin:
         """Stacks of every Python thread of ``pid`` right now (about 10 ms)."""
         doing = f"dump the threads of {pid}"
         where = reach(pid)
-        result = self._run("-w", str(where.pid), doing=doing, where=where)
+        result = self._run(
+            "-t", str(WHERE_ATTACH_MS), "-w", str(where.pid), doing=doing, where=where
+        )
         if result.returncode != 0:
-            lines = [line for line in _ANSI.sub("", result.stderr).splitlines() if line.strip()]
-            reason = lines[-1].strip() if lines else f"exit status {result.returncode}"
-            if any(line.startswith("nsenter:") for line in lines):
-                reason = refused_namespace(where)
-            msg = f"failed to {doing}: {reason}"
+            said = reason(result.stderr, result.returncode)
+            if any(
+                line.startswith("nsenter:") for line in _ANSI.sub("", result.stderr).splitlines()
+            ):
+                said = refused_namespace(where)
+            msg = f"failed to {doing}: {said}"
             raise AustinError(msg)
         return parse_where(result.stdout)
 

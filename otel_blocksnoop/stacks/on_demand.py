@@ -45,7 +45,13 @@ from otel_blocksnoop.events import Loss
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError
-from otel_blocksnoop.stacks.sampler import READ_EVERY_S, Sampler, drain, stream_fd
+from otel_blocksnoop.stacks.sampler import (
+    READ_EVERY_S,
+    Sampler,
+    drain,
+    next_write_wait_s,
+    stream_fd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +269,7 @@ class OnDemandSampler(Sampler):
     # -- the reader thread --
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
-        next_write_s = 2 * self.interval_us / 1e6 + 0.002
+        next_write_s = next_write_wait_s(self.interval_us)
         while not self._stopping:
             fd = self._fd
             # Asleep here while Austin is stopped: nothing to read, nobody to wake us.

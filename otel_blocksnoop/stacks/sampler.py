@@ -31,7 +31,7 @@ from collections import deque
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import NS_PER_MS, Frame, Loss, StackSample
 from otel_blocksnoop.losses import Losses
-from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.austin import Austin, reason
 from otel_blocksnoop.stacks.mojo import MojoDecoder, MojoError, RawSample
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class Sampler:
         # for Austin's next write times that one to within a wake-up: with an
         # anchor from draining alone, 5 ms blocks sampled every 1 ms were placed
         # 4-7 ms late (see the commit).
-        next_write_s = 2 * self.interval_us / 1e6 + 0.002
+        next_write_s = next_write_wait_s(self.interval_us)
         while not self._stopping:
             chunks = drain(fd)
             if not chunks and process.poll() is not None:
@@ -390,9 +390,7 @@ class Sampler:
                 stderr = self._process.stderr.read() or b""
             except BlockingIOError:
                 stderr = b""
-        lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-        text = lines[-1].strip() if lines else ""
-        return text or f"exit status {self._process.returncode}"
+        return reason(stderr.decode(errors="replace"), self._process.returncode)
 
     def stop(self) -> None:
         self._stopping = True
@@ -430,6 +428,17 @@ def stream_fd(process: subprocess.Popen[bytes]) -> int | None:
     return fd
 
 
+SETTLE_INTERVAL_MAX_US = 1_000_000
+"""Intervals past 1 s wait for samples as if they were 1 s: a block is never held
+longer than about 2.2 s for its samples, whatever ``--sample-interval`` says."""
+
+
+def next_write_wait_s(interval_us: int) -> float:
+    """How long a reader waits for Austin's next write, to time it (bounded as ``settle_ns``)."""
+    return 2 * min(interval_us, SETTLE_INTERVAL_MAX_US) / 1e6 + 0.002
+
+
 def settle_ns(interval_us: int) -> int:
-    """How long after a block ends its last samples can take to arrive."""
+    """How long after a block ends its last samples can take to arrive (at most ~2.2 s)."""
+    interval_us = min(interval_us, SETTLE_INTERVAL_MAX_US)
     return int((READ_EVERY_S * 2) * 1e9) + 2 * interval_us * 1000 + 10 * NS_PER_MS

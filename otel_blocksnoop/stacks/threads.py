@@ -12,6 +12,7 @@ rather than risk missing a real block.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,13 @@ LOOP_PATH_PARTS = ("/asyncio/", "/uvloop/")
 
 MAX_REMEMBERED = 4096
 """Threads whose kind is cached; the oldest are forgotten (and asked again) past this."""
+
+MAX_PROCESSES = 1024
+"""Processes with a dump waiting, or a failure remembered; the oldest are forgotten past this."""
+
+WHERE_BACKOFF_S = 30.0
+"""A process whose dump failed (Austin cannot read it: another mount namespace, a Python
+it does not know) is not dumped again for this long; its threads are reported meanwhile."""
 
 KNOWN_POLLERS = (
     ("/grpc/_server.py", "_serve"),
@@ -98,7 +106,15 @@ def reported(kind: ThreadKind) -> bool:
 
 
 class ThreadClassifier:
-    """Caches each thread's kind; asks Austin for a fresh dump when one is needed."""
+    """Caches each thread's kind; dumps a process's threads with Austin, off the caller's path.
+
+    ``kind`` never waits: a thread not yet known starts a dump of its process
+    in the classifier's own thread and reads as None until the dump is in. A
+    process has at most one dump running and one waiting (the threads asked
+    about meanwhile), so a slow or failing Austin builds no backlog; a process
+    whose dump failed is not dumped again for WHERE_BACKOFF_S (its threads
+    read as unknown: reported), and a stop never waits for a dump.
+    """
 
     def __init__(self, austin: Austin | None) -> None:
         self._austin = austin
@@ -106,28 +122,108 @@ class ThreadClassifier:
             MAX_REMEMBERED
         )
         self._warned: set[int] = set()
+        self._cond = threading.Condition()
+        # pid -> threads asked about, for the dump that runs next; at most MAX_PROCESSES.
+        self._waiting: BoundedDict[int, set[int]] = BoundedDict(MAX_PROCESSES)
+        self._failed_until: BoundedDict[int, float] = BoundedDict(MAX_PROCESSES)
+        self._busy = False  # a dump is running
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.dumps = 0  # dumps started, for tests and the debug log
 
-    def kind(self, pid: int, tid: int) -> ThreadKind:
-        cached = self._kinds.get((pid, tid))
+    def kind(self, pid: int, tid: int) -> ThreadKind | None:
+        """What thread ``tid`` of ``pid`` is; None while the dump that will tell is under way."""
         now = time.monotonic()
-        if cached and (cached[0] == ThreadKind.LOOP or now - cached[1] < RECHECK_S):
-            return cached[0]
-        if self._austin is None:
-            return ThreadKind.UNKNOWN
-        try:
-            stacks = self._austin.where(pid)
-        except AustinError as exc:
-            if pid not in self._warned:
-                self._warned.add(pid)
-                log.warning("%s; reporting every thread of %d", exc, pid)
-            return ThreadKind.UNKNOWN
-        for seen_tid, stack in stacks.items():
-            self._remember(pid, seen_tid, classify(stack), now)
-        kind = classify(stacks[tid]) if tid in stacks else ThreadKind.NATIVE
-        if tid not in stacks and not (Path("/proc") / str(pid) / "task" / str(tid)).exists():
-            kind = ThreadKind.UNKNOWN  # gone before it could be looked at
-        self._remember(pid, tid, kind, now)
-        return kind
+        with self._cond:
+            cached = self._kinds.get((pid, tid))
+            if cached and (cached[0] == ThreadKind.LOOP or now - cached[1] < RECHECK_S):
+                return cached[0]
+            if self._austin is None or self._closed:
+                return ThreadKind.UNKNOWN
+            if self._failed_until.get(pid, 0.0) > now:
+                return cached[0] if cached else ThreadKind.UNKNOWN
+            self._want(pid, tid)
+        return None  # a thread seen before may have started a loop since: wait for the dump
 
-    def _remember(self, pid: int, tid: int, kind: ThreadKind, now: float) -> None:
-        self._kinds[(pid, tid)] = (kind, now)  # an update is the newest: dropped last
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no dump runs or waits (False if one still does after ``timeout_s``)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy and not self._waiting, timeout_s)
+
+    def close(self) -> None:
+        """Start no more dumps; one under way ends by its own timeout, unwaited for."""
+        with self._cond:
+            self._closed = True
+            self._waiting.clear()
+            self._cond.notify_all()
+
+    def _want(self, pid: int, tid: int) -> None:
+        """Ask for a dump of ``pid`` that tells ``tid``'s kind; with the lock held."""
+        asked = self._waiting.get(pid)
+        if asked is None:
+            asked = self._waiting[pid] = set()
+        asked.add(tid)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="austin-where", daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    def _work(self) -> None:
+        austin = self._austin
+        assert austin is not None  # noqa: S101 - started only with an Austin
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                pid = next(iter(self._waiting))
+                asked = self._waiting.pop(pid)
+                if self._failed_until.get(pid, 0.0) > time.monotonic():
+                    self._remember(pid, asked, ThreadKind.UNKNOWN)  # asked while one failed
+                    continue
+                self.dumps += 1
+                self._busy = True
+            try:
+                self._dumped(pid, asked, austin.where(pid))
+            except AustinError as exc:
+                self._failed(pid, asked, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _dumped(self, pid: int, asked: set[int], stacks: dict[int, tuple[Frame, ...]]) -> None:
+        now = time.monotonic()
+        kinds = {tid: classify(stack) for tid, stack in stacks.items()}
+        for tid in asked - kinds.keys():
+            # Not in the dump: a native thread, unless it is gone before it could be looked at.
+            gone = not (Path("/proc") / str(pid) / "task" / str(tid)).exists()
+            kinds[tid] = ThreadKind.UNKNOWN if gone else ThreadKind.NATIVE
+        with self._cond:
+            self._failed_until.pop(pid, None)
+            for tid, kind in kinds.items():
+                self._kinds[(pid, tid)] = (kind, now)  # an update is the newest: dropped last
+
+    def _failed(self, pid: int, asked: set[int], exc: AustinError) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._failed_until[pid] = now + WHERE_BACKOFF_S
+            self._remember(pid, asked, ThreadKind.UNKNOWN)
+            first = pid not in self._warned
+            self._warned.add(pid)
+        if first:
+            log.warning(
+                "%s; reporting every thread of %d (tried again every %g s)",
+                exc,
+                pid,
+                WHERE_BACKOFF_S,
+            )
+        else:
+            log.debug("%s", exc)
+
+    def _remember(self, pid: int, tids: set[int], kind: ThreadKind) -> None:
+        """With the lock held."""
+        now = time.monotonic()
+        for tid in tids:
+            self._kinds[(pid, tid)] = (kind, now)

@@ -306,11 +306,16 @@ def test_a_collector_that_never_comes_back_costs_a_warning_not_a_hang(tmp_path: 
         [*SIDECAR, "--json", "-t", "50", "--", *app("sleep", "--out", str(out))],
         capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
     )  # fmt: skip
-    # THEN the app's exit code, the block on stdout, and one line saying it was not delivered
+    # THEN the app's exit code, the block on stdout, one line saying the span was not
+    # delivered and one for the last metrics, each counted in the summary
     assert result.returncode == 0, result.stderr
-    assert [r["type"] for r in parse_json_lines(result.stdout)] == ["block", "summary"]
+    records = parse_json_lines(result.stdout)
+    assert [r["type"] for r in records] == ["block", "summary"]
     undelivered = [line for line in result.stderr.splitlines() if "failed to deliver" in line]
-    assert len(undelivered) == 1
+    assert len(undelivered) == 2
+    assert "failed to deliver 1 spans" in undelivered[1]
+    assert "the last metrics of 2 resources" in undelivered[0]
+    assert records[-1]["lost"]["export.undelivered"] == 1 + 2
     assert "Traceback" not in result.stderr
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -480,3 +481,55 @@ def test_a_block_carries_its_run_queue_and_throttled_time_when_its_cgroup_was_re
     assert read["blocksnoop.cpu.throttled_periods"] == 1
     # a cgroup that could not be read gives no figure, not a zero
     assert "blocksnoop.cpu.throttled_time" not in unread
+
+
+class StuckMetrics(CollectingMetrics):
+    """A collector that takes a metric export and never answers, until shut down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        _ = metrics_data, timeout_millis, kwargs
+        self.entered.set()
+        self.released.wait()
+        return MetricExportResult.FAILURE
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        _ = timeout_millis, kwargs
+        self.released.set()
+
+
+def test_spans_and_every_meter_provider_share_one_deadline_and_count_what_did_not_go() -> None:
+    # GIVEN a collector that never answers, for spans and metrics alike
+    spans = Stuck()
+    metrics: list[StuckMetrics] = []
+
+    def metric_exporter() -> MetricExporter:
+        metrics.append(StuckMetrics())
+        return metrics[-1]
+
+    losses = Losses()
+    sink = OtelSink(Exporters(spans, None, metric_exporter), SETTINGS, losses)
+    sink.export(BLOCK)  # a span, and the app's meter provider beside the sidecar's
+    assert spans.entered.wait(5)
+    assert sink.pending() == {"spans": 1}
+    # WHEN the sidecar stops with a deadline
+    sink.shutdown(time.monotonic() + 0.2)
+    # THEN every provider's last export was under way at once (not one after the other),
+    # and the span and both providers' last metrics are counted undelivered
+    assert len(metrics) == 2
+    assert all(exporter.entered.is_set() for exporter in metrics)
+    assert losses.total(Loss.EXPORT_UNDELIVERED) == 3
+
+
+def test_a_collector_that_takes_everything_leaves_nothing_undelivered() -> None:
+    harness = Harness()
+    harness.sink.export(BLOCK)
+    harness.sink.shutdown()
+    assert len(harness.spans.get_finished_spans()) == 1
+    assert harness.losses.total(Loss.EXPORT_UNDELIVERED) == 0

@@ -45,6 +45,7 @@ class ScriptedDetector:
         self._out: dict[int, InProgress] = {}
         self._triggered: set[tuple[int, int]] = set()
         self.wakers: list[int] = []
+        self.closed = False
 
     def poll(self, timeout_ms: int | None) -> list[KernelEvent]:
         _ = timeout_ms
@@ -86,6 +87,9 @@ class ScriptedDetector:
 
     def counters(self) -> Counters:
         return Counters(lost_events=self.lost, iterations=0, busy_ns=0, untracked_threads=0)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class ExitsAfter:

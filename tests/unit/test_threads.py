@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from otel_blocksnoop.events import Frame, ThreadKind
 from otel_blocksnoop.stacks import threads
-from otel_blocksnoop.stacks.austin import Austin, AustinError, parse_where
+from otel_blocksnoop.stacks.austin import (
+    REASON_CHARS,
+    WHERE_TIMEOUT_S,
+    Austin,
+    AustinError,
+    parse_where,
+)
+from otel_blocksnoop.stacks.austin import reason as austin_reason
 from otel_blocksnoop.stacks.threads import ThreadClassifier, classify, reported
 
+WAIT_S = 30.0
 DATA = Path(__file__).resolve().parent.parent / "data"
 STDLIB = "/usr/lib/python3.11"
 
@@ -58,27 +68,52 @@ def test_other_python_threads_are_reported_rather_than_risk_a_miss() -> None:
 
 
 class FakeAustin:
-    """Answers `where` with a fixed dump and counts the calls."""
+    """Answers `where` with a fixed dump (or fails) and counts the calls; can be held."""
 
-    def __init__(self, stacks: dict[int, tuple[Frame, ...]]) -> None:
+    def __init__(self, stacks: dict[int, tuple[Frame, ...]], fail: bool = False) -> None:
         self.stacks = stacks
+        self.fail = fail
         self.calls = 0
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
 
     def where(self, pid: int) -> dict[int, tuple[Frame, ...]]:
-        _ = pid
         self.calls += 1
+        self.entered.set()
+        self.release.wait()
+        if self.fail:
+            msg = f"failed to dump the threads of {pid}: Cannot attach to the given process."
+            raise AustinError(msg)
         return self.stacks
 
 
 LOOP_STACK = (Frame("BaseEventLoop.run_forever", f"{STDLIB}/asyncio/base_events.py", 607),)
 
 
+def settled(classifier: ThreadClassifier) -> ThreadClassifier:
+    assert classifier.wait_idle(WAIT_S), "the dump never finished"
+    return classifier
+
+
 def test_one_dump_classifies_every_thread_of_the_process() -> None:
     austin = FakeAustin({1: LOOP_STACK, 2: LOOP_STACK})
     classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
-    assert classifier.kind(1, 1) == ThreadKind.LOOP
+    assert classifier.kind(1, 1) is None  # being looked at
+    assert settled(classifier).kind(1, 1) == ThreadKind.LOOP
     assert classifier.kind(1, 2) == ThreadKind.LOOP
     assert austin.calls == 1
+
+
+def test_a_thread_absent_from_the_dump_of_a_live_process_is_native() -> None:
+    # GIVEN a dump of this process that lacks one of its live threads (this one)
+    tid = threading.get_native_id()
+    classifier = ThreadClassifier(FakeAustin({}))  # type: ignore[arg-type]
+    classifier.kind(os.getpid(), tid)
+    # THEN it is a native thread; one that does not exist is unknown (reported)
+    assert settled(classifier).kind(os.getpid(), tid) == ThreadKind.NATIVE
+    classifier.kind(os.getpid(), 999_999_999)
+    assert settled(classifier).kind(os.getpid(), 999_999_999) == ThreadKind.UNKNOWN
 
 
 def test_the_cache_stays_bounded_under_thread_churn(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,11 +122,65 @@ def test_the_cache_stays_bounded_under_thread_churn(monkeypatch: pytest.MonkeyPa
     classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
     for tid in range(100, 150):
         classifier.kind(1, tid)  # threads that vanished: unknown, remembered briefly
+        settled(classifier)
     assert len(classifier._kinds) == 10  # noqa: SLF001 - the bound is the point
 
 
 def test_a_missing_austin_means_every_thread_is_reported() -> None:
     assert ThreadClassifier(None).kind(1, 1) == ThreadKind.UNKNOWN
+
+
+def test_asking_never_waits_for_a_dump_that_hangs() -> None:
+    # GIVEN an Austin whose dump does not come back
+    austin = FakeAustin({1: LOOP_STACK})
+    austin.release.clear()
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    try:
+        # WHEN threads of the process are asked about while it hangs
+        assert classifier.kind(1, 1) is None
+        assert austin.entered.wait(WAIT_S)
+        answers = [classifier.kind(1, tid) for tid in range(2, 50)]
+        # THEN each call returns at once, "not known yet"
+        assert answers == [None] * 48
+    finally:
+        austin.release.set()
+    # AND the threads asked meanwhile take one more dump, not one each
+    settled(classifier)
+    assert austin.calls == 2
+
+
+def test_a_failed_dump_is_not_tried_again_for_the_back_off() -> None:
+    # GIVEN an Austin that cannot read the process (another mount namespace, say)
+    austin = FakeAustin({}, fail=True)
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    classifier.kind(1, 1)
+    settled(classifier)
+    # WHEN blocks of other threads of that process come in
+    kinds = [classifier.kind(1, tid) for tid in range(1, 100)]
+    # THEN they are reported as unknown at once, with no new dump
+    assert kinds == [ThreadKind.UNKNOWN] * 99
+    assert settled(classifier).dumps == 1
+    assert austin.calls == 1
+
+
+def test_a_failed_dump_is_tried_again_after_the_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "WHERE_BACKOFF_S", 0.0)
+    austin = FakeAustin({}, fail=True)
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    classifier.kind(1, 1)
+    settled(classifier)
+    austin.fail = False
+    austin.stacks = {2: LOOP_STACK}
+    classifier.kind(1, 2)
+    assert settled(classifier).kind(1, 2) == ThreadKind.LOOP
+
+
+def test_a_closed_classifier_starts_no_dump() -> None:
+    austin = FakeAustin({1: LOOP_STACK})
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    classifier.close()
+    assert classifier.kind(1, 1) == ThreadKind.UNKNOWN
+    assert austin.calls == 0
 
 
 def test_an_austin_that_is_not_austin_is_refused(tmp_path: Path) -> None:
@@ -214,3 +303,54 @@ def test_iterations_run_by_asyncio_run_or_its_close_are_a_running_loop() -> None
     # THEN each is a loop
     for stack in (handler, cancelling, uvloop_handler):
         assert classify(stack) == ThreadKind.LOOP, stack
+
+
+def test_a_failed_dump_says_austins_reason_not_its_last_line() -> None:
+    # GIVEN what Austin 4.0.0 printed for a process it cannot read: a banner, the
+    # reason, then advice ending in "like frameworks used, command line etc ...."
+    stderr = (DATA / "austin_where_not_python.stderr").read_text()
+    # THEN the reason is its first sentence, without the advice
+    assert austin_reason(stderr, 10) == "Cannot determine the version of the Python interpreter."
+    no_process = austin_reason((DATA / "austin_where_no_process.stderr").read_text(), 1)
+    assert no_process.startswith("Cannot attach to the given process. Make sure")
+    assert len(no_process) <= REASON_CHARS
+
+
+def test_a_reason_is_capped_and_an_empty_one_gives_the_exit_status() -> None:
+    assert len(austin_reason("x" * 1000)) == REASON_CHARS
+    assert austin_reason("", 3) == "exit status 3"
+
+
+def test_a_dump_asks_austin_to_give_up_before_the_dump_is_timed_out(tmp_path: Path) -> None:
+    # GIVEN an "Austin" that notes its arguments and fails the way Austin does
+    args = tmp_path / "args"
+    fake = tmp_path / "austin"
+    stderr = DATA / "austin_where_not_python.stderr"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {args}\ncat {stderr} >&2\nexit 10\n')
+    fake.chmod(0o755)
+    # WHEN it is asked for a dump
+    with pytest.raises(AustinError) as failed:
+        Austin(fake).where(1234)
+    # THEN its own attach wait (-t, ms) ends before our timeout, and its reason is shown
+    argv = args.read_text().split()
+    assert argv[argv.index("-w") + 1] == "1234"
+    assert int(argv[argv.index("-t") + 1]) < WHERE_TIMEOUT_S * 1000
+    assert str(failed.value) == (
+        "failed to dump the threads of 1234: "
+        "Cannot determine the version of the Python interpreter."
+    )
+
+
+def test_a_thread_looked_at_again_waits_for_the_new_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a thread not in the first dump (native), which starts a loop later
+    monkeypatch.setattr(threads, "RECHECK_S", 0.0)
+    tid = threading.get_native_id()
+    austin = FakeAustin({})
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    classifier.kind(os.getpid(), tid)
+    settled(classifier)
+    austin.stacks = {tid: LOOP_STACK}
+    # WHEN it is asked about again once it is due for another look
+    assert classifier.kind(os.getpid(), tid) is None
+    # THEN the answer is the new dump's, not the old one
+    assert settled(classifier).kind(os.getpid(), tid) == ThreadKind.LOOP

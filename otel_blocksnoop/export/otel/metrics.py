@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 
 from otel_blocksnoop import __version__
 from otel_blocksnoop.bounded import BoundedDict
@@ -17,13 +25,14 @@ from otel_blocksnoop.export.otel.resource import MAX_RESOURCES, sidecar_resource
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.util.types import Attributes
 
     from otel_blocksnoop.events import Block, LoopTimes
     from otel_blocksnoop.losses import Losses
 
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 Times = Callable[[], "LoopTimes | None"]  # the newest loop times, if any yet
@@ -148,8 +157,52 @@ class SidecarMeters:
         return [Observation(count, {names.SIGNAL: what}) for what, count in self._dropped()]
 
 
+class LastExport(MetricExporter):
+    """The SDK's exporter, and whether its last export went through (for the last one, at stop)."""
+
+    def __init__(self, exporter: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=exporter._preferred_temporality,  # noqa: SLF001 - passed on as is
+            preferred_aggregation=exporter._preferred_aggregation,  # noqa: SLF001
+        )
+        self._exporter = exporter
+        self.busy = False
+        self.failed = False
+
+    @property
+    def delivered(self) -> bool:
+        """The last export went through and none is under way."""
+        return not self.busy and not self.failed
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object
+    ) -> MetricExportResult:
+        self.busy = True
+        try:
+            result = self._exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            self.failed = True
+            raise
+        finally:
+            self.busy = False
+        self.failed = result != MetricExportResult.SUCCESS
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._exporter.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        self._exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
 class Meters:
-    """Every meter provider of the sink: the watched processes' and the sidecar's."""
+    """Every meter provider of the sink: the watched processes' and the sidecar's.
+
+    A provider's shutdown exports a last time and waits for it: each runs in a
+    thread of its own (a daemon), so that all of them, and the records' worker,
+    share one deadline instead of taking one each in turn, and a provider
+    dropped to make room never holds up the pipeline.
+    """
 
     def __init__(
         self, exporter: Callable[[], MetricExporter], interval_ms: int, timeout_ms: int
@@ -159,18 +212,37 @@ class Meters:
         self._timeout_ms = timeout_ms
         self._times: LoopTimes | None = None
         self._processes: BoundedDict[int, ProcessMeters] = BoundedDict(
-            MAX_RESOURCES, on_drop=lambda _pid, meters: self._close(meters.provider)
+            MAX_RESOURCES, on_drop=lambda _pid, meters: self._drop(meters.provider)
         )
         self._sidecar: SidecarMeters | None = None
+        self._exports: dict[int, LastExport] = {}  # id(provider) -> its exporter
+        self._closing: list[tuple[threading.Thread, LastExport]] = []
 
     def _provider(self, resource: Resource) -> MeterProvider:
-        reader = PeriodicExportingMetricReader(
-            self._exporter(), export_interval_millis=self._interval_ms
-        )
-        return MeterProvider(metric_readers=[reader], resource=resource)
+        exporter = LastExport(self._exporter())
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=self._interval_ms)
+        # No exit hook: shutdown is the sink's, within its deadline.
+        provider = MeterProvider(metric_readers=[reader], resource=resource, shutdown_on_exit=False)
+        self._exports[id(provider)] = exporter
+        return provider
 
-    def _close(self, provider: MeterProvider) -> None:
-        provider.shutdown(timeout_millis=self._timeout_ms)
+    def _drop(self, provider: MeterProvider) -> None:
+        """A provider dropped to make room: closed in the background."""
+        self._exports.pop(id(provider), None)
+        self._close_in_thread(provider, time.monotonic() + self._timeout_ms / 1000)
+
+    @staticmethod
+    def _close_in_thread(provider: MeterProvider, deadline: float) -> threading.Thread:
+        def close() -> None:
+            remaining_ms = max(0.0, deadline - time.monotonic()) * 1000
+            try:
+                provider.shutdown(timeout_millis=remaining_ms)
+            except Exception:  # the SDK raises what its readers raised: logged, not fatal
+                log.debug("failed to shut a meter provider down", exc_info=True)
+
+        thread = threading.Thread(target=close, name="otlp-metrics-close", daemon=True)
+        thread.start()
+        return thread
 
     def _last_times(self) -> LoopTimes | None:
         return self._times
@@ -192,9 +264,23 @@ class Meters:
         provider = self._provider(sidecar_resource())
         self._sidecar = SidecarMeters(provider, self._last_times, dropped, losses)
 
-    def shutdown(self) -> None:
-        """Export a last time and stop every provider."""
-        for meters in list(self._processes.values()):
-            self._close(meters.provider)
+    def close(self, deadline: float) -> None:
+        """Start every provider's last export and shutdown, side by side, due by ``deadline``."""
+        providers = [meters.provider for meters in self._processes.values()]
         if self._sidecar is not None:
-            self._close(self._sidecar.provider)
+            providers.append(self._sidecar.provider)
+        self._closing = [
+            (self._close_in_thread(provider, deadline), self._exports[id(provider)])
+            for provider in providers
+        ]
+
+    def wait_closed(self, deadline: float) -> int:
+        """Wait for ``close`` until ``deadline``; how many last exports did not go through."""
+        for thread, _ in self._closing:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(1 for _, exporter in self._closing if not exporter.delivered)
+
+    def shutdown(self, deadline: float) -> int:
+        """Export a last time and stop every provider by ``deadline``; the last exports missed."""
+        self.close(deadline)
+        return self.wait_closed(deadline)

@@ -72,6 +72,14 @@ class DeliveryQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def pending(self) -> int:
+        """Records not yet delivered, the batch being sent included.
+
+        No lock: a signal handler reads it.
+        """
+        return len(self._items) + self._in_flight
+
     def deliver(self, now: float, final: bool = False) -> bool:
         """Export what is queued, batch by batch; False if the exporter gave up on one.
 
@@ -161,11 +169,15 @@ class DeliveryWorker:
         """Start a round now: a batch is ready, or a record is news."""
         self._wake.set()
 
-    def stop(self, timeout_s: float) -> None:
-        """Deliver what is queued, for up to ``timeout_s``, and stop."""
-        self._stop_by = time.monotonic() + timeout_s
+    def stop(self, deadline: float) -> None:
+        """Deliver what is queued until ``deadline`` (``time.monotonic()``), and stop.
+
+        An export still under way then is left to its thread (a daemon), whose
+        exporter the caller shuts down: its batch counts as undelivered.
+        """
+        self._stop_by = deadline
         self._wake.set()
-        self._thread.join(timeout_s)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while (stop_by := self._stop_by) is None:

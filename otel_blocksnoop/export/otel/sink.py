@@ -4,14 +4,18 @@ Spans and hang records wait in bounded queues in front of the SDK's OTLP
 exporters (``queue``): ``export`` never blocks the pipeline; a record leaves
 its queue only once delivered, so a collector that is down or restarting
 loses nothing until the queue is full; then the oldest records are dropped,
-counted, and reported once. A stopping sidecar keeps delivering for up to
-``shutdown_timeout_s``. The SDK's batch processor is not used because it
+counted, and reported once. A stopping sidecar keeps delivering until one
+deadline (``shutdown_timeout_s`` by default), spans, hang records and every
+meter provider's last export side by side; then the exporters are shut down,
+which ends their own retries, and what did not go is counted
+(``export.undelivered``). The SDK's batch processor is not used because it
 drops failed batches and does not tell how many it dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -20,7 +24,7 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_blocksnoop.events import Block, LoopTimes, Record
+from otel_blocksnoop.events import Block, LoopTimes, Loss, Record
 from otel_blocksnoop.export.otel.metrics import Meters
 from otel_blocksnoop.export.otel.queue import DeliveryQueue, DeliveryWorker
 from otel_blocksnoop.export.otel.resource import Resources
@@ -63,6 +67,7 @@ class OtelSink:
 
     def __init__(self, exporters: Exporters, settings: OtlpSettings, losses: Losses) -> None:
         self._settings = settings
+        self._losses = losses
         self._ids = SpanIds()
         self._resources = Resources(settings.fallback_service)
         self._span_exporter = spans = exporters.spans
@@ -76,6 +81,7 @@ class OtelSink:
             )
             self._meters.add_sidecar(self._dropped, losses)
         self._worker = DeliveryWorker(self._queues(), settings.schedule_delay_s)
+        self._drained = False
 
     def export(self, record: Record) -> None:
         match record:
@@ -88,22 +94,41 @@ class OtelSink:
             case _:
                 pass  # stats mode has no OTLP form yet; the counters carry the totals
 
-    def shutdown(self) -> None:
-        """Deliver what is queued within the deadline, then say what could not be."""
-        pending = sum(len(queue) for queue in self._queues())
+    def pending(self) -> dict[str, int]:
+        return {queue.what: queue.pending for queue in self._queues()}
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        """``drain`` (by the settings' timeout if no deadline is given), if not done yet."""
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.shutdown_timeout_s
+        if not self._drained:
+            self.drain(deadline)
+
+    def drain(self, deadline: float) -> None:
+        """Deliver what is queued, and the metrics a last time, by ``deadline``; say what not."""
+        self._drained = True
+        pending = sum(queue.pending for queue in self._queues())
         if pending:
             log.info(
-                "delivering %d queued records over OTLP (up to %g s)...",
+                "delivering %d queued records over OTLP (up to %.1f s)...",
                 pending,
-                self._settings.shutdown_timeout_s,
+                max(0.0, deadline - time.monotonic()),
             )
-        self._worker.stop(self._settings.shutdown_timeout_s)
+        if self._meters is not None:
+            self._meters.close(deadline)  # in threads of their own, beside the records' worker
+        self._worker.stop(deadline)
         undelivered = [queue.close() for queue in self._queues()]
         for exporter in (self._span_exporter, self._log_exporter):
             if exporter is not None:
                 exporter.shutdown()  # also ends a retry still under way
-        if self._meters is not None:
-            self._meters.shutdown()
+        if self._meters is not None and (missed := self._meters.wait_closed(deadline)):
+            self._losses.add(Loss.EXPORT_UNDELIVERED, missed)
+            log.warning(
+                "failed to deliver the last metrics of %d resource%s over OTLP: the collector "
+                "was away or too slow",
+                missed,
+                "" if missed == 1 else "s",
+            )
         for queue, left in zip(self._queues(), undelivered, strict=True):
             lost = queue.dropped + left
             if lost:
