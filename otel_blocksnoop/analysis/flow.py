@@ -170,7 +170,9 @@ class BlockFlow:
         """Cumulative busy/idle time of the loop threads (not of native pollers)."""
         snapshot = self._source.snapshot(self._hangs.first_ns, activity=False)
         threads = tuple(
-            times for times in snapshot.times if reported(self._kind_of(times.pid, times.tid))
+            replace(times, tid=self._enricher.app_tid(times.pid, times.tid))
+            for times in snapshot.times
+            if reported(self._kind_of(times.pid, times.tid))
         )
         identities = tuple(self._enricher.identity(pid) for pid in sorted({t.pid for t in threads}))
         return LoopTimes(
@@ -405,6 +407,8 @@ class BlockFlow:
             activity=item.activity,
             end_reason=reason,
             segments=item.segments,
+            host_pid=item.host_pid,
+            host_tid=item.host_tid,
         )
         kind = self._kind_of(event.pid, event.tid)
         samples = self._samples(event)

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from otel_blocksnoop.events import ProcessIdentity
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.pythons import mapped_libpythons, python_name
 
 ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
@@ -88,6 +89,7 @@ def read_identity(pid: int) -> ProcessIdentity:
     attributes = parse_resource_attributes(env.get(ENV_RESOURCE_ATTRIBUTES, ""))
     service = env.get(ENV_SERVICE_NAME) or attributes.get("service.name") or None
     instance = uuid.uuid5(_INSTANCE_NAMESPACE, f"{socket.gethostname()}/{pid}/{_start_ticks(pid)}")
+    app_pid = NamespaceIds().app_pid(pid)
     return ProcessIdentity(
         pid=pid,
         service_name=service,
@@ -95,4 +97,5 @@ def read_identity(pid: int) -> ProcessIdentity:
         executable_path=executable,
         runtime_version=runtime_version(pid, executable),
         instance_id=str(instance),
+        app_pid=app_pid if app_pid != pid else None,
     )

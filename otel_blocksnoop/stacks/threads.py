@@ -7,6 +7,9 @@ threads parked in a known non-asyncio poller are not reported. Every other
 thread is: a Python thread inside asyncio or uvloop is a loop for certain,
 and one Austin cannot read (or any, if Austin is unavailable) is reported
 rather than risk missing a real block.
+
+Austin names threads as the app sees them (its own PID namespace), the
+sidecar by its own ids: the two are matched through ``NamespaceIds``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import Frame, ThreadKind
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 log = logging.getLogger(__name__)
@@ -65,8 +69,9 @@ def reported(kind: ThreadKind) -> bool:
 class ThreadClassifier:
     """Caches each thread's kind; asks Austin for a fresh dump when one is needed."""
 
-    def __init__(self, austin: Austin | None) -> None:
+    def __init__(self, austin: Austin | None, ids: NamespaceIds | None = None) -> None:
         self._austin = austin
+        self._ids = ids if ids is not None else NamespaceIds()
         self._kinds: BoundedDict[tuple[int, int], tuple[ThreadKind, float]] = BoundedDict(
             MAX_REMEMBERED
         )
@@ -86,10 +91,15 @@ class ThreadClassifier:
                 self._warned.add(pid)
                 log.warning("%s; reporting every thread of %d", exc, pid)
             return ThreadKind.UNKNOWN
+        # Austin's tids are the app's; the other threads are remembered by ours.
+        ours = self._ids.sidecar_tids(pid) if self._ids.nested(pid) else None
         for seen_tid, stack in stacks.items():
-            self._remember(pid, seen_tid, classify(stack), now)
-        kind = classify(stacks[tid]) if tid in stacks else ThreadKind.NATIVE
-        if tid not in stacks and not (Path("/proc") / str(pid) / "task" / str(tid)).exists():
+            mine = ours.get(seen_tid) if ours is not None else seen_tid
+            if mine is not None:
+                self._remember(pid, mine, classify(stack), now)
+        app_tid = self._ids.app_tid(pid, tid)
+        kind = classify(stacks[app_tid]) if app_tid in stacks else ThreadKind.NATIVE
+        if app_tid not in stacks and not (Path("/proc") / str(pid) / "task" / str(tid)).exists():
             kind = ThreadKind.UNKNOWN  # gone before it could be looked at
         self._remember(pid, tid, kind, now)
         return kind

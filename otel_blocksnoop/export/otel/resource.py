@@ -32,7 +32,8 @@ def process_resource(
         attributes[names.SERVICE_INSTANCE_ID] = identity.instance_id
     service = (identity.service_name if identity else None) or fallback_service
     attributes[names.SERVICE_NAME] = service or names.UNKNOWN_SERVICE
-    attributes[names.PROCESS_PID] = pid
+    # As the app sees itself (in its own PID namespace), like its own telemetry.
+    attributes[names.PROCESS_PID] = identity.app_pid or pid if identity is not None else pid
     attributes.setdefault(names.HOST_NAME, socket.gethostname())
     # Resource.create adds telemetry.sdk.* and the sidecar's OTEL_RESOURCE_ATTRIBUTES,
     # under what is given here.

@@ -1,0 +1,185 @@
+"""Ids across PID namespaces: the sidecar's, the app's own, the host's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otel_blocksnoop.analysis.enrich import Enricher
+from otel_blocksnoop.events import (
+    Block,
+    BlockEvent,
+    Frame,
+    NamespacedIds,
+    ProcessIdentity,
+    ThreadKind,
+)
+from otel_blocksnoop.export import names
+from otel_blocksnoop.export.jsonlines import _block_record
+from otel_blocksnoop.export.otel.spans import block_attributes
+from otel_blocksnoop.process import pidns
+from otel_blocksnoop.process.pidns import NamespaceIds, parse_ns_ids, sidecar_pid_namespace
+from otel_blocksnoop.stacks.threads import ThreadClassifier
+
+STATUS = "Name:\tpython3\nTgid:\t4240\nNgid:\t0\nPid:\t4242\nNStgid:\t4240\t1\nNSpid:\t4242\t2\n"
+LOOP_STACK = (Frame("BaseEventLoop.run_forever", "/usr/lib/python3.11/asyncio/base_events.py", 1),)
+IDLE = (Frame("Thread.run", "/usr/lib/python3.11/threading.py", 982),)
+
+
+def fake_proc(root: Path, pid: int, threads: dict[int, int], app_pid: int | None) -> Path:
+    """A /proc with process ``pid`` whose threads (ours -> the app's) are in a nested namespace.
+
+    ``app_pid`` None: one namespace, the lines list a single id.
+    """
+    process = root / str(pid)
+    process.mkdir(parents=True)
+    tgid = f"{pid}\t{app_pid}" if app_pid is not None else str(pid)
+    (process / "status").write_text(f"Tgid:\t{pid}\nNStgid:\t{tgid}\n")
+    for tid, app_tid in threads.items():
+        task = process / "task" / str(tid)
+        task.mkdir(parents=True)
+        ids = f"{tid}\t{app_tid}" if app_pid is not None else str(tid)
+        (task / "status").write_text(f"Pid:\t{tid}\nNStgid:\t{tgid}\nNSpid:\t{ids}\n")
+    return root
+
+
+def test_the_status_lines_list_ids_from_the_outermost_namespace_to_the_app_s() -> None:
+    assert parse_ns_ids(STATUS, "NStgid") == (4240, 1)
+    assert parse_ns_ids(STATUS, "NSpid") == (4242, 2)
+    assert parse_ns_ids("Name:\tpython3\n", "NSpid") == ()  # kernels before 4.1
+    assert parse_ns_ids("NSpid:\tx\n", "NSpid") == ()
+
+
+def test_a_thread_of_a_nested_namespace_maps_to_the_app_s_id_and_back(tmp_path: Path) -> None:
+    # GIVEN process 4240 (1 in its own namespace) with threads 4240 and 4242 (1 and 2 there)
+    proc = fake_proc(tmp_path, 4240, {4240: 1, 4242: 2}, app_pid=1)
+    ids = NamespaceIds(proc)
+    # THEN each id is the app's own, and the app's map back to ours
+    assert ids.nested(4240)
+    assert ids.app_pid(4240) == 1
+    assert ids.app_tid(4240, 4242) == 2
+    assert ids.sidecar_tids(4240) == {1: 4240, 2: 4242}
+
+
+def test_in_one_namespace_and_for_threads_gone_the_ids_are_ours(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, 300, {300: 300}, app_pid=None)
+    ids = NamespaceIds(proc)
+    assert not ids.nested(300)
+    assert ids.app_pid(300) == 300
+    assert ids.app_tid(300, 300) == 300
+    assert ids.app_tid(300, 999) == 999  # gone: taken as is
+    assert ids.app_pid(12345) == 12345
+
+
+def test_the_host_pid_namespace_needs_no_namespace_in_the_kernel(tmp_path: Path) -> None:
+    # GIVEN a /proc whose own PID namespace is the host's, then one that is not
+    host = tmp_path / "host"
+    (host / "self" / "ns").mkdir(parents=True)
+    initial = tmp_path / "initial"
+    initial.write_text("")
+    other = tmp_path / "other"
+    other.write_text("")
+    (host / "self" / "ns" / "pid").symlink_to(initial)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pidns, "PROC_PID_INIT_INO", initial.stat().st_ino)
+        assert sidecar_pid_namespace(host) is None
+        (host / "self" / "ns" / "pid").unlink()
+        (host / "self" / "ns" / "pid").symlink_to(other)
+        assert sidecar_pid_namespace(host) == (other.stat().st_dev, other.stat().st_ino)
+
+
+class FakeAustin:
+    """Answers ``where`` with the app's tids, as Austin does for a containerized app."""
+
+    def __init__(self, stacks: dict[int, tuple[Frame, ...]]) -> None:
+        self.stacks = stacks
+        self.calls = 0
+
+    def where(self, pid: int) -> dict[int, tuple[Frame, ...]]:
+        _ = pid
+        self.calls += 1
+        return self.stacks
+
+
+def test_the_classifier_matches_austin_s_namespace_tids_to_ours(tmp_path: Path) -> None:
+    # GIVEN an app whose loop thread is 2 in its namespace (4242 to us), its main thread idle
+    proc = fake_proc(tmp_path, 4240, {4240: 1, 4242: 2}, app_pid=1)
+    austin = FakeAustin({1: IDLE, 2: LOOP_STACK})
+    classifier = ThreadClassifier(austin, NamespaceIds(proc))  # type: ignore[arg-type]
+    # THEN the loop thread is a loop by our id, and one dump told both threads apart
+    assert classifier.kind(4240, 4242) == ThreadKind.LOOP
+    assert classifier.kind(4240, 4240) == ThreadKind.UNKNOWN
+    assert austin.calls == 1
+
+
+def event(pid: int, tid: int, host_pid: int, host_tid: int) -> BlockEvent:
+    return BlockEvent(pid, tid, "python3", 1_000, 200_000_000, host_pid=host_pid, host_tid=host_tid)
+
+
+def enricher_with(proc: Path, pid: int, app_pid: int | None) -> Enricher:
+    enricher = Enricher(10_000_000, None)
+    enricher._ids = NamespaceIds(proc)  # noqa: SLF001 - a /proc of the test's making
+    identity = ProcessIdentity(pid, None, (), None, None, "x", app_pid=app_pid)
+    enricher._identities[pid] = identity  # noqa: SLF001
+    return enricher
+
+
+def test_a_block_seen_from_the_host_reports_the_app_s_ids_and_the_host_s_beside(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a sidecar in the host's namespace: our ids are the host's, the app's nested
+    proc = fake_proc(tmp_path, 4240, {4240: 1, 4242: 2}, app_pid=1)
+    enricher = enricher_with(proc, 4240, app_pid=1)
+    # WHEN its block is enriched and exported
+    block = enricher.block(event(4240, 4242, 4240, 4242), ThreadKind.LOOP, [])
+    attributes = block_attributes(block)
+    record = _block_record("block", block)
+    # THEN thread.id and process.pid are the app's, the host's ids come beside
+    assert block.ids == NamespacedIds(pid=1, tid=2, host_pid=4240, host_tid=4242)
+    assert (attributes[names.PROCESS_PID], attributes[names.THREAD_ID]) == (1, 2)
+    assert attributes[names.PROCESS_HOST_PID] == 4240
+    assert attributes[names.THREAD_HOST_ID] == 4242
+    assert (record["pid"], record["tid"], record["host_pid"], record["host_tid"]) == (
+        1,
+        2,
+        4240,
+        4242,
+    )
+
+
+def test_a_block_seen_from_the_app_s_namespace_reports_the_host_s_ids_the_kernel_gave(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a sidecar sharing the app's namespace: our ids are the app's, the kernel's differ
+    proc = fake_proc(tmp_path, 1, {1: 1, 2: 2}, app_pid=None)
+    enricher = enricher_with(proc, 1, app_pid=None)
+    # WHEN its block is enriched
+    block = enricher.block(event(1, 2, 4240, 4242), ThreadKind.LOOP, [])
+    # THEN the same ids as from the host are reported
+    assert (block.app_pid, block.app_tid, block.host_ids) == (1, 2, (4240, 4242))
+
+
+def test_a_block_in_the_host_s_namespace_says_nothing_of_namespaces(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, 300, {301: 301}, app_pid=None)
+    block = enricher_with(proc, 300, app_pid=None).block(
+        event(300, 301, 300, 301), ThreadKind.LOOP, []
+    )
+    attributes = block_attributes(block)
+    assert block.ids is None
+    assert (attributes[names.PROCESS_PID], attributes[names.THREAD_ID]) == (300, 301)
+    assert names.THREAD_HOST_ID not in attributes
+    assert _block_record("block", block)["host_tid"] is None
+
+
+def test_the_app_s_resource_names_the_pid_the_app_sees() -> None:
+    from otel_blocksnoop.export.otel.resource import process_resource  # noqa: PLC0415
+
+    identity = ProcessIdentity(4240, "svc", (), None, None, "x", app_pid=1)
+    resource = process_resource(identity, 4240, None)
+    assert resource.attributes[names.PROCESS_PID] == 1
+
+
+def test_block_ids_default_to_the_sidecar_s() -> None:
+    block = Block(7, 8, "t", 0, 1, 0, 1, 1)
+    assert (block.app_pid, block.app_tid, block.host_ids) == (7, 8, None)
