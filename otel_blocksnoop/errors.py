@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     TRACEFS_MISSING = 8
     BPF_LOAD_FAILED = 9
     LAUNCH_FAILED = 10
+    PID_NAMESPACE = 11
     INTERRUPTED = 130
 
 
@@ -91,6 +92,16 @@ class LaunchError(BlocksnoopError):
 
     exit_code = ExitCode.LAUNCH_FAILED
     hint = "check the command after `--` runs on its own"
+
+
+class PidNamespaceError(BlocksnoopError):
+    """The target runs in a PID namespace the kernel's helpers cannot name from ours."""
+
+    exit_code = ExitCode.PID_NAMESPACE
+    hint = (
+        "run the sidecar in the app's PID namespace (docker `pid: service:app`, "
+        "k8s shareProcessNamespace) or in the host's (`pid: host`, hostPID)"
+    )
 
 
 class ConfigError(BlocksnoopError):

@@ -74,14 +74,18 @@ class Enricher:
     """Joins a kernel event with its evidence; remembers who each watched process is."""
 
     def __init__(
-        self, threshold_ns: int, linker: Linker | None, throttle: Throttle | None = None
+        self,
+        threshold_ns: int,
+        linker: Linker | None,
+        throttle: Throttle | None = None,
+        ids: NamespaceIds | None = None,
     ) -> None:
         self._threshold_ns = threshold_ns
         self._linker = linker
         self._throttle = throttle
         self._clock = WallClock()
         self._identities: BoundedDict[int, ProcessIdentity] = BoundedDict(MAX_IDENTITIES)
-        self._ids = NamespaceIds()
+        self._ids = ids if ids is not None else NamespaceIds()
 
     def identity(self, pid: int) -> ProcessIdentity:
         """Who ``pid`` is, read once: early, as a short-lived app may be gone at export."""
@@ -91,7 +95,7 @@ class Enricher:
         return identity
 
     def app_tid(self, pid: int, tid: int) -> int:
-        """Our thread ``tid`` of ``pid`` as the app sees it."""
+        """Our thread ``tid`` of ``pid`` as the app sees it (remembered: ask while it lives)."""
         return self._ids.app_tid(pid, tid)
 
     def namespaced(self, event: BlockEvent) -> NamespacedIds | None:

@@ -234,6 +234,7 @@ class BlockFlow:
                 self._totals.ignore(event, kind)
                 continue
             self._enricher.identity(event.pid)
+            self._enricher.app_tid(event.pid, event.tid)  # while the thread still lives
             # Samples taken during the block reach us a little after it ends.
             self._pending.append((event, kind, event.end_ns + self._settle_ns))
 
@@ -313,8 +314,10 @@ class BlockFlow:
             for follower in self._followers:
                 follower.follow(trigger)
             # Who a process is, read as soon as its loop runs: a short-lived app may be
-            # gone (its /proc/PID/environ empty) by the time its first block is exported.
+            # gone (its /proc/PID/environ empty) by the time its first block is exported;
+            # so may the thread whose id in the app's PID namespace is read now.
             self._enricher.identity(trigger.pid)
+            self._enricher.app_tid(trigger.pid, trigger.tid)
             return
         key = hangs.Ongoing(trigger.pid, trigger.tid, trigger.start_ns)
         armed = self._armed.get(key.tid)

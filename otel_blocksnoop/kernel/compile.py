@@ -69,10 +69,16 @@ class Request:
     def decode(cls, data: bytes) -> Request:
         fields = json.loads(data)
         return cls(
-            config=DetectorConfig(**fields["config"]),
+            config=_config(fields["config"]),
             programs={str(name): int(kind) for name, kind in fields["programs"].items()},
             log_level=int(fields["log_level"]),
         )
+
+
+def _config(fields: dict[str, Any]) -> DetectorConfig:
+    """The ``DetectorConfig`` JSON gave back (its tuples came as lists)."""
+    pidns = fields.get("pidns")
+    return DetectorConfig(**{**fields, "pidns": tuple(pidns) if pidns is not None else None})
 
 
 @dataclass(frozen=True, slots=True)

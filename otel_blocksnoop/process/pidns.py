@@ -46,8 +46,17 @@ def pid_namespace(pid: int | str = "self", proc: Path = Path("/proc")) -> tuple[
 
 
 def sidecar_pid_namespace(proc: Path = Path("/proc")) -> tuple[int, int] | None:
-    """The sidecar's own PID namespace, or None when it is the host's (ids are the kernel's)."""
-    namespace = pid_namespace("self", proc)
+    """The PID namespace whose ids the sidecar's /proc shows; None when it is the host's.
+
+    That of /proc's PID 1, which runs in the namespace the /proc was mounted
+    for: the sidecar's own, unless its /proc was left from another one (a
+    host's /proc in a new namespace still shows host ids, which are the
+    kernel's). Its own when PID 1 cannot be looked at.
+    """
+    try:
+        namespace = pid_namespace(1, proc)
+    except OSError:
+        namespace = pid_namespace("self", proc)
     return None if namespace[1] == PROC_PID_INIT_INO else namespace
 
 

@@ -72,21 +72,23 @@ def test_in_one_namespace_and_for_threads_gone_the_ids_are_ours(tmp_path: Path) 
     assert ids.app_pid(12345) == 12345
 
 
-def test_the_host_pid_namespace_needs_no_namespace_in_the_kernel(tmp_path: Path) -> None:
-    # GIVEN a /proc whose own PID namespace is the host's, then one that is not
-    host = tmp_path / "host"
-    (host / "self" / "ns").mkdir(parents=True)
-    initial = tmp_path / "initial"
-    initial.write_text("")
-    other = tmp_path / "other"
+def test_the_kernel_needs_a_namespace_only_when_proc_is_not_the_host_s(tmp_path: Path) -> None:
+    # GIVEN a /proc whose PID 1 runs in the host's PID namespace, then one whose PID 1 does not
+    proc = tmp_path / "proc"
+    (proc / "1" / "ns").mkdir(parents=True)
+    host, other = tmp_path / "host", tmp_path / "other"
+    host.write_text("")
     other.write_text("")
-    (host / "self" / "ns" / "pid").symlink_to(initial)
+    link = proc / "1" / "ns" / "pid"
+    link.symlink_to(host)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pidns, "PROC_PID_INIT_INO", initial.stat().st_ino)
-        assert sidecar_pid_namespace(host) is None
-        (host / "self" / "ns" / "pid").unlink()
-        (host / "self" / "ns" / "pid").symlink_to(other)
-        assert sidecar_pid_namespace(host) == (other.stat().st_dev, other.stat().st_ino)
+        patch.setattr(pidns, "PROC_PID_INIT_INO", host.stat().st_ino)
+        # THEN the first needs none: its ids are the kernel's
+        assert sidecar_pid_namespace(proc) is None
+        link.unlink()
+        link.symlink_to(other)
+        # THEN the second is named by device and inode, as the kernel's helper takes it
+        assert sidecar_pid_namespace(proc) == (other.stat().st_dev, other.stat().st_ino)
 
 
 class FakeAustin:
