@@ -44,7 +44,7 @@ from otel_blocksnoop.events import (
     ThreadSnapshot,
 )
 from otel_blocksnoop.kernel import loader
-from otel_blocksnoop.kernel.bpf_map import u32
+from otel_blocksnoop.kernel.bpf_map import u32, u64
 from otel_blocksnoop.kernel.bpf_syscall import BPF_NOEXIST
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
@@ -87,6 +87,7 @@ class Detector:
         self._user_ticks: UserTicks | None = None
         self._user_wake: UserWake | None = None
         self._host_tids: BoundedDict[int, int] = BoundedDict(MAX_HOST_TIDS)
+        self._generation = 0  # PIDs named in watched_ns so far
         self.attached: tuple[str, ...] = ()
 
     def load(self) -> None:
@@ -154,8 +155,14 @@ class Detector:
 
     def watch(self, pid: int) -> None:
         """Watch ``pid`` (the sidecar's id) and the children it forks from now on."""
-        table = "watched" if self.config.pidns is None else "watched_ns"
-        self._loaded().map(table).update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
+        program = self._loaded()
+        if self.config.pidns is None:
+            program.map("watched").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
+            return
+        program.map("watched_ns").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
+        # Processes the kernel found unwatched before are looked up again.
+        self._generation += 1
+        program.map("watch_generation").update(u32(0), u64(self._generation))
 
     def _host_tid(self, tid: int) -> int | None:
         """The kernel's key of the sidecar's thread ``tid``; None when not known (yet)."""
