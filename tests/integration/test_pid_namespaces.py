@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness import TARGETS
 from otel_blocksnoop.errors import ExitCode
 from otel_blocksnoop.process.pidns import parse_ns_ids
 from tests.helpers import (
@@ -121,7 +122,7 @@ def test_a_sidecar_sharing_the_app_s_pid_namespace(tmp_path: Path) -> None:
     script = f'{app} < {shlex.quote(str(go))} & {sidecar} "$!"; wait'
     assert UNSHARE is not None
     both = subprocess.Popen(
-        [UNSHARE, "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        [UNSHARE, "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -161,7 +162,7 @@ def test_an_app_nested_below_a_sidecar_outside_the_host_s_namespace_is_refused(
     )
     # WHEN the sidecar is pointed at it
     result = subprocess.run(
-        [UNSHARE, "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        [UNSHARE, "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script],
         capture_output=True, text=True, timeout=WAIT_S, cwd=ROOT, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -170,3 +171,41 @@ def test_an_app_nested_below_a_sidecar_outside_the_host_s_namespace_is_refused(
     assert "PID namespace nested in the sidecar's" in result.stderr
     assert "Traceback" not in result.stderr
     _ = tmp_path
+
+
+@needs_unshare
+@pytest.mark.parametrize("sidecar_in", ["host", "app"])
+def test_block_spans_link_to_the_request_active_in_a_namespaced_app(
+    tmp_path: Path, sidecar_in: str
+) -> None:
+    # GIVEN an app whose requests block the loop in their own spans, launched in a PID
+    # namespace of its own: by a sidecar in the host's namespace, or by one inside it
+    out = tmp_path / "truth.jsonl"
+    app = [sys.executable, str(TARGETS / "traced_app.py"), "--out", str(out)]
+    sidecar = [*SIDECAR, "--json", "-q", "-t", "50", "--"]
+    assert UNSHARE is not None
+    namespace = [UNSHARE, "--pid", "--fork", "--kill-child", "--mount-proc"]
+    command = [*sidecar, *namespace, *app] if sidecar_in == "host" else [*namespace, *sidecar, *app]
+    # WHEN the sidecar watches it from its first instruction
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=WAIT_S, cwd=ROOT, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # THEN each block names the request span that was active in it, on the app's tid
+    records = [r for r in parse_json_lines(result.stdout) if r["type"] == "block"]
+    expected = truth(out)
+    assert len(expected) == 6
+    for true_block in expected:
+        record = matching_block(records, true_block)
+        # its loop runs in its main thread: the PID it sees itself is its loop's tid
+        assert record["pid"] == true_block["tid"], record
+        if sidecar_in == "host":
+            assert record["pid"] == 1, record  # PID 1 of its namespace
+        ids = (record["trace_id"], record["parent_span_id"])
+        if true_block["trace_id"] is None:
+            assert ids == (None, None), true_block
+        else:
+            want = (f"{true_block['trace_id']:032x}", f"{true_block['span_id']:016x}")
+            assert ids == want, true_block
+        assert record["host_tid"] not in (None, true_block["tid"]), record
