@@ -232,7 +232,7 @@ def _doctor(argv: Sequence[str]) -> int:
 def run(config: Config) -> int:
     """``--ebpf`` prints the kernel side; otherwise a session runs to its end."""
     if config.ebpf:
-        print(f"// cflags: {' '.join(program_cflags(config.detector))}")
+        print(f"// cflags: {' '.join(program_cflags(session.detector_config(config)))}")
         print(program_source())
         return ExitCode.OK
     return session.run(config)

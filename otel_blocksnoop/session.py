@@ -43,6 +43,7 @@ from otel_blocksnoop.export.console import ConsoleSink
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 from otel_blocksnoop.export.sink import Sink
 from otel_blocksnoop.kernel.detector import Detector
+from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.pidns import NamespaceIds, sidecar_pid_namespace
 from otel_blocksnoop.process.target import (
@@ -193,13 +194,13 @@ def run(config: Config) -> int:
     targets = [inspect_target(pid) for pid in config.pids]
     if not targets:
         check_command(config.command)
-    pidns = sidecar_pid_namespace()
-    if pidns is not None:
+    kernel = detector_config(config)
+    if kernel.pidns is not None:
         _check_namespaces(targets)
     preflight.require(preflight.run_checks(config.austin)[:4])
 
     losses = Losses()
-    detector = Detector(replace(config.detector, pidns=pidns), losses)
+    detector = Detector(kernel, losses)
     detector.load()
     austin = _find_austin(config)
     ids = NamespaceIds()  # the app's ids of our threads, read once per thread
@@ -238,6 +239,11 @@ def run(config: Config) -> int:
         if stacks is not None:
             stacks.stop()
         detector.close()
+
+
+def detector_config(config: Config) -> DetectorConfig:
+    """The kernel side for ``config``, built for the PID namespace our /proc shows."""
+    return replace(config.detector, pidns=sidecar_pid_namespace())
 
 
 def _check_namespaces(targets: list[TargetInfo]) -> None:

@@ -185,3 +185,17 @@ def test_the_app_s_resource_names_the_pid_the_app_sees() -> None:
 def test_block_ids_default_to_the_sidecar_s() -> None:
     block = Block(7, 8, "t", 0, 1, 0, 1, 1)
     assert (block.app_pid, block.app_tid, block.host_ids) == (7, 8, None)
+
+
+def test_the_kernel_side_is_built_for_the_namespace_the_sidecar_s_proc_shows(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otel_blocksnoop import cli, session  # noqa: PLC0415
+
+    # GIVEN a sidecar whose /proc is of a PID namespace that is not the host's
+    monkeypatch.setattr(session, "sidecar_pid_namespace", lambda: (4, 4026532176))
+    config = cli.parse_arguments(["--ebpf"])
+    # THEN the run and the printed cflags (--ebpf) name that namespace
+    assert session.detector_config(config).pidns == (4, 4026532176)
+    cli.run(config)
+    assert "-DPIDNS_INO=4026532176ULL" in capsys.readouterr().out
