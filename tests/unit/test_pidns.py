@@ -199,3 +199,27 @@ def test_the_kernel_side_is_built_for_the_namespace_the_sidecar_s_proc_shows(
     assert session.detector_config(config).pidns == (4, 4026532176)
     cli.run(config)
     assert "-DPIDNS_INO=4026532176ULL" in capsys.readouterr().out
+
+
+def test_loop_times_name_each_thread_as_the_app_sees_it(tmp_path: Path) -> None:
+    from otel_blocksnoop.analysis.flow import BlockFlow  # noqa: PLC0415
+    from otel_blocksnoop.events import ThreadSnapshot, ThreadTimes  # noqa: PLC0415
+    from otel_blocksnoop.losses import Losses  # noqa: PLC0415
+    from tests.unit.test_flow_triggers import Kernel, Loops  # noqa: PLC0415
+
+    # GIVEN the kernel's loop time of our thread 4242, which is 2 in the app's namespace
+    proc = fake_proc(tmp_path, 4240, {4240: 1, 4242: 2}, app_pid=1)
+    times = ThreadTimes(4240, 4242, 10, 5, 7)
+
+    class Table(Kernel):
+        def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
+            _ = min_ns, activity
+            return ThreadSnapshot((), (times,))
+
+    kernel = Table([], {})
+    enricher = enricher_with(proc, 4240, app_pid=1)
+    flow = BlockFlow(kernel, enricher, lambda _: None, Losses(), threshold_ns=1, kinds=Loops())
+    # WHEN the periodic loop times are taken
+    reported = flow.loop_times()
+    # THEN the thread carries the app's tid, as its blocks' thread.id does
+    assert [(t.pid, t.tid, t.iterations) for t in reported.threads] == [(4240, 2, 10)]
