@@ -214,3 +214,35 @@ def test_block_spans_link_to_the_request_active_in_a_namespaced_app(
             want = (f"{true_block['trace_id']:032x}", f"{true_block['span_id']:016x}")
             assert ids == want, true_block
         assert record["host_tid"] not in (None, true_block["tid"]), record
+
+
+@needs_unshare
+@pytest.mark.parametrize("sidecar_in", ["host", "app"])
+def test_a_hang_in_a_namespaced_app_is_reported_while_it_lasts(
+    tmp_path: Path, sidecar_in: str
+) -> None:
+    # GIVEN an app in a PID namespace of its own whose loop deadlocks for 800 ms
+    out = tmp_path / "truth.jsonl"
+    app = [*APP[:2], "deadlock", "--ms", "800", "--linger", "0.2", "--out", str(out)]
+    sidecar = [*SIDECAR, "--json", "-q", "-t", "50", "--"]
+    assert UNSHARE is not None
+    namespace = [UNSHARE, "--pid", "--fork", "--kill-child", "--mount-proc"]
+    command = [*sidecar, *namespace, *app] if sidecar_in == "host" else [*namespace, *sidecar, *app]
+    # WHEN the sidecar watches it
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=WAIT_S, cwd=ROOT, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # THEN the hang is reported while it lasts, on the app's tid, with its stack and cause
+    (true_block,) = truth(out)
+    records = parse_json_lines(result.stdout)
+    hangs = [r for r in records if r["type"] == "hang" and r["tid"] == true_block["tid"]]
+    assert hangs, records
+    first = hangs[0]
+    assert first["end_monotonic_ns"] < true_block["end_ns"]  # seen before it ended
+    assert first["call_site"]["function"].endswith("deadlock"), first["call_site"]
+    assert (first["cause"], first["syscall"]) == ("syscall", "futex"), first
+    assert first["host_tid"] not in (None, true_block["tid"]), first
+    block = matching_block([r for r in records if r["type"] == "block"], true_block)
+    assert block["host_tid"] == first["host_tid"]
