@@ -1,34 +1,40 @@
-# otel-blocksnoop sidecar image (also runs the demo app of docker-compose.yml, so
-# the app's interpreter and libraries sit at the same paths as in the sidecar).
+# otel-blocksnoop sidecar image: the sidecar, its locked venv, BCC's run-time
+# part and Austin, and nothing that only builds them.
 #
-#   docker build -t otel-blocksnoop .
-#   docker run --rm --pid=host --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
+#   docker build -t otel-blocksnoop:dev .
+#   docker run --rm --pid=container:APP --cap-drop ALL --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
+#     --read-only --tmpfs /tmp --security-opt no-new-privileges \
 #     -v /sys/kernel/tracing:/sys/kernel/tracing:ro \
 #     -v /lib/modules:/lib/modules:ro -v /usr/src:/usr/src:ro \
 #     -e OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 -e OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
-#     otel-blocksnoop otel-blocksnoop -t 50 PID
+#     otel-blocksnoop:dev otel-blocksnoop -t 50 PID
 #
-# PID is the app's PID on the host, and the app must run in the host's PID
-# namespace too (see docker-compose.yml for why).
+# docker-compose.yml runs it beside an app in the app's PID namespace, and
+# deploy/kubernetes/ as a DaemonSet or a pod's sidecar.
 #
-# The same steps as scripts/setup.sh, minus the two that belong to the host and
-# cannot happen in an image build: the kernel headers (BCC compiles against the
-# running kernel's, so the host's /lib/modules and /usr/src are mounted at run
-# time; on Debian run scripts/setup.sh on the host once, which links them) and
-# the tracefs mount (the host's /sys/kernel/tracing is mounted in).
-FROM debian:bookworm-slim
+# What comes from the host at run time, not the image: the kernel headers (BCC
+# compiles against the running kernel's, so the host's /lib/modules and /usr/src
+# are mounted; on Debian run scripts/setup.sh on the host once, which links
+# them) and tracefs (the host's /sys/kernel/tracing is mounted in).
+#
+# Run time vs build time: BCC at run time is python3-bpfcc (pure Python, ctypes)
+# over libbpfcc, which compiles with the LLVM and clang libraries it links
+# (libllvm14, libclang-cpp14: most of the image) and brings its own copies of
+# clang's built-in headers; it needs no compiler, no libc headers
+# (linux-libc-dev) and none of bpfcc-tools. Austin is a static musl binary that
+# needs only musl's loader. procps gives pgrep, with which compose and the
+# Kubernetes manifests find the app's PID.
+
+ARG BASE=debian:bookworm-slim
+
+# ---- build: the venv (uv sync of the lock, no dev group) and Austin ----------
+FROM ${BASE} AS build
 
 ARG AUSTIN_VERSION=4.0.0
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+ENV DEBIAN_FRONTEND=noninteractive
 
-# BCC (python3-bpfcc, libbpfcc), syscall names (linux-libc-dev), musl for Austin,
-# procps for pgrep (docker-compose.yml finds the app's PID with it).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends \
-        python3 python3-venv python3-bpfcc libbpfcc bpfcc-tools \
-        linux-libc-dev musl unzip procps ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv unzip \
     && rm -rf /var/lib/apt/lists/*
 
 # uv in a venv of its own (Debian's Python refuses pip installs outside a venv).
@@ -39,18 +45,19 @@ WORKDIR /opt/otel-blocksnoop
 COPY pyproject.toml uv.lock README.md LICENSE ./
 COPY otel_blocksnoop ./otel_blocksnoop
 COPY bpf ./bpf
-# The locked runtime dependencies (not the dev group, where austin-python checks our
-# MOJO decoder) and the project itself, on Debian's Python 3.11.
-RUN UV_PYTHON=/usr/bin/python3 UV_PYTHON_DOWNLOADS=never \
-        /opt/tools/bin/uv sync --locked --no-dev --no-editable --no-cache
+# The locked runtime dependencies (not the dev group) and the project itself as
+# a wheel (bpf/ inside it), on Debian's Python 3.11, byte-compiled now: the
+# image's root is read-only at run time.
+RUN UV_PYTHON=/usr/bin/python3 UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 \
+        /opt/tools/bin/uv sync --frozen --no-dev --no-editable --no-cache \
+    && rm -rf .venv/lib/python3*/site-packages/pip* .venv/bin/pip* .venv/bin/activate*
 
-# bcc in the venv: a directory holding only a link to Debian's bcc package, so the
-# rest of dist-packages (an old protobuf, ...) cannot shadow the venv's own.
+# bcc in the venv: a directory holding only a link to Debian's bcc package (in
+# the final stage), so the rest of dist-packages cannot shadow the venv's own.
 RUN mkdir -p .venv/system-bcc \
     && ln -s /usr/lib/python3/dist-packages/bcc .venv/system-bcc/bcc \
     && .venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
-        | xargs -I{} sh -c 'echo /opt/otel-blocksnoop/.venv/system-bcc > {}/otel_blocksnoop_system_bcc.pth' \
-    && .venv/bin/python -c 'import bcc'
+        | xargs -I{} sh -c 'echo /opt/otel-blocksnoop/.venv/system-bcc > {}/otel_blocksnoop_system_bcc.pth'
 
 # Austin: the musllinux build (the manylinux one needs glibc 2.38; bookworm has 2.36).
 RUN tmp="$(mktemp -d)" \
@@ -60,10 +67,27 @@ RUN tmp="$(mktemp -d)" \
     && unzip -q -o -j "$tmp"/austin_dist-*.whl \
         "austin_dist-${AUSTIN_VERSION}.data/scripts/austin" -d "$tmp" \
     && install -m 0755 "$tmp/austin" .venv/bin/austin \
-    && rm -rf "$tmp" \
-    && .venv/bin/austin --version
+    && rm -rf "$tmp"
 
-COPY examples ./examples
+# ---- run: what the sidecar runs, and only that --------------------------------
+FROM ${BASE}
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-bpfcc libbpfcc musl procps \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+        /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale \
+        /usr/lib/python3.11/test /usr/lib/python3.11/idlelib /usr/lib/python3.11/tkinter \
+        /usr/lib/python3.11/lib2to3 /usr/lib/python3.11/ensurepip \
+    && python3 -c 'import bcc'
+
+COPY --from=build /opt/otel-blocksnoop/.venv /opt/otel-blocksnoop/.venv
+RUN /opt/otel-blocksnoop/.venv/bin/austin --version \
+    && /opt/otel-blocksnoop/.venv/bin/python -c 'import bcc, otel_blocksnoop.cli'
 
 ENV PATH=/opt/otel-blocksnoop/.venv/bin:$PATH
+WORKDIR /tmp
 CMD ["otel-blocksnoop", "--help"]

@@ -5,18 +5,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: setup demo test lint unit integration bench clean
+.PHONY: setup docker-setup demo test lint unit integration test-containers bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+## docker-setup: the Docker engine (started if none answers, log in
+## /var/log/otel-blocksnoop-dockerd.log) and a debian:bookworm-slim base built
+## here with debootstrap, since no image registry is reachable
+docker-setup:
+	@bash scripts/docker-setup.sh
 
 ## demo: a sample asyncio app that blocks its loop, watched from its start, exporting
 ## to a real OpenTelemetry collector (rotel) on 127.0.0.1; shows what the collector got
 demo: setup
 	$(PY) examples/demo.py
 
-## test: lint, type-check, then every test (integration tests need root)
-test: setup lint
+## test: lint, type-check, then every test (integration tests need root, the
+## container tests a Docker engine, which docker-setup provides)
+test: setup lint docker-setup
 	$(PY) -m pytest
 
 lint:
@@ -30,6 +37,10 @@ unit: setup
 
 integration: setup
 	$(PY) -m pytest tests/integration
+
+## test-containers: the images, docker-compose.yml and the error hints with a real engine
+test-containers: setup docker-setup
+	$(PY) -m pytest -m containers tests/containers
 
 ## bench: accuracy and overhead benchmarks; results go to bench/results/
 bench: setup

@@ -5,7 +5,9 @@
   CPython 3.9+, so they import only what is beside them;
 - ``interpreters``: pyenv's CPython 3.9-3.13 and cached venvs of them;
 - ``otlp``: a real OTLP receiver (gRPC and HTTP/protobuf) on 127.0.0.1;
-- ``rotel``: a real OpenTelemetry collector in front of that receiver.
+- ``rotel``: a real OpenTelemetry collector in front of that receiver;
+- ``mntns``: apps in a filesystem of their own (``unshare --mount`` +
+  ``pivot_root``, or ``chroot``), with an interpreter at a path the host lacks.
 
 No pytest here: a wait that times out raises ``HarnessError``.
 """

@@ -103,9 +103,12 @@ class OtlpReceiver:
 
     Ports default to 0 (the OS chooses); once started, ``grpc_port`` and
     ``http_port`` hold the real ones and stay fixed across ``stop()``/``start()``.
+    ``host`` is the address to listen on: 127.0.0.1, or e.g. the Docker bridge's
+    gateway for senders in containers.
     """
 
-    def __init__(self, grpc_port: int = 0, http_port: int = 0) -> None:
+    def __init__(self, grpc_port: int = 0, http_port: int = 0, host: str = HOST) -> None:
+        self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
         self._condition = threading.Condition()
@@ -121,12 +124,12 @@ class OtlpReceiver:
     @property
     def grpc_endpoint(self) -> str:
         """``host:port`` for the gRPC exporters (with ``insecure=True``)."""
-        return f"{HOST}:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
         """Base URL; the HTTP exporters want ``f"{http_endpoint}/v1/traces"`` etc."""
-        return f"http://{HOST}:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def running(self) -> bool:
@@ -188,7 +191,7 @@ class OtlpReceiver:
         for add_to_server in adders:  # the generated functions are untyped
             add_to_server(service, server)
         try:
-            port = server.add_insecure_port(f"{HOST}:{self.grpc_port}")
+            port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         except RuntimeError as error:  # grpcio >= 1.60 raises, older ones return 0
             raise OSError(f"failed to bind OTLP gRPC port {self.grpc_port}: {error}") from error
         if port == 0:
@@ -198,7 +201,7 @@ class OtlpReceiver:
         self._grpc = server
 
     def _start_http(self) -> None:
-        server = _HttpServer((HOST, self.http_port), self)
+        server = _HttpServer((self.host, self.http_port), self)
         self.http_port = server.server_address[1]
         thread = threading.Thread(
             target=server.serve_forever,

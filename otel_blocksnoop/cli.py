@@ -220,11 +220,13 @@ def _doctor(argv: Sequence[str]) -> int:
     parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
     ns = parser.parse_args(list(argv))
     checks = preflight.run_checks(ns.austin, try_import=True)
+    container = preflight.in_container()
     for check in checks:
         mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
         print(f"[{mark:^7}] {check.name:<15} {check.detail}")
-        if not check.ok and check.error is not None and check.error.hint:
-            print(f"{'':10}{'':16}fix: {check.error.hint}")
+        hint = check.error.hint_for(container) if check.error is not None else ""
+        if not check.ok and hint:
+            print(f"{'':10}{'':16}fix: {hint}")
     failed = [c for c in checks if c.required and not c.ok and c.error is not None]
     return int(failed[0].error.exit_code) if failed and failed[0].error else 0
 
@@ -247,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(config)
     except BlocksnoopError as exc:
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        fix = exc.hint_for(preflight.in_container())
+        hint = f" (hint: {fix})" if fix else ""
         sys.stderr.write(f"{PROG}: {exc}{hint}\n")
         return exc.exit_code
     except KeyboardInterrupt:

@@ -31,11 +31,20 @@ class BlocksnoopError(Exception):
 
     exit_code: ExitCode = ExitCode.FAILURE
     hint: str = ""
+    container_hint: str = ""
+    """The fix when the sidecar runs in a container, where `make setup` cannot help."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
+        self._own_hint = hint is not None
         if hint is not None:
             self.hint = hint
+
+    def hint_for(self, in_container: bool) -> str:
+        """The hint that fits where the sidecar runs: one given when raised wins."""
+        if in_container and self.container_hint and not self._own_hint:
+            return self.container_hint
+        return self.hint
 
 
 class NoSuchProcessError(BlocksnoopError, ProcessLookupError):
@@ -43,6 +52,11 @@ class NoSuchProcessError(BlocksnoopError, ProcessLookupError):
 
     exit_code = ExitCode.NO_SUCH_PROCESS
     hint = "check the PID with `ps`; the process may have exited"
+    container_hint = (
+        "this container sees only its own PID namespace: share the app's "
+        '(compose `pid: "service:app"`, Kubernetes `shareProcessNamespace: true`, '
+        "or the host's for a per-node sidecar: `pid: host` / `hostPID: true`)"
+    )
 
 
 class NotPythonError(BlocksnoopError):
@@ -57,6 +71,11 @@ class NoPrivilegesError(BlocksnoopError, PermissionError):
 
     exit_code = ExitCode.NO_PRIVILEGES
     hint = "run as root, e.g. `sudo otel-blocksnoop ...`"
+    container_hint = (
+        "give the container SYS_ADMIN and SYS_PTRACE (`docker run --cap-add SYS_ADMIN "
+        "--cap-add SYS_PTRACE`, compose `cap_add`, Kubernetes "
+        "`securityContext.capabilities.add`)"
+    )
 
 
 class BccMissingError(BlocksnoopError):
@@ -64,6 +83,7 @@ class BccMissingError(BlocksnoopError):
 
     exit_code = ExitCode.BCC_MISSING
     hint = "run `make setup` (installs python3-bpfcc and links it into the venv)"
+    container_hint = "run the otel-blocksnoop image (Dockerfile), which has BCC"
 
 
 class HeadersMissingError(BlocksnoopError):
@@ -71,6 +91,10 @@ class HeadersMissingError(BlocksnoopError):
 
     exit_code = ExitCode.HEADERS_MISSING
     hint = "run `make setup` (installs linux-headers-amd64 and links /lib/modules/$(uname -r))"
+    container_hint = (
+        "mount the host's kernel headers read-only: `-v /lib/modules:/lib/modules:ro "
+        "-v /usr/src:/usr/src:ro` (the host needs headers for its running kernel)"
+    )
 
 
 class TracefsMissingError(BlocksnoopError):
@@ -78,6 +102,10 @@ class TracefsMissingError(BlocksnoopError):
 
     exit_code = ExitCode.TRACEFS_MISSING
     hint = "mount it: `mount -t tracefs tracefs /sys/kernel/tracing` (or run `make setup`)"
+    container_hint = (
+        "mount the host's tracefs: `-v /sys/kernel/tracing:/sys/kernel/tracing:ro` "
+        "(on the host first: `mount -t tracefs tracefs /sys/kernel/tracing`)"
+    )
 
 
 class BpfLoadError(BlocksnoopError):

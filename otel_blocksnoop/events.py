@@ -213,11 +213,22 @@ class NamespacedIds:
 
 
 @dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """The Kubernetes pod a watched process runs in, as far as it can be read."""
+
+    uid: str | None = None  # from the pod's cgroup, else the app's environment
+    name: str | None = None  # the rest from the app's environment (downward API)
+    namespace: str | None = None
+    container_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessIdentity:
     """Who a watched process is, for the resource of its telemetry.
 
     Read once per process from /proc: its own OpenTelemetry settings (the
-    environment it was started with), its executable and Python version.
+    environment it was started with), its executable and Python version,
+    and where it runs (hostname, container, pod). None: not known.
     """
 
     pid: int
@@ -226,6 +237,9 @@ class ProcessIdentity:
     executable_path: str | None
     runtime_version: str | None  # major.minor, e.g. "3.11"
     instance_id: str  # stable for this process: host, PID and start time
+    host_name: str | None = None  # the hostname the app sees (its UTS namespace's)
+    container_id: str | None = None  # the full 64-hex id its cgroups name
+    pod: PodIdentity | None = None  # None outside Kubernetes
     app_pid: int | None = None  # the PID as the process sees itself, where it differs from pid
 
 

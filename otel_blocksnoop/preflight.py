@@ -25,6 +25,12 @@ from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
+MODULES = Path("/lib/modules")
+CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
+"""Files Docker and Podman put in every container they start."""
+CONTAINER_CGROUPS = ("/docker", "/kubepods", "/containerd", "/libpod", "/lxc")
+"""Parts of PID 1's cgroup path that mean it runs in a container (cgroup v1, or v2
+without a cgroup namespace)."""
 IMPORT_TIMEOUT_S = 60.0
 
 # Capability bits (linux/capability.h)
@@ -60,6 +66,23 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def in_container(root: Path = Path("/")) -> bool:
+    """Whether the sidecar runs in a container, where the fix is a mount or a capability.
+
+    Inside one, "run `make setup`" is no help: what is missing comes from the
+    host through the container's options.
+    """
+    if any(_is_file(root / marker.lstrip("/")) for marker in CONTAINER_MARKERS):
+        return True
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    try:
+        cgroup = (root / "proc" / "1" / "cgroup").read_text()
+    except OSError:
+        return False
+    return any(marker in cgroup for marker in CONTAINER_CGROUPS)
+
+
 def effective_capabilities() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
@@ -67,14 +90,17 @@ def effective_capabilities() -> int:
     return 0
 
 
-def check_privileges() -> Check:
+def check_privileges(container: bool = False) -> Check:
     caps = effective_capabilities()
 
     def has(bit: int) -> bool:
         return bool(caps >> bit & 1)
 
     bpf_ok = has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
-    if os.geteuid() == 0 and bpf_ok:
+    # Root on a host reads other processes without CAP_SYS_PTRACE. In a container
+    # the app runs as another user, or holds capabilities the sidecar dropped, and
+    # the kernel refuses to let it read the app without CAP_SYS_PTRACE.
+    if os.geteuid() == 0 and bpf_ok and (has(CAP_SYS_PTRACE) or not container):
         return Check("privileges", ok=True, detail="root, may load BPF")
     if bpf_ok and has(CAP_SYS_PTRACE):
         return Check("privileges", ok=True, detail="CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
@@ -86,11 +112,19 @@ def check_privileges() -> Check:
     if not has(CAP_SYS_PTRACE):
         missing.append("CAP_SYS_PTRACE")
     detail = f"missing {', '.join(missing)}"
+    hint = None
+    if container:
+        wanted = [] if bpf_ok else ["SYS_ADMIN"]
+        if not has(CAP_SYS_PTRACE):
+            wanted.append("SYS_PTRACE")
+        flags = " ".join(f"--cap-add {cap}" for cap in wanted)
+        hint = f"add {flags} (compose `cap_add`, Kubernetes `securityContext.capabilities.add`)"
+    who = "the container lacks capabilities" if container else "not root"
     return Check(
         "privileges",
         ok=False,
         detail=detail,
-        error=NoPrivilegesError(f"failed to load BPF: not root ({detail})"),
+        error=NoPrivilegesError(f"failed to load BPF: {who} ({detail})", hint=hint),
     )
 
 
@@ -171,8 +205,8 @@ def check_tracefs() -> Check:
     return Check("tracefs", ok=True, detail=f"{root}, epoll tracepoints present")
 
 
-def check_headers() -> Check:
-    modules = Path("/lib/modules") / os.uname().release
+def check_headers(container: bool = False, modules_root: Path = MODULES) -> Check:
+    modules = modules_root / os.uname().release
     build = modules / "build"
     # Debian splits headers into the -amd64 tree (generated config) and the
     # -common tree (the sources); BCC needs both.
@@ -186,8 +220,28 @@ def check_headers() -> Check:
         "kernel headers",
         ok=False,
         detail=f"{build} or {modules / 'source'} is missing",
-        error=HeadersMissingError(f"failed to find kernel headers under {modules}"),
+        error=HeadersMissingError(
+            f"failed to find kernel headers under {modules}",
+            hint=_headers_mount_hint(modules_root, modules) if container else None,
+        ),
     )
+
+
+def _headers_mount_hint(modules_root: Path, modules: Path) -> str | None:
+    """Which of the host's directories the container lacks; None when both are there."""
+    if not _is_dir(modules):
+        return (
+            f"{modules} is not in the container: mount the host's "
+            f"`-v {modules_root}:{modules_root}:ro` (and `-v /usr/src:/usr/src:ro`)"
+        )
+    for link in (modules / "build", modules / "source"):
+        if link.is_symlink() and not link.exists():
+            target = link.readlink()
+            return (
+                f"{link} points to {target}, which is not in the container: "
+                f"mount the host's `-v /usr/src:/usr/src:ro`"
+            )
+    return None
 
 
 def check_austin(explicit: str | None = None) -> Check:
@@ -201,11 +255,12 @@ def check_austin(explicit: str | None = None) -> Check:
 
 def run_checks(austin: str | None = None, try_import: bool = False) -> list[Check]:
     """Every check; ``try_import``: also import bcc (in a child), as ``doctor`` does."""
+    container = in_container()
     return [
-        check_privileges(),
+        check_privileges(container),
         check_bcc(try_import),
         check_tracefs(),
-        check_headers(),
+        check_headers(container),
         check_austin(austin),
     ]
 

@@ -3,7 +3,9 @@
 # Idempotent: each step checks first and does nothing when already done.
 #
 #   Debian packages   BCC (python3-bpfcc), kernel headers, linux-libc-dev (what
-#                     scripts/gen_syscall_names.py reads), musl (for Austin)
+#                     scripts/gen_syscall_names.py reads), musl (for Austin),
+#                     util-linux, mount, coreutils (unshare, pivot_root, chroot:
+#                     the tests' apps in a filesystem of their own, harness/mntns.py)
 #   header links      /lib/modules/$(uname -r)/{build,source} -> Debian's headers
 #   tracefs           mounted on /sys/kernel/tracing
 #   uv + venv         uv from PyPI, then `uv sync --locked` into .venv
@@ -14,7 +16,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 AUSTIN_VERSION="4.0.0"
-DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip docker-compose)
+DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip docker-compose util-linux mount coreutils)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

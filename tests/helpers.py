@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -113,24 +114,39 @@ class PipeLines:
 
 
 class Target:
-    """A blocker app started with --ready/--go: running, waiting for the word."""
+    """A blocker app started with --ready/--go: running, waiting for the word.
 
-    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    ``inside`` runs it in a filesystem of its own: the argv that runs the
+    app's argv there, the app's python and blocker.py as it sees them, and
+    where it sees ``tmp_path``.
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        inside: tuple[Callable[[list[str]], list[str]], str, str, str] | None = None,
+    ) -> None:
         tmp_path.mkdir(exist_ok=True)
         fifo = tmp_path / "ready.fifo"
         os.mkfifo(fifo)
         self.out = tmp_path / "truth.jsonl"
+        wrap, python, blocker, shared = inside or (list, sys.executable, str(BLOCKER), "")
+        seen = f"{shared}/" if shared else f"{tmp_path}/"
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(BLOCKER),
-                *args,
-                "--ready",
-                str(fifo),
-                "--go",
-                "--out",
-                str(self.out),
-            ],
+            wrap(
+                [
+                    python,
+                    blocker,
+                    *args,
+                    "--ready",
+                    f"{seen}{fifo.name}",
+                    "--go",
+                    "--out",
+                    f"{seen}{self.out.name}",
+                ]
+            ),
             stdin=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},

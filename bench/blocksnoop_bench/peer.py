@@ -38,11 +38,11 @@ from blocksnoop_bench.procs import (
     Child,
     Lines,
     TimedApp,
-    children,
     json_records,
     rss_mib,
 )
 from harness.interpreters import CACHE, pyenv_python
+from harness.procs import children
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

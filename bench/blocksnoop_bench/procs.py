@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Self
 
+from harness.procs import children
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
@@ -269,22 +271,6 @@ def _stat_fields(pid: int | str) -> list[str]:
     """Fields after "(comm)" (which may hold spaces): state is index 0, ppid 1."""
     stat = (Path("/proc") / str(pid) / "stat").read_text()
     return stat[stat.rindex(")") + 2 :].split()
-
-
-def children(pid: int) -> list[tuple[int, str, list[str]]]:
-    """(pid, comm, stat fields after comm) of every running child of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[1] == str(pid):
-            found.append((int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields))
-    return found
 
 
 def _live_children_s(pid: int) -> float:

@@ -30,10 +30,10 @@ from blocksnoop_bench.procs import (
     PYTHON,
     BenchError,
     Sidecar,
-    children,
     rss_mib,
 )
 from blocksnoop_bench.report import Section, num, pct, table
+from harness.procs import children
 
 THRESHOLD_MS = 10.0
 BLOCK_MS = 12.0

@@ -226,6 +226,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--after", type=float, default=0.0, help="after the loop ends, work this long without one"
     )
+    parser.add_argument(
+        "--close-ms",
+        type=float,
+        default=0.0,
+        help="closing the loop (after asyncio.run's last iteration) takes this long, on CPU",
+    )
     return parser.parse_args()
 
 
@@ -264,8 +270,26 @@ def run_loop_threads(args: argparse.Namespace) -> None:
     run_loop(main_loop, use_uvloop=False)
 
 
+def slow_closing(close_s: float) -> None:
+    """Loops whose ``close`` spins first: asyncio.run's way out, stretched."""
+
+    class SlowClosingLoop(asyncio.SelectorEventLoop):
+        def close(self) -> None:
+            if not self.is_closed():
+                busy(close_s)
+            super().close()
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return SlowClosingLoop()
+
+    asyncio.set_event_loop_policy(Policy())
+
+
 def main() -> None:
     args = parse_args()
+    if args.close_ms:
+        slow_closing(args.close_ms / 1000)
     if args.out:
         global OUT  # noqa: PLW0603 - set once, before any block
         OUT = Path(args.out).open("a")  # noqa: SIM115 - lives as long as the process

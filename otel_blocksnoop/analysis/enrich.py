@@ -133,8 +133,7 @@ class Enricher:
             )
         parts = segments.shares(event.segments, owners, self._threshold_ns)
         if not parts:
-            owner = segments.whole_owner(event.segments, owners, event.duration_ns)
-            return [self.block(event, kind, window(event.start_ns, event.end_ns), found=owner)]
+            return [self.block(event, kind, window(event.start_ns, event.end_ns), owners=owners)]
         # Each share is a block; the hang reports of the iteration, if any, were whole.
         iteration = Iteration(
             start_ns=event.start_ns,
@@ -172,14 +171,17 @@ class Enricher:
         *,
         in_progress: bool = False,
         found: ThreadContext | None = None,
+        owners: Sequence[ThreadContext] | None = None,
         throttling: Throttling | None = None,
     ) -> Block:
         """One block; ``found``: its owner when known already, else asked of the linker.
 
+        ``owners``: its segments' owners, when asked of the linker already.
         ``throttling`` likewise (a share of an iteration: the iteration's, read once).
 
-        A block kept whole whose contexts are known (a hang report, so far) is
-        owned by the request that held half of it or more, if one did.
+        A block kept whole whose contexts are known (a hang report, so far, or
+        an iteration with no share big enough to be its own span) is owned by
+        the request that held half of it or more, if one did.
         """
         attribution = attribute([sample.frames for sample in samples]) if samples else None
         stack = attribution.stack if attribution else ()
@@ -189,7 +191,8 @@ class Enricher:
         if found is None and self._linker is not None:
             key = (event.pid, event.tid, event.start_ns)
             if event.segments:
-                owners = self._linker.owners(*key, event.segments, final=not in_progress)
+                if owners is None:
+                    owners = self._linker.owners(*key, event.segments, final=not in_progress)
                 found = segments.whole_owner(event.segments, owners, event.duration_ns)
             else:
                 found = self._linker.context(*key, final=not in_progress)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from opentelemetry.semconv._incubating.attributes.container_attributes import CONTAINER_ID
 from opentelemetry.semconv._incubating.attributes.host_attributes import HOST_NAME
+from opentelemetry.semconv._incubating.attributes.k8s_attributes import (
+    K8S_CONTAINER_NAME,
+    K8S_NAMESPACE_NAME,
+    K8S_POD_NAME,
+    K8S_POD_UID,
+)
 from opentelemetry.semconv._incubating.attributes.process_attributes import (
     PROCESS_EXECUTABLE_NAME,
     PROCESS_EXECUTABLE_PATH,
@@ -33,7 +40,12 @@ __all__ = [
     "CODE_FUNCTION_NAME",
     "CODE_LINE_NUMBER",
     "CODE_STACKTRACE",
+    "CONTAINER_ID",
     "HOST_NAME",
+    "K8S_CONTAINER_NAME",
+    "K8S_NAMESPACE_NAME",
+    "K8S_POD_NAME",
+    "K8S_POD_UID",
     "PROCESS_EXECUTABLE_NAME",
     "PROCESS_EXECUTABLE_PATH",
     "PROCESS_PID",

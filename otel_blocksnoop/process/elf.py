@@ -2,13 +2,19 @@
 
 Enough to find where a symbol of the target's interpreter (``_PyRuntime``)
 sits in its memory: the file's symbol value plus the bias it was loaded at.
-64-bit little-endian ELF only; the file is mapped, not read, and opened
-through /proc/PID/root so that a containerised target's own file is read.
+64-bit little-endian ELF only; the file is mapped, not read.
+
+The file is the target's own, never one of ours at the same path: a
+containerised app (another mount namespace, ``pivot_root``) has files the
+sidecar's filesystem lacks or holds in another version, and a chrooted app's
+maps name paths of ours that its /proc/PID/root does not hold
+(``mapped_file``).
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +29,56 @@ class Mapping:
     end: int
     offset: int
     path: str
+    inode: int = 0  # of the mapped file (0: unknown)
 
 
-def file_mappings(pid: int) -> list[Mapping]:
-    """The file-backed mappings of a process (raises OSError when it is gone)."""
+DELETED = " (deleted)"
+"""What /proc/PID/maps appends to the path of a file removed since it was mapped."""
+PROC = Path("/proc")
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    """The file-backed mappings in the text of a /proc/PID/maps."""
     found = []
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+    for line in text.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/"):
+        if len(fields) == 6 and fields[5].startswith("/") and fields[4].isdigit():
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            found.append(Mapping(start, end, int(fields[2], 16), fields[5]))
+            found.append(Mapping(start, end, int(fields[2], 16), fields[5], int(fields[4])))
     return found
+
+
+def file_mappings(pid: int, proc: Path = PROC) -> list[Mapping]:
+    """The file-backed mappings of a process (raises OSError when it is gone)."""
+    return parse_maps((proc / str(pid) / "maps").read_text())
+
+
+def mapped_file(pid: int, mapping: Mapping, proc: Path = PROC) -> Path:
+    """A path that opens, from here, the very file ``mapping`` maps in ``pid``.
+
+    First the path under the target's root (/proc/PID/root: the app's own
+    filesystem, whatever its mount namespace), then the mapping itself
+    (/proc/PID/map_files/START-END: the file as mapped, even deleted or
+    outside the app's root as a chroot's maps give it; opening it takes
+    CAP_SYS_ADMIN). Either is taken only when it is the mapped inode, so a
+    different file that happens to sit at that path is never read. Raises
+    FileNotFoundError when neither is.
+    """
+    process = proc / str(pid)
+    path = mapping.path.removesuffix(DELETED)
+    candidates = (
+        process / "root" / path.lstrip("/"),
+        process / "map_files" / f"{mapping.start:x}-{mapping.end:x}",
+    )
+    for candidate in candidates:
+        try:
+            found = candidate.stat()
+        except OSError:
+            continue
+        if not mapping.inode or found.st_ino == mapping.inode:
+            return candidate
+    msg = f"{mapping.path} of process {pid} is not reachable from here"
+    raise FileNotFoundError(msg)
 
 
 class ElfError(Exception):
@@ -114,9 +159,31 @@ def load_base(mappings: list[Mapping], path: str, elf: ElfSymbols) -> int | None
     return min(starts) - elf.first_load_vaddr
 
 
-def process_root(pid: int) -> str:
-    """The target's root directory, so that its files are opened as it sees them."""
-    return f"/proc/{pid}/root"
+_PT_INTERP = 3
+
+
+def program_interpreter(path: str | Path) -> str | None:
+    """The dynamic loader an executable names (PT_INTERP), None for a static one.
+
+    ``path`` must be an ELF file this module reads (ElfError otherwise).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, _ELF_HEADER.size, 0)
+        if len(head) < _ELF_HEADER.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
+        header = _ELF_HEADER.unpack(head)
+        phoff, phentsize, phnum = header[5], header[9], header[10]
+        for i in range(phnum):
+            entry = os.pread(fd, _PROGRAM.size, phoff + i * phentsize)
+            if len(entry) < _PROGRAM.size:
+                raise ElfError(f"{path}: truncated program headers")
+            kind, _, offset, _, _, size, _, _ = _PROGRAM.unpack(entry)
+            if kind == _PT_INTERP:
+                return os.pread(fd, min(size, 4096), offset).split(b"\0", 1)[0].decode()
+        return None
+    finally:
+        os.close(fd)
 
 
 __all__ = [
@@ -125,5 +192,7 @@ __all__ = [
     "Mapping",
     "file_mappings",
     "load_base",
-    "process_root",
+    "mapped_file",
+    "parse_maps",
+    "program_interpreter",
 ]

@@ -2,10 +2,20 @@
 
 Austin reads the target's memory from outside (process_vm_readv): the target
 is never stopped and needs no change.
+
+Austin finds the interpreter by opening the paths in /proc/PID/maps, which
+name the app's own files: across a mount namespace (a container, an app under
+``pivot_root``) it finds none of them, or our own files at the same paths.
+Austin is then run inside the app's mount namespace (and in its PID namespace,
+whose /proc it finds there), started from here by file descriptor: the binary
+and its dynamic loader (musl's, which the app's filesystem seldom has) are
+opened before the fork and executed as /proc/self/fd/N. It stays our child,
+dies with us and can be stopped and continued as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -13,10 +23,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from otel_blocksnoop.events import Frame
+from otel_blocksnoop.process.elf import ElfError, program_interpreter
+from otel_blocksnoop.process.namespaces import PROC, Reach, open_namespace, reach
 
 AUSTINPATH_ENV = "AUSTINPATH"
 """Directory holding the ``austin`` binary, or the binary itself (as austin-python reads it)."""
@@ -25,6 +39,9 @@ REQUIRED_MAJOR = 4
 WHERE_TIMEOUT_S = 2.0
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+CLONE_FS = 0x00000200  # <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -83,34 +100,91 @@ class Austin:
         msg = "failed to find Austin: not in $AUSTINPATH, the venv or $PATH"
         raise AustinError(msg)
 
-    def _run(self, *args: str, doing: str) -> subprocess.CompletedProcess[str]:
+    @cached_property
+    def loader(self) -> str | None:
+        """The dynamic loader the binary names (musl's), None when static or unreadable."""
         try:
-            return subprocess.run(
-                [str(self.path), *args],
-                capture_output=True,
-                text=True,
-                timeout=WHERE_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            return program_interpreter(self.path)
+        except (OSError, ElfError, UnicodeDecodeError):
+            return None
+
+    def _run(
+        self, *args: str, doing: str, where: Reach | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            with self._spawn(list(args), where, text=True) as process:
+                try:
+                    stdout, stderr = process.communicate(timeout=WHERE_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.communicate()
+                    raise
+        except (OSError, subprocess.SubprocessError) as exc:
             msg = f"failed to {doing}: {exc}"
             raise AustinError(msg) from exc
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
-    def stream(self, *args: str) -> subprocess.Popen[bytes]:
-        """Start a sampling Austin that dies with this process, its output on a pipe.
+    def stream(self, *args: str, pid: int) -> subprocess.Popen[bytes]:
+        """Start Austin sampling ``pid`` (``-p``), dying with this process, its output on a pipe.
 
         A sidecar killed outright (SIGKILL, OOM) runs no cleanup, and an Austin
         it kept stopped between blocks would stay behind stopped for good: the
         kernel kills it instead (PR_SET_PDEATHSIG; tied to the starting thread,
-        so start it from one that lives as long as the sampler).
+        so start it from one that lives as long as the sampler). A target in
+        another mount namespace is sampled from inside it (see the module).
         """
-        return subprocess.Popen(
-            [str(self.path), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_dies_with(os.getpid()),  # noqa: PLW1509 - prctl only, no Python state
-        )
+        where = reach(pid)
+        return self._spawn([*args, "-p", str(where.pid)], where, new_session=True)
+
+    def _spawn(
+        self,
+        args: list[str],
+        where: Reach | None,
+        *,
+        text: bool = False,
+        new_session: bool = False,
+    ) -> subprocess.Popen[Any]:
+        """Popen of Austin with ``args``, run inside ``where``'s namespaces (None: here)."""
+        if where is None or where.local:
+            return subprocess.Popen(
+                [str(self.path), *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=_dies_with(os.getpid()),  # noqa: PLW1509 - prctl only, no Python state
+                text=text,
+                start_new_session=new_session,
+            )
+        with contextlib.ExitStack() as opened:
+            inherited = [_open_fd(opened, self.path)]
+            if self.loader is not None:
+                inherited.insert(0, _open_fd(opened, Path(self.loader)))
+            mount = _open_namespace(opened, where.mount_ns)
+            pid_ns = _open_namespace(opened, where.pid_ns)
+            # A parent outside the child's PID namespace is PID 0 to it.
+            parent = 0 if pid_ns >= 0 else os.getpid()
+            paths = [f"{PROC}/self/fd/{fd}" for fd in inherited]
+            # Run by its loader, Austin is "austin" to itself, and /proc/PID/cmdline
+            # starts with it (its comm is the fd's number: the kernel's basename).
+            argv = [self.BINARY, *(["--argv0", self.BINARY, paths[1]] if len(paths) > 1 else [])]
+            try:
+                with _children_in(pid_ns):
+                    process = subprocess.Popen(
+                        [*argv, *args],
+                        executable=paths[0],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        pass_fds=inherited,
+                        preexec_fn=_dies_with(parent, mount),  # noqa: PLW1509 - prctl, setns
+                        text=text,
+                        start_new_session=new_session,
+                    )
+            except subprocess.SubprocessError as exc:  # only setns raises in the child
+                msg = (
+                    f"Austin cannot enter the mount namespace of {where.mount_ns}: refused "
+                    "(it takes CAP_SYS_ADMIN and CAP_SYS_CHROOT)"
+                )
+                raise OSError(msg) from exc
+        return process
 
     def version(self) -> str:
         """Run ``austin --version``; fail unless it runs and is Austin 4."""
@@ -128,7 +202,8 @@ class Austin:
     def where(self, pid: int) -> dict[int, tuple[Frame, ...]]:
         """Stacks of every Python thread of ``pid`` right now (about 10 ms)."""
         doing = f"dump the threads of {pid}"
-        result = self._run("-w", str(pid), doing=doing)
+        where = reach(pid)
+        result = self._run("-w", str(where.pid), doing=doing, where=where)
         if result.returncode != 0:
             lines = [line for line in _ANSI.sub("", result.stderr).splitlines() if line.strip()]
             reason = lines[-1].strip() if lines else f"exit status {result.returncode}"
@@ -137,12 +212,63 @@ class Austin:
         return parse_where(result.stdout)
 
 
-def _dies_with(parent: int) -> Callable[[], None]:
-    """What the forked child runs before exec: SIGKILL when ``parent`` dies, or now if it has."""
+def _dies_with(parent: int, mount_ns: int = -1) -> Callable[[], None]:
+    """What the forked child runs before exec: SIGKILL when ``parent`` dies, or now if it has.
+
+    ``mount_ns`` (an fd, -1: none) is the mount namespace to enter first. The
+    kernel refuses that to a process whose root and cwd (fs_struct) another
+    thread shares, and the child may have threads already: Python's at-fork
+    hooks run before this, and the OpenTelemetry SDK's restarts its export
+    thread in the child (seen: EINVAL with OTLP export on). So the child takes
+    a copy of its own first (unshare CLONE_FS).
+    """
 
     def die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # died between fork and prctl
             os._exit(1)
+        if mount_ns < 0:
+            return
+        if _LIBC.unshare(CLONE_FS) != 0 or _LIBC.setns(mount_ns, CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "failed to enter the mount namespace")
 
     return die_with_parent
+
+
+@contextlib.contextmanager
+def _children_in(pid_ns: int) -> Iterator[None]:
+    """Children this thread forks meanwhile start in PID namespace ``pid_ns`` (-1: ours).
+
+    setns(CLONE_NEWPID) changes only where the calling thread's next children
+    go (not the thread itself, nor other threads); ours is restored after.
+    """
+    if pid_ns < 0:
+        yield
+        return
+    own = os.open(PROC / "self" / "ns" / "pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _LIBC.setns(pid_ns, CLONE_NEWPID) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"failed to enter a PID namespace: {os.strerror(error)}")
+        try:
+            yield
+        finally:
+            _LIBC.setns(own, CLONE_NEWPID)
+    finally:
+        os.close(own)
+
+
+def _open_fd(opened: contextlib.ExitStack, path: Path) -> int:
+    """``path`` opened for a child to execute as /proc/self/fd/N (closed here when done)."""
+    fd = os.open(path, os.O_RDONLY)
+    opened.callback(os.close, fd)
+    return fd
+
+
+def _open_namespace(opened: contextlib.ExitStack, path: Path | None) -> int:
+    """An fd of namespace ``path`` for setns(2), or -1 for none (closed here when done)."""
+    if path is None:
+        return -1
+    fd = open_namespace(path)
+    opened.callback(os.close, fd)
+    return fd

@@ -151,17 +151,14 @@ class Sampler:
         self._epoch_skip = 0
 
     def start(self) -> None:
-        argv = [
-            str(self.austin.path),
+        options = [
             "-P",
             "-i",
             f"{self.interval_us}us",
             "-t",
             str(STARTUP_WAIT_MS),  # milliseconds; Austin refuses units here
-            "-p",
-            str(self.pid),
         ]
-        log.debug("starting %s", " ".join(argv))
+        log.debug("starting %s %s -p %d", self.austin.path, " ".join(options), self.pid)
         if self._started:
             self._losses.add(Loss.STACK_RESTARTS)
         self._started = True
@@ -170,7 +167,13 @@ class Sampler:
         # misplace its samples by the gap between the two processes.
         with self._lock:
             self._histories.clear()
-        self._process = self.austin.stream(*argv[1:])
+        try:
+            self._process = self.austin.stream(*options, pid=self.pid)
+        except OSError as exc:
+            # Not retried: what refused it (a namespace, a missing binary) stays.
+            log.warning("%s; blocks of %d are reported without stacks", exc, self.pid)
+            self._process = None
+            return
         self._spawned(self._process)
         self._reader = threading.Thread(
             target=self._read, args=(self._process,), name=f"austin-{self.pid}", daemon=True

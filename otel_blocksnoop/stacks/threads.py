@@ -48,13 +48,48 @@ KNOWN_POLLERS = (
 )
 """Python functions that drive a non-asyncio epoll loop: (path suffix, function)."""
 
+RUNNERS = "/asyncio/runners.py"
+TEARDOWN_FUNCTIONS = frozenset({"close", "__exit__"})
+"""``asyncio.Runner``'s ways out: past them the loop runs no iteration of its own."""
+ITERATING_FUNCTIONS = frozenset({"run_until_complete", "run_forever", "_run_once"})
+"""Loop machinery that runs iterations (``Runner.close`` runs some to cancel tasks)."""
+
+
+def _last_name(frame: Frame) -> str:
+    return frame.function.rsplit(".", 1)[-1]
+
+
+def closing_loop(stack: Sequence[Frame]) -> bool:
+    """Whether ``stack`` is a loop being closed after its last iteration, not one running.
+
+    ``asyncio.run`` ends in ``Runner.close`` (3.11+) or, before 3.11, in its
+    own ``finally`` calling ``loop.close()``; uvloop's ``run`` goes through
+    the same runner. Its frames are loop machinery, but no iteration runs: the
+    thread is out of epoll for good, and a busy machine can stretch that last
+    stretch past the threshold. Cancelling the remaining tasks and shutting
+    down the default executor inside ``close`` run iterations: those are not
+    closing.
+    """
+    for index in range(len(stack) - 1, -1, -1):
+        frame = stack[index]
+        if not frame.file.endswith(RUNNERS):
+            continue
+        deeper = stack[index + 1 :]
+        if any(_last_name(f) in ITERATING_FUNCTIONS for f in deeper):
+            return False
+        name = _last_name(frame)
+        return name in TEARDOWN_FUNCTIONS or (
+            name == "run" and bool(deeper) and _last_name(deeper[0]) == "close"
+        )
+    return False
+
 
 def classify(stack: Sequence[Frame] | None) -> ThreadKind:
     """Kind of a thread from its Python stack (None: not a Python thread)."""
     if stack is None:
         return ThreadKind.NATIVE
     if any(part in frame.file for frame in stack for part in LOOP_PATH_PARTS):
-        return ThreadKind.LOOP
+        return ThreadKind.UNKNOWN if closing_loop(stack) else ThreadKind.LOOP
     for frame in stack:
         for suffix, function in KNOWN_POLLERS:
             if frame.file.endswith(suffix) and frame.function.endswith(function):

@@ -191,22 +191,23 @@ def test_honeycomb_gets_the_key_and_a_metrics_dataset() -> None:
 
 
 class TestComposeFile:
-    def test_the_sidecar_has_the_capabilities_it_needs_and_no_more(
+    def test_the_sidecar_has_two_capabilities_and_nothing_else_writable(
         self, compose: dict[str, Any]
     ) -> None:
         sidecar = compose["services"]["sidecar"]
-        assert sidecar["pid"] == "host"
         assert not sidecar.get("privileged", False)
+        assert sidecar["cap_drop"] == ["ALL"]
         assert set(sidecar["cap_add"]) == {"SYS_ADMIN", "SYS_PTRACE"}
+        assert sidecar["security_opt"] == ["no-new-privileges:true"]
+        assert sidecar["read_only"] is True
+        assert sidecar["tmpfs"] == ["/tmp"]  # noqa: S108 - the container's tmpfs, no file
         mounts = {v.split(":")[1]: v for v in sidecar["volumes"]}
         assert set(mounts) == {"/sys/kernel/tracing", "/lib/modules", "/usr/src"}
         assert all(v.endswith(":ro") for v in mounts.values())
 
-    def test_app_and_sidecar_share_the_host_pid_namespace(self, compose: dict[str, Any]) -> None:
-        # The kernel's thread ids (host namespace) must be the ones the app's
-        # interpreter records, or the loop thread is taken for a native one.
-        assert compose["services"]["app"]["pid"] == "host"
-        assert compose["services"]["sidecar"]["pid"] == "host"
+    def test_the_sidecar_joins_the_apps_own_pid_namespace(self, compose: dict[str, Any]) -> None:
+        assert "pid" not in compose["services"]["app"]
+        assert compose["services"]["sidecar"]["pid"] == "service:app"
 
     def test_the_app_exports_without_epoll_in_its_own_threads(
         self, compose: dict[str, Any]
@@ -228,8 +229,10 @@ class TestComposeFile:
         # GIVEN the pgrep pattern in the sidecar's command (`$$` is compose's `$`)
         script = " ".join(compose["services"]["sidecar"]["command"]).replace("$$", "$")
         (pattern,) = re.findall(r"pgrep -o -f '([^']+)'", script)
-        # THEN it matches the app's command line, as pgrep -f sees it
-        assert re.search(pattern, " ".join(compose["services"]["app"]["command"]))
+        # THEN it matches the app image's command line, as pgrep -f sees it
+        app_dockerfile = ROOT / compose["services"]["app"]["build"]["dockerfile"]
+        (cmd,) = re.findall(r"^CMD \[(.*)\]$", app_dockerfile.read_text(), re.MULTILINE)
+        assert re.search(pattern, " ".join(part.strip(' "') for part in cmd.split(",")))
         # AND not the sidecar's own shell, whose command line holds the pattern
         assert not re.search(pattern, script)
 
@@ -249,9 +252,11 @@ class TestComposeFile:
         published = {p["target"] for p in services[jaeger_host]["ports"]}
         assert 16686 in published
 
-    def test_app_and_sidecar_share_one_image_built_here(self, compose: dict[str, Any]) -> None:
+    def test_the_app_has_an_image_of_its_own_built_here(self, compose: dict[str, Any]) -> None:
         app, sidecar = compose["services"]["app"], compose["services"]["sidecar"]
-        assert app["image"] == sidecar["image"]
+        assert app["image"] != sidecar["image"]
         assert Path(app["build"]["context"]) == ROOT
+        assert Path(sidecar["build"]["context"]) == ROOT
+        assert (ROOT / app["build"]["dockerfile"]).is_file()
         assert (ROOT / "Dockerfile").is_file()
-        assert (ROOT / app["command"][-1]).is_file()
+        assert "examples/blocking_service.py" in (ROOT / app["build"]["dockerfile"]).read_text()

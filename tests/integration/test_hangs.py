@@ -143,6 +143,20 @@ def test_a_thread_that_left_its_loop_for_good_is_not_a_hang(tmp_path: Path) -> N
     matching_block(run.blocks, truth(out)[0])
 
 
+def test_a_loop_that_takes_long_to_close_is_not_a_block(tmp_path: Path) -> None:
+    # GIVEN an app that blocks once, then whose loop takes 600 ms of CPU to close
+    # after asyncio.run's last iteration (what a busy machine does to a teardown)
+    out = tmp_path / "truth.jsonl"
+    run = run_sidecar(
+        "--json", "-q", "-t", "100", "--", sys.executable, str(BLOCKER), "sleep",
+        "--close-ms", "600", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    # THEN only the real block is reported: no hang while it closes, no block at exit
+    assert [r["type"] for r in run.records] == ["block", "summary"]
+    matching_block(run.blocks, truth(out)[0])
+
+
 def wait_in_syscall(pid: int, tid: int, *names: str, timeout: float = WAIT_S) -> None:
     """Until the kernel says thread ``tid`` sleeps in one of the syscalls ``names``."""
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import pytest
 
 from harness import TARGETS
 from harness.interpreters import MINORS, pyenv_python
+from harness.procs import children
 from otel_blocksnoop.analysis.attribution import attribute
 from otel_blocksnoop.events import Loss
 from otel_blocksnoop.losses import Losses
@@ -155,18 +156,7 @@ def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
 
 def austin_children(pid: int) -> list[int]:
     """The Austin processes ``pid`` started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
-        if name == "austin" and int(rest.split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [child for child, comm, _ in children(pid) if comm == "austin"]
 
 
 @pytest.mark.usefixtures("austin")

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from otel_blocksnoop.process.identity import parse_environ, parse_resource_attributes, read_identity
+import pytest
+
+from otel_blocksnoop.events import PodIdentity
+from otel_blocksnoop.process import identity as identity_module
+from otel_blocksnoop.process.container import Placement
+from otel_blocksnoop.process.identity import (
+    app_hostname,
+    parse_environ,
+    parse_resource_attributes,
+    pod_identity,
+    read_identity,
+)
 
 
 def test_resource_attributes_follow_the_spec_format_with_percent_decoding() -> None:
@@ -50,9 +62,94 @@ def test_a_process_is_known_by_its_own_otel_settings_executable_and_version() ->
     assert identity.executable_path == str(Path(sys.executable).resolve())
     assert identity.runtime_version == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert identity.instance_id == again.instance_id
+    # AND it runs where we do: our hostname, our container (if any), no pod unless we are in one
+    ours = read_identity(os.getpid())
+    assert identity.host_name == socket.gethostname()
+    assert (identity.container_id, identity.pod) == (ours.container_id, ours.pod)
 
 
 def test_a_process_gone_still_gets_an_identity_with_what_is_known() -> None:
     identity = read_identity(2**22 + 12345)
     assert identity.service_name is None
     assert identity.executable_path is None
+
+
+def fake_proc(tmp_path: Path, *, app_uts: str, hostname_file: str | Path | None) -> Path:
+    """A /proc with the sidecar (self) in UTS namespace 1 and app 7 in ``app_uts``."""
+    for pid, uts in (("self", "uts:[1]"), ("7", app_uts)):
+        (tmp_path / pid / "ns").mkdir(parents=True)
+        (tmp_path / pid / "ns" / "uts").symlink_to(uts)
+    etc = tmp_path / "7" / "root" / "etc"
+    etc.mkdir(parents=True)
+    if isinstance(hostname_file, Path):
+        (etc / "hostname").symlink_to(hostname_file)
+    elif hostname_file is not None:
+        (etc / "hostname").write_text(hostname_file)
+    return tmp_path
+
+
+def test_an_app_in_the_sidecars_uts_namespace_has_the_sidecars_hostname_whatever_its_env(
+    tmp_path: Path,
+) -> None:
+    proc = fake_proc(tmp_path, app_uts="uts:[1]", hostname_file="elsewhere\n")
+    assert app_hostname(7, {"HOSTNAME": "stale"}, proc) == socket.gethostname()
+
+
+def test_an_app_in_its_own_uts_namespace_is_named_by_its_hostname_variable_first(
+    tmp_path: Path,
+) -> None:
+    proc = fake_proc(tmp_path, app_uts="uts:[2]", hostname_file="from-file\n")
+    assert app_hostname(7, {"HOSTNAME": " web-7f9c "}, proc) == "web-7f9c"
+
+
+def test_without_the_variable_its_own_etc_hostname_names_it(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, app_uts="uts:[2]", hostname_file="c0ffee12ab34\nignored\n")
+    assert app_hostname(7, {"HOSTNAME": "not a name"}, proc) == "c0ffee12ab34"
+
+
+def test_the_sidecars_own_etc_hostname_seen_through_the_apps_root_names_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an app with its own UTS namespace but the sidecar's files (unshare --uts)
+    ours = tmp_path / "sidecar-hostname"
+    ours.write_text("sidecar-host\n")
+    proc = fake_proc(tmp_path, app_uts="uts:[2]", hostname_file=ours)
+    monkeypatch.setattr(identity_module, "HOSTNAME_FILE", ours)
+    # THEN that file says nothing of the app's hostname
+    assert app_hostname(7, {}, proc) is None
+
+
+def test_an_app_whose_namespace_cannot_be_read_has_no_hostname(tmp_path: Path) -> None:
+    assert app_hostname(7, {}, tmp_path) is None
+
+
+IN_POD = Placement(
+    container_id="c" * 64, pod_uid="6a1f0e3c-7b2d-4c5e-9f80-1a2b3c4d5e6f", in_kubepods=True
+)
+
+
+def test_pod_variables_are_read_only_where_the_app_runs_in_kubernetes() -> None:
+    env = {"POD_NAME": "batch-1", "POD_NAMESPACE": "jobs"}
+    assert pod_identity(env, Placement()) is None
+    assert pod_identity({**env, "KUBERNETES_SERVICE_HOST": "10.96.0.1"}, Placement()) == (
+        PodIdentity(name="batch-1", namespace="jobs")
+    )
+
+
+def test_the_pod_uid_comes_from_the_cgroups_before_the_environment() -> None:
+    env = {
+        "K8S_POD_NAME": "checkout-5d8f",
+        "POD_NAME": "second-choice",
+        "MY_POD_NAMESPACE": "shop",
+        "K8S_CONTAINER_NAME": "app",
+        "K8S_POD_UID": "00000000-0000-0000-0000-000000000000",
+    }
+    assert pod_identity(env, IN_POD) == PodIdentity(
+        uid=IN_POD.pod_uid, name="checkout-5d8f", namespace="shop", container_name="app"
+    )
+
+
+def test_a_pod_with_nothing_readable_is_no_pod() -> None:
+    assert (
+        pod_identity({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "POD_NAME": " "}, Placement()) is None
+    )

@@ -45,6 +45,8 @@ APP = ProcessIdentity(
     executable_path="/usr/bin/python3.11",
     runtime_version="3.11",
     instance_id="0c7d1f4e-0000-5000-8000-000000000001",
+    host_name="checkout-5d8f",
+    container_id="c0" * 32,
 )
 BLOCK = Block(
     pid=42,
@@ -169,7 +171,8 @@ def test_a_block_is_one_internal_span_with_the_contract_names_times_and_resource
     assert resource["process.pid"] == 42
     assert resource["process.runtime.version"] == "3.11"
     assert resource["service.instance.id"] == APP.instance_id
-    assert "host.name" in resource
+    assert resource["host.name"] == "checkout-5d8f"
+    assert resource["container.id"] == "c0" * 32
 
 
 def test_an_app_with_no_name_gets_the_fallback_then_the_unknown_service() -> None:

@@ -126,3 +126,53 @@ def test_the_opentelemetry_sdks_export_thread_is_a_poller_and_not_reported() -> 
     )
     assert classify(worker) == ThreadKind.POLLER
     assert classify(ticker) == ThreadKind.POLLER
+
+
+RUNNERS = f"{STDLIB}/asyncio/runners.py"
+BASE = f"{STDLIB}/asyncio/base_events.py"
+
+
+def test_a_loop_being_closed_after_asyncio_run_is_not_a_running_loop() -> None:
+    # GIVEN stacks of asyncio.run's way out: 3.11+'s Runner.close, and 3.9's finally
+    runner_close = (
+        Frame("run", RUNNERS, 190),
+        Frame("Runner.__exit__", RUNNERS, 62),
+        Frame("Runner.close", RUNNERS, 72),
+        Frame("BaseEventLoop.close", BASE, 690),
+    )
+    app_close = (
+        Frame("<module>", "/app/main.py", 9),
+        Frame("run", RUNNERS, 47),
+        Frame("SlowLoop.close", "/app/main.py", 5),
+    )
+    # THEN neither is taken for a loop running an iteration
+    assert classify(runner_close) == ThreadKind.UNKNOWN
+    assert classify(app_close) == ThreadKind.UNKNOWN
+
+
+def test_iterations_run_by_asyncio_run_or_its_close_are_a_running_loop() -> None:
+    # GIVEN a handler under asyncio.run, the tasks cancelled inside Runner.close,
+    # and a handler under uvloop, whose run_until_complete has no Python frame
+    handler = (
+        Frame("run", RUNNERS, 190),
+        Frame("Runner.run", RUNNERS, 118),
+        Frame("BaseEventLoop.run_until_complete", BASE, 641),
+        Frame("BaseEventLoop.run_forever", BASE, 608),
+        Frame("BaseEventLoop._run_once", BASE, 1936),
+        Frame("handler", "/app/main.py", 20),
+    )
+    cancelling = (
+        Frame("Runner.close", RUNNERS, 71),
+        Frame("_cancel_all_tasks", RUNNERS, 196),
+        Frame("BaseEventLoop.run_until_complete", BASE, 641),
+        Frame("BaseEventLoop.run_forever", BASE, 608),
+    )
+    uvloop_handler = (
+        Frame("run", "/venv/lib/python3.11/site-packages/uvloop/__init__.py", 105),
+        Frame("Runner.run", RUNNERS, 118),
+        Frame("wrapper", "/venv/lib/python3.11/site-packages/uvloop/__init__.py", 61),
+        Frame("handler", "/app/main.py", 20),
+    )
+    # THEN each is a loop
+    for stack in (handler, cancelling, uvloop_handler):
+        assert classify(stack) == ThreadKind.LOOP, stack

@@ -16,10 +16,28 @@ MAX_RESOURCES = 64
 """Watched processes whose resource and meters are kept; the oldest go past this."""
 
 
+def placement_attributes(identity: ProcessIdentity) -> dict[str, str]:
+    """Where the app runs, under the semantic conventions' names; only what is known."""
+    pod = identity.pod
+    found = {
+        names.HOST_NAME: identity.host_name,
+        names.CONTAINER_ID: identity.container_id,
+        names.K8S_POD_UID: pod.uid if pod else None,
+        names.K8S_POD_NAME: pod.name if pod else None,
+        names.K8S_NAMESPACE_NAME: pod.namespace if pod else None,
+        names.K8S_CONTAINER_NAME: pod.container_name if pod else None,
+    }
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def process_resource(
     identity: ProcessIdentity | None, pid: int, fallback_service: str | None
 ) -> Resource:
-    """The watched app's resource: its own OTel settings first, then ours (DESIGN.md)."""
+    """The watched app's resource: its own OTel settings first, then ours (DESIGN.md).
+
+    Where the app runs (host, container, pod) is what it declares in its own
+    OTEL_RESOURCE_ATTRIBUTES, else what is read of it; never the sidecar's.
+    """
     attributes: dict[str, str | int] = {}
     if identity is not None:
         attributes.update(dict(identity.resource_attributes))
@@ -30,11 +48,12 @@ def process_resource(
             attributes[names.PROCESS_RUNTIME_NAME] = "cpython"
             attributes[names.PROCESS_RUNTIME_VERSION] = identity.runtime_version
         attributes[names.SERVICE_INSTANCE_ID] = identity.instance_id
+        for key, value in placement_attributes(identity).items():
+            attributes.setdefault(key, value)
     service = (identity.service_name if identity else None) or fallback_service
     attributes[names.SERVICE_NAME] = service or names.UNKNOWN_SERVICE
     # As the app sees itself (in its own PID namespace), like its own telemetry.
     attributes[names.PROCESS_PID] = identity.app_pid or pid if identity is not None else pid
-    attributes.setdefault(names.HOST_NAME, socket.gethostname())
     # Resource.create adds telemetry.sdk.* and the sidecar's OTEL_RESOURCE_ATTRIBUTES,
     # under what is given here.
     return Resource.create(attributes)

@@ -20,7 +20,7 @@ from otel_blocksnoop.process.elf import (
     Mapping,
     file_mappings,
     load_base,
-    process_root,
+    mapped_file,
 )
 from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.pythons import python_name
@@ -61,9 +61,12 @@ def find_interpreter(memory: RemoteMemory) -> Interpreter:
         supported = ", ".join(f"{a}.{b}" for a, b in SUPPORTED_VERSIONS)
         major, minor = name.version
         raise UnsupportedInterpreterError(f"CPython {major}.{minor} (supported: {supported})")
+    mapping = next((m for m in mappings if m.path == image and m.offset == 0), None)
+    if mapping is None:
+        raise UnsupportedInterpreterError(f"{image} is not mapped from its start")
     try:
-        elf = ElfSymbols(process_root(pid) + image)
-    except (ElfError, ValueError) as error:
+        elf = ElfSymbols(mapped_file(pid, mapping))
+    except (ElfError, ValueError, FileNotFoundError) as error:
         raise UnsupportedInterpreterError(str(error)) from error
     with elf:
         return _at_runtime(memory, layout, elf, mappings, image)
