@@ -9,8 +9,9 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 from otel_blocksnoop import __version__, preflight, session
@@ -36,7 +37,8 @@ examples:
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 otel-blocksnoop 1234
                                         # ... and send spans and metrics to a collector
-  otel-blocksnoop doctor                # check BCC, headers, tracefs, Austin
+  otel-blocksnoop doctor                # check privileges, BCC, tracefs, headers, Austin
+  otel-blocksnoop doctor 1234           # ... and that PID 1234 can be read
 """
 
 
@@ -48,16 +50,38 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(ExitCode.USAGE)
 
 
-def threshold_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        msg = f"not a number: {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not math.isfinite(value) or value <= 0:
-        msg = f"must be a positive number of milliseconds, not {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+MIN_THRESHOLD_MS = 0.001
+"""1 us: below it the threshold rounds to 0 ns and every loop iteration would cross it."""
+MAX_THRESHOLD_MS = 3_600_000.0
+"""1 hour: the kernel's histogram of iterations ends at 2^42 ns (73 min), and the nanosecond
+cflags overflow 64 bits near 5,000 hours (``-t 1e14`` was a compile error)."""
+MIN_SAMPLE_INTERVAL_MS = 0.001
+"""1 us: Austin's interval is a whole number of microseconds."""
+MAX_SAMPLE_INTERVAL_MS = 1000.0
+"""1 s: sparser samples would explain no block, and Austin would be slow to stop."""
+MAX_PID = 4_194_304
+"""PID_MAX_LIMIT: no process or thread id is larger on a 64-bit kernel."""
+
+
+def _milliseconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: milliseconds from ``low`` to ``high``, both included."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            msg = f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not math.isfinite(value) or not low <= value <= high:
+            msg = f"must be from {low:g} to {high:g} milliseconds, not {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+threshold_ms = _milliseconds(MIN_THRESHOLD_MS, MAX_THRESHOLD_MS)
+sample_interval_ms = _milliseconds(MIN_SAMPLE_INTERVAL_MS, MAX_SAMPLE_INTERVAL_MS)
 
 
 def positive_int(text: str) -> int:
@@ -72,16 +96,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def process_id(text: str) -> int:
+    """A PID or TID: a whole number from 1 to the kernel's limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 1 <= value <= MAX_PID:
+        msg = f"not a process id: {text!r} (ids go from 1 to {MAX_PID})"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] | {PROG} doctor",
+        usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] "
+        f"| {PROG} doctor [PID...]",
         description="Report every time an asyncio event loop in a Python process is blocked.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "pids", nargs="*", type=positive_int, metavar="PID", help="process(es) to watch"
+        "pids", nargs="*", type=process_id, metavar="PID", help="process(es) to watch"
     )
     parser.add_argument(
         "-t",
@@ -89,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=threshold_ms,
         default=DEFAULT_THRESHOLD_MS,
         metavar="MS",
-        help=f"report loop iterations at least this long (default {DEFAULT_THRESHOLD_MS:g})",
+        help=f"report loop iterations at least this long (default {DEFAULT_THRESHOLD_MS:g}, "
+        f"from {MIN_THRESHOLD_MS:g} to {MAX_THRESHOLD_MS:g})",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     parser.add_argument(
@@ -97,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the distribution of all loop iterations each second instead of blocks",
     )
-    parser.add_argument("--tid", type=positive_int, help="watch only this thread of PID")
+    parser.add_argument("--tid", type=process_id, help="watch only this thread of PID")
     parser.add_argument(
         "--all-threads",
         action="store_true",
@@ -121,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sample-interval",
-        type=threshold_ms,
+        type=sample_interval_ms,
         metavar="MS",
-        help="Austin's sampling interval (default: threshold/10, between 1 and 10 ms)",
+        help="Austin's sampling interval, rounded to the microsecond "
+        "(default: threshold/10, between 1 and 10 ms)",
     )
     parser.add_argument(
         "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
@@ -199,36 +239,140 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         cause=not ns.no_cause,
         trace_link=not ns.no_trace_link,
         stacks=not ns.no_stacks,
-        sample_interval_us=round(ns.sample_interval * 1000) if ns.sample_interval else None,
+        sample_interval_us=(
+            max(1, round(ns.sample_interval * 1000)) if ns.sample_interval is not None else None
+        ),
         verbose=ns.verbose,
         quiet=ns.quiet,
         ebpf=ns.ebpf,
     )
 
 
+OUR_LOGGERS = ("otel_blocksnoop", PROG)
+LIBRARY_LINE_MAX = 300
+"""Characters of another library's message shown: its first line, this long at most."""
+REPEAT_WINDOW_S = 60.0
+"""Another library's message that says the same again within this long is not shown again."""
+
+
+def one_line(text: str, limit: int = LIBRARY_LINE_MAX) -> str:
+    """The first non-blank line of ``text``, unprintable characters escaped, at most ``limit``."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in first)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Every record is one line on stderr; a traceback only with ``-v``.
+
+    Other libraries' messages (the OTLP exporters, urllib3, gRPC, Python
+    warnings) are cut to their first line and cleaned, and a failure the OTLP
+    exporter cannot explain (an HTTP/2 answer read as a ``BadStatusLine``) is
+    said plainly.
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(f"{PROG}: %(message)s")
+        self._verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if not record.name.startswith(OUR_LOGGERS):
+            text = otlp.explain_export_failure(text) or one_line(text)
+        if record.exc_info and record.exc_info[1] is not None:
+            if self._verbose:
+                text += "\n" + self.formatException(record.exc_info)
+            else:
+                error = record.exc_info[1]
+                text += " " if text.endswith(":") else ": "
+                text += one_line(f"{type(error).__name__}: {error}")
+        return f"{PROG}: {text}"
+
+
+class _LibraryRepeats(logging.Filter):
+    """Drops another library's message that repeats one shown in the last REPEAT_WINDOW_S.
+
+    The OTLP exporters say "retrying in 0.91s", then "in 1.77s", on every
+    retry of every round while a collector is away; numbers do not make a
+    message new.
+    """
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._shown: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(OUR_LOGGERS):
+            return True
+        key = (record.name, re.sub(r"\d+(\.\d+)?", "#", one_line(record.getMessage())))
+        now = record.created
+        last = self._shown.get(key)
+        if last is not None and now - last < self._window_s:
+            return False
+        if len(self._shown) >= 256:
+            self._shown.clear()
+        self._shown[key] = now
+        return True
+
+
 def _configure_logging(args: Config) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setFormatter(_OneLineFormatter(verbose=args.verbose))
+    if not args.verbose:
+        handler.addFilter(_LibraryRepeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (urllib3's and others') become records: one line each, like the rest.
+    logging.captureWarnings(capture=True)
+
+
+def error_line(error: BlocksnoopError, container: bool) -> str:
+    """The one line a failure is reported with (by a run, and by ``doctor``'s verdict)."""
+    fix = error.hint_for(container)
+    hint = f" (hint: {fix})" if fix else ""
+    return f"{PROG}: {error}{hint}"
 
 
 def _doctor(argv: Sequence[str]) -> int:
-    parser = _Parser(prog=f"{PROG} doctor", description="Check what the sidecar needs.")
+    parser = _Parser(
+        prog=f"{PROG} doctor",
+        description="Check what a run needs, with the checks a run makes: "
+        "the same verdict, message and exit code.",
+    )
+    parser.add_argument(
+        "pids", nargs="*", type=positive_int, metavar="PID", help="also check access to these"
+    )
     parser.add_argument("--austin", metavar="PATH", help="Austin binary to check")
     ns = parser.parse_args(list(argv))
-    checks = preflight.run_checks(ns.austin, try_import=True)
+    checks = preflight.run_checks(ns.pids, ns.austin, doctor=True)
     container = preflight.in_container()
     for check in checks:
-        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
+        if check.skipped:
+            mark = "skipped"
+        else:
+            mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
         print(f"[{mark:^7}] {check.name:<15} {check.detail}")
         hint = check.error.hint_for(container) if check.error is not None else ""
         if not check.ok and hint:
             print(f"{'':10}{'':16}fix: {hint}")
-    failed = [c for c in checks if c.required and not c.ok and c.error is not None]
-    return int(failed[0].error.exit_code) if failed and failed[0].error else 0
+    error = preflight.first_failure(checks)
+    if error is None:
+        print(f"verdict: ready to {_ready_for(ns.pids, checks)}")
+        return ExitCode.OK
+    print(f"verdict: a run stops here, exit {int(error.exit_code)}: {error_line(error, container)}")
+    return error.exit_code
+
+
+def _ready_for(pids: Sequence[int], checks: list[preflight.Check]) -> str:
+    """What a run may do, when no required check failed."""
+    if pids:
+        return f"watch PID{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}"
+    if all(check.ok for check in checks if check.name == "ptrace"):
+        return "launch a command, or watch any process"
+    return "launch a command (`doctor PID` checks whether a process can be watched)"
 
 
 def run(config: Config) -> int:
@@ -244,14 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["doctor"]:
         return _doctor(argv[1:])
-    config = parse_arguments(argv)
-    _configure_logging(config)
     try:
+        # A bad OTEL_* value is found while the configuration is read.
+        config = parse_arguments(argv)
+        _configure_logging(config)
         return run(config)
     except BlocksnoopError as exc:
-        fix = exc.hint_for(preflight.in_container())
-        hint = f" (hint: {fix})" if fix else ""
-        sys.stderr.write(f"{PROG}: {exc}{hint}\n")
+        sys.stderr.write(error_line(exc, preflight.in_container()) + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED

@@ -66,6 +66,13 @@ class NotPythonError(BlocksnoopError):
     hint = "pass the PID of the Python process that runs the event loop"
 
 
+class BadTargetError(BlocksnoopError):
+    """The PID names something that is not a process to watch: the sidecar itself, a thread."""
+
+    exit_code = ExitCode.USAGE
+    hint = "pass the PID of the Python process that runs the event loop"
+
+
 class NoPrivilegesError(BlocksnoopError, PermissionError):
     """Loading BPF or reading the target needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)."""
 

@@ -191,13 +191,14 @@ class Session:
 
 def run(config: Config) -> int:
     """One run of the sidecar from its configuration; the exit code."""
-    targets = [inspect_target(pid) for pid in config.pids]
-    if not targets:
+    if not config.pids:
         check_command(config.command)
+    # What `otel-blocksnoop doctor PID...` checks, in its order: the same first failure.
+    preflight.require(preflight.run_checks(config.pids))
+    targets = [inspect_target(pid) for pid in config.pids]
     kernel = detector_config(config)
     if kernel.pidns is not None:
         _check_namespaces(targets)
-    preflight.require(preflight.run_checks(config.austin)[:4])
 
     losses = Losses()
     detector = Detector(kernel, losses)
@@ -324,6 +325,8 @@ def _sinks(config: Config, losses: Losses) -> list[Sink]:
             problem,
             settings.max_queue,
         )
+    elif (problem := otlp.wrong_protocol(settings)) is not None:
+        log.warning("%s", problem)
     sinks.append(OtelSink(otlp.build_exporters(settings), settings, losses))
     return sinks
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ DEFAULT_METRIC_INTERVAL_MS = 10_000
 """Metric export interval unless OTEL_METRIC_EXPORT_INTERVAL says otherwise (SDK: 60 s)."""
 GRPC_PORT = 4317
 CONNECT_TIMEOUT_S = 0.5
+MAX_SERVICE_NAME = 255
+"""Characters of ``service.name`` kept: enough for any real name. The spec sets no limit, but
+the name rides on every span and metric, and an app's environment could make it megabytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,16 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
         msg = f"{name} must be a positive number, not {text!r}"
         raise ConfigError(msg)
     return value
+
+
+def _service_name(flag: str | None, env: Mapping[str, str]) -> str | None:
+    """``--service``, else the sidecar's own OTEL_SERVICE_NAME; ConfigError past the cap."""
+    source, name = ("--service", flag) if flag else (OTEL_SERVICE_NAME, env.get(OTEL_SERVICE_NAME))
+    name = (name or "").strip()
+    if len(name) > MAX_SERVICE_NAME:
+        msg = f"{source} must be at most {MAX_SERVICE_NAME} characters, not {len(name)}"
+        raise ConfigError(msg)
+    return name or None
 
 
 def _signal_on(env: Mapping[str, str], selector: str) -> bool:
@@ -142,7 +156,7 @@ def settings_from(
         metric_interval_ms=int(
             _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS)
         ),
-        fallback_service=service or env.get(OTEL_SERVICE_NAME, "").strip() or None,
+        fallback_service=_service_name(service, env),
         follow_app_sampling=follow_app_sampling,
     )
 
@@ -215,13 +229,8 @@ def describe(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> st
     return f"{', '.join(signals)} over OTLP ({settings.protocol}) to {where}"
 
 
-def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> str | None:
-    """None if the collector accepts a TCP connection, else why not (a warning, not an error).
-
-    A collector that is down at start may come up later; blocks are queued
-    meanwhile, so this only tells the user early.
-    """
-    env = os.environ if env is None else env
+def _address(settings: OtlpSettings, env: Mapping[str, str]) -> tuple[str, str, int] | str | None:
+    """(endpoint, host, port) the spans go to; a reason if the endpoint is malformed; None: none."""
     endpoint = (
         settings.endpoint
         or env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
@@ -237,8 +246,84 @@ def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> s
         )
     except ValueError:
         return f"bad endpoint {endpoint!r}"
+    return endpoint, host, port
+
+
+def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """None if the collector accepts a TCP connection, else why not (a warning, not an error).
+
+    A collector that is down at start may come up later; blocks are queued
+    meanwhile, so this only tells the user early.
+    """
+    address = _address(settings, os.environ if env is None else env)
+    if address is None or isinstance(address, str):
+        return address
+    _, host, port = address
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             return None
     except OSError as exc:
         return f"{host}:{port}: {exc.strerror or exc}"
+
+
+HTTP2_SETTINGS_FRAME = 0x04
+"""Type of the frame an HTTP/2 server (every gRPC server) sends first, in byte 3 of its header."""
+WRONG_PROTOCOL_HINT = (
+    "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or --otlp-protocol grpc, "
+    "or use the collector's OTLP/HTTP port, 4318 by default"
+)
+
+
+def not_http1(answer: bytes) -> str | None:
+    """Why a server that answered an HTTP/1.1 request with ``answer`` is no OTLP/HTTP endpoint.
+
+    None when it may be one: it answered in HTTP/1.x, or said nothing to judge by.
+    """
+    if b"HTTP/1.".startswith(answer[:7]):  # also nothing, or the start of a status line
+        return None
+    if len(answer) >= 4 and answer[3] == HTTP2_SETTINGS_FRAME:
+        return "it answers in HTTP/2, as a gRPC port does"
+    return "its answer is not HTTP"
+
+
+def wrong_protocol(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the endpoint cannot be OTLP/HTTP, when that is the protocol; else None.
+
+    An HTTP/1.1 request for ``/`` (no OTLP data) is sent over plain TCP: an
+    OTLP/HTTP collector answers it in HTTP/1.1 (404 or so), a gRPC port in
+    HTTP/2 frames, which the HTTP exporter would only ever report as a
+    ``BadStatusLine``. TLS endpoints are not probed.
+    """
+    if settings.protocol != HTTP:
+        return None
+    address = _address(settings, os.environ if env is None else env)
+    if address is None or isinstance(address, str):
+        return None
+    endpoint, host, port = address
+    if endpoint.startswith("https://"):
+        return None
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.sendall(request)
+            answer = conn.recv(16)
+    except OSError:
+        return None  # unreachable or silent: reachable() and the exporter say so
+    reason = not_http1(answer)
+    if reason is None:
+        return None
+    return f"{endpoint} does not speak OTLP/HTTP: {reason} (hint: {WRONG_PROTOCOL_HINT})"
+
+
+BAD_STATUS_HTTP2 = re.compile(r"BadStatusLine\(['\"]\\x00\\x00(?:\\x[0-9a-f]{2}|.)\\x04")
+"""How the HTTP exporter reports an HTTP/2 answer: a status line of binary frame bytes."""
+
+
+def explain_export_failure(text: str) -> str | None:
+    """A plain reason for an exporter's message about a failure it cannot explain, if known."""
+    if BAD_STATUS_HTTP2.search(text):
+        return (
+            "failed to export over OTLP/HTTP: the endpoint does not speak it, it answers in "
+            f"HTTP/2, as a gRPC port does (hint: {WRONG_PROTOCOL_HINT})"
+        )
+    return None

@@ -1,4 +1,4 @@
-"""The bpf() syscall through ctypes, without libbcc: map elements and map information.
+"""The bpf() syscall through ctypes, without libbcc: map elements, map information, a probe.
 
 Calls go through libc's ``syscall`` loaded with ``ctypes.PyDLL``, which keeps
 the GIL through the call (a map call takes about a microsecond; giving the
@@ -35,6 +35,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 
@@ -53,6 +54,9 @@ PER_CPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARR
 """Types whose value is one slot per possible CPU (10: LRU_PERCPU_HASH)."""
 
 BPF_OBJ_NAME_LEN = 16
+
+NOOP_PROGRAM = bytes.fromhex("b7000000000000009500000000000000")
+"""``r0 = 0; exit``: the smallest program the verifier accepts, for probing what is allowed."""
 
 libc_syscall = ctypes.PyDLL(None, use_errno=True).syscall
 """libc's ``syscall(nr, ...)``, called with the GIL held; pass every argument as a ctypes type."""
@@ -102,6 +106,23 @@ class InfoAttr(ctypes.Structure):
         ("bpf_fd", ctypes.c_uint32),
         ("info_len", ctypes.c_uint32),
         ("info", ctypes.c_uint64),
+    )
+
+
+class ProgLoadAttr(ctypes.Structure):
+    """The head of the ``union bpf_attr`` member of BPF_PROG_LOAD (the kernel zeroes the rest)."""
+
+    _fields_ = (
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
     )
 
 
@@ -226,6 +247,25 @@ def map_info(fd: int) -> MapInfo:
         flags=info.map_flags,
         name=info.name.decode(errors="replace"),
     )
+
+
+def load_noop_program(prog_type: int) -> int:
+    """Load ``NOOP_PROGRAM`` as a ``prog_type`` program: its fd, or OSError if the kernel refuses.
+
+    The kernel asks what it asks of the real program of that type (CAP_BPF,
+    and CAP_PERFMON for tracing types, or CAP_SYS_ADMIN; lockdown; seccomp),
+    so this tells in a millisecond, and without BCC, whether loading will work.
+    """
+    insns = ctypes.create_string_buffer(NOOP_PROGRAM, len(NOOP_PROGRAM))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = ProgLoadAttr(
+        prog_type=prog_type,
+        insn_cnt=len(NOOP_PROGRAM) // 8,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_),
+        prog_name=b"blocksnoop_prb",
+    )
+    return bpf(BPF_PROG_LOAD, attr)
 
 
 def parse_cpu_list(text: str) -> list[int]:

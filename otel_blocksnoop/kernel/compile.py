@@ -1,12 +1,13 @@
 """The short-lived process that compiles and loads the BPF program with BCC, then hands it over.
 
 ``python -m otel_blocksnoop.kernel.compile FD``: FD is this side of a
-``SOCK_SEQPACKET`` socket pair. One request arrives (``Request``: the
-``DetectorConfig`` and the functions to load beside those BCC loads itself),
-one reply leaves (``Reply``: the names of the maps and programs, in the
-order of the fds sent with it as SCM_RIGHTS), and the process exits. Its
-BCC object and fds go with it; the kernel keeps maps and programs alive for
-as long as the receiver holds their fds.
+``SOCK_SEQPACKET`` socket pair. One request arrives (``Request``: the C
+source, the ``DetectorConfig``, the functions to load beside those BCC
+loads itself, and the parent's fd that takes the compiler's output), one
+reply leaves (``Reply``: the names of the maps and programs, in the order
+of the fds sent with it as SCM_RIGHTS), and the process exits. Its BCC
+object and fds go with it; the kernel keeps maps and programs alive for as
+long as the receiver holds their fds.
 
 Only this process imports bcc: libbcc, LLVM and clang (about 140 MiB
 resident after a compile, BENCHMARKS.md) never enter the sidecar. This
@@ -33,11 +34,12 @@ from otel_blocksnoop.errors import (
     BpfLoadError,
     NoPrivilegesError,
 )
-from otel_blocksnoop.kernel.program import DetectorConfig, compile_program
+from otel_blocksnoop.kernel.program import DetectorConfig, captured_stderr, compile_program
 
 log = logging.getLogger(__name__)
 
-REQUEST_MAX = 1 << 16
+REQUEST_MAX = 1 << 17
+"""Bytes of one request, the C source included (about 32 KiB); within a socket's send buffer."""
 REPLY_MAX = 1 << 16
 MAX_FDS = 253
 """SCM_MAX_FD: the most fds one message carries."""
@@ -50,11 +52,19 @@ ERRORS: dict[str, type[BlocksnoopError]] = {
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What to compile (``config``), and functions to load with their BPF program type."""
+    """What to compile (``source`` for ``config``), and functions to load with their BPF type.
+
+    ``capture_fd``: the fd (passed to the child under the same number) that
+    takes what the compiler writes to stderr; the parent reads it if the
+    child dies without a reply (LLVM ends a process with ``exit(1)`` on some
+    errors). None: the child's own.
+    """
 
     config: DetectorConfig
     programs: dict[str, int]
     log_level: int = logging.WARNING
+    source: str | None = None
+    capture_fd: int | None = None
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -62,16 +72,21 @@ class Request:
                 "config": dataclasses.asdict(self.config),
                 "programs": self.programs,
                 "log_level": self.log_level,
+                "source": self.source,
+                "capture_fd": self.capture_fd,
             }
         ).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Request:
         fields = json.loads(data)
+        source, capture_fd = fields.get("source"), fields.get("capture_fd")
         return cls(
             config=_config(fields["config"]),
             programs={str(name): int(kind) for name, kind in fields["programs"].items()},
             log_level=int(fields["log_level"]),
+            source=str(source) if source is not None else None,
+            capture_fd=int(capture_fd) if capture_fd is not None else None,
         )
 
 
@@ -119,13 +134,23 @@ def load_with_bcc(request: Request) -> tuple[Reply, list[int], Any]:
 
     # Said once bcc imports, so that a missing bcc is the run's only line.
     log.info("compiling and loading the BPF program...")
-    bpf = compile_program(BPF, request.config)
-    for name, kind in request.programs.items():
-        try:
-            bpf.load_func(name.encode(), kind)
-        except Exception as exc:
-            msg = f"failed to load BPF function {name}: {exc}"
-            raise BpfLoadError(msg) from exc
+    bpf = compile_program(BPF, request.config, request.source, request.capture_fd)
+    # libbcc writes the verifier's log to fd 2: kept for -v, out of the user's way
+    # (nothing may log inside: fd 2 is the capture there).
+    failure: tuple[str, Exception] | None = None
+    with captured_stderr(request.capture_fd) as read_output:
+        for name, kind in request.programs.items():
+            try:
+                bpf.load_func(name.encode(), kind)
+            except Exception as exc:  # noqa: BLE001 - raised below, once fd 2 is back
+                failure = (name, exc)
+                break
+        output = read_output()
+    if failure is not None:
+        function, error = failure
+        log.debug("verifier output:\n%s", output)
+        msg = f"failed to load BPF function {function}: {error}"
+        raise BpfLoadError(msg) from error
     lib = ctypes.CDLL(libbcc.lib._name)  # noqa: SLF001 (the file BCC loaded; our own prototypes)
     lib.bpf_num_tables.argtypes = (ctypes.c_void_p,)
     lib.bpf_num_tables.restype = ctypes.c_ulonglong

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,12 @@ from otel_blocksnoop.errors import BpfLoadError
 from otel_blocksnoop.kernel import bpf_syscall
 from otel_blocksnoop.kernel.bpf_map import BpfMap, MapSpec
 from otel_blocksnoop.kernel.compile import MAX_FDS, REPLY_MAX, Reply, Request
-from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.program import (
+    DetectorConfig,
+    first_error,
+    program_source,
+    read_capture,
+)
 from otel_blocksnoop.kernel.ringbuf import MappedRing, RecordCallback, RingReader
 from otel_blocksnoop.kernel.tracepoints import attach_cpu_clock, attach_tracepoint
 
@@ -220,23 +226,61 @@ def load(
     config: DetectorConfig,
     programs: Mapping[str, int] = EPOLL_PROGRAMS,
     timeout_s: float = LOAD_TIMEOUT_S,
+    source: str | None = None,
 ) -> LoadedProgram:
     """Compile and load the detector for ``config`` in a child; hold its maps and programs here.
 
     ``programs``: functions to load beside those BCC loads itself, with their
-    BPF program type. Raises what ``compile_program`` raises (BpfLoadError,
-    NoPrivilegesError), BccMissingError when the child cannot import bcc,
-    and BpfLoadError when the child fails in any other way.
+    BPF program type; ``source``: the C text (default ``program_source()``).
+    Raises what ``compile_program`` raises (BpfLoadError, NoPrivilegesError),
+    BccMissingError when the child cannot import bcc, and BpfLoadError when
+    the child fails in any other way, with the compiler's reason when it
+    wrote one (LLVM ends the child with ``exit(1)`` on some errors).
     """
     started = time.monotonic()
-    request = Request(config, dict(programs), logging.getLogger().getEffectiveLevel())
+    # The compiler's output goes to a memfd held here, so it outlives the child.
+    capture = os.memfd_create("otel-blocksnoop-compiler")
+    try:
+        request = Request(
+            config,
+            dict(programs),
+            logging.getLogger().getEffectiveLevel(),
+            source=program_source() if source is None else source,
+            capture_fd=capture,
+        )
+        data, fds, returncode = _ask_child(request, timeout_s)
+        if not data:
+            raise BpfLoadError(_child_failure(read_capture(capture), returncode))
+    finally:
+        os.close(capture)
+    try:
+        program = _hold(Reply.decode(data), fds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    program.load_s = time.monotonic() - started
+    log.debug(
+        "BPF program loaded by the compiler process in %.2f s: maps %s, programs %s",
+        program.load_s,
+        ", ".join(program.maps),
+        ", ".join(program.programs),
+    )
+    return program
+
+
+def _ask_child(request: Request, timeout_s: float) -> tuple[bytes, list[int], int | None]:
+    """Start the compiler process, send ``request``: its reply, the fds with it, its status."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    passed = (
+        [theirs.fileno()] if request.capture_fd is None else [theirs.fileno(), request.capture_fd]
+    )
     with ours:
         try:
             # Its stdout goes to our stderr: ours may carry JSON lines.
             child = subprocess.Popen(
                 compiler_command(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
+                pass_fds=passed,
                 stdin=subprocess.DEVNULL,
                 stdout=2,
                 env=_child_env(),
@@ -258,23 +302,21 @@ def load(
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout_s)
-    if not data:
-        msg = f"failed to load BPF program: the compiler process exited ({child.returncode})"
-        raise BpfLoadError(msg)
-    try:
-        program = _hold(Reply.decode(data), fds)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    program.load_s = time.monotonic() - started
-    log.debug(
-        "BPF program loaded by the compiler process in %.2f s: maps %s, programs %s",
-        program.load_s,
-        ", ".join(program.maps),
-        ", ".join(program.programs),
-    )
-    return program
+    return data, fds, child.returncode
+
+
+def _child_failure(output: str, returncode: int | None) -> str:
+    """One line for a compiler process that ended without a reply: its reason, and how it ended."""
+    if returncode is None:
+        ended = "did not exit"
+    elif returncode < 0:
+        ended = f"was killed by {signal.Signals(-returncode).name}"
+    else:
+        ended = f"exited with status {returncode}"
+    reason = first_error(output) if output.strip() else None
+    if reason is None:
+        return f"failed to load BPF program: the compiler process {ended}"
+    return f"failed to compile BPF program: {reason} (the compiler process {ended})"
 
 
 def _hold(reply: Reply, fds: list[int]) -> LoadedProgram:

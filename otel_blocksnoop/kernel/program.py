@@ -12,8 +12,7 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,46 +117,70 @@ def program_cflags(config: DetectorConfig) -> list[str]:
     ]
 
 
-def compile_program(bpf_class: Any, config: DetectorConfig) -> Any:  # noqa: ANN401 - bcc has no type hints
-    """Compile and load the program for ``config`` with BCC's ``BPF`` class.
+def compile_program(
+    bpf_class: Any,  # noqa: ANN401 - bcc has no type hints
+    config: DetectorConfig,
+    source: str | None = None,
+    capture_fd: int | None = None,
+) -> Any:  # noqa: ANN401 - bcc has no type hints
+    """Compile and load ``source`` (default ``program_source()``) for ``config`` with BCC's ``BPF``.
 
-    Raises ``NoPrivilegesError`` when the kernel refuses it, ``BpfLoadError``
+    What the compiler writes to fd 2 goes to ``capture_fd`` (a memfd of this
+    process's own when None): a parent that owns it can read the reason even
+    when LLVM ends this process with ``exit(1)`` before any exception. Raises
+    ``NoPrivilegesError`` when the kernel refuses the program, ``BpfLoadError``
     (with the compiler's first error) when it does not build.
     """
     what = "BPF program with cause tracking" if config.tracks_activity else "BPF program"
-    with _captured_stderr() as output:
+    text = program_source() if source is None else source
+    failure: Exception | None = None
+    # Nothing may log inside: fd 2 is the capture there.
+    with captured_stderr(capture_fd) as read_output:
         try:
-            bpf = bpf_class(text=program_source(), cflags=program_cflags(config))
-        except Exception as exc:
-            text = output.read_text(errors="replace")
-            log.debug("compiler output:\n%s", text)
-            if "Operation not permitted" in text or isinstance(exc, PermissionError):
-                msg = f"failed to load {what}: operation not permitted"
-                raise NoPrivilegesError(msg) from exc
-            msg = f"failed to compile {what}: {_first_error(text)}"
-            raise BpfLoadError(msg) from exc
-        text = output.read_text(errors="replace")
-        if text.strip():
-            log.debug("compiler output:\n%s", text)
+            bpf = bpf_class(text=text, cflags=program_cflags(config))
+        except Exception as exc:  # noqa: BLE001 - whatever BCC raised is told below
+            failure = exc
+        output = read_output()
+    if output.strip():
+        log.debug("compiler output:\n%s", output)
+    if failure is not None:
+        if "Operation not permitted" in output or isinstance(failure, PermissionError):
+            msg = f"failed to load {what}: operation not permitted"
+            raise NoPrivilegesError(msg) from failure
+        msg = f"failed to compile {what}: {first_error(output)}"
+        raise BpfLoadError(msg) from failure
     return bpf
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[Path]:
-    """Collect what libbcc's compiler writes to fd 2 (it bypasses sys.stderr)."""
-    with tempfile.NamedTemporaryFile(prefix="blocksnoop-cc-", suffix=".log") as sink:
-        saved = os.dup(2)
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield Path(sink.name)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+def captured_stderr(capture_fd: int | None) -> Iterator[Callable[[], str]]:
+    """Send what libbcc's compiler writes to fd 2 (it bypasses sys.stderr) to ``capture_fd``.
+
+    Yields a function that reads what was captured so far. In memory (a memfd):
+    nothing is written to a filesystem, which may be read-only.
+    """
+    fd = os.memfd_create("otel-blocksnoop-cc") if capture_fd is None else capture_fd
+    os.ftruncate(fd, 0)
+    saved = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        yield lambda: read_capture(fd)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if capture_fd is None:
+            os.close(fd)
 
 
-def _first_error(compiler_output: str) -> str:
+def read_capture(fd: int, limit: int = 1 << 20) -> str:
+    """What a capture fd holds, from its start (at most ``limit`` bytes)."""
+    return os.pread(fd, limit, 0).decode(errors="replace")
+
+
+def first_error(compiler_output: str) -> str:
+    """The compiler's first error line without its location, else its last line."""
     for line in compiler_output.splitlines():
-        if "error:" in line:
-            return re.sub(r"^.*?error:\s*", "", line).strip()
+        if "error:" in line or line.startswith("LLVM ERROR"):
+            return re.sub(r"^.*?(?:error:|LLVM ERROR:)\s*", "", line).strip()
     lines = [line for line in compiler_output.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "unknown error"

@@ -14,14 +14,23 @@ import contextlib
 import ctypes
 import fcntl
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from otel_blocksnoop.kernel.bpf_syscall import libc_syscall, parse_cpu_list, syscall_number
+from otel_blocksnoop.kernel.bpf_syscall import (
+    libc_syscall,
+    load_noop_program,
+    parse_cpu_list,
+    syscall_number,
+)
 
 TRACEFS_EVENTS = (Path("/sys/kernel/tracing/events"), Path("/sys/kernel/debug/tracing/events"))
 """Where tracepoint ids are found: tracefs, then tracefs under debugfs."""
 
 ONLINE_CPUS = Path("/sys/devices/system/cpu/online")
+MOUNTS = Path("/proc/self/mounts")
+PERF_EVENT_PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
+BPF_PROG_TYPE_TRACEPOINT = 5
 
 PERF_TYPE_SOFTWARE = 1
 PERF_TYPE_TRACEPOINT = 2
@@ -64,6 +73,86 @@ def tracepoint_id(category: str, event: str) -> int | None:
 
 def tracepoint_exists(category: str, event: str) -> bool:
     return tracepoint_id(category, event) is not None
+
+
+def tracefs_mounts(mounts: str) -> set[Path]:
+    """Mount points of tracefs in a /proc/PID/mounts text (octal escapes undone)."""
+    points = set()
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "tracefs":
+            points.add(Path(fields[1].encode().decode("unicode_escape")))
+    return points
+
+
+@dataclass(frozen=True, slots=True)
+class TracefsAccess:
+    """Whether this process can read a tracepoint's files, and if not, why."""
+
+    events: Path | None = None
+    """The readable ``events`` directory that holds the tracepoint."""
+    denied: Path | None = None
+    """A tracefs mounted where this process may not read it (its permissions, not its absence)."""
+    without_event: Path | None = None
+    """A readable ``events`` directory without the tracepoint (a kernel without it)."""
+
+
+def tracefs_access(category: str, event: str) -> TracefsAccess:
+    """Read the files of ``category:event`` where ``tracepoint_id`` and BCC do.
+
+    The id (read to attach) and the format (read by BCC to compile) are both
+    read, so a tracefs that is mounted but closed to this user (mode 0700,
+    owned by root, as mounted by default) is told apart from one not mounted.
+    """
+    try:
+        mounted = tracefs_mounts(MOUNTS.read_text(errors="replace"))
+    except OSError:
+        mounted = set()
+    denied = without_event = None
+    for events in TRACEFS_EVENTS:
+        directory = events / category / event
+        try:
+            int((directory / "id").read_text())
+            (directory / "format").read_bytes()
+        except PermissionError:
+            if denied is None and events.parent in mounted:
+                denied = events.parent
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError):
+                if without_event is None and events.is_dir() and any(events.iterdir()):
+                    without_event = events
+        else:
+            return TracefsAccess(events=events)
+    return TracefsAccess(denied=denied, without_event=without_event)
+
+
+def perf_event_paranoid() -> int | None:
+    """kernel.perf_event_paranoid (2 on most distributions), None if unreadable."""
+    try:
+        return int(PERF_EVENT_PARANOID.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def probe_attach(category: str, event: str) -> tuple[str, OSError] | None:
+    """Load a program that does nothing and attach it to ``category:event``, as a run does.
+
+    The same steps and calls as loading and ``attach_tracepoint``, so the same
+    refusals: None when the kernel allowed both, else the step refused and why.
+    The program is detached and freed before returning.
+    """
+    try:
+        prog_fd = load_noop_program(BPF_PROG_TYPE_TRACEPOINT)
+    except OSError as exc:
+        return "load a tracepoint BPF program", exc
+    try:
+        fd = attach_tracepoint(prog_fd, category, event)
+    except OSError as exc:
+        return f"open a perf event on {category}:{event} for every process", exc
+    finally:
+        os.close(prog_fd)
+    os.close(fd)
+    return None
 
 
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int, flags: int) -> int:

@@ -11,7 +11,10 @@ signal.
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import struct
+from pathlib import Path
 
 MAX_READ = 4096
 """The largest single read: anything bigger is refused as corrupt."""
@@ -60,6 +63,37 @@ _READV = _process_vm_readv()
 def plausible_pointer(address: int, alignment: int = 8) -> bool:
     """Non-null, aligned and in user space: worth following."""
     return 0x1000 <= address < _USER_SPACE_END and address % alignment == 0
+
+
+def _first_readable(maps: str) -> int | None:
+    """Start address of the first readable mapping in a /proc/PID/maps text."""
+    for line in maps.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1].startswith("r"):
+            return int(fields[0].partition("-")[0], 16)
+    return None
+
+
+def access_error(pid: int) -> OSError | None:
+    """Why this process may not read ``pid``'s memory; None when it may.
+
+    One byte of its first readable mapping, read as every ``RemoteMemory``
+    read is: the kernel makes the same ptrace access check (same user and no
+    capability it lacks, or CAP_SYS_PTRACE) as for the reads that follow.
+    """
+    try:
+        start = _first_readable((Path("/proc") / str(pid) / "maps").read_text(errors="replace"))
+    except OSError as exc:
+        return exc
+    if _READV is None or start is None:
+        return OSError(errno.ENOSYS, "process_vm_readv is not available")
+    buffer = ctypes.create_string_buffer(1)
+    local = _IoVec(ctypes.cast(buffer, ctypes.c_void_p), 1)
+    remote = _IoVec(start, 1)
+    if _READV(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) == 1:
+        return None
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code))
 
 
 class RemoteMemory:
@@ -137,5 +171,6 @@ __all__ = [
     "MAX_READ",
     "MAX_TABLE",
     "RemoteMemory",
+    "access_error",
     "plausible_pointer",
 ]

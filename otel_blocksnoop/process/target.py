@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otel_blocksnoop.errors import (
+    BadTargetError,
     LaunchError,
     NoPrivilegesError,
     NoSuchProcessError,
@@ -29,8 +30,54 @@ class TargetInfo:
     cmdline: str
 
 
+PF_KTHREAD = 0x00200000
+"""<linux/sched.h>: the task is a kernel thread (flags, field 9 of /proc/PID/stat)."""
+
+
 def _proc(pid: int) -> Path:
     return Path("/proc") / str(pid)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKind:
+    """What /proc says a PID is: its name, its thread group, whether the kernel runs it."""
+
+    name: str
+    tgid: int
+    kernel_thread: bool
+
+
+def parse_task(stat: str, status: str) -> TaskKind:
+    """``/proc/PID/stat`` and ``/proc/PID/status`` of one task; ValueError if malformed."""
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 1 :].split()
+    flags = int(fields[6])  # field 9; fields[0] is field 3 (state)
+    tgid = next(
+        int(line.split(":", 1)[1]) for line in status.splitlines() if line.startswith("Tgid:")
+    )
+    return TaskKind(name=name, tgid=tgid, kernel_thread=bool(flags & PF_KTHREAD))
+
+
+def _check_kind(pid: int) -> None:
+    """Refuse a kernel thread, a thread that is not its process, and this sidecar itself."""
+    try:
+        kind = parse_task(
+            (_proc(pid) / "stat").read_text(errors="replace"),
+            (_proc(pid) / "status").read_text(errors="replace"),
+        )
+    except (StopIteration, ValueError, IndexError):
+        return  # unreadable as expected: the checks that follow say what is wrong
+    if kind.kernel_thread:
+        msg = f"process {pid} ({kind.name}) is a kernel thread, not a user process"
+        raise NotPythonError(msg)
+    if kind.tgid == os.getpid():
+        msg = f"refusing to watch process {pid}: it is this otel-blocksnoop itself"
+        hint = "pass the app's PID (`ps` lists it; in a container the sidecar is often PID 1)"
+        raise BadTargetError(msg, hint)
+    if kind.tgid != pid:
+        msg = f"{pid} is a thread of process {kind.tgid}, not a process"
+        hint = f"pass {kind.tgid}, and `--tid {pid}` to watch only that thread"
+        raise BadTargetError(msg, hint)
 
 
 def process_exists(pid: int) -> bool:
@@ -57,6 +104,7 @@ def inspect_target(pid: int) -> TargetInfo:
         msg = f"failed to find process {pid}: no such process"
         raise NoSuchProcessError(msg)
     try:
+        _check_kind(pid)
         exe = str((_proc(pid) / "exe").readlink())
         raw = (_proc(pid) / "cmdline").read_bytes()
         python = is_python(pid, exe)

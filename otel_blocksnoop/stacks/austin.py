@@ -79,25 +79,34 @@ class Austin:
 
     @classmethod
     def find(cls, explicit: str | None = None) -> Austin:
-        """Locate Austin: the flag, then ``$AUSTINPATH``, then the venv, then ``$PATH``."""
-        candidates: list[Path] = []
+        """Locate Austin: the flag, then ``$AUSTINPATH``, then the venv, then ``$PATH``.
+
+        A flag or ``$AUSTINPATH`` that names no executable is an error that names
+        it, never skipped for the next place: the user asked for that Austin.
+        """
         if explicit:
-            candidates.append(Path(explicit))
-        env = os.environ.get(AUSTINPATH_ENV)
-        if env:
+            return cls._at(Path(explicit))
+        env = os.environ.get(AUSTINPATH_ENV, "")
+        if env.strip():
             path = Path(env)
-            candidates.append(path / cls.BINARY if path.is_dir() else path)
-        candidates.append(Path(sys.prefix) / "bin" / cls.BINARY)
+            return cls._at(path / cls.BINARY if path.is_dir() else path, f"${AUSTINPATH_ENV}={env}")
+        candidates = [Path(sys.prefix) / "bin" / cls.BINARY]
         found = shutil.which(cls.BINARY)
         if found:
             candidates.append(Path(found))
         for candidate in candidates:
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return cls(candidate)
-            if explicit and candidate == Path(explicit):
-                msg = f"failed to find Austin at {explicit}: not an executable file"
-                raise AustinError(msg)
-        msg = "failed to find Austin: not in $AUSTINPATH, the venv or $PATH"
+        msg = "failed to find Austin: $AUSTINPATH is not set, and none is in the venv or on $PATH"
+        raise AustinError(msg)
+
+    @classmethod
+    def _at(cls, path: Path, given: str | None = None) -> Austin:
+        """The Austin at ``path``; ``given`` is how the user named it, if not by ``path``."""
+        if path.is_file() and os.access(path, os.X_OK):
+            return cls(path)
+        where = f"{given} ({path})" if given else str(path)
+        msg = f"failed to find Austin at {where}: not an executable file"
         raise AustinError(msg)
 
     @cached_property
@@ -166,24 +175,32 @@ class Austin:
             # Run by its loader, Austin is "austin" to itself, and /proc/PID/cmdline
             # starts with it (its comm is the fd's number: the kernel's basename).
             argv = [self.BINARY, *(["--argv0", self.BINARY, paths[1]] if len(paths) > 1 else [])]
+            wrappers = _namespace_wrappers(where.mount_ns)
             try:
                 with _children_in(pid_ns):
-                    process = subprocess.Popen(
-                        [*argv, *args],
-                        executable=paths[0],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                        pass_fds=inherited,
-                        preexec_fn=_dies_with(parent, mount),  # noqa: PLW1509 - prctl, setns
-                        text=text,
-                        start_new_session=new_session,
-                    )
+                    if wrappers is not None:
+                        # No Python code in the child: see _namespace_wrappers.
+                        process = subprocess.Popen(
+                            [*wrappers, paths[0], *argv[1:], *args],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            pass_fds=inherited,
+                            text=text,
+                            start_new_session=new_session,
+                        )
+                    else:
+                        process = subprocess.Popen(
+                            [*argv, *args],
+                            executable=paths[0],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            pass_fds=inherited,
+                            preexec_fn=_dies_with(parent, mount),  # noqa: PLW1509 - prctl, setns
+                            text=text,
+                            start_new_session=new_session,
+                        )
             except subprocess.SubprocessError as exc:  # only setns raises in the child
-                msg = (
-                    f"Austin cannot enter the mount namespace of {where.mount_ns}: refused "
-                    "(it takes CAP_SYS_ADMIN and CAP_SYS_CHROOT)"
-                )
-                raise OSError(msg) from exc
+                raise OSError(refused_namespace(where)) from exc
         return process
 
     def version(self) -> str:
@@ -207,9 +224,41 @@ class Austin:
         if result.returncode != 0:
             lines = [line for line in _ANSI.sub("", result.stderr).splitlines() if line.strip()]
             reason = lines[-1].strip() if lines else f"exit status {result.returncode}"
+            if any(line.startswith("nsenter:") for line in lines):
+                reason = refused_namespace(where)
             msg = f"failed to {doing}: {reason}"
             raise AustinError(msg)
         return parse_where(result.stdout)
+
+
+def refused_namespace(where: Reach) -> str:
+    """What to tell when Austin could not enter the app's mount namespace."""
+    return (
+        f"Austin cannot enter the mount namespace of {where.mount_ns}: refused "
+        "(it takes CAP_SYS_ADMIN and CAP_SYS_CHROOT)"
+    )
+
+
+def _namespace_wrappers(mount_ns: Path | None) -> list[str] | None:
+    """util-linux's setpriv and nsenter: die with us, enter ``mount_ns``; None if absent.
+
+    Forking from a thread whose PID namespace for children was changed
+    (``_children_in``) with a ``preexec_fn`` runs Python's at-fork hooks in
+    that thread: the gRPC exporter's restart its threads there, which the
+    kernel refuses (EINVAL: a thread must start in its process's PID
+    namespace), and the sidecar stalled for good (seen in a container on the
+    host's PID namespace, exporting over gRPC). Exec'd programs run no hook:
+    ``setpriv --pdeathsig KILL`` ties the child to us, ``nsenter --mount``
+    enters the app's mount namespace without a fork, so the child, and
+    Austin after both execs, stays the process we started and can stop.
+    """
+    setpriv, nsenter = shutil.which("setpriv"), shutil.which("nsenter")
+    if setpriv is None or nsenter is None:
+        return None
+    wrappers = [setpriv, "--pdeathsig", "KILL", "--"]
+    if mount_ns is not None:
+        wrappers += [nsenter, f"--mount={mount_ns}", "--"]
+    return wrappers
 
 
 def _dies_with(parent: int, mount_ns: int = -1) -> Callable[[], None]:

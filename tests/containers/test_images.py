@@ -58,8 +58,9 @@ def test_doctor_finds_everything_in_the_hardened_container() -> None:
         "otel-blocksnoop",
         "doctor",
     )
-    # THEN every item is there, BCC imports, Austin runs
+    # THEN every item is there, BCC imports, a program attaches, Austin runs
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 5
-    assert all(line.startswith("[  ok   ]") for line in lines), result.stdout
+    *checks, verdict = result.stdout.splitlines()
+    assert len(checks) == 8
+    assert all(line.startswith("[  ok   ]") for line in checks), result.stdout
+    assert verdict == "verdict: ready to launch a command, or watch any process"

@@ -77,6 +77,60 @@ def test_conflicting_or_missing_arguments(args: list[str], complaint: str) -> No
     assert complaint in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["-t", "1e14", "1"], "--threshold: must be from 0.001 to 3.6e+06 milliseconds"),
+        (["--sample-interval", "0.0001", "1"], "--sample-interval: must be from 0.001 to 1000"),
+        (["99999999999"], "not a process id"),
+    ],
+)
+def test_values_out_of_range_are_refused_before_anything_is_loaded(
+    args: list[str], complaint: str
+) -> None:
+    run = run_sidecar(*args)
+    assert run.returncode == ExitCode.USAGE
+    assert_one_line_error(run.stderr)
+    assert complaint in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OTEL_EXPORTER_OTLP_PROTOCOL", "foo"), ("OTEL_SERVICE_NAME", "x" * 300)],
+)
+def test_a_bad_otel_variable_is_one_line_not_a_traceback(variable: str, value: str) -> None:
+    env = {**os.environ, variable: value}
+    result = subprocess.run(
+        [*SIDECAR, "1"], capture_output=True, text=True, env=env, check=False, timeout=60
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert_one_line_error(result.stderr)
+    assert variable in result.stderr
+
+
+def test_a_kernel_thread_is_called_one_not_gone() -> None:
+    # GIVEN kthreadd, the kernel thread every other one is forked from
+    assert "kthreadd" in Path("/proc/2/status").read_text()
+    # WHEN it is given as the PID
+    run = run_sidecar("2")
+    # THEN it is named a kernel thread (it did not exit), with the not-Python code
+    assert run.returncode == ExitCode.NOT_PYTHON
+    assert_one_line_error(run.stderr)
+    assert "process 2 (kthreadd) is a kernel thread, not a user process" in run.stderr
+
+
+def test_the_sidecar_pointed_at_itself_refuses() -> None:
+    # GIVEN a shell that becomes the sidecar (exec), given the shell's own PID
+    command = " ".join(SIDECAR) + ' "$$"'
+    result = subprocess.run(
+        ["sh", "-c", f"exec {command}"], capture_output=True, text=True, check=False, timeout=60
+    )
+    # THEN it refuses in one line with the usage code
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "it is this otel-blocksnoop itself" in result.stderr
+
+
 def test_launching_a_missing_command() -> None:
     run = run_sidecar("--", "/nonexistent/app")
     assert run.returncode == ExitCode.LAUNCH_FAILED
@@ -93,7 +147,7 @@ def test_no_privileges() -> None:
     # THEN it says so in one line
     assert result.returncode == ExitCode.NO_PRIVILEGES, result.stderr
     assert_one_line_error(result.stderr)
-    assert "not root" in result.stderr
+    assert "missing CAP_BPF and CAP_PERFMON" in result.stderr
 
 
 def test_bcc_missing(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from harness.otlp import OtlpReceiver, ReceivedSpan, attributes, free_port
 from harness.rotel import Rotel
+from otel_blocksnoop.export.otlp import HTTP, settings_from, wrong_protocol
 from tests.helpers import (
     BLOCKER,
     SIDECAR,
@@ -310,6 +311,43 @@ def test_a_collector_that_never_comes_back_costs_a_warning_not_a_hang(tmp_path: 
     assert [r["type"] for r in parse_json_lines(result.stdout)] == ["block", "summary"]
     undelivered = [line for line in result.stderr.splitlines() if "failed to deliver" in line]
     assert len(undelivered) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_the_otlp_http_probe_tells_a_grpc_port_from_an_http_one() -> None:
+    # GIVEN a real receiver listening for OTLP on a gRPC port and an HTTP port
+    with OtlpReceiver() as receiver:
+        # WHEN each is probed as an OTLP/HTTP endpoint
+        grpc_port = settings_from({}, endpoint=endpoint_of(receiver, "grpc"), protocol=HTTP)
+        http_port = settings_from({}, endpoint=receiver.http_endpoint, protocol=HTTP)
+        # THEN only the gRPC port is said not to speak it
+        said = wrong_protocol(grpc_port, {})
+        assert said is not None
+        assert said.startswith(
+            f"{endpoint_of(receiver, 'grpc')} does not speak OTLP/HTTP: it answers in HTTP/2"
+        )
+        assert wrong_protocol(http_port, {}) is None
+
+
+def test_an_http_exporter_pointed_at_a_grpc_port_says_so_in_plain_words(tmp_path: Path) -> None:
+    # GIVEN a real gRPC receiver, and the sidecar told to send OTLP/HTTP to its port
+    out = tmp_path / "truth.jsonl"
+    with OtlpReceiver() as receiver:
+        env = otlp_env(
+            endpoint_of(receiver, "grpc"),
+            "http/protobuf",
+            OTEL_EXPORTER_OTLP_TIMEOUT="1",
+            OTEL_BSP_EXPORT_TIMEOUT="1000",
+        )
+        result = subprocess.run(
+            [*SIDECAR, "--json", "-t", "50", "--", *app("sleep", "--out", str(out))],
+            capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
+        )  # fmt: skip
+    # THEN the block is still reported, and stderr says what is wrong, never BadStatusLine
+    assert result.returncode == 0, result.stderr
+    assert [r["type"] for r in parse_json_lines(result.stdout)] == ["block", "summary"]
+    assert "does not speak OTLP/HTTP: it answers in HTTP/2, as a gRPC port does" in result.stderr
+    assert "BadStatusLine" not in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_blocksnoop.errors import BpfLoadError
+from otel_blocksnoop.cli import parse_arguments
+from otel_blocksnoop.errors import BpfLoadError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS, BlockEvent
 from otel_blocksnoop.kernel import bpf_syscall, loader
 from otel_blocksnoop.kernel.bpf_map import u32
@@ -23,7 +24,7 @@ from otel_blocksnoop.kernel.constants import COUNTER_ITERATIONS, WATCH_ROOT
 from otel_blocksnoop.kernel.decode import block_event_from_c
 from otel_blocksnoop.kernel.detector import EPOLL_SYSCALLS
 from otel_blocksnoop.kernel.layout import BlockEventC, ThreadStateC, WatchStateC
-from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.program import DetectorConfig, program_source
 from otel_blocksnoop.kernel.ringbuf import record_as
 from otel_blocksnoop.kernel.thread_table import ThreadTable
 from otel_blocksnoop.kernel.tracepoints import tracepoint_exists
@@ -115,7 +116,7 @@ def test_this_process_never_imports_bcc_nor_maps_llvm() -> None:
     code = """
 import json, sys
 from otel_blocksnoop.kernel import bpf_syscall, loader
-from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.kernel.program import DetectorConfig, program_source
 from otel_blocksnoop.kernel.thread_table import ThreadTable
 with loader.load(DetectorConfig(threshold_ns=10_000_000)) as program:
     attached = program.attach([("on_epoll_enter", "syscalls:sys_enter_epoll_wait")])
@@ -241,6 +242,42 @@ def test_a_program_that_does_not_build_fails_in_the_parent_with_the_compilers_re
     # WHEN it is loaded, THEN the child's failure is raised here, as Detector raises it
     with pytest.raises(BpfLoadError, match="failed to compile BPF program"):
         loader.load(config)
+
+
+@pytest.mark.parametrize("threshold", ["0.001", "3600000"])
+def test_the_ends_of_the_threshold_range_build_and_load(threshold: str) -> None:
+    # GIVEN the detector as the command line configures it at each end of -t's range
+    config = parse_arguments(["-t", threshold, "1"]).detector
+    # WHEN it is compiled and loaded, THEN the kernel holds it (no compile error, no overflow)
+    with loader.load(config) as program:
+        assert "events" in program.maps
+
+
+# A copy whose size is known only at run time: clang emits a call to memcpy, which
+# LLVM's BPF backend refuses through its default diagnostic handler, exit(1).
+UNBUILDABLE = """
+int unbuildable(struct pt_regs *ctx) {
+    char from[64] = {}, to[64];
+    __builtin_memcpy(to, from, bpf_get_prandom_u32() & 63);
+    return to[0];
+}
+"""
+
+
+def test_a_compiler_ended_by_llvm_still_gives_its_reason_in_one_line() -> None:
+    # GIVEN the detector's source with a function LLVM's BPF backend cannot build
+    source = program_source() + UNBUILDABLE
+    # WHEN the child compiles it, and LLVM ends the child before BCC can raise
+    with pytest.raises(BpfLoadError) as error:
+        loader.load(DetectorConfig(threshold_ns=NS_PER_MS), source=source)
+    # THEN the parent says what the compiler said and how the child ended, on one line,
+    # with the BPF exit code
+    message = str(error.value)
+    assert message.startswith("failed to compile BPF program: "), message
+    assert "memcpy" in message
+    assert "(the compiler process exited with status 1)" in message
+    assert "\n" not in message
+    assert error.value.exit_code == ExitCode.BPF_LOAD_FAILED
 
 
 def test_a_function_the_program_lacks_is_a_load_error() -> None:

@@ -43,9 +43,13 @@ def test_a_launched_command_killed_by_a_signal_exits_128_plus_n() -> None:
 def test_doctor_lists_every_check_as_ok_on_a_ready_host() -> None:
     result = run_raw("doctor")
     assert result.returncode == 0
-    names = [line.split("]", 1)[1].split()[0] for line in result.stdout.splitlines()]
-    assert names == ["privileges", "bcc", "tracefs", "kernel", "austin"]
-    assert all(line.startswith("[  ok   ]") for line in result.stdout.splitlines())
+    *checks, verdict = result.stdout.splitlines()
+    names = [line.split("]", 1)[1].split()[0] for line in checks]
+    assert names == [
+        "capabilities", "interpreter", "bcc", "tracefs", "attach", "kernel", "ptrace", "austin",
+    ]  # fmt: skip
+    assert all(line.startswith("[  ok   ]") for line in checks)
+    assert verdict == "verdict: ready to launch a command, or watch any process"
 
 
 def test_ebpf_flag_prints_the_program_with_its_constants() -> None:

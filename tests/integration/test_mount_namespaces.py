@@ -310,9 +310,12 @@ def test_austin_in_an_apps_mount_namespace_dies_with_the_process_that_started_it
     try:
         assert starter.stdout is not None
         austin = int(PipeLines(starter.stdout).wait_for("austin").split()[1])
-        assert Path(f"/proc/{austin}/ns/mnt").stat().st_ino == (
-            Path(f"/proc/{target.pid}/ns/mnt").stat().st_ino
-        )
+        # (it enters the namespace as it starts: by the wrappers' execs, or before its own)
+        theirs = Path(f"/proc/{target.pid}/ns/mnt").stat().st_ino
+        deadline = time.monotonic() + WAIT_S
+        while Path(f"/proc/{austin}/ns/mnt").stat().st_ino != theirs:
+            assert time.monotonic() < deadline, "Austin never entered the app's mount namespace"
+            time.sleep(0.01)
         # AND it can be stopped and continued
         os.kill(austin, signal.SIGSTOP)
         wait_state(austin, "T")

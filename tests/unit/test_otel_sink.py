@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -35,7 +37,7 @@ from otel_blocksnoop.events import (
 )
 from otel_blocksnoop.export.otel import OtelSink
 from otel_blocksnoop.export.otel.queue import DeliveryQueue
-from otel_blocksnoop.export.otlp import Exporters, settings_from
+from otel_blocksnoop.export.otlp import MAX_SERVICE_NAME, Exporters, settings_from
 from otel_blocksnoop.losses import Losses
 
 APP = ProcessIdentity(
@@ -182,6 +184,30 @@ def test_an_app_with_no_name_gets_the_fallback_then_the_unknown_service() -> Non
     harness.sink.shutdown()
     (span,) = harness.spans.get_finished_spans()
     assert span.resource.attributes["service.name"] == "unknown_service:python"
+
+
+def test_an_apps_overlong_service_name_is_cut_to_the_cap_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # GIVEN an app whose environment sets a service name of 10,000 characters
+    harness = Harness()
+    huge = replace(BLOCK, process=replace(APP, service_name="s" * 10_000))
+
+    # WHEN two of its blocks are exported
+    with caplog.at_level(logging.WARNING):
+        harness.sink.export(replace(huge, pid=8))
+        harness.sink.export(replace(huge, pid=8))
+    harness.sink.shutdown()
+
+    # THEN its spans carry the first MAX_SERVICE_NAME characters, and one warning says so
+    spans = harness.spans.get_finished_spans()
+    assert [span.resource.attributes["service.name"] for span in spans] == [
+        "s" * MAX_SERVICE_NAME
+    ] * 2
+    warnings = [r.getMessage() for r in caplog.records if "service.name" in r.getMessage()]
+    assert warnings == [
+        f"service.name of PID 8 is 10000 characters long: kept to its first {MAX_SERVICE_NAME}"
+    ]
 
 
 def test_a_cpu_block_has_no_syscall_and_a_block_without_stack_no_code_attributes() -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from otel_blocksnoop.errors import ConfigError
-from otel_blocksnoop.export.otlp import DEFAULT_SCHEDULE_DELAY_MS, GRPC, HTTP, settings_from
+from otel_blocksnoop.export.otlp import (
+    DEFAULT_SCHEDULE_DELAY_MS,
+    GRPC,
+    HTTP,
+    MAX_SERVICE_NAME,
+    not_http1,
+    settings_from,
+)
 
 
 def test_without_an_endpoint_otlp_is_off() -> None:
@@ -70,3 +77,43 @@ def test_bad_values_are_one_line_errors_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match=fragment):
         settings_from(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "flag", "said"),
+    [
+        ({}, "x" * 256, "--service must be at most 255 characters, not 256"),
+        ({"OTEL_SERVICE_NAME": "x" * 1000}, None, "OTEL_SERVICE_NAME must be at most 255"),
+    ],
+)
+def test_a_service_name_over_the_cap_from_the_sidecars_settings_is_refused(
+    env: dict[str, str], flag: str | None, said: str
+) -> None:
+    with pytest.raises(ConfigError, match=said):
+        settings_from(env, service=flag)
+
+
+def test_a_service_name_at_the_cap_is_kept_whole() -> None:
+    assert settings_from({}, service="y" * MAX_SERVICE_NAME).fallback_service == "y" * 255
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\n", None),
+        (b"HTTP/1.0 501 ", None),
+        (b"HTT", None),  # the start of a status line: nothing to judge by
+        (b"", None),
+        (b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x04\x00@", "it answers in HTTP/2"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "its answer is not HTTP"),
+    ],
+)
+def test_an_answer_to_an_http1_request_tells_a_grpc_port_from_an_otlp_http_one(
+    answer: bytes, reason: str | None
+) -> None:
+    found = not_http1(answer)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.startswith(reason)

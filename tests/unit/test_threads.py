@@ -109,6 +109,44 @@ def test_an_explicit_austin_path_that_does_not_exist_is_an_error(tmp_path: Path)
         Austin.find(str(tmp_path / "nope"))
 
 
+@pytest.mark.parametrize("value", ["{tmp}/no-austin-here", "{tmp}"])
+def test_an_austinpath_that_names_no_austin_is_an_error_that_names_it(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN $AUSTINPATH set to a missing file, or to a directory without austin in it,
+    # while the venv has an Austin the search would otherwise fall back to
+    austinpath = value.format(tmp=tmp_path)
+    monkeypatch.setenv("AUSTINPATH", austinpath)
+
+    # WHEN Austin is looked for
+    with pytest.raises(AustinError) as error:
+        Austin.find()
+
+    # THEN the error names the variable and what it pointed at
+    assert str(error.value).startswith(f"failed to find Austin at $AUSTINPATH={austinpath} (")
+    assert str(error.value).endswith("): not an executable file")
+
+
+def test_an_austinpath_directory_holding_austin_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = tmp_path / "austin"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("AUSTINPATH", str(tmp_path))
+    assert Austin.find().path == binary
+
+
+def test_the_flag_is_used_whatever_austinpath_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = tmp_path / "austin"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("AUSTINPATH", str(tmp_path / "no-austin-here"))
+    assert Austin.find(str(binary)).path == binary
+
+
 def test_the_opentelemetry_sdks_export_thread_is_a_poller_and_not_reported() -> None:
     # GIVEN the SDK's batch worker, which polls epoll through gRPC while exporting
     sdk = "/srv/.venv/lib/python3.11/site-packages/opentelemetry/sdk"

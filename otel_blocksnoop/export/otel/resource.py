@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -11,7 +12,9 @@ from opentelemetry.sdk.resources import Resource
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import ProcessIdentity
 from otel_blocksnoop.export import names
+from otel_blocksnoop.export.otlp import MAX_SERVICE_NAME
 
+log = logging.getLogger(__name__)
 MAX_RESOURCES = 64
 """Watched processes whose resource and meters are kept; the oldest go past this."""
 
@@ -51,6 +54,15 @@ def process_resource(
         for key, value in placement_attributes(identity).items():
             attributes.setdefault(key, value)
     service = (identity.service_name if identity else None) or fallback_service
+    if service is not None and len(service) > MAX_SERVICE_NAME:
+        # Only the app's own can be this long: the sidecar's settings are checked at start.
+        log.warning(
+            "service.name of PID %d is %d characters long: kept to its first %d",
+            pid,
+            len(service),
+            MAX_SERVICE_NAME,
+        )
+        service = service[:MAX_SERVICE_NAME]
     attributes[names.SERVICE_NAME] = service or names.UNKNOWN_SERVICE
     # As the app sees itself (in its own PID namespace), like its own telemetry.
     attributes[names.PROCESS_PID] = identity.app_pid or pid if identity is not None else pid

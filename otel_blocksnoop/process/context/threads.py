@@ -10,13 +10,36 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+from typing import Protocol
 
 from otel_blocksnoop.bounded import BoundedDict
-from otel_blocksnoop.process.cpython import CPythonLayout
 from otel_blocksnoop.process.remote_memory import RemoteMemory, plausible_pointer
 
 MAX_INTERPRETERS = 16
 MAX_THREADS = 1024
+
+
+class ThreadLayout(Protocol):
+    """The offsets a walk of thread states needs.
+
+    Either a generated ``CPythonLayout`` or the ``DebugOffsets`` the
+    interpreter publishes (3.13+).
+    """
+
+    @property
+    def runtime_interpreters_head(self) -> int: ...
+    @property
+    def interp_next(self) -> int: ...
+    @property
+    def interp_threads_head(self) -> int: ...
+    @property
+    def tstate_next(self) -> int: ...
+    @property
+    def tstate_interp(self) -> int: ...
+    @property
+    def tstate_thread_id(self) -> int: ...
+    @property
+    def tstate_native_thread_id(self) -> int | None: ...
 
 
 class ThreadStates:
@@ -25,7 +48,7 @@ class ThreadStates:
     def __init__(
         self,
         memory: RemoteMemory,
-        layout: CPythonLayout,
+        layout: ThreadLayout,
         runtime: int,
         tid_offset: int | None = None,
     ) -> None:
@@ -122,4 +145,4 @@ def pthread_tid_offset() -> int | None:
     return None
 
 
-__all__ = ["MAX_THREADS", "ThreadStates", "pthread_tid_offset"]
+__all__ = ["MAX_THREADS", "ThreadLayout", "ThreadStates", "pthread_tid_offset"]
