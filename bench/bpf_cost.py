@@ -13,13 +13,24 @@ throughput, these counts do not depend on what else the machine is doing.
 The triggers sent (each one wakes the sidecar) are counted by reason. Modes
 alternate over the rounds.
 
-USAGE: bpf_cost.py [--rounds N] [--seconds S] [--mode NAME ...]
+``--unwatched`` watches a process that never calls epoll instead, so the app
+under load is one the program must look up and let go on every epoll call:
+the cost every other process on the machine pays. The ``pidns`` modes build
+the program as for a sidecar outside the host's PID namespace, which looks
+each unwatched process up a second time, by its id in the sidecar's
+namespace, at each return from epoll: ``pidns`` names this process's own
+namespace (the app runs in it: the helper finds its ids, and the map is
+looked up), ``pidns elsewhere`` a namespace made for the run (the app is not
+in it, as the host's processes are not in a pod's: the helper fails early).
+
+USAGE: bpf_cost.py [--rounds N] [--seconds S] [--mode NAME ...] [--unwatched]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -32,17 +43,24 @@ from otel_blocksnoop.cli import positive_int
 from otel_blocksnoop.events import Trigger
 from otel_blocksnoop.kernel.detector import Detector
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.process.pidns import pid_namespace
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 THRESHOLD_NS = 100_000_000
 TRIGGER_NS = THRESHOLD_NS // 2  # what the sidecar asks for with trace links on
 MODES = {
-    "detection": (False, 0),
-    "detection + cause": (True, 0),
-    "detection + triggers": (False, TRIGGER_NS),
-    "detection + cause + triggers": (True, TRIGGER_NS),
+    "detection": (False, 0, None),
+    "detection + cause": (True, 0, None),
+    "detection + triggers": (False, TRIGGER_NS, None),
+    "detection + cause + triggers": (True, TRIGGER_NS, None),
+    "detection (pidns)": (False, 0, "own"),
+    "detection (pidns elsewhere)": (False, 0, "elsewhere"),
+    "detection + cause + triggers (pidns)": (True, TRIGGER_NS, "own"),
+    "detection + cause + triggers (pidns elsewhere)": (True, TRIGGER_NS, "elsewhere"),
 }
-"""By name: (cause, trigger age in ns; 0: no triggers)."""
+"""By name: (cause, trigger age in ns; 0: no triggers, PID namespace the ids are of)."""
+ELSEWHERE: list[tuple[int, int]] = []
+"""The PID namespace made for the ``elsewhere`` modes (set by ``main``)."""
 
 
 def prog_stats(fd: int) -> tuple[int, int]:
@@ -66,12 +84,17 @@ def context_switches() -> int:
 
 
 def measure(
-    mode: tuple[bool, int], pid: int, load: Wrk | PythonLoad, seconds: int
+    mode: tuple[bool, int, str | None], pid: int, load: Wrk | PythonLoad, seconds: int
 ) -> dict[str, float]:
     """Per-program calls/s and ns/call, the total % of a core, and req/s, for one round."""
-    cause, trigger_ns = mode
+    cause, trigger_ns, pidns = mode
     detector = Detector(
-        DetectorConfig(threshold_ns=THRESHOLD_NS, activity=cause, trigger_ns=trigger_ns)
+        DetectorConfig(
+            threshold_ns=THRESHOLD_NS,
+            activity=cause,
+            trigger_ns=trigger_ns,
+            pidns={None: None, "own": pid_namespace(), "elsewhere": ELSEWHERE[0]}[pidns],
+        )
     )
     detector.load()
     reasons: Counter[str] = Counter()
@@ -110,12 +133,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=positive_int, default=4)
     parser.add_argument("--seconds", type=positive_int, default=5)
     parser.add_argument("--mode", choices=MODES, action="append", help="default: all")
+    parser.add_argument(
+        "--unwatched", action="store_true", help="watch an idle process, not the app under load"
+    )
     args = parser.parse_args(argv)
     modes = {name: MODES[name] for name in args.mode or MODES}
 
     previous = STATS_SYSCTL.read_text().strip()
     STATS_SYSCTL.write_text("1")
     server, lines = start_app("http_app.py")
+    idle = subprocess.Popen(["sleep", "infinity"])
+    # A PID namespace of its own, for the "elsewhere" modes: unshare's child is PID 1 there.
+    other = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "infinity"])
+    while not (children := Path(f"/proc/{other.pid}/task/{other.pid}/children").read_text()):
+        time.sleep(0.01)
+    ELSEWHERE.append(pid_namespace(int(children.split()[0])))
+    watched = idle.pid if args.unwatched else server.pid
     try:
         port = int(lines.wait_for(lambda t: t.startswith("ready "), 30, "server").split()[1])
         wrk = find_wrk()
@@ -124,12 +157,17 @@ def main(argv: list[str]) -> int:
         for round_no in range(args.rounds):
             order = list(modes.items())
             for name, mode in order if round_no % 2 == 0 else reversed(order):
-                rows[name].append(measure(mode, server.pid, load, args.seconds))
+                rows[name].append(measure(mode, watched, load, args.seconds))
     finally:
+        for helper in (idle, other):
+            helper.kill()
+            helper.wait()
         server.stop()
         STATS_SYSCTL.write_text(previous)
 
-    print(f"load: {load.name}, {args.rounds} rounds of {args.seconds} s per mode; medians\n")
+    what = "an idle process (the app unwatched)" if args.unwatched else "the app"
+    print(f"load: {load.name}, watching {what}, {args.rounds} rounds of {args.seconds} s per mode;")
+    print("medians\n")
     keys = sorted({key for mode_rows in rows.values() for row in mode_rows for key in row})
     print("| figure | " + " | ".join(modes) + " |")
     print("| --- |" + " --- |" * len(modes))

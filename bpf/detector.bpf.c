@@ -35,8 +35,18 @@
  * Compile-time constants (BCC -D cflags, from program_cflags() in
  * otel_blocksnoop/kernel/program.py): THRESHOLD_NS, TARGET_TID (0 = all
  * threads), STATS_MODE, TRACK_ACTIVITY, TRIGGER_NS (0 = no triggers),
- * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, SEGMENTS, MAX_LOOPS, and the
- * constants shared with Python (see detector.h).
+ * MAX_THREADS, MAX_WATCHED, RINGBUF_PAGES, TRIGGER_PAGES, SEGMENTS, MAX_LOOPS,
+ * PIDNS, PIDNS_DEV, PIDNS_INO, and the constants shared with Python (see
+ * detector.h).
+ *
+ * PID namespaces: the maps are keyed by the kernel's (host) ids, which
+ * sched_switch and sched_process_fork give. User space in the host's PID
+ * namespace knows those ids. User space in another one (PIDNS: a sidecar
+ * sharing the app's namespace) knows the ids of its namespace (PIDNS_DEV,
+ * PIDNS_INO) only: it puts the PIDs to watch in watched_ns, and a thread of an
+ * unwatched process returning from epoll is looked up there by its id in that
+ * namespace; if found, its process is entered in watched by its host id. Each
+ * thread's state keeps its ids in that namespace, and the events carry both.
  *
  * Segments (SEGMENTS, with triggers): one iteration may run the callbacks of
  * several requests one after another, each in its own context (an asyncio
@@ -87,6 +97,12 @@
 #ifndef MAX_LOOPS
 #error "MAX_LOOPS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+#ifndef PIDNS
+#error "PIDNS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#if PIDNS && !(defined(PIDNS_DEV) && defined(PIDNS_INO))
+#error "PIDNS needs PIDNS_DEV and PIDNS_INO: the namespace user space knows ids in"
+#endif
 #if SEGMENTS && !(TRIGGER_NS && TRACK_ACTIVITY)
 #error "SEGMENTS needs triggers and TRACK_ACTIVITY: it sights threads in their programs"
 #endif
@@ -96,12 +112,21 @@
 #define TASK_REPORT_SLEEP 0x7f
 
 BPF_HASH(watched, u32, struct watch_state, MAX_WATCHED);
+#if PIDNS
+/* PIDs to watch by their id in user space's namespace (it adds them). */
+BPF_HASH(watched_ns, u32, struct watch_state, MAX_WATCHED);
+/* How many PIDs user space has put in watched_ns: bumped by it after each. */
+BPF_ARRAY(watch_generation, u64, 1);
+/* Processes (host tgid) found in no watched_ns entry, and watch_generation then:
+ * not looked up again until user space names another PID. */
+BPF_TABLE("lru_hash", u32, u64, unnamed, MAX_THREADS);
+#endif
 BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* A block event is built here, then sent with as many segments as it has. */
 BPF_PERCPU_ARRAY(scratch, struct block_event, 1);
-/* A new thread's first state: all zero but its tgid (too big for the stack). */
+/* A new thread's first state: all zero but its ids (too big for the stack). */
 BPF_PERCPU_ARRAY(blank_state, struct thread_state, 1);
 #if SEGMENTS
 /* Loop threads whose context pointer user space found (it adds them), by tid. */
@@ -170,27 +195,84 @@ static __always_inline void record_iteration(u64 delta)
 }
 #endif
 
-/* Returns the caller's tid when its process is watched (and the thread
+/* The current task's ids as user space knows them: in its PID namespace
+ * (PIDNS), else the host's (id, from bpf_get_current_pid_tgid). Returns 0 when
+ * the task has none there (it runs in another namespace). */
+static __always_inline int user_ids(u64 id, u32 *tgid, u32 *tid)
+{
+#if PIDNS
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(PIDNS_DEV, PIDNS_INO, &ns, sizeof(ns)))
+        return 0;
+    *tgid = ns.tgid;
+    *tid = ns.pid;
+#else
+    *tgid = id >> 32;
+    *tid = (u32)id;
+#endif
+    return 1;
+}
+
+/* Whether the current thread passes the TARGET_TID filter (user space's tid). */
+static __always_inline int target_thread(u64 id)
+{
+    if (!TARGET_TID)
+        return 1;
+    u32 tgid = 0, tid = 0;
+    return user_ids(id, &tgid, &tid) && tid == TARGET_TID;
+}
+
+/* Returns the caller's (host) tid when its process is watched (and the thread
  * passes the TARGET_TID filter), else 0. */
 static __always_inline u32 watched_tid(u32 *tgid_out, struct watch_state **watch_out)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    u32 tid = (u32)id;
     struct watch_state *watch = watched.lookup(&tgid);
-    if (!watch)
-        return 0;
-    if (TARGET_TID && tid != TARGET_TID)
+    if (!watch || !target_thread(id))
         return 0;
     *tgid_out = tgid;
     *watch_out = watch;
-    return tid;
+    return (u32)id;
 }
 
+#if PIDNS
+/* watched_tid for a process user space named by its id in its namespace, not
+ * yet known by its host id: entered in watched now. An unwatched process is
+ * looked up once (a helper call and a lookup), then remembered in unnamed until
+ * user space names another PID: its epoll returns cost one lookup more than
+ * without PIDNS (measured in bench/bpf_cost.py --unwatched). */
+static __always_inline u32 watched_tid_ns(u32 *tgid_out, struct watch_state **watch_out)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!tgid)
+        return 0;
+    u32 zero = 0;
+    u64 *generation = watch_generation.lookup(&zero);
+    u64 now_generation = generation ? *generation : 0;
+    u64 *seen = unnamed.lookup(&tgid);
+    if (seen && *seen == now_generation)
+        return 0;
+    u32 ns_tgid = 0, ns_tid = 0;
+    struct watch_state *named = NULL;
+    if (user_ids(id, &ns_tgid, &ns_tid))
+        named = watched_ns.lookup(&ns_tgid);
+    if (!named) {
+        unnamed.update(&tgid, &now_generation);
+        return 0;
+    }
+    struct watch_state entry = {.how = named->how};
+    watched.update(&tgid, &entry);
+    return watched_tid(tgid_out, watch_out);
+}
+#endif
+
 #if TRIGGER_NS
-/* Tell user space to look at thread tid at look_ns; wake it (flags) or not. */
-static __always_inline void send_trigger(u32 tgid, u32 tid, u64 start, u64 look, u32 reason,
-                                         u64 flags)
+/* Tell user space to look at thread tid (host id; its state) at look_ns; wake
+ * it (flags) or not. */
+static __always_inline void send_trigger(struct thread_state *state, u32 tid, u64 start, u64 look,
+                                         u32 reason, u64 flags)
 {
     struct trigger_event *trigger = triggers.ringbuf_reserve(sizeof(*trigger));
     if (!trigger) {
@@ -199,10 +281,10 @@ static __always_inline void send_trigger(u32 tgid, u32 tid, u64 start, u64 look,
     }
     trigger->start_ns = start;
     trigger->look_ns = look;
-    trigger->tgid = tgid;
-    trigger->tid = tid;
+    trigger->tgid = state->tgid;
+    trigger->tid = state->tid;
     trigger->reason = reason;
-    trigger->pad = 0;
+    trigger->host_tid = tid;
     triggers.ringbuf_submit(trigger, flags);
 }
 
@@ -216,7 +298,7 @@ static __always_inline int trigger_due(struct thread_state *state, u32 tid, u64 
     if (now - start < TRIGGER_NS)
         return 0;
     state->told_ns = start;
-    send_trigger(state->tgid, tid, start, now, TRIGGER_DUE, BPF_RB_FORCE_WAKEUP);
+    send_trigger(state, tid, start, now, TRIGGER_DUE, BPF_RB_FORCE_WAKEUP);
     return 1;
 }
 
@@ -244,7 +326,7 @@ static __always_inline void trigger_off_cpu(struct thread_state *state, u32 tid,
     u64 *wake = user_wake.lookup(&zero);
     u64 flags = wake && *wake && *wake <= look ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
     state->told_ns = state->left_epoll_ns;
-    send_trigger(state->tgid, tid, state->left_epoll_ns, look, TRIGGER_OFF_CPU, flags);
+    send_trigger(state, tid, state->left_epoll_ns, look, TRIGGER_OFF_CPU, flags);
 }
 
 #endif
@@ -349,8 +431,7 @@ static __always_inline void sight(struct thread_state *state, struct watch_state
     finish_activity(state, watch, now, &seg->at_first);
     segs->count = slot + 1;
     if (n > 0 && state->told_ns == state->left_epoll_ns)
-        send_trigger(state->tgid, tid, state->left_epoll_ns, now, TRIGGER_SEGMENT,
-                     BPF_RB_FORCE_WAKEUP);
+        send_trigger(state, tid, state->left_epoll_ns, now, TRIGGER_SEGMENT, BPF_RB_FORCE_WAKEUP);
 }
 
 /* The thread comes back on CPU: its context is as it left it, so the last
@@ -403,10 +484,10 @@ int on_tick(void *ctx)
 }
 #endif
 
-/* Send the block of a thread that left epoll at start and ends now: built in
- * scratch, sent with only the segments it has. */
+/* Send the block of a thread (host tid) that left epoll at start and ends now:
+ * built in scratch, sent with only the segments it has. */
 static __always_inline void send_block(struct thread_state *state, struct watch_state *watch,
-                                       u32 tgid, u32 tid, u64 start, u64 now, u32 flags)
+                                       u32 tid, u64 start, u64 now, u32 flags)
 {
     u32 zero = 0;
     struct block_event *event = scratch.lookup(&zero);
@@ -416,8 +497,10 @@ static __always_inline void send_block(struct thread_state *state, struct watch_
     }
     event->start_ns = start;
     event->end_ns = now;
-    event->tgid = tgid;
-    event->tid = tid;
+    event->tgid = state->tgid;
+    event->tid = state->tid;
+    event->host_tgid = state->host_tgid;
+    event->host_tid = tid;
     event->flags = flags;
     event->pad = 0;
     finish_activity(state, watch, now, &event->activity);
@@ -467,7 +550,7 @@ int on_epoll_enter(void *ctx)
     record_iteration(delta);
 #else
     if (delta >= THRESHOLD_NS)
-        send_block(state, watch, tgid, tid, start, now, 0);
+        send_block(state, watch, tid, start, now, 0);
 #endif
     return 0;
 }
@@ -477,6 +560,10 @@ int on_epoll_exit(void *ctx)
     u32 tgid;
     struct watch_state *watch;
     u32 tid = watched_tid(&tgid, &watch);
+#if PIDNS
+    if (!tid)
+        tid = watched_tid_ns(&tgid, &watch);
+#endif
     if (!tid)
         return 0;
     u64 now = bpf_ktime_get_ns();
@@ -486,14 +573,17 @@ int on_epoll_exit(void *ctx)
         struct thread_state *fresh = blank_state.lookup(&zero);
         if (!fresh)
             return 0;
-        fresh->tgid = tgid;
+        u64 id = bpf_get_current_pid_tgid();
+        if (!user_ids(id, &fresh->tgid, &fresh->tid))
+            return 0; /* not in user space's namespace: it could not name it */
+        fresh->host_tgid = tgid;
         state = threads.lookup_or_try_init(&tid, fresh);
         if (!state) {
             count(COUNTER_STATE_FULL, 1);
             return 0;
         }
 #if TRIGGER_NS
-        send_trigger(tgid, tid, now, now, TRIGGER_NEW_THREAD, BPF_RB_FORCE_WAKEUP);
+        send_trigger(state, tid, now, now, TRIGGER_NEW_THREAD, BPF_RB_FORCE_WAKEUP);
 #endif
     }
     if (state->entered_epoll_ns)
@@ -589,14 +679,23 @@ TRACEPOINT_PROBE(sched, sched_switch)
 #endif
 
 /* Children of watched processes are watched too (launch mode through a
- * shell, pre-fork servers). The event also fires for new threads; their tid
- * is never the tgid of a live process, so recording it is harmless, and the
- * entry goes when the thread exits. */
+ * shell, pre-fork servers), by their host id. The event also fires for new
+ * threads; their tid is never the tgid of a live process, so recording it is
+ * harmless, and the entry goes when the thread exits. */
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
-    u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!watched.lookup(&parent_tgid))
+    u64 id = bpf_get_current_pid_tgid();
+    u32 parent_tgid = id >> 32;
+    if (!watched.lookup(&parent_tgid)) {
+#if PIDNS
+        /* Named by user space, not yet seen in epoll (a launched shell's child). */
+        u32 ns_tgid = 0, ns_tid = 0;
+        if (!user_ids(id, &ns_tgid, &ns_tid) || !watched_ns.lookup(&ns_tgid))
+            return 0;
+#else
         return 0;
+#endif
+    }
     u32 child = args->child_pid;
     struct watch_state inherited = {.how = WATCH_INHERITED};
     watched.update(&child, &inherited);
@@ -617,7 +716,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (state && state->left_epoll_ns && watch) {
         u64 now = bpf_ktime_get_ns();
         if (now - state->left_epoll_ns >= THRESHOLD_NS)
-            send_block(state, watch, tgid, tid, state->left_epoll_ns, now, BLOCK_THREAD_EXITED);
+            send_block(state, watch, tid, state->left_epoll_ns, now, BLOCK_THREAD_EXITED);
     }
 #endif
     threads.delete(&tid);

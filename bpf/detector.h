@@ -160,12 +160,16 @@ struct loop_context {
 };
 
 /* One loop iteration that crossed the threshold: the thread left epoll at
- * start_ns and came back at end_ns (CLOCK_MONOTONIC, bpf_ktime_get_ns). */
+ * start_ns and came back at end_ns (CLOCK_MONOTONIC, bpf_ktime_get_ns).
+ * tgid and tid are the ids user space knows: those of its own PID namespace
+ * (PIDNS), else the host's; host_tgid and host_tid are the kernel's. */
 struct block_event {
     __u64 start_ns;
     __u64 end_ns;
     __u32 tgid;
     __u32 tid;
+    __u32 host_tgid;
+    __u32 host_tid;
     __u32 flags;
     __u32 pad;
     struct activity activity;
@@ -181,13 +185,13 @@ struct block_event {
 struct trigger_event {
     __u64 start_ns;
     __u64 look_ns;
-    __u32 tgid;
+    __u32 tgid;     /* as in block_event: user space's ids */
     __u32 tid;
     __u32 reason;
-    __u32 pad;
+    __u32 host_tid; /* the thread's key in the threads and loop_contexts maps */
 };
 
-/* Per-thread state, keyed by tid. left_epoll_ns is 0 while the thread is
+/* Per-thread state, keyed by the kernel's (host) tid. left_epoll_ns is 0 while the thread is
  * inside an epoll call, so user space can see a block still in progress,
  * and what it has done so far (activity, plus the current stretch since
  * switched_at in the state off_nr names). */
@@ -201,8 +205,10 @@ struct thread_state {
     __u64 busy_ns;        /* time out of epoll, */
     __u64 idle_ns;        /* and time inside it */
     __u64 told_ns;        /* the block (its left_epoll_ns) a trigger was sent for */
-    __u32 tgid;
+    __u32 tgid;           /* user space's ids (its PID namespace's), as in block_event */
     __s32 off_nr;         /* OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in */
+    __u32 tid;
+    __u32 host_tgid;      /* the kernel's: the key of the process in the watched map */
     struct activity activity;
 };
 

@@ -379,7 +379,7 @@ def _ready_for(pids: Sequence[int], checks: list[preflight.Check]) -> str:
 def run(config: Config) -> int:
     """``--ebpf`` prints the kernel side; otherwise a session runs to its end."""
     if config.ebpf:
-        print(f"// cflags: {' '.join(program_cflags(config.detector))}")
+        print(f"// cflags: {' '.join(program_cflags(session.detector_config(config)))}")
         print(program_source())
         return ExitCode.OK
     return session.run(config)

@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     BPF_LOAD_FAILED = 9
     LAUNCH_FAILED = 10
     STOPPED_AT_ONCE = 11
+    PID_NAMESPACE = 12
     INTERRUPTED = 130
 
 
@@ -127,6 +128,16 @@ class LaunchError(BlocksnoopError):
 
     exit_code = ExitCode.LAUNCH_FAILED
     hint = "check the command after `--` runs on its own"
+
+
+class PidNamespaceError(BlocksnoopError):
+    """The target runs in a PID namespace the kernel's helpers cannot name from ours."""
+
+    exit_code = ExitCode.PID_NAMESPACE
+    hint = (
+        "run the sidecar in the app's PID namespace (docker `pid: service:app`, "
+        "k8s shareProcessNamespace) or in the host's (`pid: host`, hostPID)"
+    )
 
 
 class ConfigError(BlocksnoopError):

@@ -117,7 +117,9 @@ class BlockEvent:
     """One loop iteration that crossed the threshold, as the kernel saw it.
 
     Times are CLOCK_MONOTONIC nanoseconds (``bpf_ktime_get_ns``). For a block
-    still in progress, ``end_ns`` is when it was last looked at.
+    still in progress, ``end_ns`` is when it was last looked at. ``pid`` and
+    ``tid`` are the sidecar's ids (its /proc's); ``host_pid`` and ``host_tid``
+    the kernel's, in the host's PID namespace.
     """
 
     pid: int
@@ -129,6 +131,8 @@ class BlockEvent:
     end_reason: EndReason = EndReason.RETURNED
     segments: tuple[ContextSegment, ...] = ()  # in order; empty: contexts not recorded
     segments_overflow: bool = False  # the kernel's record filled up; the tail is unknown
+    host_pid: int = 0  # 0: not known
+    host_tid: int = 0
 
     @property
     def duration_ns(self) -> int:
@@ -161,6 +165,7 @@ class Trigger:
     start_ns: int
     look_ns: int
     reason: TriggerReason
+    host_tid: int = 0  # the kernel's id of the thread (0: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,24 @@ class ThreadKind(StrEnum):
     NATIVE = "native"  # no Python thread state: a native library's poller
     POLLER = "poller"  # a Python thread inside a known non-asyncio poller
     UNKNOWN = "unknown"  # not (yet) classified; reported
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacedIds:
+    """A thread's ids as the app sees them (its own PID namespace) and as the host does.
+
+    The sidecar knows a thread by the ids of its own namespace; a block reports
+    the app's (``threading.get_native_id()``, its logs), and the host's beside.
+    """
+
+    pid: int
+    tid: int
+    host_pid: int
+    host_tid: int
+
+    @property
+    def host_differs(self) -> bool:
+        return (self.host_pid, self.host_tid) != (self.pid, self.tid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +240,7 @@ class ProcessIdentity:
     host_name: str | None = None  # the hostname the app sees (its UTS namespace's)
     container_id: str | None = None  # the full 64-hex id its cgroups name
     pod: PodIdentity | None = None  # None outside Kubernetes
+    app_pid: int | None = None  # the PID as the process sees itself, where it differs from pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +325,29 @@ class Block:
     # back: the iteration, and this segment's place in it (None: the whole iteration).
     iteration: Iteration | None = None
     segment: int = 0
+    # The ids as the app and the host see them (None: both are ``pid``/``tid``).
+    ids: NamespacedIds | None = None
 
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+    @property
+    def app_pid(self) -> int:
+        """The PID as the app sees itself: what the block reports as ``process.pid``."""
+        return self.ids.pid if self.ids else self.pid
+
+    @property
+    def app_tid(self) -> int:
+        """The thread as the app sees it (``threading.get_native_id()``): ``thread.id``."""
+        return self.ids.tid if self.ids else self.tid
+
+    @property
+    def host_ids(self) -> tuple[int, int] | None:
+        """(PID, tid) in the host's PID namespace, where they differ from the app's."""
+        if self.ids is None or not self.ids.host_differs:
+            return None
+        return self.ids.host_pid, self.ids.host_tid
 
     @property
     def iteration_start_ns(self) -> int:
@@ -330,7 +373,7 @@ class ThreadTimes:
     """Cumulative loop time of one watched thread, as the kernel counts it."""
 
     pid: int
-    tid: int
+    tid: int  # as the app sees it (``Block.app_tid``)
     iterations: int
     busy_ns: int  # out of epoll: running callbacks (or blocked)
     idle_ns: int  # inside epoll: waiting for events
@@ -345,6 +388,8 @@ class InProgress:
     start_ns: int
     activity: Activity | None
     segments: tuple[ContextSegment, ...] = ()  # the contexts it ran in so far, if recorded
+    host_pid: int = 0  # the kernel's ids (0: not known)
+    host_tid: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from otel_blocksnoop.analysis.stats import IntervalStats
 from otel_blocksnoop.analysis.throttle import ThrottleWatch
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.config import Config
-from otel_blocksnoop.errors import ExitCode
+from otel_blocksnoop.errors import ExitCode, PidNamespaceError
 from otel_blocksnoop.events import (
     NS_PER_MS,
     Record,
@@ -50,7 +50,9 @@ from otel_blocksnoop.export.console import ConsoleSink
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 from otel_blocksnoop.export.sink import Sink
 from otel_blocksnoop.kernel.detector import Detector
+from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.losses import Losses
+from otel_blocksnoop.process.pidns import NamespaceIds, sidecar_pid_namespace
 from otel_blocksnoop.process.target import (
     ExitWatch,
     LaunchedCommand,
@@ -161,6 +163,7 @@ class Session:
         stacks: SamplerPool | None = None,
         linker: TraceLinker | None = None,
         losses: Losses | None = None,
+        ids: NamespaceIds | None = None,
     ) -> None:
         self._detector = detector
         self._sinks = sinks
@@ -170,7 +173,7 @@ class Session:
         throttle = ThrottleWatch()
         self._flow = BlockFlow(
             detector,
-            Enricher(options.threshold_ns, linker, throttle),
+            Enricher(options.threshold_ns, linker, throttle, ids),
             self._emit,
             self._losses,
             threshold_ns=options.threshold_ns,
@@ -328,14 +331,18 @@ def run(config: Config) -> int:
     # What `otel-blocksnoop doctor PID...` checks, in its order: the same first failure.
     preflight.require(preflight.run_checks(config.pids))
     targets = [inspect_target(pid) for pid in config.pids]
+    kernel = detector_config(config)
+    if kernel.pidns is not None:
+        _check_namespaces(targets)
 
     losses = Losses()
-    detector = Detector(config.detector, losses)
+    detector = Detector(kernel, losses)
     detector.load()
     austin = _find_austin(config)
-    stacks = _stacks(config, austin, losses)
+    ids = NamespaceIds()  # the app's ids of our threads, read once per thread
+    stacks = _stacks(config, austin, losses, ids)
     linker = _linker(config, detector, losses)
-    classifier = _classifier(config, austin)
+    classifier = _classifier(config, austin, ids)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
@@ -351,6 +358,7 @@ def run(config: Config) -> int:
             stacks=stacks,
             linker=linker,
             losses=losses,
+            ids=ids,
         )
         what = (
             "loop iterations"
@@ -375,6 +383,28 @@ def run(config: Config) -> int:
         detector.close()
 
 
+def detector_config(config: Config) -> DetectorConfig:
+    """The kernel side for ``config``, built for the PID namespace our /proc shows."""
+    return replace(config.detector, pidns=sidecar_pid_namespace())
+
+
+def _check_namespaces(targets: list[TargetInfo]) -> None:
+    """From a PID namespace that is not the host's, the kernel names only threads of ours.
+
+    bpf_get_ns_current_pid_tgid gives a thread's ids in the namespace it runs
+    in, not in one above it: a target in a namespace nested in the sidecar's
+    (not the host's) could not be told apart, and would show no block.
+    """
+    ids = NamespaceIds()
+    for target in targets:
+        if ids.nested(target.pid):
+            msg = (
+                f"failed to watch process {target.pid}: it runs in a PID namespace nested "
+                "in the sidecar's, which is not the host's"
+            )
+            raise PidNamespaceError(msg)
+
+
 def _find_austin(config: Config) -> Austin | None:
     if config.stats or (config.all_threads and not config.stacks):
         return None
@@ -389,13 +419,17 @@ def _find_austin(config: Config) -> Austin | None:
     return austin
 
 
-def _classifier(config: Config, austin: Austin | None) -> ThreadClassifier | None:
+def _classifier(
+    config: Config, austin: Austin | None, ids: NamespaceIds
+) -> ThreadClassifier | None:
     if config.all_threads or config.tid or austin is None:
         return None
-    return ThreadClassifier(austin)
+    return ThreadClassifier(austin, ids)
 
 
-def _stacks(config: Config, austin: Austin | None, losses: Losses) -> SamplerPool | None:
+def _stacks(
+    config: Config, austin: Austin | None, losses: Losses, ids: NamespaceIds
+) -> SamplerPool | None:
     if not config.stacks or austin is None:
         return None
     interval = config.sample_interval_us or interval_for(config.threshold_ns)
@@ -404,7 +438,7 @@ def _stacks(config: Config, austin: Austin | None, losses: Losses) -> SamplerPoo
     )
     # On demand: the kernel's triggers resume Austin (flow.begin/end); stats mode
     # has no stacks at all, so no mode needs Austin to sample all the time.
-    return SamplerPool(austin, interval, losses, on_demand=True)
+    return SamplerPool(austin, interval, losses, on_demand=True, ids=ids)
 
 
 def _linker(config: Config, detector: Detector, losses: Losses) -> TraceLinker | None:

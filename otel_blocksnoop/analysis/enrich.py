@@ -25,6 +25,7 @@ from otel_blocksnoop.events import (
     BlockEvent,
     ContextSegment,
     Iteration,
+    NamespacedIds,
     ProcessIdentity,
     StackSample,
     ThreadContext,
@@ -32,6 +33,7 @@ from otel_blocksnoop.events import (
     Throttling,
 )
 from otel_blocksnoop.process.identity import read_identity
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.source import source_line
 from otel_blocksnoop.process.target import thread_name
 
@@ -72,13 +74,18 @@ class Enricher:
     """Joins a kernel event with its evidence; remembers who each watched process is."""
 
     def __init__(
-        self, threshold_ns: int, linker: Linker | None, throttle: Throttle | None = None
+        self,
+        threshold_ns: int,
+        linker: Linker | None,
+        throttle: Throttle | None = None,
+        ids: NamespaceIds | None = None,
     ) -> None:
         self._threshold_ns = threshold_ns
         self._linker = linker
         self._throttle = throttle
         self._clock = WallClock()
         self._identities: BoundedDict[int, ProcessIdentity] = BoundedDict(MAX_IDENTITIES)
+        self._ids = ids if ids is not None else NamespaceIds()
 
     def identity(self, pid: int) -> ProcessIdentity:
         """Who ``pid`` is, read once: early, as a short-lived app may be gone at export."""
@@ -86,6 +93,22 @@ class Enricher:
         if identity is None:
             identity = self._identities[pid] = read_identity(pid)
         return identity
+
+    def app_tid(self, pid: int, tid: int) -> int:
+        """Our thread ``tid`` of ``pid`` as the app sees it (remembered: ask while it lives)."""
+        return self._ids.app_tid(pid, tid)
+
+    def namespaced(self, event: BlockEvent) -> NamespacedIds | None:
+        """The block's ids as the app and the host see them; None where both are ours."""
+        identity = self.identity(event.pid)
+        ids = NamespacedIds(
+            pid=identity.app_pid or event.pid,
+            tid=self._ids.app_tid(event.pid, event.tid),
+            host_pid=event.host_pid or event.pid,
+            host_tid=event.host_tid or event.tid,
+        )
+        same = (event.pid, event.tid)
+        return None if (ids.pid, ids.tid) == same and not ids.host_differs else ids
 
     def blocks(self, event: BlockEvent, kind: ThreadKind, window: Window) -> list[Block]:
         """The block of an iteration that ended, or one per request's share of it."""
@@ -197,4 +220,5 @@ class Enricher:
             process=self.identity(event.pid),
             parent=found.span if found else None,
             task=found.task if found else None,
+            ids=self.namespaced(event),
         )

@@ -185,7 +185,7 @@ class BlockFlow:
         """Cumulative busy/idle time of the loop threads (not of native pollers)."""
         snapshot = self._source.snapshot(self._hangs.first_ns, activity=False)
         threads = tuple(
-            times
+            replace(times, tid=self._enricher.app_tid(times.pid, times.tid))
             for times in snapshot.times
             if (kind := self._kind_of(times.pid, times.tid)) is not None and reported(kind)
         )
@@ -249,6 +249,7 @@ class BlockFlow:
                 self._totals.ignore(event, kind)
                 continue
             self._enricher.identity(event.pid)
+            self._enricher.app_tid(event.pid, event.tid)  # while the thread still lives
             # Samples taken during the block reach us a little after it ends.
             self._pending.append((event, kind, event.end_ns + self._settle_ns))
 
@@ -359,8 +360,10 @@ class BlockFlow:
             for follower in self._followers:
                 follower.follow(trigger)
             # Who a process is, read as soon as its loop runs: a short-lived app may be
-            # gone (its /proc/PID/environ empty) by the time its first block is exported.
+            # gone (its /proc/PID/environ empty) by the time its first block is exported;
+            # so may the thread whose id in the app's PID namespace is read now.
             self._enricher.identity(trigger.pid)
+            self._enricher.app_tid(trigger.pid, trigger.tid)
             return
         key = hangs.Ongoing(trigger.pid, trigger.tid, trigger.start_ns)
         armed = self._armed.get(key.tid)
@@ -453,6 +456,8 @@ class BlockFlow:
             activity=item.activity,
             end_reason=reason,
             segments=item.segments,
+            host_pid=item.host_pid,
+            host_tid=item.host_tid,
         )
         kind = self._kind_of(event.pid, event.tid)
         if kind is None:

@@ -120,7 +120,7 @@ class ConsoleSink:
             self._write(_HEADER)
             self._header_done = True
         self._write(
-            f"{local_clock(block.start_unix_ns):<12}  {block.pid:>7}  {block.tid:>7}  "
+            f"{local_clock(block.start_unix_ns):<12}  {block.app_pid:>7}  {block.app_tid:>7}  "
             f"{block.thread_name[:16]:<16}  {human_duration(block.duration_ns):>9}  "
             f"{_status(block, show_stack)}"
         )

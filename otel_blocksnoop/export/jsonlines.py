@@ -41,8 +41,10 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
     return {
         "type": kind,
         "time": iso_utc(block.start_unix_ns),
-        "pid": block.pid,
-        "tid": block.tid,
+        "pid": block.app_pid,
+        "tid": block.app_tid,
+        "host_pid": block.host_ids[0] if block.host_ids else None,
+        "host_tid": block.host_ids[1] if block.host_ids else None,
         "thread_name": block.thread_name,
         "thread_kind": str(block.thread_kind),
         "duration_ms": ms(block.duration_ns),

@@ -72,6 +72,10 @@ CAUSE: Final = "blocksnoop.cause"
 SYSCALL: Final = "blocksnoop.syscall"
 END_REASON: Final = "blocksnoop.end_reason"
 THREAD_KIND: Final = "blocksnoop.thread.kind"
+# The host's ids (its PID namespace's, the kernel's), where they differ from the app's own
+# (``process.pid`` and ``thread.id`` are the ids the app sees: its logs, get_native_id()).
+PROCESS_HOST_PID: Final = "blocksnoop.process.host_pid"
+THREAD_HOST_ID: Final = "blocksnoop.thread.host_id"
 THRESHOLD: Final = "blocksnoop.threshold"  # seconds
 ON_CPU: Final = "blocksnoop.cpu.on_time"  # seconds
 OFF_CPU: Final = "blocksnoop.cpu.off_time"  # seconds

@@ -82,12 +82,18 @@ class Request:
         fields = json.loads(data)
         source, capture_fd = fields.get("source"), fields.get("capture_fd")
         return cls(
-            config=DetectorConfig(**fields["config"]),
+            config=_config(fields["config"]),
             programs={str(name): int(kind) for name, kind in fields["programs"].items()},
             log_level=int(fields["log_level"]),
             source=str(source) if source is not None else None,
             capture_fd=int(capture_fd) if capture_fd is not None else None,
         )
+
+
+def _config(fields: dict[str, Any]) -> DetectorConfig:
+    """The ``DetectorConfig`` JSON gave back (its tuples came as lists)."""
+    pidns = fields.get("pidns")
+    return DetectorConfig(**{**fields, "pidns": tuple(pidns) if pidns is not None else None})
 
 
 @dataclass(frozen=True, slots=True)

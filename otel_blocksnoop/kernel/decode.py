@@ -60,6 +60,8 @@ def block_event_from_c(raw: BlockEventC, with_activity: bool) -> BlockEvent:
         ),
         segments=segments_from_c(raw.segments, raw.start_ns, raw.end_ns, activity),
         segments_overflow=bool(raw.segments.overflow_ns),
+        host_pid=raw.host_tgid,
+        host_tid=raw.host_tid,
     )
 
 
@@ -146,6 +148,7 @@ def trigger_from_c(raw: TriggerEventC) -> Trigger:
         start_ns=raw.start_ns,
         look_ns=raw.look_ns,
         reason=TRIGGER_REASONS[raw.reason],
+        host_tid=raw.host_tid,
     )
 
 

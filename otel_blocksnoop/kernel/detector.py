@@ -16,6 +16,12 @@ trigger age, and ``sched_switch`` one that leaves the CPU out of epoll. Both
 ring buffers (blocks, triggers) are waited on with one epoll, together with
 whatever else should wake the caller (``wake_on``: the target's exit, a stop
 request), so ``poll(None)`` sleeps until something happens.
+
+PID namespaces: the kernel keys its maps by host ids. A sidecar in another
+PID namespace (``DetectorConfig.pidns``) knows ids of its own only: it names
+the PIDs to watch by those, the kernel puts them in each thread's state and
+event, and the host tid that keys a thread's entries comes with each event
+(``host_tid``), remembered here for the lookups by tid.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import select
 import time
 from dataclasses import replace
 
+from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.errors import BpfLoadError, NoPrivilegesError
 from otel_blocksnoop.events import (
     NS_PER_MS,
@@ -37,7 +44,7 @@ from otel_blocksnoop.events import (
     ThreadSnapshot,
 )
 from otel_blocksnoop.kernel import loader
-from otel_blocksnoop.kernel.bpf_map import u32
+from otel_blocksnoop.kernel.bpf_map import u32, u64
 from otel_blocksnoop.kernel.bpf_syscall import BPF_NOEXIST
 from otel_blocksnoop.kernel.constants import WATCH_ROOT
 from otel_blocksnoop.kernel.counters import read_counters, read_histogram
@@ -59,6 +66,8 @@ log = logging.getLogger(__name__)
 
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 TICK_PROGRAM = "on_tick"
+MAX_HOST_TIDS = 16384
+"""Threads whose host tid is remembered (PID namespaces): as many as the kernel's table holds."""
 
 
 class Detector:
@@ -77,6 +86,8 @@ class Detector:
         self._waiter = select.epoll()
         self._user_ticks: UserTicks | None = None
         self._user_wake: UserWake | None = None
+        self._host_tids: BoundedDict[int, int] = BoundedDict(MAX_HOST_TIDS)
+        self._generation = 0  # PIDs named in watched_ns so far
         self.attached: tuple[str, ...] = ()
 
     def load(self) -> None:
@@ -143,7 +154,19 @@ class Detector:
         log.debug("attached to %s", ", ".join(program.attached))
 
     def watch(self, pid: int) -> None:
-        self._loaded().map("watched").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
+        """Watch ``pid`` (the sidecar's id) and the children it forks from now on."""
+        program = self._loaded()
+        if self.config.pidns is None:
+            program.map("watched").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
+            return
+        program.map("watched_ns").update(u32(pid), bytes(WatchStateC(how=WATCH_ROOT)))
+        # Processes the kernel found unwatched before are looked up again.
+        self._generation += 1
+        program.map("watch_generation").update(u32(0), u64(self._generation))
+
+    def _host_tid(self, tid: int) -> int | None:
+        """The kernel's key of the sidecar's thread ``tid``; None when not known (yet)."""
+        return tid if self.config.pidns is None else self._host_tids.get(tid)
 
     def watch_context(self, tid: int, address: int) -> None:
         """Have the kernel read ``tid``'s context pointer at ``address`` at each sighting.
@@ -151,9 +174,10 @@ class Detector:
         ``address`` is the thread state's ``context`` field (the trace linker
         finds it); without it the thread's blocks have no segments.
         """
-        if self._program is not None and self.config.tracks_segments:
+        key = self._host_tid(tid)
+        if self._program is not None and self.config.tracks_segments and key is not None:
             context = bytes(LoopContextC(address=address))
-            self._program.map("loop_contexts").update(u32(tid), context)
+            self._program.map("loop_contexts").update(u32(key), context)
 
     def adopt(self, pid: int, tid: int, off_nr: int) -> int | None:
         """Enter ``tid`` in the thread table as out of epoll since now; its start, or None.
@@ -164,7 +188,11 @@ class Detector:
         back meanwhile: None then). ``off_nr`` is what the thread does now
         (OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in), for the cause; the
         block counts as told of (``told_ns``): the caller looks at it itself.
+        In another PID namespace than the host's, the thread's host id, which
+        keys its entry, is unknown until it returns from epoll: None.
         """
+        if self.config.pidns is not None:
+            return None
         now = time.monotonic_ns()
         state = ThreadStateC(
             left_epoll_ns=now,
@@ -173,6 +201,8 @@ class Detector:
             told_ns=now,
             tgid=pid,
             off_nr=off_nr,
+            tid=tid,
+            host_tgid=pid,
         )
         try:
             self._loaded().map("threads").update(u32(tid), bytes(state), BPF_NOEXIST)
@@ -184,8 +214,9 @@ class Detector:
 
     def disown(self, tid: int, start_ns: int) -> None:
         """Undo ``adopt`` of ``tid`` if its entry is still the one written (``start_ns``)."""
-        if self.out_since(tid) == start_ns:
-            self._loaded().map("threads").delete(u32(tid))
+        key = self._host_tid(tid)
+        if key is not None and self.out_since(tid) == start_ns:
+            self._loaded().map("threads").delete(u32(key))
 
     def wake_on(self, fd: int) -> None:
         """Have ``poll`` return as soon as ``fd`` is readable (a pidfd, a pipe)."""
@@ -202,6 +233,14 @@ class Detector:
     def _on_trigger(self, raw: bytes) -> None:
         self._pending.append(trigger_from_c(record_as(TriggerEventC, raw)))
 
+    def _learn_host_tids(self, events: list[KernelEvent]) -> None:
+        """Remember the host tid of each thread the kernel spoke of (PID namespaces)."""
+        if self.config.pidns is None:
+            return
+        for event in events:
+            if event.host_tid:
+                self._host_tids[event.tid] = event.host_tid
+
     def snapshot(self, min_ns: int, activity: bool = True) -> ThreadSnapshot:
         """Every tracked thread's loop time, and those out of epoll for ``min_ns`` now.
 
@@ -216,7 +255,8 @@ class Detector:
 
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside, or untracked. One map lookup."""
-        return self._threads.out_since(tid) if self._threads else 0
+        key = self._host_tid(tid)
+        return self._threads.out_since(key) if self._threads and key is not None else 0
 
     def in_progress(self, min_ns: int) -> list[InProgress]:
         """Threads out of epoll for at least ``min_ns`` now: blocks still going on."""
@@ -224,14 +264,15 @@ class Detector:
 
     def ongoing(self, tid: int) -> InProgress | None:
         """The block ``tid`` is in now, with what it did so far; None inside epoll. One lookup."""
-        if self._threads is None:
+        key = self._host_tid(tid)
+        if self._threads is None or key is None:
             return None
         cpu = self._process_cpu_ns if self.tracks_activity else None
         now = time.monotonic_ns()
-        item = self._threads.ongoing(tid, now, cpu)
+        item = self._threads.ongoing(key, now, cpu)
         if item is None or not self.config.tracks_segments:
             return item
-        raw = self._loaded().map("loop_contexts").lookup(u32(tid))
+        raw = self._loaded().map("loop_contexts").lookup(u32(key))
         if raw is None:
             return item
         loop = LoopContextC.from_buffer_copy(raw)
@@ -244,6 +285,7 @@ class Detector:
         return replace(item, segments=segments)
 
     def _process_cpu_ns(self, tgid: int) -> int:
+        """CPU time of the process with host id ``tgid`` so far (the kernel's books)."""
         raw = self._loaded().map("watched").lookup(u32(tgid))
         return int(WatchStateC.from_buffer_copy(raw).cpu_ns) if raw is not None else 0
 
@@ -273,6 +315,7 @@ class Detector:
         if self._user_ticks is not None:
             self._pending.extend(self._user_ticks.look(time.monotonic_ns()))
         events, self._pending = self._pending, []
+        self._learn_host_tids(events)
         return events
 
     def counters(self) -> Counters:

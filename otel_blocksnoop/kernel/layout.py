@@ -73,6 +73,8 @@ class BlockEventC(ctypes.Structure):
         ("end_ns", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
+        ("host_tgid", ctypes.c_uint32),
+        ("host_tid", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
         ("activity", ActivityC),
@@ -90,7 +92,7 @@ class TriggerEventC(ctypes.Structure):
         ("tgid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
         ("reason", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("host_tid", ctypes.c_uint32),
     )
 
 
@@ -109,6 +111,8 @@ class ThreadStateC(ctypes.Structure):
         ("told_ns", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
         ("off_nr", ctypes.c_int32),
+        ("tid", ctypes.c_uint32),
+        ("host_tgid", ctypes.c_uint32),
         ("activity", ActivityC),
     )
 

@@ -43,6 +43,9 @@ class DetectorConfig:
     max_loops: int = 1024  # loop threads whose contexts are recorded (segments)
     ringbuf_pages: int = 256  # 1 MiB: ~25,000 blocks queued before loss
     trigger_pages: int = 16  # 64 KiB: ~1,600 triggers queued before loss
+    # (device, inode) of the sidecar's PID namespace when it is not the host's: user
+    # space names processes and threads by their ids there (``process.pidns``).
+    pidns: tuple[int, int] | None = None
 
     @property
     def tracks_activity(self) -> bool:
@@ -104,6 +107,12 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DTRIGGER_PAGES={config.trigger_pages}",
         f"-DSEGMENTS={int(config.tracks_segments)}",
         f"-DMAX_LOOPS={config.max_loops}",
+        f"-DPIDNS={int(config.pidns is not None)}",
+        *(
+            [f"-DPIDNS_DEV={config.pidns[0]}ULL", f"-DPIDNS_INO={config.pidns[1]}ULL"]
+            if config.pidns is not None
+            else []
+        ),
         *constant_cflags(),
     ]
 

@@ -1,6 +1,7 @@
 """The kernel's thread table (``threads`` in bpf/detector.bpf.c), read from user space.
 
-It holds only epoll-calling threads of watched processes, keyed by tid: who
+It holds only epoll-calling threads of watched processes, keyed by the
+kernel's (host) tid, each with its ids as user space knows them: who
 is out of epoll now and since when, what it has done so far, and each
 thread's cumulative loop time. It is read when the kernel says a block needs
 looking at (one entry), and once a second for loop times (all of them);
@@ -40,6 +41,7 @@ class ThreadTable:
         self._size = 0
 
     def get(self, tid: int) -> ThreadStateC | None:
+        """The state of host tid ``tid``."""
         raw = self._map.lookup(u32(tid))
         return ThreadStateC.from_buffer_copy(raw) if raw is not None else None
 
@@ -72,11 +74,14 @@ class ThreadTable:
     def ongoing(
         self, tid: int, now: int, process_cpu_ns: Callable[[int], int] | None = None
     ) -> InProgress | None:
-        """The block ``tid`` is in at ``now``, if out of epoll; one lookup (see ``snapshot_of``)."""
+        """The block host tid ``tid`` is in at ``now``, if out of epoll; one lookup.
+
+        See ``snapshot_of``.
+        """
         state = self.get(tid)
         if state is None or not state.left_epoll_ns:
             return None
-        cpu = process_cpu_ns(state.tgid) if process_cpu_ns is not None else None
+        cpu = process_cpu_ns(state.host_tgid) if process_cpu_ns is not None else None
         return in_progress_of(tid, state, now, cpu)
 
 
@@ -125,7 +130,7 @@ def due_triggers(
 ) -> list[Trigger]:
     """Triggers for the threads out of epoll for ``trigger_ns`` at ``now`` that nobody told of.
 
-    ``told`` (tid -> the block's start) is updated, so each block is told once.
+    ``told`` (host tid -> the block's start) is updated, so each block is told once.
     """
     found = []
     for tid, state in entries:
@@ -133,7 +138,7 @@ def due_triggers(
         if not start or now - start < trigger_ns or start in (state.told_ns, told.get(tid)):
             continue
         told[tid] = start
-        found.append(Trigger(state.tgid, tid, start, now, TriggerReason.DUE))
+        found.append(Trigger(state.tgid, state.tid, start, now, TriggerReason.DUE, host_tid=tid))
     return found
 
 
@@ -157,21 +162,28 @@ def snapshot_of(
         busy = state.busy_ns + (now - left if left else 0)
         entered = state.entered_epoll_ns
         idle = state.idle_ns + (now - entered if not left and entered else 0)
-        times.append(ThreadTimes(state.tgid, tid, state.iterations, busy, idle))
+        times.append(ThreadTimes(state.tgid, state.tid, state.iterations, busy, idle))
         if not left or now - left < min_ns:
             continue
-        if process_cpu_ns is not None and state.tgid not in cpu_of:
-            cpu_of[state.tgid] = process_cpu_ns(state.tgid)
-        ongoing.append(in_progress_of(tid, state, now, cpu_of.get(state.tgid)))
+        if process_cpu_ns is not None and state.host_tgid not in cpu_of:
+            cpu_of[state.host_tgid] = process_cpu_ns(state.host_tgid)
+        ongoing.append(in_progress_of(tid, state, now, cpu_of.get(state.host_tgid)))
     return ThreadSnapshot(ongoing=tuple(ongoing), times=tuple(times))
 
 
 def in_progress_of(
     tid: int, state: ThreadStateC, now: int, process_cpu_ns: int | None
 ) -> InProgress:
-    """The block of a thread out of epoll, and what it did so far.
+    """The block of a thread (host tid ``tid``) out of epoll, and what it did so far.
 
     The latter only when the CPU time of its process (``process_cpu_ns``) is given.
     """
     so_far = activity_so_far(state, process_cpu_ns, now) if process_cpu_ns is not None else None
-    return InProgress(state.tgid, tid, state.left_epoll_ns, so_far)
+    return InProgress(
+        state.tgid,
+        state.tid,
+        state.left_epoll_ns,
+        so_far,
+        host_pid=state.host_tgid,
+        host_tid=tid,
+    )

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from otel_blocksnoop.events import PodIdentity, ProcessIdentity
 from otel_blocksnoop.process.container import Placement, placement
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.pythons import mapped_libpythons, python_name
 
 PROC = Path("/proc")
@@ -202,6 +203,7 @@ def read_identity(pid: int) -> ProcessIdentity:
     service = env.get(ENV_SERVICE_NAME) or attributes.get("service.name") or None
     instance = uuid.uuid5(_INSTANCE_NAMESPACE, f"{socket.gethostname()}/{pid}/{_start_ticks(pid)}")
     where = read_placement(pid)
+    app_pid = NamespaceIds().app_pid(pid)
     return ProcessIdentity(
         pid=pid,
         service_name=service,
@@ -212,4 +214,5 @@ def read_identity(pid: int) -> ProcessIdentity:
         host_name=app_hostname(pid, env),
         container_id=where.container_id,
         pod=pod_identity(env, where),
+        app_pid=app_pid if app_pid != pid else None,
     )

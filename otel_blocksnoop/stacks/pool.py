@@ -6,12 +6,16 @@ reports a loop thread blocked (a trigger), ``end`` when that block is over;
 Austin then samples a process only while one of its threads is blocked. A
 continuous pool samples all the time and ``begin``/``end`` change nothing, so
 the analysis can call them in either mode.
+
+Threads are named here by the sidecar's ids; Austin names them as the app
+sees them (its own PID namespace): each tid is translated on the way in.
 """
 
 from __future__ import annotations
 
 from otel_blocksnoop.events import StackSample
 from otel_blocksnoop.losses import Losses
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.target import process_exists
 from otel_blocksnoop.stacks.austin import Austin
 from otel_blocksnoop.stacks.on_demand import OnDemandSampler
@@ -28,8 +32,10 @@ class SamplerPool:
         losses: Losses | None = None,
         *,
         on_demand: bool = False,
+        ids: NamespaceIds | None = None,
     ) -> None:
         self.austin = austin
+        self._ids = ids if ids is not None else NamespaceIds()
         self.interval_us = interval_us
         self.on_demand = on_demand
         self._losses = losses if losses is not None else Losses()
@@ -50,19 +56,19 @@ class SamplerPool:
 
     def begin(self, pid: int, tid: int, start_ns: int) -> None:
         """Thread ``tid`` of ``pid`` has been blocked since ``start_ns``: gather its stacks."""
-        self.ensure(pid).begin(tid, start_ns)
+        self.ensure(pid).begin(self._ids.app_tid(pid, tid), start_ns)
 
     def end(self, pid: int, tid: int) -> None:
         """The block of ``tid`` ended: stop gathering when no other block of ``pid`` needs it."""
         sampler = self._samplers.get(pid)
         if sampler is not None:
-            sampler.end(tid)
+            sampler.end(self._ids.app_tid(pid, tid))
 
     def window(self, pid: int, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
-        return self.ensure(pid).window(tid, start_ns, end_ns)
+        return self.ensure(pid).window(self._ids.app_tid(pid, tid), start_ns, end_ns)
 
     def covered_until(self, pid: int, tid: int) -> int:
-        return self.ensure(pid).covered_until(tid)
+        return self.ensure(pid).covered_until(self._ids.app_tid(pid, tid))
 
     def maintain(self) -> int | None:
         """Restart samplers that died; when (CLOCK_MONOTONIC ns) to be called again, if ever."""

@@ -7,6 +7,9 @@ threads parked in a known non-asyncio poller are not reported. Every other
 thread is: a Python thread inside asyncio or uvloop is a loop for certain,
 and one Austin cannot read (or any, if Austin is unavailable) is reported
 rather than risk missing a real block.
+
+Austin names threads as the app sees them (its own PID namespace), the
+sidecar by its own ids: the two are matched through ``NamespaceIds``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import Frame, ThreadKind
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.stacks.austin import Austin, AustinError
 
 log = logging.getLogger(__name__)
@@ -116,8 +120,9 @@ class ThreadClassifier:
     read as unknown: reported), and a stop never waits for a dump.
     """
 
-    def __init__(self, austin: Austin | None) -> None:
+    def __init__(self, austin: Austin | None, ids: NamespaceIds | None = None) -> None:
         self._austin = austin
+        self._ids = ids if ids is not None else NamespaceIds()
         self._kinds: BoundedDict[tuple[int, int], tuple[ThreadKind, float]] = BoundedDict(
             MAX_REMEMBERED
         )
@@ -195,7 +200,13 @@ class ThreadClassifier:
 
     def _dumped(self, pid: int, asked: set[int], stacks: dict[int, tuple[Frame, ...]]) -> None:
         now = time.monotonic()
-        kinds = {tid: classify(stack) for tid, stack in stacks.items()}
+        # Austin's tids are the app's; ours (the kernel's) differ across a PID namespace.
+        ours = self._ids.sidecar_tids(pid) if self._ids.nested(pid) else None
+        kinds = {}
+        for seen_tid, stack in stacks.items():
+            mine = ours.get(seen_tid) if ours is not None else seen_tid
+            if mine is not None:
+                kinds[mine] = classify(stack)
         for tid in asked - kinds.keys():
             # Not in the dump: a native thread, unless it is gone before it could be looked at.
             gone = not (Path("/proc") / str(pid) / "task" / str(tid)).exists()

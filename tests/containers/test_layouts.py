@@ -15,13 +15,14 @@ the host. Two layouts:
   command (deploy/kubernetes/daemonset.yaml), which finds the app by its
   command line.
 
-What a user expects from each is asserted. Where that still waits on work
-being done on another branch, the test is an expected failure (strict) that
-names the branch: it turns into a failure, to be unmarked, once that lands.
+What a user expects from each is asserted. Where that still fails for a
+known reason, the test is an expected failure (strict) that names it: it
+turns into a failure, to be unmarked, once that is dealt with.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -56,21 +57,23 @@ APP_COMMAND_PATTERN = "python3 -u examples/blocking_service[.]py"
 STOP_S = 5.0
 """A sidecar told to stop has delivered what it had and exited within this."""
 
-PIDNS = (
-    "branch pidns: the kernel's host ids and the app's namespace ids are not yet translated "
-    "(in the app's namespace the kernel sees no iteration of PID 1; in the host's, every "
-    "block is dropped as a native thread's)"
+ENVIRON = (
+    "the app (uid 10001) has its /proc/PID/environ mode 0400: root without DAC_READ_SEARCH "
+    "(cap_drop ALL + SYS_ADMIN + SYS_PTRACE) cannot read its OTEL_SERVICE_NAME, so the "
+    "block spans (each block is reported, as PID 1) carry service unknown_service:python"
 )
-MNTNS = (
-    "branch mntns: Austin and the context reader cannot yet open an interpreter that is "
-    "only in the app's root (/opt/app/bin/python3)"
+AUSTIN_CAPS = (
+    "Austin cannot enter the app's mount namespace without SYS_CHROOT, which the hardened "
+    "layouts do not add: blocks have no stack"
 )
-IDENTITY = "branch identity: container.id and the app's host.name are not yet read"
+APP_PYTHON = (
+    "trace links: /opt/app/bin/python3 is not a CPython interpreter the context reader knows"
+)
 
 
-def expect_failure_until(request: pytest.FixtureRequest, *branches: str) -> None:
-    """Mark this test as failing (strictly) until the named branches are merged."""
-    request.applymarker(pytest.mark.xfail(strict=True, reason="; ".join(branches)))
+def expect_failure_until(request: pytest.FixtureRequest, *reasons: str) -> None:
+    """Mark this test as failing (strictly) until the named reasons are dealt with."""
+    request.applymarker(pytest.mark.xfail(strict=True, reason="; ".join(reasons)))
 
 
 def start_sidecar(layout: str, project: str, env: dict[str, str], app: str) -> str:
@@ -177,7 +180,7 @@ def test_the_sidecar_stops_promptly_and_cleanly_on_sigterm(layout_run: LayoutRun
 def test_every_block_of_the_app_is_a_span(
     request: pytest.FixtureRequest, layout_run: LayoutRun
 ) -> None:
-    expect_failure_until(request, PIDNS)
+    expect_failure_until(request, ENVIRON)
     # GIVEN the blocking requests the app made while watched
     assert len(layout_run.true_blocks) >= 8
     # THEN each is covered by exactly one block span of the app's service
@@ -188,7 +191,7 @@ def test_every_block_of_the_app_is_a_span(
 def test_each_block_names_the_function_that_blocked_and_why(
     request: pytest.FixtureRequest, layout_run: LayoutRun
 ) -> None:
-    expect_failure_until(request, PIDNS, MNTNS)
+    expect_failure_until(request, ENVIRON, AUSTIN_CAPS)
     for block in layout_run.true_blocks:
         (span,) = layout_run.span_for(block)
         assert attribute(span, "code.function.name") == block.function
@@ -201,7 +204,7 @@ def test_each_block_names_the_function_that_blocked_and_why(
 def test_each_block_is_a_child_of_the_request_that_blocked(
     request: pytest.FixtureRequest, layout_run: LayoutRun
 ) -> None:
-    expect_failure_until(request, PIDNS, MNTNS)
+    expect_failure_until(request, ENVIRON, APP_PYTHON)
     for block in layout_run.true_blocks:
         (span,) = layout_run.span_for(block)
         (parent,) = [
@@ -217,7 +220,7 @@ def test_each_block_is_a_child_of_the_request_that_blocked(
 def test_block_spans_name_the_apps_container_and_its_own_pid(
     request: pytest.FixtureRequest, layout_run: LayoutRun
 ) -> None:
-    expect_failure_until(request, PIDNS, IDENTITY)
+    expect_failure_until(request, ENVIRON)
     # GIVEN the app container, PID 1 in its own namespace
     app = layout_run.app_container
     full_id = inspect(app, "{{.Id}}")
@@ -228,3 +231,20 @@ def test_block_spans_name_the_apps_container_and_its_own_pid(
         assert span.resource.get("container.id") == full_id
         assert span.resource.get("host.name") == hostname
         assert span.resource.get("process.pid") == 1
+
+
+CONSOLE_BLOCK = re.compile(
+    r"^\d\d:\d\d:\d\d\.\d+\s+(\d+)\s+(\d+)\s+\S+\s+[\d.]+ ms\s+(?!.*STILL BLOCKED)"
+)
+"""A block's line on the sidecar's console: time, PID, thread id, name, duration."""
+
+
+def test_the_sidecar_reports_each_block_on_the_ids_the_app_sees(layout_run: LayoutRun) -> None:
+    # GIVEN the app, PID 1 with its loop in its main thread in its own namespace, and the
+    # sidecar in that namespace (compose) or in the host's (host-pid)
+    ids = [
+        m.groups()[:2] for m in map(CONSOLE_BLOCK.match, layout_run.sidecar_log.splitlines()) if m
+    ]
+    # THEN each block the app made while watched was reported, on PID 1 and thread 1
+    assert len(ids) >= len(layout_run.true_blocks) - 1, layout_run.sidecar_log[-2000:]
+    assert set(ids) == {("1", "1")}, layout_run.sidecar_log[-2000:]

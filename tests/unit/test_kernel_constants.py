@@ -75,3 +75,20 @@ def test_the_header_does_not_compile_without_the_cflags() -> None:
     assert "missing -D cflag" in without.stderr
     flags = constants.constant_cflags()
     subprocess.run([*base, *flags, str(header)], capture_output=True, text=True, check=True)
+
+
+def test_the_kernel_is_built_for_the_sidecar_s_namespace_only_when_it_is_not_the_host_s() -> None:
+    plain = program_cflags(DetectorConfig(threshold_ns=1))
+    nested = program_cflags(DetectorConfig(threshold_ns=1, pidns=(4, 4026532176)))
+    assert "-DPIDNS=0" in plain
+    assert not any(flag.startswith("-DPIDNS_") for flag in plain)
+    assert {"-DPIDNS=1", "-DPIDNS_DEV=4ULL", "-DPIDNS_INO=4026532176ULL"} <= set(nested)
+
+
+def test_the_compiler_process_gets_the_sidecar_s_pid_namespace_as_sent() -> None:
+    from otel_blocksnoop.kernel.compile import Request  # noqa: PLC0415
+
+    config = DetectorConfig(threshold_ns=1, pidns=(4, 4026532176))
+    assert Request.decode(Request(config, {}).encode()).config == config
+    plain = DetectorConfig(threshold_ns=1)
+    assert Request.decode(Request(plain, {}).encode()).config == plain

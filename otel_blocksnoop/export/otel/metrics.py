@@ -89,7 +89,7 @@ class ProcessMeters:
         """
         if block.segment != 0:
             return
-        labels: Attributes = {names.THREAD_ID: block.tid, names.CAUSE: str(block.cause)}
+        labels: Attributes = {names.THREAD_ID: block.app_tid, names.CAUSE: str(block.cause)}
         self._duration.record(seconds(block.iteration_ns), labels, context=context)
         self._blocks.add(1, labels)
 

@@ -64,7 +64,8 @@ def process_resource(
         )
         service = service[:MAX_SERVICE_NAME]
     attributes[names.SERVICE_NAME] = service or names.UNKNOWN_SERVICE
-    attributes[names.PROCESS_PID] = pid
+    # As the app sees itself (in its own PID namespace), like its own telemetry.
+    attributes[names.PROCESS_PID] = identity.app_pid or pid if identity is not None else pid
     # Resource.create adds telemetry.sdk.* and the sidecar's OTEL_RESOURCE_ATTRIBUTES,
     # under what is given here.
     return Resource.create(attributes)

@@ -97,8 +97,8 @@ def _how_it_ended(block: Block) -> dict[str, str | int | float]:
 def block_attributes(block: Block) -> dict[str, str | int | float]:
     """The span attributes of a block (DESIGN.md, "Contracts")."""
     attributes: dict[str, str | int | float] = {
-        names.PROCESS_PID: block.pid,
-        names.THREAD_ID: block.tid,
+        names.PROCESS_PID: block.app_pid,
+        names.THREAD_ID: block.app_tid,
         names.CAUSE: str(block.cause),
         names.THRESHOLD: seconds(block.threshold_ns),
         names.THREAD_KIND: str(block.thread_kind),
@@ -108,6 +108,8 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         names.ITERATION_SEGMENT: block.segment,
     }
     attributes.update(_how_it_ended(block))
+    if (host := block.host_ids) is not None:
+        attributes[names.PROCESS_HOST_PID], attributes[names.THREAD_HOST_ID] = host
     if block.thread_name:
         attributes[names.THREAD_NAME] = block.thread_name
     if block.cause == Cause.SYSCALL and block.syscall:
@@ -173,7 +175,7 @@ def hang_record(block: Block, ids: Ids, resource: Resource) -> ReadableLogRecord
         severity_text="WARN",
         severity_number=SeverityNumber.WARN,
         body=(
-            f"event loop of thread {block.tid} blocked for "
+            f"event loop of thread {block.app_tid} blocked for "
             f"{seconds(block.duration_ns):.3f} s so far{where}"
         ),
         attributes={**block_attributes(block), names.DURATION: seconds(block.duration_ns)},

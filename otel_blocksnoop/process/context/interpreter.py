@@ -22,6 +22,7 @@ from otel_blocksnoop.process.elf import (
     load_base,
     mapped_file,
 )
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.pythons import python_name
 from otel_blocksnoop.process.remote_memory import RemoteMemory
 
@@ -95,7 +96,7 @@ def _at_runtime(
     tid_offset = pthread_tid_offset()
     if tid_offset is None:
         raise UnsupportedInterpreterError("cannot find the TID in glibc's struct pthread")
-    tids = {int(t.name) for t in Path(f"/proc/{memory.pid}/task").iterdir()}
+    tids = set(NamespaceIds().sidecar_tids(memory.pid))  # as the app's thread states hold them
     if not ThreadStates(memory, layout, found.runtime, tid_offset).any_of(tids):
         raise UnsupportedInterpreterError("no thread state maps to a TID (another glibc?)")
     return replace(found, tid_offset=tid_offset)

@@ -51,6 +51,7 @@ from otel_blocksnoop.process.context.otel import CONTEXT_VAR_NAME, SPAN_KEY_PREF
 from otel_blocksnoop.process.context.tasks import RunningTasks
 from otel_blocksnoop.process.context.threads import ThreadStates
 from otel_blocksnoop.process.cpython import CPythonLayout
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.remote_memory import RemoteMemory
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class ContextReader:
         self.layout = interpreter.layout if interpreter is not None else None
         self._memory = memory
         self._walk = _Walk(memory, interpreter) if interpreter and not unsupported else None
+        # Thread states hold the tid the app sees (its own PID namespace), callers ours.
+        self._ids = NamespaceIds()
         self.moved = 0
         """Reads given up because the context moved under every attempt."""
         self.errors = 0
@@ -198,7 +201,7 @@ class ContextReader:
         if self._walk is None or self.unsupported is not None:
             return None
         try:
-            return self._walk.context_address(tid)
+            return self._walk.context_address(self._ids.app_tid(self.pid, tid))
         except Exception:  # the target's memory is untrusted: never fail the caller
             self.errors += 1
             log.debug("thread state of %d/%d unreadable", self.pid, tid, exc_info=True)
@@ -211,10 +214,11 @@ class ContextReader:
         """
         if self._walk is None or self.unsupported is not None:
             return NOTHING
+        app_tid = self._ids.app_tid(self.pid, tid)
         try:
             for _ in range(ATTEMPTS):
                 try:
-                    return self._walk.read(tid)
+                    return self._walk.read(app_tid)
                 except _Stale:
                     continue
             self.moved += 1
