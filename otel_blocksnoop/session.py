@@ -171,13 +171,14 @@ class Session:
         self._losses = losses if losses is not None else Losses()
         # Reads the cgroup's CPU stats twice per confirmed block, never between: always on.
         throttle = ThrottleWatch()
+        self._kinds = None if options.all_threads else classifier
         self._flow = BlockFlow(
             detector,
             Enricher(options.threshold_ns, linker, throttle, ids),
             self._emit,
             self._losses,
             threshold_ns=options.threshold_ns,
-            kinds=None if options.all_threads else classifier,
+            kinds=self._kinds,
             stacks=stacks,
             followers=(throttle,) if linker is None else (linker, throttle),
         )
@@ -212,10 +213,10 @@ class Session:
 
     def adopt(self, pid: int) -> None:
         """Follow the loops of ``pid`` already blocked now (``BlockFlow.adopt``)."""
-        if self._options.stats or not self._detector.config.triggers:
-            return
+        if self._options.stats or not self._detector.config.triggers or self._kinds is None:
+            return  # loops are told apart by their stacks: without them nothing is adopted
         log.info("looking for loops of PID %d that are blocked already", pid)
-        self._flow.adopt(pid, self._detector)
+        self._flow.adopt(pid, self._detector, self._kinds)
 
     @property
     def stop_asked(self) -> bool:

@@ -28,6 +28,13 @@ from otel_blocksnoop.process.target import RUNNING, thread_ids, thread_syscall
 log = logging.getLogger(__name__)
 
 
+class LoopKinds(Kinds, Protocol):
+    """The thread classifier, able to wait for the dump it started (``ThreadClassifier``)."""
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until the threads asked about are known (False if not within ``timeout_s``)."""
+
+
 class Adopter(Protocol):
     """The detector, as far as adopting a blocked thread needs it."""
 
@@ -52,12 +59,30 @@ def _off_nr(nr: int) -> int:
     return nr if nr >= 0 else OFF_RUNQ
 
 
-def adopt_blocked(pid: int, kinds: Kinds, detector: Adopter) -> list[tuple[int, int]]:
-    """Enter the loops of ``pid`` that are out of epoll now; each one's (tid, start)."""
-    adopted = []
+KINDS_WAIT_S = 3.0
+"""How long attaching waits for the dump that tells the loop threads (Austin's own limit is 2 s)."""
+
+
+def _loops_out_of_epoll(pid: int, kinds: LoopKinds) -> list[int]:
+    """Threads of ``pid`` outside epoll now whose stacks show an event loop."""
+    out = []
     for tid in thread_ids(pid):
         nr = thread_syscall(pid, tid)
-        if nr is None or _in_epoll(nr) or kinds.kind(pid, tid) != ThreadKind.LOOP:
+        if nr is not None and not _in_epoll(nr):
+            out.append(tid)
+    found = {tid: kinds.kind(pid, tid) for tid in out}
+    if any(kind is None for kind in found.values()):
+        kinds.wait_idle(KINDS_WAIT_S)  # one dump of the process tells them all
+        found = {tid: kinds.kind(pid, tid) for tid in out}
+    return [tid for tid, kind in found.items() if kind == ThreadKind.LOOP]
+
+
+def adopt_blocked(pid: int, kinds: LoopKinds, detector: Adopter) -> list[tuple[int, int]]:
+    """Enter the loops of ``pid`` that are out of epoll now; each one's (tid, start)."""
+    adopted = []
+    for tid in _loops_out_of_epoll(pid, kinds):
+        nr = thread_syscall(pid, tid)
+        if nr is None or _in_epoll(nr):
             continue
         start = detector.adopt(pid, tid, _off_nr(nr))
         if start is None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from otel_blocksnoop.analysis import hangs
-from otel_blocksnoop.analysis.adopt import Adopter, adopt_blocked
+from otel_blocksnoop.analysis.adopt import Adopter, LoopKinds, adopt_blocked
 from otel_blocksnoop.analysis.enrich import Enricher
 from otel_blocksnoop.analysis.sources import EventSource, Follower, Kinds, Samples
 from otel_blocksnoop.bounded import BoundedDict
@@ -132,7 +132,7 @@ class BlockFlow:
         self._totals = _Totals()
         self._adopted: BoundedDict[hangs.Ongoing, None] = BoundedDict(hangs.MAX_TRACKED)
 
-    def adopt(self, pid: int, detector: Adopter) -> int:
+    def adopt(self, pid: int, detector: Adopter, kinds: LoopKinds) -> int:
         """Follow the loops of ``pid`` that were blocked before it was watched; how many.
 
         Each is entered in the kernel's books as blocked since now (``adopt``),
@@ -140,9 +140,7 @@ class BlockFlow:
         and identity are prepared, its stacks gathered, its hang reported.
         Loops are told apart by their stacks: without them nothing is adopted.
         """
-        if self._kinds is None:
-            return 0
-        found = adopt_blocked(pid, self._kinds, detector)
+        found = adopt_blocked(pid, kinds, detector)
         for tid, start in found:
             self._adopted[hangs.Ongoing(pid, tid, start)] = None
             self._triggered(Trigger(pid, tid, start, start, TriggerReason.NEW_THREAD))
