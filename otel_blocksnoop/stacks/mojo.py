@@ -9,6 +9,7 @@ the caller's choice. It is fed bytes in whatever chunks the pipe delivers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ _TASK_RUNNING = 16
 
 _UNKNOWN_STRING = 1
 _MAX_STRING = 4096  # remote text is untrusted: longer strings are cut
+_TID = re.compile(r"[0-9a-fA-F]{1,8}")
+"""Austin writes a thread's native id in hex (``%lx``); a Linux TID fits in 32 bits."""
 
 
 class MojoError(Exception):
@@ -67,6 +70,14 @@ class _Sample:
         self.frames: list[Frame] = []
         self.delta_us = 0
         self.idle = False
+
+
+def _tid(thread: str) -> int | None:
+    """The native thread id a sample's thread string spells, or None when it spells none.
+
+    ``int(text, 16)`` alone would also take "-5", " 12" or "1_0": another thread's id.
+    """
+    return int(thread, 16) if _TID.fullmatch(thread) else None
 
 
 def _is_native(frame: Frame) -> bool:
@@ -148,10 +159,8 @@ class MojoDecoder:
         sample = self._current
         if sample is None or sample.delta_us == 0:
             return None
-        try:
-            return int(sample.thread, 16), sample.delta_us
-        except ValueError:
-            return None
+        tid = _tid(sample.thread)
+        return None if tid is None else (tid, sample.delta_us)
 
     def flush(self) -> list[RawSample]:
         """End of stream: hand out the sample still being built."""
@@ -260,13 +269,9 @@ class MojoDecoder:
         if sample is None:
             return None
         self._previous[(sample.pid, sample.thread)] = sample.frames
-        try:
-            tid = int(sample.thread, 16)
-        except ValueError:
-            tid = 0
         return RawSample(
             pid=sample.pid,
-            tid=tid,
+            tid=_tid(sample.thread) or 0,
             frames=tuple(sample.frames),
             delta_us=sample.delta_us,
             idle=sample.idle,
