@@ -55,6 +55,8 @@ MAX_PENDING_STRING = 1 << 16
 """A string still unterminated after this many bytes is not a MOJO string: the stream is refused."""
 _MAX_INT_BYTES = 10
 """Austin writes 64-bit integers: 10 bytes at most (6 bits, then 7 a byte)."""
+_MAX_LINE = 2**31
+"""CPython's line numbers are C ints; others are unknown (0): no span carries one past 2**63."""
 _TID = re.compile(r"[0-9a-fA-F]{1,8}")
 """Austin writes a thread's native id in hex (``%lx``); a Linux TID fits in 32 bits."""
 
@@ -242,7 +244,9 @@ class MojoDecoder:
             self._int(), self._int(), self._int()  # line_end, column, column_end
             pid = self._pid()
             self._frames[(pid, key)] = Frame(
-                self._string(pid, scope_key), self._string(pid, file_key), line
+                self._string(pid, scope_key),
+                self._string(pid, file_key),
+                line if 0 <= line < _MAX_LINE else 0,
             )
         elif event == _FRAME_REF:
             key = self._int()
@@ -257,7 +261,7 @@ class MojoDecoder:
         elif event == _METRIC_TIME:
             delta = self._int()
             if self._current is not None:
-                self._current.delta_us = delta
+                self._current.delta_us = max(0, delta)  # time never runs backwards
         elif event == _IDLE:
             if self._current is not None:
                 self._current.idle = True

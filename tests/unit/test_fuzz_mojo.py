@@ -121,9 +121,11 @@ def expected_tid(thread: str) -> int:
 def check_sample(sample: RawSample) -> None:
     assert 0 <= sample.tid <= 0xFFFFFFFF
     assert len(sample.frames) <= mojo.MAX_STACK
+    assert sample.delta_us >= 0
     for frame in sample.frames:
         assert len(frame.function) <= MAX_STRING
         assert len(frame.file) <= MAX_STRING
+        assert 0 <= frame.line < 2**31
 
 
 def check_bounded(decoder: MojoDecoder) -> None:
@@ -179,6 +181,18 @@ TARGETS: dict[str, Target] = {
 @given(streams(), cuts)
 @example(HEADER + bytes([STRING]) + varint(1) + b"x" * 300_000, [])
 @example(HEADER + bytes([METRIC_TIME]) + b"\xff" * 200_000 + b"\x01", [7])
+@example(  # a frame at line 2**63: an OTLP export of it failed ("Value out of range")
+    HEADER
+    + bytes([STACK, 1, 0])
+    + text("a")
+    + bytes([STRING, 2])
+    + text("/app.py")
+    + bytes([FRAME, 5, 2, 2])
+    + varint(2**63)
+    + bytes([0, 0, 0, FRAME_REF, 5, METRIC_TIME])
+    + varint(-7),
+    [],
+)
 def test_any_stream_is_decoded_or_refused_within_bounds(data: bytes, at: list[int]) -> None:
     check_stream(data, at)
 
