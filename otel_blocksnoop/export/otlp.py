@@ -11,8 +11,10 @@ protocol, and the batching of the sidecar's own queue.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -61,6 +63,10 @@ DEFAULT_SHUTDOWN_S = 5.0
 """How long a stopping sidecar keeps trying to deliver what is queued."""
 DEFAULT_METRIC_INTERVAL_MS = 10_000
 """Metric export interval unless OTEL_METRIC_EXPORT_INTERVAL says otherwise (SDK: 60 s)."""
+MAX_COUNT = 2**31 - 1
+"""The largest queue or batch size taken from the environment."""
+MAX_WAIT_MS = threading.TIMEOUT_MAX * 1000
+"""The longest delay or timeout a wait can be given (a longer one raises OverflowError)."""
 GRPC_PORT = 4317
 CONNECT_TIMEOUT_S = 0.5
 
@@ -87,16 +93,24 @@ class OtlpSettings:
         return self.traces or self.metrics or self.logs
 
 
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+def _positive(
+    env: Mapping[str, str], name: str, default: float, least: float = 0, most: float = MAX_WAIT_MS
+) -> float:
+    """A finite number above 0, from ``least`` to ``most``.
+
+    "inf", "nan" or "1e400" would overflow a wait or a queue, and a count or a
+    millisecond value below 1 would become 0 (no queue, a metric reader refused).
+    """
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if value <= 0:
-        msg = f"{name} must be a positive number, not {text!r}"
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and least <= value <= most):
+        limits = f"from {least:g}" if least else "above 0"
+        msg = f"{name} must be a positive number ({limits} to {most:g}), not {text!r}"
         raise ConfigError(msg)
     return value
 
@@ -135,12 +149,12 @@ def settings_from(
         metrics=wanted and _signal_on(env, OTEL_METRICS_EXPORTER),
         logs=wanted and _signal_on(env, OTEL_LOGS_EXPORTER),
         schedule_delay_s=_positive(env, OTEL_BSP_SCHEDULE_DELAY, DEFAULT_SCHEDULE_DELAY_MS) / 1000,
-        max_queue=int(_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE)),
-        batch_size=int(_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH)),
-        shutdown_timeout_s=_positive(env, OTEL_BSP_EXPORT_TIMEOUT, DEFAULT_SHUTDOWN_S * 1000)
+        max_queue=int(_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE, 1, MAX_COUNT)),
+        batch_size=int(_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH, 1, MAX_COUNT)),
+        shutdown_timeout_s=_positive(env, OTEL_BSP_EXPORT_TIMEOUT, DEFAULT_SHUTDOWN_S * 1000, 1)
         / 1000,
         metric_interval_ms=int(
-            _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS)
+            _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS, 1)
         ),
         fallback_service=service or env.get(OTEL_SERVICE_NAME, "").strip() or None,
         follow_app_sampling=follow_app_sampling,

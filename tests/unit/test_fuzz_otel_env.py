@@ -1,0 +1,94 @@
+"""The ``OTEL_*`` environment, fuzzed: a bad value is a ConfigError, never a traceback.
+
+Environments are drawn from the variables the sidecar and the SDK exporters
+read, each with a value from numbers written every way (``inf``, ``nan``,
+``1e400``, ``0.5``, ``-0``), the documented words and any text. Whatever is
+drawn, settings are either refused with ``ConfigError`` or usable as they
+are: counts of at least 1, waits that a thread can be given.
+``bench/fuzz.py`` runs the same properties for minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from otel_blocksnoop.errors import ConfigError
+from otel_blocksnoop.export import otlp
+from tests.unit.fuzzing import Target
+
+NUMERIC = (
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+)
+WORDS = (
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+)
+
+numbers_as_text = st.one_of(
+    st.sampled_from(["inf", "-inf", "nan", "1e400", "0.5", "0.0001", "-0", "0", " 7 ", "1_000"]),
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=12),
+)
+words = st.one_of(
+    st.sampled_from(["grpc", "http/protobuf", "http/json", "none", "otlp", "true", "TRUE "]),
+    st.sampled_from(["http://collector:4318", "collector:4317", "http://[", "//x..y:1"]),
+    st.text(max_size=30),
+)
+
+
+@st.composite
+def environments(draw: st.DrawFn) -> dict[str, str]:
+    env = {name: draw(numbers_as_text) for name in draw(st.sets(st.sampled_from(NUMERIC)))}
+    env.update({name: draw(words) for name in draw(st.sets(st.sampled_from(WORDS)))})
+    return env
+
+
+def check_settings(env: dict[str, str]) -> None:
+    """Refused with ConfigError, or values every consumer takes as they are."""
+    try:
+        settings = otlp.settings_from(env)
+    except ConfigError as error:
+        problem = str(error)
+    else:
+        problem = ""
+    assert "\n" not in problem  # one line
+    if problem:
+        return
+    assert 1 <= settings.max_queue <= otlp.MAX_COUNT
+    assert 1 <= settings.batch_size <= otlp.MAX_COUNT
+    assert settings.metric_interval_ms >= 1  # the SDK's metric reader refuses 0
+    for wait_s in (settings.schedule_delay_s, settings.shutdown_timeout_s):
+        assert math.isfinite(wait_s)
+        assert 0 < wait_s <= threading.TIMEOUT_MAX
+    assert settings.shutdown_timeout_s * 1000 >= 1  # handed on in whole milliseconds
+    assert settings.protocol in otlp.PROTOCOLS
+
+
+TARGETS: dict[str, Target] = {
+    "OTEL_* settings": Target(environments(), check_settings),
+}
+
+
+@given(environments())
+@example({"OTEL_BSP_MAX_QUEUE_SIZE": "inf"})  # OverflowError from int()
+@example({"OTEL_BSP_SCHEDULE_DELAY": "nan"})
+@example({"OTEL_METRIC_EXPORT_INTERVAL": "0.5"})  # 0 ms: the SDK's reader raised ValueError
+@example({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0.5"})  # a batch of 0
+@example({"OTEL_BSP_EXPORT_TIMEOUT": "1e300"})  # past what a thread can wait
+def test_any_environment_gives_usable_settings_or_a_config_error(env: dict[str, str]) -> None:
+    check_settings(env)
