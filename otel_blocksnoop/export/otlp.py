@@ -175,7 +175,22 @@ class Exporters:
 
 
 def build_exporters(settings: OtlpSettings) -> Exporters:
-    """The OTLP exporters the settings ask for; the SDK reads the rest of OTEL_* itself."""
+    """The OTLP exporters the settings ask for; the SDK reads the rest of OTEL_* itself.
+
+    The SDK's gRPC exporters raise on some values they read (a timeout of "abc",
+    an unknown compression): that is a ConfigError, found here at start.
+    """
+    try:
+        exporters = _exporters(settings)
+        if exporters.metrics is not None:
+            exporters.metrics().shutdown()  # made per meter provider later: try one now
+    except Exception as exc:  # whatever the SDK raised, the user gets one line
+        msg = f"failed to set up OTLP export ({settings.protocol}): {exc}"
+        raise ConfigError(msg) from exc
+    return exporters
+
+
+def _exporters(settings: OtlpSettings) -> Exporters:
     base = settings.endpoint
     if settings.protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # noqa: PLC0415

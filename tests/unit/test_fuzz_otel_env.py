@@ -11,7 +11,9 @@ are: counts of at least 1, waits that a thread can be given.
 from __future__ import annotations
 
 import math
+import os
 import threading
+from unittest import mock
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -51,6 +53,20 @@ words = st.one_of(
 )
 
 
+SDK_READS = (
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+)
+"""What the SDK's exporters read themselves (certificates aside: those are files)."""
+
+
 @st.composite
 def environments(draw: st.DrawFn) -> dict[str, str]:
     env = {name: draw(numbers_as_text) for name in draw(st.sets(st.sampled_from(NUMERIC)))}
@@ -79,8 +95,38 @@ def check_settings(env: dict[str, str]) -> None:
     assert settings.protocol in otlp.PROTOCOLS
 
 
+@st.composite
+def exporter_environments(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
+    values = st.one_of(numbers_as_text, words, st.sampled_from(["gzip", "deflate", "a=b,c"]))
+    values = values.map(lambda value: value.replace("\0", ""))  # no environment holds a NUL
+    env = {name: draw(values) for name in draw(st.sets(st.sampled_from(SDK_READS)))}
+    return draw(st.sampled_from(otlp.PROTOCOLS)), env
+
+
+def check_exporters(drawn: tuple[str, dict[str, str]]) -> None:
+    """The SDK's exporters made under any environment: made, or one ConfigError."""
+    protocol, env = drawn
+    settings = otlp.settings_from({}, endpoint="http://127.0.0.1:9", protocol=protocol)
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        try:
+            exporters = otlp.build_exporters(settings)
+        except ConfigError as error:
+            problem = str(error)
+        else:
+            problem = ""
+    assert "\n" not in problem
+    if problem:
+        return
+    assert exporters.spans is not None
+    exporters.spans.shutdown()
+    if exporters.logs is not None:
+        exporters.logs.shutdown()  # type: ignore[no-untyped-call]
+
+
 TARGETS: dict[str, Target] = {
     "OTEL_* settings": Target(environments(), check_settings),
+    "OTLP exporters": Target(exporter_environments(), check_exporters),
 }
 
 
@@ -92,3 +138,12 @@ TARGETS: dict[str, Target] = {
 @example({"OTEL_BSP_EXPORT_TIMEOUT": "1e300"})  # past what a thread can wait
 def test_any_environment_gives_usable_settings_or_a_config_error(env: dict[str, str]) -> None:
     check_settings(env)
+
+
+@given(exporter_environments())
+@example(("grpc", {"OTEL_EXPORTER_OTLP_TIMEOUT": "abc"}))  # ValueError from the SDK's float()
+@example(("grpc", {"OTEL_EXPORTER_OTLP_COMPRESSION": "zzz"}))  # InvalidCompressionValueException
+def test_the_sdk_exporters_refuse_a_value_with_a_config_error_only(
+    drawn: tuple[str, dict[str, str]],
+) -> None:
+    check_exporters(drawn)
