@@ -250,7 +250,23 @@ def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> s
     A collector that is down at start may come up later; blocks are queued
     meanwhile, so this only tells the user early.
     """
-    env = os.environ if env is None else env
+    address = collector_address(settings, os.environ if env is None else env)
+    if address is None or isinstance(address, str):
+        return address
+    host, port = address
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    except ValueError as exc:  # a name IDNA cannot encode, e.g. "collector..local"
+        return f"bad endpoint host {host!r}: {exc}"
+
+
+def collector_address(
+    settings: OtlpSettings, env: Mapping[str, str]
+) -> tuple[str, int] | str | None:
+    """(host, port) the spans go to; None without an endpoint; why not, when it names none."""
     endpoint = (
         settings.endpoint
         or env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
@@ -258,16 +274,11 @@ def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> s
     )
     if not endpoint:
         return None
-    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-    host = parts.hostname or "localhost"
-    try:
+    try:  # urlsplit raises too: "http://[" is an unfinished IPv6 address
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
         port = parts.port or (
             443 if parts.scheme == "https" else GRPC_PORT if settings.protocol == GRPC else 4318
         )
     except ValueError:
         return f"bad endpoint {endpoint!r}"
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            return None
-    except OSError as exc:
-        return f"{host}:{port}: {exc.strerror or exc}"
+    return parts.hostname or "localhost", port

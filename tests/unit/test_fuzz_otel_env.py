@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 from unittest import mock
 
@@ -124,9 +125,45 @@ def check_exporters(drawn: tuple[str, dict[str, str]]) -> None:
         exporters.logs.shutdown()  # type: ignore[no-untyped-call]
 
 
+endpoints = st.one_of(
+    words,
+    st.builds(
+        "{}://{}:{}".format,
+        st.sampled_from(["http", "https", "grpc", ""]),
+        st.text(max_size=20),
+        st.one_of(st.integers(-5, 70000).map(str), st.text(max_size=5)),
+    ),
+)
+
+
+def refused_connection(address: tuple[str, int], timeout: float) -> socket.socket:
+    """socket.create_connection without a network: the host is encoded as getaddrinfo does."""
+    host, port = address
+    host.encode("idna")
+    assert 0 <= port <= 65535
+    assert timeout > 0
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def check_endpoint(drawn: tuple[str, str]) -> None:
+    """Any endpoint: an address to try, or the reason it is none; reachable() never raises."""
+    protocol, endpoint = drawn
+    settings = otlp.settings_from({}, protocol=protocol)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    address = otlp.collector_address(settings, env)
+    if isinstance(address, tuple):
+        host, port = address
+        assert host
+        assert 0 <= port <= 65535
+    with mock.patch.object(socket, "create_connection", refused_connection):
+        problem = otlp.reachable(settings, env)
+    assert problem is None if address is None else isinstance(problem, str)
+
+
 TARGETS: dict[str, Target] = {
     "OTEL_* settings": Target(environments(), check_settings),
     "OTLP exporters": Target(exporter_environments(), check_exporters),
+    "OTLP endpoint": Target(st.tuples(st.sampled_from(otlp.PROTOCOLS), endpoints), check_endpoint),
 }
 
 
@@ -147,3 +184,10 @@ def test_the_sdk_exporters_refuse_a_value_with_a_config_error_only(
     drawn: tuple[str, dict[str, str]],
 ) -> None:
     check_exporters(drawn)
+
+
+@given(st.tuples(st.sampled_from(otlp.PROTOCOLS), endpoints))
+@example(("grpc", "http://["))  # urlsplit's ValueError ended the start in a traceback
+@example(("http/protobuf", "http://collector..local:4318"))  # and so did IDNA's UnicodeError
+def test_any_endpoint_is_tried_or_explained_never_raised(drawn: tuple[str, str]) -> None:
+    check_endpoint(drawn)
