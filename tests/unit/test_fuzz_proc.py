@@ -2,21 +2,22 @@
 
 Each parser is fed text built from the file's own shape with random
 fields, and plain random text. None may raise; what they return keeps the
-promises their callers rely on: an environment round-trips, a cgroup
-directory never climbs out of its mount, throttling counters are
-non-negative integers.
+promises their callers rely on: an environment round-trips, a version is
+read from ASCII digits only, a cgroup directory never climbs out of its
+mount, throttling counters are non-negative integers.
 ``bench/fuzz.py`` runs the same properties for minutes.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from otel_blocksnoop.process import cgroup, identity
+from otel_blocksnoop.process import cgroup, identity, pythons
 from tests.unit.fuzzing import Target
 
 # What a process's environment can hold: UTF-8 text without NUL (nor "=" in a name).
@@ -54,6 +55,28 @@ resource_keys = st.text(
     st.characters(exclude_characters=",=", exclude_categories=["Cs", "Zs", "Zl", "Zp", "Cc"]),
     min_size=1,
 ).filter(lambda key: key == key.strip())
+
+
+def check_python_name(path: str) -> None:
+    """A version is read from ASCII digits after "python", or not at all."""
+    name = pythons.python_name(path)
+    if name is None or name.version is None:
+        return
+    major, minor = name.version
+    assert re.search(rf"python{major}\.{minor}", path.rpartition("/")[2])
+
+
+python_paths = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        "{}/{}python{}.{}{}".format,
+        st.sampled_from(["/usr/lib", "/opt/py", ""]),
+        st.sampled_from(["", "lib"]),
+        st.text(max_size=3),
+        st.text(max_size=3),
+        st.sampled_from(["", "t", "d", ".so.1.0", "-config", " (deleted)"]),
+    ),
+)
 
 
 def check_cpu_stat(text: str) -> None:
@@ -120,6 +143,7 @@ TARGETS: dict[str, Target] = {
         st.dictionaries(resource_keys, values, max_size=5), check_resource_attributes
     ),
     "OTEL_RESOURCE_ATTRIBUTES text": Target(st.text(max_size=60), check_resource_text),
+    "python names": Target(python_paths, check_python_name),
     "cpu.stat": Target(cpu_stats, check_cpu_stat),
     "/proc cgroup + mountinfo": Target(st.tuples(cgroup_texts, mountinfo_texts), check_cgroup),
 }
@@ -144,6 +168,12 @@ def test_resource_attributes_read_back_as_written(attributes: dict[str, str]) ->
 @example("=x,, =y,k = v ,%zz=%")
 def test_any_resource_attributes_text_gives_clean_keys(text: str) -> None:
     check_resource_text(text)
+
+
+@given(python_paths)
+@example("/usr/lib/libpython\u0663.\u0661\u0661.so")  # Arabic-Indic digits read as 3.11
+def test_a_python_version_is_read_from_ascii_digits_only(path: str) -> None:
+    check_python_name(path)
 
 
 @given(cpu_stats)
