@@ -9,6 +9,7 @@ through /proc/PID/root so that a containerised target's own file is read.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,20 @@ class Mapping:
 
 def file_mappings(pid: int) -> list[Mapping]:
     """The file-backed mappings of a process (raises OSError when it is gone)."""
+    return parse_maps(Path(f"/proc/{pid}/maps").read_text())
+
+
+_MAPS_LINE = re.compile(r"([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ \S+ +(/.*)")
+"""start-end perms offset dev inode, then the path of a file mapping."""
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    """The file-backed mappings in a /proc/PID/maps text; other lines are skipped."""
     found = []
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/"):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            found.append(Mapping(start, end, int(fields[2], 16), fields[5]))
+    for line in text.splitlines():
+        if (match := _MAPS_LINE.fullmatch(line)) is not None:
+            start, end, offset = (int(match.group(i), 16) for i in (1, 2, 3))
+            found.append(Mapping(start, end, offset, match.group(4)))
     return found
 
 
@@ -125,5 +134,6 @@ __all__ = [
     "Mapping",
     "file_mappings",
     "load_base",
+    "parse_maps",
     "process_root",
 ]

@@ -1,4 +1,4 @@
-"""The ``/proc`` parsers, fuzzed: environ, cgroup, mountinfo and cpu.stat.
+"""The ``/proc`` parsers, fuzzed: environ, maps, cgroup, mountinfo and cpu.stat.
 
 Each parser is fed text built from the file's own shape with random
 fields, and plain random text. None may raise; what they return keeps the
@@ -17,7 +17,7 @@ from urllib.parse import quote
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from otel_blocksnoop.process import cgroup, identity, pythons
+from otel_blocksnoop.process import cgroup, elf, identity, pythons
 from tests.unit.fuzzing import Target
 
 # What a process's environment can hold: UTF-8 text without NUL (nor "=" in a name).
@@ -77,6 +77,32 @@ python_paths = st.one_of(
         st.sampled_from(["", "t", "d", ".so.1.0", "-config", " (deleted)"]),
     ),
 )
+
+
+def check_maps(text: str) -> None:
+    """/proc/PID/maps: every file mapping is read, malformed lines are skipped."""
+    for mapping in elf.parse_maps(text):
+        assert mapping.path.startswith("/")
+        assert mapping.start >= 0
+        assert mapping.end >= 0
+    list(pythons.mapped_libpythons(text))
+
+
+hexes = st.integers(0, 2**64 - 1).map("{:x}".format)
+maps_lines = st.one_of(
+    st.builds(
+        "{}-{} {} {} {} {} {}".format,
+        hexes,
+        hexes,
+        st.sampled_from(["r-xp", "rw-p", "r--s"]),
+        st.one_of(hexes, st.text(max_size=4)),
+        st.sampled_from(["fd:01", "00:00"]),
+        st.integers(0, 10**9),
+        st.one_of(st.sampled_from(["/usr/lib/libpython3.11.so.1.0", "[heap]", ""]), values),
+    ),
+    st.text(max_size=60),
+)
+maps_texts = st.lists(maps_lines, max_size=6).map("\n".join)
 
 
 def check_cpu_stat(text: str) -> None:
@@ -144,6 +170,7 @@ TARGETS: dict[str, Target] = {
     ),
     "OTEL_RESOURCE_ATTRIBUTES text": Target(st.text(max_size=60), check_resource_text),
     "python names": Target(python_paths, check_python_name),
+    "/proc maps": Target(maps_texts, check_maps),
     "cpu.stat": Target(cpu_stats, check_cpu_stat),
     "/proc cgroup + mountinfo": Target(st.tuples(cgroup_texts, mountinfo_texts), check_cgroup),
 }
@@ -174,6 +201,13 @@ def test_any_resource_attributes_text_gives_clean_keys(text: str) -> None:
 @example("/usr/lib/libpython\u0663.\u0661\u0661.so")  # Arabic-Indic digits read as 3.11
 def test_a_python_version_is_read_from_ascii_digits_only(path: str) -> None:
     check_python_name(path)
+
+
+@given(maps_texts)
+@example("zz-10 r-xp 0 fd:01 1 /usr/lib/x.so")  # int("zz", 16): ValueError
+@example("10 r-xp 0 fd:01 1 /usr/lib/x.so")  # one address, not two
+def test_any_maps_text_gives_file_mappings_without_error(text: str) -> None:
+    check_maps(text)
 
 
 @given(cpu_stats)
