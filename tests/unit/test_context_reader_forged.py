@@ -36,9 +36,11 @@ class ForgedMemory(RemoteMemory):
         self.heap = bytearray(1 << 16)
         self.top = 0
         self.flip: tuple[int, int, int] | None = None  # (after reads, address, new value)
+        self.objects: list[int] = []  # every address alloc gave, in order
 
     def alloc(self, size: int) -> int:
         address = BASE + self.top
+        self.objects.append(address)
         self.top += (size + 15) & ~15
         return address
 
