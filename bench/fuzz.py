@@ -3,9 +3,10 @@
 # Copyright 2026 otel-blocksnoop developers
 """Every parser of outside input fuzzed for minutes: the unit tests' properties, run long.
 
-The properties are those of tests/unit/test_fuzz_*.py (each module's
-``TARGETS``): the MOJO stream, the target's memory as the context reader
-walks it, the /proc files, the kernel's records and the OTEL_* environment.
+The properties are those of harness/fuzz/ (each module's ``TARGETS``),
+which the unit tests (tests/unit/test_fuzz_*.py) also run: the MOJO stream,
+the target's memory as the context reader walks it, the /proc files, the
+kernel's records and the OTEL_* environment.
 The unit tests run each on a fixed, small budget with the same examples every
 time; here each runs with new random examples (Hypothesis, no deadline, no
 example database) in rounds of --round examples until --seconds have passed.
@@ -23,7 +24,6 @@ USAGE: fuzz.py [--seconds S] [--round N] [--only TEXT]
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import resource
 import sys
@@ -31,25 +31,18 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 
-if TYPE_CHECKING:
-    from tests.unit.fuzzing import Target
+from harness.fuzz import Target, context_reader, kernel, mojo, otel_env, proc
 
-ROOT = Path(__file__).resolve().parent.parent
-MODULES = sorted(path.stem for path in (ROOT / "tests" / "unit").glob("test_fuzz_*.py"))
+MODULES = (mojo, context_reader, proc, kernel, otel_env)
 
 
 def targets() -> list[tuple[str, Target]]:
     """(name, Target) of every fuzz module, in module order."""
-    sys.path.insert(0, str(ROOT))
-    found: list[tuple[str, Target]] = []
-    for module_name in MODULES:
-        module = importlib.import_module(f"tests.unit.{module_name}")
-        found.extend(module.TARGETS.items())
-    return found
+    return [item for module in MODULES for item in module.TARGETS.items()]
 
 
 def failure_key(error: BaseException) -> str:

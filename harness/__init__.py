@@ -5,7 +5,9 @@
   CPython 3.9+, so they import only what is beside them;
 - ``interpreters``: pyenv's CPython 3.9-3.13 and cached venvs of them;
 - ``otlp``: a real OTLP receiver (gRPC and HTTP/protobuf) on 127.0.0.1;
-- ``rotel``: a real OpenTelemetry collector in front of that receiver.
+- ``rotel``: a real OpenTelemetry collector in front of that receiver;
+- ``forged_heap``: a CPython heap forged by hand for each layout, read like a process;
+- ``fuzz``: property checks of every parser of outside input (Hypothesis).
 
 No pytest here: a wait that times out raises ``HarnessError``.
 """
