@@ -59,33 +59,53 @@ _SYMBOL = struct.Struct("<IBBHQQ")
 
 
 class ElfSymbols:
-    """The symbol tables (.symtab, then .dynsym) of one ELF file, and its first load address."""
+    """The symbol tables (.symtab, then .dynsym) of one ELF file, and its first load address.
+
+    The file is the target's (in a container, its image's): anything it says
+    is checked before it is followed, and a file this reader cannot follow
+    is an ElfError, never another exception.
+    """
 
     def __init__(self, path: str | Path) -> None:
         # Mapped, not copied: libpython is 15-30 MB with its symbol tables.
         with Path(path).open("rb") as file:
             data = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            self._parse(data, str(path))
+        except ElfError:
+            data.close()
+            raise
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> ElfSymbols:
+        """An ELF image already in memory (tests, fuzzing)."""
+        elf = cls.__new__(cls)
+        elf._parse(data, name)  # noqa: SLF001 (its own class)
+        return elf
+
+    def _parse(self, data: bytes | mmap.mmap, name: str) -> None:
         self._data = data
         if len(data) < _ELF_HEADER.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-            self.close()
-            raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
+            raise ElfError(f"{name}: not a 64-bit little-endian ELF file")
         header = _ELF_HEADER.unpack_from(data)
         phoff, shoff = header[5], header[6]
         phentsize, phnum, shentsize, shnum = header[9], header[10], header[11], header[12]
-        self._sections = [_SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-        loads = [
-            _PROGRAM.unpack_from(data, phoff + i * phentsize)
-            for i in range(phnum)
-            if _PROGRAM.unpack_from(data, phoff + i * phentsize)[0] == _PT_LOAD
-        ]
+        try:
+            self._sections = [
+                _SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)
+            ]
+            programs = [_PROGRAM.unpack_from(data, phoff + i * phentsize) for i in range(phnum)]
+        except struct.error as error:  # a table that runs past the end of the file
+            raise ElfError(f"{name}: truncated section or program headers") from error
+        loads = [program for program in programs if program[0] == _PT_LOAD]
         if not loads:
-            self.close()
-            raise ElfError(f"{path}: no loadable segment")
+            raise ElfError(f"{name}: no loadable segment")
         # p_vaddr of the segment that maps file offset 0, page-aligned.
         self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
 
     def close(self) -> None:
-        self._data.close()
+        if isinstance(self._data, mmap.mmap):
+            self._data.close()
 
     def __enter__(self) -> Self:
         return self
@@ -95,20 +115,27 @@ class ElfSymbols:
 
     def symbol(self, name: str) -> int | None:
         """The link-time address (st_value) of a defined symbol, or None."""
+        data = self._data
         needle = b"\0" + name.encode() + b"\0"
         for kind in (_SHT_SYMTAB, _SHT_DYNSYM):
             for section in self._sections:
-                if section[1] != kind or section[6] >= len(self._sections):
+                # An ELF64 symbol is 24 bytes: another entry size would walk the file byte by byte.
+                if (
+                    section[1] != kind
+                    or section[6] >= len(self._sections)
+                    or section[9] not in (0, _SYMBOL.size)
+                ):
                     continue
                 strtab = self._sections[section[6]]
-                at = self._data.find(needle, strtab[4], strtab[4] + strtab[5])
+                at = data.find(needle, strtab[4], strtab[4] + strtab[5])
                 if at < 0:
                     continue
                 name_index = at + 1 - strtab[4]
-                offset, size, entsize = section[4], section[5], section[9] or _SYMBOL.size
-                for i in range(size // entsize):
+                offset, size = section[4], section[5]
+                count = min(size, max(0, len(data) - offset)) // _SYMBOL.size  # inside the file
+                for i in range(count):
                     st_name, _, _, shndx, value, _ = _SYMBOL.unpack_from(
-                        self._data, offset + i * entsize
+                        data, offset + i * _SYMBOL.size
                     )
                     if st_name == name_index and shndx != 0 and value:
                         return int(value)
