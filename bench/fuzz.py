@@ -4,9 +4,10 @@
 """Every parser of outside input fuzzed for minutes: the unit tests' properties, run long.
 
 The properties are those of harness/fuzz/ (each module's ``TARGETS``),
-which the unit tests (tests/unit/test_fuzz_*.py) also run: the MOJO stream,
-the target's memory as the context reader walks it, its interpreter's ELF
-file, the /proc files, the kernel's records and the OTEL_* environment.
+which the unit tests (tests/unit/test_fuzz_*.py) also run: the MOJO stream
+and Austin's -w dump, the target's memory as the context reader walks it,
+its interpreter's ELF file, the /proc files, the kernel's records and the
+OTEL_* environment.
 The unit tests run each on a fixed, small budget with the same examples every
 time; here each runs with new random examples (Hypothesis, no deadline, no
 example database) in rounds of --round examples until --seconds have passed.
@@ -35,9 +36,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 
-from harness.fuzz import Target, context_reader, elf, kernel, mojo, otel_env, proc
+from harness.fuzz import Target, austin_where, context_reader, elf, kernel, mojo, otel_env, proc
 
-MODULES = (mojo, context_reader, elf, proc, kernel, otel_env)
+MODULES = (mojo, austin_where, context_reader, elf, proc, kernel, otel_env)
 
 
 def targets() -> list[tuple[str, Target]]:

@@ -1,8 +1,9 @@
 """Fuzz properties of every parser of outside input, shared by the unit tests and the bench.
 
-One module per source: ``mojo`` (Austin's stream), ``context_reader`` (the
-target's memory), ``elf`` (its interpreter's file), ``proc`` (/proc files),
-``kernel`` (ring-buffer records) and ``otel_env`` (the OTEL_* environment).
+One module per source: ``mojo`` (Austin's stream), ``austin_where`` (its
+``-w`` dump), ``context_reader`` (the target's memory), ``elf`` (its
+interpreter's file), ``proc`` (/proc files), ``kernel`` (ring-buffer
+records) and ``otel_env`` (the OTEL_* environment).
 Each lists its properties in ``TARGETS``: a Hypothesis strategy and a check
 that raises when the property does not hold. ``tests/unit/test_fuzz_*.py``
 run each on a small fixed budget (the ``unit`` profile,
