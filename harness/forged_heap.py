@@ -23,6 +23,8 @@ TID_OFFSET = 720
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0xB7AD6B7169203331
 FLAGS = 1
+DECOY_TRACE_ID = 0x5B8EFFF798038103D269B633813FC60C
+DECOY_SPAN_ID = 0xEEE19B7EC3C1B174
 
 
 class ForgedMemory(RemoteMemory):
@@ -69,9 +71,12 @@ class Forged:
     context: int
     span_context: int
     types: dict[str, int]
+    chains: tuple[frozenset[int], ...] = ()
+    """The objects of each thread's context, from the Context to its span's ids: its own."""
 
 
-def forge(layout: CPythonLayout) -> Forged:  # noqa: C901, PLR0915 (one heap, built step by step)
+def forge(layout: CPythonLayout, decoy: bool = False) -> Forged:  # noqa: C901, PLR0915 (one heap, built step by step)
+    """The heap; with ``decoy``, the other thread (TID + 1) has a span of its own (DECOY ids)."""
     m = ForgedMemory()
     types: dict[str, int] = {}
 
@@ -153,20 +158,26 @@ def forge(layout: CPythonLayout) -> Forged:  # noqa: C901, PLR0915 (one heap, bu
     make_type("Context", base="dict")
     make_type("_Span", dictoffset=16)
 
-    span_context = obj("SpanContext", layout.tuple_items + 8 * 6)
-    m.put(span_context + layout.var_size, 6)
-    fields = [integer(TRACE_ID), integer(SPAN_ID), 0, integer(FLAGS, "TraceFlags"), 0, 0]
-    for i, field in enumerate(fields):
-        m.put(span_context + layout.tuple_items + 8 * i, field)
-    span_dict = dictionary(
-        "dict", [(string("_name"), string("GET /")), (string("_context"), span_context)]
-    )
-    span = obj("_Span", 32)
-    m.put(span + 16, span_dict)
-    otel_context = dictionary(
-        "Context",
-        [(string("current-baggage-1"), string("x")), (string("current-span-7f3a"), span)],
-    )
+    def otel_context_of(trace_id: int, span_id: int) -> tuple[int, int]:
+        """An OpenTelemetry Context holding a span with these ids, and its SpanContext."""
+        span_context = obj("SpanContext", layout.tuple_items + 8 * 6)
+        m.put(span_context + layout.var_size, 6)
+        fields = [integer(trace_id), integer(span_id), 0, integer(FLAGS, "TraceFlags"), 0, 0]
+        for i, field in enumerate(fields):
+            m.put(span_context + layout.tuple_items + 8 * i, field)
+        span_dict = dictionary(
+            "dict", [(string("_name"), string("GET /")), (string("_context"), span_context)]
+        )
+        span = obj("_Span", 32)
+        m.put(span + 16, span_dict)
+        otel_context = dictionary(
+            "Context",
+            [(string("current-baggage-1"), string("x")), (string("current-span-7f3a"), span)],
+        )
+        return otel_context, span_context
+
+    first = len(m.objects)
+    otel_context, span_context = otel_context_of(TRACE_ID, SPAN_ID)
 
     def var(name: str) -> int:
         address = obj("_contextvars.ContextVar", 64)
@@ -174,9 +185,10 @@ def forge(layout: CPythonLayout) -> Forged:  # noqa: C901, PLR0915 (one heap, bu
         return address
 
     # array node -> bitmap node (one pair, one subnode) -> collision node (two pairs)
+    otel_var = var("current_context")
     collision = hamt_node(
         "hamt_collision_node",
-        [var("request_id"), string("r1"), var("current_context"), otel_context],
+        [var("request_id"), string("r1"), otel_var, otel_context],
         layout.collision_array,
     )
     bitmap = hamt_node(
@@ -189,11 +201,23 @@ def forge(layout: CPythonLayout) -> Forged:  # noqa: C901, PLR0915 (one heap, bu
     m.put(hamt + layout.hamt_root, array)
     context = obj("_contextvars.Context", 64)
     m.put(context + layout.context_vars, hamt)
+    chains = [frozenset(m.objects[first:])]
+    decoy_context = 0
+    if decoy:  # the same ContextVar, in a HAMT of one bitmap node, with another span
+        first = len(m.objects)
+        decoy_otel, _ = otel_context_of(DECOY_TRACE_ID, DECOY_SPAN_ID)
+        node = hamt_node("hamt_bitmap_node", [otel_var, decoy_otel], layout.bitmap_array)
+        m.put(node + layout.bitmap_bitmap, 1, 4)
+        decoy_hamt = obj("hamt", 48)
+        m.put(decoy_hamt + layout.hamt_root, node)
+        decoy_context = obj("_contextvars.Context", 64)
+        m.put(decoy_context + layout.context_vars, decoy_hamt)
+        chains.append(frozenset(m.objects[first:]))
 
     runtime = m.alloc(1024)
     interp = m.alloc(2048)
     m.put(runtime + layout.runtime_interpreters_head, interp)
-    other = m.alloc(512)  # another thread first, without a context
+    other = m.alloc(512)  # another thread first, without a context (but with decoy)
     tstate = m.alloc(512)
     m.put(interp + layout.interp_threads_head, other)
     m.put(other + layout.tstate_next, tstate)
@@ -206,7 +230,8 @@ def forge(layout: CPythonLayout) -> Forged:  # noqa: C901, PLR0915 (one heap, bu
             m.put(state + layout.tstate_thread_id, pthread)
             m.put(pthread + TID_OFFSET, tid, 4)
     m.put(tstate + layout.tstate_context, context)
-    return Forged(m, runtime, tstate, context, span_context, types)
+    m.put(other + layout.tstate_context, decoy_context)
+    return Forged(m, runtime, tstate, context, span_context, types, tuple(chains))
 
 
 def reader_of(forged: Forged, layout: CPythonLayout) -> ContextReader:
