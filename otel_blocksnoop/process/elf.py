@@ -78,12 +78,20 @@ class ElfSymbols:
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<bytes>") -> ElfSymbols:
-        """An ELF image already in memory (tests, fuzzing)."""
+        """An ELF image already in memory (tests, fuzzing), mapped as a file would be."""
+        if len(data) < _ELF_HEADER.size:  # nor can an empty file be mapped
+            raise ElfError(f"{name}: not a 64-bit little-endian ELF file")
         elf = cls.__new__(cls)
-        elf._parse(data, name)  # noqa: SLF001 (its own class)
+        mapped = mmap.mmap(-1, len(data))
+        mapped.write(data)
+        try:
+            elf._parse(mapped, name)  # noqa: SLF001 (its own class)
+        except ElfError:
+            mapped.close()
+            raise
         return elf
 
-    def _parse(self, data: bytes | mmap.mmap, name: str) -> None:
+    def _parse(self, data: mmap.mmap, name: str) -> None:
         self._data = data
         if len(data) < _ELF_HEADER.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
             raise ElfError(f"{name}: not a 64-bit little-endian ELF file")
@@ -95,7 +103,7 @@ class ElfSymbols:
                 _SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)
             ]
             programs = [_PROGRAM.unpack_from(data, phoff + i * phentsize) for i in range(phnum)]
-        except struct.error as error:  # a table that runs past the end of the file
+        except (struct.error, OverflowError) as error:  # a table past the end of the file
             raise ElfError(f"{name}: truncated section or program headers") from error
         loads = [program for program in programs if program[0] == _PT_LOAD]
         if not loads:
@@ -104,8 +112,7 @@ class ElfSymbols:
         self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
 
     def close(self) -> None:
-        if isinstance(self._data, mmap.mmap):
-            self._data.close()
+        self._data.close()
 
     def __enter__(self) -> Self:
         return self
@@ -127,7 +134,9 @@ class ElfSymbols:
                 ):
                     continue
                 strtab = self._sections[section[6]]
-                at = data.find(needle, strtab[4], strtab[4] + strtab[5])
+                start, end = strtab[4], min(strtab[4] + strtab[5], len(data))
+                # mmap.find raises OverflowError past 2**63: look only inside the file.
+                at = data.find(needle, start, end) if start < len(data) else -1
                 if at < 0:
                     continue
                 name_index = at + 1 - strtab[4]
