@@ -19,7 +19,7 @@ Per parser it prints the examples run (every call of the property,
 shrinking included), the distinct failures found, and at the end the peak RSS
 of the process (the properties also assert their own memory bounds).
 
-USAGE: fuzz.py [--seconds S] [--round N] [--only TEXT]
+USAGE: fuzz.py [--seconds S] [--round N] [--only TEXT[,TEXT...]]
 """
 
 from __future__ import annotations
@@ -92,10 +92,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=180.0, help="per parser (180)")
     parser.add_argument("--round", type=int, default=2000, help="examples per round (2000)")
-    parser.add_argument("--only", default="", help="parsers whose name holds this text")
+    parser.add_argument(
+        "--only", default="", help="parsers whose name holds one of these texts (comma-separated)"
+    )
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # the SDK warns about every bad value it is fed
-    chosen = [(name, t) for name, t in targets() if args.only.lower() in name.lower()]
+    wanted = [text.strip() for text in args.only.lower().split(",")]
+    chosen = [(name, t) for name, t in targets() if any(text in name.lower() for text in wanted)]
     print(f"{len(chosen)} parsers, {args.seconds:g} s each, rounds of {args.round} examples")
     print(f"{'parser':<34} {'seconds':>8} {'examples':>10} {'failures':>9}")
     total_failures = 0
