@@ -17,8 +17,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common._internal import _encode_resource
 
 from harness.fuzz import Target
+from otel_blocksnoop.events import ProcessIdentity
+from otel_blocksnoop.export.otel.resource import process_resource
 from otel_blocksnoop.process import cgroup, elf, identity, pythons
 
 # What a process's environment can hold: UTF-8 text without NUL (nor "=" in a name).
@@ -163,6 +166,39 @@ mountinfo_texts = st.lists(
 ).map("\n".join)
 
 
+@st.composite
+def app_environs(draw: st.DrawFn) -> bytes:
+    """An app's /proc/PID/environ: its OTel settings among other variables, any bytes."""
+    anything = st.binary(max_size=40).map(lambda raw: raw.replace(b"\0", b""))
+    attribute = st.one_of(
+        st.sampled_from([b"process.pid=1", b"service.name=x", b"host.name=h", b"k=%ff%fe", b"="]),
+        anything,
+    )
+    entries = [
+        b"OTEL_RESOURCE_ATTRIBUTES=" + b",".join(draw(st.lists(attribute, max_size=5))),
+        b"OTEL_SERVICE_NAME=" + draw(anything),
+        *draw(st.lists(anything, max_size=3)),
+    ]
+    return b"\0".join(draw(st.permutations(entries))) + b"\0"
+
+
+def check_app_resource(raw: bytes) -> None:
+    """Whatever the app's environment says, its resource encodes and keeps its real PID."""
+    service, attributes = identity.app_settings(raw)
+    app = ProcessIdentity(
+        pid=4242,
+        service_name=service,
+        resource_attributes=attributes,
+        executable_path="/usr/bin/python3.11",
+        runtime_version="3.11",
+        instance_id="i",
+    )
+    resource = process_resource(app, 4242, None)
+    _encode_resource(resource).SerializeToString()
+    assert resource.attributes["process.pid"] == 4242
+    assert resource.attributes["service.name"] == (service or "unknown_service:python")
+
+
 TARGETS: dict[str, Target] = {
     "/proc environ": Target(st.dictionaries(names, values, max_size=6), check_environ),
     "/proc environ bytes": Target(st.binary(max_size=200), check_environ_bytes),
@@ -174,4 +210,5 @@ TARGETS: dict[str, Target] = {
     "/proc maps": Target(maps_texts, check_maps),
     "cpu.stat": Target(cpu_stats, check_cpu_stat),
     "/proc cgroup + mountinfo": Target(st.tuples(cgroup_texts, mountinfo_texts), check_cgroup),
+    "app environ -> OTel resource": Target(app_environs(), check_app_resource),
 }

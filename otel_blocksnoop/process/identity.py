@@ -44,6 +44,14 @@ def parse_environ(raw: bytes) -> dict[str, str]:
     return env
 
 
+def app_settings(raw_environ: bytes) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The service name and resource attributes an app's environment (/proc/PID/environ) gives."""
+    env = parse_environ(raw_environ)
+    attributes = parse_resource_attributes(env.get(ENV_RESOURCE_ATTRIBUTES, ""))
+    service = env.get(ENV_SERVICE_NAME) or attributes.get("service.name") or None
+    return service, tuple(sorted(attributes.items()))
+
+
 def _read_head(path: Path, limit: int) -> bytes:
     with path.open("rb") as handle:
         return handle.read(limit)
@@ -78,20 +86,18 @@ def read_identity(pid: int) -> ProcessIdentity:
     """What /proc says about ``pid``; whatever cannot be read is left out."""
     proc = Path("/proc") / str(pid)
     try:
-        env = parse_environ(_read_head(proc / "environ", MAX_ENVIRON_BYTES))
+        service, attributes = app_settings(_read_head(proc / "environ", MAX_ENVIRON_BYTES))
     except OSError:
-        env = {}
+        service, attributes = None, ()
     try:
         executable: str | None = str((proc / "exe").readlink())
     except OSError:
         executable = None
-    attributes = parse_resource_attributes(env.get(ENV_RESOURCE_ATTRIBUTES, ""))
-    service = env.get(ENV_SERVICE_NAME) or attributes.get("service.name") or None
     instance = uuid.uuid5(_INSTANCE_NAMESPACE, f"{socket.gethostname()}/{pid}/{_start_ticks(pid)}")
     return ProcessIdentity(
         pid=pid,
         service_name=service,
-        resource_attributes=tuple(sorted(attributes.items())),
+        resource_attributes=attributes,
         executable_path=executable,
         runtime_version=runtime_version(pid, executable),
         instance_id=str(instance),

@@ -10,7 +10,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from harness.fuzz.proc import (
+    app_environs,
     cgroup_texts,
+    check_app_resource,
     check_cgroup,
     check_cpu_stat,
     check_environ,
@@ -72,3 +74,9 @@ def test_any_cpu_stat_gives_non_negative_counters_or_none(text: str) -> None:
 @given(st.tuples(cgroup_texts, mountinfo_texts))
 def test_a_cgroup_directory_never_leaves_its_mount(drawn: tuple[str, str]) -> None:
     check_cgroup(drawn)
+
+
+@given(app_environs())
+@example(b"OTEL_RESOURCE_ATTRIBUTES=process.pid=1,service.name=spoof\0")
+def test_any_app_environment_gives_a_resource_that_encodes_with_its_real_pid(raw: bytes) -> None:
+    check_app_resource(raw)
