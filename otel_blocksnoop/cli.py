@@ -242,9 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["doctor"]:
         return _doctor(argv[1:])
-    config = parse_arguments(argv)
-    _configure_logging(config)
     try:
+        # The OTEL_* environment is read here: a value it cannot use is a ConfigError.
+        config = parse_arguments(argv)
+        _configure_logging(config)
         return run(config)
     except BlocksnoopError as exc:
         hint = f" (hint: {exc.hint})" if exc.hint else ""
