@@ -90,11 +90,6 @@ class _Sample:
         self.delta_us = 0
         self.idle = False
 
-    def add(self, frame: Frame) -> None:
-        self.frames.append(frame)
-        if len(self.frames) > 2 * MAX_STACK:
-            self.trim()
-
     def trim(self) -> None:
         """Keep the innermost MAX_STACK frames (amortised: called at twice that)."""
         del self.frames[:-MAX_STACK]
@@ -232,7 +227,7 @@ class MojoDecoder:
         self.version = version
         return True
 
-    def _event(self) -> RawSample | None:  # noqa: C901, PLR0912 - one branch per event id
+    def _event(self) -> RawSample | None:  # noqa: C901, PLR0912, PLR0915 - one branch per event id
         event = self._byte()
         finished = None
         if event == _STACK:
@@ -250,11 +245,17 @@ class MojoDecoder:
             )
         elif event == _FRAME_REF:
             key = self._int()
-            frame = self._frames.get((self._pid(), key))
+            try:  # one lookup: the bounded table's get() makes two, on the hot path
+                frame: Frame | None = self._frames[(self._pid(), key)]
+            except KeyError:
+                frame = None
             if self._in_task_stack:
                 self._in_task_stack -= 1
             elif self._current is not None and frame is not None:
-                self._current.add(frame)
+                frames = self._current.frames
+                frames.append(frame)
+                if len(frames) > 2 * MAX_STACK:
+                    self._current.trim()
         elif event == _STRING:
             string_key, text = self._int(), self._str()
             self._strings[(self._pid(), string_key)] = text
