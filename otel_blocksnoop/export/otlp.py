@@ -148,7 +148,8 @@ def settings_from(
         traces=wanted and _signal_on(env, OTEL_TRACES_EXPORTER),
         metrics=wanted and _signal_on(env, OTEL_METRICS_EXPORTER),
         logs=wanted and _signal_on(env, OTEL_LOGS_EXPORTER),
-        schedule_delay_s=_positive(env, OTEL_BSP_SCHEDULE_DELAY, DEFAULT_SCHEDULE_DELAY_MS) / 1000,
+        schedule_delay_s=_positive(env, OTEL_BSP_SCHEDULE_DELAY, DEFAULT_SCHEDULE_DELAY_MS, 1)
+        / 1000,
         max_queue=int(_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE, 1, MAX_COUNT)),
         batch_size=int(_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH, 1, MAX_COUNT)),
         shutdown_timeout_s=_positive(env, OTEL_BSP_EXPORT_TIMEOUT, DEFAULT_SHUTDOWN_S * 1000, 1)

@@ -26,6 +26,7 @@ from otel_blocksnoop.export import otlp
 @example({"OTEL_METRIC_EXPORT_INTERVAL": "0.5"})  # 0 ms: the SDK's reader raised ValueError
 @example({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0.5"})  # a batch of 0
 @example({"OTEL_BSP_EXPORT_TIMEOUT": "1e300"})  # past what a thread can wait
+@example({"OTEL_BSP_SCHEDULE_DELAY": "5e-324"})  # bench/fuzz.py: 0 s between exports
 def test_any_environment_gives_usable_settings_or_a_config_error(env: dict[str, str]) -> None:
     check_settings(env)
 
