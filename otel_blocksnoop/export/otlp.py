@@ -186,7 +186,8 @@ def build_exporters(settings: OtlpSettings) -> Exporters:
         if exporters.metrics is not None:
             exporters.metrics().shutdown()  # made per meter provider later: try one now
     except Exception as exc:  # whatever the SDK raised, the user gets one line
-        msg = f"failed to set up OTLP export ({settings.protocol}): {exc}"
+        reason = " ".join(str(exc).split())  # it may quote a value with a newline in it
+        msg = f"failed to set up OTLP export ({settings.protocol}): {reason}"
         raise ConfigError(msg) from exc
     return exporters
 

@@ -34,6 +34,7 @@ def test_any_environment_gives_usable_settings_or_a_config_error(env: dict[str, 
 @given(exporter_environments())
 @example(("grpc", {"OTEL_EXPORTER_OTLP_TIMEOUT": "abc"}))  # ValueError from the SDK's float()
 @example(("grpc", {"OTEL_EXPORTER_OTLP_COMPRESSION": "zzz"}))  # InvalidCompressionValueException
+@example(("grpc", {"OTEL_EXPORTER_OTLP_COMPRESSION": "0\n0"}))  # bench/fuzz.py: a 2-line error
 def test_the_sdk_exporters_refuse_a_value_with_a_config_error_only(
     drawn: tuple[str, dict[str, str]],
 ) -> None:
