@@ -8,6 +8,8 @@
 - ``rotel``: a real OpenTelemetry collector in front of that receiver;
 - ``mntns``: apps in a filesystem of their own (``unshare --mount`` +
   ``pivot_root``, or ``chroot``), with an interpreter at a path the host lacks.
+- ``forged_heap``: a CPython heap forged by hand for each layout, read like a process;
+- ``fuzz``: property checks of every parser of outside input (Hypothesis).
 
 No pytest here: a wait that times out raises ``HarnessError``.
 """

@@ -11,9 +11,11 @@ protocol, and the batching of the sidecar's own queue.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,6 +64,10 @@ DEFAULT_SHUTDOWN_S = 5.0
 """How long a stopping sidecar keeps trying to deliver what is queued."""
 DEFAULT_METRIC_INTERVAL_MS = 10_000
 """Metric export interval unless OTEL_METRIC_EXPORT_INTERVAL says otherwise (SDK: 60 s)."""
+MAX_COUNT = 2**31 - 1
+"""The largest queue or batch size taken from the environment."""
+MAX_WAIT_MS = threading.TIMEOUT_MAX * 1000
+"""The longest delay or timeout a wait can be given (a longer one raises OverflowError)."""
 GRPC_PORT = 4317
 CONNECT_TIMEOUT_S = 0.5
 MAX_SERVICE_NAME = 255
@@ -91,16 +97,24 @@ class OtlpSettings:
         return self.traces or self.metrics or self.logs
 
 
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+def _positive(
+    env: Mapping[str, str], name: str, default: float, least: float = 0, most: float = MAX_WAIT_MS
+) -> float:
+    """A finite number above 0, from ``least`` to ``most``.
+
+    "inf", "nan" or "1e400" would overflow a wait or a queue, and a count or a
+    millisecond value below 1 would become 0 (no queue, a metric reader refused).
+    """
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if value <= 0:
-        msg = f"{name} must be a positive number, not {text!r}"
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and least <= value <= most):
+        limits = f"from {least:g}" if least else "above 0"
+        msg = f"{name} must be a positive number ({limits} to {most:g}), not {text!r}"
         raise ConfigError(msg)
     return value
 
@@ -148,13 +162,14 @@ def settings_from(
         traces=wanted and _signal_on(env, OTEL_TRACES_EXPORTER),
         metrics=wanted and _signal_on(env, OTEL_METRICS_EXPORTER),
         logs=wanted and _signal_on(env, OTEL_LOGS_EXPORTER),
-        schedule_delay_s=_positive(env, OTEL_BSP_SCHEDULE_DELAY, DEFAULT_SCHEDULE_DELAY_MS) / 1000,
-        max_queue=int(_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE)),
-        batch_size=int(_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH)),
-        shutdown_timeout_s=_positive(env, OTEL_BSP_EXPORT_TIMEOUT, DEFAULT_SHUTDOWN_S * 1000)
+        schedule_delay_s=_positive(env, OTEL_BSP_SCHEDULE_DELAY, DEFAULT_SCHEDULE_DELAY_MS, 1)
+        / 1000,
+        max_queue=int(_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE, 1, MAX_COUNT)),
+        batch_size=int(_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH, 1, MAX_COUNT)),
+        shutdown_timeout_s=_positive(env, OTEL_BSP_EXPORT_TIMEOUT, DEFAULT_SHUTDOWN_S * 1000, 1)
         / 1000,
         metric_interval_ms=int(
-            _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS)
+            _positive(env, OTEL_METRIC_EXPORT_INTERVAL, DEFAULT_METRIC_INTERVAL_MS, 1)
         ),
         fallback_service=_service_name(service, env),
         follow_app_sampling=follow_app_sampling,
@@ -175,7 +190,23 @@ class Exporters:
 
 
 def build_exporters(settings: OtlpSettings) -> Exporters:
-    """The OTLP exporters the settings ask for; the SDK reads the rest of OTEL_* itself."""
+    """The OTLP exporters the settings ask for; the SDK reads the rest of OTEL_* itself.
+
+    The SDK's gRPC exporters raise on some values they read (a timeout of "abc",
+    an unknown compression): that is a ConfigError, found here at start.
+    """
+    try:
+        exporters = _exporters(settings)
+        if exporters.metrics is not None:
+            exporters.metrics().shutdown()  # made per meter provider later: try one now
+    except Exception as exc:  # whatever the SDK raised, the user gets one line
+        reason = " ".join(str(exc).split())  # it may quote a value with a newline in it
+        msg = f"failed to set up OTLP export ({settings.protocol}): {reason}"
+        raise ConfigError(msg) from exc
+    return exporters
+
+
+def _exporters(settings: OtlpSettings) -> Exporters:
     base = settings.endpoint
     if settings.protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # noqa: PLC0415
@@ -238,15 +269,14 @@ def _address(settings: OtlpSettings, env: Mapping[str, str]) -> tuple[str, str, 
     )
     if not endpoint:
         return None
-    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-    host = parts.hostname or "localhost"
-    try:
+    try:  # urlsplit raises too: "http://[" is an unfinished IPv6 address
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
         port = parts.port or (
             443 if parts.scheme == "https" else GRPC_PORT if settings.protocol == GRPC else 4318
         )
     except ValueError:
         return f"bad endpoint {endpoint!r}"
-    return endpoint, host, port
+    return endpoint, parts.hostname or "localhost", port
 
 
 def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> str | None:
@@ -264,6 +294,19 @@ def reachable(settings: OtlpSettings, env: Mapping[str, str] | None = None) -> s
             return None
     except OSError as exc:
         return f"{host}:{port}: {exc.strerror or exc}"
+    except ValueError as exc:  # a name IDNA cannot encode, e.g. "collector..local"
+        return f"bad endpoint host {host!r}: {exc}"
+
+
+def collector_address(
+    settings: OtlpSettings, env: Mapping[str, str]
+) -> tuple[str, int] | str | None:
+    """(host, port) the spans go to; None without an endpoint; why not, when it names none."""
+    address = _address(settings, env)
+    if address is None or isinstance(address, str):
+        return address
+    _, host, port = address
+    return host, port
 
 
 HTTP2_SETTINGS_FRAME = 0x04
@@ -307,8 +350,8 @@ def wrong_protocol(settings: OtlpSettings, env: Mapping[str, str] | None = None)
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
             conn.sendall(request)
             answer = conn.recv(16)
-    except OSError:
-        return None  # unreachable or silent: reachable() and the exporter say so
+    except (OSError, ValueError):
+        return None  # unreachable, silent or unnamable: reachable() and the exporter say so
     reason = not_http1(answer)
     if reason is None:
         return None

@@ -141,13 +141,18 @@ def activity_between(until: Activity, since: Activity | None) -> Activity:
 
 
 def trigger_from_c(raw: TriggerEventC) -> Trigger:
-    """One record of the trigger ring buffer."""
+    """One record of the trigger ring buffer.
+
+    A reason this side does not know (a program built from another header)
+    still says to look at the thread: it is read as DUE, look now, instead of
+    a KeyError that would end the ring buffer's reading.
+    """
     return Trigger(
         pid=raw.tgid,
         tid=raw.tid,
         start_ns=raw.start_ns,
         look_ns=raw.look_ns,
-        reason=TRIGGER_REASONS[raw.reason],
+        reason=TRIGGER_REASONS.get(raw.reason, TriggerReason.DUE),
         host_tid=raw.host_tid,
     )
 

@@ -80,7 +80,8 @@ def parse_cpu_stat(text: str) -> CpuStat:
     throttled_ns = periods = None
     for line in text.splitlines():
         key, _, value = line.partition(" ")
-        if not value.strip().isdigit():
+        value = value.strip()
+        if not (value.isascii() and value.isdigit()):  # "²".isdigit() too, and int() refuses it
             continue
         if key in THROTTLED_FIELDS:
             throttled_ns = int(value) * THROTTLED_FIELDS[key]

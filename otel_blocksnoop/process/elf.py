@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +37,17 @@ DELETED = " (deleted)"
 """What /proc/PID/maps appends to the path of a file removed since it was mapped."""
 PROC = Path("/proc")
 
+_MAPS_LINE = re.compile(r"([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ ([0-9]+) +(/.*)")
+"""start-end perms offset dev inode, then the path of a file mapping."""
+
 
 def parse_maps(text: str) -> list[Mapping]:
-    """The file-backed mappings in the text of a /proc/PID/maps."""
+    """The file-backed mappings in a /proc/PID/maps text; other lines are skipped."""
     found = []
     for line in text.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/") and fields[4].isdigit():
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            found.append(Mapping(start, end, int(fields[2], 16), fields[5], int(fields[4])))
+        if (match := _MAPS_LINE.fullmatch(line)) is not None:
+            start, end, offset = (int(match.group(i), 16) for i in (1, 2, 3))
+            found.append(Mapping(start, end, offset, match.group(5), int(match.group(4))))
     return found
 
 
@@ -95,28 +98,55 @@ _SYMBOL = struct.Struct("<IBBHQQ")
 
 
 class ElfSymbols:
-    """The symbol tables (.symtab, then .dynsym) of one ELF file, and its first load address."""
+    """The symbol tables (.symtab, then .dynsym) of one ELF file, and its first load address.
+
+    The file is the target's (in a container, its image's): anything it says
+    is checked before it is followed, and a file this reader cannot follow
+    is an ElfError, never another exception.
+    """
 
     def __init__(self, path: str | Path) -> None:
         # Mapped, not copied: libpython is 15-30 MB with its symbol tables.
         with Path(path).open("rb") as file:
             data = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            self._parse(data, str(path))
+        except ElfError:
+            data.close()
+            raise
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> ElfSymbols:
+        """An ELF image already in memory (tests, fuzzing), mapped as a file would be."""
+        if len(data) < _ELF_HEADER.size:  # nor can an empty file be mapped
+            raise ElfError(f"{name}: not a 64-bit little-endian ELF file")
+        elf = cls.__new__(cls)
+        mapped = mmap.mmap(-1, len(data))
+        mapped.write(data)
+        try:
+            elf._parse(mapped, name)  # noqa: SLF001 (its own class)
+        except ElfError:
+            mapped.close()
+            raise
+        return elf
+
+    def _parse(self, data: mmap.mmap, name: str) -> None:
         self._data = data
         if len(data) < _ELF_HEADER.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-            self.close()
-            raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
+            raise ElfError(f"{name}: not a 64-bit little-endian ELF file")
         header = _ELF_HEADER.unpack_from(data)
         phoff, shoff = header[5], header[6]
         phentsize, phnum, shentsize, shnum = header[9], header[10], header[11], header[12]
-        self._sections = [_SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-        loads = [
-            _PROGRAM.unpack_from(data, phoff + i * phentsize)
-            for i in range(phnum)
-            if _PROGRAM.unpack_from(data, phoff + i * phentsize)[0] == _PT_LOAD
-        ]
+        try:
+            self._sections = [
+                _SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)
+            ]
+            programs = [_PROGRAM.unpack_from(data, phoff + i * phentsize) for i in range(phnum)]
+        except (struct.error, OverflowError) as error:  # a table past the end of the file
+            raise ElfError(f"{name}: truncated section or program headers") from error
+        loads = [program for program in programs if program[0] == _PT_LOAD]
         if not loads:
-            self.close()
-            raise ElfError(f"{path}: no loadable segment")
+            raise ElfError(f"{name}: no loadable segment")
         # p_vaddr of the segment that maps file offset 0, page-aligned.
         self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
 
@@ -131,20 +161,29 @@ class ElfSymbols:
 
     def symbol(self, name: str) -> int | None:
         """The link-time address (st_value) of a defined symbol, or None."""
+        data = self._data
         needle = b"\0" + name.encode() + b"\0"
         for kind in (_SHT_SYMTAB, _SHT_DYNSYM):
             for section in self._sections:
-                if section[1] != kind or section[6] >= len(self._sections):
+                # An ELF64 symbol is 24 bytes: another entry size would walk the file byte by byte.
+                if (
+                    section[1] != kind
+                    or section[6] >= len(self._sections)
+                    or section[9] not in (0, _SYMBOL.size)
+                ):
                     continue
                 strtab = self._sections[section[6]]
-                at = self._data.find(needle, strtab[4], strtab[4] + strtab[5])
+                start, end = strtab[4], min(strtab[4] + strtab[5], len(data))
+                # mmap.find raises OverflowError past 2**63: look only inside the file.
+                at = data.find(needle, start, end) if start < len(data) else -1
                 if at < 0:
                     continue
                 name_index = at + 1 - strtab[4]
-                offset, size, entsize = section[4], section[5], section[9] or _SYMBOL.size
-                for i in range(size // entsize):
+                offset, size = section[4], section[5]
+                count = min(size, max(0, len(data) - offset)) // _SYMBOL.size  # inside the file
+                for i in range(count):
                     st_name, _, _, shndx, value, _ = _SYMBOL.unpack_from(
-                        self._data, offset + i * entsize
+                        data, offset + i * _SYMBOL.size
                     )
                     if st_name == name_index and shndx != 0 and value:
                         return int(value)

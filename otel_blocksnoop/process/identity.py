@@ -66,6 +66,14 @@ def parse_environ(raw: bytes) -> dict[str, str]:
     return env
 
 
+def app_settings(raw_environ: bytes) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The service name and resource attributes an app's environment (/proc/PID/environ) gives."""
+    env = parse_environ(raw_environ)
+    attributes = parse_resource_attributes(env.get(ENV_RESOURCE_ATTRIBUTES, ""))
+    service = env.get(ENV_SERVICE_NAME) or attributes.get("service.name") or None
+    return service, tuple(sorted(attributes.items()))
+
+
 def _read_head(path: Path, limit: int) -> bytes:
     with path.open("rb") as handle:
         return handle.read(limit)

@@ -11,8 +11,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_NAME = re.compile(r"(lib)?python(?:(\d+)(?:\.(\d+))?)?([dmut]*)")
-"""``python``, then an optional major[.minor] version, then CPython's ABI flags."""
+_NAME = re.compile(r"(lib)?python(?:([0-9]+)(?:\.([0-9]+))?)?([dmut]*)")
+"""``python``, then an optional major[.minor] version, then CPython's ABI flags.
+
+ASCII digits only: a ``\\d`` would also read Arabic-Indic digits as a version.
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,8 @@ CLONE_NEWPID = 0x20000000
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_THREAD = re.compile(r"Process (\d+)\D+Thread (\d+):(\d+)")
-_FRAME = re.compile(r"^ {4}(\S.*?) \((.*):(\d+)\)$")
+_THREAD = re.compile(r"\S*\s*Process ([0-9]+)\D+Thread ([0-9]+):([0-9]+)")
+_FRAME = re.compile(r"^ {4}(\S.*?) \((.*):([0-9]+)\)$")
 _VERSION = re.compile(r"austin (\d+)\.(\d+)\.(\d+)")
 _BANNER_END = re.compile(r"\d+\.\d+\.\d+ \[")  # the banner's last line: "4.0.0 [musl-gcc ...]"
 _LEAD = re.compile(r"^\W+")
@@ -95,13 +95,15 @@ def parse_where(text: str) -> dict[int, tuple[Frame, ...]]:
     stacks: dict[int, list[Frame]] = {}
     current: list[Frame] | None = None
     for raw in _ANSI.sub("", text).splitlines():
-        header = _THREAD.search(raw)
+        # A frame line first: its file name is the app's, and may spell a thread header.
+        frame = _FRAME.match(raw)
+        if frame:
+            if current is not None:
+                current.append(Frame(frame.group(1), frame.group(2), int(frame.group(3))))
+            continue
+        header = _THREAD.fullmatch(raw)
         if header:
             current = stacks.setdefault(int(header.group(3)), [])
-            continue
-        frame = _FRAME.match(raw)
-        if frame and current is not None:
-            current.append(Frame(frame.group(1), frame.group(2), int(frame.group(3))))
     return {tid: tuple(frames) for tid, frames in stacks.items()}
 
 

@@ -2,16 +2,19 @@
 
 austin-python's reader was measured on this host type at ~11% of a core for
 ~920 samples/s, and it keeps every sample it ever parsed (+1.4 MB/s). This
-decoder keeps just the string and frame tables (bounded by the target's code)
-and hands each sample out as it completes; what happens to samples then is
-the caller's choice. It is fed bytes in whatever chunks the pipe delivers.
+decoder keeps just the string and frame tables (bounded by the target's code,
+and capped: the stream is untrusted) and hands each sample out as it
+completes; what happens to samples then is the caller's choice. It is fed
+bytes in whatever chunks the pipe delivers.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import Frame
 
 MAGIC = b"MOJ"
@@ -37,6 +40,25 @@ _TASK_RUNNING = 16
 
 _UNKNOWN_STRING = 1
 _MAX_STRING = 4096  # remote text is untrusted: longer strings are cut
+
+# The stream is the target's text, relayed: every table and buffer has a cap.
+MAX_STRINGS = 32768
+"""Strings kept (file and function names); past it the oldest are forgotten."""
+MAX_FRAMES = 32768
+"""Frames kept, each one (function, file, line) of the target's code."""
+MAX_THREADS = 4096
+"""Threads whose previous stack is kept (for Austin's stack-repeat event)."""
+MAX_METADATA = 64
+MAX_STACK = 1024
+"""Frames of one sample; a deeper stack keeps its innermost (where the time was spent)."""
+MAX_PENDING_STRING = 1 << 16
+"""A string still unterminated after this many bytes is not a MOJO string: the stream is refused."""
+_MAX_INT_BYTES = 10
+"""Austin writes 64-bit integers: 10 bytes at most (6 bits, then 7 a byte)."""
+_MAX_LINE = 2**31
+"""CPython's line numbers are C ints; others are unknown (0): no span carries one past 2**63."""
+_TID = re.compile(r"[0-9a-fA-F]{1,8}")
+"""Austin writes a thread's native id in hex (``%lx``); a Linux TID fits in 32 bits."""
 
 
 class MojoError(Exception):
@@ -68,6 +90,18 @@ class _Sample:
         self.delta_us = 0
         self.idle = False
 
+    def trim(self) -> None:
+        """Keep the innermost MAX_STACK frames (amortised: called at twice that)."""
+        del self.frames[:-MAX_STACK]
+
+
+def _tid(thread: str) -> int | None:
+    """The native thread id a sample's thread string spells, or None when it spells none.
+
+    ``int(text, 16)`` alone would also take "-5", " 12" or "1_0": another thread's id.
+    """
+    return int(thread, 16) if _TID.fullmatch(thread) else None
+
 
 def _is_native(frame: Frame) -> bool:
     name = frame.file
@@ -81,10 +115,10 @@ class MojoDecoder:
         self._buffer = b""
         self._pos = 0
         self.version: int | None = None
-        self.metadata: dict[str, str] = {}
-        self._strings: dict[tuple[int, int], str] = {}
-        self._frames: dict[tuple[int, int], Frame] = {}
-        self._previous: dict[tuple[int, str], list[Frame]] = {}
+        self.metadata: BoundedDict[str, str] = BoundedDict(MAX_METADATA)
+        self._strings: BoundedDict[tuple[int, int], str] = BoundedDict(MAX_STRINGS)
+        self._frames: BoundedDict[tuple[int, int], Frame] = BoundedDict(MAX_FRAMES)
+        self._previous: BoundedDict[tuple[int, str], list[Frame]] = BoundedDict(MAX_THREADS)
         self._current: _Sample | None = None
         self._in_task_stack = 0
 
@@ -104,6 +138,10 @@ class MojoDecoder:
         shift = 6
         more = first & 0x80
         while more:
+            # A longer integer would be decoded in quadratic time: 200 KB of 0xFF took 3 s.
+            if shift > 7 * (_MAX_INT_BYTES - 1):
+                msg = f"integer longer than {_MAX_INT_BYTES} bytes at offset {self._pos}"
+                raise MojoError(msg)
             byte = self._byte()
             value |= (byte & 0x7F) << shift
             shift += 7
@@ -111,8 +149,11 @@ class MojoDecoder:
         return -value if negative else value
 
     def _str(self) -> str:
-        end = self._buffer.find(b"\0", self._pos)
+        end = self._buffer.find(b"\0", self._pos, self._pos + MAX_PENDING_STRING + 1)
         if end < 0:
+            if len(self._buffer) - self._pos > MAX_PENDING_STRING:
+                msg = f"string longer than {MAX_PENDING_STRING} bytes at offset {self._pos}"
+                raise MojoError(msg)
             raise _Incomplete
         raw = self._buffer[self._pos : min(end, self._pos + _MAX_STRING)]
         self._pos = end + 1
@@ -148,10 +189,8 @@ class MojoDecoder:
         sample = self._current
         if sample is None or sample.delta_us == 0:
             return None
-        try:
-            return int(sample.thread, 16), sample.delta_us
-        except ValueError:
-            return None
+        tid = _tid(sample.thread)
+        return None if tid is None else (tid, sample.delta_us)
 
     def flush(self) -> list[RawSample]:
         """End of stream: hand out the sample still being built."""
@@ -188,7 +227,7 @@ class MojoDecoder:
         self.version = version
         return True
 
-    def _event(self) -> RawSample | None:  # noqa: C901, PLR0912 - one branch per event id
+    def _event(self) -> RawSample | None:  # noqa: C901, PLR0912, PLR0915 - one branch per event id
         event = self._byte()
         finished = None
         if event == _STACK:
@@ -200,22 +239,30 @@ class MojoDecoder:
             self._int(), self._int(), self._int()  # line_end, column, column_end
             pid = self._pid()
             self._frames[(pid, key)] = Frame(
-                self._string(pid, scope_key), self._string(pid, file_key), line
+                self._string(pid, scope_key),
+                self._string(pid, file_key),
+                line if 0 <= line < _MAX_LINE else 0,
             )
         elif event == _FRAME_REF:
             key = self._int()
-            frame = self._frames.get((self._pid(), key))
+            try:  # one lookup: the bounded table's get() makes two, on the hot path
+                frame: Frame | None = self._frames[(self._pid(), key)]
+            except KeyError:
+                frame = None
             if self._in_task_stack:
                 self._in_task_stack -= 1
             elif self._current is not None and frame is not None:
-                self._current.frames.append(frame)
+                frames = self._current.frames
+                frames.append(frame)
+                if len(frames) > 2 * MAX_STACK:
+                    self._current.trim()
         elif event == _STRING:
             string_key, text = self._int(), self._str()
             self._strings[(self._pid(), string_key)] = text
         elif event == _METRIC_TIME:
             delta = self._int()
             if self._current is not None:
-                self._current.delta_us = delta
+                self._current.delta_us = max(0, delta)  # time never runs backwards
         elif event == _IDLE:
             if self._current is not None:
                 self._current.idle = True
@@ -254,20 +301,18 @@ class MojoDecoder:
         while base and _is_native(base[-1]):
             base.pop()
         self._current.frames = base + self._current.frames
+        self._current.trim()
 
     def _finish(self) -> RawSample | None:
         sample, self._current = self._current, None
         if sample is None:
             return None
-        self._previous[(sample.pid, sample.thread)] = sample.frames
-        try:
-            tid = int(sample.thread, 16)
-        except ValueError:
-            tid = 0
+        frames = sample.frames[-MAX_STACK:]
+        self._previous[(sample.pid, sample.thread)] = frames
         return RawSample(
             pid=sample.pid,
-            tid=tid,
-            frames=tuple(sample.frames),
+            tid=_tid(sample.thread) or 0,
+            frames=tuple(frames),
             delta_us=sample.delta_us,
             idle=sample.idle,
         )

@@ -192,3 +192,37 @@ def test_tracefs_not_mounted() -> None:
     assert result.returncode == ExitCode.TRACEFS_MISSING, result.stderr
     assert_one_line_error(result.stderr)
     assert "tracefs" in result.stderr
+
+
+@pytest.mark.usefixtures("bpf_host")
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "inf"}, "OTEL_BSP_MAX_QUEUE_SIZE must be a positive number"),
+        ({"OTEL_METRIC_EXPORT_INTERVAL": "0.5"}, "OTEL_METRIC_EXPORT_INTERVAL must be"),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc"},
+            "failed to set up OTLP export (grpc)",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_COMPRESSION": "zzz"},
+            "compression",
+        ),
+    ],
+)
+def test_an_otel_value_that_cannot_be_used_ends_the_start_in_one_line(
+    env: dict[str, str], complaint: str
+) -> None:
+    # GIVEN OTLP export on, with a value found by fuzzing that once ended in a traceback
+    full_env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **env}
+    # WHEN the sidecar starts
+    result = subprocess.run(
+        [*SIDECAR, "-q", "--", "true"],
+        capture_output=True, text=True, env=full_env, check=False, timeout=60,
+    )  # fmt: skip
+    # THEN it stops with exit 2 and one line saying which value (after any start-up warning)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "Traceback" not in result.stderr
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("otel-blocksnoop: ")
+    assert complaint in last
