@@ -44,32 +44,56 @@ class Interpreter:
     tid_offset: int | None = None  # 3.9/3.10: glibc's TID offset in struct pthread
 
 
-def find_interpreter(memory: RemoteMemory) -> Interpreter:
-    """The interpreter of ``memory``'s process (OSError: the process cannot be inspected)."""
-    pid = memory.pid
+@dataclass(frozen=True, slots=True)
+class Image:
+    """The file a target's interpreter runs from (libpython if mapped, else the executable)."""
+
+    path: str
+    version: tuple[int, int]
+    free_threaded: bool
+    mappings: list[Mapping]  # every file mapping of the process
+
+
+def interpreter_image(pid: int) -> Image:
+    """Which file of ``pid`` is its CPython, and which version its name says.
+
+    UnsupportedInterpreterError when the name is no CPython's; OSError when
+    the process cannot be inspected.
+    """
     mappings = file_mappings(pid)
     exe = str(Path(f"/proc/{pid}/exe").readlink())
     libpython = next((m.path for m in mappings if "libpython" in Path(m.path).name), None)
-    image = libpython or exe
-    name = python_name(image)
+    path = libpython or exe
+    name = python_name(path)
     if name is None or name.version is None:
-        raise UnsupportedInterpreterError(f"{image} is not a CPython interpreter this reader knows")
-    if name.free_threaded:
-        raise UnsupportedInterpreterError(f"{image} is a free-threaded build")
-    layout = layout_for(*name.version)
-    if layout is None:
-        supported = ", ".join(f"{a}.{b}" for a, b in SUPPORTED_VERSIONS)
-        major, minor = name.version
-        raise UnsupportedInterpreterError(f"CPython {major}.{minor} (supported: {supported})")
-    mapping = next((m for m in mappings if m.path == image and m.offset == 0), None)
+        raise UnsupportedInterpreterError(f"{path} is not a CPython interpreter this reader knows")
+    return Image(path, name.version, name.free_threaded, mappings)
+
+
+def open_image(pid: int, image: Image) -> ElfSymbols:
+    """The interpreter's file, opened as the process sees it (its root, else map_files)."""
+    mapping = next((m for m in image.mappings if m.path == image.path and m.offset == 0), None)
     if mapping is None:
-        raise UnsupportedInterpreterError(f"{image} is not mapped from its start")
+        raise UnsupportedInterpreterError(f"{image.path} is not mapped from its start")
     try:
-        elf = ElfSymbols(mapped_file(pid, mapping))
+        return ElfSymbols(mapped_file(pid, mapping))
     except (ElfError, ValueError, FileNotFoundError) as error:
         raise UnsupportedInterpreterError(str(error)) from error
-    with elf:
-        return _at_runtime(memory, layout, elf, mappings, image)
+
+
+def find_interpreter(memory: RemoteMemory) -> Interpreter:
+    """The interpreter of ``memory``'s process (OSError: the process cannot be inspected)."""
+    pid = memory.pid
+    image = interpreter_image(pid)
+    if image.free_threaded:
+        raise UnsupportedInterpreterError(f"{image.path} is a free-threaded build")
+    layout = layout_for(*image.version)
+    if layout is None:
+        supported = ", ".join(f"{a}.{b}" for a, b in SUPPORTED_VERSIONS)
+        major, minor = image.version
+        raise UnsupportedInterpreterError(f"CPython {major}.{minor} (supported: {supported})")
+    with open_image(pid, image) as elf:
+        return _at_runtime(memory, layout, elf, image.mappings, image.path)
 
 
 def _at_runtime(
@@ -132,4 +156,11 @@ def _debug_mismatch(memory: RemoteMemory, interpreter: Interpreter) -> str | Non
     return None
 
 
-__all__ = ["Interpreter", "UnsupportedInterpreterError", "find_interpreter"]
+__all__ = [
+    "Image",
+    "Interpreter",
+    "UnsupportedInterpreterError",
+    "find_interpreter",
+    "interpreter_image",
+    "open_image",
+]

@@ -9,17 +9,13 @@ reader then takes every offset from ``_Py_DebugOffsets``. The static types
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from otel_blocksnoop.process.context.interpreter import UnsupportedInterpreterError
-from otel_blocksnoop.process.elf import (
-    ElfError,
-    ElfSymbols,
-    file_mappings,
-    load_base,
-    mapped_file,
+from otel_blocksnoop.process.context.interpreter import (
+    UnsupportedInterpreterError,
+    interpreter_image,
+    open_image,
 )
-from otel_blocksnoop.process.pythons import python_name
+from otel_blocksnoop.process.elf import load_base
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,35 +41,22 @@ def locate_runtime(pid: int) -> Runtime:
     Raises UnsupportedInterpreterError (not CPython, free-threaded, stripped)
     or OSError (the process cannot be inspected).
     """
-    mappings = file_mappings(pid)
-    exe = str(Path(f"/proc/{pid}/exe").readlink())
-    libpython = next((m.path for m in mappings if "libpython" in Path(m.path).name), None)
-    image = libpython or exe
-    name = python_name(image)
-    if name is None or name.version is None:
-        raise UnsupportedInterpreterError(f"{image} is not a CPython interpreter this reader knows")
-    if name.version < FIRST_VERSION:
-        major, minor = name.version
+    image = interpreter_image(pid)
+    if image.version < FIRST_VERSION:
+        major, minor = image.version
         msg = f"CPython {major}.{minor} publishes no _Py_DebugOffsets (3.13 and later do)"
         raise UnsupportedInterpreterError(msg)
-    if name.free_threaded:
-        raise UnsupportedInterpreterError(f"{image} is a free-threaded build")
-    mapping = next((m for m in mappings if m.path == image and m.offset == 0), None)
-    if mapping is None:
-        raise UnsupportedInterpreterError(f"{image} is not mapped from its start")
-    try:
-        elf = ElfSymbols(mapped_file(pid, mapping))
-    except (ElfError, ValueError, FileNotFoundError) as error:
-        raise UnsupportedInterpreterError(str(error)) from error
-    with elf:
-        base = load_base(mappings, image, elf)
+    if image.free_threaded:
+        raise UnsupportedInterpreterError(f"{image.path} is a free-threaded build")
+    with open_image(pid, image) as elf:
+        base = load_base(image.mappings, image.path, elf)
         symbols = [elf.symbol(symbol) for symbol in _SYMBOLS]
     missing = [s for s, value in zip(_SYMBOLS, symbols, strict=True) if value is None]
     if base is None or missing:
         what = ", ".join(missing) or "its load address"
-        raise UnsupportedInterpreterError(f"{image} has no {what} (stripped or static)")
+        raise UnsupportedInterpreterError(f"{image.path} has no {what} (stripped or static)")
     runtime, code_type, unicode_type, bytes_type = (base + (s or 0) for s in symbols)
-    return Runtime(name.version, runtime, code_type, unicode_type, bytes_type)
+    return Runtime(image.version, runtime, code_type, unicode_type, bytes_type)
 
 
 __all__ = ["FIRST_VERSION", "Runtime", "locate_runtime"]
