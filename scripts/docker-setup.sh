@@ -27,19 +27,8 @@ die() { printf 'docker-setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, dockerd and debootstrap need it)"
 
-install_debian_packages() {
-    local missing=()
-    for pkg in "${DEB_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return
-    say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # policy-rc.d: no init system here starts services; dockerd is started below.
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=scripts/debian.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 
 engine_answers() {
     timeout 10 docker info >/dev/null 2>&1
@@ -151,7 +140,7 @@ EOF
     say "$BASE_IMAGE: $(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | numfmt --to=iec)"
 }
 
-install_debian_packages
+install_debian_packages "${DEB_PACKAGES[@]}"
 start_dockerd
 build_base_image
 say "ready"

@@ -23,18 +23,8 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (BPF, apt-get and mount need it)"
 
-install_debian_packages() {
-    local missing=()
-    for pkg in "${DEB_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return
-    say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=scripts/debian.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 
 link_kernel_headers() {
     local mod="/lib/modules/$(uname -r)"
@@ -103,7 +93,7 @@ install_austin() {
     "$bin" --version >/dev/null || die "Austin does not run: $("$bin" --version 2>&1 | head -n 1)"
 }
 
-install_debian_packages
+install_debian_packages "${DEB_PACKAGES[@]}"
 link_kernel_headers
 mount_tracefs
 sync_venv
