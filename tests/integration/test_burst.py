@@ -115,6 +115,22 @@ class Burst:
         ), f"no block span for {true_block}"
         return found
 
+    def gaps(self, true_block: dict[str, Any]) -> tuple[int, int]:
+        """The app's own time between this request's block and its neighbours' (before, after).
+
+        The loop switches from one request's context to the next somewhere in
+        that time (the handler's bookkeeping and response, then the task
+        switch), so the boundary the sidecar reports may be anywhere in it.
+        """
+        index = self.truth.index(true_block)
+        before = true_block["start_ns"] - self.truth[index - 1]["end_ns"] if index else 0
+        after = (
+            self.truth[index + 1]["start_ns"] - true_block["end_ns"]
+            if index + 1 < len(self.truth)
+            else 0
+        )
+        return max(0, before), max(0, after)
+
     def others(self, ids: tuple[str | None, str | None]) -> list[dict[str, Any]]:
         """The blocks of the requests other than the one whose server span has ``ids``."""
         return [b for b in self.truth if hex_ids(b) != ids]
@@ -224,10 +240,18 @@ def test_each_request_in_the_iteration_gets_its_own_block_under_its_server_span(
         # THEN the sidecar reports this request's block as its own, in its request
         record = burst.record_for(true_block)
         assert (record["trace_id"], record["parent_span_id"]) == (trace_id, span_id), true_block
-        # AND with the request's own start and end: a CPU wait may delay either
+        # AND with the request's own start and end: a CPU wait may delay either, and
+        # the switch to a neighbour's context lies somewhere between the two blocks
+        before, after = burst.gaps(true_block)
         slack = MS + waited_ns(record)
-        assert abs(record["start_monotonic_ns"] - true_block["start_ns"]) < slack, true_block
-        assert abs(record["end_monotonic_ns"] - true_block["end_ns"]) < slack, true_block
+        assert abs(record["start_monotonic_ns"] - true_block["start_ns"]) < slack + before, (
+            true_block,
+            before,
+        )
+        assert abs(record["end_monotonic_ns"] - true_block["end_ns"]) < slack + after, (
+            true_block,
+            after,
+        )
         # AND the exported span is a child of the request's server span, timed the same
         block = burst.span_for(true_block)
         server = burst.servers[span_id].span
@@ -236,8 +260,8 @@ def test_each_request_in_the_iteration_gets_its_own_block_under_its_server_span(
             server.span_id,
         ), true_block
         slack = MS + span_waited_ns(block)
-        assert abs(block.span.start_time_unix_nano - true_block["start_unix_ns"]) < slack
-        assert abs(block.span.end_time_unix_nano - true_block["end_unix_ns"]) < slack
+        assert abs(block.span.start_time_unix_nano - true_block["start_unix_ns"]) < slack + before
+        assert abs(block.span.end_time_unix_nano - true_block["end_unix_ns"]) < slack + after
 
 
 def test_the_segments_of_the_iteration_share_its_id_and_count(burst: Burst) -> None:
