@@ -54,6 +54,7 @@ from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.pidns import NamespaceIds, sidecar_pid_namespace
 from otel_blocksnoop.process.target import (
+    ExecIdentity,
     ExitWatch,
     LaunchedCommand,
     TargetInfo,
@@ -217,6 +218,11 @@ class Session:
             return  # loops are told apart by their stacks: without them nothing is adopted
         log.info("looking for loops of PID %d that are blocked already", pid)
         self._flow.adopt(pid, self._detector, self._kinds)
+
+    def expect(self, pid: int, holder: ExecIdentity | None) -> None:
+        """A command about to be launched: its trace links are prepared before its loop runs."""
+        if self._linker is not None:
+            self._linker.expect(pid, holder)
 
     @property
     def stop_asked(self) -> bool:
@@ -556,6 +562,7 @@ def _watch_launched(
     """Launch mode: the command runs once its PID is watched; its exit code is ours."""
     child = LaunchedCommand(command)
     detector.watch(child.pid)
+    session.expect(child.pid, child.holder)
     _Signals(session, child)
     # Its Austin starts when its loop first returns from epoll (the flow's NEW_THREAD):
     # started now, it would attach to the holder, whose exec ends it.

@@ -353,10 +353,10 @@ class BlockFlow:
                 follower.follow(trigger)  # another request's callback in a followed block
             return
         if trigger.reason == TriggerReason.NEW_THREAD:
+            for follower in self._followers:  # first: they work in threads of their own
+                follower.follow(trigger)
             if self._stacks is not None:
                 self._stacks.prepare(trigger.pid)  # a loop runs: its interpreter is up
-            for follower in self._followers:
-                follower.follow(trigger)
             # Who a process is, read as soon as its loop runs: a short-lived app may be
             # gone (its /proc/PID/environ empty) by the time its first block is exported;
             # so may the thread whose id in the app's PID namespace is read now.

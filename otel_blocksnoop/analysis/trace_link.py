@@ -52,6 +52,7 @@ from otel_blocksnoop.events import (
 )
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.context import ContextReader
+from otel_blocksnoop.process.target import ExecIdentity, exec_identity
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ SWITCH_INTERVAL_S = 0.001
 """The sidecar's GIL switch interval while linking: how late a wake-up may get the GIL."""
 MAX_TIMED_READS = 256
 """Reads kept per block for its segments (a hang's oldest go first)."""
+
+EXPECT_EVERY_NS = 20 * NS_PER_MS
+EXPECT_FOR_NS = 5_000 * NS_PER_MS
+"""A launched app's interpreter is looked for this often, for at most this long after its
+exec (``expect``): a CPython makes its main thread state within milliseconds of it."""
 
 BlockKey = tuple[int, int, int]  # pid, tid, start_ns
 T = TypeVar("T", bound=Hashable)
@@ -175,6 +181,17 @@ def elect(votes: Counter[T | None]) -> T | None:
     return best if best_count * 2 >= total else None
 
 
+class _Expected:
+    """A launched app whose interpreter is looked for before its loop starts."""
+
+    __slots__ = ("holder", "next_ns", "since_ns")
+
+    def __init__(self, holder: ExecIdentity | None, since_ns: int) -> None:
+        self.holder = holder
+        self.since_ns = since_ns
+        self.next_ns = since_ns
+
+
 class TraceLinker:
     """Reads active spans during blocks, in a thread of its own; hands out each block's parent."""
 
@@ -194,6 +211,9 @@ class TraceLinker:
         self._contexts: BoundedDict[int, int] = BoundedDict(MAX_FOLLOWED)  # tid: address told
         self._votes: BoundedDict[BlockKey, _Votes] = BoundedDict(MAX_BLOCKS)
         self._to_prepare: deque[int] = deque()
+        self._to_expect: deque[tuple[int, ExecIdentity | None]] = deque()
+        self._expected: dict[int, _Expected] = {}  # by pid: launched, interpreter not found yet
+        self._early: dict[int, ExecIdentity] = {}  # by pid: what ran when its reader was made
         self._inbox: deque[Trigger] = deque()
         self._followed: dict[int, _Followed] = {}  # by tid: a thread is in one block at a time
         self._lock = threading.Lock()
@@ -220,6 +240,23 @@ class TraceLinker:
         then (~20 ms) would leave that block unread.
         """
         self._to_prepare.append(pid)
+        self._wake.set()
+
+    def expect(self, pid: int, holder: ExecIdentity | None) -> None:
+        """A launched app: find its main thread's context pointer before its loop starts.
+
+        Its first request may block a few milliseconds after its loop first
+        leaves epoll, before a reader built then (10-30 ms, ten times that on
+        a busy machine) could tell the kernel where to read: that block would
+        have no segments and no reads. So the interpreter is looked for every
+        ``EXPECT_EVERY_NS`` from the time the PID stops running ``holder``
+        (what ran it until its exec) until its main thread state is found, for
+        at most ``EXPECT_FOR_NS``: a reader that cannot read it yet is not
+        kept, nor is one made before the exec. At the thread's first return
+        from epoll, a reader made early is kept only if the process has not
+        exec'd again since.
+        """
+        self._to_expect.append((pid, holder))
         self._wake.set()
 
     def follow(self, trigger: Trigger) -> None:
@@ -305,6 +342,12 @@ class TraceLinker:
         now = time.monotonic_ns() if now_ns is None else now_ns
         while self._to_prepare:
             self._reader(self._to_prepare.popleft())
+        while self._to_expect:
+            pid, holder = self._to_expect.popleft()
+            self._expected[pid] = _Expected(holder, now)
+        for pid, expected in list(self._expected.items()):
+            if expected.next_ns <= now:
+                self._look_early(pid, expected, now)
         while self._inbox:
             self._take(self._inbox.popleft(), now)
         for block in [b for b in self._followed.values() if b.next_read_ns <= now]:
@@ -313,12 +356,41 @@ class TraceLinker:
                 block.next_read_ns = now + self.interval_ns
             else:
                 del self._followed[block.tid]
-        return min((block.next_read_ns for block in self._followed.values()), default=None)
+        due = [block.next_read_ns for block in self._followed.values()]
+        due += [expected.next_ns for expected in self._expected.values()]
+        return min(due, default=None)
+
+    def _look_early(self, pid: int, expected: _Expected, now: int) -> None:
+        """One look for a launched app's interpreter (``expect``)."""
+        identity = exec_identity(pid)
+        if identity is None or pid in self._readers:
+            del self._expected[pid]  # gone, or found the usual way
+            return
+        expected.next_ns = now + EXPECT_EVERY_NS
+        if identity == expected.holder:
+            expected.since_ns = now
+            return  # not exec'd yet: the sidecar's own Python runs there
+        if now - expected.since_ns > EXPECT_FOR_NS:
+            del self._expected[pid]  # not a CPython this reader knows (a shell, say)
+            return
+        reader = self._reader_factory(pid)
+        address = reader.context_address(pid) if reader.unsupported is None else None
+        if not address:
+            return  # not a CPython this reader knows, or not initialized yet
+        del self._expected[pid]
+        self._readers[pid] = reader
+        self._early[pid] = identity
+        log.debug("context pointer of %d/%d before its loop: %#x", pid, pid, address)
+        self._contexts[pid] = address
+        self._table.watch_context(pid, address)
 
     def _take(self, trigger: Trigger, now: int) -> None:
         # A process's reader is built (~20 ms: it maps the interpreter's ELF file) as soon
         # as one of its threads has called epoll, or when it is prepared (an attached
         # app), so before its first block.
+        if trigger.reason == TriggerReason.NEW_THREAD:
+            self._expected.pop(trigger.pid, None)
+            self._check_early(trigger.pid)
         if trigger.reason == TriggerReason.NEW_THREAD or trigger.tid not in self._contexts:
             self._watch_context(trigger.pid, trigger.tid)
         if trigger.reason == TriggerReason.NEW_THREAD:
@@ -374,10 +446,19 @@ class TraceLinker:
         """
         reader = self._reader(pid)
         address = reader.context_address(tid) if reader is not None else None
+        if address and self._contexts.get(tid) == address:
+            return  # told already: telling again would disarm the iteration going on
         log.debug("context pointer of %d/%d: %s", pid, tid, address and f"{address:#x}")
         if address:
             self._contexts[tid] = address
             self._table.watch_context(tid, address)
+
+    def _check_early(self, pid: int) -> None:
+        """Drop a reader made before the loop started if the process exec'd again since."""
+        identity = self._early.pop(pid, None)
+        if identity is not None and exec_identity(pid) != identity:
+            self._readers.pop(pid, None)
+            self._contexts.pop(pid, None)
 
     def _reader(self, pid: int) -> SpanReader | None:
         reader = self._readers.get(pid)
@@ -387,4 +468,6 @@ class TraceLinker:
             log.debug(
                 "context reader for %d ready in %.1f ms", pid, (time.monotonic() - started) * 1e3
             )
+            if reader.unsupported:
+                log.warning("trace links disabled for process %d: %s", pid, reader.unsupported)
         return None if reader.unsupported else reader

@@ -95,6 +95,7 @@ _ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _SECTION = struct.Struct("<IIQQQQIIQQ")
 _PROGRAM = struct.Struct("<IIQQQQQQ")
 _SYMBOL = struct.Struct("<IBBHQQ")
+_NAME_INDEX = struct.Struct("<I")
 
 
 class ElfSymbols:
@@ -178,15 +179,31 @@ class ElfSymbols:
                 at = data.find(needle, start, end) if start < len(data) else -1
                 if at < 0:
                     continue
-                name_index = at + 1 - strtab[4]
-                offset, size = section[4], section[5]
-                count = min(size, max(0, len(data) - offset)) // _SYMBOL.size  # inside the file
-                for i in range(count):
-                    st_name, _, _, shndx, value, _ = _SYMBOL.unpack_from(
-                        data, offset + i * _SYMBOL.size
-                    )
-                    if st_name == name_index and shndx != 0 and value:
-                        return int(value)
+                found = self._entry(at + 1 - strtab[4], section[4], section[5])
+                if found is not None:
+                    return found
+        return None
+
+    def _entry(self, name_index: int, offset: int, size: int) -> int | None:
+        """st_value of the defined symbol named at ``name_index`` in the table at ``offset``.
+
+        The table is searched for the name's index (st_name, an entry's first
+        four bytes) by mmap.find, not unpacked entry by entry: libpython has
+        ~30,000 symbols, and a launched app's first request may come a few
+        milliseconds after its loop starts.
+        """
+        data = self._data
+        if offset >= len(data):
+            return None
+        end = offset + min(size, len(data) - offset) // _SYMBOL.size * _SYMBOL.size
+        key = _NAME_INDEX.pack(name_index)
+        at = data.find(key, offset, end)
+        while at >= 0:
+            if (at - offset) % _SYMBOL.size == 0:
+                _, _, _, shndx, value, _ = _SYMBOL.unpack_from(data, at)
+                if shndx != 0 and value:
+                    return int(value)
+            at = data.find(key, at + 1, end)
         return None
 
 

@@ -161,6 +161,20 @@ def thread_syscall(pid: int, tid: int) -> int | None:
         return None
 
 
+ExecIdentity = tuple[bytes, int, int]
+"""A process's command line and executable (device, inode): what an exec changes."""
+
+
+def exec_identity(pid: int) -> ExecIdentity | None:
+    """What ``pid`` runs now, to tell whether it has exec'd since; None once it is gone."""
+    try:
+        cmdline = (_proc(pid) / "cmdline").read_bytes()
+        exe = (_proc(pid) / "exe").stat()
+    except OSError:
+        return None
+    return cmdline, exe.st_dev, exe.st_ino
+
+
 def _process_groups() -> list[tuple[str, int]]:
     """(state letter, process group) of every process in /proc."""
     found = []
@@ -275,6 +289,8 @@ class LaunchedCommand:
             os.close(read_end)
         self.pid = self.process.pid
         self._pidfd = os.pidfd_open(self.pid)
+        self.holder = exec_identity(self.pid)
+        """What the PID runs until it execs the command (the sidecar's own Python)."""
 
     def fileno(self) -> int:
         """A pidfd of the command: readable once it has exited."""

@@ -21,8 +21,10 @@ import pytest
 
 from harness import TARGETS
 from harness.interpreters import MINORS, pyenv_python
-from otel_blocksnoop.events import SpanRef, TaskRef
+from otel_blocksnoop.analysis.trace_link import TraceLinker
+from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, Trigger, TriggerReason
 from otel_blocksnoop.process.context import ContextReader
+from tests.unit.test_trace_link import Table
 
 pytestmark = pytest.mark.integration
 
@@ -164,17 +166,24 @@ def test_debian_python_without_pie(tmp_path: Path) -> None:
         assert reader.reads > 0
 
 
-def test_not_python_is_unsupported_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_not_python_is_unsupported_and_the_linker_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # GIVEN a process that is not Python
     process = subprocess.Popen(["sleep", "30"])
     try:
         # WHEN a reader is made for it
         reader = ContextReader(process.pid)
 
-        # THEN it says why, warns once, and reads nothing
+        # THEN it says why and reads nothing
         assert reader.unsupported is not None
         assert "not a CPython interpreter" in reader.unsupported
         assert reader.active_span(process.pid) is None
+        # AND the linker, whose readers these are, warns once however often it looks
+        linker = TraceLinker(Table([]), threshold_ns=100 * NS_PER_MS)
+        for _ in range(3):
+            linker.follow(Trigger(process.pid, process.pid, 1, 1, TriggerReason.NEW_THREAD))
+            linker.poll()
         assert len([r for r in caplog.records if "trace links disabled" in r.message]) == 1
     finally:
         process.kill()

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 
-from otel_blocksnoop.analysis.trace_link import TraceLinker, elect, elect_span, interval_for
+from otel_blocksnoop.analysis.trace_link import (
+    EXPECT_EVERY_NS,
+    EXPECT_FOR_NS,
+    TraceLinker,
+    elect,
+    elect_span,
+    interval_for,
+)
 from otel_blocksnoop.events import (
     NS_PER_MS,
     ContextSegment,
@@ -18,6 +26,7 @@ from otel_blocksnoop.events import (
     TriggerReason,
 )
 from otel_blocksnoop.losses import Losses
+from otel_blocksnoop.process.target import exec_identity
 
 A = SpanRef(trace_id=0xA, span_id=0x1, trace_flags=1)
 B = SpanRef(trace_id=0xB, span_id=0x2, trace_flags=1)
@@ -57,12 +66,14 @@ class Table:
     def __init__(self, ongoing: list[InProgress]) -> None:
         self.ongoing = ongoing
         self.contexts: dict[int, int] = {}  # tid -> address the kernel is to read
+        self.told: list[tuple[int, int]] = []  # every (tid, address) told, in order
 
     def out_since(self, tid: int) -> int:
         return next((item.start_ns for item in self.ongoing if item.tid == tid), 0)
 
     def watch_context(self, tid: int, address: int) -> None:
         self.contexts[tid] = address
+        self.told.append((tid, address))
 
 
 HALF = 50 * NS_PER_MS  # half the threshold of these tests
@@ -353,3 +364,82 @@ def test_a_read_of_the_right_context_outside_its_segment_is_not_used() -> None:
     # THEN the segment that ended before the read has no owner: the address may be reused
     owners = linker.owners(10, 11, start, [segment(0xA0, start - 10, start)])
     assert owners == [ThreadContext(span=None, task=None)]
+
+
+class NotYet(Reader):
+    """An interpreter whose main thread state is not made yet."""
+
+    def context_address(self, tid: int) -> int | None:
+        _ = tid
+        return None
+
+
+def test_a_launched_apps_context_pointer_is_told_to_the_kernel_before_its_loop_runs() -> None:
+    # GIVEN a launched command that has exec'd (this process: not the holder it was)
+    pid = os.getpid()
+    table = Table([])
+    made: list[int] = []
+
+    def factory(target: int) -> Reader:
+        made.append(target)
+        return NotYet([]) if len(made) == 1 else Reader([])
+
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+    linker.expect(pid, holder=None)
+    # WHEN its interpreter has no main thread state yet
+    now = time.monotonic_ns()
+    next_look = linker.poll(now)
+    # THEN nothing is told and that reader is not kept; it is looked for again soon
+    assert table.told == []
+    assert next_look == now + EXPECT_EVERY_NS
+    # AND once the state is there, its main thread's context pointer is told
+    linker.poll(now + EXPECT_EVERY_NS)
+    assert table.told == [(pid, 0x7000 + pid)]
+    assert linker.poll(now + 2 * EXPECT_EVERY_NS) is None  # and no more looks
+    # AND the loop's first return from epoll does not tell it again (that would
+    # disarm the kernel's record of the iteration going on), nor makes another reader
+    linker.follow(Trigger(pid, pid, now, now, TriggerReason.NEW_THREAD))
+    linker.poll(now + 3 * EXPECT_EVERY_NS)
+    assert table.told == [(pid, 0x7000 + pid)]
+    assert made == [pid, pid]
+
+
+def test_no_reader_is_made_before_the_launched_command_execs() -> None:
+    # GIVEN a launched command whose PID still runs the holder (the sidecar's own Python)
+    pid = os.getpid()
+    table = Table([])
+    made: list[int] = []
+
+    def factory(target: int) -> Reader:
+        made.append(target)
+        return Reader([])
+
+    linker = TraceLinker(table, threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+    linker.expect(pid, holder=exec_identity(pid))
+    # WHEN the linker looks, for longer than it would look after an exec
+    now = time.monotonic_ns()
+    for look in range(3):
+        linker.poll(now + look * EXPECT_FOR_NS)
+    # THEN it made no reader (it would read the holder's interpreter) and told nothing
+    assert made == []
+    assert table.told == []
+
+
+def test_a_launched_command_that_is_no_python_is_looked_at_for_a_bounded_time() -> None:
+    # GIVEN a launched command that exec'd something this reader cannot read (a shell)
+    pid = os.getpid()
+    made: list[int] = []
+
+    def factory(target: int) -> Reader:
+        made.append(target)
+        return Reader([], unsupported="/usr/bin/bash is not a CPython interpreter")
+
+    linker = TraceLinker(Table([]), threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+    linker.expect(pid, holder=None)
+    now = time.monotonic_ns()
+    linker.poll(now)
+    # THEN the looks stop after EXPECT_FOR_NS
+    assert linker.poll(now + EXPECT_FOR_NS + 1) is None
+    looks = len(made)
+    linker.poll(now + 2 * EXPECT_FOR_NS)
+    assert len(made) == looks

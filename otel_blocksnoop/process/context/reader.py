@@ -113,8 +113,8 @@ class ContextReader:
     """Reads the active OpenTelemetry span of a thread of another CPython process.
 
     Construction looks the interpreter up once (version, ``_PyRuntime``); when
-    the target cannot be read, ``unsupported`` says why, one warning is logged,
-    and ``active_span`` returns None. Neither raises. Make it once the target's
+    the target cannot be read, ``unsupported`` says why (the caller decides
+    whether to warn), and ``active_span`` returns None. Neither raises. Make it once the target's
     interpreter runs (libpython mapped, main thread state made), e.g. at its
     first block when the sidecar launched it, not at its first instruction.
     """
@@ -137,8 +137,6 @@ class ContextReader:
         except Exception as error:  # a corrupt or odd file must not take the caller down  # noqa: BLE001
             unsupported = f"cannot read the interpreter of process {pid}: {error!r}"
         self._start(memory, interpreter, unsupported)
-        if unsupported is not None:
-            log.warning("trace links disabled for process %d: %s", pid, unsupported)
 
     @classmethod
     def from_parts(
