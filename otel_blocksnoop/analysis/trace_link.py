@@ -83,8 +83,8 @@ class ThreadTable(Protocol):
     def out_since(self, tid: int) -> int:
         """When ``tid`` last left epoll; 0 while it is inside."""
 
-    def watch_context(self, tid: int, address: int) -> None:
-        """Have the kernel read ``tid``'s context pointer at ``address`` (segments)."""
+    def watch_context(self, tid: int, address: int) -> bool:
+        """Have the kernel read ``tid``'s context pointer at ``address``; False: not told."""
 
 
 class SpanReader(Protocol):
@@ -381,8 +381,8 @@ class TraceLinker:
         self._readers[pid] = reader
         self._early[pid] = identity
         log.debug("context pointer of %d/%d before its loop: %#x", pid, pid, address)
-        self._contexts[pid] = address
-        self._table.watch_context(pid, address)
+        if self._table.watch_context(pid, address):
+            self._contexts[pid] = address
 
     def _take(self, trigger: Trigger, now: int) -> None:
         # A process's reader is built (~20 ms: it maps the interpreter's ELF file) as soon
@@ -449,9 +449,8 @@ class TraceLinker:
         if address and self._contexts.get(tid) == address:
             return  # told already: telling again would disarm the iteration going on
         log.debug("context pointer of %d/%d: %s", pid, tid, address and f"{address:#x}")
-        if address:
+        if address and self._table.watch_context(tid, address):
             self._contexts[tid] = address
-            self._table.watch_context(tid, address)
 
     def _check_early(self, pid: int) -> None:
         """Drop a reader made before the loop started if the process exec'd again since."""

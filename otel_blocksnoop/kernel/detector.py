@@ -168,16 +168,19 @@ class Detector:
         """The kernel's key of the sidecar's thread ``tid``; None when not known (yet)."""
         return tid if self.config.pidns is None else self._host_tids.get(tid)
 
-    def watch_context(self, tid: int, address: int) -> None:
+    def watch_context(self, tid: int, address: int) -> bool:
         """Have the kernel read ``tid``'s context pointer at ``address`` at each sighting.
 
         ``address`` is the thread state's ``context`` field (the trace linker
-        finds it); without it the thread's blocks have no segments.
+        finds it); without it the thread's blocks have no segments. False
+        when not told: no segments, or the thread's host id is not known yet.
         """
         key = self._host_tid(tid)
-        if self._program is not None and self.config.tracks_segments and key is not None:
-            context = bytes(LoopContextC(address=address))
-            self._program.map("loop_contexts").update(u32(key), context)
+        if self._program is None or not self.config.tracks_segments or key is None:
+            return False
+        context = bytes(LoopContextC(address=address))
+        self._program.map("loop_contexts").update(u32(key), context)
+        return True
 
     def adopt(self, pid: int, tid: int, off_nr: int) -> int | None:
         """Enter ``tid`` in the thread table as out of epoll since now; its start, or None.

@@ -71,9 +71,10 @@ class Table:
     def out_since(self, tid: int) -> int:
         return next((item.start_ns for item in self.ongoing if item.tid == tid), 0)
 
-    def watch_context(self, tid: int, address: int) -> None:
+    def watch_context(self, tid: int, address: int) -> bool:
         self.contexts[tid] = address
         self.told.append((tid, address))
+        return True
 
 
 HALF = 50 * NS_PER_MS  # half the threshold of these tests
