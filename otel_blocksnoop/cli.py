@@ -21,6 +21,7 @@ from otel_blocksnoop.errors import BlocksnoopError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS
 from otel_blocksnoop.export import otlp
 from otel_blocksnoop.kernel.program import program_cflags, program_source
+from otel_blocksnoop.stacks.memory import STACK_READERS
 
 PROG = "otel-blocksnoop"
 DEFAULT_THRESHOLD_MS = 100.0
@@ -169,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--austin", metavar="PATH", help="Austin binary (default: $AUSTINPATH, the venv, $PATH)"
     )
+    parser.add_argument(
+        "--stacks-from",
+        choices=STACK_READERS,
+        default="auto",
+        help="who reads the stacks: Austin, or the sidecar from the app's memory with the "
+        "offsets CPython 3.13+ publishes (needs no Austin in the app's mount namespace); "
+        "auto: Austin where it can read the interpreter (up to 3.14), memory beyond",
+    )
     otlp_group = parser.add_argument_group(
         "OpenTelemetry export",
         "Configured by the standard OTEL_* environment variables; these flags override them. "
@@ -246,6 +255,7 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         verbose=ns.verbose,
         quiet=ns.quiet,
         ebpf=ns.ebpf,
+        stacks_from=ns.stacks_from,
     )
 
 

@@ -32,6 +32,7 @@ class Config:
     verbose: bool
     quiet: bool
     ebpf: bool
+    stacks_from: str = "auto"  # STACK_READERS: who reads the stacks (stacks.memory)
 
     @property
     def trigger_ns(self) -> int:

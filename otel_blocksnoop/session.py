@@ -62,6 +62,7 @@ from otel_blocksnoop.process.target import (
     inspect_target,
 )
 from otel_blocksnoop.stacks.austin import Austin, AustinError
+from otel_blocksnoop.stacks.memory import StackSources
 from otel_blocksnoop.stacks.pool import SamplerPool
 from otel_blocksnoop.stacks.sampler import interval_for
 from otel_blocksnoop.stacks.threads import ThreadClassifier
@@ -347,9 +348,10 @@ def run(config: Config) -> int:
     detector.load()
     austin = _find_austin(config)
     ids = NamespaceIds()  # the app's ids of our threads, read once per thread
-    stacks = _stacks(config, austin, losses, ids)
+    sources = StackSources(config.stacks_from)
+    stacks = _stacks(config, austin, losses, ids, sources)
     linker = _linker(config, detector, losses)
-    classifier = _classifier(config, austin, ids)
+    classifier = _classifier(config, austin, ids, sources)
     try:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
@@ -427,15 +429,19 @@ def _find_austin(config: Config) -> Austin | None:
 
 
 def _classifier(
-    config: Config, austin: Austin | None, ids: NamespaceIds
+    config: Config, austin: Austin | None, ids: NamespaceIds, sources: StackSources
 ) -> ThreadClassifier | None:
     if config.all_threads or config.tid or austin is None:
         return None
-    return ThreadClassifier(austin, ids)
+    return ThreadClassifier(austin, ids, sources)
 
 
 def _stacks(
-    config: Config, austin: Austin | None, losses: Losses, ids: NamespaceIds
+    config: Config,
+    austin: Austin | None,
+    losses: Losses,
+    ids: NamespaceIds,
+    sources: StackSources,
 ) -> SamplerPool | None:
     if not config.stacks or austin is None:
         return None
@@ -445,7 +451,7 @@ def _stacks(
     )
     # On demand: the kernel's triggers resume Austin (flow.begin/end); stats mode
     # has no stacks at all, so no mode needs Austin to sample all the time.
-    return SamplerPool(austin, interval, losses, on_demand=True, ids=ids)
+    return SamplerPool(austin, interval, losses, on_demand=True, ids=ids, sources=sources)
 
 
 def _linker(config: Config, detector: Detector, losses: Losses) -> TraceLinker | None:

@@ -13,19 +13,34 @@ sees them (its own PID namespace): each tid is translated on the way in.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from otel_blocksnoop.events import StackSample
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.target import process_exists
 from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.memory import MemorySampler, StackSources
 from otel_blocksnoop.stacks.on_demand import OnDemandSampler
 from otel_blocksnoop.stacks.sampler import Sampler
+
+
+class ProcessSampler(Protocol):
+    """Stacks of one process's threads: Austin's (``Sampler``) or from its memory."""
+
+    def start(self) -> None: ...
+    def begin(self, tid: int, start_ns: int) -> None: ...
+    def end(self, tid: int) -> None: ...
+    def window(self, tid: int, start_ns: int, end_ns: int) -> list[StackSample]: ...
+    def covered_until(self, tid: int) -> int: ...
+    def maintain(self, target_alive: bool) -> float | None: ...
+    def stop(self) -> None: ...
 
 
 class SamplerPool:
     """A sampler per watched process, started on first need, stopped together."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - Austin, its rate, where losses go, and keyword-only modes
         self,
         austin: Austin,
         interval_us: int,
@@ -33,20 +48,31 @@ class SamplerPool:
         *,
         on_demand: bool = False,
         ids: NamespaceIds | None = None,
+        sources: StackSources | None = None,
     ) -> None:
         self.austin = austin
+        self._sources = sources
         self._ids = ids if ids is not None else NamespaceIds()
         self.interval_us = interval_us
         self.on_demand = on_demand
         self._losses = losses if losses is not None else Losses()
-        self._samplers: dict[int, Sampler] = {}
+        self._samplers: dict[int, ProcessSampler] = {}
 
-    def ensure(self, pid: int) -> Sampler:
-        """The sampler of ``pid``, started now if it has none (on demand: started, then stopped)."""
+    def ensure(self, pid: int) -> ProcessSampler:
+        """The sampler of ``pid``, started now if it has none (on demand: started, then stopped).
+
+        Austin's, unless its interpreter is one Austin cannot read and our own
+        frame reader can (``StackSources``).
+        """
         sampler = self._samplers.get(pid)
         if sampler is None:
-            kind = OnDemandSampler if self.on_demand else Sampler
-            sampler = self._samplers[pid] = kind(self.austin, pid, self.interval_us, self._losses)
+            reader = self._sources.memory(pid) if self._sources is not None else None
+            if reader is not None:
+                sampler = MemorySampler(reader, pid, self.interval_us, self._losses)
+            else:
+                kind = OnDemandSampler if self.on_demand else Sampler
+                sampler = kind(self.austin, pid, self.interval_us, self._losses)
+            self._samplers[pid] = sampler
             sampler.start()
         return sampler
 

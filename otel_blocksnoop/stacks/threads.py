@@ -24,6 +24,7 @@ from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import Frame, ThreadKind
 from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.stacks.austin import Austin, AustinError
+from otel_blocksnoop.stacks.memory import StackSources, where
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,14 @@ class ThreadClassifier:
     read as unknown: reported), and a stop never waits for a dump.
     """
 
-    def __init__(self, austin: Austin | None, ids: NamespaceIds | None = None) -> None:
+    def __init__(
+        self,
+        austin: Austin | None,
+        ids: NamespaceIds | None = None,
+        sources: StackSources | None = None,
+    ) -> None:
         self._austin = austin
+        self._sources = sources
         self._ids = ids if ids is not None else NamespaceIds()
         self._kinds: BoundedDict[tuple[int, int], tuple[ThreadKind, float]] = BoundedDict(
             MAX_REMEMBERED
@@ -190,7 +197,9 @@ class ThreadClassifier:
                 self.dumps += 1
                 self._busy = True
             try:
-                self._dumped(pid, asked, austin.where(pid))
+                reader = self._sources.memory(pid) if self._sources is not None else None
+                stacks = where(reader, pid, self._ids) if reader else austin.where(pid)
+                self._dumped(pid, asked, stacks)
             except AustinError as exc:
                 self._failed(pid, asked, exc)
             finally:

@@ -13,6 +13,7 @@ import pytest
 
 from harness.interpreters import pyenv_python
 from tests.helpers import BLOCKER, matching_block, run_sidecar, truth
+from tests.integration.test_frame_reader import python_3_13
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -88,6 +89,28 @@ def test_each_kind_of_block_names_the_blocking_call(tmp_path: Path, version: str
     assert run.returncode == 0, run.stderr
     # THEN each block carries the stack of the code that blocked, down to the line,
     # and why it blocked
+    expected = truth(out)
+    assert [r["scenario"] for r in expected] == list(CALL_SITES)
+    for true_block in expected:
+        assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stacks_read_from_the_apps_memory_name_the_same_calls_as_austin(
+    tmp_path: Path, loop: str
+) -> None:
+    # GIVEN an app on CPython 3.13 (the first to publish _Py_DebugOffsets) that blocks
+    # seven known ways, watched with the stacks read by the sidecar from its memory
+    python = python_3_13(loop)
+    out = tmp_path / "truth.jsonl"
+    extra = ["--uvloop"] if loop == "uvloop" else []
+    target = [str(python), str(BLOCKER), "all", "--out", str(out), *extra]
+    run = run_sidecar("--json", "-v", "-t", "50", "--stacks-from", "memory", "--", *target)
+    assert run.returncode == 0, run.stderr
+    # THEN no Austin ran, and each block names the same call, down to the line, as
+    # Austin does in the test above, with the same cause
+    assert "CPython 3.13) from its memory" in run.stderr
+    assert "austin -P" not in run.stderr
     expected = truth(out)
     assert [r["scenario"] for r in expected] == list(CALL_SITES)
     for true_block in expected:

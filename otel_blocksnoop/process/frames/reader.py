@@ -91,6 +91,10 @@ class FrameReader:
     def reads(self) -> int:
         return self._memory.reads
 
+    def has_thread(self, tid: int) -> bool:
+        """Whether thread ``tid`` has a thread state here (runs Python) now."""
+        return self._threads.find(tid) is not None
+
     def stack(self, tid: int) -> tuple[Frame, ...] | None:
         """The Python stack of thread ``tid``, outermost frame first.
 
