@@ -68,6 +68,8 @@ MAX_LISTED_THREADS = 32  # threads named in the summary; all are counted
 ADOPTED_STACK_WAIT_NS = 2 * NS_PER_MS * 1000
 """How long the first hang report of a loop blocked before watching waits for its first stack:
 its sampler attaches only now."""
+HANG_EVIDENCE_WAIT_NS = 2 * NS_PER_MS * 1000
+"""How long a first hang report waits for a stack taken once it was due (see _awaits_evidence)."""
 
 
 class _Totals:
@@ -131,6 +133,7 @@ class BlockFlow:
         self._maintain_at: int | None = None  # when the sampler wants its upkeep
         self._totals = _Totals()
         self._adopted: BoundedDict[hangs.Ongoing, None] = BoundedDict(hangs.MAX_TRACKED)
+        self._hang_due: BoundedDict[hangs.Ongoing, int] = BoundedDict(hangs.MAX_TRACKED)
 
     def adopt(self, pid: int, detector: Adopter, kinds: LoopKinds) -> int:
         """Follow the loops of ``pid`` that were blocked before it was watched; how many.
@@ -398,6 +401,7 @@ class BlockFlow:
             del self._armed[key.tid]
         self._looks.discard(key)
         self._hangs.forget(key)
+        self._hang_due.pop(key, None)
 
     def _live(self, timer: tuple[int, int, hangs.Ongoing]) -> bool:
         """Whether a heap entry is its block's live timer (not cancelled, nor moved)."""
@@ -426,13 +430,34 @@ class BlockFlow:
         if item is None or (item.pid, item.start_ns) != (key.pid, key.start_ns):
             self._hangs.forget(key)  # it ended; its block event is on its way
             return
+        if self._awaits_evidence(key, now):
+            self._arm(key, now + hangs.RETRY_NS)
+            return
         block = self._ongoing_block(item, now, EndReason.RETURNED)
         if block is None or self._awaits_stack(key, block, now):
             self._arm(key, now + hangs.RETRY_NS)
             return
+        self._hang_due.pop(key, None)
         self._hangs.reported(key, now)
         self._emit(self._marked(block))
         self._arm(key, max(self._hangs.due_ns(key), now + hangs.RETRY_NS))
+
+    def _awaits_evidence(self, key: hangs.Ongoing, now: int) -> bool:
+        """A first hang report waits for the stacks taken up to when it was due.
+
+        Whether the thread is still in its loop is told by its newest stack
+        (``_left_loop``); one older than the report may show the loop's last
+        iteration in a thread that has left it since and works on without a
+        loop (seen on a busy machine, with samples arriving late). At most
+        ``HANG_EVIDENCE_WAIT_NS``: a sampler that says nothing does not keep a
+        hang from being told.
+        """
+        if self._stacks is None or self._hangs.was_reported(key):
+            return False
+        due = self._hang_due.setdefault(key, now)
+        return (
+            self._stacks.covered_until(key.pid, key.tid) < due and now - due < HANG_EVIDENCE_WAIT_NS
+        )
 
     def _awaits_stack(self, key: hangs.Ongoing, block: Block, now: int) -> bool:
         """A loop blocked before watching is first reported with its stack, if one comes soon."""

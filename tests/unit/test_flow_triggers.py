@@ -6,6 +6,10 @@ import os
 import time
 from collections.abc import Sequence
 
+import pytest
+
+from otel_blocksnoop.analysis import flow as flow_module
+from otel_blocksnoop.analysis import hangs
 from otel_blocksnoop.analysis.enrich import Enricher
 from otel_blocksnoop.analysis.flow import BlockFlow
 from otel_blocksnoop.events import (
@@ -14,10 +18,12 @@ from otel_blocksnoop.events import (
     BlockEvent,
     ContextSegment,
     Counters,
+    Frame,
     InProgress,
     KernelEvent,
     Record,
     SpanRef,
+    StackSample,
     ThreadContext,
     ThreadKind,
     ThreadSnapshot,
@@ -249,3 +255,114 @@ def test_an_iteration_two_requests_blocked_in_is_one_block_per_request() -> None
     # AND the summary counts one blocked iteration of 60 ms
     assert flow.summary(1.0).blocks == 1
     assert flow.summary(1.0).blocked_ns == 60 * ms
+
+
+LOOP_STACK = (
+    Frame("run", "/usr/lib/python3.11/asyncio/runners.py", 190),
+    Frame("BaseEventLoop.run_forever", "/usr/lib/python3.11/asyncio/base_events.py", 607),
+    Frame("handler", "app.py", 12),
+)
+AFTER_LOOP = (Frame("<module>", "app.py", 40), Frame("work_without_a_loop", "app.py", 30))
+
+
+class LateSamples:
+    """A sampler whose samples arrive late: only those taken up to ``covered`` are in."""
+
+    interval_us = 1000
+
+    def __init__(self, samples: list[StackSample]) -> None:
+        self.samples = samples
+        self.covered = 0
+
+    def window(self, pid: int, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
+        _ = pid, tid
+        return [s for s in self.samples if start_ns <= s.time_ns <= min(end_ns, self.covered)]
+
+    def covered_until(self, pid: int, tid: int) -> int:
+        _ = pid, tid
+        return self.covered
+
+    def prepare(self, pid: int) -> None:
+        _ = pid
+
+    def begin(self, pid: int, tid: int, start_ns: int) -> None:
+        _ = pid, tid, start_ns
+
+    def end(self, pid: int, tid: int) -> None:
+        _ = pid, tid
+
+    def maintain(self) -> int | None:
+        return None
+
+
+def run_for(flow: BlockFlow, records: list[Record], ns: int) -> None:
+    """Step the flow for ``ns`` of real time (its timers go by the clock), or until it reports."""
+    until = time.monotonic_ns() + ns
+    while not records and time.monotonic_ns() < until:
+        flow.step(until)
+
+
+def test_a_hang_waits_for_the_stacks_taken_once_it_is_due_before_it_is_told() -> None:
+    # GIVEN a thread out of epoll for 500 ms whose loop ended 100 ms in (it works on
+    # without one), and whose samples so far arrived only up to its last loop callback
+    start = time.monotonic_ns() - 500 * NS_PER_MS
+    stacks = LateSamples(
+        [
+            StackSample(start + 50 * NS_PER_MS, LOOP_STACK),
+            StackSample(start + 200 * NS_PER_MS, AFTER_LOOP),
+            StackSample(start + 490 * NS_PER_MS, AFTER_LOOP),
+        ]
+    )
+    stacks.covered = start + 60 * NS_PER_MS
+    kernel = Kernel([asleep(5, start)], {5: start})
+    records: list[Record] = []
+    flow = BlockFlow(
+        kernel,
+        Enricher(THRESHOLD, None),
+        records.append,
+        Losses(),
+        threshold_ns=THRESHOLD,
+        kinds=Loops(),
+        stacks=stacks,
+    )
+    # WHEN its hang report is due while the newest sample in still shows the loop
+    flow.step()
+    # THEN nothing is told yet
+    assert records == []
+    # AND once the samples up to now are in, they show the loop has ended: no hang
+    stacks.covered = time.monotonic_ns()
+    run_for(flow, records, 3 * hangs.RETRY_NS)
+    assert records == []
+    # (with the newest sample showing the loop, the same flow tells the hang)
+    stacks.samples.append(StackSample(stacks.covered - NS_PER_MS, LOOP_STACK))
+    run_for(flow, records, 3 * hangs.RETRY_NS)
+    (hang,) = records
+    assert isinstance(hang, Block)
+
+
+def test_a_hang_is_told_after_a_bounded_wait_for_a_silent_sampler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(flow_module, "HANG_EVIDENCE_WAIT_NS", hangs.RETRY_NS)
+    # GIVEN a thread hung in its loop for 500 ms whose sampler has said nothing yet
+    start = time.monotonic_ns() - 500 * NS_PER_MS
+    stacks = LateSamples([StackSample(start + 50 * NS_PER_MS, LOOP_STACK)])
+    kernel = Kernel([asleep(5, start)], {5: start})
+    records: list[Record] = []
+    flow = BlockFlow(
+        kernel,
+        Enricher(THRESHOLD, None),
+        records.append,
+        Losses(),
+        threshold_ns=THRESHOLD,
+        kinds=Loops(),
+        stacks=stacks,
+    )
+    flow.step()
+    assert records == []
+    # WHEN the sampler stays silent past the wait
+    run_for(flow, records, 4 * hangs.RETRY_NS)
+    # THEN the hang is told anyway (a silent sampler does not hide it)
+    (hang,) = records
+    assert isinstance(hang, Block)
+    assert hang.in_progress

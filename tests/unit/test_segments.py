@@ -130,3 +130,21 @@ def test_a_full_record_leaves_the_rest_of_the_iteration_to_no_known_context() ->
 
 def test_an_iteration_without_sightings_has_no_segments() -> None:
     assert segments_from_c(SegmentsC(), 0, 50 * MS, None) == ()
+
+
+def test_the_loops_own_way_back_to_epoll_is_not_a_block_of_its_own() -> None:
+    # GIVEN a 539 ms callback of request A, then 9 ms of the loop's own work in its base
+    # context (no span, no task: a wait for a CPU on a busy machine), threshold 50 ms
+    base = ThreadContext(span=None, task=None, context=0xC0)
+    segments = [seg(0xA0, 0, 539), seg(0xC0, 539, 548)]
+    owners = [OWNER_A, base]
+    # THEN the iteration is one block, A's
+    assert shares(segments, owners, 50 * MS) == []
+    assert whole_owner(segments, owners, 548 * MS) == OWNER_A
+
+
+def test_a_long_stretch_nobody_owns_is_still_a_share_of_its_own() -> None:
+    # GIVEN A, then 60 ms no read named (threshold 50 ms): a block on its own, owner unknown
+    segments = [seg(0xA0, 0, 100), seg(0xC0, 100, 160)]
+    found = shares(segments, [OWNER_A, NOBODY], 50 * MS)
+    assert [share.owner for share in found] == [OWNER_A, NOBODY]
