@@ -1,4 +1,4 @@
-"""The context reader against real processes, on every CPython 3.9-3.13 found here.
+"""The context reader against real processes, on every CPython 3.9-3.15 found here.
 
 Each target (harness/targets/otel_target.py) blocks several threads, some inside
 OpenTelemetry spans, and says which ids it expects; the reader, from this
@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from harness import TARGETS
-from harness.interpreters import MINORS, pyenv_python
+from harness.interpreters import MINORS, SID_MINORS, pyenv_python
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, Trigger, TriggerReason
 from otel_blocksnoop.process.context import ContextReader
+from tests.integration.conftest import TargetPython, sid_python
 from tests.unit.test_trace_link import Table
 
 pytestmark = pytest.mark.integration
@@ -32,12 +33,16 @@ OTEL_TARGET = TARGETS / "otel_target.py"
 
 
 @contextmanager
-def running_target(tmp_path: Path, python: Path | str, *args: str) -> Iterator[dict[str, Any]]:
+def running_target(
+    tmp_path: Path, python: TargetPython | Path | str, *args: str
+) -> Iterator[dict[str, Any]]:
     """The target, with all its threads blocked, and what it says each one has."""
     fifo = tmp_path / "ready.fifo"
     os.mkfifo(fifo)
+    if not isinstance(python, TargetPython):
+        python = TargetPython(str(python), str(python))
     process = subprocess.Popen(
-        [str(python), str(OTEL_TARGET), "--ready", str(fifo), *args],
+        python.run(OTEL_TARGET, "--ready", str(fifo), *args),
         stdin=subprocess.PIPE,
         text=True,
     )
@@ -63,7 +68,9 @@ def expected(thread: dict[str, Any]) -> SpanRef:
     )
 
 
-def test_reads_the_span_each_thread_is_blocked_in(otel_python: Path, tmp_path: Path) -> None:
+def test_reads_the_span_each_thread_is_blocked_in(
+    otel_python: TargetPython, tmp_path: Path
+) -> None:
     # GIVEN a target whose loop thread (inside an asyncio task, with 40 other
     # context variables) and a worker thread are blocked in two different spans
     with running_target(tmp_path, otel_python) as target:
@@ -85,7 +92,7 @@ def test_reads_the_span_each_thread_is_blocked_in(otel_python: Path, tmp_path: P
         assert reader.thread_context(threads["worker"]["tid"]).task is None
 
 
-def test_an_unsampled_span_keeps_its_flags(otel_python: Path, tmp_path: Path) -> None:
+def test_an_unsampled_span_keeps_its_flags(otel_python: TargetPython, tmp_path: Path) -> None:
     # GIVEN a thread blocked in a span its ALWAYS_OFF sampler did not sample
     with running_target(tmp_path, otel_python) as target:
         thread = target["threads"]["unsampled"]
@@ -98,7 +105,7 @@ def test_an_unsampled_span_keeps_its_flags(otel_python: Path, tmp_path: Path) ->
         assert not span.sampled
 
 
-def test_no_span_where_none_is_active(otel_python: Path, tmp_path: Path) -> None:
+def test_no_span_where_none_is_active(otel_python: TargetPython, tmp_path: Path) -> None:
     # GIVEN a thread whose span has ended and a thread that never used OpenTelemetry
     with running_target(tmp_path, otel_python) as target:
         reader = ContextReader(target["pid"])
@@ -190,7 +197,7 @@ def test_not_python_is_unsupported_and_the_linker_warns_once(
         process.wait()
 
 
-def test_a_target_that_exits_gives_none(otel_python: Path, tmp_path: Path) -> None:
+def test_a_target_that_exits_gives_none(otel_python: TargetPython, tmp_path: Path) -> None:
     # GIVEN a reader made while the target ran
     with running_target(tmp_path, otel_python) as target:
         reader = ContextReader(target["pid"])
@@ -216,10 +223,17 @@ def test_the_sidecar_interpreter_itself(tmp_path: Path) -> None:
         assert span == expected(threads["loop"])
 
 
-def test_a_uvloop_loop(tmp_path: Path) -> None:
-    # GIVEN the sidecar's interpreter (it has uvloop) running the target on uvloop
-    pytest.importorskip("uvloop")
-    with running_target(tmp_path, sys.executable, "--uvloop") as target:
+UVLOOP_PYTHONS = ["sidecar", *(f"py3.{m}" for m in SID_MINORS)]
+"""The sidecar's own interpreter, and those whose running task is in the thread state."""
+
+
+@pytest.mark.parametrize("name", UVLOOP_PYTHONS)
+def test_a_uvloop_loop(name: str, tmp_path: Path) -> None:
+    # GIVEN an interpreter with uvloop (the sidecar's, 3.14, 3.15) running the target on it
+    if name == "sidecar":
+        pytest.importorskip("uvloop")
+    python = sid_python(name) if name != "sidecar" else sys.executable
+    with running_target(tmp_path, python, "--uvloop") as target:
         threads = target["threads"]
 
         # WHEN the reader reads the loop thread, blocked in a task's span
@@ -232,7 +246,7 @@ def test_a_uvloop_loop(tmp_path: Path) -> None:
 
 
 def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
-    otel_python: Path, tmp_path: Path
+    otel_python: TargetPython, tmp_path: Path
 ) -> None:
     # GIVEN a thread entering and leaving 8 known spans as fast as it can
     known = {SpanRef(0x1000 + i, 0x2000 + i, 1) for i in range(8)}
