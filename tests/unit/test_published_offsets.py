@@ -8,12 +8,16 @@ names, read by the offsets the section gives.
 
 from __future__ import annotations
 
+import logging
 import struct
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
 from harness.forged_heap import ForgedMemory
 from otel_blocksnoop.events import TaskRef
+from otel_blocksnoop.process.context import tasks as tasks_module
 from otel_blocksnoop.process.context.objects import ObjectReader
 from otel_blocksnoop.process.context.published import (
     DEBUG_COOKIE,
@@ -182,11 +186,19 @@ def test_a_section_of_another_shape_is_refused_and_none_is_nothing() -> None:
     assert asyncio_offsets(elf_with_section(b".OtherDebug", asyncio_section(found)), found) is None
 
 
-@pytest.mark.parametrize("version", PER_THREAD_TASK, ids=lambda v: f"{v[0]}.{v[1]}")
-def test_the_running_task_is_the_one_the_thread_state_names(version: tuple[int, int]) -> None:
-    # GIVEN a thread state whose running task is a C Task named "Task-7" running handle()
-    found = layout(version)
-    offsets = AsyncioOffsets(RUNNING_TASK[version], found.task_basicsize, 136, 128)
+@dataclass(frozen=True)
+class ForgedTask:
+    """A thread state whose running task is a C Task named "Task-7" running handle()."""
+
+    memory: ForgedMemory
+    tstate: int
+    task: int
+    task_type: int
+    offsets: AsyncioOffsets
+
+
+def forged_task(found: CPythonLayout) -> ForgedTask:
+    offsets = AsyncioOffsets(RUNNING_TASK[found.version], found.task_basicsize, 136, 128)
     memory = ForgedMemory()
 
     def make_type(name: str, size: int = 32) -> int:
@@ -197,6 +209,8 @@ def test_the_running_task_is_the_one_the_thread_state_names(version: tuple[int, 
         memory.put(cls + found.type_basicsize, size)
         return cls
 
+    str_type = make_type("str")
+
     def string(text: str) -> int:
         address = memory.alloc(found.unicode_ascii_data + len(text) + 1)
         memory.put(address + found.object_type, str_type)
@@ -206,7 +220,6 @@ def test_the_running_task_is_the_one_the_thread_state_names(version: tuple[int, 
         memory.put_bytes(address + found.unicode_ascii_data, text.encode() + b"\0")
         return address
 
-    str_type = make_type("str")
     task_type = make_type("_asyncio.Task", found.task_basicsize)
     coro = memory.alloc(128)
     memory.put(coro + found.object_type, make_type("coroutine"))
@@ -216,14 +229,71 @@ def test_the_running_task_is_the_one_the_thread_state_names(version: tuple[int, 
     memory.put(task + offsets.task_name, string("Task-7"))
     memory.put(task + offsets.task_coro, coro)
     tstate = memory.alloc(2048)
-    tasks = RunningTasks(ObjectReader(memory, found), offsets)
+    memory.put(tstate + offsets.tstate_running_task, task)
+    return ForgedTask(memory, tstate, task, task_type, offsets)
+
+
+TASK_7 = TaskRef(name="Task-7", coroutine="handle")
+
+
+@pytest.mark.parametrize("version", PER_THREAD_TASK, ids=lambda v: f"{v[0]}.{v[1]}")
+def test_the_running_task_is_the_one_the_thread_state_names(version: tuple[int, int]) -> None:
+    # GIVEN a thread state whose running task is a C Task named "Task-7" running handle()
+    found = layout(version)
+    forged = forged_task(found)
+    memory = forged.memory
+    tasks = RunningTasks(ObjectReader(memory, found), forged.offsets)
 
     # WHEN the thread runs it, THEN it is named; WHEN it runs none, THEN there is none
-    memory.put(tstate + offsets.tstate_running_task, task)
-    assert tasks.running(0, 0, tstate) == TaskRef(name="Task-7", coroutine="handle")
-    memory.put(tstate + offsets.tstate_running_task, 0)
-    assert tasks.running(0, 0, tstate) is None
+    assert tasks.running(0, 0, forged.tstate) == TASK_7
+    memory.put(forged.tstate + forged.offsets.tstate_running_task, 0)
+    assert tasks.running(0, 0, forged.tstate) is None
     # AND a task of another size (another build's Task) is not trusted
-    memory.put(tstate + offsets.tstate_running_task, task)
-    memory.put(task_type + found.type_basicsize, found.task_basicsize + 8)
-    assert tasks.running(0, 0, tstate) is None
+    memory.put(forged.tstate + forged.offsets.tstate_running_task, forged.task)
+    memory.put(forged.task_type + found.type_basicsize, found.task_basicsize + 8)
+    assert tasks.running(0, 0, forged.tstate) is None
+
+
+def test_an_asyncio_loaded_after_the_first_read_is_found_within_half_a_second(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a 3.14 app read before it imported asyncio (no _asyncio mapped yet)
+    found = layout((3, 14))
+    forged = forged_task(found)
+    now = [100.0]
+    looks: list[float] = []
+    loaded: list[AsyncioOffsets | None] = [None]
+
+    def module_offsets(*_: object) -> AsyncioOffsets | None:
+        looks.append(now[0])
+        return loaded[0]
+
+    monkeypatch.setattr(tasks_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(tasks_module, "file_mappings", lambda _pid: [])
+    monkeypatch.setattr(tasks_module, "asyncio_module_offsets", module_offsets)
+    tasks = RunningTasks(ObjectReader(forged.memory, found))
+    assert tasks.running(0, 0, forged.tstate) is None
+    # WHEN it loads it, THEN reads within the next half second do not look again...
+    loaded[0] = forged.offsets
+    now[0] += 0.4
+    assert tasks.running(0, 0, forged.tstate) is None
+    # ...and the first read after it finds it, and names the task, without looking again
+    now[0] += 0.2
+    assert tasks.running(0, 0, forged.tstate) == TASK_7
+    assert tasks.running(0, 0, forged.tstate) == TASK_7
+    assert looks == [100.0, pytest.approx(100.6)]
+
+    # AND an _asyncio of another build is said once, and never looked at again
+    def refused(*_: object) -> AsyncioOffsets | None:
+        looks.append(now[0])
+        raise PublishedMismatchError(".AsyncioDebug disagrees (task_size: 1, expected 168)")
+
+    monkeypatch.setattr(tasks_module, "asyncio_module_offsets", refused)
+    other = RunningTasks(ObjectReader(forged.memory, found))
+    with caplog.at_level(logging.WARNING, logger=tasks_module.__name__):
+        for _ in range(3):
+            now[0] += 1.0
+            assert other.running(0, 0, forged.tstate) is None
+    assert len(looks) == 3
+    said = "asyncio task names disabled for process 0: .AsyncioDebug disagrees"
+    assert [r.getMessage() for r in caplog.records] == [f"{said} (task_size: 1, expected 168)"]
