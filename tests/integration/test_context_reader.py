@@ -7,6 +7,7 @@ process, must find exactly those ids, or None where no span is active.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from harness import TARGETS
 from harness.interpreters import MINORS, SID_MINORS, pyenv_python
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, Trigger, TriggerReason
-from otel_blocksnoop.process.context import ContextReader
+from otel_blocksnoop.process.context import ContextReader, interpreter
+from otel_blocksnoop.process.cpython import layout_for
 from tests.integration.conftest import TargetPython, sid_python
 from tests.unit.test_trace_link import Table
 
@@ -243,6 +245,35 @@ def test_a_uvloop_loop(name: str, tmp_path: Path) -> None:
         assert found.span == expected(threads["loop"])
         # AND its tasks are asyncio's, named as asyncio names them
         assert found.task == expected_task(threads["loop"])
+
+
+def test_a_layout_generated_for_another_build_is_refused_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN Debian's 3.15 (built with the JIT), and the layout a build without it would
+    # have: its thread state's fields 24 bytes further up, as in 3.14
+    python = sid_python("py3.15")
+    ours = layout_for(3, 15)
+    other = layout_for(3, 14)
+    assert ours is not None
+    assert other is not None
+    moved = dataclasses.replace(
+        ours,
+        tstate_size=other.tstate_size,
+        tstate_thread_id=other.tstate_thread_id,
+        tstate_native_thread_id=other.tstate_native_thread_id,
+        tstate_context=other.tstate_context,
+    )
+    monkeypatch.setattr(interpreter, "layout_for", lambda *_: moved)
+    with running_target(tmp_path, python) as target:
+        # WHEN a reader is made for it
+        reader = ContextReader(target["pid"])
+
+        # THEN it says which field the interpreter disagrees with, and reads nothing
+        assert reader.unsupported is not None
+        assert "tstate_size: 888, expected 832" in reader.unsupported
+        assert reader.thread_context(target["threads"]["loop"]["tid"]).span is None
+        assert reader.context_address(target["threads"]["loop"]["tid"]) is None
 
 
 def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
