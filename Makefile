@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: setup docker-setup demo test lint unit integration test-containers bench clean
+.PHONY: setup docker-setup pythons demo test lint unit integration test-containers bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,14 +16,20 @@ setup:
 docker-setup:
 	@bash scripts/docker-setup.sh
 
+## pythons: CPython 3.14 and 3.15 for the tests' target apps, in a Debian sid root
+## made once with debootstrap and cached under ~/.cache/otel-blocksnoop/roots
+pythons:
+	@bash scripts/sid-pythons.sh
+
 ## demo: a sample asyncio app that blocks its loop, watched from its start, exporting
 ## to a real OpenTelemetry collector (rotel) on 127.0.0.1; shows what the collector got
 demo: setup
 	$(PY) examples/demo.py
 
-## test: lint, type-check, then every test (integration tests need root, the
-## container tests a Docker engine, which docker-setup provides)
-test: setup lint docker-setup
+## test: lint, type-check, then every test (integration tests need root and the
+## 3.14/3.15 root, which pythons makes; the container tests a Docker engine, which
+## docker-setup provides)
+test: setup lint docker-setup pythons
 	$(PY) -m pytest
 
 lint:
@@ -35,7 +41,7 @@ lint:
 unit: setup
 	$(PY) -m pytest tests/unit
 
-integration: setup
+integration: setup pythons
 	$(PY) -m pytest tests/integration
 
 ## test-containers: the images, docker-compose.yml and the error hints with a real engine

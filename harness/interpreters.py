@@ -1,4 +1,8 @@
-"""Target interpreters: pyenv's CPython 3.9-3.13 and cached venvs of them with packages.
+"""Target interpreters: pyenv's CPython 3.9-3.13, sid's 3.14 and 3.15, venvs with packages.
+
+pyenv's venvs are made on demand and cached; Debian sid's interpreters live
+in a root of their own (``SID_ROOT``), with their venvs, made by
+scripts/sid-pythons.sh: apps run inside it (harness.mntns).
 
 Shared by the integration tests (tests/integration/conftest.py), the
 benchmarks (bench/blocksnoop_bench/linking.py) and examples/request_trace.py.
@@ -30,6 +34,24 @@ WEB_APP_MODULES = (
     "uvloop",
 )
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otel-blocksnoop"
+SID_ROOT = CACHE / "roots" / "sid-pythons"
+"""A Debian sid root with python3.14 and python3.15 (scripts/sid-pythons.sh makes it, once)."""
+SID_MINORS = (14, 15)
+"""The CPython versions this machine's Debian lacks, found in ``SID_ROOT``: apps run inside it."""
+SID_SETUP = Path(__file__).resolve().parent.parent / "scripts" / "sid-pythons.sh"
+
+
+def sid_python(minor: int) -> str | None:
+    """The path, inside ``SID_ROOT``, of its CPython 3.<minor>, if it is there."""
+    inside = f"/usr/bin/python3.{minor}"
+    return inside if (SID_ROOT / inside.lstrip("/")).exists() else None
+
+
+def sid_venv(minor: int) -> str | None:
+    """The path, inside ``SID_ROOT``, of the python of its venv with ``WEB_APP_PACKAGES``."""
+    inside = f"/opt/venvs/web-3.{minor}/bin/python"
+    # A link to /usr/bin/python3.X, which only the root has: not followed here.
+    return inside if os.path.lexists(SID_ROOT / inside.lstrip("/")) else None
 
 
 def pyenv_python(minor: int) -> Path | None:

@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.interpreters import CACHE
+from harness import TARGETS
+from harness.interpreters import CACHE, SID_ROOT
 
 PYTHON_PREFIX = "/opt/app-python"
 """Where ``python_root`` puts the interpreter inside: no host has it there."""
@@ -161,6 +162,20 @@ def python_root(prefix: Path, site_packages: Path | None = None) -> Root:
     )
 
 
+def sid_root() -> Root:
+    """Debian sid's root (``SID_ROOT``, CPython 3.14 and 3.15), with the host's /tmp and targets.
+
+    Both at the paths they have on the host, so that an app's arguments (the
+    target scripts, FIFOs and files under a test's tmp_path) need no
+    translation. The mount points are made in the root once, and stay.
+    """
+    return Root(
+        base=SID_ROOT,
+        binds=((str(TARGETS), str(TARGETS)),),
+        writable=(("/tmp", "/tmp"),),  # noqa: S108 - the host's own /tmp, shared
+    )
+
+
 def python_inside() -> str:
     """The interpreter inside a ``python_root``."""
     return f"{PYTHON_PREFIX}/bin/python3"
@@ -269,5 +284,6 @@ __all__ = [
     "pivot_root_command",
     "python_inside",
     "python_root",
+    "sid_root",
     "site_packages_of",
 ]

@@ -14,3 +14,13 @@ install_debian_packages() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# apt_mirror: the host's own Debian mirror (its first deb822 or one-line source).
+apt_mirror() {
+    local uri
+    uri="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | grep -v security | head -n 1 | awk '{print $2}')"
+    [ -n "$uri" ] || uri="$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null \
+        | grep -v security | head -n 1 | awk '{print $2}')"
+    echo "${uri:-http://deb.debian.org/debian}"
+}

@@ -65,16 +65,6 @@ start_dockerd() {
     done
 }
 
-apt_mirror() {
-    # The first deb822 or one-line source of the host, e.g. http://deb.debian.org/debian
-    local uri
-    uri="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-        | grep -v security | head -n 1 | awk '{print $2}')"
-    [ -n "$uri" ] || uri="$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null \
-        | grep -v security | head -n 1 | awk '{print $2}')"
-    echo "${uri:-http://deb.debian.org/debian}"
-}
-
 trim_root() {
     # What debian:bookworm-slim leaves out: documentation, manuals, locales,
     # apt's caches and lists; and a dpkg rule that keeps later installs trimmed.

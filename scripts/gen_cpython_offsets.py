@@ -2,17 +2,21 @@
 """Generate otel_blocksnoop/process/cpython/v3_X.py: the CPython layouts the context reader needs.
 
 For each supported minor version, compile a small C program against that
-interpreter's own headers (pyenv's ``versions/3.X.*/include/python3.X``, with
-``Py_BUILD_CORE`` for the internal ones), run it, and write what ``offsetof()``
-and ``sizeof()`` printed as one frozen ``CPythonLayout``. Nothing here is typed
+interpreter's own headers (pyenv's ``versions/3.X.*/include/python3.X`` for
+3.9-3.13; for 3.14 and 3.15, which this machine's Debian lacks, Debian sid's
+in the root scripts/sid-pythons.sh makes, with the ``-D_Py*`` flags that
+interpreter was built with: Debian builds them with the JIT, which changes
+struct sizes), with ``Py_BUILD_CORE`` for the internal ones, run it, and write
+what ``offsetof()`` and ``sizeof()`` printed as one frozen ``CPythonLayout``.
+Nothing here is typed
 by hand except three structs that CPython does not install, mirrored below from
 its sources: the 3.9/3.10 dict keys (Objects/dict-common.h), the 3.9 module
-object, and the HAMT nodes (Python/hamt.c, unchanged from 3.9 to 3.13 in
-release builds; 3.13's header has the bitmap node, and the program checks the
+object, and the HAMT nodes (Python/hamt.c, unchanged from 3.9 to 3.15 in
+release builds; 3.13+'s header has the bitmap node, and the program checks the
 mirror against it). asyncio's C Task is in no header at all: each interpreter
 is run once to say where its own tasks keep their coroutine, name and context.
 
-USAGE: python scripts/gen_cpython_offsets.py [--pyenv-root DIR] [--check]
+USAGE: python scripts/gen_cpython_offsets.py [--pyenv-root DIR] [--sid-root DIR] [--check]
 
 With --check, nothing is written: the exit status is 1 when a committed module
 differs from what the headers give now.
@@ -26,11 +30,13 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.interpreters import SID_MINORS, SID_ROOT  # noqa: E402
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout  # noqa: E402
 
 OUT_DIR = ROOT / "otel_blocksnoop" / "process" / "cpython"
@@ -156,6 +162,35 @@ static void set_compact(PyASCIIObject *o) { o->state.compact = 1; }
 
 int main(void) {
     PyObject fake;
+    P("runtime_size", sizeof(_PyRuntimeState));
+    P("interp_size", sizeof(PyInterpreterState));
+    P("tstate_size", sizeof(PyThreadState));
+#if PY_MINOR_VERSION >= 13
+    /* Where _Py_DebugOffsets keeps its own value of a field of ours (debug_checks). */
+#define D(name, member) printf("debug_checks.%s=%lld\n", name, \
+                               (long long)offsetof(_Py_DebugOffsets, member))
+    D("runtime_size", runtime_state.size);
+    D("runtime_interpreters_head", runtime_state.interpreters_head);
+    D("interp_size", interpreter_state.size);
+    D("interp_next", interpreter_state.next);
+    D("interp_threads_head", interpreter_state.threads_head);
+    D("tstate_size", thread_state.size);
+    D("tstate_next", thread_state.next);
+    D("tstate_interp", thread_state.interp);
+    D("tstate_thread_id", thread_state.thread_id);
+    D("tstate_native_thread_id", thread_state.native_thread_id);
+    D("object_type", pyobject.ob_type);
+    D("type_name", type_object.tp_name);
+    D("tuple_items", tuple_object.ob_item);
+    D("unicode_state", unicode_object.state);
+    D("unicode_length", unicode_object.length);
+    D("unicode_ascii_data", unicode_object.asciiobject_size);
+#endif
+#if PY_MINOR_VERSION >= 14
+    D("long_digits", long_object.ob_digit);
+    D("dict_keys", dict_object.ma_keys);
+    D("dict_values", dict_object.ma_values);
+#endif
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
 #if PY_MINOR_VERSION >= 13
     P("runtime_debug_offsets", offsetof(_PyRuntimeState, debug_offsets));
@@ -295,16 +330,53 @@ int main(void) {
 """
 
 
-def include_dir(pyenv_root: Path, minor: int) -> Path:
-    """The newest pyenv 3.<minor>.* headers."""
+@dataclass(frozen=True)
+class Interpreter:
+    """Where one version's headers are, how to run it, and the flags it was built with."""
+
+    label: str  # e.g. "3.13.0", or "Debian sid's 3.15.2 (-D_Py_TIER2=3 -D_Py_JIT)"
+    headers: Path
+    run: tuple[str, ...]  # the argv that runs it
+    cflags: tuple[str, ...] = ()
+
+
+def pyenv_interpreter(pyenv_root: Path, minor: int) -> Interpreter:
+    """The newest pyenv 3.<minor>.*."""
     found = sorted(pyenv_root.glob(f"versions/3.{minor}.*/include/python3.{minor}"))
     if not found:
         raise SystemExit(f"failed to find headers for 3.{minor} under {pyenv_root}/versions")
-    return found[-1]
+    headers = found[-1]
+    python = headers.parent.parent / "bin" / f"python3.{minor}"
+    return Interpreter(headers.parent.parent.name, headers, (str(python),))
 
 
-def measure(headers: Path, work: Path) -> dict[str, int | None]:
+# What the interpreter says of itself: its release and the -D flags its core was built with.
+SELF_REPORT = r"""
+import json, platform, sysconfig
+flags = (sysconfig.get_config_var("PY_CORE_CFLAGS") or "").split()
+print(json.dumps({"release": platform.python_version(), "defines": [
+    f for f in flags if f.startswith(("-D_Py", "-DPy_")) and f != "-DPy_BUILD_CORE"]}))
+"""
+
+
+def sid_interpreter(sid_root: Path, minor: int) -> Interpreter:
+    """Debian sid's python3.<minor>, in ``sid_root`` (run there with chroot)."""
+    headers = sid_root / "usr" / "include" / f"python3.{minor}"
+    if not headers.is_dir():
+        raise SystemExit(f"failed to find {headers}: run scripts/sid-pythons.sh first")
+    run = ("chroot", str(sid_root), f"/usr/bin/python3.{minor}")
+    said = json.loads(
+        subprocess.run([*run, "-I", "-c", SELF_REPORT], check=True, capture_output=True).stdout
+    )
+    defines = tuple(said["defines"])
+    label = f"Debian sid's {said['release']}" + (f" ({' '.join(defines)})" if defines else "")
+    # Debian's pyconfig.h includes <x86_64-linux-gnu/python3.X/pyconfig.h>: searched after ours.
+    return Interpreter(label, headers, run, (*defines, "-idirafter", str(headers.parent)))
+
+
+def measure(interpreter: Interpreter, work: Path) -> dict[str, object]:
     """Compile and run the offsetof() program against one version's headers."""
+    headers = interpreter.headers
     source = work / "layout.c"
     source.write_text(
         C_PROGRAM.replace("DICT_COMMON", DICT_COMMON_39)
@@ -317,6 +389,7 @@ def measure(headers: Path, work: Path) -> dict[str, int | None]:
             "cc",
             "-DNDEBUG",
             "-Werror",
+            *interpreter.cflags,
             "-I",
             str(headers),
             "-I",
@@ -328,28 +401,33 @@ def measure(headers: Path, work: Path) -> dict[str, int | None]:
         check=True,
     )
     out = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
-    values: dict[str, int | None] = {}
+    values: dict[str, object] = {}
+    checks = []
     for line in out.splitlines():
         name, _, value = line.partition("=")
-        values[name] = None if value == "None" else int(value)
+        if name.startswith("debug_checks."):
+            checks.append((name.removeprefix("debug_checks."), int(value)))
+        else:
+            values[name] = None if value == "None" else int(value)
+    values["debug_checks"] = tuple(checks)
     return values
 
 
-def probe_task(python: Path) -> dict[str, int]:
+def probe_task(interpreter: Interpreter) -> dict[str, int]:
     """Where this interpreter's C Task keeps its coroutine, name and context."""
     out = subprocess.run(
-        [str(python), "-I", "-c", TASK_PROBE], check=True, capture_output=True, text=True
+        [*interpreter.run, "-I", "-c", TASK_PROBE], check=True, capture_output=True, text=True
     ).stdout
     found: dict[str, int] = json.loads(out)
     return found
 
 
-def render(minor: int, headers: Path, values: dict[str, int | None]) -> str:
+def render(minor: int, label: str, values: dict[str, object]) -> str:
     fields = {f.name for f in dataclasses.fields(CPythonLayout)} - {"version"}
     if set(values) != fields:
         raise SystemExit(f"3.{minor}: fields differ: {sorted(set(values) ^ fields)}")
     lines = [
-        f'"""CPython 3.{minor} layouts (from {headers.parent.parent.name} headers).',
+        f'"""CPython 3.{minor} layouts (from {label} headers).',
         "",
         "Generated by scripts/gen_cpython_offsets.py, do not edit.",
         '"""',
@@ -359,11 +437,16 @@ def render(minor: int, headers: Path, values: dict[str, int | None]) -> str:
         "LAYOUT = CPythonLayout(",
         f"    version=(3, {minor}),",
     ]
-    lines.extend(
-        f"    {field.name}={values[field.name]},"
-        for field in dataclasses.fields(CPythonLayout)
-        if field.name != "version"
-    )
+    for field in dataclasses.fields(CPythonLayout):
+        if field.name == "version":
+            continue
+        value = values[field.name]
+        if isinstance(value, tuple) and value:  # (name, offset) pairs, one a line as ruff has them
+            lines.append(f"    {field.name}=(")
+            lines.extend(f'        ("{name}", {at}),' for name, at in value)
+            lines.append("    ),")
+        else:
+            lines.append(f"    {field.name}={value},")
     lines.append(")")
     return "\n".join(lines) + "\n"
 
@@ -374,6 +457,7 @@ def main() -> None:
         ["pyenv", "root"], capture_output=True, text=True, check=True
     ).stdout.strip()
     parser.add_argument("--pyenv-root", type=Path, default=Path(default_root))
+    parser.add_argument("--sid-root", type=Path, default=SID_ROOT, help="3.14+ (sid-pythons.sh)")
     parser.add_argument(
         "--check", action="store_true", help="compare with the committed modules, write nothing"
     )
@@ -381,17 +465,21 @@ def main() -> None:
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
         for _, minor in SUPPORTED_VERSIONS:
-            headers = include_dir(args.pyenv_root, minor)
-            values = measure(headers, Path(tmp))
-            values.update(probe_task(headers.parent.parent / "bin" / f"python3.{minor}"))
+            interpreter = (
+                sid_interpreter(args.sid_root, minor)
+                if minor in SID_MINORS
+                else pyenv_interpreter(args.pyenv_root, minor)
+            )
+            values = measure(interpreter, Path(tmp))
+            values.update(probe_task(interpreter))
             module = OUT_DIR / f"v3_{minor}.py"
-            text = render(minor, headers, values)
+            text = render(minor, interpreter.label, values)
             if args.check:
                 if not module.exists() or module.read_text() != text:
                     stale.append(module.name)
                 continue
             module.write_text(text)
-            print(f"wrote {module.name} from {headers}")  # noqa: T201
+            print(f"wrote {module.name} from {interpreter.label} headers")  # noqa: T201
     if stale:
         print(f"out of date: {', '.join(stale)}", file=sys.stderr)  # noqa: T201
         raise SystemExit(1)

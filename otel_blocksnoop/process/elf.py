@@ -89,7 +89,10 @@ class ElfError(Exception):
 
 
 _SHT_SYMTAB = 2
+_SHT_NOBITS = 8
 _SHT_DYNSYM = 11
+MAX_SECTION = 1 << 16
+"""Bytes ``ElfSymbols.section`` returns at most: the sections asked for are a few words."""
 _PT_LOAD = 1
 _ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _SECTION = struct.Struct("<IIQQQQIIQQ")
@@ -138,6 +141,7 @@ class ElfSymbols:
         header = _ELF_HEADER.unpack_from(data)
         phoff, shoff = header[5], header[6]
         phentsize, phnum, shentsize, shnum = header[9], header[10], header[11], header[12]
+        self._section_names: int = header[13]  # e_shstrndx
         try:
             self._sections = [
                 _SECTION.unpack_from(data, shoff + i * shentsize) for i in range(shnum)
@@ -182,6 +186,30 @@ class ElfSymbols:
                 found = self._entry(at + 1 - strtab[4], section[4], section[5])
                 if found is not None:
                     return found
+        return None
+
+    def section(self, name: str) -> bytes | None:
+        """The contents of the section called ``name`` in the file, or None.
+
+        None also when it has no contents in the file (``.bss``) or more than
+        ``MAX_SECTION`` bytes, or the section names are not where the header says.
+        """
+        data = self._data
+        if self._section_names >= len(self._sections):
+            return None
+        names = self._sections[self._section_names]
+        names_end = min(names[4] + names[5], len(data))
+        wanted = name.encode()
+        for section in self._sections:
+            start = names[4] + section[0]
+            if start + len(wanted) >= names_end or data[start : start + len(wanted) + 1] != (
+                wanted + b"\0"
+            ):
+                continue
+            offset, size = section[4], section[5]
+            if section[1] == _SHT_NOBITS or size > MAX_SECTION or offset + size > len(data):
+                return None
+            return bytes(data[offset : offset + size])
         return None
 
     def _entry(self, name_index: int, offset: int, size: int) -> int | None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.interpreters import (
     MINORS,
+    SID_MINORS,
+    SID_SETUP,
     WEB_APP_MODULES,
     WEB_APP_PACKAGES,
     cached_venv,
     pyenv_python,
+    sid_venv,
 )
+from harness.mntns import Root, pivot_root_command, sid_root
 from tests.helpers import IN_CI
 
 
@@ -34,25 +39,91 @@ def otel_venv(
         pytest.skip(f"cannot install {' '.join(packages)} for {name}: {error}")
 
 
-# Every pyenv CPython 3.9-3.13, and Debian's own 3.11 (non-PIE, symbols in the executable).
-INTERPRETERS = [f"py3.{m}" for m in MINORS] + ["debian"]
+@dataclass(frozen=True)
+class TargetPython:
+    """An interpreter the target apps run on: on the host, or inside a root of its own.
+
+    Inside a root (Debian sid's 3.14 and 3.15, ``harness.mntns.sid_root``) the
+    app runs under pivot_root, with the host's /tmp and the target apps at
+    their host paths: arguments need no translation, only ``command``.
+    """
+
+    name: str
+    python: str  # the interpreter's path, as the app sees it
+    root: Root | None = None
+    version: tuple[int, int] = (0, 0)  # (3, X); (0, 0) when not known here
+
+    def command(self, argv: list[str]) -> list[str]:
+        """The argv that runs ``argv`` (which may name ``python``) where this interpreter is."""
+        return argv if self.root is None else pivot_root_command(self.root, argv)
+
+    def run(self, script: Path | str, *args: str) -> list[str]:
+        """The argv that runs ``script`` with ``args`` on this interpreter."""
+        return self.command([self.python, str(script), *args])
+
+    @property
+    def sidecar_flags(self) -> tuple[str, ...]:
+        """What the sidecar needs to watch this interpreter: ``--no-stacks`` where it gets none.
+
+        Austin cannot read 3.15, and its restarts, every 0.5 s, starve the reads
+        of the active span (seen: 2 blocks of 6 with no read at all, so no
+        parent); with our own frame reader as the stack source this goes.
+        """
+        return ("--no-stacks",) if self.version in STACKLESS else ()
+
+    def __str__(self) -> str:  # pytest ids, error messages
+        return self.name
+
+
+# Every pyenv CPython 3.9-3.13, Debian's own 3.11 (non-PIE, symbols in the executable),
+# and Debian sid's 3.14 and 3.15 (built with the JIT), in their own root.
+INTERPRETERS = [f"py3.{m}" for m in MINORS] + ["debian"] + [f"py3.{m}" for m in SID_MINORS]
 
 
 def interpreter(name: str) -> Path | None:
-    """The base interpreter an ``INTERPRETERS`` name stands for."""
+    """The base interpreter an ``INTERPRETERS`` name stands for, on the host (3.9-3.13)."""
     if name == "debian":
         return Path("/usr/bin/python3")
     return pyenv_python(int(name.removeprefix("py3.")))
 
 
-@pytest.fixture(scope="session", params=INTERPRETERS)
-def otel_python(request: pytest.FixtureRequest) -> Path:
-    name: str = request.param
-    return otel_venv(name, interpreter(name))
+def version_of(name: str) -> tuple[int, int]:
+    return (3, 11) if name == "debian" else (3, int(name.removeprefix("py3.")))
+
+
+def sid_python(name: str) -> TargetPython:
+    """Debian sid's 3.14 or 3.15, in its root, with every package the test apps import."""
+    minor = int(name.removeprefix("py3."))
+    inside = sid_venv(minor)
+    if inside is None:
+        why = f"no CPython 3.{minor} root here: `bash {SID_SETUP}` (make test runs it) makes it"
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    return TargetPython(name, inside, sid_root(), (3, minor))
+
+
+def target_python(name: str, web: bool) -> TargetPython:
+    if version_of(name)[1] in SID_MINORS:
+        return sid_python(name)
+    if web:
+        venv = otel_venv(f"web-{name}", interpreter(name), WEB_APP_PACKAGES, WEB_APP_MODULES)
+    else:
+        venv = otel_venv(name, interpreter(name))
+    return TargetPython(name, str(venv), version=version_of(name))
 
 
 @pytest.fixture(scope="session", params=INTERPRETERS)
-def web_python(request: pytest.FixtureRequest) -> Path:
+def otel_python(request: pytest.FixtureRequest) -> TargetPython:
+    """Each interpreter with the OTel SDK."""
+    return target_python(request.param, web=False)
+
+
+@pytest.fixture(scope="session", params=INTERPRETERS)
+def web_python(request: pytest.FixtureRequest) -> TargetPython:
     """Each interpreter with the OTel SDK, OTLP/HTTP, aiohttp + its OTel instrumentation, uvloop."""
-    name: str = request.param
-    return otel_venv(f"web-{name}", interpreter(name), WEB_APP_PACKAGES, WEB_APP_MODULES)
+    return target_python(request.param, web=True)
+
+
+STACKLESS = {(3, 15): "Austin 4.0.0 cannot read CPython 3.15: no stacks there yet"}
+"""Interpreters on which the sidecar gets no Python stacks, and why."""

@@ -24,6 +24,7 @@ import pytest
 
 from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
 from tests.helpers import SIDECAR, WAIT_S, parse_json_lines, truth
+from tests.integration.conftest import TargetPython
 from tests.integration.test_export import otlp_env
 from tests.integration.test_trace_link import blocks_in, hex_ids
 from tests.integration.test_web_app import WEB_APP, servers_in
@@ -168,16 +169,16 @@ class BurstRun:
         )
 
 
-def run_bursts(python: Path, loop: str, out: Path) -> BurstRun:
+def run_bursts(python: TargetPython, loop: str, out: Path) -> BurstRun:
     """The app's bursts for ``loop``, watched by the sidecar from the app's start."""
     sizes = BURSTS[loop]
     extra = ["--uvloop"] if loop == "uvloop" else []
     with OtlpReceiver() as receiver:
         env = otlp_env(receiver.http_endpoint, "http/protobuf")
         result = subprocess.run(
-            [*SIDECAR, "--json", "-q", "-t", str(THRESHOLD_MS), "--", str(python), str(WEB_APP),
-             "--out", str(out), "--ms", str(BLOCK_MS), *extra,
-             *(arg for size in sizes for arg in ("--burst", str(size)))],
+            [*SIDECAR, "--json", "-q", "-t", str(THRESHOLD_MS), *python.sidecar_flags, "--",
+             *python.run(WEB_APP, "--out", str(out), "--ms", str(BLOCK_MS), *extra,
+                         *(arg for size in sizes for arg in ("--burst", str(size))))],
             capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -191,7 +192,7 @@ def run_bursts(python: Path, loop: str, out: Path) -> BurstRun:
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict[tuple[Path, str], BurstRun]:
+def runs() -> dict[tuple[str, str], BurstRun]:
     """One run per interpreter and loop, shared by the tests of its bursts."""
     return {}
 
@@ -199,17 +200,17 @@ def runs() -> dict[tuple[Path, str], BurstRun]:
 @pytest.fixture(params=CASES)
 def burst(
     request: pytest.FixtureRequest,
-    web_python: Path,
-    runs: dict[tuple[Path, str], BurstRun],
+    web_python: TargetPython,
+    runs: dict[tuple[str, str], BurstRun],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Burst:
     # GIVEN N concurrent requests on this interpreter and loop, whose handlers
     # block back to back in one iteration, watched by the sidecar from the app's start
     loop, size = request.param
-    if (web_python, loop) not in runs:
+    if (web_python.name, loop) not in runs:
         out = tmp_path_factory.mktemp(f"burst-{loop}") / "truth.jsonl"
-        runs[web_python, loop] = run_bursts(web_python, loop, out)
-    return runs[web_python, loop].burst(size)
+        runs[web_python.name, loop] = run_bursts(web_python, loop, out)
+    return runs[web_python.name, loop].burst(size)
 
 
 def test_the_app_blocks_back_to_back_in_one_loop_iteration(burst: Burst) -> None:

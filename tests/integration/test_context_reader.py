@@ -1,4 +1,4 @@
-"""The context reader against real processes, on every CPython 3.9-3.13 found here.
+"""The context reader against real processes, on every CPython 3.9-3.15 found here.
 
 Each target (harness/targets/otel_target.py) blocks several threads, some inside
 OpenTelemetry spans, and says which ids it expects; the reader, from this
@@ -7,6 +7,7 @@ process, must find exactly those ids, or None where no span is active.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,10 +21,12 @@ from typing import Any
 import pytest
 
 from harness import TARGETS
-from harness.interpreters import MINORS, pyenv_python
+from harness.interpreters import MINORS, SID_MINORS, pyenv_python
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, Trigger, TriggerReason
-from otel_blocksnoop.process.context import ContextReader
+from otel_blocksnoop.process.context import ContextReader, interpreter
+from otel_blocksnoop.process.cpython import layout_for
+from tests.integration.conftest import TargetPython, sid_python
 from tests.unit.test_trace_link import Table
 
 pytestmark = pytest.mark.integration
@@ -32,12 +35,16 @@ OTEL_TARGET = TARGETS / "otel_target.py"
 
 
 @contextmanager
-def running_target(tmp_path: Path, python: Path | str, *args: str) -> Iterator[dict[str, Any]]:
+def running_target(
+    tmp_path: Path, python: TargetPython | Path | str, *args: str
+) -> Iterator[dict[str, Any]]:
     """The target, with all its threads blocked, and what it says each one has."""
     fifo = tmp_path / "ready.fifo"
     os.mkfifo(fifo)
+    if not isinstance(python, TargetPython):
+        python = TargetPython(str(python), str(python))
     process = subprocess.Popen(
-        [str(python), str(OTEL_TARGET), "--ready", str(fifo), *args],
+        python.run(OTEL_TARGET, "--ready", str(fifo), *args),
         stdin=subprocess.PIPE,
         text=True,
     )
@@ -63,7 +70,9 @@ def expected(thread: dict[str, Any]) -> SpanRef:
     )
 
 
-def test_reads_the_span_each_thread_is_blocked_in(otel_python: Path, tmp_path: Path) -> None:
+def test_reads_the_span_each_thread_is_blocked_in(
+    otel_python: TargetPython, tmp_path: Path
+) -> None:
     # GIVEN a target whose loop thread (inside an asyncio task, with 40 other
     # context variables) and a worker thread are blocked in two different spans
     with running_target(tmp_path, otel_python) as target:
@@ -85,7 +94,7 @@ def test_reads_the_span_each_thread_is_blocked_in(otel_python: Path, tmp_path: P
         assert reader.thread_context(threads["worker"]["tid"]).task is None
 
 
-def test_an_unsampled_span_keeps_its_flags(otel_python: Path, tmp_path: Path) -> None:
+def test_an_unsampled_span_keeps_its_flags(otel_python: TargetPython, tmp_path: Path) -> None:
     # GIVEN a thread blocked in a span its ALWAYS_OFF sampler did not sample
     with running_target(tmp_path, otel_python) as target:
         thread = target["threads"]["unsampled"]
@@ -98,7 +107,7 @@ def test_an_unsampled_span_keeps_its_flags(otel_python: Path, tmp_path: Path) ->
         assert not span.sampled
 
 
-def test_no_span_where_none_is_active(otel_python: Path, tmp_path: Path) -> None:
+def test_no_span_where_none_is_active(otel_python: TargetPython, tmp_path: Path) -> None:
     # GIVEN a thread whose span has ended and a thread that never used OpenTelemetry
     with running_target(tmp_path, otel_python) as target:
         reader = ContextReader(target["pid"])
@@ -190,7 +199,7 @@ def test_not_python_is_unsupported_and_the_linker_warns_once(
         process.wait()
 
 
-def test_a_target_that_exits_gives_none(otel_python: Path, tmp_path: Path) -> None:
+def test_a_target_that_exits_gives_none(otel_python: TargetPython, tmp_path: Path) -> None:
     # GIVEN a reader made while the target ran
     with running_target(tmp_path, otel_python) as target:
         reader = ContextReader(target["pid"])
@@ -216,10 +225,17 @@ def test_the_sidecar_interpreter_itself(tmp_path: Path) -> None:
         assert span == expected(threads["loop"])
 
 
-def test_a_uvloop_loop(tmp_path: Path) -> None:
-    # GIVEN the sidecar's interpreter (it has uvloop) running the target on uvloop
-    pytest.importorskip("uvloop")
-    with running_target(tmp_path, sys.executable, "--uvloop") as target:
+UVLOOP_PYTHONS = ["sidecar", *(f"py3.{m}" for m in SID_MINORS)]
+"""The sidecar's own interpreter, and those whose running task is in the thread state."""
+
+
+@pytest.mark.parametrize("name", UVLOOP_PYTHONS)
+def test_a_uvloop_loop(name: str, tmp_path: Path) -> None:
+    # GIVEN an interpreter with uvloop (the sidecar's, 3.14, 3.15) running the target on it
+    if name == "sidecar":
+        pytest.importorskip("uvloop")
+    python = sid_python(name) if name != "sidecar" else sys.executable
+    with running_target(tmp_path, python, "--uvloop") as target:
         threads = target["threads"]
 
         # WHEN the reader reads the loop thread, blocked in a task's span
@@ -231,8 +247,37 @@ def test_a_uvloop_loop(tmp_path: Path) -> None:
         assert found.task == expected_task(threads["loop"])
 
 
+def test_a_layout_generated_for_another_build_is_refused_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN Debian's 3.15 (built with the JIT), and the layout a build without it would
+    # have: its thread state's fields 24 bytes further up, as in 3.14
+    python = sid_python("py3.15")
+    ours = layout_for(3, 15)
+    other = layout_for(3, 14)
+    assert ours is not None
+    assert other is not None
+    moved = dataclasses.replace(
+        ours,
+        tstate_size=other.tstate_size,
+        tstate_thread_id=other.tstate_thread_id,
+        tstate_native_thread_id=other.tstate_native_thread_id,
+        tstate_context=other.tstate_context,
+    )
+    monkeypatch.setattr(interpreter, "layout_for", lambda *_: moved)
+    with running_target(tmp_path, python) as target:
+        # WHEN a reader is made for it
+        reader = ContextReader(target["pid"])
+
+        # THEN it says which field the interpreter disagrees with, and reads nothing
+        assert reader.unsupported is not None
+        assert "tstate_size: 888, expected 832" in reader.unsupported
+        assert reader.thread_context(target["threads"]["loop"]["tid"]).span is None
+        assert reader.context_address(target["threads"]["loop"]["tid"]) is None
+
+
 def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
-    otel_python: Path, tmp_path: Path
+    otel_python: TargetPython, tmp_path: Path
 ) -> None:
     # GIVEN a thread entering and leaving 8 known spans as fast as it can
     known = {SpanRef(0x1000 + i, 0x2000 + i, 1) for i in range(8)}

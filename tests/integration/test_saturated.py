@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.interpreters import WEB_APP_MODULES, WEB_APP_PACKAGES
 from tests.helpers import BLOCKER, matching_block, run_sidecar, truth
 from tests.integration import test_burst as bursts
-from tests.integration.conftest import interpreter, otel_venv
+from tests.integration.conftest import target_python
 from tests.integration.test_stacks import CALL_SITES
 from tests.integration.test_trace_link import hex_ids
 
@@ -72,9 +71,7 @@ def test_requests_blocking_back_to_back_keep_their_own_parents_on_a_saturated_ma
 ) -> None:
     # GIVEN N requests whose handlers block one after another in one loop
     # iteration (N = 2, 4, 8; 4 on uvloop), all CPUs busy elsewhere
-    python = otel_venv(
-        f"web-{WEB_INTERPRETER}", interpreter(WEB_INTERPRETER), WEB_APP_PACKAGES, WEB_APP_MODULES
-    )
+    python = target_python(WEB_INTERPRETER, web=True)
     run = bursts.run_bursts(python, loop, tmp_path / "truth.jsonl")
     for size in bursts.BURSTS[loop]:
         burst = run.burst(size)

@@ -12,6 +12,7 @@ import pytest
 from harness import TARGETS
 from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
 from tests.helpers import SIDECAR, WAIT_S, parse_json_lines, truth
+from tests.integration.conftest import TargetPython
 from tests.integration.test_export import otlp_env, span_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
@@ -119,12 +120,17 @@ def test_export_unsampled_overrides_the_apps_sampling_decision(tmp_path: Path) -
     assert span.trace_id.hex() == f"{unsampled['trace_id']:032x}"
 
 
-def test_blocks_name_their_request_on_every_python(otel_python: Path, tmp_path: Path) -> None:
-    # GIVEN the same app on this interpreter (3.9-3.13, and Debian's own 3.11)
+def test_blocks_name_their_request_on_every_python(
+    otel_python: TargetPython, tmp_path: Path
+) -> None:
+    # GIVEN the same app on this interpreter (3.9-3.13, Debian's own 3.11, and
+    # Debian sid's 3.14 and 3.15 in their own root)
     out = tmp_path / "truth.jsonl"
+    app = ["env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT", otel_python.python, str(TRACED_APP),
+           "--out", str(out)]  # fmt: skip
     result = subprocess.run(
-        [*SIDECAR, "--json", "-q", "-t", "50", "--", "env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT",
-         str(otel_python), str(TRACED_APP), "--out", str(out)],
+        [*SIDECAR, "--json", "-q", "-t", "50", *otel_python.sidecar_flags, "--",
+         *otel_python.command(app)],
         capture_output=True, text=True, check=False, timeout=WAIT_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,6 @@
 """Block spans inside the traces of a real instrumented web app: aiohttp + its OpenTelemetry.
 
-The app (harness/targets/web_app.py) runs on each interpreter 3.9-3.13 (and
+The app (harness/targets/web_app.py) runs on each interpreter 3.9-3.15 (and
 Debian's), on asyncio and on uvloop, and exports its own SERVER spans to the
 same receiver as the sidecar, so each block span is checked against the span
 the instrumentation really opened, as the backend would show it.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from harness import TARGETS
 from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
 from tests.helpers import SIDECAR, WAIT_S, matching_block, parse_json_lines, truth
+from tests.integration.conftest import TargetPython
 from tests.integration.test_export import otlp_env, span_for
 from tests.integration.test_trace_link import blocks_in, hex_ids, task_of
 
@@ -54,7 +54,9 @@ class WebRun:
 
 @pytest.fixture(scope="module", params=["asyncio", "uvloop"])
 def web_run(
-    web_python: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    web_python: TargetPython,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> WebRun:
     # GIVEN the aiohttp app on this interpreter and loop, exporting its spans
     # to the receiver the sidecar exports to, watched by the sidecar from its start;
@@ -65,8 +67,8 @@ def web_run(
     with OtlpReceiver() as receiver:
         env = otlp_env(receiver.http_endpoint, "http/protobuf")
         result = subprocess.run(
-            [*SIDECAR, "--json", "-q", "-t", "50", "--", str(web_python), str(WEB_APP),
-             "--out", str(out), "--ms", "120", *loop],
+            [*SIDECAR, "--json", "-q", "-t", "50", *web_python.sidecar_flags, "--",
+             *web_python.run(WEB_APP, "--out", str(out), "--ms", "120", *loop)],
             capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr

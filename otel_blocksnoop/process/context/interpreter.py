@@ -3,8 +3,11 @@
 Done once per process. The version comes from the image's name (libpython
 if mapped, else the executable), ``_PyRuntime`` from its ELF symbols, and
 both are checked against what the interpreter itself says where it can
-(``Py_Version`` on 3.11+, ``_Py_DebugOffsets`` on 3.13+). Anything this
-reader does not know raises ``UnsupportedInterpreterError``, saying why.
+(``Py_Version`` on 3.11+, ``_Py_DebugOffsets`` on 3.13+, which must also
+agree with the generated layout: ``published``). On 3.14+ an ``_asyncio``
+built into the image says where the running task is (``.AsyncioDebug``).
+Anything this reader does not know raises ``UnsupportedInterpreterError``,
+saying why.
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from otel_blocksnoop.process.context.published import (
+    ASYNCIO_FIRST_VERSION,
+    DEBUG_COOKIE,
+    AsyncioOffsets,
+    PublishedMismatchError,
+    asyncio_offsets,
+    check_debug_offsets,
+)
 from otel_blocksnoop.process.context.threads import ThreadStates, pthread_tid_offset
 from otel_blocksnoop.process.cpython import SUPPORTED_VERSIONS, CPythonLayout, layout_for
 from otel_blocksnoop.process.elf import (
@@ -26,9 +37,6 @@ from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.pythons import python_name
 from otel_blocksnoop.process.remote_memory import RemoteMemory
 
-DEBUG_COOKIE = b"xdebugpy"
-"""_Py_Debug_Cookie (Include/internal/pycore_runtime.h, 3.13+)."""
-
 
 class UnsupportedInterpreterError(Exception):
     """The target's interpreter cannot be read by this reader; the message says why."""
@@ -42,6 +50,7 @@ class Interpreter:
     runtime: int  # the address of _PyRuntime
     image: tuple[tuple[int, int], ...] = ()  # where its file is mapped (its static types)
     tid_offset: int | None = None  # 3.9/3.10: glibc's TID offset in struct pthread
+    asyncio: AsyncioOffsets | None = None  # 3.14+, when _asyncio is built into the image
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +116,20 @@ def _at_runtime(
     base = load_base(mappings, image, elf)
     if runtime is None or base is None:
         raise UnsupportedInterpreterError(f"{image} has no _PyRuntime symbol (stripped or static)")
+    mismatch = _version_mismatch(memory, layout, elf, base)
+    if mismatch is not None:
+        raise UnsupportedInterpreterError(mismatch)
+    try:
+        check_debug_offsets(memory, layout, base + runtime)
+        asyncio = asyncio_offsets(elf, layout) if layout.version >= ASYNCIO_FIRST_VERSION else None
+    except PublishedMismatchError as error:
+        raise UnsupportedInterpreterError(str(error)) from error
     found = Interpreter(
         layout=layout,
         runtime=base + runtime,
         image=tuple((m.start, m.end) for m in mappings if m.path == image),
+        asyncio=asyncio,
     )
-    mismatch = _version_mismatch(memory, layout, elf, base) or _debug_mismatch(memory, found)
-    if mismatch is not None:
-        raise UnsupportedInterpreterError(mismatch)
     if layout.tstate_native_thread_id is not None:
         return found
     tid_offset = pthread_tid_offset()
@@ -138,25 +153,8 @@ def _version_mismatch(
     return None if found == layout.version else f"Py_Version says {found[0]}.{found[1]}"
 
 
-def _debug_mismatch(memory: RemoteMemory, interpreter: Interpreter) -> str | None:
-    """3.13+: _PyRuntime starts with _Py_DebugOffsets, whose cookie and version must agree."""
-    layout = interpreter.layout
-    if layout.runtime_debug_offsets is None:
-        return None
-    start = interpreter.runtime + layout.runtime_debug_offsets
-    cookie = memory.read(start, len(DEBUG_COOKIE))
-    hex_version = memory.pointer(start + (layout.debug_offsets_version or 0))
-    free_threaded = memory.pointer(start + (layout.debug_offsets_free_threaded or 0))
-    if cookie != DEBUG_COOKIE or hex_version is None:
-        return "_PyRuntime does not start with the _Py_DebugOffsets cookie"
-    if (hex_version >> 24, hex_version >> 16 & 0xFF) != layout.version:
-        return f"_Py_DebugOffsets says {hex_version >> 24}.{hex_version >> 16 & 0xFF}"
-    if free_threaded:
-        return "a free-threaded build"
-    return None
-
-
 __all__ = [
+    "DEBUG_COOKIE",
     "Image",
     "Interpreter",
     "UnsupportedInterpreterError",

@@ -8,9 +8,11 @@
     tuple) -> trace_id, span_id, trace_flags (ints)
 
 with the layouts generated per CPython version (``otel_blocksnoop.process.cpython``),
-one module per step: interpreter (finding it), threads (TID -> thread state),
-objects (decoding), hamt (context variables), otel (the span) and tasks (the
-running asyncio task, found from the same context).
+checked from 3.13 against the offsets the running interpreter publishes
+(``published``), one module per step: interpreter (finding it), threads
+(TID -> thread state), objects (decoding), hamt (context variables), otel
+(the span) and tasks (the running asyncio task: found from the same context
+up to 3.13, in the thread state from 3.14).
 Every object is checked by type name before it is trusted, every loop is
 bounded, and the thread's context pointer is read again after the walk: when
 it moved (the thread switched task or set a context variable meanwhile), the
@@ -25,7 +27,8 @@ measured by ``bench/run.py --only linking`` and given in BENCHMARKS.md,
 most) is in the same section, as the throughput of a traced HTTP server with
 links on and off.
 
-Unsupported, with the reason in ``unsupported``: CPython outside 3.9-3.13,
+Unsupported, with the reason in ``unsupported``: CPython outside 3.9-3.15, builds
+whose published offsets disagree with the generated layout (3.13+),
 free-threaded (``3.13t``) builds, other interpreters, and interpreters without
 a ``_PyRuntime`` symbol (stripped or static). uvloop needs nothing of its own:
 it runs tasks in their contexts as asyncio does. On 3.9 and 3.10,
@@ -78,7 +81,7 @@ class _Walk:
         self.objects = ObjectReader(memory, layout, interpreter.image)
         self.threads = ThreadStates(memory, layout, interpreter.runtime, interpreter.tid_offset)
         self.spans = CurrentSpans(self.objects, HamtReader(self.objects))
-        self.tasks = RunningTasks(self.objects)
+        self.tasks = RunningTasks(self.objects, interpreter.asyncio)
 
     def read(self, tid: int) -> ThreadContext:
         """The span and task of ``tid``; raises _Stale when its context moved meanwhile."""
@@ -93,7 +96,7 @@ class _Walk:
             return NOTHING
         variables = memory.pointer(context + layout.context_vars)
         span = self.spans.span_in(variables) if variables else None
-        task = self.tasks.running(interp, context)
+        task = self.tasks.running(interp, context, tstate)
         # Same context, same variables after the walk: nothing it read was replaced.
         if (
             memory.pointer(tstate + layout.tstate_context) != context

@@ -1,7 +1,8 @@
 """CPython struct layouts per minor version, for reading another process's memory.
 
-The per-version modules (``v3_9`` ... ``v3_13``) are written by
-scripts/gen_cpython_offsets.py from each interpreter's own headers; this module
+The per-version modules (``v3_9`` ... ``v3_15``) are written by
+scripts/gen_cpython_offsets.py from each interpreter's own headers (and, from
+3.14, the build flags of the interpreter they were made for); this module
 holds the record they fill and the one place that picks a layout by version.
 Offsets are in bytes from the start of the struct; ``None`` marks a field the
 version does not have.
@@ -12,7 +13,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = ((3, 9), (3, 10), (3, 11), (3, 12), (3, 13))
+SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = (
+    (3, 9),
+    (3, 10),
+    (3, 11),
+    (3, 12),
+    (3, 13),
+    (3, 14),
+    (3, 15),
+)
 """The CPython versions with a generated layout: listed here only."""
 
 
@@ -21,6 +30,11 @@ class CPythonLayout:
     """What the context reader needs to know about one CPython minor version."""
 
     version: tuple[int, int]
+    # sizeof(_PyRuntimeState), sizeof(PyInterpreterState), sizeof(PyThreadState): from 3.13
+    # the running interpreter says its own (_Py_DebugOffsets), and they must agree
+    runtime_size: int
+    interp_size: int
+    tstate_size: int
     # _PyRuntime -> interpreters -> thread states
     runtime_interpreters_head: int
     # 3.13+: _PyRuntime starts with _Py_DebugOffsets ("xdebugpy", PY_VERSION_HEX, ...)
@@ -101,6 +115,10 @@ class CPythonLayout:
     array_array: int
     array_count: int
     collision_array: int
+    # 3.13+: (field, where _Py_DebugOffsets keeps the running interpreter's value of it),
+    # for each field of ours it also publishes: a target whose values differ was built
+    # otherwise than the headers these offsets came from, and is not read
+    debug_checks: tuple[tuple[str, int], ...]
 
 
 def layout_for(major: int, minor: int) -> CPythonLayout | None:

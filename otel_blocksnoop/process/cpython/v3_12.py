@@ -7,6 +7,9 @@ from otel_blocksnoop.process.cpython import CPythonLayout
 
 LAYOUT = CPythonLayout(
     version=(3, 12),
+    runtime_size=459944,
+    interp_size=383552,
+    tstate_size=288,
     runtime_interpreters_head=40,
     runtime_debug_offsets=None,
     debug_offsets_version=None,
@@ -77,4 +80,5 @@ LAYOUT = CPythonLayout(
     array_array=16,
     array_count=272,
     collision_array=32,
+    debug_checks=(),
 )

@@ -7,6 +7,9 @@ from otel_blocksnoop.process.cpython import CPythonLayout
 
 LAYOUT = CPythonLayout(
     version=(3, 13),
+    runtime_size=283320,
+    interp_size=194968,
+    tstate_size=304,
     runtime_interpreters_head=632,
     runtime_debug_offsets=0,
     debug_offsets_version=8,
@@ -77,4 +80,22 @@ LAYOUT = CPythonLayout(
     array_array=16,
     array_count=272,
     collision_array=32,
+    debug_checks=(
+        ("runtime_size", 24),
+        ("runtime_interpreters_head", 40),
+        ("interp_size", 48),
+        ("interp_next", 64),
+        ("interp_threads_head", 72),
+        ("tstate_size", 152),
+        ("tstate_next", 168),
+        ("tstate_interp", 176),
+        ("tstate_thread_id", 192),
+        ("tstate_native_thread_id", 200),
+        ("object_type", 360),
+        ("type_name", 376),
+        ("tuple_items", 408),
+        ("unicode_state", 544),
+        ("unicode_length", 552),
+        ("unicode_ascii_data", 560),
+    ),
 )

@@ -7,6 +7,9 @@ from otel_blocksnoop.process.cpython import CPythonLayout
 
 LAYOUT = CPythonLayout(
     version=(3, 9),
+    runtime_size=656,
+    interp_size=5656,
+    tstate_size=264,
     runtime_interpreters_head=32,
     runtime_debug_offsets=None,
     debug_offsets_version=None,
@@ -77,4 +80,5 @@ LAYOUT = CPythonLayout(
     array_array=16,
     array_count=272,
     collision_array=32,
+    debug_checks=(),
 )
