@@ -10,11 +10,13 @@ from 3.14), and the bits of a str's ``state``. This compiles a small C
 program against each version's own headers (``Py_BUILD_CORE``) and writes
 what ``offsetof()`` and the enums say, for every version in ``VERSIONS``.
 
-USAGE: python scripts/gen_debug_offsets.py [--pyenv-root DIR] [--headers 3.X=DIR ...] [--check]
+USAGE: python scripts/gen_debug_offsets.py [--pyenv-root DIR] [--sid-root DIR]
+       [--headers 3.X=DIR ...] [--check]
 
-Headers are pyenv's ``versions/3.X.*/include/python3.X`` unless ``--headers``
-names another directory for a version (e.g. a Debian root's
-``/usr/include/python3.X``). With --check, nothing is written: the exit
+Headers are pyenv's ``versions/3.X.*/include/python3.X`` (3.13), Debian sid's
+in the root scripts/sid-pythons.sh makes (3.14, 3.15: compiled with the flags
+each was built with, as scripts/gen_cpython_offsets.py does), unless
+``--headers`` names another directory for a version. With --check, nothing is written: the exit
 status is 1 when the committed module differs from what the headers give now.
 """
 
@@ -27,9 +29,16 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from gen_cpython_offsets import sid_interpreter  # noqa: E402
+
+from harness.interpreters import SID_MINORS, SID_ROOT  # noqa: E402
+
 OUT = ROOT / "otel_blocksnoop" / "process" / "frames" / "debug_shapes.py"
 
-VERSIONS = ((3, 13),)
+VERSIONS = ((3, 13), (3, 14), (3, 15))
 """The CPython versions whose _Py_DebugOffsets the frame reader knows: listed here only."""
 
 # The reader's name for each field -> its member in _Py_DebugOffsets.
@@ -75,6 +84,10 @@ C_PROGRAM = r"""
 #include <Python.h>
 #include <internal/pycore_runtime.h>
 #include <internal/pycore_frame.h>
+#if PY_VERSION_HEX >= 0x030E0000
+#include <internal/pycore_interpframe.h>
+#include <internal/pycore_stackref.h>
+#endif
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -92,7 +105,12 @@ static unsigned int state_word(PyASCIIObject *o) {
 int main(void) {
     _Static_assert(offsetof(_Py_DebugOffsets, version) == 8, "the cookie is 8 bytes");
     FIELDS
+#if PY_VERSION_HEX >= 0x030F0000
+    /* 3.15 has no C-stack owner: its shim frames are the interpreter's */
+    printf("owner_cstack=%d\n", FRAME_OWNED_BY_INTERPRETER);
+#else
     printf("owner_cstack=%d\n", FRAME_OWNED_BY_CSTACK);
+#endif
 #if PY_VERSION_HEX >= 0x030E0000
     printf("owner_interpreter=%d\n", FRAME_OWNED_BY_INTERPRETER);
 #endif
@@ -127,15 +145,16 @@ def pyenv_headers(pyenv_root: Path, minor: int) -> Path:
     return found[-1]
 
 
-def measure(headers: Path, work: Path) -> dict[str, int]:
-    """Compile and run the program against one version's headers."""
+def measure(headers: Path, work: Path, cflags: tuple[str, ...] = ()) -> dict[str, int]:
+    """Compile and run the program against one version's headers (built with ``cflags``)."""
     fields = "\n    ".join(f'FIELD("{name}", {member})' for name, member in FIELDS.items())
     source = work / "shape.c"
     source.write_text(C_PROGRAM.replace("FIELDS", fields))
     binary = work / "shape"
     includes = ["-I", str(headers), "-I", str(headers / "internal")]
     subprocess.run(
-        ["cc", "-DNDEBUG", "-Werror", *includes, "-o", str(binary), str(source)], check=True
+        ["cc", "-DNDEBUG", "-Werror", *cflags, *includes, "-o", str(binary), str(source)],
+        check=True,
     )
     out = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
     return {name: int(value) for name, _, value in (line.partition("=") for line in out.split())}
@@ -163,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyenv-root", type=Path)
     parser.add_argument("--headers", nargs="*", default=[], help="3.X=DIR: that version's headers")
+    parser.add_argument("--sid-root", type=Path, default=SID_ROOT, help="3.14+ (sid-pythons.sh)")
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
     args = parser.parse_args()
     given = {}
@@ -178,11 +198,14 @@ def main() -> None:
         for major, minor in VERSIONS:
             headers = given.get((major, minor))
             # pyenv's are named by their release (3.13.0), others by their directory.
-            label = str(headers)
-            if headers is None:
+            label, cflags = str(headers), ()
+            if headers is None and minor in SID_MINORS:
+                sid = sid_interpreter(args.sid_root, minor)  # with the flags it was built with
+                headers, label, cflags = sid.headers, sid.label, sid.cflags
+            elif headers is None:
                 headers = pyenv_headers(pyenv_root, minor)
                 label = f"CPython {headers.parent.parent.name} (pyenv)"
-            shapes[(major, minor)] = (label, measure(headers, Path(tmp)))
+            shapes[(major, minor)] = (label, measure(headers, Path(tmp), cflags))
     text = render(shapes)
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:

@@ -61,16 +61,6 @@ class TargetPython:
         """The argv that runs ``script`` with ``args`` on this interpreter."""
         return self.command([self.python, str(script), *args])
 
-    @property
-    def sidecar_flags(self) -> tuple[str, ...]:
-        """What the sidecar needs to watch this interpreter: ``--no-stacks`` where it gets none.
-
-        Austin cannot read 3.15, and its restarts, every 0.5 s, starve the reads
-        of the active span (seen: 2 blocks of 6 with no read at all, so no
-        parent); with our own frame reader as the stack source this goes.
-        """
-        return ("--no-stacks",) if self.version in STACKLESS else ()
-
     def __str__(self) -> str:  # pytest ids, error messages
         return self.name
 
@@ -123,7 +113,3 @@ def otel_python(request: pytest.FixtureRequest) -> TargetPython:
 def web_python(request: pytest.FixtureRequest) -> TargetPython:
     """Each interpreter with the OTel SDK, OTLP/HTTP, aiohttp + its OTel instrumentation, uvloop."""
     return target_python(request.param, web=True)
-
-
-STACKLESS = {(3, 15): "Austin 4.0.0 cannot read CPython 3.15: no stacks there yet"}
-"""Interpreters on which the sidecar gets no Python stacks, and why."""

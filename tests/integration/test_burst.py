@@ -176,7 +176,7 @@ def run_bursts(python: TargetPython, loop: str, out: Path) -> BurstRun:
     with OtlpReceiver() as receiver:
         env = otlp_env(receiver.http_endpoint, "http/protobuf")
         result = subprocess.run(
-            [*SIDECAR, "--json", "-q", "-t", str(THRESHOLD_MS), *python.sidecar_flags, "--",
+            [*SIDECAR, "--json", "-q", "-t", str(THRESHOLD_MS), "--",
              *python.run(WEB_APP, "--out", str(out), "--ms", str(BLOCK_MS), *extra,
                          *(arg for size in sizes for arg in ("--burst", str(size))))],
             capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,

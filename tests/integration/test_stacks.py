@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from harness.interpreters import pyenv_python
+from harness.interpreters import SID_MINORS, pyenv_python
+from otel_blocksnoop.stacks.memory import AUSTIN_NEWEST
 from tests.helpers import BLOCKER, matching_block, run_sidecar, truth
+from tests.integration.conftest import sid_python
 from tests.integration.test_frame_reader import python_3_13
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
@@ -111,6 +113,29 @@ def test_stacks_read_from_the_apps_memory_name_the_same_calls_as_austin(
     # Austin does in the test above, with the same cause
     assert "CPython 3.13) from its memory" in run.stderr
     assert "austin -P" not in run.stderr
+    expected = truth(out)
+    assert [r["scenario"] for r in expected] == list(CALL_SITES)
+    for true_block in expected:
+        assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("minor", SID_MINORS)
+def test_stacks_on_the_newest_pythons_name_the_blocking_call(
+    tmp_path: Path, minor: int, loop: str
+) -> None:
+    # GIVEN an app on Debian sid's CPython 3.14 or 3.15 (in its root: under pivot_root)
+    # that blocks seven known ways, watched with the default stack source
+    target = sid_python(f"py3.{minor}")
+    out = tmp_path / "truth.jsonl"
+    extra = ["--uvloop"] if loop == "uvloop" else []
+    argv = target.run(BLOCKER, "all", "--out", str(out), *extra)
+    run = run_sidecar("--json", "-v", "-t", "50", "--", *argv)
+    assert run.returncode == 0, run.stderr
+    # THEN each block names its call, down to the line, and its cause: from Austin on
+    # 3.14, from the app's memory on 3.15 (which Austin 4.0.0 cannot read)
+    from_memory = f"(CPython 3.{minor}) from its memory" in run.stderr
+    assert from_memory == (minor > AUSTIN_NEWEST[1]), run.stderr
     expected = truth(out)
     assert [r["scenario"] for r in expected] == list(CALL_SITES)
     for true_block in expected:

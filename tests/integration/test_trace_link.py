@@ -129,7 +129,7 @@ def test_blocks_name_their_request_on_every_python(
     app = ["env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT", otel_python.python, str(TRACED_APP),
            "--out", str(out)]  # fmt: skip
     result = subprocess.run(
-        [*SIDECAR, "--json", "-q", "-t", "50", *otel_python.sidecar_flags, "--",
+        [*SIDECAR, "--json", "-q", "-t", "50", "--",
          *otel_python.command(app)],
         capture_output=True, text=True, check=False, timeout=WAIT_S,
     )  # fmt: skip

@@ -67,7 +67,7 @@ def web_run(
     with OtlpReceiver() as receiver:
         env = otlp_env(receiver.http_endpoint, "http/protobuf")
         result = subprocess.run(
-            [*SIDECAR, "--json", "-q", "-t", "50", *web_python.sidecar_flags, "--",
+            [*SIDECAR, "--json", "-q", "-t", "50", "--",
              *web_python.run(WEB_APP, "--out", str(out), "--ms", "120", *loop)],
             capture_output=True, text=True, env=env, check=False, timeout=WAIT_S,
         )  # fmt: skip
