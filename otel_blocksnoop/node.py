@@ -101,14 +101,22 @@ class NodeWatch:
         return self._exits.fileno()
 
     def step(self) -> float:
-        """Let go of what exited, scan when due; when (time.monotonic) to be called again."""
+        """Let go of what exited, scan when due; when (time.monotonic) to be called again.
+
+        Called once per turn of the session's loop, before the flow's step: a
+        process whose exit a step sees is let go of at a later one, once the
+        flow has taken in what the kernel sent before the exit, and holds none
+        of its blocks.
+        """
         now = self._clock()
-        for pid in self._exits.take_exited():
-            self._leaving[pid] = now
+        # Exits seen at an earlier step first: the pidfd may be read before the
+        # kernel's last events of the process, which the flow's step in between took in.
         for pid, since in list(self._leaving.items()):
             if self._stages.holds(pid) and now - since < LEAVE_WAIT_S:
                 continue
             self._release(pid)
+        for pid in self._exits.take_exited():
+            self._leaving[pid] = now
         if now >= self._next_scan:
             self._scan(now, running=False)
         return min(self._next_scan, now + LEAVE_RETRY_S) if self._leaving else self._next_scan

@@ -7,8 +7,9 @@ sidecar nor one of its children, a Python interpreter or a program
 embedding libpython) and the user's selector (command line, container). A
 process seen just after its fork still runs its parent's program: one
 refused is looked at again at each scan while it is young (``YOUNG_S``): if
-its executable changed (it exec'd), it is judged afresh, so a shell's child
-that execs Python a moment after its fork is found.
+its executable or command line changed (it exec'd), it is judged afresh, so a
+shell's child that execs Python a moment after its fork is found, and so is a
+Python program's child that execs Python again.
 
 Why a scan, not the kernel's exec tracepoint: a process is only worth
 watching once it runs Python, which the exec alone does not tell (a script
@@ -44,7 +45,7 @@ class _Judged:
     """A process the scan has judged: when first, and the executable it refused it with."""
 
     since: float
-    refused_exe: str | None  # None: handed out, never judged again
+    refused_as: bytes | None  # executable and command line; None: handed out, not judged again
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,20 +141,24 @@ class Discovery:
                 self._judged[pid] = _Judged(since, None)
                 found.append(target)
             else:
-                self._judged[pid] = _Judged(since, self._exe(pid))
+                self._judged[pid] = _Judged(since, self._running(pid))
         return found
 
     def _exec_since(self, pid: int, judged: _Judged, now: float) -> bool:
-        """Whether a refused process, still young, runs another executable than when refused."""
-        if judged.refused_exe is None or now - judged.since >= self._young_s:
+        """Whether a refused process, still young, runs something else than when refused."""
+        if judged.refused_as is None or now - judged.since >= self._young_s:
             return False
-        return self._exe(pid) != judged.refused_exe
+        return self._running(pid) != judged.refused_as
 
-    def _exe(self, pid: int) -> str:
+    def _running(self, pid: int) -> bytes:
+        """What ``pid`` runs: its executable's path and its command line (b"" if unreadable)."""
+        base = self._proc / str(pid)
         try:
-            return str((self._proc / str(pid) / "exe").readlink())
+            return (
+                os.fsencode((base / "exe").readlink()) + b"\0\0" + (base / "cmdline").read_bytes()
+            )
         except OSError:
-            return ""  # gone, or a kernel thread
+            return b""  # gone, or a kernel thread
 
     def forget(self, pid: int) -> None:
         """``pid`` exited: a process that gets its number next is judged afresh."""

@@ -105,6 +105,21 @@ def test_a_child_that_execs_python_after_its_fork_is_found_at_a_later_scan(
     assert [t.pid for t in scan.scan()] == [20]
 
 
+def test_a_python_child_that_execs_python_again_is_found_at_a_later_scan(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a Python program's child, seen before its exec, when it ran the parent's program
+    proc = FakeProc(tmp_path)
+    proc.add(25, ["python3", "supervisor.py"])
+    scan, clock = discovery(proc, Selector(pattern=re.compile("app[.]py")))
+    assert scan.scan() == []
+    # WHEN it execs the same interpreter with the app
+    clock.now += 1.0
+    proc.add(25, ["python3", "app.py"])
+    # THEN the next scan finds it
+    assert [t.pid for t in scan.scan()] == [25]
+
+
 def test_an_old_refused_process_is_not_judged_again(tmp_path: Path) -> None:
     # GIVEN a process refused, then left alone past the young age
     proc = FakeProc(tmp_path)

@@ -91,6 +91,7 @@ def test_found_processes_are_attached_and_let_go_once_their_blocks_are_out(
     sleepers[0].wait()
     wait_exit_seen(node)
     node.step()
+    node.step()
     # THEN it is held until the block is out, then let go of, and its PID forgotten
     assert stages.released == []
     assert node.counts().watched == 3
@@ -164,4 +165,24 @@ def test_a_process_gone_before_it_is_watched_is_not_attached() -> None:
     assert node.start() == 0
     assert stages.attached == []
     assert finder.forgotten == [gone.pid]
+    node.close()
+
+
+def test_an_exit_is_let_go_of_at_a_later_step_than_the_one_that_saw_it(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    # GIVEN a watched process that exits, with nothing of it held
+    finder, stages = FakeFinder(), FakeStages()
+    node = NodeWatch(finder, stages, 10)
+    finder.next = [sleepers[0].pid]
+    node.start()
+    sleepers[0].kill()
+    sleepers[0].wait()
+    wait_exit_seen(node)
+    # WHEN the step that sees the exit runs, and then the next
+    node.step()
+    assert stages.released == []  # the flow has yet to take in the kernel's last events
+    node.step()
+    # THEN it is let go of at the second
+    assert stages.released == [sleepers[0].pid]
     node.close()
