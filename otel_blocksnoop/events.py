@@ -467,6 +467,13 @@ class NodeCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessExited:
+    """A watched process exited and its blocks are out (node mode): sinks let go of it."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionSummary:
     """Totals printed when the sidecar stops."""
 
@@ -487,4 +494,4 @@ KernelEvent = BlockEvent | Trigger
 
 # What a sink is handed: a block (``in_progress``: a hang, reported while it lasts),
 # stats-mode intervals, periodic loop times, and the summary, once, at the end.
-Record = Block | IterationStats | LoopTimes | SessionSummary
+Record = Block | IterationStats | LoopTimes | SessionSummary | ProcessExited

@@ -42,6 +42,7 @@ from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import ExitCode, PidNamespaceError
 from otel_blocksnoop.events import (
     NS_PER_MS,
+    ProcessExited,
     Record,
     SessionSummary,
 )
@@ -230,6 +231,7 @@ class Session:
     def forget(self, pid: int) -> None:
         """``pid`` exited and its blocks are out: who it was and its threads' kinds go."""
         self._enricher.forget(pid)
+        self._emit(ProcessExited(pid))
         if self._classifier is not None:
             self._classifier.forget(pid)
         if self._stacks is not None:
