@@ -8,6 +8,7 @@ test's own directory, so that the other Python processes on the machine
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -116,6 +117,46 @@ def test_apps_started_after_the_sidecar_are_reported_as_themselves_and_let_go_at
     assert processes["held"] == {"identities": 0, "kernel_watch_entries": 0, "samplers": 0}
 
 
+def start_tickers(directory: Path, count: int, cleanup: list[Any]) -> list[int]:
+    """``count`` ticker apps whose command lines name ``directory``, each running its loop."""
+    pids = []
+    for index in range(count):
+        fifo = directory / f"{index}.fifo"
+        os.mkfifo(fifo)
+        app = subprocess.Popen(
+            [sys.executable, str(TARGETS / "ticker.py"), "--every", "0.2", "--ready", str(fifo)]
+        )
+        cleanup.append(app)
+        with fifo.open() as ready:
+            assert ready.readline().startswith("ready")
+        pids.append(app.pid)
+    return pids
+
+
+def test_past_the_cap_processes_are_counted_and_warned_of_once_not_watched(
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    # GIVEN the sidecar allowed two processes, and three apps that match
+    tickers = tmp_path / "tickers"
+    tickers.mkdir()
+    pattern = f"ticker.py --every 0.2 --ready {re.escape(str(tickers))}/"
+    sidecar = Running(["-t", "50", "--max-processes", "2", "--match", pattern], no_otlp())
+    cleanup.append(sidecar)
+    sidecar.status.wait_for("Ctrl-C to stop")
+    pids = start_tickers(tickers, 3, cleanup)
+    # WHEN it has seen them all
+    sidecar.status.wait_for("(--max-processes)")
+    sidecar.process.send_signal(signal.SIGTERM)
+    code, records, _ = sidecar.finish()
+    # THEN two are watched, the third is counted, with one warning, and nothing failed
+    assert code == 0
+    processes = records[-1]["processes"]
+    assert (processes["found"], processes["watched"], processes["over_cap"]) == (2, 2, 1)
+    warned = [line for line in sidecar.status.seen if "--max-processes" in line]
+    assert len(warned) == 1
+    assert str(pids[2]) in warned[0]
+
+
 def test_sigterm_stops_within_5_s_with_many_processes_watched(
     tmp_path: Path, cleanup: list[Any]
 ) -> None:
@@ -126,15 +167,7 @@ def test_sigterm_stops_within_5_s_with_many_processes_watched(
     sidecar = Running(["-t", "50", "--match", pattern], no_otlp())
     cleanup.append(sidecar)
     sidecar.status.wait_for("Ctrl-C to stop")
-    for index in range(MANY):
-        fifo = tickers / f"{index}.fifo"
-        subprocess.run(["mkfifo", str(fifo)], check=True)
-        app = subprocess.Popen(
-            [sys.executable, str(TARGETS / "ticker.py"), "--every", "0.2", "--ready", str(fifo)]
-        )
-        cleanup.append(app)
-        with fifo.open() as ready:
-            assert ready.readline().startswith("ready")
+    start_tickers(tickers, MANY, cleanup)
 
     def austins() -> int:
         return sum(1 for _, comm, _ in children(sidecar.process.pid) if comm == "austin")
