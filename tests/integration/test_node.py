@@ -23,7 +23,8 @@ import pytest
 from harness import TARGETS
 from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
 from harness.procs import children
-from tests.helpers import WAIT_S, Target, truth
+from otel_blocksnoop.process import cgroup
+from tests.helpers import IN_CI, WAIT_S, Target, truth
 from tests.integration.test_export import Running, endpoint_of, otlp_env
 from tests.integration.test_stop import no_otlp
 
@@ -155,6 +156,59 @@ def test_past_the_cap_processes_are_counted_and_warned_of_once_not_watched(
     warned = [line for line in sidecar.status.seen if "--max-processes" in line]
     assert len(warned) == 1
     assert str(pids[2]) in warned[0]
+
+
+CONTAINER_ID = "7a1e" * 16
+"""A container id, as Docker names a container's cgroup (``/docker/<id>``)."""
+
+
+@pytest.fixture
+def docker_cgroup() -> Iterator[Path]:
+    """A real cgroup named as Docker names a container's, removed after (empty by then)."""
+    mounts = [m for m in cgroup.own_mounts() if m.root == "/"]
+    if not mounts:
+        if IN_CI:
+            pytest.fail("no cgroup hierarchy is mounted here: CI must have one")
+        pytest.skip("no cgroup hierarchy is mounted here")
+    root = Path(min(mounts, key=lambda m: m.v2).point)  # v1 first, as test_identity
+    made = [d for d in (root / "docker", root / "docker" / CONTAINER_ID) if not d.exists()]
+    for directory in made:
+        directory.mkdir()
+    yield root / "docker" / CONTAINER_ID
+    for directory in reversed(made):
+        directory.rmdir()
+
+
+def test_a_container_id_prefix_watches_only_the_apps_in_that_container(
+    tmp_path: Path, docker_cgroup: Path
+) -> None:
+    # GIVEN two asyncio apps, one of them moved into a container's cgroup
+    tickers = tmp_path / "tickers"
+    tickers.mkdir()
+    started: list[Any] = []
+    try:
+        inside, outside = start_tickers(tickers, 2, started)
+        (docker_cgroup / "cgroup.procs").write_text(f"{inside}\n")
+        # WHEN the sidecar watches the container by the 12 characters `docker ps` shows
+        pattern = f"ticker.py --every 0.2 --ready {re.escape(str(tickers))}/"
+        args = ["-t", "50", "--container", CONTAINER_ID[:12], "--match", pattern]
+        sidecar = Running(args, no_otlp())
+        started.append(sidecar)
+        sidecar.status.wait_for("Ctrl-C to stop")
+        sidecar.process.send_signal(signal.SIGTERM)
+        code, records, _ = sidecar.finish()
+    finally:
+        for thing in started:  # the apps leave the cgroup empty, so that it can go
+            process = thing if isinstance(thing, subprocess.Popen) else thing.process
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    # THEN only the app inside it was watched
+    assert code == 0
+    assert records[-1]["processes"]["found"] == 1
+    watching = [line for line in sidecar.status.seen if "watching PID" in line]
+    assert [f"watching PID {inside} " in line for line in watching] == [True]
+    assert str(outside) not in " ".join(watching)
 
 
 def test_sigterm_stops_within_5_s_with_many_processes_watched(
