@@ -21,6 +21,8 @@ from otel_blocksnoop.errors import BlocksnoopError, ExitCode
 from otel_blocksnoop.events import NS_PER_MS
 from otel_blocksnoop.export import otlp
 from otel_blocksnoop.kernel.program import program_cflags, program_source
+from otel_blocksnoop.node import DEFAULT_MAX_PROCESSES
+from otel_blocksnoop.process.discovery import Selector
 from otel_blocksnoop.stacks.memory import STACK_READERS
 
 PROG = "otel-blocksnoop"
@@ -37,6 +39,11 @@ examples:
   otel-blocksnoop --tid 1240 1234       # only the loop on thread 1240
   otel-blocksnoop 1234 1240 1251        # several processes at once
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
+  otel-blocksnoop --all                 # every Python process on the node, as they come and go
+  otel-blocksnoop --match 'uvicorn|gunicorn'
+                                        # ... those whose command line matches (as pgrep -f)
+  otel-blocksnoop --container 3f2a9c1b7d4e
+                                        # ... those in this container (id or its prefix)
   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 otel-blocksnoop 1234
                                         # ... and send spans and metrics to a collector
   otel-blocksnoop doctor                # check privileges, BCC, tracefs, headers, Austin
@@ -111,11 +118,34 @@ def process_id(text: str) -> int:
     return value
 
 
+def command_pattern(text: str) -> re.Pattern[str]:
+    """A regular expression to search command lines with (``--match``)."""
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        msg = f"not a regular expression: {text!r} ({exc})"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+CONTAINER_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
+def container_id(text: str) -> str:
+    """A container id, or its prefix, as ``docker ps`` and ``crictl ps`` show it."""
+    value = text.strip().lower()
+    for prefix in ("docker://", "containerd://", "cri-o://"):  # as `kubectl get pod -o yaml`
+        value = value.removeprefix(prefix)
+    if not CONTAINER_ID.fullmatch(value):
+        msg = f"not a container id: {text!r} (hex digits, e.g. the 12 that `docker ps` shows)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] "
-        f"| {PROG} doctor [PID...]",
+        f"| {PROG} [OPTIONS] --all | --match REGEX | --container ID | {PROG} doctor [PID...]",
         description="Report every time an asyncio event loop in a Python process is blocked.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -178,6 +208,38 @@ def build_parser() -> argparse.ArgumentParser:
         "offsets CPython 3.13+ publishes (needs no Austin in the app's mount namespace); "
         "auto: Austin where it can read the interpreter (up to 3.14), memory beyond",
     )
+    node = parser.add_argument_group(
+        "Node mode",
+        "Instead of PIDs: find the Python processes to watch, as they start, and let go of "
+        "each as it exits (one sidecar per node or pod). --match and --container narrow "
+        "--all and each other.",
+    )
+    node.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_processes",
+        help="watch every Python process the sidecar can see",
+    )
+    node.add_argument(
+        "--match",
+        type=command_pattern,
+        metavar="REGEX",
+        help="only processes whose command line matches (searched, as `pgrep -f` does)",
+    )
+    node.add_argument(
+        "--container",
+        type=container_id,
+        metavar="ID",
+        help="only processes in this container (its id or a prefix, read from their cgroup)",
+    )
+    node.add_argument(
+        "--max-processes",
+        type=positive_int,
+        default=DEFAULT_MAX_PROCESSES,
+        metavar="N",
+        help=f"watch at most N processes at once; more are counted and warned of "
+        f"(default {DEFAULT_MAX_PROCESSES})",
+    )
     otlp_group = parser.add_argument_group(
         "OpenTelemetry export",
         "Configured by the standard OTEL_* environment variables; these flags override them. "
@@ -223,11 +285,19 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         argv, command = argv[:split], argv[split + 1 :]
     parser = build_parser()
     ns = parser.parse_args(argv)
-    if not ns.ebpf:
+    node = ns.all_processes or ns.match is not None or ns.container is not None
+    if node and (ns.pids or command):
+        parser.error("give PIDs, a command after `--`, or --all/--match/--container: one of them")
+    if node and ns.tid is not None:
+        parser.error("--tid needs a PID: it cannot be used with --all/--match/--container")
+    if not ns.ebpf and not node:
         if ns.pids and command:
             parser.error("give either a PID or a command after `--`, not both")
         if not ns.pids and not command:
-            parser.error("give a PID to watch, or a command after `--` to launch")
+            parser.error(
+                "give a PID to watch, a command after `--` to launch, or --all to watch "
+                "every Python process"
+            )
     if ns.tid is not None and len(ns.pids) != 1:
         parser.error("--tid needs exactly one PID: the thread's process")
     return Config(
@@ -256,6 +326,8 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         quiet=ns.quiet,
         ebpf=ns.ebpf,
         stacks_from=ns.stacks_from,
+        select=Selector(pattern=ns.match, container=ns.container) if node else None,
+        max_processes=ns.max_processes,
     )
 
 

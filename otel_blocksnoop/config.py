@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from otel_blocksnoop.analysis import hangs, trace_link
 from otel_blocksnoop.export.otlp import OtlpSettings
 from otel_blocksnoop.kernel.program import DetectorConfig
+from otel_blocksnoop.process.discovery import Selector
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class Config:
     quiet: bool
     ebpf: bool
     stacks_from: str = "auto"  # STACK_READERS: who reads the stacks (stacks.memory)
+    select: Selector | None = None  # node mode: the processes to find and follow
+    max_processes: int = 256  # node mode: watched at once, at most
 
     @property
     def trigger_ns(self) -> int:

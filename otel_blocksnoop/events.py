@@ -451,6 +451,29 @@ class IterationStats:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeCounts:
+    """Node mode's processes: how many were found and let go, and what is still held for them.
+
+    ``held``: per kind of state (the kernel's watch entries, stack samplers,
+    identities), how many processes it is held for now; once every watched
+    process has exited, each is 0.
+    """
+
+    found: int
+    left: int
+    watched: int
+    over_cap: int
+    held: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExited:
+    """A watched process exited and its blocks are out (node mode): sinks let go of it."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionSummary:
     """Totals printed when the sidecar stops."""
 
@@ -463,6 +486,7 @@ class SessionSummary:
     ignored_threads: tuple[tuple[int, str, ThreadKind], ...] = ()
     duration_s: float = 0.0
     losses: tuple[tuple[Loss, int], ...] = ()  # every kind of loss, totals at the end
+    processes: NodeCounts | None = None  # node mode only
 
 
 # What the kernel sends through its ring buffers.
@@ -470,4 +494,4 @@ KernelEvent = BlockEvent | Trigger
 
 # What a sink is handed: a block (``in_progress``: a hang, reported while it lasts),
 # stats-mode intervals, periodic loop times, and the summary, once, at the end.
-Record = Block | IterationStats | LoopTimes | SessionSummary
+Record = Block | IterationStats | LoopTimes | SessionSummary | ProcessExited

@@ -42,6 +42,7 @@ from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import ExitCode, PidNamespaceError
 from otel_blocksnoop.events import (
     NS_PER_MS,
+    ProcessExited,
     Record,
     SessionSummary,
 )
@@ -52,6 +53,8 @@ from otel_blocksnoop.export.sink import Sink
 from otel_blocksnoop.kernel.detector import Detector
 from otel_blocksnoop.kernel.program import DetectorConfig
 from otel_blocksnoop.losses import Losses
+from otel_blocksnoop.node import NodeWatch
+from otel_blocksnoop.process.discovery import Discovery, Selector, has_event_poll
 from otel_blocksnoop.process.pidns import NamespaceIds, sidecar_pid_namespace
 from otel_blocksnoop.process.target import (
     ExecIdentity,
@@ -174,9 +177,11 @@ class Session:
         # Reads the cgroup's CPU stats twice per confirmed block, never between: always on.
         throttle = ThrottleWatch()
         self._kinds = None if options.all_threads else classifier
+        self._classifier = classifier
+        self._enricher = Enricher(options.threshold_ns, linker, throttle, ids)
         self._flow = BlockFlow(
             detector,
-            Enricher(options.threshold_ns, linker, throttle, ids),
+            self._enricher,
             self._emit,
             self._losses,
             threshold_ns=options.threshold_ns,
@@ -220,6 +225,24 @@ class Session:
         log.info("looking for loops of PID %d that are blocked already", pid)
         self._flow.adopt(pid, self._detector, self._kinds)
 
+    def holds(self, pid: int) -> bool:
+        """Whether a block of ``pid`` is still being analysed (node mode waits for it)."""
+        return self._flow.holds(pid)
+
+    def forget(self, pid: int) -> None:
+        """``pid`` exited and its blocks are out: who it was and its threads' kinds go."""
+        self._enricher.forget(pid)
+        self._emit(ProcessExited(pid))
+        if self._classifier is not None:
+            self._classifier.forget(pid)
+        if self._stacks is not None:
+            self._stacks.forget(pid)
+
+    @property
+    def identities(self) -> int:
+        """Processes whose identity is held."""
+        return self._enricher.known
+
     def expect(self, pid: int, holder: ExecIdentity | None) -> None:
         """A command about to be launched: its trace links are prepared before its loop runs."""
         if self._linker is not None:
@@ -244,9 +267,15 @@ class Session:
                     found[what] = found.get(what, 0) + count
         return found
 
-    def run(self, target: Watched, escalation: Escalation | None = None) -> SessionSummary:
+    def run(
+        self,
+        target: Watched,
+        escalation: Escalation | None = None,
+        node: NodeWatch | None = None,
+    ) -> SessionSummary:
+        """Until a stop request or the target's exit; ``node``: its processes come and go."""
         try:
-            return self._run(target, escalation)
+            return self._run(target, escalation, node)
         finally:
             # No longer written to by a late signal (its number may be reused).
             read_fd, write_fd = self._wake_read, self._wake_write
@@ -254,7 +283,9 @@ class Session:
             os.close(write_fd)
             os.close(read_fd)
 
-    def _run(self, target: Watched, escalation: Escalation | None) -> SessionSummary:
+    def _run(
+        self, target: Watched, escalation: Escalation | None, node: NodeWatch | None
+    ) -> SessionSummary:
         started = time.monotonic()
         every_s = self._options.stats_interval_s
         next_stats = started + every_s
@@ -263,7 +294,7 @@ class Session:
             self._detector.wake_on(target.fileno())
             self._detector.wake_on(self._wake_read)
         while not self._stop_requested and not target.exited():
-            wake_at = next_stats
+            wake_at = next_stats if node is None else min(next_stats, node.step())
             if escalation is not None and self._stop_asked_at is not None:
                 due = escalation.step(self._stop_asked_at)
                 wake_at = wake_at if due is None else min(wake_at, due)
@@ -283,7 +314,7 @@ class Session:
             self._announce_stop()
         if escalation is not None and self._stop_asked_at is not None:
             escalation.finish(self._stop_asked_at)
-        return self._finish(started)
+        return self._finish(started, node)
 
     def _announce_stop(self) -> None:
         """Say once that a stop was asked for (not from the handler: logging takes locks)."""
@@ -294,7 +325,7 @@ class Session:
                 self._options.stop_timeout_s,
             )
 
-    def _finish(self, started: float) -> SessionSummary:
+    def _finish(self, started: float, node: NodeWatch | None = None) -> SessionSummary:
         """Drain, sum up and deliver, by one deadline from the stop request (or the exit)."""
         self._announce_stop()
         stop_from = self._stop_asked_at if self._stop_asked_at is not None else time.monotonic()
@@ -308,6 +339,8 @@ class Session:
         if self._stacks is not None:
             self._stacks.stop()
         summary = self._flow.summary(time.monotonic() - started)
+        if node is not None:
+            summary = replace(summary, processes=node.counts())
         self._detector.close()
         for sink in self._sinks:
             sink.drain(deadline)
@@ -334,7 +367,7 @@ class Session:
 
 def run(config: Config) -> int:
     """One run of the sidecar from its configuration; the exit code."""
-    if not config.pids:
+    if not config.pids and config.select is None:
         check_command(config.command)
     # What `otel-blocksnoop doctor PID...` checks, in its order: the same first failure.
     preflight.require(preflight.run_checks(config.pids))
@@ -374,6 +407,11 @@ def run(config: Config) -> int:
             if config.stats
             else f"blocks >= {config.threshold_ns / NS_PER_MS:g} ms"
         )
+        if config.select is not None:
+            stages = _NodeStages(detector, session, stacks, linker)
+            discovery = Discovery(config.select)
+            node = NodeWatch(discovery, stages, config.max_processes)
+            return _watch_node(session, node, config.select, what)
         if targets:
             for target in targets:
                 if linker is not None:
@@ -555,6 +593,67 @@ def _watch_running(
         watch.close()
     if not session.stopping:
         log.info("watched process%s exited", "es" if len(targets) > 1 else "")
+    return ExitCode.OK
+
+
+class _NodeStages:
+    """Node mode's hands on the stages: attach a process found, let go of one that exited."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        session: Session,
+        stacks: SamplerPool | None,
+        linker: TraceLinker | None,
+    ) -> None:
+        self._detector = detector
+        self._session = session
+        self._stacks = stacks
+        self._linker = linker
+
+    def attach(self, target: TargetInfo, *, running: bool) -> None:
+        """Watch ``target``; one found at start with an epoll fd is made ready as attach mode does.
+
+        Its loop may idle in epoll: the kernel first sees it at its first block,
+        too late to start its sampler and reader for that block. A process that
+        starts later is made ready when its loop first returns from epoll (the
+        flow's NEW_THREAD), so one that runs no loop costs only its kernel entry.
+        """
+        self._detector.watch(target.pid)
+        log.info("watching PID %d (%s)", target.pid, _short([target.cmdline]))
+        if not running or not has_event_poll(target.pid):
+            return
+        if self._linker is not None:
+            self._linker.prepare(target.pid)
+        if self._stacks is not None:
+            self._stacks.ensure(target.pid)
+        self._session.adopt(target.pid)
+
+    def holds(self, pid: int) -> bool:
+        return self._session.holds(pid)
+
+    def release(self, pid: int) -> None:
+        self._detector.unwatch(pid)
+        self._session.forget(pid)
+
+    def held(self) -> dict[str, int]:
+        return {
+            "kernel_watch_entries": self._detector.watched_count(),
+            "samplers": len(self._stacks) if self._stacks is not None else 0,
+            "identities": self._session.identities,
+        }
+
+
+def _watch_node(session: Session, node: NodeWatch, select: Selector, what: str) -> int:
+    """Node mode: until a signal says stop, whatever the processes do."""
+    _Signals(session, None)
+    try:
+        found = node.start()
+        log.info("watching %s for %s: %d now, more as they start", select.describe(), what, found)
+        log.info("Ctrl-C to stop")
+        session.run(node, node=node)
+    finally:
+        node.close()
     return ExitCode.OK
 
 

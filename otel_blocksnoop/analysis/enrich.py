@@ -94,6 +94,16 @@ class Enricher:
             identity = self._identities[pid] = read_identity(pid)
         return identity
 
+    def forget(self, pid: int) -> None:
+        """``pid`` exited and its blocks are out: who it was, and its threads' ids, go."""
+        self._identities.pop(pid, None)
+        self._ids.forget(pid)
+
+    @property
+    def known(self) -> int:
+        """Processes whose identity is held."""
+        return len(self._identities)
+
     def app_tid(self, pid: int, tid: int) -> int:
         """Our thread ``tid`` of ``pid`` as the app sees it (remembered: ask while it lives)."""
         return self._ids.app_tid(pid, tid)

@@ -166,6 +166,12 @@ class BlockFlow:
         """Blocks that ended and wait for their samples or their thread's kind."""
         return len(self._pending)
 
+    def holds(self, pid: int) -> bool:
+        """Whether a block of ``pid`` is still on its way (pending, or followed while it lasts)."""
+        return any(event.pid == pid for event, _, _ in self._pending) or any(
+            key.pid == pid for key, _ in self._armed.values()
+        )
+
     def finish(self, deadline_ns: int | None = None) -> None:
         """On the way out: drain the kernel, export what waits, end blocks still going on.
 

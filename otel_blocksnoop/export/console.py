@@ -174,6 +174,11 @@ class ConsoleSink:
             )
         if lost := losses_of(summary):
             self._write(f"    lost: {', '.join(f'{what} {count}' for what, count in lost.items())}")
+        if (node := summary.processes) is not None:
+            text = f"    processes: {node.found} found, {node.left} let go, {node.watched} watched"
+            if node.over_cap:
+                text += f", {node.over_cap} not watched (over --max-processes)"
+            self._write(text)
 
     def pending(self) -> dict[str, int]:
         return {}

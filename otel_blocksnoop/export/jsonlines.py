@@ -6,7 +6,14 @@ import json
 import sys
 from typing import Any, TextIO
 
-from otel_blocksnoop.events import Block, Frame, IterationStats, Record, SessionSummary
+from otel_blocksnoop.events import (
+    Block,
+    Frame,
+    IterationStats,
+    NodeCounts,
+    Record,
+    SessionSummary,
+)
 from otel_blocksnoop.export.formatting import iso_utc, losses_of, ms
 
 
@@ -110,6 +117,17 @@ def _summary_record(summary: SessionSummary) -> dict[str, Any]:
         ],
         "duration_s": round(summary.duration_s, 3),
         "lost": losses_of(summary),
+        **({} if summary.processes is None else {"processes": _processes(summary.processes)}),
+    }
+
+
+def _processes(counts: NodeCounts) -> dict[str, Any]:
+    return {
+        "found": counts.found,
+        "left": counts.left,
+        "watched": counts.watched,
+        "over_cap": counts.over_cap,
+        "held": dict(counts.held),
     }
 
 

@@ -164,6 +164,20 @@ class Detector:
         self._generation += 1
         program.map("watch_generation").update(u32(0), u64(self._generation))
 
+    def unwatch(self, pid: int) -> None:
+        """Stop watching ``pid``, which exited: a process that reuses its id is not watched.
+
+        Its threads' entries went with them, in the kernel.
+        """
+        program = self._loaded()
+        program.map("watched").delete(u32(pid))
+        if self.config.pidns is not None:
+            program.map("watched_ns").delete(u32(pid))
+
+    def watched_count(self) -> int:
+        """Processes the kernel watches now (named ones and the children they forked)."""
+        return sum(1 for _ in self._loaded().map("watched").keys())  # noqa: SIM118 - not a dict
+
     def _host_tid(self, tid: int) -> int | None:
         """The kernel's key of the sidecar's thread ``tid``; None when not known (yet)."""
         return tid if self.config.pidns is None else self._host_tids.get(tid)

@@ -97,6 +97,11 @@ class NamespaceIds:
         self._tids[(pid, tid)] = ids[-1]
         return ids[-1]
 
+    def forget(self, pid: int) -> None:
+        """``pid`` exited: its threads' ids are not kept for a process that reuses its number."""
+        for key in [key for key in self._tids if key[0] == pid]:
+            del self._tids[key]
+
     def sidecar_tids(self, pid: int) -> dict[int, int]:
         """Every thread of ``pid`` now: the app's tid -> the sidecar's."""
         found: dict[int, int] = {}

@@ -90,11 +90,11 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-def is_python(pid: int, exe: str) -> bool:
+def is_python(pid: int, exe: str, proc: Path = Path("/proc")) -> bool:
     """A Python interpreter binary, or a program embedding libpython (uWSGI and the like)."""
     if is_interpreter_name(exe):
         return True
-    maps = (_proc(pid) / "maps").read_text(errors="replace")
+    maps = (proc / str(pid) / "maps").read_text(errors="replace")
     return next(mapped_libpythons(maps), None) is not None
 
 
@@ -213,11 +213,30 @@ class ExitWatch:
             msg = f"failed to find process {pid}: it exited"
             raise NoSuchProcessError(msg) from exc
 
-    def exited(self) -> bool:
+    def add(self, pid: int) -> bool:
+        """Watch one more process (the node mode's, found while running); False if it is gone."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        self._live[fd] = pid
+        self._poller.register(fd, select.EPOLLIN)
+        return True
+
+    def take_exited(self) -> list[int]:
+        """The processes that exited since the last call, each once; no longer watched."""
+        gone = []
         for fd, _ in self._poller.poll(0):
             self._poller.unregister(fd)
             os.close(fd)
-            del self._live[fd]
+            gone.append(self._live.pop(fd))
+        return gone
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def exited(self) -> bool:
+        self.take_exited()
         return not self._live
 
     def fileno(self) -> int:

@@ -105,6 +105,16 @@ class SamplerPool:
         ]
         return int(min(again) * 1e9) if again else None
 
+    def forget(self, pid: int) -> None:
+        """``pid`` exited and its blocks are out: its sampler stops and is dropped."""
+        sampler = self._samplers.pop(pid, None)
+        if sampler is not None:
+            sampler.stop()
+
+    def __len__(self) -> int:
+        """Samplers held (one per process whose loop has run)."""
+        return len(self._samplers)
+
     def stop(self) -> None:
         for sampler in self._samplers.values():
             sampler.stop()

@@ -157,6 +157,15 @@ class ThreadClassifier:
             self._want(pid, tid)
         return None  # a thread seen before may have started a loop since: wait for the dump
 
+    def forget(self, pid: int) -> None:
+        """``pid`` exited: its threads' kinds go (a process reusing its number is dumped anew)."""
+        with self._cond:
+            for key in [key for key in self._kinds if key[0] == pid]:
+                del self._kinds[key]
+            self._waiting.pop(pid, None)
+            self._failed_until.pop(pid, None)
+            self._warned.discard(pid)
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no dump runs or waits (False if one still does after ``timeout_s``)."""
         with self._cond:

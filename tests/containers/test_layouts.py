@@ -12,8 +12,8 @@ the host. Two layouts:
   no-new-privileges), as a pod with ``shareProcessNamespace``;
 - ``host-pid``: the sidecar in the host's PID namespace (``--pid host``, the
   DaemonSet's ``hostPID``), equally hardened, running the DaemonSet's own
-  command (deploy/kubernetes/daemonset.yaml), which finds the app by its
-  command line.
+  command (deploy/kubernetes/daemonset.yaml): node mode, which finds the app
+  by its command line.
 
 What a user expects from each is asserted. Where that still fails for a
 known reason, the test is an expected failure (strict) that names it: it
@@ -86,6 +86,12 @@ def start_sidecar(layout: str, project: str, env: dict[str, str], app: str) -> s
     (daemonset,) = yaml.safe_load_all(DAEMONSET.read_text())
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
     manifest_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The kubelet's expansion of $(NAME), with the app's pattern for WATCH_COMMAND.
+    values = {**manifest_env, "WATCH_COMMAND": APP_COMMAND_PATTERN}
+    argv = [
+        re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: values[m.group(1)], part)
+        for part in [*container["command"], *container.get("args", [])]
+    ]
     started = docker(
         "run",
         "-d",
@@ -99,12 +105,10 @@ def start_sidecar(layout: str, project: str, env: dict[str, str], app: str) -> s
         f"OTEL_EXPORTER_OTLP_ENDPOINT={env['SIDECAR_OTLP_ENDPOINT']}",
         "-e",
         "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
-        "-e",
-        f"THRESHOLD_MS={manifest_env['THRESHOLD_MS']}",
-        "-e",
-        f"WATCH_COMMAND={APP_COMMAND_PATTERN}",
+        "--entrypoint",
+        argv[0],
         SIDECAR_IMAGE,
-        *container["command"],
+        *argv[1:],
     )
     assert started.returncode == 0, started.stderr
     return started.stdout.strip()

@@ -31,3 +31,29 @@ def test_the_watch_fd_becomes_readable_when_a_watched_process_exits() -> None:
             process.kill()
             process.wait()
         watch.close()
+
+
+def test_processes_added_later_are_told_once_each_as_they_exit() -> None:
+    # GIVEN an empty watch, then two processes added while it runs
+    watch = ExitWatch([])
+    first = subprocess.Popen(["sleep", "60"])
+    second = subprocess.Popen(["sleep", "60"])
+    try:
+        assert watch.add(first.pid)
+        assert watch.add(second.pid)
+        assert len(watch) == 2
+        # WHEN one exits
+        first.kill()
+        first.wait()
+        assert select.select([watch], [], [], 5.0)[0] == [watch]
+        # THEN it is told once, and the other is still watched
+        assert watch.take_exited() == [first.pid]
+        assert watch.take_exited() == []
+        assert len(watch) == 1
+        # AND a process already gone cannot be added
+        assert not watch.add(first.pid)
+    finally:
+        for process in (first, second):
+            process.kill()
+            process.wait()
+        watch.close()

@@ -14,6 +14,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from otel_blocksnoop.cli import parse_arguments
 from tests.helpers import ROOT
 
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
@@ -66,6 +67,31 @@ def test_the_daemonset_sees_every_pid_of_the_node() -> None:
     (daemonset,) = documents(ROOT / "deploy" / "kubernetes" / "daemonset.yaml")
     assert daemonset["kind"] == "DaemonSet"
     assert daemonset["spec"]["template"]["spec"]["hostPID"] is True
+
+
+def kubelet_expanded(container: dict[str, Any]) -> list[str]:
+    """The container's command and args with ``$(NAME)`` replaced as the kubelet does."""
+    values = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return [
+        re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: values[m.group(1)], part)
+        for part in [*container["command"], *container.get("args", [])]
+    ]
+
+
+def test_the_daemonset_runs_node_mode_on_the_apps_command_line() -> None:
+    # GIVEN the DaemonSet's command line, as the kubelet expands it
+    argv = kubelet_expanded(sidecar_container(pod_spec("daemonset.yaml")))
+    # THEN it runs the sidecar itself (no shell, no pgrep), which reads it as node mode
+    assert argv[0] == "otel-blocksnoop"
+    config = parse_arguments(argv[1:])
+    assert config.select is not None
+    assert config.select.pattern is not None
+    assert config.pids == ()
+    assert config.threshold_ns == 50_000_000
+    # AND its pattern picks the usual asyncio servers' command lines, as pgrep -f would
+    assert config.select.wants_command("python3 -m uvicorn shop:app --port 8000")
+    assert config.select.wants_command("/usr/local/bin/python3.12 /usr/local/bin/gunicorn -k x")
+    assert not config.select.wants_command("python3 -m http.server")
 
 
 def test_the_sidecar_example_shares_the_pods_pid_namespace_with_a_separate_app_image() -> None:

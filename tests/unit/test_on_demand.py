@@ -318,3 +318,21 @@ def test_a_refused_priority_leaves_austin_as_it_is(monkeypatch: pytest.MonkeyPat
     sampler.begin(7, start_ns=0)
     assert austin.signals == [signal.SIGCONT]
     assert sampler.state == State.RUNNING
+
+
+def test_a_forgotten_process_gives_back_its_sampler_and_austins_pipes() -> None:
+    # GIVEN an on-demand pool with a sampler for one process (its "Austin" exits at once)
+    pool = SamplerPool(Austin(Path("/bin/true")), 1000, on_demand=True)
+    sampler = pool.ensure(1)
+    assert isinstance(sampler, OnDemandSampler)
+    process = sampler._process  # noqa: SLF001
+    assert process is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    # WHEN the process is let go of
+    pool.forget(1)
+    # THEN the pool holds no sampler, and Austin's pipes are closed now, not at a collection
+    assert len(pool) == 0
+    assert process.stdout.closed
+    assert process.stderr.closed
+    assert (sampler._wake_r, sampler._wake_w) == (-1, -1)  # noqa: SLF001

@@ -29,6 +29,7 @@ from otel_blocksnoop.events import (
     Iteration,
     LoopTimes,
     Loss,
+    ProcessExited,
     ProcessIdentity,
     Sleep,
     SpanRef,
@@ -533,3 +534,24 @@ def test_a_collector_that_takes_everything_leaves_nothing_undelivered() -> None:
     harness.sink.shutdown()
     assert len(harness.spans.get_finished_spans()) == 1
     assert harness.losses.total(Loss.EXPORT_UNDELIVERED) == 0
+
+
+def test_an_exited_process_gives_its_pid_back_its_meters_export_a_last_time_and_go() -> None:
+    # GIVEN a block of one app exported, then the app's exit
+    harness = Harness()
+    harness.sink.export(BLOCK)
+    harness.sink.export(ProcessExited(pid=BLOCK.pid))
+    # THEN its meters' last export carries its block's histogram point
+    deadline = time.monotonic() + 5.0
+    while not harness.points("checkout") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "blocksnoop.eventloop.block.duration" in harness.points("checkout")
+    # WHEN another app gets its PID and blocks
+    other = replace(APP, service_name="billing", instance_id="0c7d1f4e-0000-5000-8000-000000000002")
+    harness.sink.export(replace(BLOCK, process=other))
+    harness.sink.shutdown()
+    # THEN that block's span carries the new app's resource, not the old one's
+    first, second = harness.spans.get_finished_spans()
+    assert first.resource.attributes["service.name"] == "checkout"
+    assert second.resource.attributes["service.name"] == "billing"
+    assert second.resource.attributes["service.instance.id"] == other.instance_id

@@ -255,6 +255,16 @@ class Meters:
             meters = self._processes[pid] = ProcessMeters(provider, pid, self._last_times)
         return meters
 
+    def forget(self, pid: int) -> None:
+        """``pid`` exited: its provider exports a last time and closes, in the background."""
+        meters = self._processes.pop(pid, None)
+        if meters is not None:
+            self._drop(meters.provider)
+
+    def __len__(self) -> int:
+        """Watched processes with meters of their own."""
+        return len(self._processes)
+
     def loop_times(self, times: LoopTimes) -> None:
         """The newest loop times, read when the counters are next collected."""
         self._times = times

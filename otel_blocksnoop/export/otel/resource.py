@@ -89,6 +89,13 @@ class Resources:
         self._fallback_service = fallback_service
         self._by_pid: BoundedDict[int, Resource] = BoundedDict(MAX_RESOURCES)
 
+    def forget(self, pid: int) -> None:
+        """``pid`` exited: a process that reuses its number gets a resource of its own."""
+        self._by_pid.pop(pid, None)
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
     def of(self, pid: int, identity: ProcessIdentity | None) -> Resource:
         resource = self._by_pid.get(pid)
         if resource is None:

@@ -24,7 +24,7 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_blocksnoop.events import Block, LoopTimes, Loss, Record
+from otel_blocksnoop.events import Block, LoopTimes, Loss, ProcessExited, Record
 from otel_blocksnoop.export.otel.metrics import Meters
 from otel_blocksnoop.export.otel.queue import DeliveryQueue, DeliveryWorker
 from otel_blocksnoop.export.otel.resource import Resources
@@ -91,6 +91,12 @@ class OtelSink:
                 self._block(record)
             case LoopTimes():
                 self._loop_times(record)
+            case ProcessExited(pid=pid):
+                # Its meters export a last time, in the background; a process that
+                # gets its PID next has a resource and meters of its own.
+                self._resources.forget(pid)
+                if self._meters is not None:
+                    self._meters.forget(pid)
             case _:
                 pass  # stats mode has no OTLP form yet; the counters carry the totals
 
