@@ -237,6 +237,8 @@ class Session:
             self._classifier.forget(pid)
         if self._stacks is not None:
             self._stacks.forget(pid)
+        if self._linker is not None:
+            self._linker.forget(pid)
 
     @property
     def identities(self) -> int:

@@ -212,6 +212,7 @@ class TraceLinker:
         self._votes: BoundedDict[BlockKey, _Votes] = BoundedDict(MAX_BLOCKS)
         self._to_prepare: deque[int] = deque()
         self._to_expect: deque[tuple[int, ExecIdentity | None]] = deque()
+        self._to_forget: deque[int] = deque()
         self._expected: dict[int, _Expected] = {}  # by pid: launched, interpreter not found yet
         self._early: dict[int, ExecIdentity] = {}  # by pid: what ran when its reader was made
         self._inbox: deque[Trigger] = deque()
@@ -257,6 +258,15 @@ class TraceLinker:
         exec'd again since.
         """
         self._to_expect.append((pid, holder))
+        self._wake.set()
+
+    def forget(self, pid: int) -> None:
+        """``pid`` exited and its blocks are out: its reader and what was read of it go.
+
+        A process that reuses the number gets a reader of its own (a stale one
+        would read another interpreter's memory at the old addresses).
+        """
+        self._to_forget.append(pid)
         self._wake.set()
 
     def follow(self, trigger: Trigger) -> None:
@@ -340,6 +350,8 @@ class TraceLinker:
         when the next read is due, None while no block is followed.
         """
         now = time.monotonic_ns() if now_ns is None else now_ns
+        while self._to_forget:
+            self._drop(self._to_forget.popleft())
         while self._to_prepare:
             self._reader(self._to_prepare.popleft())
         while self._to_expect:
@@ -451,6 +463,16 @@ class TraceLinker:
         log.debug("context pointer of %d/%d: %s", pid, tid, address and f"{address:#x}")
         if address and self._table.watch_context(tid, address):
             self._contexts[tid] = address
+
+    def _drop(self, pid: int) -> None:
+        self._readers.pop(pid, None)
+        self._expected.pop(pid, None)
+        self._early.pop(pid, None)
+        for tid in [tid for tid, block in self._followed.items() if block.pid == pid]:
+            del self._followed[tid]
+        with self._lock:
+            for key in [key for key in self._votes if key[0] == pid]:
+                del self._votes[key]
 
     def _check_early(self, pid: int) -> None:
         """Drop a reader made before the loop started if the process exec'd again since."""

@@ -110,6 +110,8 @@ class SamplerPool:
         sampler = self._samplers.pop(pid, None)
         if sampler is not None:
             sampler.stop()
+        if self._sources is not None:
+            self._sources.forget(pid)
 
     def __len__(self) -> int:
         """Samplers held (one per process whose loop has run)."""

@@ -444,3 +444,22 @@ def test_a_launched_command_that_is_no_python_is_looked_at_for_a_bounded_time() 
     looks = len(made)
     linker.poll(now + 2 * EXPECT_FOR_NS)
     assert len(made) == looks
+
+
+def test_a_process_let_go_of_gets_a_new_reader_if_its_number_comes_back() -> None:
+    # GIVEN a process whose reader was made, then let go of (node mode: it exited)
+    made: list[int] = []
+
+    def factory(target: int) -> Reader:
+        made.append(target)
+        return Reader([])
+
+    linker = TraceLinker(Table([]), threshold_ns=100 * NS_PER_MS, reader_factory=factory)
+    linker.follow(Trigger(10, 10, 1, 1, TriggerReason.NEW_THREAD))
+    linker.poll()
+    linker.forget(10)
+    # WHEN a new process with the same number starts its loop
+    linker.follow(Trigger(10, 10, 2, 2, TriggerReason.NEW_THREAD))
+    linker.poll()
+    # THEN it is read with a reader of its own, not the old one
+    assert made == [10, 10]
