@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,18 +111,25 @@ def test_libpythons_are_found_in_maps_in_their_order() -> None:
 @pytest.mark.parametrize(
     ("executable", "expected"),
     [
-        ("/usr/bin/python3.11", "3.11"),
-        ("/opt/bin/python3.13t", "3.13"),
-        ("/usr/lib/libpython3.10.so.1.0", "3.10"),
-        ("/usr/bin/uwsgi-python3.12", "3.12"),
+        ("/usr/bin/python3.11", (3, 11)),
+        ("/opt/bin/python3.13t", (3, 13)),
+        ("/usr/lib/libpython3.10.so.1.0", (3, 10)),
+        ("/usr/bin/uwsgi-python3.12", (3, 12)),
     ],
 )
-def test_identity_version_from_the_executable_name(executable: str, expected: str) -> None:
-    assert runtime_version(os.getpid(), executable) == expected
+def test_a_name_with_its_version_is_enough_without_the_file(
+    executable: str, expected: tuple[int, int]
+) -> None:
+    found = file_version(executable, None)
+    assert found == FileVersion(expected, executable.endswith("t"), source="its name")
+
+
+def test_the_identity_version_is_the_one_the_readers_find() -> None:
+    assert runtime_version(os.getpid()) == f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def test_the_identity_version_of_a_process_gone_is_unknown() -> None:
-    assert runtime_version(2**22 + 12345, "/usr/bin/uwsgi") is None
+    assert runtime_version(2**22 + 12345) is None
 
 
 def test_a_python_executable_is_python_without_reading_its_maps() -> None:
