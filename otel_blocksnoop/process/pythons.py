@@ -165,11 +165,8 @@ def _said_by(elf: ElfSymbols) -> list[_Said]:
     if raw is not None:
         hex_version = int.from_bytes(raw, "little")
         said.append(_Said("Py_Version", "Py_Version", hex_version >> 24, hex_version >> 16 & 0xFF))
-    for kind, pattern, needle in (
-        ("cache tag", _CACHE_TAG, b"cpython-3"),
-        ("extension suffix", _EXTENSION_SUFFIX, b".cpython-3"),
-    ):
-        for string in elf.strings(needle, _VERSION_SECTION):
+    for string in elf.strings(b"cpython-3", _VERSION_SECTION):  # one scan finds both kinds
+        for kind, pattern in (("cache tag", _CACHE_TAG), ("extension suffix", _EXTENSION_SUFFIX)):
             if (match := pattern.fullmatch(string)) is not None:
                 minor, abiflags = int(match.group(1)), match.group(2).decode()
                 said.append(_Said(kind, f"its {kind} {string.decode()}", 3, minor, abiflags))
