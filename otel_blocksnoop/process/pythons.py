@@ -120,6 +120,11 @@ class _Said:
         return f"{self.found} says {self.major}{minor}"
 
 
+def not_known(path: str) -> str:
+    """Why ``path`` is no CPython ``file_version`` knows, naming what was tried."""
+    return f"{path} is not a CPython interpreter this reader knows (tried {TRIED})"
+
+
 def file_version(path: str, elf: ElfSymbols | None) -> FileVersion:
     """The CPython version of the interpreter file at ``path``: from its name, else its data.
 
@@ -137,7 +142,7 @@ def file_version(path: str, elf: ElfSymbols | None) -> FileVersion:
     name = python_name(path)
     if name is not None and name.version is not None:
         return FileVersion(name.version, name.free_threaded, "its name")
-    unknown = f"{path} is not a CPython interpreter this reader knows (tried {TRIED})"
+    unknown = not_known(path)
     if elf is None or elf.symbol("_PyRuntime") is None:
         raise VersionError(unknown)
     said = _said_by(elf)
@@ -181,5 +186,6 @@ __all__ = [
     "file_version",
     "is_interpreter_name",
     "mapped_libpythons",
+    "not_known",
     "python_name",
 ]

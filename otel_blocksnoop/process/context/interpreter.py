@@ -34,7 +34,7 @@ from otel_blocksnoop.process.elf import (
     mapped_file,
 )
 from otel_blocksnoop.process.pidns import NamespaceIds
-from otel_blocksnoop.process.pythons import VersionError, file_version, python_name
+from otel_blocksnoop.process.pythons import VersionError, file_version, not_known, python_name
 from otel_blocksnoop.process.remote_memory import RemoteMemory
 
 
@@ -80,11 +80,22 @@ def interpreter_image(pid: int) -> Image:
         if (name := python_name(path)) is not None and name.version is not None:
             found = file_version(path, None)
         else:
-            with _open(pid, path, mappings) as elf:
+            with _open_to_learn(pid, path, mappings) as elf:
                 found = file_version(path, elf)
     except VersionError as error:
         raise UnsupportedInterpreterError(str(error)) from error
     return Image(path, found.version, found.free_threaded, mappings)
+
+
+def _open_to_learn(pid: int, path: str, mappings: list[Mapping]) -> ElfSymbols:
+    """The file of an image whose name says no version: unreadable, it is no CPython known.
+
+    So is the executable of a process caught in its exec, not mapped yet.
+    """
+    try:
+        return _open(pid, path, mappings)
+    except UnsupportedInterpreterError as error:
+        raise UnsupportedInterpreterError(f"{not_known(path)}: {error}") from error
 
 
 def open_image(pid: int, image: Image) -> ElfSymbols:
