@@ -4,6 +4,10 @@ pyenv's venvs are made on demand and cached; Debian sid's interpreters live
 in a root of their own (``SID_ROOT``), with their venvs, made by
 scripts/sid-pythons.sh: apps run inside it (harness.mntns).
 
+Also interpreters whose file name says no version (``static_python``,
+``renamed_python``), as a venv made with ``--copies`` or Debian's
+statically linked python3 give them.
+
 Shared by the integration tests (tests/integration/conftest.py), the
 benchmarks (bench/blocksnoop_bench/linking.py) and examples/request_trace.py.
 """
@@ -11,6 +15,7 @@ benchmarks (bench/blocksnoop_bench/linking.py) and examples/request_trace.py.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,4 +89,57 @@ def cached_venv(name: str, base: Path, packages: tuple[str, ...], modules: tuple
     sys.stderr.write(f"making {venv} with {', '.join(packages)}...\n")
     subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
+    return python
+
+
+def static_python(minor: int) -> Path | None:
+    """The pyenv CPython 3.<minor>, linked into one executable, made once and kept in the cache.
+
+    Linked as CPython's own Makefile links ``python`` without
+    ``--enable-shared`` (Debian and Ubuntu ship their python3 so): its
+    Programs/python.o and libpython3.X.a, with ``-Xlinker -export-dynamic``.
+    Running it maps no libpython file. None when pyenv has no such build;
+    CalledProcessError (or OSError) when it cannot be linked.
+    """
+    base = pyenv_python(minor)
+    if base is None:
+        return None
+    prefix = base.resolve().parent.parent
+    version = f"3.{minor}"
+    config = next(prefix.glob(f"lib/python{version}/config-{version}*/"), None)
+    if config is None or not (config / "python.o").exists():
+        return None
+    python = CACHE / "targets" / f"static-{prefix.name}" / "python"
+    if python.exists():
+        return python
+    libs = subprocess.run(
+        [str(prefix / "bin" / f"python{version}-config"), "--libs", "--embed"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    python.parent.mkdir(parents=True, exist_ok=True)
+    partial = python.with_suffix(".partial")
+    subprocess.run(
+        ["cc", "-o", str(partial), str(config / "python.o"), str(config / f"libpython{version}.a"),
+         *libs, "-Xlinker", "-export-dynamic"],
+        check=True,
+    )  # fmt: skip
+    partial.replace(python)
+    return python
+
+
+def renamed_python(executable: Path, packages_of: Path, dest: Path) -> Path:
+    """A copy of ``executable`` at ``dest``/bin/python3, seeing the packages of ``packages_of``.
+
+    ``packages_of`` is the python of a venv of the same CPython; ``dest``
+    becomes a venv like it whose interpreter is a copy, named without its
+    version, as ``python3 -m venv --copies`` makes it (Dockerfile.app).
+    """
+    venv = packages_of.parent.parent
+    (site,) = venv.glob("lib/python3.*/site-packages")
+    python = dest / "bin" / "python3"
+    python.parent.mkdir(parents=True)
+    shutil.copy2(executable, python)
+    shutil.copy(venv / "pyvenv.cfg", dest / "pyvenv.cfg")
+    (dest / site.relative_to(venv)).parent.mkdir(parents=True)
+    (dest / site.relative_to(venv)).symlink_to(site)
     return python

@@ -7,7 +7,8 @@ program header, a .symtab and its .strtab holding ``_PyRuntime``, section
 headers) with random addresses and placement, then sometimes have bytes
 overwritten. An intact image gives back the symbol's value and its load
 address; any image either parses or raises ElfError, and looking a symbol
-up never raises and ends within the file.
+up never raises and ends within the file. Nor do reading the file at an
+address, its strings, and the version a nameless interpreter's file says.
 
 The unit tests (``tests/unit/test_fuzz_elf.py``) run these properties on a
 small fixed budget with their seed corpus; ``bench/fuzz.py`` for minutes.
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from harness.fuzz import Target
-from otel_blocksnoop.process.elf import ElfError, ElfSymbols
+from otel_blocksnoop.process.elf import MAX_STRING, ElfError, ElfSymbols
+from otel_blocksnoop.process.pythons import VersionError, file_version
 
 _HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _SECTION = struct.Struct("<IIQQQQIIQQ")
@@ -86,6 +88,17 @@ def check_image(image: Image) -> None:
     found = elf.symbol("_PyRuntime")
     elf.symbol("Py_Version")
     elf.symbol("missing")
+    # what a nameless interpreter's version is read from: never more than asked, never raises
+    read = elf.read(image.runtime, 8)
+    assert read is None or len(read) == 8
+    for string in elf.strings(b"cpython-3", ".rodata") + elf.strings(b"_PyRuntime", ".strtab"):
+        assert len(string) <= 2 * MAX_STRING
+    try:
+        file_version("/opt/app/bin/python3", elf)
+    except VersionError:
+        pass  # no version in it: an image with only _PyRuntime says none
+    else:
+        assert not image.intact
     if image.intact:
         assert found == image.runtime
         assert elf.first_load_vaddr == image.vaddr & ~0xFFF

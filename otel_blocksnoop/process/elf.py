@@ -99,6 +99,8 @@ _SECTION = struct.Struct("<IIQQQQIIQQ")
 _PROGRAM = struct.Struct("<IIQQQQQQ")
 _SYMBOL = struct.Struct("<IBBHQQ")
 _NAME_INDEX = struct.Struct("<I")
+MAX_STRING = 256
+"""``ElfSymbols.strings`` reads at most this far either side of what it looks for."""
 
 
 class ElfSymbols:
@@ -152,6 +154,7 @@ class ElfSymbols:
         loads = [program for program in programs if program[0] == _PT_LOAD]
         if not loads:
             raise ElfError(f"{name}: no loadable segment")
+        self._loads = loads
         # p_vaddr of the segment that maps file offset 0, page-aligned.
         self.first_load_vaddr: int = min(int(load[3]) for load in loads) & ~0xFFF
 
@@ -194,6 +197,16 @@ class ElfSymbols:
         None also when it has no contents in the file (``.bss``) or more than
         ``MAX_SECTION`` bytes, or the section names are not where the header says.
         """
+        found = self._section_header(name)
+        if found is None:
+            return None
+        offset, size = found[4], found[5]
+        if found[1] == _SHT_NOBITS or size > MAX_SECTION or offset + size > len(self._data):
+            return None
+        return bytes(self._data[offset : offset + size])
+
+    def _section_header(self, name: str) -> tuple[int, ...] | None:
+        """The header of the section called ``name``, or None."""
         data = self._data
         if self._section_names >= len(self._sections):
             return None
@@ -206,11 +219,45 @@ class ElfSymbols:
                 wanted + b"\0"
             ):
                 continue
-            offset, size = section[4], section[5]
-            if section[1] == _SHT_NOBITS or size > MAX_SECTION or offset + size > len(data):
-                return None
-            return bytes(data[offset : offset + size])
+            return tuple(section)
         return None
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """The ``size`` bytes the file holds at link-time address ``address``, or None.
+
+        None when no loadable segment holds them in the file (``.bss``, or
+        past its end): what the file cannot tell is never read as zeros.
+        """
+        for _, _, offset, vaddr, _, filesz, _, _ in self._loads:
+            if vaddr <= address and address + size <= vaddr + filesz:
+                at = offset + address - vaddr
+                if at + size <= len(self._data):
+                    return bytes(self._data[at : at + size])
+        return None
+
+    def strings(self, needle: bytes, section: str, limit: int = 8) -> list[bytes]:
+        """The NUL-terminated strings of ``section`` that contain ``needle``, the first ``limit``.
+
+        The section is searched where it lies in the file (``.rodata`` is
+        megabytes), not copied. Each string is cut at MAX_STRING bytes around
+        ``needle``: the file decides how long a string is, not how much is read.
+        """
+        found = self._section_header(section)
+        data = self._data
+        if found is None or found[1] == _SHT_NOBITS or found[4] >= len(data) or not needle:
+            return []
+        start, end = found[4], min(found[4] + found[5], len(data))
+        strings: list[bytes] = []
+        at = data.find(needle, start, end)
+        while at >= 0 and len(strings) < limit:
+            lowest, highest = max(start, at - MAX_STRING), min(end, at + MAX_STRING)
+            nul = data.rfind(b"\0", lowest, at)
+            first = nul + 1 if nul >= 0 else lowest
+            last = data.find(b"\0", at, highest)
+            last = last if last >= 0 else highest
+            strings.append(bytes(data[first:last]))
+            at = data.find(needle, max(last, at + 1), end)
+        return strings
 
     def _entry(self, name_index: int, offset: int, size: int) -> int | None:
         """st_value of the defined symbol named at ``name_index`` in the table at ``offset``.

@@ -18,8 +18,11 @@ from urllib.parse import unquote
 
 from otel_blocksnoop.events import PodIdentity, ProcessIdentity
 from otel_blocksnoop.process.container import Placement, placement
+from otel_blocksnoop.process.context.interpreter import (
+    UnsupportedInterpreterError,
+    interpreter_image,
+)
 from otel_blocksnoop.process.pidns import NamespaceIds
-from otel_blocksnoop.process.pythons import mapped_libpythons, python_name
 
 PROC = Path("/proc")
 HOSTNAME_FILE = Path("/etc/hostname")
@@ -79,19 +82,13 @@ def _read_head(path: Path, limit: int) -> bytes:
         return handle.read(limit)
 
 
-def runtime_version(pid: int, executable: str | None) -> str | None:
-    """major.minor of the target's Python, from its executable or its libpython."""
-    name = python_name(executable) if executable else None
-    version = name.version if name is not None else None
-    if version is None:
-        try:
-            maps = _read_head(Path("/proc") / str(pid) / "maps", MAX_ENVIRON_BYTES).decode(
-                errors="replace"
-            )
-        except OSError:
-            return None
-        version = next((lib.version for lib in mapped_libpythons(maps) if lib.version), None)
-    return f"{version[0]}.{version[1]}" if version is not None else None
+def runtime_version(pid: int) -> str | None:
+    """major.minor of the target's Python, as the context and frame readers find it."""
+    try:
+        major, minor = interpreter_image(pid).version
+    except (UnsupportedInterpreterError, OSError):
+        return None
+    return f"{major}.{minor}"
 
 
 def _start_ticks(pid: int) -> str:
@@ -217,7 +214,7 @@ def read_identity(pid: int) -> ProcessIdentity:
         service_name=service,
         resource_attributes=tuple(sorted(attributes.items())),
         executable_path=executable,
-        runtime_version=runtime_version(pid, executable),
+        runtime_version=runtime_version(pid),
         instance_id=str(instance),
         host_name=app_hostname(pid, env),
         container_id=where.container_id,

@@ -18,6 +18,10 @@ from otel_blocksnoop.errors import (
     NoSuchProcessError,
     NotPythonError,
 )
+from otel_blocksnoop.process.context.interpreter import (
+    UnsupportedInterpreterError,
+    interpreter_image,
+)
 from otel_blocksnoop.process.pythons import is_interpreter_name, mapped_libpythons
 
 
@@ -91,11 +95,24 @@ def process_exists(pid: int) -> bool:
 
 
 def is_python(pid: int, exe: str, proc: Path = Path("/proc")) -> bool:
-    """A Python interpreter binary, or a program embedding libpython (uWSGI and the like)."""
+    """A Python interpreter binary, or a program embedding libpython (uWSGI and the like).
+
+    Known by a name first; else by a mapped libpython; else, as the readers
+    know it, by the file's own data (a renamed or statically linked CPython;
+    only for the live /proc: ``proc`` may be a copy of one).
+    """
     if is_interpreter_name(exe):
         return True
     maps = (proc / str(pid) / "maps").read_text(errors="replace")
-    return next(mapped_libpythons(maps), None) is not None
+    if next(mapped_libpythons(maps), None) is not None:
+        return True
+    if proc != Path("/proc"):
+        return False
+    try:
+        interpreter_image(pid)
+    except (UnsupportedInterpreterError, OSError):
+        return False
+    return True
 
 
 def inspect_target(pid: int) -> TargetInfo:

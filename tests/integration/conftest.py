@@ -16,7 +16,9 @@ from harness.interpreters import (
     WEB_APP_PACKAGES,
     cached_venv,
     pyenv_python,
+    renamed_python,
     sid_venv,
+    static_python,
 )
 from harness.mntns import Root, pivot_root_command, sid_root
 from tests.helpers import IN_CI
@@ -113,3 +115,29 @@ def otel_python(request: pytest.FixtureRequest) -> TargetPython:
 def web_python(request: pytest.FixtureRequest) -> TargetPython:
     """Each interpreter with the OTel SDK, OTLP/HTTP, aiohttp + its OTel instrumentation, uvloop."""
     return target_python(request.param, web=True)
+
+
+# Interpreters whose file name says no version, one per way the sidecar learns
+# it from the file instead: Debian's 3.11 (Py_Version) copied as a venv made
+# with --copies has it (Dockerfile.app), and pyenv's 3.9, 3.10 (their cache
+# tag and extension suffix) and 3.13 linked statically, copied the same way.
+NAMELESS = ["debian", "py3.9", "py3.10", "py3.13"]
+
+
+@pytest.fixture(params=NAMELESS)
+def nameless_python(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """``bin/python3`` of a venv with the OTel SDK whose interpreter is a copy, no libpython."""
+    name: str = request.param
+    packages = otel_venv(name, interpreter(name))
+    try:
+        if name == "debian":
+            executable: Path | None = Path("/usr/bin/python3").resolve()
+        else:
+            executable = static_python(int(name.removeprefix("py3.")))
+    except (OSError, subprocess.CalledProcessError) as error:
+        executable = None
+        if IN_CI:
+            pytest.fail(f"failed to link {name} statically: {error}")
+    if executable is None:
+        pytest.skip(f"no statically linked {name} here")
+    return renamed_python(executable, packages, tmp_path / "app")

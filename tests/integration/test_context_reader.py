@@ -25,7 +25,11 @@ from harness.interpreters import MINORS, SID_MINORS, pyenv_python
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, Trigger, TriggerReason
 from otel_blocksnoop.process.context import ContextReader, interpreter
+from otel_blocksnoop.process.context.interpreter import UnsupportedInterpreterError
 from otel_blocksnoop.process.cpython import layout_for
+from otel_blocksnoop.process.frames import FrameReader
+from otel_blocksnoop.process.identity import read_identity
+from otel_blocksnoop.process.target import inspect_target
 from tests.integration.conftest import TargetPython, sid_python
 from tests.unit.test_trace_link import Table
 
@@ -297,3 +301,33 @@ def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
         # (How many succeed depends on the machine's load: on a busy one, none
         # may; that reads do succeed is shown by the tests of blocked threads.)
         assert set(spans) - {None} <= known
+
+
+def test_a_renamed_interpreter_is_one_python_to_every_part_that_asks(
+    nameless_python: Path, tmp_path: Path
+) -> None:
+    # GIVEN a copied interpreter (no libpython mapped) linked again under a name without "python"
+    renamed = nameless_python.with_name("app-server")
+    os.link(nameless_python, renamed)
+    version = subprocess.run(
+        [str(renamed), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    with running_target(tmp_path, renamed) as target:
+        pid, loop = target["pid"], target["threads"]["loop"]
+        # WHEN the target check, the identity and the readers look at it
+        checked = inspect_target(pid)
+        identity = read_identity(pid)
+        reader = ContextReader(pid)
+        # THEN it is Python to the target check, of the version it runs to the identity
+        assert checked.pid == pid
+        assert identity.runtime_version == version
+        # AND the context reader reads its spans
+        assert reader.unsupported is None
+        assert reader.active_span(loop["tid"]) == expected(loop)
+        # AND the frame reader reads its stacks from 3.13 on, and says why not before
+        if tuple(map(int, version.split("."))) >= (3, 13):
+            assert FrameReader(pid).stack(loop["tid"])
+        else:
+            with pytest.raises(UnsupportedInterpreterError, match=f"CPython {version} publishes"):
+                FrameReader(pid)

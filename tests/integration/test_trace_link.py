@@ -147,3 +147,43 @@ def test_blocks_name_their_request_on_every_python(
         ]
         assert (record["trace_id"], record["parent_span_id"]) == hex_ids(true_block), true_block
         assert task_of(record) == task_of(true_block)
+
+
+def test_blocks_name_their_request_on_a_python_whose_name_says_no_version(
+    nameless_python: Path, tmp_path: Path
+) -> None:
+    # GIVEN the same app on an interpreter copied to bin/python3 (no libpython mapped):
+    # its version is only in the file (Py_Version on 3.11+, its cache tag on 3.9/3.10)
+    version = subprocess.run(
+        [str(nameless_python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    out = tmp_path / "truth.jsonl"
+    with OtlpReceiver() as receiver:
+        result = subprocess.run(
+            [*SIDECAR, "--json", "-q", "-t", "50", "--", "env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT",
+             str(nameless_python), str(TRACED_APP), "--out", str(out)],
+            capture_output=True, text=True, check=False, timeout=WAIT_S,
+            env=otlp_env(receiver.http_endpoint, "http/protobuf"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        expected = truth(out)
+        sampled = [b for b in expected if b["sampled"] is not False]
+        spans = receiver.wait_for_spans(lambda got: len(blocks_in(got)) >= len(sampled))
+    assert "not a CPython interpreter" not in result.stderr
+    records = [r for r in parse_json_lines(result.stdout) if r["type"] == "block"]
+    assert len(expected) == 6
+    for true_block in expected:
+        (record,) = [
+            r
+            for r in records
+            if r["start_monotonic_ns"] < true_block["end_ns"]
+            and r["end_monotonic_ns"] > true_block["start_ns"]
+        ]
+        # THEN every block names the request it happened in, or none, and its task
+        assert (record["trace_id"], record["parent_span_id"]) == hex_ids(true_block), true_block
+        assert task_of(record) == task_of(true_block)
+        # AND its stack is the app's: the blocking call
+        assert record["call_site"]["function"].endswith("sleep_in_context"), record["call_site"]
+    # AND its spans say which Python the app runs, as the file says it
+    assert {s.resource.get("process.runtime.version") for s in blocks_in(spans)} == {version}

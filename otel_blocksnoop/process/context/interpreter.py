@@ -1,13 +1,13 @@
 """Finding the target's interpreter: its image, CPython version, layout and ``_PyRuntime``.
 
 Done once per process. The version comes from the image's name (libpython
-if mapped, else the executable), ``_PyRuntime`` from its ELF symbols, and
-both are checked against what the interpreter itself says where it can
-(``Py_Version`` on 3.11+, ``_Py_DebugOffsets`` on 3.13+, which must also
-agree with the generated layout: ``published``). On 3.14+ an ``_asyncio``
-built into the image says where the running task is (``.AsyncioDebug``).
-Anything this reader does not know raises ``UnsupportedInterpreterError``,
-saying why.
+if mapped, else the executable) or, where the name has none, from the file
+itself; ``_PyRuntime`` from its ELF symbols; and both are checked against
+what the interpreter says in its memory where it can (``Py_Version`` on
+3.11+, ``_Py_DebugOffsets`` on 3.13+, which must also agree with the
+generated layout: ``published``). On 3.14+ an ``_asyncio`` built into the
+image says where the running task is (``.AsyncioDebug``). Anything this
+reader does not know raises ``UnsupportedInterpreterError``, saying why.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from otel_blocksnoop.process.elf import (
     mapped_file,
 )
 from otel_blocksnoop.process.pidns import NamespaceIds
-from otel_blocksnoop.process.pythons import python_name
+from otel_blocksnoop.process.pythons import VersionError, file_version, not_known, python_name
 from otel_blocksnoop.process.remote_memory import RemoteMemory
 
 
@@ -64,26 +64,49 @@ class Image:
 
 
 def interpreter_image(pid: int) -> Image:
-    """Which file of ``pid`` is its CPython, and which version its name says.
+    """Which file of ``pid`` is its CPython, and which version it is.
 
-    UnsupportedInterpreterError when the name is no CPython's; OSError when
-    the process cannot be inspected.
+    The version is the one its name says or, where the name has none
+    (``python3`` of a venv made with ``--copies``, a renamed interpreter),
+    the one the file itself says (``pythons.file_version``).
+    UnsupportedInterpreterError when neither gives one, or they disagree;
+    OSError when the process cannot be inspected.
     """
     mappings = file_mappings(pid)
     exe = str(Path(f"/proc/{pid}/exe").readlink())
     libpython = next((m.path for m in mappings if "libpython" in Path(m.path).name), None)
     path = libpython or exe
-    name = python_name(path)
-    if name is None or name.version is None:
-        raise UnsupportedInterpreterError(f"{path} is not a CPython interpreter this reader knows")
-    return Image(path, name.version, name.free_threaded, mappings)
+    try:
+        if (name := python_name(path)) is not None and name.version is not None:
+            found = file_version(path, None)
+        else:
+            with _open_to_learn(pid, path, mappings) as elf:
+                found = file_version(path, elf)
+    except VersionError as error:
+        raise UnsupportedInterpreterError(str(error)) from error
+    return Image(path, found.version, found.free_threaded, mappings)
+
+
+def _open_to_learn(pid: int, path: str, mappings: list[Mapping]) -> ElfSymbols:
+    """The file of an image whose name says no version: unreadable, it is no CPython known.
+
+    So is the executable of a process caught in its exec, not mapped yet.
+    """
+    try:
+        return _open(pid, path, mappings)
+    except UnsupportedInterpreterError as error:
+        raise UnsupportedInterpreterError(f"{not_known(path)}: {error}") from error
 
 
 def open_image(pid: int, image: Image) -> ElfSymbols:
     """The interpreter's file, opened as the process sees it (its root, else map_files)."""
-    mapping = next((m for m in image.mappings if m.path == image.path and m.offset == 0), None)
+    return _open(pid, image.path, image.mappings)
+
+
+def _open(pid: int, path: str, mappings: list[Mapping]) -> ElfSymbols:
+    mapping = next((m for m in mappings if m.path == path and m.offset == 0), None)
     if mapping is None:
-        raise UnsupportedInterpreterError(f"{image.path} is not mapped from its start")
+        raise UnsupportedInterpreterError(f"{path} is not mapped from its start")
     try:
         return ElfSymbols(mapped_file(pid, mapping))
     except (ElfError, ValueError, FileNotFoundError) as error:
@@ -144,7 +167,7 @@ def _at_runtime(
 def _version_mismatch(
     memory: RemoteMemory, layout: CPythonLayout, elf: ElfSymbols, base: int
 ) -> str | None:
-    """3.11+ has Py_Version (PY_VERSION_HEX): it must agree with the file name."""
+    """3.11+ has Py_Version (PY_VERSION_HEX): in memory it must agree with the version found."""
     symbol = elf.symbol("Py_Version")
     hex_version = memory.u32(base + symbol) if symbol is not None else None
     if hex_version is None:

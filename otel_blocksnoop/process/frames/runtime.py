@@ -1,9 +1,10 @@
 """Where a target's ``_PyRuntime`` and the static types the frame reader checks against are.
 
 Unlike ``context.interpreter.find_interpreter``, nothing here needs a
-generated layout: the version comes from the image's name, and the frame
-reader then takes every offset from ``_Py_DebugOffsets``. The static types
-(code, str, bytes) are checked by address, one word compare per object.
+generated layout: the version comes from ``interpreter_image`` (the image's
+name, else the file itself), and the frame reader then takes every offset
+from ``_Py_DebugOffsets``. The static types (code, str, bytes) are checked
+by address, one word compare per object.
 """
 
 from __future__ import annotations
