@@ -274,9 +274,14 @@ class ExitWatch:
 # command runs in a process group of its own, so a signal from the terminal
 # reaches only the sidecar: it dies with the sidecar (PR_SET_PDEATHSIG, kept
 # across exec), as it did when the terminal or a group kill reached both.
+# A stop reaches it as SIGINT to its group: SIGINT is put back to its default
+# first, as a shell does for a foreground job (a sidecar started in the
+# background by a non-interactive shell inherits it ignored, and so would the
+# command, which then outlived every Ctrl-C until the SIGTERM).
 _HOLD_SCRIPT = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"  # PR_SET_PDEATHSIG
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
     "fd = int(sys.argv[1])\n"
     "go = os.read(fd, 1)\n"
     "os.close(fd)\n"

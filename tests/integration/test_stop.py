@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from harness.faulty import RefusingHttpCollector, SilentCollector, UnavailableGr
 from harness.otlp import OtlpReceiver
 from otel_blocksnoop.errors import ExitCode
 from otel_blocksnoop.stacks.austin import Austin
-from tests.helpers import BLOCKER, WAIT_S, Target
+from tests.helpers import BLOCKER, SIDECAR, WAIT_S, Target
 from tests.integration.test_export import Running, app, endpoint_of, otlp_env, running
 
 __all__ = ["running"]  # the fixture, shared with test_export
@@ -313,5 +314,35 @@ def test_a_failing_thread_dump_is_tried_once_and_never_delays_blocks_or_the_stop
     assert len(dumps.read_text().splitlines()) == 1
     assert {block["thread_kind"] for block in blocks} == {"unknown"}
     assert "Austin gave no answer within 2 s; reporting every thread" in stderr
+    assert code == 128 + signal.SIGINT, stderr
+    assert_stopped_in_time(elapsed, stderr)
+
+
+def test_ctrl_c_stops_a_launched_command_even_if_the_sidecar_got_sigint_ignored(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a sidecar started with SIGINT ignored (`cmd &` in a non-interactive shell,
+    # nohup in a script), launching an app that idles
+    out = tmp_path / "truth.jsonl"
+    sidecar = subprocess.Popen(
+        [*SIDECAR, "-q", "-t", "50", "--", *app("sleep", "--linger", "60", "--out", str(out))],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=no_otlp(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+    )
+    try:
+        until(lambda: out.exists() and out.read_text().strip() != "", "the app's block")
+        # WHEN Ctrl-C comes (the sidecar's own handler takes it)
+        started = time.monotonic()
+        sidecar.send_signal(signal.SIGINT)
+        code = sidecar.wait(timeout=WAIT_S)
+        elapsed = time.monotonic() - started
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+        assert sidecar.stderr is not None
+        stderr = sidecar.stderr.read()
+    # THEN the command died of that SIGINT (not of a SIGTERM 2 s later), within the bound
     assert code == 128 + signal.SIGINT, stderr
     assert_stopped_in_time(elapsed, stderr)
