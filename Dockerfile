@@ -23,19 +23,27 @@
 # clang's built-in headers; it needs no compiler, no libc headers
 # (linux-libc-dev) and none of bpfcc-tools. Austin is a static musl binary that
 # needs only musl's loader. procps gives pgrep, with which compose and the
-# Kubernetes manifests find the app's PID.
+# Kubernetes manifests find the app's PID. The final image starts from scratch:
+# a layer of those packages, trimmed by scripts/trim-root.sh (no apt, dpkg,
+# perl, time zones or charset converters; ICU's data an empty stub), and one of
+# the venv, with none of the base image's layers under them.
 
 ARG BASE=debian:bookworm-slim
 
-# ---- build: the venv (uv sync of the lock, no dev group) and Austin ----------
+# ---- build: the venv (uv sync of the lock, no dev group), Austin, ICU stub ----
 FROM ${BASE} AS build
 
 ARG AUSTIN_VERSION=4.0.0
 ENV DEBIAN_FRONTEND=noninteractive
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv unzip \
+    && apt-get install -y --no-install-recommends python3 python3-venv unzip gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
+
+# ICU's data as an empty stub (scripts/icu-stubdata.c says why nothing needs it).
+COPY scripts/icu-stubdata.c /tmp/
+RUN gcc -shared -fPIC -O2 -s -Wl,-soname,libicudata.so.72 \
+        -o /opt/libicudata.so.72 /tmp/icu-stubdata.c
 
 # uv in a venv of its own (Debian's Python refuses pip installs outside a venv).
 RUN python3 -m venv /opt/tools \
@@ -69,25 +77,31 @@ RUN tmp="$(mktemp -d)" \
     && install -m 0755 "$tmp/austin" .venv/bin/austin \
     && rm -rf "$tmp"
 
-# ---- run: what the sidecar runs, and only that --------------------------------
-FROM ${BASE}
+# ---- root: the run-time packages, then trimmed to what runs -------------------
+FROM ${BASE} AS root
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
-
+ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-bpfcc libbpfcc musl procps \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
-        /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale \
-        /usr/lib/python3.11/test /usr/lib/python3.11/idlelib /usr/lib/python3.11/tkinter \
-        /usr/lib/python3.11/lib2to3 /usr/lib/python3.11/ensurepip \
+    && rm -rf /var/lib/apt/lists/*
+COPY scripts/trim-root.sh /tmp/
+COPY --from=build /opt/libicudata.so.72 /tmp/
+RUN sh /tmp/trim-root.sh \
+    && mv /tmp/libicudata.so.72 "$(readlink -f /usr/lib/x86_64-linux-gnu/libicudata.so.72)" \
+    && rm /tmp/trim-root.sh \
     && python3 -c 'import bcc'
 
+# ---- run: what the sidecar runs, and only that, on scratch ---------------------
+FROM scratch
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+COPY --from=root / /
 COPY --from=build /opt/otel-blocksnoop/.venv /opt/otel-blocksnoop/.venv
 RUN /opt/otel-blocksnoop/.venv/bin/austin --version \
     && /opt/otel-blocksnoop/.venv/bin/python -c 'import bcc, otel_blocksnoop.cli'
 
-ENV PATH=/opt/otel-blocksnoop/.venv/bin:$PATH
+ENV PATH=/opt/otel-blocksnoop/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WORKDIR /tmp
 CMD ["otel-blocksnoop", "--help"]

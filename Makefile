@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: setup docker-setup pythons demo test lint unit integration test-containers bench clean
+.PHONY: setup docker-setup pythons free-threaded demo test lint unit integration test-containers bench screenshot clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,9 +17,15 @@ docker-setup:
 	@bash scripts/docker-setup.sh
 
 ## pythons: CPython 3.14 and 3.15 for the tests' target apps, in a Debian sid root
-## made once with debootstrap and cached under ~/.cache/otel-blocksnoop/roots
-pythons:
+## made once with debootstrap and cached under ~/.cache/otel-blocksnoop/roots, and a
+## free-threaded CPython 3.14t built from source once into /opt/cpython-3.14t
+pythons: free-threaded
 	@bash scripts/sid-pythons.sh
+
+## free-threaded: CPython 3.14.7 --disable-gil with the test apps' packages, built once
+## (~5 min) from the source tree at $CPYTHON_SOURCE or cached under ~/.cache/otel-blocksnoop/src
+free-threaded:
+	@bash scripts/free-threaded-python.sh
 
 ## demo: a sample asyncio app that blocks its loop, watched from its start, exporting
 ## to a real OpenTelemetry collector (rotel) on 127.0.0.1; shows what the collector got
@@ -47,6 +53,11 @@ integration: setup pythons
 ## test-containers: the images, docker-compose.yml and the error hints with a real engine
 test-containers: setup docker-setup
 	$(PY) -m pytest -m containers tests/containers
+
+## screenshot: docs/report.png, the README's picture of the HTML report, taken by its
+## browser test from a real run
+screenshot: setup
+	BLOCKSNOOP_SCREENSHOT=docs/report.png $(PY) -m pytest -q tests/integration/test_report.py
 
 ## bench: accuracy and overhead benchmarks; results go to bench/results/
 bench: setup

@@ -18,8 +18,15 @@ cost    One stack read of a sleeping thread 17 frames deep (the prototype's
         (code objects decoded) and cold (a new reader each time, its
         set-up timed apart), in microseconds, with the remote reads per stack.
 
-USAGE: frame_source.py {blocks,cost} [--python PATH] [--count N]
-       [--duration-ms D] [--reads N]
+The target runs on pyenv's CPython 3.13 unless --python names another
+interpreter or a version (3.11, 3.12: read by their generated layouts; 3.13+:
+by the offsets they publish) taken from pyenv, or --sid MINOR takes Debian
+sid's 3.MINOR (3.14, 3.15; scripts/sid-pythons.sh makes its root), run in
+that root under pivot_root as the tests run it (harness.mntns), with
+bench/apps bound at its host path.
+
+USAGE: frame_source.py {blocks,cost} [--python PATH|3.X | --sid MINOR] [--no-austin]
+       [--count N] [--duration-ms D] [--reads N]
 """
 
 from __future__ import annotations
@@ -27,19 +34,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from blocksnoop_bench.procs import APPS, REPO, BenchError
 
-from harness.interpreters import pyenv_python
+from harness.interpreters import SID_MINORS, pyenv_python, sid_python
+from harness.mntns import pivot_root_command, sid_root
 from otel_blocksnoop.analysis.attribution import call_site
 from otel_blocksnoop.events import Frame
 from otel_blocksnoop.process.frames import FrameReader
@@ -89,14 +98,24 @@ def _site(stack: list[dict[str, Any]] | None) -> Frame | None:
     return call_site([Frame(**f) for f in stack]) if stack else None
 
 
-def _python(requested: str | None) -> str:
-    if requested:
-        return requested
-    found = pyenv_python(13)
+def _python(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The target's interpreter (as the app sees it) and the argv prefix that runs it."""
+    if args.sid is not None:
+        inside = sid_python(args.sid)
+        if inside is None:
+            msg = f"no CPython 3.{args.sid} root: run scripts/sid-pythons.sh"
+            raise BenchError(msg)
+        root = sid_root()
+        root = replace(root, binds=(*root.binds, (str(APPS), str(APPS))))
+        return f"Debian sid's {inside}", pivot_root_command(root, [inside])
+    version = re.fullmatch(r"3\.(\d+)", args.python or "3.13")
+    if version is None:
+        return args.python, [args.python]
+    found = pyenv_python(int(version[1]))
     if found is None:
-        msg = "no CPython 3.13 under pyenv: pass --python"
+        msg = f"no CPython 3.{version[1]} under pyenv: pass --python PATH"
         raise BenchError(msg)
-    return str(found)
+    return str(found), [str(found)]
 
 
 def _save(name: str, data: object) -> None:
@@ -110,13 +129,13 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def cmd_blocks(args: argparse.Namespace) -> None:
-    python = _python(args.python)
-    dumper = Austin.find()
+    python, run = _python(args)
+    dumper = None if args.no_austin else Austin.find()
     blocks: list[Block] = []
     with tempfile.TemporaryDirectory() as tmp:
         fifo, truth = Path(tmp) / "announce", Path(tmp) / "truth.json"
         os.mkfifo(fifo)
-        command = [python, str(APPS / "announced_app.py"), "blocks", "--announce", str(fifo)]
+        command = [*run, str(APPS / "announced_app.py"), "blocks", "--announce", str(fifo)]
         schedule = ["--count", str(args.count), "--duration-ms", str(args.duration_ms)]
         app = subprocess.Popen(
             [*command, *schedule, "--out", str(truth)],
@@ -159,7 +178,7 @@ def _first_line(app: subprocess.Popen[str]) -> str:
 
 
 def _follow(
-    announcements: IO[str], reader: FrameReader, dumper: Austin, duration_ms: float
+    announcements: IO[str], reader: FrameReader, dumper: Austin | None, duration_ms: float
 ) -> Iterator[Block]:
     """Each block announced, read by us, dumped by Austin and read by us again while it lasts."""
     pid = reader.pid
@@ -176,7 +195,8 @@ def _follow(
             current.read_us.append((time.perf_counter_ns() - before) / 1000)
             current.read_ns.append(time.monotonic_ns())
             try:
-                current.austin = _frames(dumper.where(pid).get(current.tid))
+                dump = dumper.where(pid).get(current.tid) if dumper is not None else None
+                current.austin = _frames(dump)
             except AustinError:
                 current.austin = None
             current.read_ns.append(time.monotonic_ns())
@@ -229,8 +249,8 @@ def _judge(blocks: list[Block], sites: dict[str, dict[str, Any]]) -> list[dict[s
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
-    python = _python(args.python)
-    app = subprocess.Popen([python, "-c", DEEP_APP], stdout=subprocess.PIPE, text=True)
+    python, run = _python(args)
+    app = subprocess.Popen([*run, "-c", DEEP_APP], stdout=subprocess.PIPE, text=True)
     try:
         tid = int(_first_line(app))
         setup_us, cold_us, warm_us = [], [], []
@@ -279,7 +299,18 @@ def cmd_cost(args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/frame_source.py", description=__doc__)
     parser.add_argument("command", choices=("blocks", "cost"))
-    parser.add_argument("--python", help="the target's interpreter (default: pyenv's 3.13)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--python", help="the target's interpreter, or 3.X: pyenv's (default: pyenv's 3.13)"
+    )
+    where.add_argument(
+        "--sid", type=int, choices=SID_MINORS, help="Debian sid's 3.MINOR, in its root"
+    )
+    parser.add_argument(
+        "--no-austin",
+        action="store_true",
+        help="blocks: ours only (Austin 4.0.0 cannot read 3.15: each dump fails after 2 s)",
+    )
     parser.add_argument("--count", type=int, default=10, help="blocks: blocks of each kind")
     parser.add_argument("--duration-ms", type=float, default=40.0, help="blocks: each block")
     parser.add_argument("--reads", type=int, default=300, help="cost: reads of each kind")

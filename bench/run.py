@@ -99,6 +99,7 @@ examples:
   run.py --only storm          # memory under 50 blocks/s for 10 minutes
   run.py --only export         # OTLP export latency and a 5-minute storm (~8 minutes)
   run.py --only linking        # trace links on every pyenv CPython 3.9-3.13 (~8 minutes)
+  run.py --only linking --python sid:3.14 sid:3.15  # Debian sid's 3.14 and 3.15 (+ uvloop)
   run.py --only peer           # side by side with blocksnoop 0.11.1 (~10 minutes; quick ~3)
   run.py --saturate            # accuracy, attribution, links with every CPU kept busy
   run.py --only attribution --saturate --quick
@@ -146,7 +147,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         "--python",
         nargs="+",
         help="interpreter(s) for the attribution, storm and linking targets (default: this"
-        " one; for linking, every pyenv CPython 3.9-3.13 with opentelemetry-sdk)",
+        " one; for linking, every pyenv CPython 3.9-3.13 with opentelemetry-sdk); sid:3.14,"
+        " sid:3.15: Debian sid's (scripts/sid-pythons.sh), run in its root",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)

@@ -91,6 +91,9 @@
 #ifndef TRIGGER_PAGES
 #error "TRIGGER_PAGES: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
+#ifndef NR_SCHED_YIELD
+#error "NR_SCHED_YIELD: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
 #ifndef SEGMENTS
 #error "SEGMENTS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
@@ -361,6 +364,18 @@ static __always_inline s32 current_syscall(void)
 }
 #endif
 
+#if TRACK_ACTIVITY
+/* Why a thread left the CPU runnable: preempted (the run queue), or it gave
+ * the CPU up in sched_yield: a lock spinning before it sleeps (CPython's own
+ * locks do on a free-threaded build), whose wait is the lock's, not the
+ * machine's; booked as a sleep in sched_yield. */
+static __always_inline s32 runnable_off(void)
+{
+    s32 nr = current_syscall();
+    return nr == NR_SCHED_YIELD ? nr : OFF_RUNQ;
+}
+#endif
+
 /* The iteration of a thread ends: fill what it did so far into *out. */
 static __always_inline void finish_activity(struct thread_state *state,
                                             struct watch_state *watch, u64 now,
@@ -451,6 +466,39 @@ static __always_inline void sighted_back(u32 tid, u64 left_cpu_ns, u64 now)
 }
 #endif
 
+#if TRACK_ACTIVITY
+/* A thread off CPU since switched_at runs again now: book the stretch away by
+ * why it left (the run queue, or a sleep in its syscall). */
+static __always_inline void back_on_cpu(struct thread_state *state, u32 tid, u64 now)
+{
+    u64 away = now > state->switched_at ? now - state->switched_at : 0;
+    if (state->off_nr == OFF_RUNQ)
+        state->activity.runq_ns += away;
+    else
+        add_sleep(&state->activity, state->off_nr, away);
+#if SEGMENTS
+    sighted_back(tid, state->switched_at, now);
+#endif
+    state->switched_at = now;
+    state->off_nr = OFF_ON_CPU;
+}
+
+/* current is the thread, seen running (a tick, or its switch out). If its
+ * books say it is off CPU, its switch back on was never reported (a thread
+ * adopted as runnable that was running, or a switch the tracepoint did not
+ * report): it came back by now, so close the stretch here, within a tick of
+ * the truth while it runs, and count it. Left open, the books would keep the
+ * thread off CPU through all it does next (its sleeps booked as the run
+ * queue, its contexts never sighted at its switches). */
+static __always_inline void seen_running(struct thread_state *state, u32 tid, u64 now)
+{
+    if (!state->left_epoll_ns || state->off_nr == OFF_ON_CPU)
+        return;
+    count(COUNTER_UNSEEN_SWITCHES, 1);
+    back_on_cpu(state, tid, now);
+}
+#endif
+
 #if TRIGGER_NS
 /* A cpu-clock tick on a busy CPU: the thread running here, or the one it
  * preempted, may be a loop thread out of epoll for TRIGGER_NS already; the
@@ -476,6 +524,9 @@ int on_tick(void *ctx)
     struct thread_state *state = threads.lookup(&tid);
     if (!state)
         return 0;
+#if TRACK_ACTIVITY
+    seen_running(state, tid, now);
+#endif
 #if SEGMENTS
     sight(state, watch, tid, now); /* first: a change told now needs no trigger of its own */
 #endif
@@ -525,22 +576,50 @@ static __always_inline void send_block(struct thread_state *state, struct watch_
         count(COUNTER_LOST_EVENTS, 1);
 }
 
-int on_epoll_enter(void *ctx)
+/* The first argument of a syscalls:sys_enter_* record (an fd for epoll_wait,
+ * epoll_pwait, epoll_pwait2 and close): after the common fields and the
+ * syscall's number, at offset 16. */
+static __always_inline s32 syscall_fd(void *ctx)
+{
+    u64 arg = (u64)-1;
+    bpf_probe_read_kernel(&arg, sizeof(arg), (char *)ctx + 16);
+    return (s32)arg;
+}
+
+/* The state of current when it is a watched thread (*tid: its host tid), else NULL. */
+static __always_inline struct thread_state *watched_state(u32 *tid, struct watch_state **watch)
 {
     u32 tgid;
+    *tid = watched_tid(&tgid, watch);
+    return *tid ? threads.lookup(tid) : NULL;
+}
+
+int on_epoll_enter(void *ctx)
+{
+    u32 tid;
     struct watch_state *watch;
-    u32 tid = watched_tid(&tgid, &watch);
-    if (!tid)
+    struct thread_state *state = watched_state(&tid, &watch);
+    if (!state)
         return 0;
-    struct thread_state *state = threads.lookup(&tid);
-    if (!state || !state->left_epoll_ns)
+    s32 epfd = syscall_fd(ctx);
+    if (!state->left_epoll_ns) {
+        state->epfd = epfd;
         return 0;
+    }
 
     u64 now = bpf_ktime_get_ns();
     u64 start = state->left_epoll_ns;
     u64 delta = now - start;
+    u32 closed = state->closed_loop;
     state->left_epoll_ns = 0;
     state->entered_epoll_ns = now;
+    state->epfd = epfd;
+    state->closed_loop = 0;
+    /* A thread that closed its loop's epoll fd and now waits in another
+     * epoll went from one loop to the next (asyncio.run, plain code, another
+     * asyncio.run): no loop was held up, that stretch is no iteration. */
+    if (closed)
+        return 0;
     state->iterations += 1;
     state->busy_ns += delta;
     count(COUNTER_ITERATIONS, 1);
@@ -552,6 +631,20 @@ int on_epoll_enter(void *ctx)
     if (delta >= THRESHOLD_NS)
         send_block(state, watch, tid, start, now, 0);
 #endif
+    return 0;
+}
+
+/* A watched thread out of epoll closes an fd: if it is the epoll fd it last
+ * waited in, its loop is closed (loop.close(), the end of asyncio.run). */
+int on_close_enter(void *ctx)
+{
+    u32 tid;
+    struct watch_state *watch;
+    struct thread_state *state = watched_state(&tid, &watch);
+    if (!state || !state->left_epoll_ns || state->epfd < 0)
+        return 0;
+    if (syscall_fd(ctx) == state->epfd)
+        state->closed_loop = 1;
     return 0;
 }
 
@@ -577,6 +670,8 @@ int on_epoll_exit(void *ctx)
         if (!user_ids(id, &fresh->tgid, &fresh->tid))
             return 0; /* not in user space's namespace: it could not name it */
         fresh->host_tgid = tgid;
+        fresh->epfd = -1; /* its fd is known at its next entry */
+        fresh->closed_loop = 0;
         state = threads.lookup_or_try_init(&tid, fresh);
         if (!state) {
             count(COUNTER_STATE_FULL, 1);
@@ -630,6 +725,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
         __sync_fetch_and_add(&watch->cpu_ns, slice);
         u32 prev = args->prev_pid;
         struct thread_state *out = threads.lookup(&prev);
+        if (out)
+            seen_running(out, prev, now);
 #if SEGMENTS
         if (out && out->off_nr == OFF_ON_CPU)
             sight(out, watch, prev, now); /* before the books: it counts the stretch on CPU */
@@ -638,7 +735,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
             out->activity.on_cpu_ns += now - out->switched_at;
             out->own_cpu_ns += slice;
             out->switched_at = now;
-            out->off_nr = (args->prev_state & TASK_REPORT_SLEEP) ? current_syscall() : OFF_RUNQ;
+            out->off_nr = (args->prev_state & TASK_REPORT_SLEEP) ? current_syscall() : runnable_off();
         }
 #if TRIGGER_NS
         if (out)
@@ -648,18 +745,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
 
     u32 next = args->next_pid;
     struct thread_state *in = next ? threads.lookup(&next) : NULL;
-    if (in && in->left_epoll_ns && in->off_nr != OFF_ON_CPU) {
-        u64 away = now - in->switched_at;
-        if (in->off_nr == OFF_RUNQ)
-            in->activity.runq_ns += away;
-        else
-            add_sleep(&in->activity, in->off_nr, away);
-#if SEGMENTS
-        sighted_back(next, in->switched_at, now);
-#endif
-        in->switched_at = now;
-        in->off_nr = OFF_ON_CPU;
-    }
+    if (in && in->left_epoll_ns && in->off_nr != OFF_ON_CPU)
+        back_on_cpu(in, next, now);
     return 0;
 }
 #elif TRIGGER_NS

@@ -35,7 +35,8 @@
  * COUNTER_ITERATIONS   loop iterations seen (all, not only blocks)
  * COUNTER_BUSY_NS      time spent outside epoll, summed
  * COUNTER_STATE_FULL   thread table full: a thread is not tracked
- * COUNTER_LOST_TRIGGERS trigger ring buffer full: a trigger was dropped */
+ * COUNTER_LOST_TRIGGERS trigger ring buffer full: a trigger was dropped
+ * COUNTER_UNSEEN_SWITCHES a thread seen running whose books said off CPU */
 #ifndef COUNTER_LOST_EVENTS
 #error "COUNTER_LOST_EVENTS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
@@ -50,6 +51,9 @@
 #endif
 #ifndef COUNTER_LOST_TRIGGERS
 #error "COUNTER_LOST_TRIGGERS: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
+#endif
+#ifndef COUNTER_UNSEEN_SWITCHES
+#error "COUNTER_UNSEEN_SWITCHES: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
 #endif
 #ifndef COUNTER_MAX
 #error "COUNTER_MAX: missing -D cflag (see otel_blocksnoop/kernel/program.py)"
@@ -209,6 +213,8 @@ struct thread_state {
     __s32 off_nr;         /* OFF_ON_CPU, OFF_RUNQ, or the syscall it sleeps in */
     __u32 tid;
     __u32 host_tgid;      /* the kernel's: the key of the process in the watched map */
+    __s32 epfd;           /* the epoll fd it last waited in (-1: none yet) */
+    __u32 closed_loop;    /* out of epoll, it closed that fd: its loop is gone */
     struct activity activity;
 };
 

@@ -44,6 +44,17 @@ SID_ROOT = CACHE / "roots" / "sid-pythons"
 SID_MINORS = (14, 15)
 """The CPython versions this machine's Debian lacks, found in ``SID_ROOT``: apps run inside it."""
 SID_SETUP = Path(__file__).resolve().parent.parent / "scripts" / "sid-pythons.sh"
+FREE_THREADED_VERSION = "3.14.7"
+"""The free-threaded CPython built here from source (no package has one), as the script says."""
+FREE_THREADED_PREFIX = Path("/opt/cpython-3.14t")
+"""Where scripts/free-threaded-python.sh installs it, with a venv of ``WEB_APP_PACKAGES``."""
+FREE_THREADED_SETUP = Path(__file__).resolve().parent.parent / "scripts" / "free-threaded-python.sh"
+
+
+def free_threaded_venv() -> Path | None:
+    """The python of the free-threaded build's venv with ``WEB_APP_PACKAGES``, if made."""
+    python = FREE_THREADED_PREFIX / "venvs" / "web" / "bin" / "python"
+    return python if python.exists() else None
 
 
 def sid_python(minor: int) -> str | None:

@@ -73,13 +73,14 @@ while [ "$1" != "--" ]; do
     esac
 done
 shift
-old=$new/.host-root
-mkdir -p "$old"
+# One name per app: apps started at once in one shared root must not remove each other's.
+put_old=.host-root.$$
+mkdir "$new/$put_old"
 cd "$new"
-pivot_root . .host-root
+pivot_root . "$put_old"
 cd /
-umount -l /.host-root
-rmdir /.host-root
+umount -l "/$put_old"
+rmdir "/$put_old"
 PATH=$app_path
 exec "$@"
 """

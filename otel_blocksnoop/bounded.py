@@ -12,6 +12,11 @@ from typing import TypeVar
 
 from cachetools import FIFOCache
 
+MAX_WATCHED_PROCESSES = 256
+"""The most processes watched at once (node mode's ``--max-processes``, at most): every
+table kept per watched process (identity, resource, meters, cgroup files, span reader)
+holds this many, so none forgets a process that is still watched."""
+
 K = TypeVar("K")
 V = TypeVar("V")
 

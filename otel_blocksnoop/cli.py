@@ -13,16 +13,18 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from otel_blocksnoop import __version__, preflight, session
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES
 from otel_blocksnoop.config import Config
-from otel_blocksnoop.errors import BlocksnoopError, ExitCode
+from otel_blocksnoop.errors import BlocksnoopError, ExitCode, RecordingError
 from otel_blocksnoop.events import NS_PER_MS
 from otel_blocksnoop.export import otlp
 from otel_blocksnoop.kernel.program import program_cflags, program_source
 from otel_blocksnoop.node import DEFAULT_MAX_PROCESSES
-from otel_blocksnoop.process.discovery import Selector
+from otel_blocksnoop.process.discovery import PodSelector, Selector
 from otel_blocksnoop.stacks.memory import STACK_READERS
 
 PROG = "otel-blocksnoop"
@@ -39,13 +41,21 @@ examples:
   otel-blocksnoop --tid 1240 1234       # only the loop on thread 1240
   otel-blocksnoop 1234 1240 1251        # several processes at once
   otel-blocksnoop -- python3 app.py     # launch app.py, watched from its start
+  otel-blocksnoop --fail-on 50 -- pytest tests/
+                                        # ... and exit 13 if any loop blocked 50 ms or more
   otel-blocksnoop --all                 # every Python process on the node, as they come and go
   otel-blocksnoop --match 'uvicorn|gunicorn'
                                         # ... those whose command line matches (as pgrep -f)
   otel-blocksnoop --container 3f2a9c1b7d4e
                                         # ... those in this container (id or its prefix)
+  otel-blocksnoop --pod shop/checkout-7d9f8b6c5-x2x4q
+                                        # ... those in this pod (NAMESPACE/NAME, NAME or uid)
   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 otel-blocksnoop 1234
                                         # ... and send spans and metrics to a collector
+  otel-blocksnoop --report r.html -- python3 app.py
+                                        # ... and write an HTML report of its blocks at the end
+  otel-blocksnoop report run.jsonl -o r.html
+                                        # the HTML report of a recording made with --json
   otel-blocksnoop doctor                # check privileges, BCC, tracefs, headers, Austin
   otel-blocksnoop doctor 1234           # ... and that PID 1234 can be read
 """
@@ -105,6 +115,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def process_cap(text: str) -> int:
+    """``--max-processes``: at least 1, at most what the per-process tables hold."""
+    value = positive_int(text)
+    if value > MAX_WATCHED_PROCESSES:
+        msg = f"at most {MAX_WATCHED_PROCESSES}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def process_id(text: str) -> int:
     """A PID or TID: a whole number from 1 to the kernel's limit."""
     try:
@@ -128,6 +147,26 @@ def command_pattern(text: str) -> re.Pattern[str]:
 
 
 CONTAINER_ID = re.compile(r"[0-9a-f]{1,64}")
+POD_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+"""A DNS subdomain name (RFC 1123), as Kubernetes requires of a pod's name."""
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A DNS label (RFC 1123), as Kubernetes requires of a namespace's name."""
+
+
+def pod_selector(text: str) -> PodSelector:
+    """A pod as ``kubectl`` names it: ``NAMESPACE/NAME``, ``NAME``, or its uid."""
+    value = text.strip().removeprefix("pod/")
+    if POD_UID.fullmatch(value.lower()):
+        return PodSelector(uid=value.lower())
+    namespace, _, name = value.rpartition("/")
+    if POD_NAME.fullmatch(name) and (not namespace or NAMESPACE.fullmatch(namespace)):
+        return PodSelector(name=name, namespace=namespace or None)
+    msg = (
+        f"not a pod: {text!r} (NAMESPACE/NAME or NAME as `kubectl get pods` shows it, "
+        "or its metadata.uid)"
+    )
+    raise argparse.ArgumentTypeError(msg)
 
 
 def container_id(text: str) -> str:
@@ -141,11 +180,24 @@ def container_id(text: str) -> str:
     return value
 
 
+def report_path(text: str) -> Path:
+    """Where to write an HTML report: a file in a directory that exists."""
+    path = Path(text)
+    if not text or path.is_dir():
+        msg = f"not a file to write: {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if not path.parent.is_dir():
+        msg = f"no such directory: {str(path.parent)!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         usage=f"{PROG} [OPTIONS] PID [PID...] | {PROG} [OPTIONS] -- CMD [ARGS...] "
-        f"| {PROG} [OPTIONS] --all | --match REGEX | --container ID | {PROG} doctor [PID...]",
+        f"| {PROG} [OPTIONS] --all | --match REGEX | --container ID | {PROG} doctor [PID...] "
+        f"| {PROG} report RECORDING [-o FILE]",
         description="Report every time an asyncio event loop in a Python process is blocked.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -157,16 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-t",
         "--threshold",
         type=threshold_ms,
-        default=DEFAULT_THRESHOLD_MS,
         metavar="MS",
         help=f"report loop iterations at least this long (default {DEFAULT_THRESHOLD_MS:g}, "
-        f"from {MIN_THRESHOLD_MS:g} to {MAX_THRESHOLD_MS:g})",
+        f"or the --fail-on value; from {MIN_THRESHOLD_MS:g} to {MAX_THRESHOLD_MS:g})",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     parser.add_argument(
         "--stats",
         action="store_true",
         help="show the distribution of all loop iterations each second instead of blocks",
+    )
+    parser.add_argument(
+        "--report",
+        type=report_path,
+        metavar="FILE",
+        help="when the run stops, write an HTML report of its blocks to FILE "
+        f"(as `{PROG} report` makes of a --json recording)",
     )
     parser.add_argument("--tid", type=process_id, help="watch only this thread of PID")
     parser.add_argument(
@@ -204,15 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--stacks-from",
         choices=STACK_READERS,
         default="auto",
-        help="who reads the stacks: Austin, or the sidecar from the app's memory with the "
-        "offsets CPython 3.13+ publishes (needs no Austin in the app's mount namespace); "
-        "auto: Austin where it can read the interpreter (up to 3.14), memory beyond",
+        help="who reads the stacks: Austin, or the sidecar from the app's memory (CPython "
+        "3.11+: with the offsets 3.13+ publish, or the layouts generated for 3.11 and 3.12; "
+        "needs no Austin in the app's mount namespace); "
+        "auto: Austin where it can read the app (CPython up to 3.14 with a GIL, in a mount "
+        "namespace the sidecar may enter: CAP_SYS_ADMIN and CAP_SYS_CHROOT), memory otherwise",
     )
+    gate = parser.add_argument_group(
+        "Failing a build",
+        f"At the end, print each block that fails the run with its stack on stderr and exit "
+        f"{int(ExitCode.LOOP_BLOCKED)} (a block) or {int(ExitCode.EVENTS_LOST)} (a loss); "
+        "a launched command that fails keeps its own exit code.",
+    )
+    gate.add_argument(
+        "--fail-on",
+        type=threshold_ms,
+        metavar="MS",
+        help="fail when any loop blocked at least this long (-t defaults to it)",
+    )
+    gate.add_argument(
+        "--fail-on-loss",
+        action="store_true",
+        help="fail when events were lost that can hide a block or its call site "
+        "(kernel.events, kernel.threads, kernel.triggers, stacks.unknown)",
+    )
+    parser.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     node = parser.add_argument_group(
         "Node mode",
         "Instead of PIDs: find the Python processes to watch, as they start, and let go of "
-        "each as it exits (one sidecar per node or pod). --match and --container narrow "
-        "--all and each other.",
+        "each as it exits (one sidecar per node or pod). --match, --container and --pod "
+        "narrow --all and each other.",
     )
     node.add_argument(
         "--all",
@@ -233,12 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="only processes in this container (its id or a prefix, read from their cgroup)",
     )
     node.add_argument(
+        "--pod",
+        type=pod_selector,
+        metavar="POD",
+        help="only processes in this Kubernetes pod: NAMESPACE/NAME or NAME (from their "
+        "environment: the downward API's POD_NAME/POD_NAMESPACE, else HOSTNAME and the "
+        "service account's namespace), or the pod's uid (from their cgroup)",
+    )
+    node.add_argument(
         "--max-processes",
-        type=positive_int,
+        type=process_cap,
         default=DEFAULT_MAX_PROCESSES,
         metavar="N",
-        help=f"watch at most N processes at once; more are counted and warned of "
-        f"(default {DEFAULT_MAX_PROCESSES})",
+        help=f"watch at most N processes at once, up to {MAX_WATCHED_PROCESSES}; more are "
+        f"counted and warned of (default {DEFAULT_MAX_PROCESSES})",
     )
     otlp_group = parser.add_argument_group(
         "OpenTelemetry export",
@@ -285,11 +372,13 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         argv, command = argv[:split], argv[split + 1 :]
     parser = build_parser()
     ns = parser.parse_args(argv)
-    node = ns.all_processes or ns.match is not None or ns.container is not None
+    node = ns.all_processes or any(x is not None for x in (ns.match, ns.container, ns.pod))
     if node and (ns.pids or command):
-        parser.error("give PIDs, a command after `--`, or --all/--match/--container: one of them")
+        parser.error(
+            "give PIDs, a command after `--`, or --all/--match/--container/--pod: one of them"
+        )
     if node and ns.tid is not None:
-        parser.error("--tid needs a PID: it cannot be used with --all/--match/--container")
+        parser.error("--tid needs a PID: it cannot be used with --all/--match/--container/--pod")
     if not ns.ebpf and not node:
         if ns.pids and command:
             parser.error("give either a PID or a command after `--`, not both")
@@ -298,12 +387,17 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
                 "give a PID to watch, a command after `--` to launch, or --all to watch "
                 "every Python process"
             )
+    if ns.report is not None and ns.stats:
+        parser.error("--report draws blocks, and --stats reports none: give one of them")
     if ns.tid is not None and len(ns.pids) != 1:
         parser.error("--tid needs exactly one PID: the thread's process")
+    threshold = _threshold(parser, ns)
+    if ns.sync and (not ns.json or ns.stats):
+        parser.error("--sync answers in JSON lines, about blocks: it needs --json, not --stats")
     return Config(
         pids=tuple(dict.fromkeys(ns.pids)),
         command=command,
-        threshold_ns=round(ns.threshold * NS_PER_MS),
+        threshold_ns=round(threshold * NS_PER_MS),
         json=ns.json,
         stats=ns.stats,
         tid=ns.tid or 0,
@@ -326,9 +420,29 @@ def parse_arguments(argv: Sequence[str], environ: Mapping[str, str] | None = Non
         quiet=ns.quiet,
         ebpf=ns.ebpf,
         stacks_from=ns.stacks_from,
-        select=Selector(pattern=ns.match, container=ns.container) if node else None,
+        select=Selector(pattern=ns.match, container=ns.container, pod=ns.pod) if node else None,
         max_processes=ns.max_processes,
+        report=ns.report,
+        fail_on_ns=None if ns.fail_on is None else round(ns.fail_on * NS_PER_MS),
+        fail_on_loss=ns.fail_on_loss,
+        sync=ns.sync,
     )
+
+
+def _threshold(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> float:
+    """``-t``, else ``--fail-on``, else the default; a gate below ``-t`` would see nothing."""
+    if ns.fail_on is None:
+        return float(ns.threshold if ns.threshold is not None else DEFAULT_THRESHOLD_MS)
+    if ns.stats:
+        parser.error("--fail-on needs blocks, and --stats reports none: use one of them")
+    if ns.threshold is None:
+        return float(ns.fail_on)
+    if ns.fail_on < ns.threshold:
+        parser.error(
+            f"--fail-on {ns.fail_on:g} is below -t {ns.threshold:g}: blocks between them would "
+            "not be seen; lower -t, or leave it out (it defaults to --fail-on)"
+        )
+    return float(ns.threshold)
 
 
 OUR_LOGGERS = ("otel_blocksnoop", PROG)
@@ -458,6 +572,60 @@ def _ready_for(pids: Sequence[int], checks: list[preflight.Check]) -> str:
     return "launch a command (`doctor PID` checks whether a process can be watched)"
 
 
+def _report(argv: Sequence[str]) -> int:
+    """``report RECORDING [-o FILE]``: the HTML page of a recording made with ``--json``."""
+    parser = _Parser(
+        prog=f"{PROG} report",
+        description="Write one self-contained HTML page (opens offline) of the blocks in a "
+        "recording: a timeline per loop thread, a flame graph of blocked time, the top call "
+        "sites and the durations.",
+        epilog="examples:\n"
+        f"  {PROG} --json -- python3 app.py > run.jsonl\n"
+        f"  {PROG} report run.jsonl -o run.html     # then open run.html in a browser",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "recording", metavar="RECORDING", help="the JSON lines a run wrote with --json (- : stdin)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=report_path,
+        metavar="FILE",
+        help="the page to write (default: RECORDING with .html instead of its suffix)",
+    )
+    ns = parser.parse_args(list(argv))
+    # Jinja2 loads only for a report.
+    from otel_blocksnoop.export.report import read_recording, write_report  # noqa: PLC0415
+
+    name = "stdin" if ns.recording == "-" else ns.recording
+    try:
+        if ns.recording == "-":
+            recording = read_recording(sys.stdin, name)
+        else:
+            with Path(ns.recording).open(encoding="utf-8") as lines:
+                recording = read_recording(lines, name)
+    except OSError as error:
+        msg = f"failed to read recording {name}: {error.strerror or error}"
+        raise RecordingError(msg) from None
+    except UnicodeDecodeError:
+        msg = f"failed to read recording {name}: not text"
+        raise RecordingError(msg) from None
+    output = ns.output
+    if output is None:
+        if ns.recording == "-":
+            parser.error("give -o FILE when the recording comes from stdin")
+        output = Path(ns.recording).with_suffix(".html")
+    write_report(recording, name, output)
+    threads = len({(block.pid, block.tid) for block in recording.blocks})
+    count = len(recording.blocks)
+    print(
+        f"wrote {output}: {count} block{'' if count == 1 else 's'} "
+        f"on {threads} loop thread{'' if threads == 1 else 's'}"
+    )
+    return ExitCode.OK
+
+
 def run(config: Config) -> int:
     """``--ebpf`` prints the kernel side; otherwise a session runs to its end."""
     if config.ebpf:
@@ -473,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["doctor"]:
         return _doctor(argv[1:])
     try:
+        if argv[:1] == ["report"]:
+            return _report(argv[1:])
         # A bad OTEL_* value is found while the configuration is read.
         config = parse_arguments(argv)
         _configure_logging(config)

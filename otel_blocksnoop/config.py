@@ -8,6 +8,7 @@ stage from it; no stage reads the command line or ``os.environ`` itself
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from otel_blocksnoop.analysis import hangs, trace_link
 from otel_blocksnoop.export.otlp import OtlpSettings
@@ -36,6 +37,10 @@ class Config:
     stacks_from: str = "auto"  # STACK_READERS: who reads the stacks (stacks.memory)
     select: Selector | None = None  # node mode: the processes to find and follow
     max_processes: int = 256  # node mode: watched at once, at most
+    report: Path | None = None  # --report: the HTML page written when the run stops
+    fail_on_ns: int | None = None  # --fail-on: exit LOOP_BLOCKED after a block this long
+    fail_on_loss: bool = False  # --fail-on-loss: exit EVENTS_LOST after a loss that hides blocks
+    sync: bool = False  # hidden --sync: answer "reported up to T?" asked on stdin
 
     @property
     def trigger_ns(self) -> int:

@@ -24,6 +24,9 @@ class ExitCode(IntEnum):
     LAUNCH_FAILED = 10
     STOPPED_AT_ONCE = 11
     PID_NAMESPACE = 12
+    LOOP_BLOCKED = 13  # --fail-on: a block at least that long happened
+    EVENTS_LOST = 14  # --fail-on-loss: a block, or its call site, may have gone unseen
+    BAD_RECORDING = 20
     INTERRUPTED = 130
 
 
@@ -145,3 +148,10 @@ class ConfigError(BlocksnoopError):
 
     exit_code = ExitCode.USAGE
     hint = "see README, 'OpenTelemetry export', for the variables and their values"
+
+
+class RecordingError(BlocksnoopError):
+    """A recording given to ``report`` cannot be read, or the report cannot be written."""
+
+    exit_code = ExitCode.BAD_RECORDING
+    hint = "give the JSON lines a run wrote with --json (`otel-blocksnoop --json ... > run.jsonl`)"

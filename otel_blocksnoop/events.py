@@ -79,8 +79,10 @@ class Loss(StrEnum):
     STACK_RESTARTS = "stacks.restarts"  # the sampler died and was restarted (its history lost)
     STACK_LATE = "stacks.late"  # a sample arrived after its time was declared covered: dropped
     STACK_UNKNOWN = "stacks.unknown"  # a block reported without a stack: no sample inside it
+    CALL_SITES_UNSURE = "stacks.call_sites"  # a call site seen in too few samples: left out
     CONTEXT_LATE = "context.late"  # a span/task read finished after its block ended
     CONTEXT_ERRORS = "context.errors"  # a span/task read failed (memory changed under it)
+    CONTEXT_AWAITED_BY = "context.awaited_by"  # a task's awaiters unsure: the read names none
     LINK_UNDECIDED = "link.undecided"  # reads disagreed: the block gets no parent
     LINK_UNREAD = "link.unread"  # no read landed in a request's segment: it gets no parent
     SEGMENTS_OVERFLOW = "kernel.segments"  # an iteration switched context too often to record
@@ -241,6 +243,7 @@ class ProcessIdentity:
     container_id: str | None = None  # the full 64-hex id its cgroups name
     pod: PodIdentity | None = None  # None outside Kubernetes
     app_pid: int | None = None  # the PID as the process sees itself, where it differs from pid
+    free_threaded: bool | None = None  # a build without a GIL (3.13t, 3.14t); None: not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +261,33 @@ class SpanRef:
 
 @dataclass(frozen=True, slots=True)
 class TaskRef:
-    """The asyncio task a thread was running: its name and its coroutine's qualified name."""
+    """The asyncio task a thread was running: its name and its coroutine's qualified name.
+
+    From CPython 3.14, also the tasks awaiting it (the ``pstree`` view): the
+    names of those waiting on it, then of those waiting on them, up to a cap
+    (``awaited_by``; empty: none waits), and how many more were found past
+    the cap (``awaited_by_more``). None where not read: before 3.14, or a
+    read that could not be sure.
+    """
 
     name: str
     coroutine: str | None
+    awaited_by: tuple[str, ...] | None = None
+    awaited_by_more: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyWork:
+    """The callbacks a loop had ready to run when it was read: those a block delays."""
+
+    queued: int  # how many its ready queue held
+    handles: tuple[tuple[int, SpanRef | None], ...]  # (Handle address, its request's span)
+    unread: tuple[int, ...] = ()  # Handles whose context was not read (past a bound)
+
+    @property
+    def requests(self) -> tuple[SpanRef, ...]:
+        """The requests (their active spans) the callbacks belong to, each once, in order."""
+        return tuple(dict.fromkeys(span for _, span in self.handles if span is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +297,26 @@ class ThreadContext:
     span: SpanRef | None
     task: TaskRef | None
     context: int = 0  # the thread state's context pointer the read found (0: none)
+    ready: ReadyWork | None = None  # the loop's ready callbacks, when asked for and known
+
+
+@dataclass(frozen=True, slots=True)
+class CallSite:
+    """One call site that held the loop during a block: where, from when, how long, why.
+
+    ``start_ns`` (CLOCK_MONOTONIC; ``start_unix_ns`` on the wall clock) is
+    where its first sample's time begins, ``share_ns`` the time its samples
+    stand for, within one sampling interval. ``cause``/``syscall`` are the
+    kernel's books as far as they name this call site alone, else ``unknown``.
+    """
+
+    frame: Frame
+    start_ns: int
+    start_unix_ns: int
+    share_ns: int
+    samples: int
+    cause: Cause = Cause.UNKNOWN
+    syscall: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +373,17 @@ class Block:
     segment: int = 0
     # The ids as the app and the host see them (None: both are ``pid``/``tid``).
     ids: NamespacedIds | None = None
+    # The callbacks the loop had ready to run during the block, that waited on it
+    # (None: not known), and the other requests they belong to, each once.
+    delayed_tasks: int | None = None
+    delayed: tuple[SpanRef, ...] = ()
+    delayed_unread: int = 0  # of ``delayed_tasks``, those whose request was not read
+    # Every call site that held the loop, in time order (``analysis.calls``); the
+    # ones seen in too few samples to name are left out and counted here, and the
+    # block's time no sample stands for (before sampling began, after it ended).
+    call_sites: tuple[CallSite, ...] = ()
+    call_sites_left_out: int = 0
+    unsampled_ns: int = 0
 
     @property
     def duration_ns(self) -> int:
@@ -409,6 +466,7 @@ class Counters:
     busy_ns: int
     untracked_threads: int
     lost_triggers: int = 0
+    unseen_switches: int = 0  # switches back on CPU the kernel placed at a later sighting
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,9 +547,20 @@ class SessionSummary:
     processes: NodeCounts | None = None  # node mode only
 
 
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """Every block that ended by ``monotonic_ns`` has been handed on before this record.
+
+    The answer to a question asked with ``--sync`` (the pytest plugin asks at
+    the end of each test phase, to judge it without waiting longer than needed).
+    """
+
+    monotonic_ns: int
+
+
 # What the kernel sends through its ring buffers.
 KernelEvent = BlockEvent | Trigger
 
 # What a sink is handed: a block (``in_progress``: a hang, reported while it lasts),
-# stats-mode intervals, periodic loop times, and the summary, once, at the end.
-Record = Block | IterationStats | LoopTimes | SessionSummary | ProcessExited
+# stats-mode intervals, periodic loop times, answers to --sync, and the summary, once, at the end.
+Record = Block | IterationStats | LoopTimes | SessionSummary | ProcessExited | Synced

@@ -12,12 +12,13 @@ and looked at again at the next scan, when a place may have come free.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES, BoundedDict
 from otel_blocksnoop.events import NodeCounts
 from otel_blocksnoop.process.target import ExitWatch, TargetInfo
 
@@ -29,10 +30,34 @@ LEAVE_RETRY_S = 0.2
 """How often a process that exited is looked at again while the flow holds its blocks."""
 LEAVE_WAIT_S = 10.0
 """Longest an exited process is held for its blocks (their samples and kind come within ~3 s)."""
-DEFAULT_MAX_PROCESSES = 256
-"""Processes watched at once, by default (``--max-processes``)."""
+DEFAULT_MAX_PROCESSES = MAX_WATCHED_PROCESSES
+"""Processes watched at once, by default (``--max-processes``): as many as the sidecar's
+per-process tables hold, which is also the most ``--max-processes`` accepts."""
 MAX_OVER_CAP = 4096
 """Processes over the cap remembered, so that each is counted once."""
+TRIM_EVERY_S = 10.0
+"""How often, at most, the C heap's free pages are given back after processes were let go."""
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """The C library's ``malloc_trim(0)`` (glibc), or None (another C library).
+
+    What a watched process's coming and going leaves free in the C heap
+    (threads started and ended, their buffers) sits in glibc's arenas, most
+    of it between chunks in use, where glibc never gives it back by itself:
+    the sidecar's RSS grew with every process seen. ``malloc_trim`` returns
+    every free page of every arena to the kernel.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
 
 
 class Finder(Protocol):
@@ -84,6 +109,8 @@ class NodeWatch:
         self._over_cap: BoundedDict[int, None] = BoundedDict(MAX_OVER_CAP)
         self._warned_cap = False
         self._next_scan = 0.0
+        self._next_trim = 0.0
+        self._released = False
         self._found = 0
         self._left = 0
 
@@ -117,6 +144,10 @@ class NodeWatch:
             self._release(pid)
         for pid in self._exits.take_exited():
             self._leaving[pid] = now
+        if self._released and now >= self._next_trim and _TRIM is not None:
+            self._released = False
+            self._next_trim = now + TRIM_EVERY_S
+            _TRIM()
         if now >= self._next_scan:
             self._scan(now, running=False)
         return min(self._next_scan, now + LEAVE_RETRY_S) if self._leaving else self._next_scan
@@ -168,4 +199,5 @@ class NodeWatch:
         self._discovery.forget(pid)
         self._stages.release(pid)
         self._left += 1
+        self._released = True
         log.info("PID %d exited; no longer watched", pid)

@@ -42,12 +42,16 @@ from otel_blocksnoop.config import Config
 from otel_blocksnoop.errors import ExitCode, PidNamespaceError
 from otel_blocksnoop.events import (
     NS_PER_MS,
+    Block,
     ProcessExited,
     Record,
     SessionSummary,
+    Synced,
+    ThreadKind,
 )
 from otel_blocksnoop.export import otlp
 from otel_blocksnoop.export.console import ConsoleSink
+from otel_blocksnoop.export.gate import Gate
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
 from otel_blocksnoop.export.sink import Sink
 from otel_blocksnoop.kernel.detector import Detector
@@ -68,7 +72,7 @@ from otel_blocksnoop.stacks.austin import Austin, AustinError
 from otel_blocksnoop.stacks.memory import StackSources
 from otel_blocksnoop.stacks.pool import SamplerPool
 from otel_blocksnoop.stacks.sampler import interval_for
-from otel_blocksnoop.stacks.threads import ThreadClassifier
+from otel_blocksnoop.stacks.threads import ThreadClassifier, classify
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +159,41 @@ class Escalation:
             time.sleep(GROUP_POLL_S)
 
 
+class SyncRequests:
+    """Questions asked on a pipe (``--sync``): one CLOCK_MONOTONIC time in ns per line.
+
+    Each is answered with a ``Synced`` record once every block that ended by
+    then has been handed on: the pytest plugin judges a test as soon as the
+    sidecar has caught up with its end, and waits no longer. The asker
+    closing the pipe asks the sidecar to stop.
+    """
+
+    MAX_LINE = 32
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+        self._buffer = b""
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> list[int]:
+        """The times asked since the last read; a line that is not a number is ignored."""
+        while not self.closed:
+            try:
+                chunk = os.read(self._fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.closed = True
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        self._buffer = self._buffer[-self.MAX_LINE :]
+        return [int(line) for line in lines if line.strip().isdigit()]
+
+
 class Session:
     """Runs the flow (or stats) until a stop request or the target's exit, then sums up."""
 
@@ -169,8 +208,11 @@ class Session:
         linker: TraceLinker | None = None,
         losses: Losses | None = None,
         ids: NamespaceIds | None = None,
+        sync: SyncRequests | None = None,
     ) -> None:
         self._detector = detector
+        self._sync = sync
+        self._asked: list[int] = []  # sync times not answered yet, in the order asked
         self._sinks = sinks
         self._options = options
         self._losses = losses if losses is not None else Losses()
@@ -295,6 +337,8 @@ class Session:
         if not self._options.stats:
             self._detector.wake_on(target.fileno())
             self._detector.wake_on(self._wake_read)
+            if self._sync is not None:
+                self._detector.wake_on(self._sync.fileno())
         while not self._stop_requested and not target.exited():
             wake_at = next_stats if node is None else min(next_stats, node.step())
             if escalation is not None and self._stop_asked_at is not None:
@@ -304,6 +348,7 @@ class Session:
                 time.sleep(min(POLL_MS / 1000, max(0.0, wake_at - time.monotonic())))
             else:
                 self._flow.step(until_ns=int(wake_at * 1e9))
+                self._answer_sync()
             now = time.monotonic()
             if now >= next_stats:
                 if self._options.stats:
@@ -317,6 +362,22 @@ class Session:
         if escalation is not None and self._stop_asked_at is not None:
             escalation.finish(self._stop_asked_at)
         return self._finish(started, node)
+
+    def _answer_sync(self) -> None:
+        """Say ``Synced`` for each time asked once the blocks that ended by then are out."""
+        if self._sync is None:
+            return
+        asked = self._sync.read()
+        if self._sync.closed:
+            self._sync = None
+            self.request_stop()
+        if asked:
+            # The kernel queued every block that ended by then before it was asked:
+            # take what it holds now, not only what woke us.
+            self._flow.step(until_ns=0)
+            self._asked.extend(asked)
+        while self._asked and self._flow.settled(self._asked[0]):
+            self._emit(Synced(self._asked.pop(0)))
 
     def _announce_stop(self) -> None:
         """Say once that a stop was asked for (not from the handler: logging takes locks)."""
@@ -379,6 +440,23 @@ def run(config: Config) -> int:
         _check_namespaces(targets)
 
     losses = Losses()
+    gate = (
+        Gate(config.fail_on_ns, config.fail_on_loss, counts=_loop_was_running)
+        if config.fail_on_ns is not None or config.fail_on_loss
+        else None
+    )
+    code = _run(config, targets, kernel, losses, gate)
+    return code if gate is None else gate.verdict(code)
+
+
+def _run(
+    config: Config,
+    targets: list[TargetInfo],
+    kernel: DetectorConfig,
+    losses: Losses,
+    gate: Gate | None,
+) -> int:
+    """Load, attach, watch until the end; the exit code before the gate's verdict."""
     detector = Detector(kernel, losses)
     detector.load()
     austin = _find_austin(config)
@@ -391,7 +469,7 @@ def run(config: Config) -> int:
         log.info("attached to %s", ", ".join(detector.attached))
         session = Session(
             detector,
-            _sinks(config, losses),
+            [*_sinks(config, losses), *([] if gate is None else [gate])],
             classifier,
             SessionOptions(
                 threshold_ns=config.threshold_ns,
@@ -403,6 +481,7 @@ def run(config: Config) -> int:
             linker=linker,
             losses=losses,
             ids=ids,
+            sync=SyncRequests(sys.stdin.fileno()) if config.sync else None,
         )
         what = (
             "loop iterations"
@@ -430,6 +509,16 @@ def run(config: Config) -> int:
         if stacks is not None:
             stacks.stop()
         detector.close()
+
+
+def _loop_was_running(block: Block) -> bool:
+    """Whether a block can fail the run: its stack shows an event loop running, or is unknown.
+
+    A thread that ran a loop, then plain code (pytest between two tests, a
+    program between two ``asyncio.run``), then another loop is out of epoll
+    all along and reported as one block; no loop was held up.
+    """
+    return not block.stack or classify(block.stack) == ThreadKind.LOOP
 
 
 def detector_config(config: Config) -> DetectorConfig:
@@ -476,6 +565,14 @@ def _classifier(
     return ThreadClassifier(austin, ids, sources)
 
 
+READERS_SAID = {
+    "auto": "Austin, or the app's memory where Austin cannot read it",
+    "austin": "Austin",
+    "memory": "read from the app's memory",
+}
+"""The start-up line's words for each ``--stacks-from``: ``auto`` picks per process."""
+
+
 def _stacks(
     config: Config,
     austin: Austin | None,
@@ -487,7 +584,9 @@ def _stacks(
         return None
     interval = config.sample_interval_us or interval_for(config.threshold_ns)
     log.info(
-        "sampling Python stacks with Austin every %g ms while a loop is blocked", interval / 1000
+        "sampling Python stacks every %g ms while a loop is blocked (%s)",
+        interval / 1000,
+        READERS_SAID[config.stacks_from],
     )
     # On demand: the kernel's triggers resume Austin (flow.begin/end); stats mode
     # has no stacks at all, so no mode needs Austin to sample all the time.
@@ -504,6 +603,11 @@ def _linker(config: Config, detector: Detector, losses: Losses) -> TraceLinker |
 
 def _sinks(config: Config, losses: Losses) -> list[Sink]:
     sinks: list[Sink] = [JsonLinesSink() if config.json else ConsoleSink()]
+    if config.report is not None:
+        # Jinja2 loads only when a report is asked for.
+        from otel_blocksnoop.export.report import ReportSink  # noqa: PLC0415
+
+        sinks.append(ReportSink(config.report, _watched(config)))
     settings = config.otlp
     if config.stats:
         return sinks
@@ -523,6 +627,15 @@ def _sinks(config: Config, losses: Losses) -> list[Sink]:
         log.warning("%s", problem)
     sinks.append(OtelSink(otlp.build_exporters(settings), settings, losses))
     return sinks
+
+
+def _watched(config: Config) -> str:
+    """What a run watched, as its report's title says."""
+    if config.command:
+        return " ".join(config.command)
+    if config.pids:
+        return "PID " + ", ".join(map(str, config.pids))
+    return "the Python processes of the node"
 
 
 class _Signals:

@@ -1,5 +1,5 @@
 # ruff: noqa: INP001  (a script, not a package)
-"""Generate otel_blocksnoop/process/cpython/v3_X.py: the CPython layouts the context reader needs.
+"""Generate otel_blocksnoop/process/cpython/v3_X.py: the CPython layouts the readers need.
 
 For each supported minor version, compile a small C program against that
 interpreter's own headers (pyenv's ``versions/3.X.*/include/python3.X`` for
@@ -7,7 +7,9 @@ interpreter's own headers (pyenv's ``versions/3.X.*/include/python3.X`` for
 in the root scripts/sid-pythons.sh makes, with the ``-D_Py*`` flags that
 interpreter was built with: Debian builds them with the JIT, which changes
 struct sizes), with ``Py_BUILD_CORE`` for the internal ones, run it, and write
-what ``offsetof()`` and ``sizeof()`` printed as one frozen ``CPythonLayout``.
+what ``offsetof()`` and ``sizeof()`` printed as one frozen ``CPythonLayout``:
+the context reader's fields for every version, and for 3.11 and 3.12 (which
+publish no ``_Py_DebugOffsets``) the frame reader's too.
 Nothing here is typed
 by hand except three structs that CPython does not install, mirrored below from
 its sources: the 3.9/3.10 dict keys (Objects/dict-common.h), the 3.9 module
@@ -135,6 +137,9 @@ DICT_COMMON
 #if PY_MINOR_VERSION >= 12
 #include "internal/pycore_long.h"
 #endif
+#if PY_MINOR_VERSION == 11 || PY_MINOR_VERSION == 12
+#include "internal/pycore_frame.h"
+#endif
 #if PY_MINOR_VERSION >= 10
 #include "internal/pycore_moduleobject.h"
 #else
@@ -159,6 +164,7 @@ static long long state_mask(void (*set)(PyASCIIObject *)) {
 }
 static void set_ascii(PyASCIIObject *o) { o->state.ascii = 1; }
 static void set_compact(PyASCIIObject *o) { o->state.compact = 1; }
+static void set_kind_1(PyASCIIObject *o) { o->state.kind = 1; }
 
 int main(void) {
     PyObject fake;
@@ -190,6 +196,9 @@ int main(void) {
     D("long_digits", long_object.ob_digit);
     D("dict_keys", dict_object.ma_keys);
     D("dict_values", dict_object.ma_values);
+    D("set_used", set_object.used);
+    D("set_table", set_object.table);
+    D("set_mask", set_object.mask);
 #endif
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
 #if PY_MINOR_VERSION >= 13
@@ -316,6 +325,12 @@ int main(void) {
     P("entry_key", offsetof(PyDictKeyEntry, me_key));
     P("entry_value", offsetof(PyDictKeyEntry, me_value));
 
+    P("set_used", offsetof(PySetObject, used));
+    P("set_mask", offsetof(PySetObject, mask));
+    P("set_table", offsetof(PySetObject, table));
+    P("set_entry_size", sizeof(setentry));
+    P("set_entry_key", offsetof(setentry, key));
+
     P("context_vars", offsetof(PyContext, ctx_vars));
     P("contextvar_name", offsetof(PyContextVar, var_name));
     P("contextvar_hash", offsetof(PyContextVar, var_hash));
@@ -325,6 +340,56 @@ int main(void) {
     P("array_array", offsetof(MirrorHamtArray, a_array));
     P("array_count", offsetof(MirrorHamtArray, a_count));
     P("collision_array", offsetof(MirrorHamtCollision, c_array));
+
+#if PY_MINOR_VERSION == 11 || PY_MINOR_VERSION == 12
+    P("tstate_cframe", offsetof(PyThreadState, cframe));
+    P("cframe_current_frame", offsetof(_PyCFrame, current_frame));
+    P("frame_size", sizeof(_PyInterpreterFrame));
+    P("frame_previous", offsetof(_PyInterpreterFrame, previous));
+    P("frame_code", offsetof(_PyInterpreterFrame, f_code));
+    P("frame_prev_instr", offsetof(_PyInterpreterFrame, prev_instr));
+    P("frame_owner", offsetof(_PyInterpreterFrame, owner));
+#if PY_MINOR_VERSION == 12
+    P("frame_owner_cstack", FRAME_OWNED_BY_CSTACK);
+#else
+    NONE("frame_owner_cstack");
+#endif
+    P("code_size", sizeof(PyCodeObject));
+    P("code_filename", offsetof(PyCodeObject, co_filename));
+    P("code_name", offsetof(PyCodeObject, co_name));
+    P("code_qualname", offsetof(PyCodeObject, co_qualname));
+    P("code_linetable", offsetof(PyCodeObject, co_linetable));
+    P("code_firstlineno", offsetof(PyCodeObject, co_firstlineno));
+    P("code_adaptive", offsetof(PyCodeObject, co_code_adaptive));
+    P("code_unit_size", sizeof(_Py_CODEUNIT));
+    P("bytes_ob_size", offsetof(PyBytesObject, ob_base.ob_size));
+    P("bytes_sval", offsetof(PyBytesObject, ob_sval));
+    P("unicode_compact_size", sizeof(PyCompactUnicodeObject));
+    P("unicode_object_size", sizeof(PyUnicodeObject));
+    P("unicode_kind_shift", __builtin_ctzll(state_mask(set_kind_1)));
+#else
+    NONE("tstate_cframe");
+    NONE("cframe_current_frame");
+    NONE("frame_size");
+    NONE("frame_previous");
+    NONE("frame_code");
+    NONE("frame_prev_instr");
+    NONE("frame_owner");
+    NONE("frame_owner_cstack");
+    NONE("code_size");
+    NONE("code_filename");
+    NONE("code_name");
+    NONE("code_qualname");
+    NONE("code_linetable");
+    NONE("code_firstlineno");
+    NONE("code_adaptive");
+    NONE("code_unit_size");
+    NONE("bytes_ob_size");
+    NONE("bytes_sval");
+    NONE("unicode_compact_size");
+    NONE("unicode_object_size");
+    NONE("unicode_kind_shift");
+#endif
     return 0;
 }
 """

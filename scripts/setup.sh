@@ -5,7 +5,9 @@
 #   Debian packages   BCC (python3-bpfcc), kernel headers, linux-libc-dev (what
 #                     scripts/gen_syscall_names.py reads), musl (for Austin),
 #                     util-linux, mount, coreutils (unshare, pivot_root, chroot:
-#                     the tests' apps in a filesystem of their own, harness/mntns.py)
+#                     the tests' apps in a filesystem of their own, harness/mntns.py),
+#                     chromium and a font (the HTML report's browser test, driven by
+#                     Playwright from the venv: Playwright downloads no browser here)
 #   header links      /lib/modules/$(uname -r)/{build,source} -> Debian's headers
 #   tracefs           mounted on /sys/kernel/tracing
 #   uv + venv         uv from PyPI, then `uv sync --locked` into .venv
@@ -16,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 AUSTIN_VERSION="4.0.0"
-DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip docker-compose util-linux mount coreutils)
+DEB_PACKAGES=(python3-bpfcc libbpfcc bpfcc-tools linux-headers-amd64 linux-libc-dev musl unzip docker-compose util-linux mount coreutils chromium fonts-dejavu-core)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

@@ -37,7 +37,7 @@ from typing import Any
 from blocksnoop_bench.pairing import Injected, Span, pair
 from blocksnoop_bench.peer import PEER_VERSION, install_peer, run_peer_timed
 from blocksnoop_bench.peer_scoring import score_peer
-from blocksnoop_bench.procs import PYTHON, Neighbours, TimedApp, run_timed_app
+from blocksnoop_bench.procs import PYTHON, SID_PREFIX, Neighbours, TimedApp, run_timed_app
 from blocksnoop_bench.report import Section, num, pct, table
 
 DURATIONS_MS = (2.0, 5.0, 10.0, 50.0, 100.0)
@@ -123,7 +123,12 @@ def _app(duration_ms: float, count: int, seed: int, python: str) -> TimedApp:
 
 def _tag(duration_ms: float, python: str, tool: str) -> str:
     who = "" if tool == "ours" else f"{tool}-"
-    return f"attribution-{who}{Path(python).parent.parent.name or 'py'}-{duration_ms:g}ms"
+    name = (
+        python.replace(":", "")
+        if python.startswith(SID_PREFIX)
+        else Path(python).parent.parent.name
+    )
+    return f"attribution-{who}{name or 'py'}-{duration_ms:g}ms"
 
 
 def _run_one(app: TimedApp, duration_ms: float, raw_dir: Path) -> dict[str, Any]:

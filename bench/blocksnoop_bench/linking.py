@@ -77,11 +77,13 @@ from blocksnoop_bench.peer_scoring import MAX_LATENCY_S, ROUNDING_SLACK_NS, obse
 from blocksnoop_bench.procs import (
     APPS,
     PYTHON,
+    SID_PREFIX,
     BenchError,
     Sidecar,
     attached,
     cpu_times,
     json_records,
+    python_argv,
     start_app,
 )
 from blocksnoop_bench.report import Section, median, num, pct, spread, table
@@ -160,6 +162,10 @@ def find_targets(pythons: list[str] | None) -> tuple[list[Target], list[str]]:
     missing: list[str] = []
     if pythons:
         targets = [Target(Path(p).parent.parent.name or p, p) for p in pythons]
+        # uvloop on each of sid's too (its venvs have it), beside the sidecar's own below
+        targets += [
+            Target(f"{p} uvloop", p, uvloop=True) for p in pythons if p.startswith(SID_PREFIX)
+        ]
     else:
         for minor in MINORS:
             python = _otel_venv(minor)
@@ -246,7 +252,7 @@ def _accuracy_run(target: Target, quick: bool, raw_dir: Path, seed: int) -> dict
     ):
         app_out = Path(tmp) / "blocks.json"
         app = [
-            target.python,
+            *python_argv(target.python),
             str(APPS / "linked_app.py"),
             f"--out={app_out}",
             f"--count={count}",
@@ -456,7 +462,7 @@ def find_burst_targets(pythons: list[str] | None) -> tuple[list[Target], list[st
 def _burst_app(target: Target, rounds: int, out: Path) -> list[str]:
     bursts = [arg for _ in range(rounds) for size in BURST_SIZES for arg in ("--burst", str(size))]
     return [
-        target.python,
+        *python_argv(target.python),
         str(WEB_APP),
         "--out",
         str(out),
@@ -670,7 +676,7 @@ def _otel_target(python: str) -> Iterator[dict[str, Any]]:
         fifo = Path(tmp) / "ready"
         os.mkfifo(fifo)
         process = subprocess.Popen(
-            [python, str(OTEL_TARGET), "--ready", str(fifo)],
+            [*python_argv(python), str(OTEL_TARGET), "--ready", str(fifo)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -39,6 +39,7 @@ from blocksnoop_bench.procs import (
     Lines,
     TimedApp,
     json_records,
+    python_argv,
     rss_mib,
 )
 from harness.interpreters import CACHE, pyenv_python
@@ -230,7 +231,7 @@ def run_peer_timed(
     """Launch ``app`` under the peer until it exits; the peer's counterpart of run_timed_app."""
     with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
         app_out = Path(tmp) / "injected.json"
-        argv = [app.python, str(APPS / app.script), f"--out={app_out}", *app.args]
+        argv = [*python_argv(app.python), str(APPS / app.script), f"--out={app_out}", *app.args]
         offset_before = wall_minus_mono_ns()
         peer = Peer(
             venv, ["-t", f"{threshold_ms:g}", "--", *argv], raw.parent / f"{raw.name}.jsonl"

@@ -37,8 +37,35 @@ ATTACH_TIMEOUT_S = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+SID_PREFIX = "sid:3."
+"""``--python sid:3.14``: Debian sid's 3.14 venv (scripts/sid-pythons.sh), run in its root."""
+
+
 class BenchError(Exception):
     """A benchmark could not run; the message names the step that failed."""
+
+
+def python_argv(python: str) -> list[str]:
+    """The argv that runs ``python``: itself, or ``sid:3.X`` in Debian sid's root.
+
+    ``sid:3.X`` is the venv of sid's CPython 3.X with the test apps' packages
+    (opentelemetry-sdk, aiohttp and its instrumentation, uvloop), run under
+    pivot_root in that root as the integration tests run it (harness.mntns),
+    with bench/apps and the test targets at their host paths and the host's /tmp.
+    """
+    if not python.startswith(SID_PREFIX):
+        return [python]
+    from dataclasses import replace  # noqa: PLC0415 - only for sid targets
+
+    from harness.interpreters import sid_venv  # noqa: PLC0415
+    from harness.mntns import pivot_root_command, sid_root  # noqa: PLC0415
+
+    inside = sid_venv(int(python.removeprefix(SID_PREFIX)))
+    if inside is None:
+        msg = f"no {python} root: run scripts/sid-pythons.sh"
+        raise BenchError(msg)
+    root = sid_root()
+    return pivot_root_command(replace(root, binds=(*root.binds, (str(APPS), str(APPS)))), [inside])
 
 
 class Child:
@@ -512,7 +539,7 @@ def run_timed_app(
     """
     with tempfile.TemporaryDirectory(prefix="blocksnoop-bench-") as tmp:
         app_out = Path(tmp) / "injected.json"
-        argv = [app.python, str(APPS / app.script), f"--out={app_out}", *app.args]
+        argv = [*python_argv(app.python), str(APPS / app.script), f"--out={app_out}", *app.args]
         sidecar = Sidecar(
             ["-t", f"{threshold_ms:g}", "--", *argv], raw.parent / f"{raw.name}.jsonl"
         )

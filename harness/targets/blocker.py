@@ -103,6 +103,34 @@ def held_lock(seconds: float) -> None:
     thread.join()
 
 
+def contended_lock(seconds: float) -> None:
+    """Take, again and again, a lock a busy thread holds ~2 ms at a time.
+
+    Many short futex waits while another thread runs Python: what a GIL wait
+    looks like to the kernel, here a lock's (on a free-threaded build, no GIL)."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    holding = threading.Event()
+
+    def holder() -> None:
+        while not stop.is_set():
+            with lock:
+                holding.set()
+                until = time.thread_time() + 0.002
+                while time.thread_time() < until:
+                    pass
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    holding.wait()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with lock:
+            pass
+    stop.set()
+    thread.join()
+
+
 def gil_contention(seconds: float) -> None:
     """Another thread runs pure Python while the loop makes calls that release the GIL."""
     stop = threading.Event()
@@ -139,7 +167,15 @@ BLOCKERS: dict[str, Callable[[float], None]] = {
     "subprocess": wait_subprocess,
     "lock": held_lock,
     "gil": gil_contention,
+    "contended": contended_lock,
 }
+
+
+UNEVEN = (("cpu", 4), ("hashlib", 1), ("sleep", 2), ("read", 1))
+"""The "uneven" scenario: one function (``busy``) blocks the loop far longer than the others."""
+ALONE = ("contended",)
+"""Ways of blocking run only when named, not in "all"."""
+ALL = tuple(name for name in BLOCKERS if name not in ALONE)
 
 
 async def block_once(scenario: str, seconds: float) -> None:
@@ -184,8 +220,12 @@ async def scenario_main(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.8)
         return
     if args.scenario == "all":
-        for name in BLOCKERS:
+        for name in ALL:
             await block_once(name, seconds)
+    elif args.scenario == "uneven":
+        for name, times in UNEVEN:
+            for _ in range(times):
+                await block_once(name, seconds)
     else:
         await block_once(args.scenario, seconds)
     await asyncio.sleep(args.linger)
@@ -214,7 +254,17 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario",
-        choices=[*BLOCKERS, "all", "idle", "early", "thread", "two-threads", "native", "deadlock"],
+        choices=[
+            *BLOCKERS,
+            "all",
+            "uneven",
+            "idle",
+            "early",
+            "thread",
+            "two-threads",
+            "native",
+            "deadlock",
+        ],
     )
     parser.add_argument("--ready")
     parser.add_argument("--go", action="store_true")
@@ -225,6 +275,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", help="write the block records here instead of stdout")
     parser.add_argument(
         "--after", type=float, default=0.0, help="after the loop ends, work this long without one"
+    )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="after that work, run the scenario once more in a new loop (asyncio.run again)",
     )
     parser.add_argument(
         "--close-ms",
@@ -306,8 +361,10 @@ def main() -> None:
 
     run_loop(body, args.uvloop)
     if args.after:
-        # The thread left its loop for good: out of epoll, but not a block.
+        # The thread left its loop (for good, or until --again): out of epoll, not a block.
         time.sleep(args.after)
+    if args.again:
+        run_loop(body, args.uvloop)
 
 
 if __name__ == "__main__":

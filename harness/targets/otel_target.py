@@ -12,7 +12,8 @@ The loop's task is left unnamed (3.13 then holds its number, not a str).
 
 When all are blocked, one JSON line goes to the FIFO: {"pid", "python",
 "threads": {name: {"tid", "trace_id", "span_id", "trace_flags"}}} (ids only
-for threads inside a span; "loop" also has "task" and "coroutine"). A line on stdin ends everything.
+for threads inside a span; "loop" also has "task", "coroutine" and, from 3.14,
+"awaited_by": the names of the tasks awaiting its task, else null). A line on stdin ends everything.
 
 With --no-otel, opentelemetry is never imported (only "loop" and "plain" run,
 without spans). With --uvloop, the loop is uvloop's. With --churn, one more
@@ -42,12 +43,14 @@ EXTRA_VARS: list[contextvars.ContextVar[int]] = [
 
 TASK_NAME: list[str] = []
 """The name the loop's task will be given, known without asking it (which names it)."""
+AWAITED_BY: list[list[str] | None] = []
+"""Who awaits the loop's task: the main task (3.14+ keep it; before, None)."""
 
 
 def note(name: str, span: Any = None) -> None:
     entry: dict[str, Any] = {"tid": threading.get_native_id()}
     if name == "loop":
-        entry.update(task=TASK_NAME[0], coroutine="handler")
+        entry.update(task=TASK_NAME[0], coroutine="handler", awaited_by=AWAITED_BY[0])
     if span is not None:
         context = span.get_span_context()
         entry.update(
@@ -197,6 +200,9 @@ def main() -> None:
         # Unnamed tasks are numbered in turn: the one made next is this one's number plus one.
         probe = loop.create_task(asyncio.sleep(0))
         TASK_NAME.append(f"Task-{int(probe.get_name().removeprefix('Task-')) + 1}")
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        AWAITED_BY.append([main_task.get_name()] if sys.version_info >= (3, 14) else None)
         await loop.create_task(handler(use_otel, started, args.ready, args.odd_span))
         await probe
 

@@ -23,6 +23,16 @@ threads of the process ran: CPython's ``take_gil`` waits on a condition
 variable in steps of the switch interval (5 ms by default) for a thread that
 is running Python. A lock held by a sleeping thread, or a wait for a worker
 thread's result, is one long futex wait instead: a plain ``syscall`` (futex).
+
+A thread that gives its CPU up in sched_yield (a lock spinning before it
+sleeps, as a free-threaded build's locks do) is booked asleep in sched_yield
+by the kernel, not in the run queue: on a busy machine each yield waits out
+others' slices, and that wait is the lock's, not ``sched``.
+
+A free-threaded build (3.13t, 3.14t) has no GIL: there, waits of that shape
+are a contended lock (``threading.Lock``, a critical section of the
+interpreter's own), given as ``syscall`` (futex). The caller says which build
+the process runs (``gil_possible``); unknown, it is taken to have a GIL.
 """
 
 from __future__ import annotations
@@ -48,9 +58,11 @@ def dominant_sleep(activity: Activity) -> Sleep | None:
     return max(activity.sleeps, key=lambda sleep: sleep.ns)
 
 
-def looks_like_gil(activity: Activity, sleep: Sleep) -> bool:
+def looks_like_gil(activity: Activity, sleep: Sleep, *, gil_possible: bool = True) -> bool:
+    """Several short futex waits while siblings ran; never in a build without a GIL."""
     return (
-        sleep.syscall == FUTEX
+        gil_possible
+        and sleep.syscall == FUTEX
         and sleep.count >= GIL_MIN_WAITS
         and sleep.ns <= GIL_MAX_MEAN_WAIT_NS * sleep.count
         and activity.sibling_cpu_ns >= GIL_MIN_SIBLING_SHARE * sleep.ns
@@ -68,14 +80,23 @@ def gil_share_ok(activity: Activity, sleep: Sleep) -> bool:
     return sleep.ns >= GIL_MIN_SHARE * total and sleep.ns >= activity.other_sleep_ns
 
 
-def classify(activity: Activity | None, threshold_ns: int = 0) -> tuple[Cause, str | None]:
-    """The cause of a block and, for ``syscall``, the syscall's name."""
+def classify(
+    activity: Activity | None, threshold_ns: int = 0, *, gil_possible: bool = True
+) -> tuple[Cause, str | None]:
+    """The cause of a block and, for ``syscall``, the syscall's name.
+
+    ``gil_possible``: False for a free-threaded process, which has no GIL to wait for.
+    """
     if activity is None or activity.on_cpu_ns + activity.runq_ns + activity.sleep_ns == 0:
         return Cause.UNKNOWN, None
     if activity.runq_ns and activity.on_cpu_ns + activity.sleep_ns < threshold_ns:
         return Cause.SCHED, None
     sleep = dominant_sleep(activity)
-    if sleep is not None and looks_like_gil(activity, sleep) and gil_share_ok(activity, sleep):
+    if (
+        sleep is not None
+        and looks_like_gil(activity, sleep, gil_possible=gil_possible)
+        and gil_share_ok(activity, sleep)
+    ):
         return Cause.GIL, None
     if activity.sleep_ns <= max(activity.on_cpu_ns, activity.runq_ns):
         return Cause.CPU, None

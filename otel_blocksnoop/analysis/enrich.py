@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from otel_blocksnoop.analysis import cause, segments
+from otel_blocksnoop.analysis import calls, cause, segments
 from otel_blocksnoop.analysis.attribution import attribute
 from otel_blocksnoop.analysis.clock import WallClock
 from otel_blocksnoop.analysis.throttle import bounded
-from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES, BoundedDict
 from otel_blocksnoop.events import (
     Block,
     BlockEvent,
@@ -39,7 +39,7 @@ from otel_blocksnoop.process.target import thread_name
 
 log = logging.getLogger(__name__)
 
-MAX_IDENTITIES = 256  # watched processes whose identity is kept
+MAX_IDENTITIES = MAX_WATCHED_PROCESSES  # watched processes whose identity is kept
 
 
 class Linker(Protocol):
@@ -197,7 +197,18 @@ class Enricher:
         stack = attribution.stack if attribution else ()
         if throttling is None and self._throttle is not None:
             throttling = self._throttle.throttling(event, final=not in_progress)
-        why, syscall = cause.classify(event.activity, self._threshold_ns)
+        process = self.identity(event.pid)
+        gil_possible = not process.free_threaded  # a free-threaded build has no GIL
+        why, syscall = cause.classify(event.activity, self._threshold_ns, gil_possible=gil_possible)
+        sites = calls.split(
+            samples,
+            event.start_ns,
+            event.end_ns,
+            activity=event.activity,
+            whole=(why, syscall),
+            to_unix=self._clock.to_unix_ns,
+            gil_possible=gil_possible,
+        )
         if found is None and self._linker is not None:
             key = (event.pid, event.tid, event.start_ns)
             if event.segments:
@@ -206,6 +217,7 @@ class Enricher:
                 found = segments.whole_owner(event.segments, owners, event.duration_ns)
             else:
                 found = self._linker.context(*key, final=not in_progress)
+        ready = found.ready if found else None
         return Block(
             pid=event.pid,
             tid=event.tid,
@@ -227,8 +239,14 @@ class Enricher:
             throttling=throttling,
             end_reason=event.end_reason,
             in_progress=in_progress,
-            process=self.identity(event.pid),
+            process=process,
             parent=found.span if found else None,
             task=found.task if found else None,
             ids=self.namespaced(event),
+            delayed_tasks=len(ready.handles) + len(ready.unread) if ready is not None else None,
+            delayed=ready.requests if ready is not None else (),
+            delayed_unread=len(ready.unread) if ready is not None else 0,
+            call_sites=sites.sites,
+            call_sites_left_out=sites.left_out,
+            unsampled_ns=sites.unsampled_ns if samples else 0,
         )

@@ -166,6 +166,10 @@ class BlockFlow:
         """Blocks that ended and wait for their samples or their thread's kind."""
         return len(self._pending)
 
+    def settled(self, until_ns: int) -> bool:
+        """Whether every block the kernel sent that ended by ``until_ns`` has been handed on."""
+        return all(event.end_ns > until_ns for event, _, _ in self._pending)
+
     def holds(self, pid: int) -> bool:
         """Whether a block of ``pid`` is still on its way (pending, or followed while it lasts)."""
         return any(event.pid == pid for event, _, _ in self._pending) or any(
@@ -207,6 +211,12 @@ class BlockFlow:
     def summary(self, duration_s: float) -> SessionSummary:
         totals = self._totals
         counters = self._source.counters()
+        if counters.unseen_switches:
+            log.debug(
+                "the kernel saw a watched thread running %d times with no switch back on CPU "
+                "reported before it; each off-CPU stretch was closed there",
+                counters.unseen_switches,
+            )
         return SessionSummary(
             blocks=totals.blocks,
             blocked_ns=totals.blocked_ns,
@@ -318,6 +328,7 @@ class BlockFlow:
     def _deliver(self, block: Block) -> None:
         if self._stacks is not None and not block.stack:
             self._losses.add(Loss.STACK_UNKNOWN)
+        self._losses.add(Loss.CALL_SITES_UNSURE, block.call_sites_left_out)
         self._totals.add(block)
         self._emit(self._marked(block))
 

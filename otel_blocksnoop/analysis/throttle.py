@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES, BoundedDict
 from otel_blocksnoop.events import (
     NS_PER_S,
     Activity,
@@ -37,7 +37,7 @@ from otel_blocksnoop.events import (
 )
 from otel_blocksnoop.process import cgroup
 
-MAX_PROCESSES = 256
+MAX_PROCESSES = MAX_WATCHED_PROCESSES
 """Watched processes whose cgroup files are kept."""
 MAX_BLOCKS = 4096
 """Blocks whose first reading waits for their end; the oldest go first."""

@@ -36,14 +36,16 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES, BoundedDict
 from otel_blocksnoop.events import (
     NS_PER_MS,
     ContextSegment,
     Loss,
+    ReadyWork,
     SpanRef,
     TaskRef,
     ThreadContext,
@@ -60,13 +62,15 @@ MIN_INTERVAL_NS = 2 * NS_PER_MS
 MAX_INTERVAL_NS = 50 * NS_PER_MS
 MAX_BLOCKS = 4096
 """Blocks whose votes are kept until their event arrives; the oldest go first."""
-MAX_READERS = 256
+MAX_READERS = MAX_WATCHED_PROCESSES
 MAX_FOLLOWED = 4096
 """Blocks read at once; a trigger past this many is dropped (counted as late)."""
 SWITCH_INTERVAL_S = 0.001
 """The sidecar's GIL switch interval while linking: how late a wake-up may get the GIL."""
 MAX_TIMED_READS = 256
 """Reads kept per block for its segments (a hang's oldest go first)."""
+MAX_READY_READS = 64
+"""Reads of the loop's ready queue kept per block (the first, and one per segment)."""
 
 EXPECT_EVERY_NS = 20 * NS_PER_MS
 EXPECT_FOR_NS = 5_000 * NS_PER_MS
@@ -90,8 +94,15 @@ class ThreadTable(Protocol):
 class SpanReader(Protocol):
     unsupported: str | None
 
+    @property
+    def awaited_by_unsure(self) -> int:
+        """Reads whose task's awaiters could not be read for sure, so far."""
+
     def thread_context(self, tid: int) -> ThreadContext:
         """The span active on ``tid`` now and the task it runs, each or None."""
+
+    def ready_work(self, tid: int, again: bool = False) -> ReadyWork | None:
+        """The ready callbacks of ``tid``'s loop, when known; ``again``: same block as last."""
 
     def context_address(self, tid: int) -> int | None:
         """Where ``tid``'s current context pointer is, if its thread state is found."""
@@ -100,15 +111,21 @@ class SpanReader(Protocol):
 class _Votes:
     """What the reads during one block found: counted, and each with its time."""
 
-    __slots__ = ("reads", "spans", "tasks")
+    __slots__ = ("reads", "ready", "spans", "tasks")
 
     def __init__(self) -> None:
         self.spans: Counter[SpanRef | None] = Counter()
         self.tasks: Counter[TaskRef | None] = Counter()
         self.reads: deque[tuple[int, int, ThreadContext]] = deque(maxlen=MAX_TIMED_READS)
+        self.ready: deque[ThreadContext] = deque(maxlen=MAX_READY_READS)
+        """The reads that read the loop's ready queue: kept apart, a hang's first one too."""
 
     def result(self) -> ThreadContext:
-        return ThreadContext(span=elect_span(self.spans), task=elect(self.tasks))
+        return ThreadContext(
+            span=elect_span(self.spans),
+            task=elect(self.tasks),
+            ready=delayed_by(self.ready, running=self.spans),
+        )
 
     def inside(self, segment: ContextSegment) -> list[ThreadContext]:
         """What the reads of ``segment``'s own context found, those timed inside it."""
@@ -129,16 +146,51 @@ class _Votes:
         spans = Counter(found.span for found in reads)
         tasks = Counter(found.task for found in reads)
         return ThreadContext(
-            span=elect_span(spans), task=elect(tasks), context=segment.context or 0
+            span=elect_span(spans),
+            task=elect(tasks),
+            context=segment.context or 0,
+            ready=delayed_by(reads, running=spans),
         )
 
 
-class _Followed:
-    """A block being read: whose, since when, and when its next read is due."""
+def delayed_by(
+    reads: Iterable[ThreadContext], running: Iterable[SpanRef | None]
+) -> ReadyWork | None:
+    """The ready callbacks that waited while the ``running`` spans ran; None: never read.
 
-    __slots__ = ("last_read_ns", "next_read_ns", "pid", "start_ns", "tid")
+    A callback of a request that itself ran in the block (a span of a trace
+    that ran) is its own work, not delayed by it; the rest, each Handle
+    once, in the order first seen. A Handle no read looked into is unread.
+    """
+    known = [found.ready for found in reads if found.ready is not None]
+    if not known:
+        return None
+    traces = {span.trace_id for span in running if span is not None}
+    handles: dict[int, SpanRef | None] = {}
+    read: set[int] = set()
+    for work in known:
+        for handle, span in work.handles:
+            read.add(handle)
+            if span is None or span.trace_id not in traces:
+                handles.setdefault(handle, span)
+    unread = dict.fromkeys(h for work in known for h in work.unread if h not in read)
+    return ReadyWork(
+        queued=max(work.queued for work in known),
+        handles=tuple(handles.items()),
+        unread=tuple(unread),
+    )
+
+
+class _Followed:
+    """A block being read: whose, since when, when its next read is due, and what it asks."""
+
+    __slots__ = ("last_read_ns", "next_read_ns", "pid", "queue_read", "ready", "start_ns", "tid")
 
     def __init__(self, pid: int, tid: int, start_ns: int, next_read_ns: int) -> None:
+        self.ready = True
+        """Whether the next read also reads the loop's ready queue (the first, each segment's)."""
+        self.queue_read = False
+        """Whether it has been read in this block (what it found of the contexts is kept)."""
         self.last_read_ns = 0
         self.pid = pid
         self.tid = tid
@@ -412,6 +464,7 @@ class TraceLinker:
             if trigger.reason == TriggerReason.SEGMENT:
                 # Another request's callback: read it while it runs, but not more
                 # often than every MIN_INTERVAL_NS (a storm of tiny callbacks).
+                current.ready = True
                 current.next_read_ns = min(
                     current.next_read_ns, max(now, current.last_read_ns + MIN_INTERVAL_NS)
                 )
@@ -430,15 +483,24 @@ class TraceLinker:
         reader = self._reader(block.pid)
         if reader is None or self._table.out_since(block.tid) != block.start_ns:
             return False
+        unsure = reader.awaited_by_unsure
         began = time.monotonic_ns()
         found = reader.thread_context(block.tid)
         ended = time.monotonic_ns()
+        self._losses.add(Loss.CONTEXT_AWAITED_BY, reader.awaited_by_unsure - unsure)
         # Out of epoll since the same instant before and after the read: the read
         # was inside this block. Otherwise the loop may have gone on to other
         # tasks meanwhile (the sidecar was slow to read), and what it read is theirs.
         if self._table.out_since(block.tid) != block.start_ns:
             self._losses.add(Loss.CONTEXT_LATE)
             return False
+        if block.ready:
+            # Apart, after: a long queue must not make the span's read late.
+            work = reader.ready_work(block.tid, again=block.queue_read)
+            if work is not None and self._table.out_since(block.tid) == block.start_ns:
+                found = replace(found, ready=work)
+                block.ready = False  # it changes only as the blocked callback changes it
+                block.queue_read = True
         key = (block.pid, block.tid, block.start_ns)
         with self._lock:
             votes = self._votes.get(key)
@@ -447,6 +509,8 @@ class TraceLinker:
             votes.spans[found.span] += 1
             votes.tasks[found.task] += 1
             votes.reads.append((began, ended, found))
+            if found.ready is not None:
+                votes.ready.append(found)
         return True
 
     def _watch_context(self, pid: int, tid: int) -> None:

@@ -60,6 +60,10 @@ def _notes(block: Block) -> list[str]:
         )
     if block.stack:
         notes.append(f"{block.samples} of {block.samples_busy} busy samples had this stack")
+    if block.call_sites_left_out:
+        notes.append(f"{block.call_sites_left_out} call sites left out (too few samples)")
+    if block.call_sites and block.unsampled_ns:
+        notes.append(f"{human_duration(block.unsampled_ns)} not sampled")
     if block.activity is not None:
         notes.append(
             f"on CPU {human_duration(block.activity.on_cpu_ns)}, "
@@ -67,11 +71,27 @@ def _notes(block: Block) -> list[str]:
         )
         if block.activity.runq_ns or block.throttling is not None:
             notes.append(_cpu_wait(block.activity.runq_ns, block.throttling))
+    notes.extend(_request_notes(block))
+    return notes
+
+
+def _request_notes(block: Block) -> list[str]:
+    """The task that ran, who awaited it, its trace, and what waited on the block."""
+    notes: list[str] = []
     if block.task is not None:
         coroutine = f" ({block.task.coroutine})" if block.task.coroutine else ""
         notes.append(f"task {block.task.name}{coroutine}")
+        if block.task.awaited_by:
+            more = f" and {block.task.awaited_by_more} more" if block.task.awaited_by_more else ""
+            notes.append(f"awaited by {', '.join(block.task.awaited_by)}{more}")
     if block.parent is not None:
         notes.append(f"in trace {block.parent.trace_id:032x}")
+    if block.delayed_tasks:
+        requests = len(block.delayed)
+        notes.append(
+            f"delayed {block.delayed_tasks} ready callback{'s' if block.delayed_tasks > 1 else ''}"
+            + (f" of {requests} other request{'s' if requests > 1 else ''}" if requests else "")
+        )
     return notes
 
 
@@ -129,6 +149,14 @@ class ConsoleSink:
         if block.stack:
             for line in format_traceback(block.stack, block.source_lines).splitlines():
                 self._write(f"    {line}")
+        if len(block.call_sites) > 1:
+            self._write("    held by, in order:")
+            for site in block.call_sites:
+                self._write(
+                    f"      +{human_duration(site.start_ns - block.start_ns):>9}  "
+                    f"{human_duration(site.share_ns):>9}  {cause_text(site):<18}  "
+                    f"{site.frame.function} ({site.frame.file}:{site.frame.line})"
+                )
         notes = _notes(block)
         if notes:
             self._write(f"    ({'; '.join(notes)})")

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from otel_blocksnoop.events import NS_PER_MS, NS_PER_S, Block, Cause, Frame, SessionSummary
+from otel_blocksnoop.events import (
+    NS_PER_MS,
+    NS_PER_S,
+    Block,
+    CallSite,
+    Cause,
+    Frame,
+    SessionSummary,
+)
 
 
 def ms(ns: int) -> float:
@@ -35,11 +43,19 @@ def local_clock(unix_ns: int) -> str:
     return stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
 
 
-def cause_text(block: Block) -> str:
+def cause_text(block: Block | CallSite) -> str:
     """``cpu``, ``gil``, ``sched``, ``unknown``, or the syscall it slept in, as ``wait4()``."""
     if block.cause == Cause.SYSCALL and block.syscall:
         return f"{block.syscall}()"
     return str(block.cause)
+
+
+def call_sites_text(sites: Sequence[CallSite]) -> str:
+    """Each call site in one line, in order: ``query 120.0 ms recvfrom(); derive 118.0 ms cpu``."""
+    return "; ".join(
+        f"{site.frame.function} {human_duration(site.share_ns)} {cause_text(site)}"
+        for site in sites
+    )
 
 
 def format_traceback(stack: Sequence[Frame], source_lines: Sequence[str | None] = ()) -> str:

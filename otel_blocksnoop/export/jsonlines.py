@@ -8,17 +8,32 @@ from typing import Any, TextIO
 
 from otel_blocksnoop.events import (
     Block,
+    CallSite,
     Frame,
     IterationStats,
     NodeCounts,
     Record,
     SessionSummary,
+    Synced,
+    TaskRef,
 )
 from otel_blocksnoop.export.formatting import iso_utc, losses_of, ms
 
 
 def _frame(frame: Frame) -> dict[str, Any]:
     return {"function": frame.function, "file": frame.file, "line": frame.line}
+
+
+def _call_site(block: Block, site: CallSite) -> dict[str, Any]:
+    """A call site: where, from when (ms after the block's start), how long, why."""
+    return {
+        **_frame(site.frame),
+        "offset_ms": ms(site.start_ns - block.start_ns),
+        "share_ms": ms(site.share_ns),
+        "samples": site.samples,
+        "cause": str(site.cause),
+        "syscall": site.syscall,
+    }
 
 
 def _activity(block: Block) -> dict[str, Any]:
@@ -74,10 +89,21 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
         ],
         "samples": block.samples,
         "samples_busy": block.samples_busy,
+        "call_sites": [_call_site(block, site) for site in block.call_sites],
+        "call_sites_left_out": block.call_sites_left_out,
+        "unsampled_ms": ms(block.unsampled_ns),
         "trace_id": f"{block.parent.trace_id:032x}" if block.parent else None,
         "parent_span_id": f"{block.parent.span_id:016x}" if block.parent else None,
         "task": block.task.name if block.task else None,
         "coroutine": block.task.coroutine if block.task else None,
+        "delayed_tasks": block.delayed_tasks,
+        "delayed_unread": block.delayed_unread,
+        "delayed": [
+            {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
+            for span in block.delayed
+        ],
+        "awaited_by": _awaited_by(block.task),
+        "awaited_by_more": block.task.awaited_by_more if block.task else 0,
         "iteration": {
             "id": block.iteration_id,
             "duration_ms": ms(block.iteration_ns),
@@ -85,6 +111,11 @@ def _block_record(kind: str, block: Block) -> dict[str, Any]:
             "segment": block.segment,
         },
     }
+
+
+def _awaited_by(task: TaskRef | None) -> list[str] | None:
+    """The names of the tasks awaiting it; None where not read (before CPython 3.14)."""
+    return None if task is None or task.awaited_by is None else list(task.awaited_by)
 
 
 def _stats_record(stats: IterationStats) -> dict[str, Any]:
@@ -131,8 +162,26 @@ def _processes(counts: NodeCounts) -> dict[str, Any]:
     }
 
 
+def json_record(record: Record) -> dict[str, Any] | None:
+    """The JSON object a record is written as (``--json``, and what ``--report`` reads).
+
+    None for records that have no line: loop times are for metrics; JSON lines carry blocks.
+    """
+    match record:
+        case Block(in_progress=True):
+            return _block_record("hang", record)
+        case Block():
+            return _block_record("block", record)
+        case IterationStats():
+            return _stats_record(record)
+        case SessionSummary():
+            return _summary_record(record)
+        case _:
+            return None
+
+
 class JsonLinesSink:
-    """``{"type": "block" | "hang" | "stats" | "summary", ...}`` records on a stream."""
+    """``{"type": "block" | "hang" | "stats" | "summary" | "synced", ...}`` records on a stream."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
@@ -142,17 +191,12 @@ class JsonLinesSink:
         self._stream.flush()
 
     def export(self, record: Record) -> None:
-        match record:
-            case Block(in_progress=True):
-                self._emit(_block_record("hang", record))
-            case Block():
-                self._emit(_block_record("block", record))
-            case IterationStats():
-                self._emit(_stats_record(record))
-            case SessionSummary():
-                self._emit(_summary_record(record))
-            case _:
-                pass  # loop times are for metrics; JSON lines carry blocks
+        if isinstance(record, Synced):  # an answer to --sync, not part of a recording
+            self._emit({"type": "synced", "monotonic_ns": record.monotonic_ns})
+            return
+        line = json_record(record)
+        if line is not None:
+            self._emit(line)
 
     def pending(self) -> dict[str, int]:
         return {}

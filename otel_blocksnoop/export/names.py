@@ -64,6 +64,8 @@ UNKNOWN_SERVICE: Final = "unknown_service:python"
 
 # Spans and log records
 BLOCK_SPAN: Final = "eventloop.block"
+CALL_EVENT: Final = "eventloop.block.call"
+"""Span event per call site that held the loop, at its start, in time order."""
 HANG_EVENT: Final = "eventloop.block.in_progress"
 """Event name of the log record sent while a block is still going on."""
 
@@ -89,12 +91,28 @@ DURATION: Final = "blocksnoop.duration"  # seconds, on hang records: the time so
 LOOP_STATE: Final = "blocksnoop.eventloop.state"  # busy | idle
 TASK_NAME: Final = "blocksnoop.task.name"  # asyncio.current_task().get_name()
 TASK_COROUTINE: Final = "blocksnoop.task.coroutine"  # its coroutine's __qualname__
+DELAYED_TASKS: Final = "blocksnoop.delayed.tasks"  # ready callbacks that waited on the block
+DELAYED_REQUESTS: Final = "blocksnoop.delayed.requests"  # their requests; the first are links
+DELAYED_UNREAD: Final = "blocksnoop.delayed.unread"  # of the tasks, those whose request is unread
+MAX_DELAYED_LINKS: Final = 16
+"""Span links from a block to the requests it delayed; ``DELAYED_REQUESTS`` counts them all."""
+TASK_AWAITED_BY: Final = "blocksnoop.task.awaited_by"  # 3.14+: names of the tasks awaiting it
+TASK_AWAITED_BY_MORE: Final = "blocksnoop.task.awaited_by.more"  # awaiters found past the cap
 ITERATION_ID: Final = "blocksnoop.iteration.id"  # the same on every segment of an iteration
 ITERATION_DURATION: Final = "blocksnoop.iteration.duration"  # seconds, the whole iteration
 ITERATION_SEGMENTS: Final = "blocksnoop.iteration.segments"  # requests' segments it was split in
 ITERATION_SEGMENT: Final = "blocksnoop.iteration.segment"  # this span's place, from 0
 # True on a block already going on when watching began: its start is then, the real one earlier.
 STARTED_BEFORE_WATCH: Final = "blocksnoop.block.started_before_watch"
+
+# Every call site of the block in one line ("query 120.0 ms recvfrom(); derive 118.0 ms cpu"),
+# those left out (too few samples to name), and the block's time no sample stood for.
+CALL_SITES: Final = "blocksnoop.call_sites"
+CALL_SITES_LEFT_OUT: Final = "blocksnoop.call_sites.left_out"
+UNSAMPLED: Final = "blocksnoop.stack.unsampled_time"  # seconds
+# On each CALL_EVENT (beside code.function.name, code.file.path, code.line.number, CAUSE, SYSCALL)
+CALL_SHARE: Final = "blocksnoop.call.share"  # seconds
+CALL_SAMPLES: Final = "blocksnoop.call.samples"
 
 SIGNAL: Final = "blocksnoop.signal"  # on DROPPED: spans | hang records
 LOST_WHAT: Final = "blocksnoop.lost.what"  # on LOST: an events.Loss value

@@ -18,17 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from otel_blocksnoop.kernel import syscalls
+
 if TYPE_CHECKING:
     from _ctypes import _CArgObject
 
     Pointer = int | _CArgObject | None
     """An address, a ``ctypes.byref()``, or None for NULL: what libbcc's functions take."""
-
-# Syscall numbers by machine (asm/unistd_64.h; asm-generic/unistd.h on arm64).
-SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
-    "x86_64": {"bpf": 321, "perf_event_open": 298},
-    "aarch64": {"bpf": 280, "perf_event_open": 241},
-}
 
 # enum bpf_cmd (uapi/linux/bpf.h).
 BPF_MAP_LOOKUP_ELEM = 1
@@ -65,11 +61,11 @@ libc_syscall.restype = ctypes.c_long
 
 def syscall_number(name: str) -> int:
     """Number of syscall ``name`` on this machine; OSError where we do not know it."""
-    try:
-        return SYSCALL_NUMBERS[platform.machine()][name]
-    except KeyError:
+    nr = syscalls.syscall_number(name)
+    if nr == syscalls.NO_SYSCALL:
         msg = f"no syscall number for {name} on {platform.machine()}"
-        raise OSError(msg) from None
+        raise OSError(msg)
+    return nr
 
 
 class MapElemAttr(ctypes.Structure):

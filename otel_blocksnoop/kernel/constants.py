@@ -28,7 +28,10 @@ COUNTER_STATE_FULL = 3
 """Thread table full: a thread is not tracked."""
 COUNTER_LOST_TRIGGERS = 4
 """Trigger ring buffer full: a trigger was dropped."""
-COUNTER_MAX = 5
+COUNTER_UNSEEN_SWITCHES = 5
+"""A thread seen running (a tick, its switch out) whose books said off CPU: its
+switch back on was not reported. The kernel closes the stretch there."""
+COUNTER_MAX = 6
 """Size of the counters array."""
 
 BLOCK_THREAD_EXITED = 1
@@ -69,6 +72,7 @@ CFLAGS_CONSTANTS: dict[str, int] = {
     "COUNTER_BUSY_NS": COUNTER_BUSY_NS,
     "COUNTER_STATE_FULL": COUNTER_STATE_FULL,
     "COUNTER_LOST_TRIGGERS": COUNTER_LOST_TRIGGERS,
+    "COUNTER_UNSEEN_SWITCHES": COUNTER_UNSEEN_SWITCHES,
     "COUNTER_MAX": COUNTER_MAX,
     "BLOCK_THREAD_EXITED": BLOCK_THREAD_EXITED,
     "TRIGGER_DUE": TRIGGER_DUE,

@@ -13,6 +13,7 @@ from otel_blocksnoop.kernel.constants import (
     COUNTER_LOST_EVENTS,
     COUNTER_LOST_TRIGGERS,
     COUNTER_STATE_FULL,
+    COUNTER_UNSEEN_SWITCHES,
 )
 from otel_blocksnoop.kernel.layout import IterExtremesC
 
@@ -29,6 +30,7 @@ def read_counters(table: BpfMap) -> Counters:
         busy_ns=total(COUNTER_BUSY_NS),
         untracked_threads=total(COUNTER_STATE_FULL),
         lost_triggers=total(COUNTER_LOST_TRIGGERS),
+        unseen_switches=total(COUNTER_UNSEEN_SWITCHES),
     )
 
 

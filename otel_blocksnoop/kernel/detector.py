@@ -146,9 +146,14 @@ class Detector:
             msg = "failed to attach tracepoints: no syscalls:sys_enter_epoll_* tracepoint"
             raise BpfLoadError(msg)
         program.attach(
-            (function, f"syscalls:sys_{side}_{name}")
-            for name in names
-            for function, side in (("on_epoll_enter", "enter"), ("on_epoll_exit", "exit"))
+            [
+                *(
+                    (function, f"syscalls:sys_{side}_{name}")
+                    for name in names
+                    for function, side in (("on_epoll_enter", "enter"), ("on_epoll_exit", "exit"))
+                ),
+                ("on_close_enter", "syscalls:sys_enter_close"),
+            ]
         )
         self.attached = tuple(names)
         log.debug("attached to %s", ", ".join(program.attached))

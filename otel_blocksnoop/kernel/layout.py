@@ -113,6 +113,8 @@ class ThreadStateC(ctypes.Structure):
         ("off_nr", ctypes.c_int32),
         ("tid", ctypes.c_uint32),
         ("host_tgid", ctypes.c_uint32),
+        ("epfd", ctypes.c_int32),
+        ("closed_loop", ctypes.c_uint32),
         ("activity", ActivityC),
     )
 

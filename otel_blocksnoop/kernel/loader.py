@@ -56,6 +56,7 @@ BPF_PROG_TYPE_PERF_EVENT = 7
 EPOLL_PROGRAMS: dict[str, int] = {
     "on_epoll_enter": BPF_PROG_TYPE_TRACEPOINT,
     "on_epoll_exit": BPF_PROG_TYPE_TRACEPOINT,
+    "on_close_enter": BPF_PROG_TYPE_TRACEPOINT,
 }
 """The detector's functions BCC does not load by itself (attached to each epoll variant)."""
 AUTO_TRACEPOINT = "tracepoint__"

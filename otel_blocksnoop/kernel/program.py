@@ -19,6 +19,7 @@ from typing import Any
 
 from otel_blocksnoop.errors import BpfLoadError, NoPrivilegesError
 from otel_blocksnoop.kernel.constants import constant_cflags
+from otel_blocksnoop.kernel.syscalls import syscall_number
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def program_cflags(config: DetectorConfig) -> list[str]:
         f"-DSEGMENTS={int(config.tracks_segments)}",
         f"-DMAX_LOOPS={config.max_loops}",
         f"-DPIDNS={int(config.pidns is not None)}",
+        f"-DNR_SCHED_YIELD=({syscall_number('sched_yield')})",
         *(
             [f"-DPIDNS_DEV={config.pidns[0]}ULL", f"-DPIDNS_INO={config.pidns[1]}ULL"]
             if config.pidns is not None

@@ -16,6 +16,18 @@ from otel_blocksnoop.kernel.syscall_names import SYSCALL_NAMES
 _TABLE = SYSCALL_NAMES.get(platform.machine(), {})
 
 
+NO_SYSCALL = -100
+"""A number no syscall has (and not -1, which says "not in a syscall")."""
+
+
+def syscall_number(name: str) -> int:
+    """Number of syscall ``name`` on this machine; NO_SYSCALL if it has none."""
+    for nr, known in _TABLE.items():
+        if known == name:
+            return nr
+    return NO_SYSCALL
+
+
 def syscall_name(nr: int) -> str | None:
     """Name of syscall ``nr``; None when the thread was not in a syscall (nr < 0)."""
     if nr < 0:

@@ -163,8 +163,8 @@ def snapshot_of(
         entered = state.entered_epoll_ns
         idle = state.idle_ns + (now - entered if not left and entered else 0)
         times.append(ThreadTimes(state.tgid, state.tid, state.iterations, busy, idle))
-        if not left or now - left < min_ns:
-            continue
+        if not left or now - left < min_ns or state.closed_loop:
+            continue  # (a closed loop: the thread is between loops, none is held up)
         if process_cpu_ns is not None and state.host_tgid not in cpu_of:
             cpu_of[state.host_tgid] = process_cpu_ns(state.host_tgid)
         ongoing.append(in_progress_of(tid, state, now, cpu_of.get(state.host_tgid)))

@@ -30,7 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_blocksnoop.process.identity import read_placement
+from otel_blocksnoop.process.container import Placement
+from otel_blocksnoop.process.identity import (
+    parse_environ,
+    pod_name,
+    pod_namespace,
+    pod_uid,
+    read_environ,
+    read_placement,
+)
 from otel_blocksnoop.process.target import PF_KTHREAD, TargetInfo, is_python
 
 log = logging.getLogger(__name__)
@@ -49,17 +57,51 @@ class _Judged:
 
 
 @dataclass(frozen=True, slots=True)
+class PodSelector:
+    """A Kubernetes pod as ``--pod`` names it: its uid, or its name (and namespace).
+
+    The uid is matched against the one in the process's cgroup (the kubelet's
+    path, either driver), else its downward-API variable; the name against
+    the downward API's variable, else ``HOSTNAME`` (the kubelet names a pod's
+    host after it); the namespace against the downward API's variable, else
+    the service account's namespace file in the process's root.
+    """
+
+    uid: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+
+    def __str__(self) -> str:
+        if self.uid is not None:
+            return self.uid
+        return f"{self.namespace}/{self.name}" if self.namespace else str(self.name)
+
+    def wants(self, pid: int, where: Placement, proc: Path = PROC) -> bool:
+        """Whether process ``pid``, whose cgroups place it ``where``, runs in this pod."""
+        if self.uid is not None and where.pod_uid is not None:
+            return where.pod_uid == self.uid
+        env = parse_environ(read_environ(pid, proc))
+        if self.uid is not None:
+            return (pod_uid(env, where) or "").lower() == self.uid
+        if pod_name(env, where) != self.name:
+            return False
+        return self.namespace is None or pod_namespace(pid, env, proc) == self.namespace
+
+
+@dataclass(frozen=True, slots=True)
 class Selector:
     """Which Python processes node mode watches: all of them, or those matching.
 
     ``pattern`` is searched in the command line (its arguments joined by
     spaces, as ``pgrep -f`` does); ``container`` is a container id or its
     prefix (``docker ps`` shows 12 characters), matched against the id in the
-    process's cgroup. Both given: both must match.
+    process's cgroup; ``pod`` a Kubernetes pod (``PodSelector``). More than
+    one given: all must match.
     """
 
     pattern: re.Pattern[str] | None = None
     container: str | None = None
+    pod: PodSelector | None = None
 
     def wants_command(self, cmdline: str) -> bool:
         return self.pattern is None or self.pattern.search(cmdline) is not None
@@ -69,12 +111,23 @@ class Selector:
             return True
         return container_id is not None and container_id.startswith(self.container.lower())
 
+    def wants_place(self, pid: int, proc: Path = PROC) -> bool:
+        """Whether ``pid`` runs in the container and the pod asked for (True if neither is)."""
+        if self.container is None and self.pod is None:
+            return True
+        where = read_placement(pid, proc)
+        if not self.wants_container(where.container_id):
+            return False
+        return self.pod is None or self.pod.wants(pid, where, proc)
+
     def describe(self) -> str:
         parts = []
         if self.pattern is not None:
             parts.append(f"command lines matching {self.pattern.pattern!r}")
         if self.container is not None:
             parts.append(f"container {self.container}")
+        if self.pod is not None:
+            parts.append(f"pod {self.pod}")
         if not parts:
             return "every Python process"
         return "Python processes with " + " in ".join(parts)
@@ -174,10 +227,8 @@ class Discovery:
             cmdline = command_line((base / "cmdline").read_bytes())
             if not cmdline or not self.selector.wants_command(cmdline):
                 return None
-            if self.selector.container is not None:
-                where = read_placement(pid, self._proc)
-                if not self.selector.wants_container(where.container_id):
-                    return None
+            if not self.selector.wants_place(pid, self._proc):
+                return None
             exe = str((base / "exe").readlink())
             if not is_python(pid, exe, self._proc):
                 return None

@@ -2,8 +2,9 @@
 
 A block belongs to the app, not to the sidecar, so its resource is the
 app's: the OpenTelemetry settings the app was started with (read from
-/proc/PID/environ: the environment at exec, not later changes made in
-Python), its executable, its Python version, an instance id that is
+/proc/PID/environ, or the same bytes from its memory where that file is
+closed to us: the environment at exec, not later changes made in Python),
+its executable, its Python version, an instance id that is
 stable for the life of the process, and where it runs: its hostname, its
 container (from its cgroups) and, in Kubernetes, its pod. Whatever cannot
 be read is left out: never the sidecar's value in place of the app's.
@@ -23,6 +24,7 @@ from otel_blocksnoop.process.context.interpreter import (
     interpreter_image,
 )
 from otel_blocksnoop.process.pidns import NamespaceIds
+from otel_blocksnoop.process.remote_memory import MAX_TABLE, RemoteMemory
 
 PROC = Path("/proc")
 HOSTNAME_FILE = Path("/etc/hostname")
@@ -38,10 +40,14 @@ ENV_POD_NAMESPACE = ("K8S_NAMESPACE", "K8S_POD_NAMESPACE", "POD_NAMESPACE", "MY_
 """Where the downward API usually puts ``metadata.namespace``."""
 ENV_POD_UID = ("K8S_POD_UID", "POD_UID", "MY_POD_UID")
 """Where the downward API usually puts ``metadata.uid`` (used when the cgroups do not tell)."""
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""The pod's namespace, in every container that mounts its service account token (the default)."""
 ENV_CONTAINER_NAME = ("K8S_CONTAINER_NAME",)
 """The container's name in the pod spec: the downward API has no field for it, users set it."""
 MAX_ENVIRON_BYTES = 1 << 20
 """Larger environments are read only this far: a bound on what a target can make us read."""
+STAT_ENV_START_FIELD = 50
+"""/proc/PID/stat's ``env_start`` (proc(5), counted from 1); ``env_end`` is the next."""
 MAX_SMALL_FILE_BYTES = 64 << 10
 """/proc/PID/cgroup and /etc/hostname are read only this far."""
 MAX_HOSTNAME_CHARS = 253
@@ -82,13 +88,65 @@ def _read_head(path: Path, limit: int) -> bytes:
         return handle.read(limit)
 
 
+def environ_bounds(stat: str) -> tuple[int, int] | None:
+    """``env_start`` and ``env_end`` from a /proc/PID/stat text, or None.
+
+    None when the kernel shows them as 0 (no ptrace access to the process, or
+    a kernel thread) or the text is not a stat line.
+    """
+    # Fields are counted from 1; field 3 is the first after the command's ")".
+    fields = stat.rpartition(")")[2].split()
+    index = STAT_ENV_START_FIELD - 3
+    try:
+        start, end = int(fields[index]), int(fields[index + 1])
+    except (IndexError, ValueError):
+        return None
+    return (start, end) if 0 < start < end else None
+
+
+def read_environ(pid: int, proc: Path = PROC) -> bytes:
+    """``pid``'s environment at exec (at most MAX_ENVIRON_BYTES); empty if it cannot be read.
+
+    /proc/PID/environ is mode 0400 to the app's user: a sidecar that runs as
+    root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (the hardened layouts)
+    cannot open it. With CAP_SYS_PTRACE it may still read the app's memory,
+    and the kernel itself takes that file from there: the bytes between
+    ``env_start`` and ``env_end`` (/proc/PID/stat), read the same way.
+    """
+    where = proc / str(pid)
+    try:
+        return _read_head(where / "environ", MAX_ENVIRON_BYTES)
+    except PermissionError:
+        pass
+    except OSError:
+        return b""
+    try:
+        bounds = environ_bounds((where / "stat").read_text(errors="replace"))
+    except OSError:
+        return b""
+    if bounds is None:
+        return b""
+    start, end = bounds
+    size = min(end - start, MAX_ENVIRON_BYTES, MAX_TABLE)
+    return RemoteMemory(pid).read_table(start, size) or b""
+
+
 def runtime_version(pid: int) -> str | None:
     """major.minor of the target's Python, as the context and frame readers find it."""
+    return runtime(pid)[0]
+
+
+def runtime(pid: int) -> tuple[str | None, bool | None]:
+    """major.minor of the target's Python and whether it is a free-threaded build.
+
+    Both as the context and frame readers find them; (None, None) when not known.
+    """
     try:
-        major, minor = interpreter_image(pid).version
+        image = interpreter_image(pid)
     except (UnsupportedInterpreterError, OSError):
-        return None
-    return f"{major}.{minor}"
+        return None, None
+    major, minor = image.version
+    return f"{major}.{minor}", image.free_threaded
 
 
 def _start_ticks(pid: int) -> str:
@@ -176,12 +234,42 @@ def pod_identity(env: dict[str, str], where: Placement) -> PodIdentity | None:
     if not (where.in_kubepods or ENV_KUBERNETES in env):
         return None
     pod = PodIdentity(
-        uid=where.pod_uid or _first(env, ENV_POD_UID),
+        uid=pod_uid(env, where),
         name=_first(env, ENV_POD_NAME),
         namespace=_first(env, ENV_POD_NAMESPACE),
         container_name=_first(env, ENV_CONTAINER_NAME),
     )
     return pod if pod != PodIdentity() else None
+
+
+def pod_uid(env: dict[str, str], where: Placement) -> str | None:
+    """The pod's uid: from its cgroups, else the downward API's variable."""
+    return where.pod_uid or _first(env, ENV_POD_UID)
+
+
+def pod_name(env: dict[str, str], where: Placement) -> str | None:
+    """The pod's name: the downward API's variable, else ``HOSTNAME`` in a pod.
+
+    The kubelet names each container's host after its pod (unless the pod
+    sets ``spec.hostname``), and the runtime puts that in ``HOSTNAME``.
+    """
+    named = _first(env, ENV_POD_NAME)
+    if named is not None or not (where.in_kubepods or ENV_KUBERNETES in env):
+        return named
+    return _hostname(env.get(ENV_HOSTNAME))
+
+
+def pod_namespace(pid: int, env: dict[str, str], proc: Path = PROC) -> str | None:
+    """The pod's namespace: the downward API's variable, else the service account's file."""
+    named = _first(env, ENV_POD_NAMESPACE)
+    if named is not None:
+        return named
+    path = proc / str(pid) / "root" / SERVICE_ACCOUNT_NAMESPACE.relative_to("/")
+    try:
+        text = _read_head(path, MAX_HOSTNAME_CHARS + 1).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return _hostname(text)
 
 
 def read_placement(pid: int, proc: Path = PROC) -> Placement:
@@ -196,10 +284,7 @@ def read_placement(pid: int, proc: Path = PROC) -> Placement:
 def read_identity(pid: int) -> ProcessIdentity:
     """What /proc says about ``pid``; whatever cannot be read is left out."""
     proc = PROC / str(pid)
-    try:
-        env = parse_environ(_read_head(proc / "environ", MAX_ENVIRON_BYTES))
-    except OSError:
-        env = {}
+    env = parse_environ(read_environ(pid))
     try:
         executable: str | None = str((proc / "exe").readlink())
     except OSError:
@@ -209,15 +294,17 @@ def read_identity(pid: int) -> ProcessIdentity:
     instance = uuid.uuid5(_INSTANCE_NAMESPACE, f"{socket.gethostname()}/{pid}/{_start_ticks(pid)}")
     where = read_placement(pid)
     app_pid = NamespaceIds().app_pid(pid)
+    version, free_threaded = runtime(pid)
     return ProcessIdentity(
         pid=pid,
         service_name=service,
         resource_attributes=tuple(sorted(attributes.items())),
         executable_path=executable,
-        runtime_version=runtime_version(pid),
+        runtime_version=version,
         instance_id=str(instance),
         host_name=app_hostname(pid, env),
         container_id=where.container_id,
         pod=pod_identity(env, where),
         app_pid=app_pid if app_pid != pid else None,
+        free_threaded=free_threaded,
     )

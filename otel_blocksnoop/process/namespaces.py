@@ -86,14 +86,44 @@ def reach(pid: int, proc: Path = PROC) -> Reach:
     return Reach(namespace_pid(pid, proc), mount_ns=mount_ns, pid_ns=proc / str(pid) / "ns" / "pid")
 
 
+CAP_SYS_CHROOT = 18  # linux/capability.h
+CAP_SYS_ADMIN = 21
+MOUNT_NS_CAPABILITIES = (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_SYS_CHROOT", CAP_SYS_CHROOT))
+"""What setns(2) into another mount namespace takes (mount_namespaces(7))."""
+
+
+def missing_for_mount_namespace(proc: Path = PROC) -> list[str]:
+    """The capabilities we lack to enter another mount namespace ([] if none, or unreadable).
+
+    From our effective set (``CapEff``): a hardened container that adds only
+    SYS_ADMIN and SYS_PTRACE may read an app's memory but not enter its
+    mount namespace.
+    """
+    try:
+        status = (proc / "self" / "status").read_text()
+    except OSError:
+        return []
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == "CapEff":
+            try:
+                caps = int(value.strip(), 16)
+            except ValueError:
+                return []
+            return [name for name, bit in MOUNT_NS_CAPABILITIES if not caps >> bit & 1]
+    return []
+
+
 def open_namespace(path: Path) -> int:
     """An fd of namespace file ``path``, for setns(2) (OSError when it cannot be opened)."""
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 __all__ = [
+    "MOUNT_NS_CAPABILITIES",
     "PROC",
     "Reach",
+    "missing_for_mount_namespace",
     "namespace_pid",
     "open_namespace",
     "reach",

@@ -30,7 +30,14 @@ from typing import Any
 
 from otel_blocksnoop.events import Frame
 from otel_blocksnoop.process.elf import ElfError, program_interpreter
-from otel_blocksnoop.process.namespaces import PROC, Reach, open_namespace, reach
+from otel_blocksnoop.process.namespaces import (
+    PROC,
+    Reach,
+    missing_for_mount_namespace,
+    open_namespace,
+    reach,
+    same_namespace,
+)
 
 AUSTINPATH_ENV = "AUSTINPATH"
 """Directory holding the ``austin`` binary, or the binary itself (as austin-python reads it)."""
@@ -273,6 +280,21 @@ class Austin:
             msg = f"failed to {doing}: {said}"
             raise AustinError(msg)
         return parse_where(result.stdout)
+
+
+def unreachable(pid: int, proc: Path = PROC) -> str | None:
+    """Why Austin cannot read ``pid`` from here, known without running it; None: it may.
+
+    Austin must run inside an app's mount namespace to find its files
+    (module docstring), and entering one takes capabilities a hardened
+    sidecar may lack.
+    """
+    if same_namespace(pid, "mnt", proc):
+        return None
+    missing = missing_for_mount_namespace(proc)
+    if not missing:
+        return None
+    return f"Austin cannot enter its mount namespace without {' and '.join(missing)}"
 
 
 def refused_namespace(where: Reach) -> str:

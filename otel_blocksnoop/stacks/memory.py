@@ -1,10 +1,13 @@
 """Stacks read from the target's memory, where Austin cannot read its interpreter.
 
-Austin 4.0.0 (the one the project installs) reads CPython up to 3.14; from
-3.13 on, the interpreter publishes the offsets a reader needs
-(``_Py_DebugOffsets``), and our own ``FrameReader`` walks a thread's frames
-with them. ``StackSources`` decides, once per process, which of the two reads
-its stacks: Austin where it can, our reader for newer interpreters.
+Austin 4.0.0 (the one the project installs) reads CPython up to 3.14, and
+only from inside the app's mount namespace, which a hardened sidecar (no
+CAP_SYS_CHROOT) may not enter. Our own ``FrameReader`` walks a thread's
+frames on CPython 3.11 and later from outside, with the offsets the
+interpreter publishes (``_Py_DebugOffsets``, 3.13+) or its generated layout
+checked against it (3.11, 3.12). ``StackSources`` decides, once per process,
+which of the two reads its stacks: Austin where it can, our reader for newer
+interpreters and for apps Austin cannot reach.
 
 ``MemorySampler`` has a ``Sampler``'s face for the pool: between ``begin`` and
 ``end`` of a block, a thread of its own reads each blocked thread's stack
@@ -32,11 +35,14 @@ from otel_blocksnoop.process.frames import FrameReader
 from otel_blocksnoop.process.frames.runtime import FIRST_VERSION
 from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.target import thread_ids
+from otel_blocksnoop.stacks.austin import unreachable
 
 log = logging.getLogger(__name__)
 
 AUSTIN_NEWEST = (3, 14)
 """The newest CPython the installed Austin (4.0.0) reads: it cannot determine 3.15's version."""
+AUSTIN_NO_FREE_THREADED = "Austin 4.0.0 reads no frame of a free-threaded build"
+"""Seen on a 3.14.7t built here: Austin finds its version and threads, every stack empty."""
 HISTORY = 4096
 """Samples kept per thread (~40 s of a hang at 10 ms)."""
 MAX_THREADS = 256
@@ -46,28 +52,40 @@ READ_TRIES = 3
 
 
 STACK_READERS = ("auto", "austin", "memory")
-"""``--stacks-from``: Austin where it can read the interpreter else memory, or one of them."""
+"""``--stacks-from``: Austin where it can read the app else memory, or one of them."""
+
+
+def build(pid: int) -> tuple[tuple[int, int], bool]:
+    """The (major, minor) of ``pid``'s CPython and whether it is free-threaded: one look."""
+    image = interpreter_image(pid)
+    return image.version, image.free_threaded
 
 
 class StackSources:
     """Which reader reads each process's stacks: Austin, or our own from its memory.
 
     ``mode`` is one of ``STACK_READERS``. With ``memory``, an interpreter
-    that publishes no offsets (before 3.13) is still read by Austin.
+    our reader does not know (before 3.11) is still read by Austin. With
+    ``auto``, our reader takes what Austin cannot read: an interpreter newer
+    than it knows, a free-threaded build, or an app whose mount namespace it
+    may not enter (``austin_refused``: why, or None). With ``austin``, a
+    free-threaded build is said once to get no stacks.
     """
 
     def __init__(
         self,
         mode: str = "auto",
         factory: Callable[[int], FrameReader] = FrameReader,
-        version_of: Callable[[int], tuple[int, int]] = lambda pid: interpreter_image(pid).version,
+        build_of: Callable[[int], tuple[tuple[int, int], bool]] = build,
+        austin_refused: Callable[[int], str | None] = unreachable,
     ) -> None:
         if mode not in STACK_READERS:
             msg = f"stack reader {mode!r}: one of {', '.join(STACK_READERS)}"
             raise ValueError(msg)
         self.mode = mode
         self._factory = factory
-        self._version_of = version_of
+        self._build_of = build_of
+        self._austin_refused = austin_refused
         self._readers: BoundedDict[int, FrameReader | None] = BoundedDict(MAX_PROCESSES)
         self._lock = threading.Lock()
 
@@ -86,28 +104,54 @@ class StackSources:
         with self._lock:
             self._readers.pop(pid, None)
 
+    def _austin_cannot(self, pid: int, version: tuple[int, int], *, free_threaded: bool) -> str:
+        """Why Austin cannot read ``pid``'s stacks; empty: it can."""
+        if version > AUSTIN_NEWEST:
+            return f"Austin reads CPython up to {AUSTIN_NEWEST[0]}.{AUSTIN_NEWEST[1]}"
+        if free_threaded:
+            return AUSTIN_NO_FREE_THREADED
+        return self._austin_refused(pid) or ""
+
     def _choose(self, pid: int) -> FrameReader | None:
-        if self.mode == "austin":
-            return None
         try:
-            version = self._version_of(pid)
+            version, free_threaded = self._build_of(pid)
         except (UnsupportedInterpreterError, OSError):
             return None  # Austin says why, as before
-        if self.mode == "auto" and version <= AUSTIN_NEWEST:
+        if self.mode == "austin":
+            if free_threaded:
+                log.warning("no stacks for process %d: %s", pid, AUSTIN_NO_FREE_THREADED)
             return None
+        why = ""
+        if self.mode == "auto":
+            why = self._austin_cannot(pid, version, free_threaded=free_threaded)
+            if not why:
+                return None
         if version < FIRST_VERSION:
-            log.info(
-                "reading Python stacks of %d with Austin: CPython %d.%d publishes no debug offsets",
-                pid,
-                *version,
-            )
+            known = f"our reader reads CPython {FIRST_VERSION[0]}.{FIRST_VERSION[1]} and later"
+            if why:
+                log.warning("no stacks for process %d: %s, and %s", pid, why, known)
+            else:
+                major, minor = version
+                log.info(
+                    "reading Python stacks of %d with Austin: %s, not %d.%d",
+                    pid,
+                    known,
+                    major,
+                    minor,
+                )
             return None
         try:
             reader = self._factory(pid)
         except (UnsupportedInterpreterError, OSError) as exc:
-            log.warning("no stacks for process %d: %s", pid, exc)
+            also = f"{why}, and " if why else ""
+            log.warning("no stacks for process %d: %s%s", pid, also, exc)
             return None
-        log.info("reading Python stacks of %d (CPython %d.%d) from its memory", pid, *version)
+        log.info(
+            "reading Python stacks of %d (CPython %d.%d) from its memory%s",
+            pid,
+            *version,
+            f" ({why})" if why else "",
+        )
         return reader
 
 

@@ -122,6 +122,28 @@ class _ThreadHistory:
         return self.timeline.anchors
 
 
+def _twin(samples: list[RawSample], index: int) -> bool:
+    """Whether the sample at ``index`` is an empty stack beside its own thread's, in one pass.
+
+    CPython up to 3.11 gives a thread state made for a new thread its maker's
+    native id until the new thread runs (under load, seen for 200 ms): Austin
+    then reports two samples of the maker's id in each pass, with the same
+    delta, one of them empty. Both counted would run the thread's clock twice
+    as fast and scatter its samples over the next blocks; the empty one says
+    nothing of the thread, so it is left out.
+    """
+    sample = samples[index]
+    if sample.frames:
+        return False
+    return any(
+        0 <= other < len(samples)
+        and samples[other].tid == sample.tid
+        and samples[other].delta_us == sample.delta_us
+        and samples[other].frames
+        for other in (index - 1, index + 1)
+    )
+
+
 class Sampler:
     """One Austin process for one watched PID, and what it has seen lately."""
 
@@ -242,7 +264,9 @@ class Sampler:
             self._heard_at = time.monotonic()
         touched: set[int] = set()
         late = 0
-        for sample in samples:
+        for index, sample in enumerate(samples):
+            if _twin(samples, index):
+                continue
             history = self._histories.get(sample.tid)
             if history is None:
                 history = self._histories[sample.tid] = _ThreadHistory(

@@ -24,8 +24,10 @@ import pytest
 from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
 from tests.helpers import IN_CI, ROOT, PipeLines
 
-SIDECAR_IMAGE = "otel-blocksnoop:dev"
-APP_IMAGE = "blocking-service:dev"
+IMAGE_TAG = os.environ.get("BLOCKSNOOP_IMAGE_TAG", "dev")
+"""The images' tag: checkouts that test side by side on one engine give each their own."""
+SIDECAR_IMAGE = f"otel-blocksnoop:{IMAGE_TAG}"
+APP_IMAGE = f"blocking-service:{IMAGE_TAG}"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 BUILD_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 120
@@ -265,7 +267,7 @@ def compose(project: str, *args: str, env: dict[str, str]) -> subprocess.Complet
         timeout=RUN_TIMEOUT_S,
         check=False,
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, "BLOCKSNOOP_IMAGE_TAG": IMAGE_TAG, **env},
     )
 
 

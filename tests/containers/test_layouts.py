@@ -15,9 +15,8 @@ the host. Two layouts:
   command (deploy/kubernetes/daemonset.yaml): node mode, which finds the app
   by its command line.
 
-What a user expects from each is asserted. Where that still fails for a
-known reason, the test is an expected failure (strict) that names it: it
-turns into a failure, to be unmarked, once that is dealt with.
+What a user expects from each is asserted: every block a span of the app's
+service, with its stack, cause, parent, container and the app's own ids.
 """
 
 from __future__ import annotations
@@ -28,13 +27,14 @@ from collections.abc import Iterator
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from harness.otlp import OtlpReceiver
+from harness.otlp import OtlpReceiver, ReceivedSpan, attributes
 from tests.containers.conftest import (
     EXPECTED_CAUSE,
     HARDENED,
     HOST_MOUNTS,
     SIDECAR_IMAGE,
     LayoutRun,
+    TrueBlock,
     app_env,
     attribute,
     compose,
@@ -56,21 +56,6 @@ APP_COMMAND_PATTERN = "python3 -u examples/blocking_service[.]py"
 """The demo app's command line, as a DaemonSet user would set WATCH_COMMAND for it."""
 STOP_S = 5.0
 """A sidecar told to stop has delivered what it had and exited within this."""
-
-ENVIRON = (
-    "the app (uid 10001) has its /proc/PID/environ mode 0400: root without DAC_READ_SEARCH "
-    "(cap_drop ALL + SYS_ADMIN + SYS_PTRACE) cannot read its OTEL_SERVICE_NAME, so the "
-    "block spans (each block is reported, as PID 1) carry service unknown_service:python"
-)
-AUSTIN_CAPS = (
-    "Austin cannot enter the app's mount namespace without SYS_CHROOT, which the hardened "
-    "layouts do not add: blocks have no stack"
-)
-
-
-def expect_failure_until(request: pytest.FixtureRequest, *reasons: str) -> None:
-    """Mark this test as failing (strictly) until the named reasons are dealt with."""
-    request.applymarker(pytest.mark.xfail(strict=True, reason="; ".join(reasons)))
 
 
 def start_sidecar(layout: str, project: str, env: dict[str, str], app: str) -> str:
@@ -178,10 +163,7 @@ def test_the_sidecar_stops_promptly_and_cleanly_on_sigterm(layout_run: LayoutRun
     assert layout_run.sidecar_exit == 0, layout_run.sidecar_log[-2000:]
 
 
-def test_every_block_of_the_app_is_a_span(
-    request: pytest.FixtureRequest, layout_run: LayoutRun
-) -> None:
-    expect_failure_until(request, ENVIRON)
+def test_every_block_of_the_app_is_a_span(layout_run: LayoutRun) -> None:
     # GIVEN the blocking requests the app made while watched
     assert len(layout_run.true_blocks) >= 8
     # THEN each is covered by exactly one block span of the app's service
@@ -189,10 +171,7 @@ def test_every_block_of_the_app_is_a_span(
     assert not missed, f"{len(missed)} of {len(layout_run.true_blocks)} blocks: {missed}"
 
 
-def test_each_block_names_the_function_that_blocked_and_why(
-    request: pytest.FixtureRequest, layout_run: LayoutRun
-) -> None:
-    expect_failure_until(request, ENVIRON, AUSTIN_CAPS)
+def test_each_block_names_the_function_that_blocked_and_why(layout_run: LayoutRun) -> None:
     for block in layout_run.true_blocks:
         (span,) = layout_run.span_for(block)
         assert attribute(span, "code.function.name") == block.function
@@ -202,10 +181,7 @@ def test_each_block_names_the_function_that_blocked_and_why(
         assert attribute(span, "blocksnoop.syscall") == syscall
 
 
-def test_each_block_is_a_child_of_the_request_that_blocked(
-    request: pytest.FixtureRequest, layout_run: LayoutRun
-) -> None:
-    expect_failure_until(request, ENVIRON)
+def test_each_block_is_a_child_of_the_request_that_blocked(layout_run: LayoutRun) -> None:
     for block in layout_run.true_blocks:
         (span,) = layout_run.span_for(block)
         (parent,) = [
@@ -214,14 +190,30 @@ def test_each_block_is_a_child_of_the_request_that_blocked(
             if r.span.name == f"GET {block.route}"
             and r.span.start_time_unix_nano <= block.at_ns <= r.span.end_time_unix_nano
         ]
-        assert span.span.trace_id == parent.span.trace_id
-        assert span.span.parent_span_id == parent.span.span_id
+        where = blocked_in(layout_run, block, span, parent)
+        assert span.span.trace_id == parent.span.trace_id, where
+        assert span.span.parent_span_id == parent.span.span_id, where
 
 
-def test_block_spans_name_the_apps_container_and_its_own_pid(
-    request: pytest.FixtureRequest, layout_run: LayoutRun
-) -> None:
-    expect_failure_until(request, ENVIRON)
+def blocked_in(
+    run: LayoutRun, block: TrueBlock, span: ReceivedSpan, parent: ReceivedSpan
+) -> dict[str, object]:
+    """What a wrong parent is judged on: the block, its span, the request and the span's parent."""
+
+    def times(found: ReceivedSpan) -> tuple[str, int, int]:
+        return (found.span.name, found.span.start_time_unix_nano, found.span.end_time_unix_nano)
+
+    given = [r for r in run.request_spans if r.span.span_id == span.span.parent_span_id]
+    return {
+        "block": block,
+        "span": (*times(span), attributes(span.span.attributes)),
+        "request": times(parent),
+        "span's parent": [times(r) for r in given],
+        "sidecar log": run.sidecar_log[-2000:],
+    }
+
+
+def test_block_spans_name_the_apps_container_and_its_own_pid(layout_run: LayoutRun) -> None:
     # GIVEN the app container, PID 1 in its own namespace
     app = layout_run.app_container
     full_id = inspect(app, "{{.Id}}")

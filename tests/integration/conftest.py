@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -120,14 +121,21 @@ def web_python(request: pytest.FixtureRequest) -> TargetPython:
 # Interpreters whose file name says no version, one per way the sidecar learns
 # it from the file instead: Debian's 3.11 (Py_Version) copied as a venv made
 # with --copies has it (Dockerfile.app), and pyenv's 3.9, 3.10 (their cache
-# tag and extension suffix) and 3.13 linked statically, copied the same way.
-NAMELESS = ["debian", "py3.9", "py3.10", "py3.13"]
+# tag and extension suffix) and 3.13 linked statically, copied the same way;
+# and sid's 3.14 and 3.15 (linked statically by Debian), copied into the root.
+NAMELESS = ["debian", "py3.9", "py3.10", "py3.13", *(f"py3.{m}" for m in SID_MINORS)]
 
 
 @pytest.fixture(params=NAMELESS)
-def nameless_python(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """``bin/python3`` of a venv with the OTel SDK whose interpreter is a copy, no libpython."""
+def nameless_python(request: pytest.FixtureRequest, tmp_path: Path) -> TargetPython:
+    """``bin/python3`` of a venv with the OTel SDK whose interpreter is a copy, no libpython.
+
+    sid's copies run in its root, which shares the host's /tmp (``tmp_path``): the
+    same path on both sides.
+    """
     name: str = request.param
+    if version_of(name)[1] in SID_MINORS:
+        return sid_nameless_python(name, tmp_path / "app")
     packages = otel_venv(name, interpreter(name))
     try:
         if name == "debian":
@@ -140,4 +148,24 @@ def nameless_python(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
             pytest.fail(f"failed to link {name} statically: {error}")
     if executable is None:
         pytest.skip(f"no statically linked {name} here")
-    return renamed_python(executable, packages, tmp_path / "app")
+    python = renamed_python(executable, packages, tmp_path / "app")
+    return TargetPython(name, str(python), version=version_of(name))
+
+
+def sid_nameless_python(name: str, dest: Path) -> TargetPython:
+    """sid's interpreter copied to ``dest``/bin/python3, a venv like its own (``renamed_python``)
+    whose site-packages link to the root's venv, resolved inside the root only."""
+    venv_python = sid_python(name)
+    root = venv_python.root
+    assert root is not None
+    assert root.base is not None
+    venv = Path(venv_python.python).parent.parent  # as the app sees it
+    minor = version_of(name)[1]
+    python = dest / "bin" / "python3"
+    python.parent.mkdir(parents=True)
+    shutil.copy2(root.base / f"usr/bin/python3.{minor}", python)
+    shutil.copy(root.base / venv.relative_to("/") / "pyvenv.cfg", dest / "pyvenv.cfg")
+    site = Path(f"lib/python3.{minor}/site-packages")
+    (dest / site).parent.mkdir(parents=True)
+    (dest / site).symlink_to(venv / site)
+    return replace(venv_python, python=str(python))

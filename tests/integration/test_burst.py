@@ -316,3 +316,14 @@ def test_no_block_in_the_iteration_has_a_wrong_parent(burst: Burst) -> None:
             if overlap_ns(start, end, b["start_unix_ns"], b["end_unix_ns"]) > slack
         ]
     assert not wrong, f"parented on another request: {wrong}"
+
+
+def test_no_block_in_the_iteration_names_a_request_that_did_not_wait_on_it(burst: Burst) -> None:
+    # THEN the requests a share of the iteration says it delayed are other requests of
+    # the burst (their steps were ready while it ran), never its own nor one not there
+    requests = {hex_ids(b) for b in burst.truth}
+    for record in burst.records:
+        own = (record["trace_id"], record["parent_span_id"])
+        named = {(d["trace_id"], d["span_id"]) for d in record["delayed"]}
+        assert own not in named, record
+        assert named <= requests, (named - requests, record)

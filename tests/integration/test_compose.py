@@ -260,3 +260,37 @@ class TestComposeFile:
         assert (ROOT / app["build"]["dockerfile"]).is_file()
         assert (ROOT / "Dockerfile").is_file()
         assert "examples/blocking_service.py" in (ROOT / app["build"]["dockerfile"]).read_text()
+
+    def test_grafana_shows_the_dashboard_from_a_prometheus_that_scrapes_the_collector(
+        self, compose: dict[str, Any]
+    ) -> None:
+        # GIVEN the grafana and prometheus services and what they mount
+        services = compose["services"]
+        grafana, prometheus = services["grafana"], services["prometheus"]
+        mounts = {v.split(":")[1]: Path(v.split(":")[0]) for v in grafana["volumes"]}
+        provisioning = mounts["/etc/grafana/provisioning"]
+        # THEN the dashboard is in the folder its provider reads
+        provider = load(provisioning / "dashboards" / "otel-blocksnoop.yaml")
+        (folder,) = [p["options"]["path"] for p in provider["providers"]]
+        assert (
+            mounts[f"{folder}/otel-blocksnoop.json"] == ROOT / "deploy/grafana/otel-blocksnoop.json"
+        )
+        home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        assert home == f"{folder}/otel-blocksnoop.json"
+        # AND its default data source is the prometheus service
+        (source,) = load(provisioning / "datasources" / "prometheus.yaml")["datasources"]
+        assert source["type"] == "prometheus"
+        assert source["isDefault"] is True
+        host, port = source["url"].removeprefix("http://").split(":")
+        assert host == "prometheus"
+        assert int(port) == 9090
+        assert prometheus["image"].startswith("prom/prometheus:")
+        # AND that prometheus scrapes the port the collector's prometheus exporter listens on
+        (config_mount,) = prometheus["volumes"]
+        source_path, target, _mode = config_mount.split(":")
+        assert f"--config.file={target}" in prometheus["command"]
+        (job,) = load(Path(source_path))["scrape_configs"]
+        (targets,) = [c["targets"] for c in job["static_configs"]]
+        collector = load(ROOT / "collector-config" / "jaeger.yaml")
+        exporter_port = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+        assert targets == [f"otel-collector:{exporter_port}"]

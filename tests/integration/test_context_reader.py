@@ -22,12 +22,14 @@ import pytest
 
 from harness import TARGETS
 from harness.interpreters import MINORS, SID_MINORS, pyenv_python
+from harness.interpreters import sid_python as sid_interpreter
 from otel_blocksnoop.analysis.trace_link import TraceLinker
 from otel_blocksnoop.events import NS_PER_MS, SpanRef, TaskRef, Trigger, TriggerReason
 from otel_blocksnoop.process.context import ContextReader, interpreter
 from otel_blocksnoop.process.context.interpreter import UnsupportedInterpreterError
 from otel_blocksnoop.process.cpython import layout_for
 from otel_blocksnoop.process.frames import FrameReader
+from otel_blocksnoop.process.frames.runtime import FIRST_VERSION as FRAMES_FIRST_VERSION
 from otel_blocksnoop.process.identity import read_identity
 from otel_blocksnoop.process.target import inspect_target
 from tests.integration.conftest import TargetPython, sid_python
@@ -65,7 +67,12 @@ def running_target(
 
 
 def expected_task(thread: dict[str, Any]) -> TaskRef:
-    return TaskRef(name=thread["task"], coroutine=thread["coroutine"])
+    awaited_by = thread["awaited_by"]
+    return TaskRef(
+        name=thread["task"],
+        coroutine=thread["coroutine"],
+        awaited_by=None if awaited_by is None else tuple(awaited_by),
+    )
 
 
 def expected(thread: dict[str, Any]) -> SpanRef:
@@ -125,13 +132,24 @@ def test_no_span_where_none_is_active(otel_python: TargetPython, tmp_path: Path)
         assert (ended, plain, stranger) == (None, None, None)
 
 
-@pytest.mark.parametrize("minor", MINORS, ids=[f"py3.{m}" for m in MINORS])
-def test_a_process_without_opentelemetry(minor: int, tmp_path: Path) -> None:
-    # GIVEN a plain interpreter (no opentelemetry importable) blocking its loop
+def plain_python(minor: int) -> TargetPython | Path:
+    """CPython 3.<minor> with no packages: pyenv's, or sid's own (in its root)."""
+    if minor in SID_MINORS:
+        venv = sid_python(f"py3.{minor}")
+        inside = sid_interpreter(minor)
+        assert inside is not None, "a root with its venv has its interpreter"
+        return dataclasses.replace(venv, python=inside)
     python = pyenv_python(minor)
     if python is None:
         pytest.skip(f"no CPython 3.{minor} under pyenv")
-    with running_target(tmp_path, python, "--no-otel") as target:
+    return python
+
+
+@pytest.mark.parametrize("minor", [*MINORS, *SID_MINORS], ids=lambda m: f"py3.{m}")
+def test_a_process_without_opentelemetry(minor: int, tmp_path: Path) -> None:
+    # GIVEN a plain interpreter (no opentelemetry importable) blocking its loop
+    # (opentelemetry is not imported: --no-otel)
+    with running_target(tmp_path, plain_python(minor), "--no-otel") as target:
         reader = ContextReader(target["pid"])
 
         # WHEN the reader reads its threads
@@ -304,16 +322,18 @@ def test_a_context_that_changes_under_the_reader_never_gives_a_wrong_id(
 
 
 def test_a_renamed_interpreter_is_one_python_to_every_part_that_asks(
-    nameless_python: Path, tmp_path: Path
+    nameless_python: TargetPython, tmp_path: Path
 ) -> None:
     # GIVEN a copied interpreter (no libpython mapped) linked again under a name without "python"
-    renamed = nameless_python.with_name("app-server")
-    os.link(nameless_python, renamed)
+    renamed = Path(nameless_python.python).with_name("app-server")
+    os.link(nameless_python.python, renamed)
+    python = dataclasses.replace(nameless_python, python=str(renamed))
     version = subprocess.run(
-        [str(renamed), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        python.command([python.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]),
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    with running_target(tmp_path, renamed) as target:
+    assert version == "{}.{}".format(*nameless_python.version)
+    with running_target(tmp_path, python) as target:
         pid, loop = target["pid"], target["threads"]["loop"]
         # WHEN the target check, the identity and the readers look at it
         checked = inspect_target(pid)
@@ -325,9 +345,9 @@ def test_a_renamed_interpreter_is_one_python_to_every_part_that_asks(
         # AND the context reader reads its spans
         assert reader.unsupported is None
         assert reader.active_span(loop["tid"]) == expected(loop)
-        # AND the frame reader reads its stacks from 3.13 on, and says why not before
-        if tuple(map(int, version.split("."))) >= (3, 13):
+        # AND the frame reader reads its stacks from 3.11 on, and says why not before
+        if tuple(map(int, version.split("."))) >= FRAMES_FIRST_VERSION:
             assert FrameReader(pid).stack(loop["tid"])
         else:
-            with pytest.raises(UnsupportedInterpreterError, match=f"CPython {version} publishes"):
+            with pytest.raises(UnsupportedInterpreterError, match=f"CPython {version}'s frames"):
                 FrameReader(pid)

@@ -1,10 +1,12 @@
-"""Our own frame reader against a real CPython 3.13 target, its own truth and Austin.
+"""Our own frame reader against real CPython 3.11-3.15 targets, their truth and Austin.
 
 The target (harness/targets/blocker.py, asyncio or uvloop) blocks its loop in a known function;
 while the block lasts, the reader reads the loop thread's stack from outside,
 and ``austin -w`` dumps the same process: the innermost frame must be the
 blocking call the target's source says, at a time the target says it was
-blocked, and every frame must be the one Austin sees.
+blocked, and every frame must be the one Austin sees (3.11-3.14: Austin 4.0.0 cannot read
+3.15, whose frames are held to the target's truth only). Debian sid's 3.14 and 3.15 run in
+their own root, under pivot_root (tests/integration/conftest.py ``sid_python``).
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from harness.interpreters import cached_venv, pyenv_python
+from harness.interpreters import SID_MINORS, cached_venv, pyenv_python
 from otel_blocksnoop.analysis.attribution import is_idle
 from otel_blocksnoop.events import Frame
 from otel_blocksnoop.process.context.interpreter import UnsupportedInterpreterError
 from otel_blocksnoop.process.frames import FrameReader
+from otel_blocksnoop.process.frames.runtime import locate_runtime
 from otel_blocksnoop.stacks.austin import Austin, AustinError
+from otel_blocksnoop.stacks.memory import AUSTIN_NEWEST
 from tests.helpers import BLOCKER, IN_CI
+from tests.integration.conftest import sid_python
 
 pytestmark = pytest.mark.integration
 
@@ -43,21 +48,26 @@ WAIT_S = 20.0
 POLL_S = 0.002
 
 
-def python_3_13(loop: str = "asyncio") -> Path:
-    """pyenv's CPython 3.13, or for uvloop a cached venv of it with uvloop."""
-    python = pyenv_python(13)
+MINORS = (11, 12, 13)
+"""The pyenv CPythons read here: 3.11 and 3.12 by their generated layouts, 3.13 by the
+offsets it publishes (as do sid's 3.14 and 3.15, ``SID_MINORS``)."""
+
+
+def pyenv_target(minor: int, loop: str = "asyncio") -> Path:
+    """pyenv's CPython 3.<minor>, or for uvloop a cached venv of it with uvloop."""
+    python = pyenv_python(minor)
     if python is None:
         if IN_CI:
-            pytest.fail("no CPython 3.13 under pyenv: CI must have it")
-        pytest.skip("no CPython 3.13 under pyenv")
+            pytest.fail(f"no CPython 3.{minor} under pyenv: CI must have it")
+        pytest.skip(f"no CPython 3.{minor} under pyenv")
     if loop == "asyncio":
         return python
     try:
-        return cached_venv("uvloop-py3.13", python, ("uvloop",), ("uvloop",))
+        return cached_venv(f"uvloop-py3.{minor}", python, ("uvloop",), ("uvloop",))
     except (OSError, subprocess.CalledProcessError) as error:
         if IN_CI:
-            pytest.fail(f"failed to install uvloop for 3.13: {error}")
-        pytest.skip(f"cannot install uvloop for 3.13: {error}")
+            pytest.fail(f"failed to install uvloop for 3.{minor}: {error}")
+        pytest.skip(f"cannot install uvloop for 3.{minor}: {error}")
 
 
 def austin() -> Austin:
@@ -69,6 +79,14 @@ def austin() -> Austin:
             pytest.fail(f"CI must have Austin: {error}")
         pytest.skip(str(error))
     return found
+
+
+def target_command(minor: int, loop: str, script: Path, *args: str) -> list[str]:
+    """The argv that runs ``script`` on CPython 3.<minor> with ``loop``: pyenv's, or sid's
+    (in its root, its venv has uvloop)."""
+    if minor in SID_MINORS:
+        return sid_python(f"py3.{minor}").run(script, *args)
+    return [str(pyenv_target(minor, loop)), str(script), *args]
 
 
 @dataclass
@@ -92,8 +110,10 @@ class Target:
 
 
 @contextmanager
-def blocking_target(tmp_path: Path, scenario: str, loop: str = "asyncio") -> Iterator[Target]:
-    """A 3.13 target, its loop running, that blocks once in ``scenario`` after ``go()``."""
+def blocking_target(
+    tmp_path: Path, scenario: str, loop: str = "asyncio", minor: int = 13
+) -> Iterator[Target]:
+    """A 3.<minor> target, its loop running, that blocks once in ``scenario`` after ``go()``."""
     fifo = tmp_path / "ready.fifo"
     os.mkfifo(fifo)
     out = tmp_path / "blocks.jsonl"
@@ -101,9 +121,7 @@ def blocking_target(tmp_path: Path, scenario: str, loop: str = "asyncio") -> Ite
     if loop == "uvloop":
         args.append("--uvloop")
     process = subprocess.Popen(
-        [str(python_3_13(loop)), str(BLOCKER), *args],
-        stdin=subprocess.PIPE,
-        text=True,
+        target_command(minor, loop, BLOCKER, *args), stdin=subprocess.PIPE, text=True
     )
     try:
         with fifo.open() as ready:
@@ -142,20 +160,27 @@ def source_line(frame: Frame) -> str:
     return Path(frame.file).read_text().splitlines()[frame.line - 1]
 
 
-CASES = [(scenario, "asyncio") for scenario in CALL_SITES] + [
-    ("sleep", "uvloop"),
-    ("cpu", "uvloop"),
+SID_CASES = (("cpu", "asyncio"), ("hashlib", "uvloop"))
+CASES = [
+    *((minor, scenario, "asyncio") for minor in MINORS for scenario in CALL_SITES),
+    *((minor, scenario, "uvloop") for minor in MINORS for scenario in ("sleep", "cpu")),
+    # sid's: Python running (its line moving) on asyncio, and a C call on uvloop (3 s a
+    # case; every way of blocking is read on them in test_stacks and test_mount_namespaces)
+    *((minor, scenario, loop) for minor in SID_MINORS for scenario, loop in SID_CASES),
 ]
 
 
-@pytest.mark.parametrize(("scenario", "loop"), CASES, ids=[f"{s}-{loop}" for s, loop in CASES])
+@pytest.mark.parametrize(
+    ("minor", "scenario", "loop"), CASES, ids=[f"3.{m}-{s}-{loop}" for m, s, loop in CASES]
+)
 def test_the_blocked_loop_stack_is_the_targets_and_austins(
-    scenario: str, loop: str, tmp_path: Path
+    minor: int, scenario: str, loop: str, tmp_path: Path
 ) -> None:
     dumper = austin()
+    austin_reads = (3, minor) <= AUSTIN_NEWEST
     function, snippet = CALL_SITES[scenario]
-    # GIVEN a CPython 3.13 loop (asyncio's or uvloop's) about to block in a known function
-    with blocking_target(tmp_path, scenario, loop) as target:
+    # GIVEN a CPython 3.<minor> loop (asyncio's or uvloop's) about to block in a known function
+    with blocking_target(tmp_path, scenario, loop, minor) as target:
         reader = FrameReader(target.pid)
         before = idle(reader, target.tid)
         target.go()
@@ -163,7 +188,7 @@ def test_the_blocked_loop_stack_is_the_targets_and_austins(
         # WHEN the loop thread's stack is read while the block lasts, and Austin dumps it
         ours = innermost_in(reader, target.tid, function)
         read_at = time.monotonic_ns()
-        theirs = dumper.where(target.pid).get(target.tid)
+        theirs = dumper.where(target.pid).get(target.tid) if austin_reads else None
         ours_again = stack_when(reader, target.tid, "a stack", lambda _: True)
         read_again_at = time.monotonic_ns()
         # (the target exits once its block is written)
@@ -177,10 +202,11 @@ def test_the_blocked_loop_stack_is_the_targets_and_austins(
     assert len(blocks) == 1, blocks
     assert blocks[0]["tid"] == target.tid
     assert blocks[0]["start_ns"] < read_at < read_again_at < blocks[0]["end_ns"]
-    # AND Austin sees the same frames: function, file and line (the innermost
-    # line of a thread spinning in Python may move between the two reads)
-    assert theirs is not None
-    for stack in (theirs, ours_again):
+    # AND Austin (where it reads this version) and a second read see the same frames:
+    # function, file and line (the innermost line of a thread spinning in Python may
+    # move between the two reads)
+    assert (theirs is not None) == austin_reads
+    for stack in (ours_again,) if theirs is None else (theirs, ours_again):
         assert stack[:-1] == ours[:-1]
         assert (stack[-1].function, stack[-1].file) == (ours[-1].function, ours[-1].file)
         if scenario != "cpu":
@@ -190,20 +216,22 @@ def test_the_blocked_loop_stack_is_the_targets_and_austins(
     assert "run(coro_factory())" in source_line(before[2])
 
 
-def test_a_target_that_exits_gives_no_stack_and_no_error(tmp_path: Path) -> None:
-    # GIVEN a reader of a live 3.13 target
-    with blocking_target(tmp_path, "sleep") as target:
+@pytest.mark.parametrize("minor", [13, *SID_MINORS], ids=lambda m: f"3.{m}")
+def test_a_target_that_exits_gives_no_stack_and_no_error(tmp_path: Path, minor: int) -> None:
+    # GIVEN a reader of a live 3.13, 3.14 or 3.15 target
+    with blocking_target(tmp_path, "sleep", minor=minor) as target:
         reader = FrameReader(target.pid)
         assert idle(reader, target.tid)
     # WHEN the target has gone, THEN a read gives None and raises nothing
     assert reader.stack(target.tid) is None
 
 
-def test_an_interpreter_without_debug_offsets_is_refused_saying_why() -> None:
-    # GIVEN a CPython 3.12 target (no _Py_DebugOffsets before 3.13)
-    python = pyenv_python(12)
+@contextmanager
+def sleeping(minor: int) -> Iterator[subprocess.Popen[str]]:
+    """A CPython 3.<minor> process that sleeps once it has said so."""
+    python = pyenv_python(minor)
     if python is None:
-        pytest.skip("no CPython 3.12 under pyenv")
+        pytest.skip(f"no CPython 3.{minor} under pyenv")
     process = subprocess.Popen(
         [str(python), "-c", "import time; print('ready', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE,
@@ -212,9 +240,27 @@ def test_an_interpreter_without_debug_offsets_is_refused_saying_why() -> None:
     try:
         assert process.stdout is not None
         assert process.stdout.readline() == "ready\n"
-        # WHEN a frame reader is made for it, THEN it says why it cannot read it
-        with pytest.raises(UnsupportedInterpreterError, match=r"CPython 3\.12"):
-            FrameReader(process.pid)
+        yield process
     finally:
         process.kill()
         process.wait()
+
+
+def test_an_interpreter_before_3_11_is_refused_saying_why() -> None:
+    # GIVEN a CPython 3.10 target (a chain of PyFrameObjects, no interpreter frames)
+    # WHEN a frame reader is made for it, THEN it says why it cannot read it
+    with (
+        sleeping(10) as process,
+        pytest.raises(UnsupportedInterpreterError, match=r"CPython 3\.10's frames"),
+    ):
+        FrameReader(process.pid)
+
+
+def test_a_layout_the_running_interpreter_does_not_fit_is_refused() -> None:
+    # GIVEN a CPython 3.12 target taken for a 3.11 one (its image misnamed, say)
+    with sleeping(12) as process:
+        runtime = replace(locate_runtime(process.pid), version=(3, 11))
+        # WHEN a frame reader is made for it with the 3.11 layout, THEN the interpreter's
+        # own Py_Version refuses it: no stack rather than a wrong one
+        with pytest.raises(UnsupportedInterpreterError, match=r"Py_Version says 3\.12"):
+            FrameReader(process.pid, runtime=runtime)

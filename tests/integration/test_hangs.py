@@ -143,6 +143,27 @@ def test_a_thread_that_left_its_loop_for_good_is_not_a_hang(tmp_path: Path) -> N
     matching_block(run.blocks, truth(out)[0])
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_time_between_two_loops_of_a_thread_is_not_a_block(tmp_path: Path, loop: str) -> None:
+    # GIVEN an app whose main thread runs a loop that blocks once, works 0.6 s without
+    # a loop (plain code, as between two asyncio.run calls or two tests), then runs
+    # a new loop that blocks once more
+    out = tmp_path / "truth.jsonl"
+    extra = ["--uvloop"] if loop == "uvloop" else []
+    run = run_sidecar(
+        "--json", "-q", "-t", "100", "--", sys.executable, str(BLOCKER), "sleep",
+        "--after", "0.6", "--again", "--out", str(out), *extra,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    # THEN the two real blocks are reported, each once, and nothing for the time
+    # between the loops (the first loop closed its epoll fd: no loop was held up)
+    expected = truth(out)
+    assert len(expected) == 2
+    assert [r["type"] for r in run.records] == ["block", "block", "summary"], run.records
+    for true_block in expected:
+        matching_block(run.blocks, true_block)
+
+
 def test_a_loop_that_takes_long_to_close_is_not_a_block(tmp_path: Path) -> None:
     # GIVEN an app that blocks once, then whose loop takes 600 ms of CPU to close
     # after asyncio.run's last iteration (what a busy machine does to a teardown)

@@ -11,6 +11,7 @@ OTLP receiver.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -239,3 +240,68 @@ def test_the_spans_resource_names_the_apps_container_pod_and_hostname(
         found = {key: span.resource[key] for key in PLACEMENT_KEYS if key in span.resource}
         assert found == layout.expected, [attributes(s.span.attributes) for s in spans]
         assert span.resource["process.pid"] in {app.pid, 1}
+
+
+APP_UID = 10001
+"""The app's user: not root, as in Dockerfile.app; its /proc/PID/environ is 0400 to it."""
+READ_IDENTITY = """
+import json, sys
+from pathlib import Path
+from otel_blocksnoop.process.identity import read_identity
+pid = int(sys.argv[1])
+try:
+    Path(f"/proc/{pid}/environ").read_bytes()
+    opened = "opened"
+except PermissionError:
+    opened = "refused"
+identity = read_identity(pid)
+print(json.dumps([opened, identity.service_name, dict(identity.resource_attributes)]))
+"""
+
+
+def _as_root_without(*caps: str) -> list[str]:
+    """Run as uid 0 without ``caps``: root gets no more than its bounding set at exec."""
+    return ["setpriv", "--inh-caps=-all", f"--bounding-set={','.join('-' + c for c in caps)}"]
+
+
+@pytest.fixture
+def app_of_another_user() -> Iterator[int]:
+    """A Python process of uid 10001 with its own OTel settings, waiting on stdin; its PID."""
+    app = subprocess.Popen(
+        ["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups", "--",
+         "/usr/bin/python3", "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "OTEL_SERVICE_NAME": "checkout",
+             "OTEL_RESOURCE_ATTRIBUTES": "team=payments"},
+    )  # fmt: skip
+    try:
+        assert app.stdout is not None
+        assert app.stdout.readline() == "ready\n"
+        yield app.pid
+    finally:
+        app.communicate("")
+
+
+@pytest.mark.parametrize(
+    ("dropped", "expected"),
+    [
+        (("dac_override", "dac_read_search"), ["refused", "checkout", {"team": "payments"}]),
+        (("dac_override", "dac_read_search", "sys_ptrace"), ["refused", None, {}]),
+    ],
+    ids=["with-sys-ptrace", "without-sys-ptrace"],
+)
+def test_an_apps_settings_are_read_from_its_memory_when_its_environ_is_closed(
+    app_of_another_user: int, dropped: tuple[str, ...], expected: list[object]
+) -> None:
+    # GIVEN an app of another user, and a reader that is root without the DAC
+    # capabilities (the hardened layouts: cap_drop ALL + SYS_ADMIN + SYS_PTRACE)
+    reader = [*_as_root_without(*dropped), "--", sys.executable, "-c", READ_IDENTITY]
+    # WHEN it reads the app's identity
+    result = subprocess.run(
+        [*reader, str(app_of_another_user)],
+        capture_output=True, text=True, check=False, timeout=WAIT_S,
+    )  # fmt: skip
+    # THEN it could not open /proc/PID/environ, yet with CAP_SYS_PTRACE it has the
+    # app's service name and attributes from its memory, and without it nothing
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected

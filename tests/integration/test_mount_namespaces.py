@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from harness import TARGETS
-from harness.interpreters import WEB_APP_MODULES, WEB_APP_PACKAGES, pyenv_python
+from harness.interpreters import SID_MINORS, WEB_APP_MODULES, WEB_APP_PACKAGES, pyenv_python
 from harness.mntns import (
     PYTHON_PREFIX,
     Root,
@@ -30,11 +30,13 @@ from harness.mntns import (
     pivot_root_command,
     python_inside,
     python_root,
+    sid_root,
     site_packages_of,
 )
 from harness.otlp import OtlpReceiver
 from otel_blocksnoop.process.namespaces import reach
 from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.memory import AUSTIN_NEWEST
 from otel_blocksnoop.stacks.on_demand import process_state
 from tests.helpers import (
     SIDECAR,
@@ -46,7 +48,7 @@ from tests.helpers import (
     parse_json_lines,
     truth,
 )
-from tests.integration.conftest import otel_venv
+from tests.integration.conftest import otel_venv, sid_python
 from tests.integration.test_export import otlp_env, span_for
 from tests.integration.test_stacks import CALL_SITES, CAUSES
 from tests.integration.test_trace_link import blocks_in, hex_ids, requests_in
@@ -88,6 +90,14 @@ def inside(root: Root) -> tuple[Callable[[list[str]], list[str]], str, str, str]
 
 
 def assert_call_site(block: dict[str, Any], scenario: str) -> None:
+    """The stack ends in the blocking call, its source line read from the app's root; the
+    cause is the scenario's."""
+    assert_code(block, scenario)
+    cause, syscalls = CAUSES[scenario]
+    assert (block["cause"], block["syscall"]) in {(cause, name) for name in syscalls}, block
+
+
+def assert_code(block: dict[str, Any], scenario: str) -> None:
     """The stack ends in the blocking call, its source line read from the app's root."""
     function, snippet = CALL_SITES[scenario]
     site = block["call_site"]
@@ -100,8 +110,6 @@ def assert_call_site(block: dict[str, Any], scenario: str) -> None:
     (frame,) = [f for f in block["stack"] if (f["file"], f["line"]) == (site["file"], site["line"])]
     assert snippet in (frame["source"] or ""), frame
     assert block["stack"][-1]["source"], block["stack"][-1]
-    cause, syscalls = CAUSES[scenario]
-    assert (block["cause"], block["syscall"]) in {(cause, name) for name in syscalls}, block
 
 
 @pytest.fixture
@@ -116,28 +124,37 @@ def cleanup() -> Iterator[list[Target | Sidecar]]:
             thing.process.wait()
 
 
-@pytest.mark.parametrize("minor", MINORS, ids=[f"3.{m}" for m in MINORS])
+PIVOTED = [
+    *((minor, "asyncio") for minor in MINORS),
+    *((minor, loop) for minor in SID_MINORS for loop in ("asyncio", "uvloop")),
+]
+"""pyenv's, then Debian sid's CPython 3.14 and 3.15 in their own root (both loops)."""
+
+
+@pytest.mark.parametrize(("minor", "loop"), PIVOTED, ids=[f"3.{m}-{loop}" for m, loop in PIVOTED])
 def test_an_app_under_pivot_root_gets_the_stack_and_cause_of_each_block(
-    tmp_path: Path, minor: int
+    tmp_path: Path, minor: int, loop: str
 ) -> None:
-    # GIVEN an app under pivot_root whose interpreter is at a prefix the host lacks,
-    # launched by the sidecar, blocking seven known ways
-    root = rooted(python_root(pyenv_prefix(minor)), tmp_path)
-    app = [
-        python_inside(),
-        f"{APP}/blocker.py",
-        "all",
-        "--delay",
-        "1",
-        "--out",
-        f"{SHARED}/t.jsonl",
-    ]
+    # GIVEN an app under pivot_root whose interpreter is at a prefix the host lacks
+    # (pyenv's moved, or sid's), launched by the sidecar, blocking seven known ways
+    if minor in SID_MINORS:
+        root, python = rooted(sid_root(), tmp_path), sid_python(f"py3.{minor}").python
+    else:
+        root, python = rooted(python_root(pyenv_prefix(minor)), tmp_path), python_inside()
+    # (after 1 s on pyenv's: Austin attaches to a started interpreter; sid's need no wait)
+    delay = [] if minor in SID_MINORS else ["--delay", "1"]
+    extra = ["--uvloop"] if loop == "uvloop" else []
+    app = [python, f"{APP}/blocker.py", "all", *delay, "--out", f"{SHARED}/t.jsonl", *extra]
     result = subprocess.run(
-        [*SIDECAR, "--json", "-q", "-t", "50", "--", *pivot_root_command(root, app)],
+        [*SIDECAR, "--json", "-v", "-t", "50", "--", *pivot_root_command(root, app)],
         capture_output=True, text=True, check=False, timeout=2 * WAIT_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    # THEN each block names the code that blocked, down to the line, and why
+    # THEN its stacks came from Austin, run in its mount namespace, where Austin reads its
+    # version (up to 3.14), else from its memory (3.15)
+    from_memory = f"(CPython 3.{minor}) from its memory" in result.stderr
+    assert from_memory == ((3, minor) > AUSTIN_NEWEST), result.stderr
+    # AND each block names the code that blocked, down to the line, and why
     blocks = [r for r in parse_json_lines(result.stdout) if r["type"] == "block"]
     expected = truth(tmp_path / "t.jsonl")
     assert [r["scenario"] for r in expected] == list(CALL_SITES)
@@ -170,6 +187,46 @@ def test_a_sidecar_attached_from_the_host_reads_stacks_and_task_of_an_app_under_
     block = matching_block([r for r in records if r["type"] == "block"], true_block)
     assert_call_site(block, "cpu")
     assert block["task"] is not None, "the context reader found the interpreter's _PyRuntime"
+
+
+HARDENED_CAPS = ["setpriv", "--bounding-set=-sys_chroot", "--inh-caps=-sys_chroot"]
+"""A sidecar without CAP_SYS_CHROOT, as the hardened compose layout runs it: it may read
+the app's memory, not enter its mount namespace (where Austin must run)."""
+
+
+@pytest.mark.parametrize("minor", [11, 12], ids=["3.11", "3.12"])
+def test_a_sidecar_that_may_not_enter_the_apps_mount_namespace_reads_its_stacks_from_memory(
+    tmp_path: Path, cleanup: list[Target | Sidecar], minor: int
+) -> None:
+    # GIVEN an app under pivot_root blocking seven known ways, and a sidecar on the host
+    # without CAP_SYS_CHROOT attached to it by PID, with the default stack source
+    root = rooted(python_root(pyenv_prefix(minor)), tmp_path)
+    target = Target(tmp_path, "all", inside=inside(root))
+    cleanup.append(target)
+    sidecar = subprocess.Popen(
+        [*HARDENED_CAPS, *SIDECAR, "--json", "-v", "-t", "50", str(target.pid)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sidecar.stderr is not None
+    said = PipeLines(sidecar.stderr)
+    said.wait_for("Ctrl-C to stop")
+    # WHEN it blocks
+    target.go()
+    assert target.process.wait(timeout=2 * WAIT_S) == 0
+    stdout, rest = sidecar.communicate(timeout=WAIT_S)
+    stderr = "\n".join([*said.seen, rest])
+    # THEN the sidecar chose its own reader, saying why, and ran no Austin
+    assert sidecar.returncode == 0, stderr
+    why = "Austin cannot enter its mount namespace without CAP_SYS_CHROOT"
+    assert f"(CPython 3.{minor}) from its memory ({why})" in stderr, stderr
+    assert "austin -P" not in stderr
+    # AND each block names the code that blocked, down to the line (the cause, the
+    # kernel's and not the stack reader's, is asserted above)
+    blocks = [r for r in parse_json_lines(stdout) if r["type"] == "block"]
+    expected = truth(target.out)
+    assert [r["scenario"] for r in expected] == list(CALL_SITES)
+    for true_block in expected:
+        assert_code(matching_block(blocks, true_block), true_block["scenario"])
 
 
 def test_block_spans_of_an_app_under_pivot_root_are_children_of_its_request_spans(
@@ -365,6 +422,7 @@ except AustinError as error:
 STARTER = """
 import sys, time
 from otel_blocksnoop.stacks.austin import Austin
+from otel_blocksnoop.stacks.memory import AUSTIN_NEWEST
 process = Austin.find().stream("-P", "-i", "10ms", pid=int(sys.argv[1]))
 print("austin", process.pid, flush=True)
 time.sleep(60)

@@ -1,4 +1,8 @@
-"""Stacks on demand: a real Austin resumed by ``begin``, stopped by ``end``, around real blocks."""
+"""Stacks on demand: a real Austin resumed by ``begin``, stopped by ``end``, around real blocks.
+
+On CPython 3.9-3.14 (sid's 3.14 in its root); on 3.15, which Austin 4.0.0 cannot read, the
+pool reads the blocked thread's frames from memory instead, between the same two calls.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,25 @@ from pathlib import Path
 import pytest
 
 from harness import TARGETS
-from harness.interpreters import MINORS, pyenv_python
+from harness.interpreters import MINORS, SID_MINORS, pyenv_python
 from harness.procs import children
 from otel_blocksnoop.analysis.attribution import attribute
 from otel_blocksnoop.events import Loss
 from otel_blocksnoop.losses import Losses
 from otel_blocksnoop.stacks.austin import Austin, AustinError
+from otel_blocksnoop.stacks.memory import AUSTIN_NEWEST, MemorySampler, StackSources
 from otel_blocksnoop.stacks.on_demand import OnDemandSampler, State, process_state
 from otel_blocksnoop.stacks.pool import SamplerPool
 from tests.helpers import IN_CI, WAIT_S, PipeLines, Sidecar
+from tests.integration.conftest import TargetPython, sid_python
 
 pytestmark = [pytest.mark.integration]
 
 HELD = TARGETS / "held.py"
 PYTHONS = {f"3.{minor}": pyenv_python(minor) for minor in MINORS}
+AUSTIN_SID = [f"3.{m}" for m in SID_MINORS if (3, m) <= AUSTIN_NEWEST]
+"""sid's interpreters Austin reads (3.14); the newer ones are read from memory."""
+MEMORY_SID = [f"3.{m}" for m in SID_MINORS if (3, m) > AUSTIN_NEWEST]
 
 
 @pytest.fixture
@@ -43,11 +52,11 @@ def austin() -> Austin:
 class HeldTarget:
     """harness/targets/held.py: blocks its loop from "hold" to "release"."""
 
-    def __init__(self, tmp_path: Path, python: Path) -> None:
+    def __init__(self, tmp_path: Path, python: TargetPython) -> None:
         fifo = tmp_path / "ready.fifo"
         os.mkfifo(fifo)
         self.process = subprocess.Popen(
-            [str(python), str(HELD), "--ready", str(fifo)], stdin=subprocess.PIPE, text=True
+            python.run(HELD, "--ready", str(fifo)), stdin=subprocess.PIPE, text=True
         )
         self._fifo = fifo.open()
         self.lines = PipeLines(self._fifo)
@@ -77,16 +86,30 @@ class HeldTarget:
         self._fifo.close()
 
 
-@pytest.fixture(params=sorted(PYTHONS), ids=sorted(PYTHONS))
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HeldTarget]:
-    python = PYTHONS[request.param]
-    if python is None:
-        if IN_CI:
-            pytest.fail(f"CI must have pyenv's CPython {request.param}")
-        pytest.skip(f"no CPython {request.param} here")
-    held = HeldTarget(tmp_path, python)
+def held_target(tmp_path: Path, version: str) -> Iterator[HeldTarget]:
+    if version in PYTHONS:
+        python = PYTHONS[version]
+        if python is None:
+            if IN_CI:
+                pytest.fail(f"CI must have pyenv's CPython {version}")
+            pytest.skip(f"no CPython {version} here")
+        held = HeldTarget(tmp_path, TargetPython(version, str(python)))
+    else:
+        held = HeldTarget(tmp_path, sid_python(f"py{version}"))
     yield held
     held.stop()
+
+
+@pytest.fixture(params=[*sorted(PYTHONS), *AUSTIN_SID])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HeldTarget]:
+    """A held app on each CPython Austin reads."""
+    yield from held_target(tmp_path, request.param)
+
+
+@pytest.fixture(params=MEMORY_SID)
+def newest_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HeldTarget]:
+    """A held app on each CPython newer than Austin reads."""
+    yield from held_target(tmp_path, request.param)
 
 
 def wait_until(condition: Callable[[], bool], pool: SamplerPool, what: str) -> None:
@@ -154,9 +177,69 @@ def test_begin_and_end_gather_the_stack_of_the_block_and_nothing_else(
     assert process_state(austin_pid) is None
 
 
+def test_past_austin_begin_and_end_read_the_blocked_threads_memory_and_nothing_else(
+    austin: Austin, newest_target: HeldTarget
+) -> None:
+    # GIVEN an on-demand pool choosing its stack source as the sidecar does, watching a
+    # target Austin cannot read
+    target = newest_target
+    losses = Losses()
+    pool = SamplerPool(austin, 1000, losses, on_demand=True, sources=StackSources())
+    sampler = pool.ensure(target.pid)
+    try:
+        # THEN it reads the target's memory, and nothing while no block is going on
+        assert isinstance(sampler, MemorySampler)
+        assert sampler.reads == 0
+
+        # WHEN a block is going on, begin is called, and end once it is over
+        start = target.hold()
+        pool.begin(target.pid, target.tid, start)
+        wait_until(
+            lambda: len(pool.window(target.pid, target.tid, start, time.monotonic_ns())) >= 3,
+            pool,
+            "stacks of the held loop",
+        )
+        start, end = target.release()
+        pool.end(target.pid, target.tid)
+        wait_until(
+            lambda: pool.covered_until(target.pid, target.tid) >= end, pool, "coverage to the end"
+        )
+
+        # THEN the stacks of the block name the function that held the loop
+        found = attribute(
+            [sample.frames for sample in pool.window(target.pid, target.tid, start, end)]
+        )
+        assert found is not None
+        assert found.call_site is not None
+        assert found.call_site.function.endswith("hold_the_loop"), found.call_site
+        assert found.call_site.file == str(HELD)
+        reads = sampler.reads
+
+        # WHEN a block comes and goes without begin
+        start, end = target.hold(), target.release()[1]
+        # THEN nothing was read for it
+        assert pool.window(target.pid, target.tid, start, end) == []
+        assert sampler.reads == reads
+        assert losses.total(Loss.STACK_SAMPLES) == 0
+    finally:
+        pool.stop()
+
+
+def is_austin(pid: int, comm: str) -> bool:
+    """Whether ``pid`` runs Austin: by its name, or, started in an app's mount namespace
+    from an fd by its loader (comm: the fd's number), by the name its loader gives it."""
+    if comm == "austin":
+        return True
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:3] == [b"--argv0", b"austin"]
+
+
 def austin_children(pid: int) -> list[int]:
     """The Austin processes ``pid`` started."""
-    return [child for child, comm, _ in children(pid) if comm == "austin"]
+    return [child for child, comm, _ in children(pid) if is_austin(child, comm)]
 
 
 @pytest.mark.usefixtures("austin")

@@ -11,11 +11,9 @@ from typing import Any
 
 import pytest
 
-from harness.interpreters import SID_MINORS, pyenv_python
-from otel_blocksnoop.stacks.memory import AUSTIN_NEWEST
+from harness.interpreters import pyenv_python
 from tests.helpers import BLOCKER, matching_block, run_sidecar, truth
-from tests.integration.conftest import sid_python
-from tests.integration.test_frame_reader import python_3_13
+from tests.integration.test_frame_reader import MINORS, target_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("bpf_host")]
 
@@ -44,6 +42,18 @@ CAUSES: dict[str, tuple[str, set[str | None]]] = {
     "gil": ("gil", {None}),
 }
 
+# What the kernel booked for a block, printed when its cause is not the one expected.
+KERNEL_BOOKS = (
+    "duration_ms",
+    "on_cpu_ms",
+    "runq_ms",
+    "off_cpu_ms",
+    "sleeps",
+    "sibling_cpu_ms",
+    "started_before_watch",
+    "iteration",
+)
+
 
 def target_pythons() -> dict[str, Path | None]:
     """The sidecar's own interpreter and pyenv's CPython 3.9, 3.10, 3.12, 3.13 (None: not here).
@@ -60,7 +70,11 @@ def target_pythons() -> dict[str, Path | None]:
 PYTHONS = target_pythons()
 
 
-def assert_call_site(block: dict[str, Any], scenario: str) -> None:
+def assert_call_site(
+    block: dict[str, Any],
+    scenario: str,
+    causes: dict[str, tuple[str, set[str | None]]] = CAUSES,
+) -> None:
     function, snippet = CALL_SITES[scenario]
     site = block["call_site"]
     assert site is not None, f"{scenario}: no stack"
@@ -69,12 +83,12 @@ def assert_call_site(block: dict[str, Any], scenario: str) -> None:
     assert snippet in line, (scenario, line)
     assert block["samples"] >= 3, block
     assert block["stack"][-1]["source"], "source lines come from the target's files"
-    cause, syscalls = CAUSES[scenario]
+    cause, syscalls = causes[scenario]
     assert (block["cause"], block["syscall"]) in {(cause, name) for name in syscalls}, (
         scenario,
         block["cause"],
         block["syscall"],
-        block["sleeps"],
+        {key: block[key] for key in KERNEL_BOOKS},
     )
 
 
@@ -97,21 +111,26 @@ def test_each_kind_of_block_names_the_blocking_call(tmp_path: Path, version: str
         assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
 
 
+# 3.15's stacks come from memory by default: test_mount_namespaces.py shows them.
+MEMORY_MINORS = (*MINORS, 14)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("minor", MEMORY_MINORS, ids=[f"3.{m}" for m in MEMORY_MINORS])
 def test_stacks_read_from_the_apps_memory_name_the_same_calls_as_austin(
-    tmp_path: Path, loop: str
+    tmp_path: Path, minor: int, loop: str
 ) -> None:
-    # GIVEN an app on CPython 3.13 (the first to publish _Py_DebugOffsets) that blocks
-    # seven known ways, watched with the stacks read by the sidecar from its memory
-    python = python_3_13(loop)
+    # GIVEN an app on pyenv's CPython 3.11 or 3.12 (read by their generated layouts),
+    # 3.13 (the first to publish _Py_DebugOffsets) or sid's 3.14 (in its root) that
+    # blocks seven known ways, watched with the stacks read by the sidecar from its memory
     out = tmp_path / "truth.jsonl"
     extra = ["--uvloop"] if loop == "uvloop" else []
-    target = [str(python), str(BLOCKER), "all", "--out", str(out), *extra]
+    target = target_command(minor, loop, BLOCKER, "all", "--out", str(out), *extra)
     run = run_sidecar("--json", "-v", "-t", "50", "--stacks-from", "memory", "--", *target)
     assert run.returncode == 0, run.stderr
     # THEN no Austin ran, and each block names the same call, down to the line, as
     # Austin does in the test above, with the same cause
-    assert "CPython 3.13) from its memory" in run.stderr
+    assert f"CPython 3.{minor}) from its memory" in run.stderr
     assert "austin -P" not in run.stderr
     expected = truth(out)
     assert [r["scenario"] for r in expected] == list(CALL_SITES)
@@ -119,27 +138,8 @@ def test_stacks_read_from_the_apps_memory_name_the_same_calls_as_austin(
         assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-@pytest.mark.parametrize("minor", SID_MINORS)
-def test_stacks_on_the_newest_pythons_name_the_blocking_call(
-    tmp_path: Path, minor: int, loop: str
-) -> None:
-    # GIVEN an app on Debian sid's CPython 3.14 or 3.15 (in its root: under pivot_root)
-    # that blocks seven known ways, watched with the default stack source
-    target = sid_python(f"py3.{minor}")
-    out = tmp_path / "truth.jsonl"
-    extra = ["--uvloop"] if loop == "uvloop" else []
-    argv = target.run(BLOCKER, "all", "--out", str(out), *extra)
-    run = run_sidecar("--json", "-v", "-t", "50", "--", *argv)
-    assert run.returncode == 0, run.stderr
-    # THEN each block names its call, down to the line, and its cause: from Austin on
-    # 3.14, from the app's memory on 3.15 (which Austin 4.0.0 cannot read)
-    from_memory = f"(CPython 3.{minor}) from its memory" in run.stderr
-    assert from_memory == (minor > AUSTIN_NEWEST[1]), run.stderr
-    expected = truth(out)
-    assert [r["scenario"] for r in expected] == list(CALL_SITES)
-    for true_block in expected:
-        assert_call_site(matching_block(run.blocks, true_block), true_block["scenario"])
+# sid's CPython 3.14 and 3.15 (Austin on 3.14, memory on 3.15), asyncio and uvloop, with the
+# default stack source: test_mount_namespaces.py, whose apps run in their own root as they must.
 
 
 def test_uvloop_blocks_name_the_blocking_call(tmp_path: Path) -> None:

@@ -150,19 +150,21 @@ def test_blocks_name_their_request_on_every_python(
 
 
 def test_blocks_name_their_request_on_a_python_whose_name_says_no_version(
-    nameless_python: Path, tmp_path: Path
+    nameless_python: TargetPython, tmp_path: Path
 ) -> None:
     # GIVEN the same app on an interpreter copied to bin/python3 (no libpython mapped):
     # its version is only in the file (Py_Version on 3.11+, its cache tag on 3.9/3.10)
+    python = nameless_python
     version = subprocess.run(
-        [str(nameless_python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        python.command([python.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]),
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     out = tmp_path / "truth.jsonl"
+    app = ["env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT", python.python, str(TRACED_APP),
+           "--out", str(out)]  # fmt: skip
     with OtlpReceiver() as receiver:
         result = subprocess.run(
-            [*SIDECAR, "--json", "-q", "-t", "50", "--", "env", "-u", "OTEL_EXPORTER_OTLP_ENDPOINT",
-             str(nameless_python), str(TRACED_APP), "--out", str(out)],
+            [*SIDECAR, "--json", "-q", "-t", "50", "--", *python.command(app)],
             capture_output=True, text=True, check=False, timeout=WAIT_S,
             env=otlp_env(receiver.http_endpoint, "http/protobuf"),
         )  # fmt: skip

@@ -67,6 +67,14 @@ def test_many_short_futex_waits_while_a_sibling_runs_are_the_gil() -> None:
     assert classify(gil) == (Cause.GIL, None)
 
 
+def test_the_same_futex_waits_in_a_free_threaded_process_are_a_lock_not_the_gil() -> None:
+    # GIVEN the waits that are the GIL in a build with one, in a build without one
+    waits = activity(on_cpu_ms=11.5, runq_ms=8.0, sleeps=(("futex", 189.5, 56),), sibling_ms=199.0)
+    # WHEN classified for a free-threaded process
+    # THEN it is the futex syscall (a contended lock): there is no GIL to wait for
+    assert classify(waits, gil_possible=False) == (Cause.SYSCALL, "futex")
+
+
 def test_one_long_futex_wait_for_a_busy_worker_is_not_the_gil() -> None:
     # GIVEN the loop waited 190 ms for a thread pool's result, then 3 ms for the GIL
     worker = activity(on_cpu_ms=1.0, sleeps=(("futex", 193.0, 2),), sibling_ms=195.0)

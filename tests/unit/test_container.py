@@ -28,6 +28,8 @@ SHAPES = {
     "docker_in_docker_v1.txt": IN_DOCKER,  # the innermost container: the app's
     "docker_own_cgroupns_v2.txt": NOWHERE,
     "k8s_containerd_cgroupfs_v1.txt": IN_POD,
+    "k8s_containerd_cgroupfs_v2.txt": IN_POD,
+    "k8s_containerd_systemd_v1.txt": IN_POD,
     "k8s_containerd_systemd_v2.txt": IN_POD,
     "k8s_containerd_guaranteed_systemd_v2.txt": IN_POD,
     "k8s_crio_cgroupfs_v1.txt": IN_POD,

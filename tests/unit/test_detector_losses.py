@@ -12,6 +12,7 @@ from otel_blocksnoop.kernel.constants import (
     COUNTER_LOST_TRIGGERS,
     COUNTER_MAX,
     COUNTER_STATE_FULL,
+    COUNTER_UNSEEN_SWITCHES,
 )
 from otel_blocksnoop.kernel.detector import Detector
 from otel_blocksnoop.kernel.program import DetectorConfig
@@ -95,5 +96,6 @@ def test_every_counter_index_is_inside_the_array() -> None:
         COUNTER_BUSY_NS,
         COUNTER_STATE_FULL,
         COUNTER_LOST_TRIGGERS,
+        COUNTER_UNSEEN_SWITCHES,
     )
     assert sorted(indexes) == list(range(COUNTER_MAX))

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
-from otel_blocksnoop.process.discovery import Discovery, Selector, has_event_poll
+import pytest
+
+from otel_blocksnoop.cli import parse_arguments
+from otel_blocksnoop.process.discovery import Discovery, PodSelector, Selector, has_event_poll
+from otel_blocksnoop.process.identity import SERVICE_ACCOUNT_NAMESPACE
 
 OWN_PID = 900
 CONTAINER = "ab" * 32
+CGROUPS = Path(__file__).resolve().parent.parent / "data" / "cgroup"
+POD_UID = "6a1f0e3c-7b2d-4c5e-9f80-1a2b3c4d5e6f"
+"""The pod in the recorded Kubernetes cgroup files."""
+KUBELET_DRIVERS = (
+    "k8s_containerd_cgroupfs_v1.txt",
+    "k8s_containerd_cgroupfs_v2.txt",
+    "k8s_containerd_systemd_v1.txt",
+    "k8s_containerd_systemd_v2.txt",
+    "k8s_crio_cgroupfs_v1.txt",
+    "k8s_crio_systemd_v2.txt",
+)
+"""The kubelet's cgroup paths, cgroupfs and systemd drivers, v1 and v2, as /proc/PID/cgroup."""
 
 
 class FakeProc:
@@ -27,6 +44,8 @@ class FakeProc:
         flags: int = 0,
         cgroup: str = "0::/user.slice\n",
         maps: str = "",
+        env: dict[str, str] | None = None,
+        namespace_file: str | None = None,
     ) -> None:
         base = self.root / str(pid)
         base.mkdir(exist_ok=True)
@@ -40,12 +59,15 @@ class FakeProc:
         exe_link.symlink_to(exe)
         (base / "cgroup").write_text(cgroup)
         (base / "maps").write_text(maps)
+        environ = "".join(f"{k}={v}\0" for k, v in (env or {}).items())
+        (base / "environ").write_bytes(environ.encode())
+        if namespace_file is not None:
+            path = base / "root" / SERVICE_ACCOUNT_NAMESPACE.relative_to("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(namespace_file)
 
     def remove(self, pid: int) -> None:
-        base = self.root / str(pid)
-        for child in base.iterdir():
-            child.unlink()
-        base.rmdir()
+        shutil.rmtree(self.root / str(pid))
 
 
 class Clock:
@@ -191,3 +213,63 @@ def test_an_epoll_fd_is_seen_in_the_fd_table(tmp_path: Path) -> None:
     assert has_event_poll(70, tmp_path)
     assert not has_event_poll(71, tmp_path)
     assert not has_event_poll(72, tmp_path)  # gone
+
+
+@pytest.mark.parametrize("recorded", KUBELET_DRIVERS)
+def test_a_pod_uid_picks_the_processes_of_that_pod_under_any_cgroup_driver(
+    tmp_path: Path, recorded: str
+) -> None:
+    # GIVEN an app in the pod (its cgroup as the kubelet names it), one in another pod,
+    # and one on the node
+    proc = FakeProc(tmp_path)
+    proc.add(80, ["python3", "app.py"], cgroup=(CGROUPS / recorded).read_text())
+    other = (CGROUPS / recorded).read_text().replace("6a1f0e3c", "7b2f0e3c")
+    proc.add(81, ["python3", "app.py"], cgroup=other)
+    proc.add(82, ["python3", "app.py"])
+    # WHEN the scan looks for the pod's uid, as `kubectl get pod -o yaml` shows it
+    config = parse_arguments(["--pod", POD_UID.upper()])
+    assert config.select is not None
+    scan, _ = discovery(proc, config.select)
+    # THEN only the app in that pod is handed out
+    assert [t.pid for t in scan.scan()] == [80]
+
+
+@pytest.mark.parametrize("recorded", KUBELET_DRIVERS)
+def test_a_pod_name_picks_by_the_downward_api_else_the_hostname_the_kubelet_gave(
+    tmp_path: Path, recorded: str
+) -> None:
+    # GIVEN apps in pods: one with the downward API's POD_NAME, one with only the
+    # HOSTNAME the kubelet gave, one in another pod, one on the node with that HOSTNAME
+    in_pod = (CGROUPS / recorded).read_text()
+    proc = FakeProc(tmp_path)
+    proc.add(90, ["python3", "a.py"], cgroup=in_pod, env={"POD_NAME": "checkout-7d9f8-x2x4q"})
+    proc.add(91, ["python3", "b.py"], cgroup=in_pod, env={"HOSTNAME": "checkout-7d9f8-x2x4q"})
+    proc.add(92, ["python3", "c.py"], cgroup=in_pod, env={"HOSTNAME": "billing-5c4d-abcde"})
+    proc.add(93, ["python3", "d.py"], env={"HOSTNAME": "checkout-7d9f8-x2x4q"})
+    # WHEN the scan looks for the pod by its name
+    scan, _ = discovery(proc, Selector(pod=PodSelector(name="checkout-7d9f8-x2x4q")))
+    # THEN the apps of that pod are handed out, and not a host that shares the name
+    assert [t.pid for t in scan.scan()] == [90, 91]
+
+
+def test_a_namespace_and_name_need_both_from_the_environment_or_service_account(
+    tmp_path: Path,
+) -> None:
+    # GIVEN apps in pods named alike in namespaces told by the downward API, by the
+    # service account's file, or not at all
+    in_pod = (CGROUPS / "k8s_containerd_systemd_v2.txt").read_text()
+    name = {"HOSTNAME": "checkout-0"}
+    proc = FakeProc(tmp_path)
+    proc.add(100, ["python3", "a.py"], cgroup=in_pod, env={**name, "POD_NAMESPACE": "shop"})
+    proc.add(101, ["python3", "b.py"], cgroup=in_pod, env=name, namespace_file="shop\n")
+    proc.add(102, ["python3", "c.py"], cgroup=in_pod, env=name, namespace_file="staging\n")
+    proc.add(103, ["python3", "d.py"], cgroup=in_pod, env=name)
+    # WHEN the scan looks for shop/checkout-0, as kubectl names it
+    config = parse_arguments(["--pod", "shop/checkout-0", "--match", "python3"])
+    assert config.select is not None
+    assert config.select.describe() == (
+        "Python processes with command lines matching 'python3' in pod shop/checkout-0"
+    )
+    scan, _ = discovery(proc, config.select)
+    # THEN only the two whose namespace is shop are handed out
+    assert [t.pid for t in scan.scan()] == [100, 101]

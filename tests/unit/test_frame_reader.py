@@ -238,6 +238,17 @@ def test_a_version_whose_offsets_shape_is_unknown_is_refused() -> None:
         read_debug_offsets(heap.memory, heap.runtime, (3, 16))
 
 
+def test_a_free_threaded_build_of_a_version_without_its_shape_is_refused() -> None:
+    # GIVEN a 3.13t: its str bits and stackref tags are not those of 3.13 with a GIL
+    heap = Heap({**DEBUG_WORDS, 2: 1})
+    # WHEN its debug offsets are read, THEN the reader refuses, naming what it knows
+    with pytest.raises(
+        UnsupportedInterpreterError,
+        match=r"no _Py_DebugOffsets shape for free-threaded CPython 3\.13 \(known: 3\.14\)",
+    ):
+        read_debug_offsets(heap.memory, heap.runtime, (3, 13), free_threaded=True)
+
+
 def test_an_unreadable_runtime_is_refused() -> None:
     with pytest.raises(UnsupportedInterpreterError, match="cannot read"):
         read_debug_offsets(ForgedMemory(), 0x10, (3, 13))

@@ -15,9 +15,11 @@ from otel_blocksnoop.process import identity as identity_module
 from otel_blocksnoop.process.container import Placement
 from otel_blocksnoop.process.identity import (
     app_hostname,
+    environ_bounds,
     parse_environ,
     parse_resource_attributes,
     pod_identity,
+    read_environ,
     read_identity,
 )
 
@@ -33,6 +35,70 @@ def test_resource_attributes_follow_the_spec_format_with_percent_decoding() -> N
 
 def test_environ_entries_are_split_on_nul_and_the_first_equals_sign() -> None:
     assert parse_environ(b"A=1\0B=x=y\0junk\0") == {"A": "1", "B": "x=y"}
+
+
+# A /proc/PID/stat line (Linux 6.x, 52 fields) whose command holds ") " and a space.
+STAT_WITH_ODD_COMMAND = (
+    "4242 (my) app) S 1 4242 4242 0 -1 4194560 820 0 0 0 3 1 0 0 20 0 1 0 123456 "
+    "12345678 2000 18446744073709551615 94000000000000 94000000004096 140730000000000 "
+    "0 0 0 0 16781312 2 0 0 0 17 1 0 0 0 0 0 94000000008192 94000000012288 "
+    "94000001000000 140730000001000 140730000001100 140730000001100 140730000004000 0\n"
+)
+
+
+def test_environ_bounds_are_stat_fields_50_and_51_after_the_command() -> None:
+    assert environ_bounds(STAT_WITH_ODD_COMMAND) == (140730000001100, 140730000004000)
+
+
+def test_environ_bounds_hidden_by_the_kernel_or_missing_are_none() -> None:
+    # The kernel shows 0 for both without ptrace access to the process.
+    hidden = STAT_WITH_ODD_COMMAND.replace("140730000001100 140730000004000 0", "0 0 0")
+    assert environ_bounds(hidden) is None
+    assert environ_bounds("4242 (short) S 1 4242") is None
+    assert environ_bounds("") is None
+
+
+def test_an_environ_closed_to_us_is_read_from_the_process_memory_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a /proc whose environ file refuses us (as a uid's 0400 file refuses root
+    # without CAP_DAC_READ_SEARCH) and whose stat is this process's own
+    pid = os.getpid()
+    (tmp_path / str(pid)).mkdir()
+    (tmp_path / str(pid) / "stat").write_text(Path("/proc/self/stat").read_text())
+    (tmp_path / str(pid) / "environ").write_bytes(b"")
+    real_read_head = identity_module._read_head  # noqa: SLF001 - root opens any file here
+
+    def refuse_environ(path: Path, limit: int) -> bytes:
+        if path.name == "environ":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_head(path, limit)
+
+    monkeypatch.setattr(identity_module, "_read_head", refuse_environ)
+    # WHEN the environment is read
+    raw = read_environ(pid, proc=tmp_path)
+    # THEN it holds what the kernel's own environ file holds
+    assert raw == Path("/proc/self/environ").read_bytes()
+    assert raw
+
+
+def test_an_environ_that_cannot_be_read_either_way_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a refused environ file and a stat that hides the bounds
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "stat").write_text(
+        STAT_WITH_ODD_COMMAND.replace("140730000001100 140730000004000 0", "0 0 0")
+    )
+
+    def refuse(path: Path, _limit: int) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(identity_module, "_read_head", refuse)
+    # THEN nothing is read, and nothing raises
+    assert read_environ(4242, proc=tmp_path) == b""
+    # AND a process that is gone has no environment either
+    assert read_environ(2**22 + 12345) == b""
 
 
 def test_a_process_is_known_by_its_own_otel_settings_executable_and_version() -> None:

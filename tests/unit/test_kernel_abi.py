@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import platform
 import subprocess
 
 import pytest
 
 from otel_blocksnoop.kernel import bpf_syscall, ringbuf, tracepoints
 from otel_blocksnoop.kernel.bpf_syscall import InfoAttr, MapElemAttr, MapInfoC, parse_cpu_list
+from otel_blocksnoop.kernel.syscalls import syscall_number
 from otel_blocksnoop.kernel.tracepoints import PerfEventAttr
 
 # C expression -> the Python value that must equal it.
@@ -38,10 +38,8 @@ CONSTANTS: dict[str, int] = {
     "PERF_EVENT_IOC_ENABLE": tracepoints.PERF_EVENT_IOC_ENABLE,
     "PERF_EVENT_IOC_SET_BPF": tracepoints.PERF_EVENT_IOC_SET_BPF,
     "PERF_ATTR_SIZE_VER7": tracepoints.PERF_ATTR_SIZE,
-    "__NR_bpf": bpf_syscall.SYSCALL_NUMBERS.get(platform.machine(), {}).get("bpf", -1),
-    "__NR_perf_event_open": bpf_syscall.SYSCALL_NUMBERS.get(platform.machine(), {}).get(
-        "perf_event_open", -1
-    ),
+    "__NR_bpf": syscall_number("bpf"),
+    "__NR_perf_event_open": syscall_number("perf_event_open"),
     # Offsets of the fields we fill, in the kernel's structs.
     "offsetof(union bpf_attr, map_fd)": MapElemAttr.map_fd.offset,
     "offsetof(union bpf_attr, key)": MapElemAttr.key.offset,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from otel_blocksnoop.process.namespaces import Reach, namespace_pid, reach, same_root
+from otel_blocksnoop.process.namespaces import (
+    Reach,
+    missing_for_mount_namespace,
+    namespace_pid,
+    reach,
+    same_root,
+)
+from otel_blocksnoop.stacks.austin import unreachable
 
 
 @pytest.fixture
@@ -75,3 +82,53 @@ def test_a_chrooted_root_differs_from_ours(proc: Path) -> None:
     shutil.rmtree(proc / "123" / "root")
     (proc / "123" / "root").symlink_to(proc.parent)
     assert same_root(123, proc)
+
+
+# CapEff of a root sidecar with every capability, and of docker-compose.yml's hardened one
+# (cap_drop ALL, cap_add SYS_ADMIN and SYS_PTRACE).
+ALL_CAPS = "000001ffffffffff"
+HARDENED_CAPS = f"{1 << 21 | 1 << 19:016x}"
+
+
+def capabilities(proc: Path, cap_eff: str) -> None:
+    (proc / "self" / "status").write_text(
+        f"Name:\tpython3\nCapPrm:\t{ALL_CAPS}\nCapEff:\t{cap_eff}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cap_eff", "missing"),
+    [
+        (ALL_CAPS, []),
+        (HARDENED_CAPS, ["CAP_SYS_CHROOT"]),
+        (f"{1 << 18:016x}", ["CAP_SYS_ADMIN"]),
+        ("0000000000000000", ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"]),
+    ],
+)
+def test_entering_a_mount_namespace_takes_sys_admin_and_sys_chroot(
+    proc: Path, cap_eff: str, missing: list[str]
+) -> None:
+    capabilities(proc, cap_eff)
+    assert missing_for_mount_namespace(proc) == missing
+
+
+def test_capabilities_that_cannot_be_read_are_not_taken_for_missing(proc: Path) -> None:
+    assert missing_for_mount_namespace(proc) == []  # no status: Austin tries, and says why
+    (proc / "self" / "status").write_text("Name:\tpython3\nCapEff:\tnot hex\n")
+    assert missing_for_mount_namespace(proc) == []
+
+
+@pytest.mark.parametrize(
+    ("mount", "cap_eff", "refused"),
+    [
+        ("own", HARDENED_CAPS, "Austin cannot enter its mount namespace without CAP_SYS_CHROOT"),
+        ("own", ALL_CAPS, None),
+        ("share", HARDENED_CAPS, None),  # Austin runs here, nothing to enter
+    ],
+)
+def test_austin_is_known_unable_to_reach_an_app_whose_mount_namespace_it_may_not_enter(
+    proc: Path, mount: str, cap_eff: str, refused: str | None
+) -> None:
+    {"own": own, "share": share}[mount](proc, "mnt")
+    capabilities(proc, cap_eff)
+    assert unreachable(123, proc) == refused

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from otel_blocksnoop.node import NodeWatch
+from otel_blocksnoop import node as node_module
+from otel_blocksnoop.node import TRIM_EVERY_S, NodeWatch
 from otel_blocksnoop.process.target import TargetInfo
 
 WAIT_S = 10.0
@@ -185,4 +186,44 @@ def test_an_exit_is_let_go_of_at_a_later_step_than_the_one_that_saw_it(
     node.step()
     # THEN it is let go of at the second
     assert stages.released == [sleepers[0].pid]
+    node.close()
+
+
+def test_the_c_heap_is_trimmed_after_processes_are_let_go_at_most_once_a_period(
+    sleepers: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN three processes watched, and the C heap's trim counted
+    finder, stages, clock = FakeFinder(), FakeStages(), Clock()
+    trims: list[float] = []
+    monkeypatch.setattr(node_module, "_TRIM", lambda: trims.append(clock.now))
+    node = NodeWatch(finder, stages, 10, clock=clock)
+    finder.next = [p.pid for p in sleepers]
+    node.start()
+    node.step()
+    assert trims == []  # nothing let go yet
+    # WHEN one exits and is let go of
+    sleepers[0].kill()
+    sleepers[0].wait()
+    wait_exit_seen(node)
+    node.step()
+    node.step()
+    # THEN the heap is trimmed then
+    assert stages.released == [sleepers[0].pid]
+    assert trims == [clock.now]
+    # WHEN another goes within the period
+    sleepers[1].kill()
+    sleepers[1].wait()
+    wait_exit_seen(node)
+    clock.now += 1.0
+    node.step()
+    node.step()
+    # THEN it waits for the period's end, and after that nothing let go means no trim
+    assert len(stages.released) == 2
+    assert len(trims) == 1
+    clock.now += TRIM_EVERY_S
+    node.step()
+    assert len(trims) == 2
+    clock.now += TRIM_EVERY_S
+    node.step()
+    assert len(trims) == 2
     node.close()

@@ -20,9 +20,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES
 from otel_blocksnoop.events import (
     Activity,
     Block,
+    CallSite,
     Cause,
     EndReason,
     Frame,
@@ -219,6 +221,72 @@ def test_a_cpu_block_has_no_syscall_and_a_block_without_stack_no_code_attributes
     attributes = dict(harness.spans.get_finished_spans()[0].attributes or {})
     assert "blocksnoop.syscall" not in attributes
     assert not {"code.stacktrace", "code.function.name"} & attributes.keys()
+
+
+def test_a_block_links_to_the_first_sixteen_requests_it_delayed_and_counts_them_all() -> None:
+    # GIVEN a block that 20 ready callbacks of 18 other requests waited on
+    delayed = tuple(
+        SpanRef(trace_id=0x100 + i, span_id=0x200 + i, trace_flags=1) for i in range(18)
+    )
+    harness = Harness()
+    harness.sink.export(replace(BLOCK, delayed_tasks=20, delayed=delayed))
+    harness.sink.shutdown()
+    (span,) = harness.spans.get_finished_spans()
+    # THEN it links to the first 16 of them, in order, and counts all
+    assert [(link.context.trace_id, link.context.span_id) for link in span.links] == [
+        (0x100 + i, 0x200 + i) for i in range(16)
+    ]
+    attributes = dict(span.attributes or {})
+    assert (attributes["blocksnoop.delayed.tasks"], attributes["blocksnoop.delayed.requests"]) == (
+        20,
+        18,
+    )
+
+
+def test_a_block_whose_waiting_callbacks_are_not_known_says_nothing_of_them() -> None:
+    harness = Harness()
+    harness.sink.export(BLOCK)
+    harness.sink.shutdown()
+    (span,) = harness.spans.get_finished_spans()
+    assert not span.links
+    assert not {"blocksnoop.delayed.tasks", "blocksnoop.delayed.requests"} & set(
+        dict(span.attributes or {})
+    )
+
+
+def test_each_call_site_is_a_span_event_in_order_and_code_attributes_stay_the_dominant() -> None:
+    # GIVEN a block held by a 60 ms query, then 150 ms of key derivation
+    query = CallSite(
+        Frame("query", "/srv/db.py", 7), BLOCK.start_ns, BLOCK.start_unix_ns, 60_000_000, 60,
+        Cause.SYSCALL, "recvfrom",
+    )  # fmt: skip
+    derive = CallSite(
+        Frame("derive", "/srv/auth.py", 3), BLOCK.start_ns + 60_000_000,
+        BLOCK.start_unix_ns + 60_000_000, 150_000_000, 150, Cause.CPU,
+    )  # fmt: skip
+    harness = Harness()
+    # WHEN it is exported with its call sites, one left out
+    harness.sink.export(replace(BLOCK, call_sites=(query, derive), call_sites_left_out=1))
+    harness.sink.shutdown()
+    (span,) = harness.spans.get_finished_spans()
+    # THEN each call site is an eventloop.block.call event at its start, in order
+    assert [event.name for event in span.events] == ["eventloop.block.call"] * 2
+    assert [event.timestamp for event in span.events] == [
+        BLOCK.start_unix_ns,
+        BLOCK.start_unix_ns + 60_000_000,
+    ]
+    first, second = (dict(event.attributes or {}) for event in span.events)
+    assert first["code.function.name"] == "query"
+    assert (first["code.file.path"], first["code.line.number"]) == ("/srv/db.py", 7)
+    assert first["blocksnoop.call.share"] == 0.06
+    assert (first["blocksnoop.cause"], first["blocksnoop.syscall"]) == ("syscall", "recvfrom")
+    assert second["blocksnoop.cause"] == "cpu"
+    assert "blocksnoop.syscall" not in second
+    attributes = dict(span.attributes or {})
+    assert attributes["blocksnoop.call_sites"] == "query 60.0 ms recvfrom(); derive 150.0 ms cpu"
+    assert attributes["blocksnoop.call_sites.left_out"] == 1
+    # AND the span's own code.* attributes are still the dominant stack's call site
+    assert attributes["code.function.name"] == "handler"
 
 
 def test_hang_reports_are_log_records_that_share_the_final_spans_trace_and_span_id() -> None:
@@ -534,6 +602,27 @@ def test_a_collector_that_takes_everything_leaves_nothing_undelivered() -> None:
     harness.sink.shutdown()
     assert len(harness.spans.get_finished_spans()) == 1
     assert harness.losses.total(Loss.EXPORT_UNDELIVERED) == 0
+
+
+def test_as_many_processes_as_node_mode_watches_keep_their_meters_until_they_exit() -> None:
+    # GIVEN one block of each of as many apps as node mode may watch at once
+    harness = Harness()
+    apps = [
+        replace(APP, pid=1000 + n, service_name=f"app-{n}", instance_id=f"instance-{n}")
+        for n in range(MAX_WATCHED_PROCESSES)
+    ]
+    for app in apps:
+        harness.sink.export(replace(BLOCK, pid=app.pid, process=app))
+    # WHEN each blocks once more, and the sidecar stops
+    for app in apps:
+        harness.sink.export(replace(BLOCK, pid=app.pid, process=app))
+    harness.sink.shutdown()
+    # THEN each app had one meter provider (and the sidecar its own): none was dropped
+    # and made again, so each app's histogram holds both of its blocks
+    assert len(harness.metrics) == MAX_WATCHED_PROCESSES + 1
+    for app in apps[:: MAX_WATCHED_PROCESSES // 8]:
+        (point,) = harness.points(app.service_name or "")["blocksnoop.eventloop.block.duration"]
+        assert point.count == 2
 
 
 def test_an_exited_process_gives_its_pid_back_its_meters_export_a_last_time_and_go() -> None:

@@ -159,6 +159,9 @@ def test_the_asyncio_module_says_where_the_running_task_is(version: tuple[int, i
         task_size=found.task_basicsize,
         task_name=found.task_name,
         task_coro=found.task_coro,
+        tstate_running_loop=RUNNING_TASK[version] - 8,
+        task_awaited_by=96,
+        task_awaited_by_is_set=109,
     )
 
 
@@ -170,6 +173,9 @@ def test_the_asyncio_module_says_where_the_running_task_is(version: tuple[int, i
         ({"interp_size": 8}, "interp_size"),
         ({"tstate_running_task": 64}, "running task at 64"),
         ({"tstate_running_task": 4096}, "running task at 4096"),
+        ({"tstate_running_loop": 64}, "running loop at 64"),
+        ({"task_awaited_by": 168}, "awaiters at 168"),
+        ({"task_awaited_by_is_set": 0}, "set flag 0"),
     ],
 )
 def test_an_asyncio_module_of_another_build_is_refused(change: dict[str, int], said: str) -> None:

@@ -82,3 +82,19 @@ def test_a_thread_dropped_to_make_room_counts_its_samples_as_lost(
     # THEN thread 1's two samples are counted as lost, and its history is gone
     assert losses.total(Loss.STACK_SAMPLES) == 2
     assert one.window(1, 0, 100 * MS) == []
+
+
+def test_an_empty_twin_of_a_thread_in_one_pass_does_not_run_its_clock_twice() -> None:
+    # GIVEN passes 1 ms apart in which a thread starting another (CPython <= 3.11)
+    # is reported twice: its own stack, and an empty one with the same delta
+    s = sampler()
+    for _ in range(3):
+        twins = [
+            RawSample(1, 7, (), 1000, idle=False),
+            RawSample(1, 7, FRAMES, 1000, idle=False),
+        ]
+        s._add(twins, arrival_ns=None)  # noqa: SLF001
+    # WHEN the thread's samples are placed
+    times = [x.time_ns for x in s.window(7, 0, 10**9)]
+    # THEN only its own stacks are kept, one interval apart, not two
+    assert times == [0, MS, 2 * MS]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import select
 import time
 from dataclasses import replace
@@ -14,14 +17,17 @@ from otel_blocksnoop.events import (
     EndReason,
     InProgress,
     KernelEvent,
+    Record,
     Sleep,
+    Synced,
     ThreadKind,
     ThreadSnapshot,
     Trigger,
     TriggerReason,
 )
+from otel_blocksnoop.export.jsonlines import JsonLinesSink
 from otel_blocksnoop.export.memory import MemorySink
-from otel_blocksnoop.session import Session, SessionOptions
+from otel_blocksnoop.session import Session, SessionOptions, SyncRequests
 
 
 class ScriptedDetector:
@@ -263,3 +269,53 @@ def test_the_wait_is_woken_by_the_targets_exit_and_by_a_stop_request() -> None:
     target_fd, stop_fd = detector.wakers
     assert target_fd == -1
     assert readable == [[stop_fd]]
+
+
+class AllRecords:
+    """Every record, in the order the session handed them on."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def export(self, record: Record) -> None:
+        self.records.append(record)
+
+    def pending(self) -> dict[str, int]:
+        return {}
+
+    def drain(self, deadline: float) -> None:
+        _ = deadline
+
+    def shutdown(self, deadline: float | None = None) -> None:
+        _ = deadline
+
+
+def test_a_sync_request_is_answered_after_every_block_that_ended_by_then() -> None:
+    # GIVEN a kernel that sends a block ending at 120 ms only on its second poll, and
+    # a question "reported up to 130 ms?" already asked, then the asker gone
+    detector = ScriptedDetector([[], [event(1, 100, 20)], [event(1, 500, 20)]])
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"130000000\nnot a time\n")
+    os.close(write_end)
+    sink = AllRecords()
+    session = Session(
+        detector,  # type: ignore[arg-type]
+        [sink],
+        FixedKinds({1: ThreadKind.LOOP}),  # type: ignore[arg-type]
+        SessionOptions(threshold_ns=10**7),
+        sync=SyncRequests(read_end),
+    )
+    # WHEN the session runs (the closed pipe asks it to stop)
+    session.run(ExitsAfter(100))
+    os.close(read_end)
+    # THEN the block that ended by 130 ms is handed on before the answer, which comes once
+    kinds = [type(record).__name__ for record in sink.records]
+    assert kinds[:2] == ["Block", "Synced"]
+    assert [r for r in sink.records if isinstance(r, Synced)] == [Synced(130_000_000)]
+    assert read_end in detector.wakers
+
+
+def test_the_json_answer_to_a_sync_request_names_its_time() -> None:
+    out = io.StringIO()
+    JsonLinesSink(out).export(Synced(42))
+    assert json.loads(out.getvalue()) == {"type": "synced", "monotonic_ns": 42}

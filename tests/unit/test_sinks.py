@@ -7,6 +7,7 @@ from dataclasses import replace
 from otel_blocksnoop.events import (
     Activity,
     Block,
+    CallSite,
     Cause,
     EndReason,
     Frame,
@@ -14,12 +15,16 @@ from otel_blocksnoop.events import (
     Loss,
     SessionSummary,
     Sleep,
+    SpanRef,
+    TaskRef,
     ThreadKind,
     Throttling,
 )
+from otel_blocksnoop.export import names
 from otel_blocksnoop.export.console import ConsoleSink
 from otel_blocksnoop.export.formatting import format_traceback
 from otel_blocksnoop.export.jsonlines import JsonLinesSink
+from otel_blocksnoop.export.otel.spans import block_attributes
 
 BLOCK = Block(
     pid=10,
@@ -129,6 +134,62 @@ def test_json_block_carries_the_cause_and_the_time_on_and_off_cpu() -> None:
     assert record["end_reason"] == "returned"
     assert record["call_site"] == {"function": "handler", "file": "/srv/app.py", "line": 12}
     assert record["stack"][-1]["source"] == "subprocess.run(cmd)"
+
+
+SPLIT = replace(
+    WAITED,
+    call_sites=(
+        CallSite(
+            Frame("nap", "/srv/app.py", 5),
+            BLOCK.start_ns + 5_000_000,
+            0,
+            40_000_000,
+            40,
+            Cause.SYSCALL,
+            "clock_nanosleep",
+        ),
+        CallSite(
+            Frame("handler", "/srv/app.py", 12),
+            BLOCK.start_ns + 45_000_000,
+            0,
+            78_000_000,
+            78,
+            Cause.SYSCALL,
+            "wait4",
+        ),
+    ),
+    call_sites_left_out=2,
+    unsampled_ns=5_000_000,
+)
+
+
+def test_json_and_console_list_every_call_site_in_order_with_share_and_cause() -> None:
+    stream = io.StringIO()
+    JsonLinesSink(stream).export(SPLIT)
+    record = json.loads(stream.getvalue())
+    assert record["call_sites"] == [
+        {"function": "nap", "file": "/srv/app.py", "line": 5, "offset_ms": 5.0, "share_ms": 40.0,
+         "samples": 40, "cause": "syscall", "syscall": "clock_nanosleep"},
+        {"function": "handler", "file": "/srv/app.py", "line": 12, "offset_ms": 45.0,
+         "share_ms": 78.0, "samples": 78, "cause": "syscall", "syscall": "wait4"},
+    ]  # fmt: skip
+    assert (record["call_sites_left_out"], record["unsampled_ms"]) == (2, 5.0)
+    console = io.StringIO()
+    ConsoleSink(console).export(SPLIT)
+    text = console.getvalue()
+    assert "held by, in order:" in text
+    nap, handler = (line for line in text.splitlines() if line.startswith("      +"))
+    assert nap.split()[1:] == [
+        "5.0",
+        "ms",
+        "40.0",
+        "ms",
+        "clock_nanosleep()",
+        "nap",
+        "(/srv/app.py:5)",
+    ]
+    assert "handler (/srv/app.py:12)" in handler
+    assert "2 call sites left out (too few samples)" in text
 
 
 def test_json_hang_is_its_own_record_type_with_no_end_reason_yet() -> None:
@@ -243,3 +304,49 @@ def test_json_and_console_show_the_throttled_time_only_when_it_was_read() -> Non
         .splitlines()[7]
         .endswith("; waited for a CPU 0.300 ms, throttled 0.250 ms)")
     )
+
+
+def test_json_and_console_say_who_waited_only_when_it_was_read() -> None:
+    # GIVEN a block that 3 ready callbacks of 2 other requests waited on, and one unread
+    delayed = (SpanRef(0xB, 0x2, 1), SpanRef(0xC, 0x4, 1))
+    waited_on = replace(BLOCK, delayed_tasks=3, delayed=delayed)
+    stream = io.StringIO()
+    JsonLinesSink(stream).export(waited_on)
+    JsonLinesSink(stream).export(BLOCK)
+    read, unread = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (read["delayed_tasks"], read["delayed_unread"]) == (3, 0)
+    assert read["delayed"] == [
+        {"trace_id": f"{0xB:032x}", "span_id": f"{0x2:016x}"},
+        {"trace_id": f"{0xC:032x}", "span_id": f"{0x4:016x}"},
+    ]
+    assert (unread["delayed_tasks"], unread["delayed"]) == (None, [])
+    console = io.StringIO()
+    ConsoleSink(console).export(waited_on)
+    assert "delayed 3 ready callbacks of 2 other requests" in console.getvalue()
+
+
+def test_the_tasks_awaiting_the_blocked_one_are_in_json_console_and_span() -> None:
+    # GIVEN a block whose task three tasks await, one past the cap; and one read before 3.14
+    task = TaskRef("blocked", "work", awaited_by=("request-1", "root"), awaited_by_more=1)
+    held = replace(BLOCK, task=task)
+    old = replace(BLOCK, task=TaskRef("blocked", "work"))
+    stream = io.StringIO()
+    JsonLinesSink(stream).export(held)
+    JsonLinesSink(stream).export(old)
+    console = io.StringIO()
+    ConsoleSink(console).export(held)
+
+    # THEN JSON lists them with the count, and null where they were not read
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["awaited_by"], r["awaited_by_more"]) for r in records] == [
+        (["request-1", "root"], 1),
+        (None, 0),
+    ]
+    # AND the console says so
+    assert "awaited by request-1, root and 1 more" in console.getvalue()
+    # AND the span carries them as a list and a count, or neither
+    attributes = block_attributes(held)
+    assert attributes[names.TASK_AWAITED_BY] == ["request-1", "root"]
+    assert attributes[names.TASK_AWAITED_BY_MORE] == 1
+    assert names.TASK_AWAITED_BY not in block_attributes(old)
+    assert names.TASK_AWAITED_BY_MORE not in block_attributes(old)

@@ -19,6 +19,7 @@ from otel_blocksnoop.events import (
     ContextSegment,
     InProgress,
     Loss,
+    ReadyWork,
     SpanRef,
     TaskRef,
     ThreadContext,
@@ -101,18 +102,28 @@ class Reader:
         unsupported: str | None = None,
         tasks: list[TaskRef | None] | None = None,
         contexts: list[int] | None = None,
+        ready: list[ReadyWork | None] | None = None,
     ) -> None:
         self._spans = spans
         self._tasks = tasks or []
         self._contexts = contexts or []
+        self._ready = ready or []
+        self.asked: list[bool] = []  # whether each read asked for the ready callbacks
         self.unsupported = unsupported
+        self.awaited_by_unsure = 0
 
     def thread_context(self, tid: int) -> ThreadContext:
         _ = tid
+        self.asked.append(False)
         span = self._spans.pop(0) if self._spans else None
         task = self._tasks.pop(0) if self._tasks else None
         context = self._contexts.pop(0) if self._contexts else 0
         return ThreadContext(span=span, task=task, context=context)
+
+    def ready_work(self, tid: int, again: bool = False) -> ReadyWork | None:
+        _ = tid, again
+        self.asked[-1] = True
+        return self._ready.pop(0) if self._ready else None
 
     def context_address(self, tid: int) -> int | None:
         return 0x7000 + tid
@@ -133,6 +144,30 @@ def test_reads_during_a_block_vote_and_the_block_event_takes_the_result() -> Non
     assert linker.context(10, 11, start, final=False) == ThreadContext(span=A, task=CHECKOUT)
     assert linker.context(10, 11, start) == ThreadContext(span=A, task=CHECKOUT)
     assert linker.context(10, 11, start) == ThreadContext(span=None, task=None)
+
+
+def test_reads_whose_awaited_by_chain_was_unsure_are_counted() -> None:
+    # GIVEN a reader that, on two of three reads, could not be sure of the task's awaiters
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    unsure = iter([1, 0, 1])
+
+    class Unsure(Reader):
+        def thread_context(self, tid: int) -> ThreadContext:
+            self.awaited_by_unsure += next(unsure)
+            return super().thread_context(tid)
+
+    losses = Losses()
+    linker = TraceLinker(
+        Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: Unsure([A, A, A]), losses=losses
+    )
+
+    # WHEN the linker reads the block three times
+    linker.follow(triggered(item))
+    read_times(linker, item, 3)
+
+    # THEN two are counted, in the losses' family, and the link is not affected
+    assert losses.total(Loss.CONTEXT_AWAITED_BY) == 2
+    assert linker.context(10, 11, 1).span == A
 
 
 def test_a_process_the_reader_cannot_read_is_never_read_again() -> None:
@@ -463,3 +498,74 @@ def test_a_process_let_go_of_gets_a_new_reader_if_its_number_comes_back() -> Non
     linker.poll()
     # THEN it is read with a reader of its own, not the old one
     assert made == [10, 10]
+
+
+C = SpanRef(trace_id=0xC, span_id=0x4, trace_flags=1)
+
+
+def test_a_block_names_the_ready_callbacks_of_other_requests_read_once_not_its_own() -> None:
+    # GIVEN a block of request A, whose loop has ready: B's next step, a callback of A's
+    # own trace, one of no request, and C's; the first read's queue is not readable
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    queue = ReadyWork(queued=4, handles=((0x10, B), (0x20, A_CHILD), (0x30, None), (0x40, C)))
+    reader = Reader([A, A, A, A], ready=[None, queue])
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
+    linker.follow(triggered(item))
+    read_times(linker, item, 4)
+    # THEN the queue is asked for until it is read, then no more (it waits on the block)
+    assert reader.asked == [True, True, False, False]
+    # AND the block waited on by B, C and the request-less callback, not by A's own
+    found = linker.context(10, 11, 1)
+    assert found.span == A
+    assert found.ready == ReadyWork(queued=4, handles=((0x10, B), (0x30, None), (0x40, C)))
+    assert found.ready.requests == (B, C)
+
+
+def test_a_block_whose_queue_was_never_read_says_nothing_of_who_waited() -> None:
+    item = InProgress(pid=10, tid=11, start_ns=1, activity=None)
+    reader = Reader([A, A])
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
+    linker.follow(triggered(item))
+    read_times(linker, item, 2)
+    assert linker.context(10, 11, 1).ready is None
+
+
+def test_another_requests_callback_in_the_block_has_the_queue_read_again() -> None:
+    # GIVEN a block whose queue was read at its trigger
+    start = time.monotonic_ns()
+    item = InProgress(pid=10, tid=11, start_ns=start, activity=None)
+    first_queue = ReadyWork(queued=1, handles=((0x10, B),))
+    later_queue = ReadyWork(queued=1, handles=((0x40, C),))
+    reader = Reader([A, B], contexts=[0xA0, 0xB0], ready=[first_queue, later_queue])
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
+    linker.follow(triggered(item))
+    first = start + HALF
+    linker.poll(first)
+    # WHEN the kernel says the thread switched to another request's callback
+    linker.follow(Trigger(10, 11, start, first + NS_PER_MS, TriggerReason.SEGMENT))
+    linker.poll(first + 2 * NS_PER_MS)
+    end = time.monotonic_ns()
+    # THEN that read asks for the queue again
+    assert reader.asked == [True, True]
+    # AND each segment is waited on by what was ready while it ran, not by itself
+    owners = linker.owners(10, 11, start, [segment(0xA0, start, end), segment(0xB0, start, end)])
+    assert [owner.ready.requests if owner.ready else None for owner in owners] == [(B,), (C,)]
+
+
+def test_a_waiting_callback_whose_request_no_read_looked_up_is_counted_unread_once() -> None:
+    # GIVEN a block whose first queue read looked up B's callback but not the next one,
+    # and a later read (another request's callback took over) that looked it up: C's
+    start = time.monotonic_ns()
+    item = InProgress(pid=10, tid=11, start_ns=start, activity=None)
+    first = ReadyWork(queued=3, handles=((0x10, B),), unread=(0x40, 0x50))
+    later = ReadyWork(queued=3, handles=((0x10, B), (0x40, C)), unread=(0x50,))
+    reader = Reader([A, A], ready=[first, later])
+    linker = TraceLinker(Table([item]), 100 * NS_PER_MS, reader_factory=lambda _: reader)
+    linker.follow(triggered(item))
+    linker.poll(start + HALF)
+    linker.follow(Trigger(10, 11, start, start + HALF + NS_PER_MS, TriggerReason.SEGMENT))
+    linker.poll(start + HALF + 2 * NS_PER_MS)
+    # THEN each callback counts once: B's and C's read, the last one unread
+    found = linker.context(10, 11, start).ready
+    assert found is not None
+    assert (found.requests, found.unread) == ((B, C), (0x50,))

@@ -9,14 +9,16 @@ from pathlib import Path
 
 from opentelemetry.sdk.resources import Resource
 
-from otel_blocksnoop.bounded import BoundedDict
+from otel_blocksnoop.bounded import MAX_WATCHED_PROCESSES, BoundedDict
 from otel_blocksnoop.events import ProcessIdentity
 from otel_blocksnoop.export import names
 from otel_blocksnoop.export.otlp import MAX_SERVICE_NAME
 
 log = logging.getLogger(__name__)
-MAX_RESOURCES = 64
-"""Watched processes whose resource and meters are kept; the oldest go past this."""
+MAX_RESOURCES = MAX_WATCHED_PROCESSES
+"""Watched processes whose resource and meters are kept: every one watched at once, so a
+process's meter provider lives from its first block until it exits (a provider dropped
+and made again would restart its histogram and cost a reader thread and a channel)."""
 
 
 def placement_attributes(identity: ProcessIdentity) -> dict[str, str]:

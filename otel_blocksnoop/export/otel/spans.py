@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from otel_blocksnoop import __version__
 from otel_blocksnoop.bounded import BoundedDict
-from otel_blocksnoop.events import Block, Cause, SpanRef
+from otel_blocksnoop.events import Block, CallSite, Cause, SpanRef, TaskRef
 from otel_blocksnoop.export import names
-from otel_blocksnoop.export.formatting import format_traceback, seconds
+from otel_blocksnoop.export.formatting import call_sites_text, format_traceback, seconds
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -84,9 +85,9 @@ class SpanIds:
         return kept[0]
 
 
-def _how_it_ended(block: Block) -> dict[str, str | int | float]:
+def _how_it_ended(block: Block) -> dict[str, AttributeValue]:
     """How the block ended (not said of a hang), and whether it began before watching."""
-    attributes: dict[str, str | int | float] = {}
+    attributes: dict[str, AttributeValue] = {}
     if not block.in_progress:
         attributes[names.END_REASON] = str(block.end_reason)
     if block.started_before_watch:
@@ -94,9 +95,20 @@ def _how_it_ended(block: Block) -> dict[str, str | int | float]:
     return attributes
 
 
-def block_attributes(block: Block) -> dict[str, str | int | float]:
+def _call_sites(block: Block) -> dict[str, AttributeValue]:
+    """Every call site in one line, how many were left out, and the time not sampled."""
+    attributes: dict[str, AttributeValue] = {}
+    if block.call_sites:
+        attributes[names.CALL_SITES] = call_sites_text(block.call_sites)
+    if block.call_sites or block.call_sites_left_out:
+        attributes[names.CALL_SITES_LEFT_OUT] = block.call_sites_left_out
+        attributes[names.UNSAMPLED] = seconds(block.unsampled_ns)
+    return attributes
+
+
+def block_attributes(block: Block) -> dict[str, AttributeValue]:
     """The span attributes of a block (DESIGN.md, "Contracts")."""
-    attributes: dict[str, str | int | float] = {
+    attributes: dict[str, AttributeValue] = {
         names.PROCESS_PID: block.app_pid,
         names.THREAD_ID: block.app_tid,
         names.CAUSE: str(block.cause),
@@ -122,10 +134,8 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         attributes[names.CODE_FUNCTION_NAME] = block.call_site.function
         attributes[names.CODE_FILE_PATH] = block.call_site.file
         attributes[names.CODE_LINE_NUMBER] = block.call_site.line
-    if block.task is not None:
-        attributes[names.TASK_NAME] = block.task.name
-        if block.task.coroutine:
-            attributes[names.TASK_COROUTINE] = block.task.coroutine
+    attributes.update(_call_sites(block))
+    attributes.update(_tasks(block))
     if block.activity is not None:
         attributes[names.ON_CPU] = seconds(block.activity.on_cpu_ns)
         attributes[names.OFF_CPU] = seconds(block.activity.off_cpu_ns)
@@ -135,6 +145,46 @@ def block_attributes(block: Block) -> dict[str, str | int | float]:
         attributes[names.THROTTLED] = seconds(block.throttling.throttled_ns)
         attributes[names.THROTTLED_PERIODS] = block.throttling.periods
     return attributes
+
+
+def _tasks(block: Block) -> dict[str, AttributeValue]:
+    """The task that ran in the block and the callbacks that waited on it, where known."""
+    attributes: dict[str, AttributeValue] = {}
+    if block.task is not None:
+        attributes.update(_task_attributes(block.task))
+    if block.delayed_tasks is not None:
+        attributes[names.DELAYED_TASKS] = block.delayed_tasks
+        attributes[names.DELAYED_REQUESTS] = len(block.delayed)
+        if block.delayed_unread:
+            attributes[names.DELAYED_UNREAD] = block.delayed_unread
+    return attributes
+
+
+def _task_attributes(task: TaskRef) -> dict[str, AttributeValue]:
+    """The running task's name and coroutine, and (3.14+) the tasks awaiting it."""
+    attributes: dict[str, AttributeValue] = {names.TASK_NAME: task.name}
+    if task.coroutine:
+        attributes[names.TASK_COROUTINE] = task.coroutine
+    if task.awaited_by:
+        attributes[names.TASK_AWAITED_BY] = list(task.awaited_by)
+    if task.awaited_by_more:
+        attributes[names.TASK_AWAITED_BY_MORE] = task.awaited_by_more
+    return attributes
+
+
+def call_event(site: CallSite) -> Event:
+    """One call site of a block as a span event, at the time it was first seen."""
+    attributes: dict[str, str | int | float] = {
+        names.CODE_FUNCTION_NAME: site.frame.function,
+        names.CODE_FILE_PATH: site.frame.file,
+        names.CODE_LINE_NUMBER: site.frame.line,
+        names.CALL_SHARE: seconds(site.share_ns),
+        names.CALL_SAMPLES: site.samples,
+        names.CAUSE: str(site.cause),
+    }
+    if site.cause == Cause.SYSCALL and site.syscall:
+        attributes[names.SYSCALL] = site.syscall
+    return Event(names.CALL_EVENT, attributes, timestamp=site.start_unix_ns)
 
 
 def _parent_context(block: Block, trace_id: int) -> SpanContext | None:
@@ -149,6 +199,21 @@ def _parent_context(block: Block, trace_id: int) -> SpanContext | None:
     )
 
 
+def delayed_links(block: Block) -> list[Link]:
+    """A link to each request the block delayed (the first ``MAX_DELAYED_LINKS``)."""
+    return [
+        Link(
+            SpanContext(
+                span.trace_id,
+                span.span_id,
+                is_remote=True,
+                trace_flags=TraceFlags(span.trace_flags),
+            )
+        )
+        for span in block.delayed[: names.MAX_DELAYED_LINKS]
+    ]
+
+
 def block_span(block: Block, ids: Ids, resource: Resource) -> ReadableSpan:
     """The ``eventloop.block`` span of a block that has ended."""
     trace_id, span_id, flags = ids
@@ -158,7 +223,9 @@ def block_span(block: Block, ids: Ids, resource: Resource) -> ReadableSpan:
         parent=_parent_context(block, trace_id),
         resource=resource,
         attributes=block_attributes(block),
+        events=[call_event(site) for site in block.call_sites],
         kind=SpanKind.INTERNAL,
+        links=delayed_links(block),
         start_time=block.start_unix_ns,
         end_time=block.end_unix_ns,
         instrumentation_scope=SCOPE,

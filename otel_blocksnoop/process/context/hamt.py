@@ -15,6 +15,8 @@ MAX_HAMT_DEPTH = 8
 MAX_HAMT_NODE_SLOTS = 64
 
 HAMT_TYPE = "hamt"
+CONTEXT_TYPES = frozenset({"Context", "_contextvars.Context"})
+"""What a contextvars Context's type is called (the C type, as it names itself)."""
 _BITMAP_NODE = "hamt_bitmap_node"
 _ARRAY_NODE = "hamt_array_node"
 _COLLISION_NODE = "hamt_collision_node"

@@ -15,7 +15,7 @@ ps PID`` uses them):
 - ``Py_AsyncioModuleDebugOffsets`` (3.14+), the ``.AsyncioDebug`` section of
   the ``_asyncio`` extension, or of the interpreter where it is built in
   (Debian's 3.15): where a thread state keeps its running task, and where a
-  Task keeps its name and coroutine. From 3.14 the running task is no longer
+  Task keeps its name, its coroutine and who awaits it. From 3.14 the running task is no longer
   in ``asyncio.tasks._current_tasks`` but in each thread state.
 
 A disagreement is a reason not to read the target at all: no link rather
@@ -65,12 +65,19 @@ class PublishedMismatchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AsyncioOffsets:
-    """Where a 3.14+ interpreter keeps a thread's running task, and a task's name and coroutine."""
+    """Where a 3.14+ interpreter keeps a thread's running task and loop, and a task's fields.
+
+    And who awaits a task: ``task_awaited_by`` holds one task (or future), or a
+    set of them when the byte at ``task_awaited_by_is_set`` is 1.
+    """
 
     tstate_running_task: int  # in the thread state (_PyThreadStateImpl)
     task_size: int  # sizeof(TaskObj), the basic size of _asyncio.Task
     task_name: int
     task_coro: int
+    tstate_running_loop: int = 0  # in the thread state too (0: not known)
+    task_awaited_by: int = 0  # 0: not known (the awaited-by chain is not read)
+    task_awaited_by_is_set: int = 0
 
 
 def check_debug_offsets(memory: RemoteMemory, layout: CPythonLayout, runtime: int) -> None:
@@ -131,15 +138,25 @@ def asyncio_offsets(elf: ElfSymbols, layout: CPythonLayout) -> AsyncioOffsets | 
                 f" ({name}: {value[name]}, expected {ours})"
             )
             raise PublishedMismatchError(msg)
-    # The running task is in the thread state's private part, after the public PyThreadState.
-    if not layout.tstate_size <= value["tstate_running_task"] < value["tstate_size"]:
-        msg = f"{ASYNCIO_SECTION} puts the running task at {value['tstate_running_task']}"
+    # The running task and loop are in the thread state's private part, after the public
+    # PyThreadState.
+    for name, what in (("tstate_running_task", "task"), ("tstate_running_loop", "loop")):
+        if not layout.tstate_size <= value[name] < value["tstate_size"]:
+            msg = f"{ASYNCIO_SECTION} puts the running {what} at {value[name]}"
+            raise PublishedMismatchError(msg)
+    # Who awaits a task: a pointer, and the byte saying whether it is a set, inside the task.
+    awaited_by, is_set = value["task_awaited_by"], value["task_awaited_by_is_set"]
+    if not (8 <= awaited_by <= value["task_size"] - 8 and 8 <= is_set < value["task_size"]):
+        msg = f"{ASYNCIO_SECTION} puts a task's awaiters at {awaited_by} (set flag {is_set})"
         raise PublishedMismatchError(msg)
     return AsyncioOffsets(
         tstate_running_task=value["tstate_running_task"],
         task_size=value["task_size"],
         task_name=value["task_name"],
         task_coro=value["task_coro"],
+        tstate_running_loop=value["tstate_running_loop"],
+        task_awaited_by=awaited_by,
+        task_awaited_by_is_set=is_set,
     )
 
 

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import logging
 
-from otel_blocksnoop.events import SpanRef, ThreadContext
-from otel_blocksnoop.process.context.hamt import HamtReader
+from otel_blocksnoop.events import ReadyWork, SpanRef, ThreadContext
+from otel_blocksnoop.process.context.hamt import CONTEXT_TYPES, HamtReader
 from otel_blocksnoop.process.context.interpreter import (
     Interpreter,
     UnsupportedInterpreterError,
@@ -51,6 +51,7 @@ from otel_blocksnoop.process.context.interpreter import (
 )
 from otel_blocksnoop.process.context.objects import ObjectReader
 from otel_blocksnoop.process.context.otel import CONTEXT_VAR_NAME, SPAN_KEY_PREFIX, CurrentSpans
+from otel_blocksnoop.process.context.ready import ReadyQueues
 from otel_blocksnoop.process.context.tasks import RunningTasks
 from otel_blocksnoop.process.context.threads import ThreadStates
 from otel_blocksnoop.process.cpython import CPythonLayout
@@ -63,8 +64,6 @@ ATTEMPTS = 2
 """Walks per call: one, and one more if the thread's context moved during the first."""
 
 NOTHING = ThreadContext(span=None, task=None)
-
-_CONTEXT_TYPES = frozenset({"Context", "_contextvars.Context"})
 
 
 class _Stale(Exception):  # noqa: N818 (internal control flow, not an error)
@@ -82,6 +81,7 @@ class _Walk:
         self.threads = ThreadStates(memory, layout, interpreter.runtime, interpreter.tid_offset)
         self.spans = CurrentSpans(self.objects, HamtReader(self.objects))
         self.tasks = RunningTasks(self.objects, interpreter.asyncio)
+        self.queues = ReadyQueues(self.objects, self.spans)
 
     def read(self, tid: int) -> ThreadContext:
         """The span and task of ``tid``; raises _Stale when its context moved meanwhile."""
@@ -92,7 +92,7 @@ class _Walk:
             return NOTHING
         tstate, interp = found
         context = memory.pointer(tstate + layout.tstate_context)
-        if not context or self.objects.type_name(context) not in _CONTEXT_TYPES:
+        if not context or self.objects.type_name(context) not in CONTEXT_TYPES:
             return NOTHING
         variables = memory.pointer(context + layout.context_vars)
         span = self.spans.span_in(variables) if variables else None
@@ -104,6 +104,17 @@ class _Walk:
         ):
             raise _Stale
         return ThreadContext(span=span, task=task, context=context)
+
+    def ready(self, tid: int, again: bool) -> ReadyWork | None:
+        """The ready callbacks of the loop ``tid`` runs, if it is known which loop that is."""
+        self.objects.new_walk()
+        found = self.threads.find(tid)
+        if found is None:
+            return None
+        tstate, interp = found
+        context = self.memory.pointer(tstate + self.layout.tstate_context)
+        loop = self.tasks.running_loop(interp, context or 0, tstate)
+        return self.queues.ready(loop, again) if loop else None
 
     def context_address(self, tid: int) -> int | None:
         """Where ``tid``'s current context pointer is (its thread state's field), if found."""
@@ -184,6 +195,11 @@ class ContextReader:
         return self._memory.reads
 
     @property
+    def awaited_by_unsure(self) -> int:
+        """3.14+: reads whose task's awaited-by chain could not be read for sure (none given)."""
+        return self._walk.tasks.awaited_by_unsure if self._walk is not None else 0
+
+    @property
     def unknown_spans(self) -> int:
         """Current spans found whose SpanContext could not be (an unknown OpenTelemetry)."""
         return self._walk.spans.unknown_spans if self._walk is not None else 0
@@ -206,6 +222,23 @@ class ContextReader:
         except Exception:  # the target's memory is untrusted: never fail the caller
             self.errors += 1
             log.debug("thread state of %d/%d unreadable", self.pid, tid, exc_info=True)
+            return None
+
+    def ready_work(self, tid: int, again: bool = False) -> ReadyWork | None:
+        """The callbacks the loop of native thread ``tid`` has ready to run, when known.
+
+        Those are what a block of the thread delays. ``again``: the thread is in
+        the same block as at the last call (what was read of the queue's
+        contexts then still holds). None when its loop is not known (uvloop,
+        a plain callback before 3.14) or the queue cannot be read for sure.
+        """
+        if self._walk is None or self.unsupported is not None:
+            return None
+        try:
+            return self._walk.ready(self._ids.app_tid(self.pid, tid), again)
+        except Exception:  # the target's memory is untrusted: never fail the caller
+            self.errors += 1
+            log.debug("ready queue of %d/%d unreadable", self.pid, tid, exc_info=True)
             return None
 
     def thread_context(self, tid: int) -> ThreadContext:

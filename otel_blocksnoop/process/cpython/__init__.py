@@ -105,6 +105,12 @@ class CPythonLayout:
     entry_size: int
     entry_key: int
     entry_value: int
+    # set (3.14+: a task's awaited-by set)
+    set_used: int
+    set_mask: int
+    set_table: int
+    set_entry_size: int
+    set_entry_key: int
     # contextvars and their HAMT
     context_vars: int
     contextvar_name: int
@@ -115,6 +121,31 @@ class CPythonLayout:
     array_array: int
     array_count: int
     collision_array: int
+    # 3.11 and 3.12 frames, for the frame reader (3.13+ publish theirs: frames.debug_offsets):
+    # thread state -> _PyCFrame -> current _PyInterpreterFrame -> previous ...; prev_instr is
+    # the instruction last started (one before the first, in a frame not yet started); frames
+    # owned by the C stack (3.12) are the eval loop's entry shims, no Python code
+    tstate_cframe: int | None
+    cframe_current_frame: int | None
+    frame_size: int | None
+    frame_previous: int | None
+    frame_code: int | None
+    frame_prev_instr: int | None
+    frame_owner: int | None
+    frame_owner_cstack: int | None
+    code_size: int | None
+    code_filename: int | None
+    code_name: int | None
+    code_qualname: int | None
+    code_linetable: int | None
+    code_firstlineno: int | None
+    code_adaptive: int | None  # also PyCode_Type's tp_basicsize: checked in the target
+    code_unit_size: int | None
+    bytes_ob_size: int | None
+    bytes_sval: int | None  # PyBytes_Type's tp_basicsize is one more: checked
+    unicode_compact_size: int | None  # sizeof(PyCompactUnicodeObject): where UCS-1/2/4 text starts
+    unicode_object_size: int | None  # PyUnicode_Type's tp_basicsize: checked
+    unicode_kind_shift: int | None
     # 3.13+: (field, where _Py_DebugOffsets keeps the running interpreter's value of it),
     # for each field of ours it also publishes: a target whose values differ was built
     # otherwise than the headers these offsets came from, and is not read

@@ -1,7 +1,10 @@
-"""A thread's Python stack, read from the target's memory with its own ``_Py_DebugOffsets``.
+"""A thread's Python stack, read from the target's memory (CPython 3.11 and later).
 
-The stack source for interpreters Austin cannot read (3.15 and later): the
-thread state's ``current_frame``, then each interpreter frame's ``previous``,
+The stack source for interpreters Austin cannot read (3.15 and later, or an
+app in a mount namespace Austin may not enter), with the offsets the target
+publishes (``_Py_DebugOffsets``, 3.13+) or, for 3.11 and 3.12, its generated
+layout checked against it (``layouts``): the thread state's current frame
+(through its ``_PyCFrame`` before 3.13), then each interpreter frame's ``previous``,
 skipping the C stack's shim frames; each frame's code object gives the
 function (``co_qualname``, as Austin names it), the file and, through its
 location table and the frame's ``instr_ptr``, the line. The target runs on
@@ -14,14 +17,17 @@ read, never a wrong frame.
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from otel_blocksnoop.bounded import BoundedDict
 from otel_blocksnoop.events import Frame
 from otel_blocksnoop.process.context.threads import ThreadStates
 from otel_blocksnoop.process.frames.debug_offsets import DebugOffsets, read_debug_offsets
+from otel_blocksnoop.process.frames.layouts import layout_offsets
 from otel_blocksnoop.process.frames.linetable import LineTable
-from otel_blocksnoop.process.frames.runtime import Runtime, locate_runtime
+from otel_blocksnoop.process.frames.runtime import DEBUG_OFFSETS_VERSION, Runtime, locate_runtime
+from otel_blocksnoop.process.pidns import NamespaceIds
 from otel_blocksnoop.process.remote_memory import RemoteMemory, plausible_pointer
 
 MAX_DEPTH = 256
@@ -37,6 +43,8 @@ MAX_LINETABLE = 1 << 16
 MAX_CODES = 1024
 """Code objects kept decoded between reads."""
 
+MAX_TLBC = 1 << 16
+"""Copies of one code object's bytecode a free-threaded build may hold (one per thread index)."""
 _CODE_UNIT = 2  # sizeof(_Py_CODEUNIT)
 _SHORT_TEXT = 128  # characters read with a str's header, so that most names take one read
 
@@ -55,19 +63,33 @@ class FrameReader:
 
     Made once per target: raises UnsupportedInterpreterError (saying why)
     when the interpreter's debug offsets are missing, of another version or
-    implausible, and OSError when the process cannot be inspected. Tests
-    pass ``memory`` and ``runtime`` to read a forged heap instead.
+    implausible, or (3.11, 3.12) it does not fit its generated layout, and
+    OSError when the process cannot be inspected. Tests pass ``memory``,
+    ``runtime`` and ``tids`` (its threads, as its thread states hold them)
+    to read a forged heap instead.
     """
 
     def __init__(
-        self, pid: int, memory: RemoteMemory | None = None, runtime: Runtime | None = None
+        self,
+        pid: int,
+        memory: RemoteMemory | None = None,
+        runtime: Runtime | None = None,
+        tids: Collection[int] | None = None,
     ) -> None:
         self.pid = pid
         self._memory = memory or RemoteMemory(pid)
         self._runtime: Runtime = runtime or locate_runtime(pid)
-        self.offsets: DebugOffsets = read_debug_offsets(
-            self._memory, self._runtime.runtime, self._runtime.version
-        )
+        if self._runtime.version >= DEBUG_OFFSETS_VERSION:
+            self.offsets: DebugOffsets = read_debug_offsets(
+                self._memory,
+                self._runtime.runtime,
+                self._runtime.version,
+                free_threaded=self._runtime.free_threaded,
+            )
+        else:
+            if tids is None:
+                tids = NamespaceIds().sidecar_tids(pid)  # keyed as the app numbers them
+            self.offsets = layout_offsets(self._memory, self._runtime, tids)
         self._threads = ThreadStates(self._memory, self.offsets, self._runtime.runtime)
         offsets = self.offsets
         # One read of each frame and each code object, up to the last field used.
@@ -76,6 +98,7 @@ class FrameReader:
             offsets.frame_executable,
             offsets.frame_instr_ptr,
             offsets.frame_owner,
+            offsets.frame_tlbc_index or 0,
         )
         self._code_span = 8 + max(
             offsets.object_type,
@@ -105,7 +128,7 @@ class FrameReader:
         if found is None:
             return None
         tstate = found[0]
-        top = self._memory.pointer(tstate + self.offsets.tstate_current_frame)
+        top = self._top(tstate)
         if top is None:
             return None
         walked = self._walk(top)
@@ -114,11 +137,21 @@ class FrameReader:
         frames, top_code = walked
         # The thread may have returned and called again during the walk: the
         # walk holds only if its top frame is still there, running the same code.
-        if self._memory.pointer(tstate + self.offsets.tstate_current_frame) != top:
+        if self._top(tstate) != top:
             return None
         if top and self._executable(top) != top_code:
             return None
         return tuple(reversed(frames))
+
+    def _top(self, tstate: int) -> int | None:
+        """The thread's current frame (0: none), through its _PyCFrame on 3.11 and 3.12."""
+        holder = tstate
+        if self.offsets.tstate_cframe is not None:
+            cframe = self._memory.pointer(tstate + self.offsets.tstate_cframe)
+            if not cframe or not plausible_pointer(cframe):
+                return None
+            holder = cframe
+        return self._memory.pointer(holder + self.offsets.tstate_current_frame)
 
     def _walk(self, frame: int) -> tuple[list[Frame], int | None] | None:
         """Frames innermost first from ``frame``, and the top frame's code; None if torn."""
@@ -141,7 +174,7 @@ class FrameReader:
             if top_code is None:
                 top_code = code
             if raw[offsets.frame_owner] not in constants.owner_skipped:
-                found = self._frame(code, _word(raw, offsets.frame_instr_ptr))
+                found = self._frame(code, _word(raw, offsets.frame_instr_ptr), self._tlbc(raw))
                 if found is None:
                     return None
                 frames.append(found)
@@ -154,14 +187,42 @@ class FrameReader:
         word = self._memory.pointer(frame + self.offsets.frame_executable)
         return None if word is None else word & ~self.offsets.constants.executable_tag_mask
 
-    def _frame(self, code: int, instr_ptr: int) -> Frame | None:
+    def _tlbc(self, frame: bytes) -> int:
+        """Which copy of its code's bytecode a free-threaded build's frame runs (0 elsewhere)."""
+        at = self.offsets.frame_tlbc_index
+        return 0 if at is None else int.from_bytes(frame[at : at + 4], "little", signed=True)
+
+    def _bytecode(self, code: int, tlbc_index: int) -> int | None:
+        """Where the bytecode the frame runs starts: the code's own, or its thread's copy.
+
+        A free-threaded build gives each thread that specializes code a copy of
+        its own (``co_tlbc->entries[tlbc_index]``; entry 0 is the code's own).
+        None when the copy cannot be found whole: no line rather than a wrong one.
+        """
+        own = code + self.offsets.code_adaptive
+        if tlbc_index == 0:
+            return own
+        at = self.offsets.code_tlbc
+        array = None if at is None else self._memory.pointer(code + at)
+        if not array or not plausible_pointer(array):
+            return None
+        size = self._memory.pointer(array)  # _PyCodeArray: Py_ssize_t size; char *entries[]
+        if size is None or not 0 < tlbc_index < min(size, MAX_TLBC):
+            return None
+        copy = self._memory.pointer(array + 8 * (1 + tlbc_index))
+        return copy if copy and plausible_pointer(copy) else None
+
+    def _frame(self, code: int, instr_ptr: int, tlbc_index: int = 0) -> Frame | None:
         decoded = self._code(code)
         if decoded is None:
             return None
-        first = code + self.offsets.code_adaptive
-        if instr_ptr < first or (instr_ptr - first) % _CODE_UNIT:
+        bytecode = self._bytecode(code, tlbc_index)
+        if bytecode is None:
             return None
-        line = decoded.lines.line((instr_ptr - first) // _CODE_UNIT)
+        unit, odd = divmod(instr_ptr - bytecode, _CODE_UNIT)
+        if odd or unit < self.offsets.constants.first_instr_unit:
+            return None
+        line = decoded.lines.line(unit)
         if line is None:
             return None
         return Frame(decoded.function, decoded.file, line)
@@ -199,8 +260,8 @@ class FrameReader:
         """A compact str (ASCII, or UCS-1/2/4) of at most ``limit`` characters."""
         offsets, constants = self.offsets, self.offsets.constants
         ascii_size = offsets.unicode_ascii_size
-        # PyCompactUnicodeObject: the ASCII header, then utf8_length and utf8.
-        compact_size = ascii_size + 16
+        # PyCompactUnicodeObject: the ASCII header, then utf8_length and utf8 (and wstr_length).
+        compact_size = ascii_size + constants.unicode_compact_extra
         header = (
             self._memory.read(obj, compact_size + _SHORT_TEXT) if plausible_pointer(obj) else None
         )
