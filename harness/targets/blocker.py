@@ -12,8 +12,10 @@ after a line arrives on stdin (read off the loop, so it keeps iterating).
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import asyncio
+import ctypes
 import hashlib
 import os
 import subprocess
@@ -26,6 +28,9 @@ from pathlib import Path
 from truth import emit, timed
 
 BLOCK_S = 0.12
+SYS_FUTEX = 202
+"""x86_64's futex syscall: the lock of the ``contended`` scenario is a bare futex word."""
+FUTEX_WAIT, FUTEX_WAKE = 0, 1
 
 
 OUT = sys.stdout
@@ -72,12 +77,25 @@ def pbkdf2(seconds: float) -> None:
     hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", max(1, int(seconds / PER_ROUND)))
 
 
+def start_thread(run: Callable[[], None]) -> None:
+    """Start a thread without waiting for it to start.
+
+    ``threading.Thread.start`` waits in an ``Event``, which a free-threaded
+    build's lock spins for in sched_yield: on a busy machine that wait could
+    outlast the very call a scenario blocks in, and be its call site."""
+    _thread.start_new_thread(run, ())
+
+
 def read_pipe(seconds: float) -> None:
+    """Read a pipe another thread writes to after ``seconds``."""
     read_end, write_end = os.pipe()
-    timer = threading.Timer(seconds, os.write, (write_end, b"x"))
-    timer.start()
+
+    def write_later() -> None:
+        time.sleep(seconds)
+        os.write(write_end, b"x")
+
+    start_thread(write_later)
     os.read(read_end, 1)
-    timer.join()
     os.close(read_end)
     os.close(write_end)
 
@@ -87,48 +105,58 @@ def wait_subprocess(seconds: float) -> None:
 
 
 def held_lock(seconds: float) -> None:
+    """Take a lock another thread holds while it sleeps ``seconds``.
+
+    Taken here first and released by that thread (a ``threading.Lock`` may be)."""
     lock = threading.Lock()
-    taken = threading.Event()
+    lock.acquire()
 
-    def holder() -> None:
-        with lock:
-            taken.set()
-            time.sleep(seconds)
+    def release_later() -> None:
+        time.sleep(seconds)
+        lock.release()
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    taken.wait()
+    start_thread(release_later)
     lock.acquire()
     lock.release()
-    thread.join()
 
 
 def contended_lock(seconds: float) -> None:
-    """Take, again and again, a lock a busy thread holds ~2 ms at a time.
+    """Wait, again and again, for a lock a busy thread holds 1 ms (of its CPU) at a time.
 
     Many short futex waits while another thread runs Python: what a GIL wait
-    looks like to the kernel, here a lock's (on a free-threaded build, no GIL)."""
-    lock = threading.Lock()
-    stop = threading.Event()
-    holding = threading.Event()
+    looks like to the kernel, here a lock's (on a free-threaded build, no GIL).
+    The lock is a bare futex word handed back and forth, as a C extension's
+    own lock may be: a free-threaded build's ``threading.Lock`` (and any
+    object's critical section) spins in sched_yield before it sleeps, so on a
+    busy machine its waits would be yields, not futex waits.
+    """
+    futex = ctypes.CDLL(None, use_errno=True).syscall
+    futex.restype = ctypes.c_long
+    futex.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]  # fmt: skip
+    held = ctypes.c_int(1)  # 1: the holder's, 0: the loop's turn
+    address = ctypes.addressof(held)
+    stop, handed = [False], [False]
 
     def holder() -> None:
-        while not stop.is_set():
-            with lock:
-                holding.set()
-                until = time.thread_time() + 0.002
-                while time.thread_time() < until:
-                    pass
+        while not stop[0]:
+            until = time.thread_time() + 0.001
+            while time.thread_time() < until:
+                pass
+            handed[0] = False
+            held.value = 0
+            futex(SYS_FUTEX, address, FUTEX_WAKE, 1, None, None, 0)
+            while not handed[0] and not stop[0]:
+                pass  # the loop's turn (a list: reading the ctypes int would lock it)
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    holding.wait()
+    start_thread(holder)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with lock:
-            pass
-    stop.set()
-    thread.join()
+        while held.value:
+            futex(SYS_FUTEX, address, FUTEX_WAIT, 1, None, None, 0)
+        held.value = 1
+        handed[0] = True  # handed back
+    stop[0] = True
 
 
 def gil_contention(seconds: float) -> None:
