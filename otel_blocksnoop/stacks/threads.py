@@ -106,6 +106,19 @@ def classify(stack: Sequence[Frame] | None) -> ThreadKind:
     return ThreadKind.UNKNOWN
 
 
+def thread_kind(stack: Sequence[Frame] | None) -> ThreadKind:
+    """Kind of a thread from a dump of it: a loop being closed is still a loop's thread.
+
+    Unlike a sample during a block (``classify``: is an iteration running?), a
+    dump says what the thread is. Caught while its loop closes (a dump taken
+    late on a busy machine), it would otherwise be ``UNKNOWN``, which is
+    reported whatever its stacks show, so its teardown would be a hang.
+    """
+    if stack is not None and closing_loop(stack):
+        return ThreadKind.LOOP
+    return classify(stack)
+
+
 def reported(kind: ThreadKind) -> bool:
     return kind in (ThreadKind.LOOP, ThreadKind.UNKNOWN)
 
@@ -224,7 +237,7 @@ class ThreadClassifier:
         for seen_tid, stack in stacks.items():
             mine = ours.get(seen_tid) if ours is not None else seen_tid
             if mine is not None:
-                kinds[mine] = classify(stack)
+                kinds[mine] = thread_kind(stack)
         for tid in asked - kinds.keys():
             # Not in the dump: a native thread, unless it is gone before it could be looked at.
             gone = not (Path("/proc") / str(pid) / "task" / str(tid)).exists()
@@ -232,7 +245,10 @@ class ThreadClassifier:
         with self._cond:
             self._failed_until.pop(pid, None)
             for tid, kind in kinds.items():
-                self._kinds[(pid, tid)] = (kind, now)  # an update is the newest: dropped last
+                cached = self._kinds.get((pid, tid))
+                # a loop's thread stays one, as ``kind`` answers; an update is the newest
+                kept = ThreadKind.LOOP if cached and cached[0] == ThreadKind.LOOP else kind
+                self._kinds[(pid, tid)] = (kept, now)
 
     def _failed(self, pid: int, asked: set[int], exc: AustinError) -> None:
         now = time.monotonic()

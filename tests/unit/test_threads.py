@@ -354,3 +354,38 @@ def test_a_thread_looked_at_again_waits_for_the_new_dump(monkeypatch: pytest.Mon
     assert classifier.kind(os.getpid(), tid) is None
     # THEN the answer is the new dump's, not the old one
     assert settled(classifier).kind(os.getpid(), tid) == ThreadKind.LOOP
+
+
+CLOSING_STACK = (
+    Frame("run", RUNNERS, 190),
+    Frame("Runner.__exit__", RUNNERS, 62),
+    Frame("Runner.close", RUNNERS, 72),
+    Frame("BaseEventLoop.close", BASE, 690),
+)
+
+
+def test_a_thread_dumped_while_its_loop_closes_is_a_loops_thread() -> None:
+    # GIVEN a dump taken late, while asyncio.run closes the thread's loop
+    classifier = ThreadClassifier(FakeAustin({1: CLOSING_STACK}))  # type: ignore[arg-type]
+    classifier.kind(1, 1)
+    # THEN the thread is a loop's (its teardown is then told by its samples), not
+    # unknown (reported, whatever its stacks show)
+    assert settled(classifier).kind(1, 1) == ThreadKind.LOOP
+    assert threads.thread_kind(CLOSING_STACK) == ThreadKind.LOOP
+    assert classify(CLOSING_STACK) == ThreadKind.UNKNOWN  # as a sample: no iteration runs
+
+
+def test_a_later_dump_does_not_unmake_a_loops_thread() -> None:
+    # GIVEN a thread known as a loop's, and a dump asked for by another thread
+    # of the process after the loop's thread left its loop
+    austin = FakeAustin({1: LOOP_STACK})
+    classifier = ThreadClassifier(austin)  # type: ignore[arg-type]
+    classifier.kind(1, 1)
+    settled(classifier)
+    austin.stacks = {1: (Frame("<module>", "/app/main.py", 30),), 2: LOOP_STACK}
+    classifier.kind(1, 2)
+    settled(classifier)
+    # THEN it is still a loop's thread, as it was answered before that dump
+    assert austin.calls == 2
+    assert classifier.kind(1, 1) == ThreadKind.LOOP
+    assert classifier.kind(1, 2) == ThreadKind.LOOP
