@@ -296,8 +296,8 @@ static __always_inline void send_trigger(struct thread_state *state, u32 tid, u6
 static __always_inline int trigger_due(struct thread_state *state, u32 tid, u64 now)
 {
     u64 start = state->left_epoll_ns;
-    if (!start || state->told_ns == start)
-        return 1;
+    if (!start || state->told_ns == start || state->closed_loop)
+        return 1; /* a closed loop: the thread is between loops, none is held up */
     if (now - start < TRIGGER_NS)
         return 0;
     state->told_ns = start;
@@ -800,7 +800,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #if !STATS_MODE
     struct thread_state *state = threads.lookup(&tid);
     struct watch_state *watch = watched.lookup(&tgid);
-    if (state && state->left_epoll_ns && watch) {
+    /* Not after its loop closed: the end of a program, no loop held up. */
+    if (state && state->left_epoll_ns && !state->closed_loop && watch) {
         u64 now = bpf_ktime_get_ns();
         if (now - state->left_epoll_ns >= THRESHOLD_NS)
             send_block(state, watch, tid, state->left_epoll_ns, now, BLOCK_THREAD_EXITED);

@@ -79,8 +79,8 @@ class ThreadTable:
         See ``snapshot_of``.
         """
         state = self.get(tid)
-        if state is None or not state.left_epoll_ns:
-            return None
+        if state is None or not state.left_epoll_ns or state.closed_loop:
+            return None  # (a closed loop: the thread is between loops, none is held up)
         cpu = process_cpu_ns(state.host_tgid) if process_cpu_ns is not None else None
         return in_progress_of(tid, state, now, cpu)
 
