@@ -301,6 +301,7 @@ class BlockFlow:
                 event, self._samples(event)
             ):
                 continue
+            kind = self._seen_iterating(event, kind)
             for block in self._enricher.blocks(event, kind, self._window(event)):
                 self._deliver(block)
 
@@ -513,6 +514,19 @@ class BlockFlow:
     def _left_loop(kind: ThreadKind, samples: list[StackSample]) -> bool:
         """A loop thread whose newest stack shows no event loop: the loop has ended."""
         return kind == ThreadKind.LOOP and bool(samples) and classify(samples[-1].frames) != kind
+
+    def _seen_iterating(self, event: BlockEvent, kind: ThreadKind) -> ThreadKind:
+        """An unknown thread whose samples in the block show its loop iterating is a loop's.
+
+        Its dump may come too late to tell (on a busy machine, after a short-lived
+        app's thread or process is gone); the stacks taken while it blocked say
+        it for certain.
+        """
+        if kind != ThreadKind.UNKNOWN:
+            return kind
+        if any(classify(sample.frames) == ThreadKind.LOOP for sample in self._samples(event)):
+            return ThreadKind.LOOP
+        return kind
 
     def _kind_of(self, pid: int, tid: int) -> ThreadKind | None:
         if self._kinds is None:

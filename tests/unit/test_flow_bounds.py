@@ -12,6 +12,7 @@ from otel_blocksnoop.events import (
     NS_PER_MS,
     Block,
     BlockEvent,
+    Frame,
     KernelEvent,
     Record,
     StackSample,
@@ -119,6 +120,30 @@ def test_a_block_whose_threads_kind_never_comes_is_reported_as_unknown() -> None
     # THEN it is reported rather than lost, as an unknown thread's
     (block,) = blocks(records)
     assert block.thread_kind == ThreadKind.UNKNOWN
+
+
+class LoopSamples(AllSamples):
+    """Every sample of the block shows asyncio's loop running a handler."""
+
+    def window(self, pid: int, tid: int, start_ns: int, end_ns: int) -> list[StackSample]:
+        _ = pid, tid
+        frames = (
+            Frame("BaseEventLoop._run_once", "/usr/lib/python3.11/asyncio/base_events.py", 1936),
+            Frame("handler", "/app/main.py", 20),
+        )
+        return [StackSample(start_ns + i * (end_ns - start_ns) // 4, frames) for i in range(4)]
+
+
+def test_a_block_whose_samples_show_its_loop_iterating_is_a_loops_without_its_kind() -> None:
+    # GIVEN a block whose thread's dump came too late to tell (its process gone), but
+    # whose samples, taken while it blocked, show asyncio's loop running a handler
+    stacks = LoopSamples(1000)
+    ago = settle_ns(stacks.interval_us) + KIND_WAIT_NS + 10 * NS_PER_MS
+    flow, records = flow_with([block_ended(ago)], LaterKinds(), stacks)
+    flow.step(until_ns=time.monotonic_ns())
+    # THEN it is a loop thread's block
+    (block,) = blocks(records)
+    assert block.thread_kind == ThreadKind.LOOP
 
 
 def test_at_a_stop_a_block_is_not_held_for_its_threads_kind() -> None:
