@@ -79,8 +79,8 @@ class ThreadTable:
         See ``snapshot_of``.
         """
         state = self.get(tid)
-        if state is None or not state.left_epoll_ns or state.closed_loop:
-            return None  # (a closed loop: the thread is between loops, none is held up)
+        if state is None or not in_iteration(state):
+            return None
         cpu = process_cpu_ns(state.host_tgid) if process_cpu_ns is not None else None
         return in_progress_of(tid, state, now, cpu)
 
@@ -163,12 +163,21 @@ def snapshot_of(
         entered = state.entered_epoll_ns
         idle = state.idle_ns + (now - entered if not left and entered else 0)
         times.append(ThreadTimes(state.tgid, state.tid, state.iterations, busy, idle))
-        if not left or now - left < min_ns or state.closed_loop:
-            continue  # (a closed loop: the thread is between loops, none is held up)
+        if not in_iteration(state) or now - left < min_ns:
+            continue
         if process_cpu_ns is not None and state.host_tgid not in cpu_of:
             cpu_of[state.host_tgid] = process_cpu_ns(state.host_tgid)
         ongoing.append(in_progress_of(tid, state, now, cpu_of.get(state.host_tgid)))
     return ThreadSnapshot(ongoing=tuple(ongoing), times=tuple(times))
+
+
+def in_iteration(state: ThreadStateC) -> bool:
+    """Out of epoll in a loop still open: an iteration that may hold the loop up.
+
+    Out of epoll after closing its loop's epoll fd, the thread is between loops
+    (or done with them): no loop is held up.
+    """
+    return bool(state.left_epoll_ns) and not state.closed_loop
 
 
 def in_progress_of(
