@@ -16,6 +16,7 @@ import _thread
 import argparse
 import asyncio
 import ctypes
+import errno
 import hashlib
 import os
 import subprocess
@@ -128,34 +129,42 @@ def contended_lock(seconds: float) -> None:
     The lock is a bare futex word handed back and forth, as a C extension's
     own lock may be: a free-threaded build's ``threading.Lock`` (and any
     object's critical section) spins in sched_yield before it sleeps, so on a
-    busy machine its waits would be yields, not futex waits.
+    busy machine its waits would be yields, not futex waits. The holder sleeps
+    on a second word until the lock is handed back, as a thread waiting for
+    the GIL does: a thread that never leaves its CPU has its time booked only
+    when it does, so a spinning holder looks to the kernel like no sibling ran.
     """
     futex = ctypes.CDLL(None, use_errno=True).syscall
     futex.restype = ctypes.c_long
     futex.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]  # fmt: skip
     held = ctypes.c_int(1)  # 1: the holder's, 0: the loop's turn
-    address = ctypes.addressof(held)
-    stop, handed = [False], [False]
+    back = ctypes.c_int(0)  # 1: the loop has handed the lock back
+    held_at, back_at = ctypes.addressof(held), ctypes.addressof(back)
+    poll = (ctypes.c_long * 2)(0, 10_000_000)  # a timespec: 10 ms, to see the stop
+    stop = [False]
 
     def holder() -> None:
         while not stop[0]:
             until = time.thread_time() + 0.001
             while time.thread_time() < until:
                 pass
-            handed[0] = False
+            back.value = 0
             held.value = 0
-            futex(SYS_FUTEX, address, FUTEX_WAKE, 1, None, None, 0)
-            while not handed[0] and not stop[0]:
-                pass  # the loop's turn (a list: reading the ctypes int would lock it)
+            futex(SYS_FUTEX, held_at, FUTEX_WAKE, 1, None, None, 0)
+            while not stop[0]:  # asleep until handed back (EAGAIN: back is no longer 0)
+                slept = futex(SYS_FUTEX, back_at, FUTEX_WAIT, 0, poll, None, 0)
+                if slept == -1 and ctypes.get_errno() == errno.EAGAIN:
+                    break
 
     start_thread(holder)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         while held.value:
-            futex(SYS_FUTEX, address, FUTEX_WAIT, 1, None, None, 0)
+            futex(SYS_FUTEX, held_at, FUTEX_WAIT, 1, None, None, 0)
         held.value = 1
-        handed[0] = True  # handed back
+        back.value = 1
+        futex(SYS_FUTEX, back_at, FUTEX_WAKE, 1, None, None, 0)
     stop[0] = True
 
 
