@@ -15,7 +15,14 @@ handler did not call in that block, and (ours only: the peer gives no
 shares) how far each share is from the call's time in the sampled part of
 the block.
 
-USAGE: call_sites.py [--rounds N] [--python PATH]
+``--stacks-from`` runs ours once per stack reader given (``auto``, ``austin``,
+``memory``: the sidecar's option), each a tool of its own in the tables.
+
+The CPU of ours (the sidecar and its Austin, read every 50 ms while it runs) from
+the first handler's start to the last one's end is given per blocked second.
+
+USAGE: call_sites.py [--rounds N] [--python PATH] [--stacks-from READER ...] [--no-peer]
+                     [--app-rounds N]
 """
 
 from __future__ import annotations
@@ -26,24 +33,30 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from blocksnoop_bench.peer import Peer, install_peer, wall_minus_mono_ns
 from blocksnoop_bench.peer_scoring import observed_monotonic_ns
-from blocksnoop_bench.procs import REPO
+from blocksnoop_bench.procs import CLK_TCK, REPO, python_argv
 
 from harness import TARGETS
 from otel_blocksnoop.cli import positive_int
+from otel_blocksnoop.stacks.memory import STACK_READERS
 
 APP = TARGETS / "calls.py"
 APP_FILES = {str(APP), str(TARGETS / "blocker.py")}
 THRESHOLD_MS = 10
 NAMED_FROM_MS = 5.0
 HANDLER = "handler"
+PEER = "blocksnoop 0.11.1"
 MS = 1_000_000
 RUN_TIMEOUT_S = 120
 PEER_LATENCY_NS = 2_000_000_000
+CPU_EVERY_S = 0.05
+"""How often the sidecar's CPU is read while it runs (its own, and its Austin's)."""
 UNSAMPLED_SHARE = 0.1
 """Shares are scored on blocks sampled throughout: past the unsampled head, at most this
 share of the block without samples (on a busy machine Austin may be kept from a stretch)."""
@@ -84,16 +97,80 @@ def _verdict(listed: list[str], handler: dict[str, Any], seen_from_ns: int) -> d
     }
 
 
-def run_ours(python: str, raw: Path) -> list[dict[str, Any]]:
-    """Our sidecar launching the app; a verdict per handler, with share errors."""
+class CpuWatch:
+    """The sidecar's CPU (all its threads) and its Austin's, read every ``CPU_EVERY_S``.
+
+    The launched app is the sidecar's child too, and is left out: only a child
+    whose command names Austin counts. Read as it runs, because a reaped
+    Austin's time lands in the sidecar's children's time together with the app's.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.readings: list[tuple[int, float]] = []  # (CLOCK_MONOTONIC ns, CPU s)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _ticks(self, pid: int | str) -> int:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return int(fields[11]) + int(fields[12])
+
+    def _austins(self) -> list[str]:
+        found = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if any(b"austin" in Path(arg.decode(errors="replace")).name.encode()
+                       for arg in cmdline[:3]):  # fmt: skip
+                    found.append(child)
+        return found
+
+    def _run(self) -> None:
+        while not self._done.wait(CPU_EVERY_S):
+            try:
+                ticks = self._ticks(self.pid) + sum(self._ticks(a) for a in self._austins())
+            except OSError:
+                continue  # a child came or went while read: the next reading
+            self.readings.append((time.monotonic_ns(), ticks / CLK_TCK))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def between(self, start_ns: int, end_ns: int) -> float | None:
+        """CPU seconds from the last reading before ``start_ns`` to the first after ``end_ns``."""
+        before = [r for r in self.readings if r[0] <= start_ns]
+        after = [r for r in self.readings if r[0] >= end_ns]
+        if not before or not after:
+            return None
+        return after[0][1] - before[-1][1]
+
+
+def run_ours(
+    python: str, raw: Path, stacks_from: str = "auto", app_rounds: int = 1
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Our sidecar launching the app: a verdict per handler, with share errors, and its cost.
+
+    The cost: CPU of the sidecar and its Austin from the first handler's start
+    to the last one's end, and the blocked time reported meanwhile.
+    """
     truth_path = raw / "ours-truth.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "otel_blocksnoop", "--json", "-q", "-t", str(THRESHOLD_MS), "--",
-         python, str(APP), "--delay", "1", "--out", str(truth_path)],
-        capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT_S, cwd=REPO,
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "otel_blocksnoop", "--json", "-q", "-t", str(THRESHOLD_MS),
+         "--stacks-from", stacks_from, "--", *python_argv(python), str(APP), "--delay", "1",
+         "--rounds", str(app_rounds), "--out", str(truth_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
     )  # fmt: skip
-    (raw / "ours.jsonl").write_text(done.stdout)
-    blocks = [r for r in map(json.loads, done.stdout.splitlines()) if r["type"] == "block"]
+    watch = CpuWatch(sidecar.pid)
+    try:
+        stdout, _ = sidecar.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        watch.stop()
+        sidecar.kill()
+    (raw / "ours.jsonl").write_text(stdout)
+    blocks = [r for r in map(json.loads, stdout.splitlines()) if r["type"] == "block"]
     verdicts = []
     for handler in _truth(truth_path):
         found = [
@@ -120,7 +197,16 @@ def run_ours(python: str, raw: Path) -> list[dict[str, Any]]:
         gaps_ms = max(0.0, block["unsampled_ms"] - (sites[0]["offset_ms"] if sites else 0))
         whole = gaps_ms <= UNSAMPLED_SHARE * block["duration_ms"]
         verdicts.append({**verdict, "detected": True, "share_errors_ms": errors, "whole": whole})
-    return verdicts
+    handlers = _truth(truth_path)
+    start_ns, end_ns = handlers[0]["start_ns"], handlers[-1]["end_ns"]
+    cpu_s = watch.between(start_ns, end_ns)
+    blocked_s = sum(
+        b["duration_ms"] / 1000
+        for b in blocks
+        if start_ns <= b["end_monotonic_ns"] and b["start_monotonic_ns"] <= end_ns
+    )
+    cost = {"cpu_s": cpu_s, "blocked_s": blocked_s} if cpu_s is not None else {}
+    return verdicts, cost
 
 
 def run_peer(venv: Path, python: str, raw: Path) -> list[dict[str, Any]]:
@@ -186,25 +272,59 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def _cost_table(costs: dict[str, list[dict[str, float]]]) -> str:
+    lines = [
+        "| tool | runs | sidecar + Austin CPU per blocked second, median (min-max) |",
+        "|---|---|---|",
+    ]
+    for tool, measured in costs.items():
+        per = [c["cpu_s"] / c["blocked_s"] for c in measured if c["blocked_s"]]
+        if per:
+            spread = f"{min(per) * 1000:.0f}-{max(per) * 1000:.0f}"
+            lines.append(
+                f"| {tool} | {len(per)} | {statistics.median(per) * 1000:.0f} ms ({spread}) |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/call_sites.py", description=__doc__)
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--python", default=sys.executable, help="the app's interpreter")
+    parser.add_argument(
+        "--stacks-from", nargs="+", default=["auto"], choices=STACK_READERS,
+        help="ours once per stack reader",
+    )  # fmt: skip
+    parser.add_argument("--no-peer", action="store_true", help="ours only")
+    parser.add_argument(
+        "--app-rounds", type=positive_int, default=1, help="the app's handlers per run of ours"
+    )
     args = parser.parse_args(argv)
-    venv = install_peer()
-    results: dict[str, list[dict[str, Any]]] = {"ours": [], "blocksnoop 0.11.1": []}
+    venv = None if args.no_peer else install_peer()
+    tools = [
+        f"ours ({reader})" if len(args.stacks_from) > 1 else "ours" for reader in args.stacks_from
+    ]
+    readers = dict(zip(tools, args.stacks_from, strict=True))
+    if venv is not None:
+        tools.append(PEER)
+    results: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
+    costs: dict[str, list[dict[str, float]]] = {tool: [] for tool in tools}
     with tempfile.TemporaryDirectory(prefix="blocksnoop-calls-") as tmp:
         for round_ in range(args.rounds):
-            order = ("ours", "peer") if round_ % 2 == 0 else ("peer", "ours")
-            for tool in order:
-                raw = Path(tmp) / f"{round_}-{tool}"
+            shift = round_ % len(tools)
+            for number, tool in enumerate(tools[shift:] + tools[:shift]):
+                raw = Path(tmp) / f"{round_}-{number}"
                 raw.mkdir()
-                if tool == "ours":
-                    results["ours"] += run_ours(args.python, raw)
+                if venv is not None and tool == PEER:
+                    results[tool] += run_peer(venv, args.python, raw)
                 else:
-                    results["blocksnoop 0.11.1"] += run_peer(venv, args.python, raw)
+                    verdicts, cost = run_ours(args.python, raw, readers[tool], args.app_rounds)
+                    results[tool] += verdicts
+                    costs[tool] += [cost] if cost else []
     print(f"{args.rounds} rounds, threshold {THRESHOLD_MS} ms, app on {args.python}")
     print(_table(results))
+    print()
+    print(_cost_table(costs))
     print()
     for tool, verdicts in results.items():
         for verdict in verdicts:
