@@ -264,9 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="who reads the stacks: Austin, or the sidecar from the app's memory (CPython "
         "3.11+: with the offsets 3.13+ publish, or the layouts generated for 3.11 and 3.12; "
-        "needs no Austin in the app's mount namespace); "
-        "auto: Austin where it can read the app (CPython up to 3.14 with a GIL, in a mount "
-        "namespace the sidecar may enter: CAP_SYS_ADMIN and CAP_SYS_CHROOT), memory otherwise",
+        "each stack timed by its read; needs no Austin in the app's mount namespace; "
+        "Austin still reads 3.9 and 3.10); "
+        "auto: memory, and Austin where the sidecar's reader cannot read an app that Austin "
+        "can (CPython up to 3.14 with a GIL, in a mount namespace the sidecar may enter: "
+        "CAP_SYS_ADMIN and CAP_SYS_CHROOT)",
     )
     gate = parser.add_argument_group(
         "Failing a build",

@@ -566,7 +566,7 @@ def _classifier(
 
 
 READERS_SAID = {
-    "auto": "Austin, or the app's memory where Austin cannot read it",
+    "auto": "from the app's memory, or by Austin where only it can read the app",
     "austin": "Austin",
     "memory": "read from the app's memory",
 }

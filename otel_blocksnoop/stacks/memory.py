@@ -1,13 +1,14 @@
-"""Stacks read from the target's memory, where Austin cannot read its interpreter.
+"""Stacks read from the target's memory: CPython 3.11 and later, and what Austin cannot read.
 
-Austin 4.0.0 (the one the project installs) reads CPython up to 3.14, and
-only from inside the app's mount namespace, which a hardened sidecar (no
-CAP_SYS_CHROOT) may not enter. Our own ``FrameReader`` walks a thread's
-frames on CPython 3.11 and later from outside, with the offsets the
-interpreter publishes (``_Py_DebugOffsets``, 3.13+) or its generated layout
-checked against it (3.11, 3.12). ``StackSources`` decides, once per process,
-which of the two reads its stacks: Austin where it can, our reader for newer
-interpreters and for apps Austin cannot reach.
+Our own ``FrameReader`` walks a thread's frames on CPython 3.11 and later
+from outside, with the offsets the interpreter publishes
+(``_Py_DebugOffsets``, 3.13+) or its generated layout checked against it
+(3.11, 3.12), and times each stack by its own read. Austin 4.0.0 (the one
+the project installs) reads CPython 3.9 to 3.14, only from inside the app's
+mount namespace (which a hardened sidecar, without CAP_SYS_CHROOT, may not
+enter), and places its samples by summed deltas. ``StackSources`` decides,
+once per process, which of the two reads its stacks: ours where it can,
+Austin for 3.9 and 3.10.
 
 ``MemorySampler`` has a ``Sampler``'s face for the pool: between ``begin`` and
 ``end`` of a block, a thread of its own reads each blocked thread's stack
@@ -52,7 +53,7 @@ READ_TRIES = 3
 
 
 STACK_READERS = ("auto", "austin", "memory")
-"""``--stacks-from``: Austin where it can read the app else memory, or one of them."""
+"""``--stacks-from``: our reader where it can read the app else Austin, or one of them."""
 
 
 def build(pid: int) -> tuple[tuple[int, int], bool]:
@@ -64,12 +65,16 @@ def build(pid: int) -> tuple[tuple[int, int], bool]:
 class StackSources:
     """Which reader reads each process's stacks: Austin, or our own from its memory.
 
-    ``mode`` is one of ``STACK_READERS``. With ``memory``, an interpreter
-    our reader does not know (before 3.11) is still read by Austin. With
-    ``auto``, our reader takes what Austin cannot read: an interpreter newer
-    than it knows, a free-threaded build, or an app whose mount namespace it
-    may not enter (``austin_refused``: why, or None). With ``austin``, a
-    free-threaded build is said once to get no stacks.
+    ``mode`` is one of ``STACK_READERS``. With ``memory`` or ``auto``, our
+    reader reads every interpreter it knows (3.11 and later) and Austin the
+    older ones. ``auto`` differs where our reader cannot read an interpreter
+    it knows (a layout that fails its checks): Austin reads it instead, unless
+    Austin cannot either (``_austin_cannot``: too new, free-threaded, or a
+    mount namespace it may not enter). Our reader times each sample by its own
+    read, where Austin's samples are placed by summed per-pass deltas, which a
+    pass that reads no thread (one being created) leaves short: a block's
+    later call sites then land early (BENCHMARKS.md, "Every call site").
+    With ``austin``, a free-threaded build is said once to get no stacks.
     """
 
     def __init__(
@@ -124,8 +129,6 @@ class StackSources:
         why = ""
         if self.mode == "auto":
             why = self._austin_cannot(pid, version, free_threaded=free_threaded)
-            if not why:
-                return None
         if version < FIRST_VERSION:
             known = f"our reader reads CPython {FIRST_VERSION[0]}.{FIRST_VERSION[1]} and later"
             if why:
@@ -143,6 +146,11 @@ class StackSources:
         try:
             reader = self._factory(pid)
         except (UnsupportedInterpreterError, OSError) as exc:
+            if self.mode == "auto" and not why:
+                log.info(
+                    "reading Python stacks of %d with Austin: our reader cannot (%s)", pid, exc
+                )
+                return None
             also = f"{why}, and " if why else ""
             log.warning("no stacks for process %d: %s%s", pid, also, exc)
             return None

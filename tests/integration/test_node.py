@@ -218,7 +218,7 @@ def test_sigterm_stops_within_5_s_with_many_processes_watched(
     tickers = tmp_path / "tickers"
     tickers.mkdir()
     pattern = f"ticker.py --every 0.2 --ready {re.escape(str(tickers))}/"
-    sidecar = Running(["-t", "50", "--match", pattern], no_otlp())
+    sidecar = Running(["-t", "50", "--stacks-from", "austin", "--match", pattern], no_otlp())
     cleanup.append(sidecar)
     sidecar.status.wait_for("Ctrl-C to stop")
     start_tickers(tickers, MANY, cleanup)

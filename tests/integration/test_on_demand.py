@@ -245,7 +245,7 @@ def austin_children(pid: int) -> list[int]:
 @pytest.mark.usefixtures("austin")
 def test_a_stopped_austin_dies_with_a_sidecar_killed_outright(target: HeldTarget) -> None:
     # GIVEN the sidecar watching an app whose loop has blocked once, its Austin now stopped
-    sidecar = Sidecar("-t", "20", str(target.pid))
+    sidecar = Sidecar("-t", "20", "--stacks-from", "austin", str(target.pid))
     try:
         target.hold()
         target.release()

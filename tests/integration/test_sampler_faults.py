@@ -106,7 +106,17 @@ def test_austin_killed_mid_run_is_restarted_and_no_block_is_lost(tmp_path: Path)
     script = tmp_path / "target.py"
     script.write_text(TARGET)
     out = tmp_path / "truth.jsonl"
-    argv = [*SIDECAR, "--json", "-t", "50", "--", SIDECAR[0], str(script)]
+    argv = [
+        *SIDECAR,
+        "--json",
+        "-t",
+        "50",
+        "--stacks-from",
+        "austin",
+        "--",
+        SIDECAR[0],
+        str(script),
+    ]
     fifos = [str(tmp_path / "commands.fifo"), str(tmp_path / "acks.fifo")]
     argv += [*fifos, str(out), str(EXIT_CODE)]
     sidecar = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

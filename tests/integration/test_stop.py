@@ -300,6 +300,8 @@ def test_a_failing_thread_dump_is_tried_once_and_never_delays_blocks_or_the_stop
             "50",
             "--austin",
             str(wrapper),
+            "--stacks-from",
+            "austin",
             "--",
             *app("all", "--linger", "60", "--out", str(out)),
         ],

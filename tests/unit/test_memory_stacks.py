@@ -57,11 +57,11 @@ def sources(
     ("mode", "version", "refused", "ours"),
     [
         ("auto", (3, 15), None, True),  # Austin 4.0.0 cannot read it
-        ("auto", (3, 14), None, False),
-        ("auto", (3, 11), None, False),
+        ("auto", (3, 14), None, True),  # ours times each stack by its read
+        ("auto", (3, 11), None, True),
         ("auto", (3, 11), REFUSED, True),  # a hardened sidecar, the app in a container
-        ("auto", (3, 12), REFUSED, True),
-        ("auto", (3, 10), REFUSED, False),  # our reader does not know 3.10
+        ("auto", (3, 10), None, False),  # our reader does not know 3.10: Austin's
+        ("auto", (3, 10), REFUSED, False),
         ("memory", (3, 13), None, True),
         ("memory", (3, 12), None, True),
         ("memory", (3, 11), None, True),
@@ -70,7 +70,7 @@ def sources(
         ("austin", (3, 11), REFUSED, False),
     ],
 )
-def test_austin_reads_what_it_can_and_the_sidecar_the_rest(
+def test_our_reader_reads_what_it_knows_and_austin_the_rest(
     mode: str, version: tuple[int, int], refused: str | None, ours: bool
 ) -> None:
     assert (sources(mode, version, refused=refused).memory(1234) is not None) is ours
@@ -86,6 +86,26 @@ def test_the_reason_austin_was_passed_over_is_logged_with_the_choice(
         assert chosen.memory(1234) is not None
     assert f"reading Python stacks of 1234 (CPython 3.11) from its memory ({REFUSED})" in (
         caplog.text
+    )
+
+
+@pytest.mark.parametrize(("version", "austin_reads"), [((3, 13), True), ((3, 15), False)])
+def test_an_interpreter_our_reader_refuses_is_austins_where_austin_reads_it(
+    version: tuple[int, int], austin_reads: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(_pid: int) -> FrameReader:
+        raise UnsupportedInterpreterError("implausible _Py_DebugOffsets")
+
+    # GIVEN an app our reader refuses
+    chosen = StackSources("auto", factory=refuse, build_of=lambda _pid: (version, False))
+    # WHEN its reader is chosen, THEN Austin reads it where it can, and the log says why;
+    # where Austin cannot either, both reasons are warned
+    with caplog.at_level("INFO"):
+        assert chosen.memory(1234) is None
+    said = "reading Python stacks of 1234 with Austin: our reader cannot (implausible"
+    assert (said in caplog.text) is austin_reads
+    assert ("no stacks for process 1234: Austin reads CPython up to 3.14" in caplog.text) is (
+        not austin_reads
     )
 
 
