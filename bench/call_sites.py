@@ -246,28 +246,32 @@ def run_peer(venv: Path, python: str, raw: Path) -> list[dict[str, Any]]:
     return verdicts
 
 
+def _share(errors: list[float]) -> str:
+    return f"{statistics.median(errors):.1f} / {max(errors):.1f} ms" if errors else "no shares"
+
+
 def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         (
             "| handler | tool | blocks | every call named | in the order made | calls named "
-            "| functions listed it did not call | share error, median / max (blocks sampled "
-            "throughout) |"
+            "| functions listed it did not call | sampled throughout | share error, median / max "
+            "(those) | (all blocks) | shares off by > 10 ms |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for handler in ("calls-2", "calls-3", "calls-5"):
         for tool, verdicts in results.items():
             mine = [v for v in verdicts if v["handler"] == handler and v["detected"]]
             whole = [v for v in mine if v.get("whole")]
             errors = [e for v in whole for e in v["share_errors_ms"]]
-            share = (
-                f"{statistics.median(errors):.1f} / {max(errors):.1f} ms" if errors else "no shares"
-            )
+            every = [e for v in mine for e in v.get("share_errors_ms", [])]
+            shared = "share_errors_ms" in (mine[0] if mine else {})
             lines.append(
                 f"| {handler} | {tool} | {len(mine)} | {sum(v['all_named'] for v in mine)} "
                 f"| {sum(v['in_order'] for v in mine)} | {sum(v['named'] for v in mine)}/"
                 f"{sum(v['calls'] for v in mine)} | {sum(len(v['others']) for v in mine)} "
-                f"| {share} |"
+                f"| {len(whole) if shared else '-'} | {_share(errors)} | {_share(every)} "
+                f"| {sum(e > 10 for e in every) if shared else '-'} |"
             )
     return "\n".join(lines)
 
