@@ -40,7 +40,7 @@ def test_hashes_in_a_c_extension() -> None:
 async def test_counts_in_pure_python() -> None:
     await asyncio.sleep(0.01)
     total = 0
-    for number in range(3_000_000):
+    for number in range(3_000_000):  # blocks: loop
         total += number * number % 7  # blocks: loop
     assert total > 0
 

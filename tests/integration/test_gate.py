@@ -106,9 +106,16 @@ def outcomes(junit: Path) -> dict[str, str]:
     return found
 
 
-def line_of(marker: str) -> int:
+def named_at(function: str, test_file: Path, marker: str, text: str) -> bool:
+    """Whether ``text`` names ``function`` at a line of the suite marked ``marker``.
+
+    A pure-Python loop is marked on its ``for`` line and its body: a sample may
+    catch the thread at either (the header's instructions take about a fifth of
+    an iteration), and the line sampled most is the call site.
+    """
     lines = SUITE.read_text().splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.endswith(f"# blocks: {marker}"))
+    marked = [i for i, line in enumerate(lines, 1) if line.endswith(f"# blocks: {marker}")]
+    return any(f"at {function} ({test_file}:{number})" in text for number in marked)
 
 
 def test_the_plugin_fails_exactly_the_tests_that_blocked_naming_each_call_site(
@@ -127,7 +134,7 @@ def test_the_plugin_fails_exactly_the_tests_that_blocked_naming_each_call_site(
     test_file = tmp_path / "test_blocking.py"
     for name, (function, marker) in BLOCKING.items():
         assert "event loop blocked during this test's call" in found[name], (name, found)
-        assert f"at {function} ({test_file}:{line_of(marker)})" in found[name], (name, found)
+        assert named_at(function, test_file, marker, found[name]), (name, found)
     assert "2 passed" in result.stdout
 
 
@@ -182,5 +189,5 @@ def test_fail_on_around_pytest_fails_the_build_on_each_blocking_test_and_nothing
     assert "failing (exit 13): 3 blocked loop iterations of at least 100 ms" in result.stderr
     test_file = tmp_path / "test_blocking.py"
     for function, marker in BLOCKING.values():
-        assert f"at {function} ({test_file}:{line_of(marker)})" in result.stderr
+        assert named_at(function, test_file, marker, result.stderr), result.stderr
     assert "test_sleeps_with_no_loop_running (" not in result.stderr
