@@ -40,7 +40,7 @@ from typing import Any
 
 from blocksnoop_bench.peer import Peer, install_peer, wall_minus_mono_ns
 from blocksnoop_bench.peer_scoring import observed_monotonic_ns
-from blocksnoop_bench.procs import CLK_TCK, REPO, python_argv
+from blocksnoop_bench.procs import CLK_TCK, REPO, _stat_fields, python_argv
 
 from harness import TARGETS
 from otel_blocksnoop.cli import positive_int
@@ -113,17 +113,20 @@ class CpuWatch:
         self._thread.start()
 
     def _ticks(self, pid: int | str) -> int:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
+        fields = _stat_fields(pid)
         return int(fields[11]) + int(fields[12])
 
     def _austins(self) -> list[str]:
+        """Children of the sidecar that run Austin.
+
+        In an app's mount namespace its loader runs it with ``--argv0 austin``:
+        the name is in one of the first three arguments.
+        """
         found = []
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             for child in (task / "children").read_text().split():
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                if any(b"austin" in Path(arg.decode(errors="replace")).name.encode()
-                       for arg in cmdline[:3]):  # fmt: skip
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:3]
+                if any(b"austin" in arg.rsplit(b"/", 1)[-1] for arg in argv):
                     found.append(child)
         return found
 
@@ -172,7 +175,8 @@ def run_ours(
     (raw / "ours.jsonl").write_text(stdout)
     blocks = [r for r in map(json.loads, stdout.splitlines()) if r["type"] == "block"]
     verdicts = []
-    for handler in _truth(truth_path):
+    handlers = _truth(truth_path)
+    for handler in handlers:
         found = [
             b
             for b in blocks
@@ -197,7 +201,6 @@ def run_ours(
         gaps_ms = max(0.0, block["unsampled_ms"] - (sites[0]["offset_ms"] if sites else 0))
         whole = gaps_ms <= UNSAMPLED_SHARE * block["duration_ms"]
         verdicts.append({**verdict, "detected": True, "share_errors_ms": errors, "whole": whole})
-    handlers = _truth(truth_path)
     start_ns, end_ns = handlers[0]["start_ns"], handlers[-1]["end_ns"]
     cpu_s = watch.between(start_ns, end_ns)
     blocked_s = sum(
@@ -265,7 +268,7 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
             whole = [v for v in mine if v.get("whole")]
             errors = [e for v in whole for e in v["share_errors_ms"]]
             every = [e for v in mine for e in v.get("share_errors_ms", [])]
-            shared = "share_errors_ms" in (mine[0] if mine else {})
+            shared = tool != PEER  # the peer gives no shares
             lines.append(
                 f"| {handler} | {tool} | {len(mine)} | {sum(v['all_named'] for v in mine)} "
                 f"| {sum(v['in_order'] for v in mine)} | {sum(v['named'] for v in mine)}/"

@@ -60,6 +60,7 @@ def sources(
         ("auto", (3, 14), None, True),  # ours times each stack by its read
         ("auto", (3, 11), None, True),
         ("auto", (3, 11), REFUSED, True),  # a hardened sidecar, the app in a container
+        ("auto", (3, 12), REFUSED, True),
         ("auto", (3, 10), None, False),  # our reader does not know 3.10: Austin's
         ("auto", (3, 10), REFUSED, False),
         ("memory", (3, 13), None, True),
